@@ -1,0 +1,48 @@
+"""Figures, as matplotlib ``Figure`` objects (notebook-friendly) and PNGs in run folders.
+
+Shared look: white background, no top/right spines, engine colours that stay the same
+for the same engine across every figure of a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "engine_colours",
+    "save_figure",
+    # [section: __all__ evaluation plots]
+    # [end section: __all__ evaluation plots]
+    # [section: __all__ neighbour plots]
+    # [end section: __all__ neighbour plots]
+]
+
+# "real" is always grey-blue; AI engines take tab20 colours in sorted order.
+_REAL_COLOUR = "#4c72b0"
+
+
+def engine_colours(engines: Sequence[str]) -> dict[str, str]:
+    """A stable colour per engine name: ``real`` is blue, the others follow tab20."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    others = sorted({str(e) for e in engines} - {"real"})
+    out = {"real": _REAL_COLOUR}
+    for i, e in enumerate(others):
+        out[e] = matplotlib.colors.to_hex(cmap((2 * i + 2) % 20 / 20 + 0.025))
+    return out
+
+
+def save_figure(fig, path) -> None:
+    """Save a figure as PNG at 150 dpi with a tight bounding box, then close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=150, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+
+
+# [section: evaluation plots]
+# [end section: evaluation plots]
+
+# [section: neighbour plots]
+# [end section: neighbour plots]

@@ -1,0 +1,1 @@
+"""heads: sklearn-style estimators on bank features, losses, SAM, persistence, registry."""
