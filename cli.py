@@ -67,6 +67,10 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+# ---------------------------------------------------------------- backbones (issue 2)
+# [section: backbones]
+# [end section: backbones]
+
 # ---------------------------------------------------------------- embed & bank (issue 2)
 # [section: embed]
 # [end section: embed]
