@@ -69,10 +69,14 @@ def _check_scores(y: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
-        raise DataError(f"labels {y.shape} and scores {s.shape} have different lengths; pass one score per label")
+        raise DataError(
+            f"labels {y.shape} and scores {s.shape} have different lengths; pass one score per label"
+        )
     if s.size and not np.isfinite(s).all():
         bad = int((~np.isfinite(s)).sum())
-        raise DataError(f"{bad} scores are NaN or infinite; metrics need finite scores - check the head's output")
+        raise DataError(
+            f"{bad} scores are NaN or infinite; metrics need finite scores - check the head's output"
+        )
     bad_labels = set(np.unique(y).tolist()) - {0, 1}
     if bad_labels:
         raise DataError(
@@ -114,7 +118,9 @@ def threshold_at_fpr(real_scores: Any, fpr: float) -> float:
     """
     s = np.asarray(real_scores, dtype=np.float64).ravel()
     if s.size == 0:
-        raise DataError("no real scores given: a threshold at a fixed FPR needs real images (label 0)")
+        raise DataError(
+            "no real scores given: a threshold at a fixed FPR needs real images (label 0)"
+        )
     if not np.isfinite(s).all():
         raise DataError("real scores contain NaN or infinite values; check the head's output")
     if not 0.0 <= fpr < 1.0:
@@ -172,7 +178,9 @@ def _count_metrics(
 
     # EER: walk thresholds from +inf down; d = FNR - FPR goes from 1 to -1.
     fpr_pts = np.concatenate([np.zeros((r.shape[0], 1)), fp_ge[:, ::-1] / n_real[:, None]], axis=1)
-    fnr_pts = np.concatenate([np.ones((r.shape[0], 1)), 1.0 - tp_ge[:, ::-1] / n_fake[:, None]], axis=1)
+    fnr_pts = np.concatenate(
+        [np.ones((r.shape[0], 1)), 1.0 - tp_ge[:, ::-1] / n_fake[:, None]], axis=1
+    )
     d = fnr_pts - fpr_pts
     j = np.argmax(d <= 0, axis=1)  # first crossing (j >= 1 since d[0] = 1)
     rows = np.arange(r.shape[0])
@@ -285,7 +293,9 @@ class BinaryMetrics:
             out[name] = getattr(self, name)
         for k, (lo, hi) in self.ci.items():
             out[f"{k}_ci"] = [lo, hi]
-        out.update(n_boot=self.n_boot, seed=self.seed, bootstrap=self.bootstrap, notes=list(self.notes))
+        out.update(
+            n_boot=self.n_boot, seed=self.seed, bootstrap=self.bootstrap, notes=list(self.notes)
+        )
         return out
 
     def table_rows(self) -> list[dict[str, Any]]:
@@ -368,7 +378,14 @@ def binary_metrics(
 
     if n_boot > 0:
         result.ci, result.bootstrap = _bootstrap(
-            s_real, s_fake, point, threshold=threshold, n_boot=n_boot, seed=seed, fprs=fprs, max_bins=max_bins
+            s_real,
+            s_fake,
+            point,
+            threshold=threshold,
+            n_boot=n_boot,
+            seed=seed,
+            fprs=fprs,
+            max_bins=max_bins,
         )
     return result
 
@@ -472,7 +489,10 @@ def per_engine_table(
         raise DataError(f"interval must be 'exact' or 'bootstrap', got {interval!r}")
     rng = np.random.default_rng(seed)
     rows = []
-    keys = sorted({(int(lab), str(e)) for lab, e in zip(y.tolist(), engines.tolist())}, key=lambda t: (-t[0], t[1]))
+    keys = sorted(
+        {(int(lab), str(e)) for lab, e in zip(y.tolist(), engines.tolist(), strict=True)},
+        key=lambda t: (-t[0], t[1]),
+    )
     for lab, eng in keys:
         sel = (engines == eng) & (y == lab)
         flagged = s[sel] > threshold
