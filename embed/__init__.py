@@ -18,6 +18,8 @@ from .splits import SPLITS, assign_splits, has_splits
 # [end section: backbones-images-views]
 
 # [section: bank-datasets-runner]
+from .bank import FeatureBank, concat_banks, synthetic_backbone, write_bank
+
 # [end section: bank-datasets-runner]
 
 __all__ = [
@@ -39,5 +41,9 @@ __all__ = [
     # [section: __all__ backbones-images-views]
     # [end section: __all__ backbones-images-views]
     # [section: __all__ bank-datasets-runner]
+    "FeatureBank",
+    "write_bank",
+    "concat_banks",
+    "synthetic_backbone",
     # [end section: __all__ bank-datasets-runner]
 ]
