@@ -15,6 +15,16 @@ from .errors import (
 from .splits import SPLITS, assign_splits, has_splits
 
 # [section: backbones-images-views]
+from .backbones import (
+    Backbone,
+    BackboneInfo,
+    backbone_from_spec,
+    backbone_info,
+    create_backbone,
+    list_backbones,
+)
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image, sha256_file
+from .views import View, parse_view
 # [end section: backbones-images-views]
 
 # [section: bank-datasets-runner]
@@ -39,6 +49,18 @@ __all__ = [
     "assign_splits",
     "has_splits",
     # [section: __all__ backbones-images-views]
+    "Backbone",
+    "BackboneInfo",
+    "create_backbone",
+    "list_backbones",
+    "backbone_info",
+    "backbone_from_spec",
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "load_image",
+    "sha256_file",
+    "View",
+    "parse_view",
     # [end section: __all__ backbones-images-views]
     # [section: __all__ bank-datasets-runner]
     "FeatureBank",

@@ -1,0 +1,147 @@
+"""open_clip backbones: build the image tower, its preprocessing and its feature size.
+
+Weights are never loaded by open_clip's own ``pretrained=`` download: the registry
+resolves a file first (``weights=PATH``, hub cache, hub download; see ``_weights``), the
+model is created empty and the file is loaded strictly, so the loaded bytes are known
+(their SHA-256 goes into the spec) and a missing file can fail with our message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._weights import load_strict, read_state_dict
+from .errors import FacebankError
+
+if TYPE_CHECKING:
+    from .backbones import BackboneInfo
+
+# Custom architecture configs shipped next to this module (open_clip JSON format).
+_CONFIG_DIR = Path(__file__).resolve().parent
+_CUSTOM = {"facebank-tiny-vit": _CONFIG_DIR / "facebank-tiny-vit.json"}
+
+
+def _ensure_config(model: str) -> None:
+    import open_clip
+
+    if model in _CUSTOM and open_clip.get_model_config(model) is None:
+        open_clip.add_model_config(str(_CUSTOM[model]))
+
+
+class _DropRandomInitWarning(logging.Filter):
+    # open_clip logs "initialized randomly" for pretrained=None; we load weights right after.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    root = logging.getLogger()
+    filt = _DropRandomInitWarning()
+    root.addFilter(filt)
+    try:
+        yield
+    finally:
+        root.removeFilter(filt)
+
+
+def hub_files(info: BackboneInfo) -> tuple[str, list[str]]:
+    """(repo_id, candidate filenames) open_clip would download for ``info``'s pretrained tag."""
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(info.model, info.pretrained or "")
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        raise FacebankError(
+            f"open_clip has no hub file for {info.model}/{info.pretrained}; pass --weights PATH"
+        )
+    # open_clip's convention: "org/repo/" (default filename) or "org/repo/filename"
+    repo_id, filename = posixpath.split(hub)
+    if not filename:
+        return repo_id, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    names = [filename]
+    if filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo_id, names
+
+
+def describe(info: BackboneInfo) -> dict[str, Any]:
+    """Feature size and input size from open_clip's model config, without any weights."""
+    import open_clip
+
+    _ensure_config(info.model)
+    cfg = open_clip.get_model_config(info.model)
+    size = cfg["vision_cfg"]["image_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return {"dim": int(cfg["embed_dim"]), "input_size": [3, int(h), int(w)]}
+
+
+def build(
+    info: BackboneInfo,
+    *,
+    weights_path: Path | None,
+    image_size: int | None,
+) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Create the image tower of an open_clip model.
+
+    Args:
+        info: The registry entry (``model`` is the open_clip config name).
+        weights_path: A state-dict file for the whole CLIP model, or ``None`` for the
+            seeded random initialisation of a test-only entry.
+        image_size: Must be ``None`` or the model's native size (positional embeddings
+            of a ViT are fixed; open_clip does not re-train them).
+
+    Returns:
+        ``(visual, transform, meta)`` where ``visual(x)`` maps ``(n, 3, H, W)`` to
+        ``(n, D)``, ``transform`` is open_clip's evaluation preprocessing (PIL -> tensor)
+        and ``meta`` holds ``dim``, ``input_size``, ``mean``, ``std`` read from the model.
+    """
+    import open_clip
+
+    _ensure_config(info.model)
+    kwargs: dict[str, Any] = {}
+    if info.pretrained:
+        pcfg = open_clip.get_pretrained_cfg(info.model, info.pretrained)
+        kwargs["force_quick_gelu"] = bool(pcfg.get("quick_gelu", False))
+        preprocess = {
+            k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg
+        }
+        if preprocess:
+            kwargs["force_preprocess_cfg"] = preprocess
+    with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(info.seed)
+        model, _, transform = open_clip.create_model_and_transforms(
+            info.model, pretrained=None, **kwargs
+        )
+    if weights_path is not None:
+        load_strict(
+            model,
+            read_state_dict(weights_path),
+            source=f"{str(weights_path)!r}",
+            what=f"open_clip {info.model}",
+        )
+    visual = model.visual
+    native = visual.image_size
+    h, w = (native, native) if isinstance(native, int) else tuple(native)
+    if image_size is not None and (int(image_size), int(image_size)) != (h, w):
+        raise FacebankError(
+            f"backbone {info.name!r} takes {h}x{w} px inputs only (a ViT's positional "
+            f"embeddings are fixed), got image_size={image_size}; drop --image-size"
+        )
+    pcfg = visual.preprocess_cfg
+    meta = {
+        "dim": int(visual.output_dim),
+        "input_size": [3, int(h), int(w)],
+        "mean": [float(v) for v in pcfg["mean"]],
+        "std": [float(v) for v in pcfg["std"]],
+    }
+    del model  # the text tower is never used; keep only the image tower alive
+    return visual, transform, meta
