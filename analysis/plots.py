@@ -12,8 +12,18 @@ __all__ = [
     "engine_colours",
     "save_figure",
     # [section: __all__ evaluation plots]
+    "roc_figure",
+    "det_figure",
+    "engine_bars_figure",
+    "loeo_heatmap",
+    "robustness_figure",
+    "ood_histograms",
     # [end section: __all__ evaluation plots]
     # [section: __all__ neighbour plots]
+    "neighbour_grid",
+    "confusion_heatmap",
+    "purity_plot",
+    "embedding_scatter",
     # [end section: __all__ neighbour plots]
 ]
 
@@ -42,7 +52,27 @@ def save_figure(fig, path) -> None:
 
 
 # [section: evaluation plots]
+# Implemented in analysis/_plots_eval.py (ROC, DET, per-engine bars, LOEO heatmap,
+# robustness curves per view family, OOD histograms); re-exported here.
+from ._plots_eval import (  # noqa: E402
+    det_figure,
+    engine_bars_figure,
+    loeo_heatmap,
+    ood_histograms,
+    robustness_figure,
+    roc_figure,
+)
+
 # [end section: evaluation plots]
 
 # [section: neighbour plots]
+# Implemented in analysis/_plots_neighbours.py (query grid, neighbour-engine confusion
+# heatmap, kNN purity bars, 2-D map scatter); re-exported here.
+from ._plots_neighbours import (  # noqa: E402
+    confusion_heatmap,
+    embedding_scatter,
+    neighbour_grid,
+    purity_plot,
+)
+
 # [end section: neighbour plots]
