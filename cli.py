@@ -81,6 +81,149 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 # ---------------------------------------------------------------- analysis (issue 4)
 # [section: analysis]
+from enum import Enum as _Enum  # noqa: E402
+
+
+class _Protocol(str, _Enum):
+    in_engine = "in-engine"
+    loeo = "loeo"
+
+
+def _default_out(command: str) -> Path:
+    import datetime as _dt
+
+    return Path("runs") / f"{command}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _parse_params(items: list[str] | None) -> dict:
+    import json
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            from embed.errors import FacebankError
+
+            raise FacebankError(f"--param {item!r} is not KEY=VALUE; e.g. --param C=0.5 --param hidden=256")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+_OUT_HELP = "Run folder to write (config.json, metrics.json, Markdown tables, PNGs); default runs/<command>-<time>."
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    banks: Annotated[list[Path], typer.Argument(help="Feature banks (NAME.zarr) to evaluate on, same backbone as the head.")],
+    head: Annotated[Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")],
+    out: Annotated[Path | None, typer.Option("--out", help=_OUT_HELP)] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for the 95% intervals (0 = none).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+) -> None:
+    """Metrics at the head's validation-chosen threshold, per-engine TPR/FPR, ROC and DET curves."""
+    from analysis.evaluation import evaluate
+
+    res = evaluate(head, banks, out=out or _default_out("evaluate"), n_boot=n_boot, seed=seed)
+    m = res.metrics
+    typer.echo(
+        f"{res.n_rows} rows ({m.n_real} real, {m.n_fake} AI; {sum(res.n_excluded.values())} train/val rows of the run excluded), "
+        f"view {', '.join(sorted(set(res.views)))}"
+    )
+    typer.echo(f"threshold {res.threshold:.4g} ({res.threshold_source})")
+    typer.echo(f"TPR {m.recall:.1%}  FPR {m.fpr:.2%}  AUC {m.auc:.4f}  AP {m.ap:.4f}  EER {m.eer:.2%}")
+    for r in res.per_engine:
+        warn = f"  ! {r['warning']}" if r["warning"] else ""
+        typer.echo(f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]  n={r['n']}{warn}")
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+@app.command("protocol")
+def protocol_cmd(
+    protocol: Annotated[_Protocol, typer.Argument(help="in-engine (seeded stratified split) or loeo (leave-one-engine-out).")],
+    banks: Annotated[list[Path], typer.Argument(help="Feature banks of one backbone and one view (reals + >= 2 AI engines).")],
+    head: Annotated[str, typer.Option("--head", help="Head to train (facebank heads lists them).")] = "linear",
+    param: Annotated[list[str] | None, typer.Option("--param", help="Head parameter KEY=VALUE (repeatable, JSON values).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Split seed (banks without a split column).")] = 0,
+    fpr: Annotated[float, typer.Option("--fpr", help="Target FPR on validation reals for the threshold.")] = 0.005,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples (in-engine).")] = 1000,
+    out: Annotated[Path | None, typer.Option("--out", help=_OUT_HELP)] = None,
+) -> None:
+    """Train/test protocols: in-engine split, or leave-one-engine-out (in- vs out-of-engine TPR at FPR 0.5%)."""
+    from analysis.protocols import in_engine, leave_one_engine_out
+
+    params = _parse_params(param)
+    out = out or _default_out(f"protocol-{protocol.value}")
+    if protocol is _Protocol.in_engine:
+        res = in_engine(banks, head=head, params=params, seed=seed, fpr=fpr, out=out, n_boot=n_boot)
+        m = res.metrics
+        typer.echo(f"in-engine {head}: threshold {res.threshold:.4g} from {res.n_val_reals} val reals; test n={res.n_test}")
+        typer.echo(f"TPR {m.recall:.1%}  FPR {m.fpr:.2%}  AUC {m.auc:.4f}")
+        for r in res.per_engine:
+            typer.echo(f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%}  n={r['n']}")
+    else:
+        res = leave_one_engine_out(banks, head=head, params=params, seed=seed, fpr=fpr, out=out, progress=True)
+        typer.echo(f"{'engine':<16} {'in-engine':>10} {'out-of-engine':>14}")
+        for r in res.table:
+            typer.echo(f"{r['engine']:<16} {r['tpr_in']:>10.1%} {r['tpr_out']:>14.1%}")
+        typer.echo(f"{'average':<16} {res.average['tpr_in']:>10.1%} {res.average['tpr_out']:>14.1%}")
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+@app.command("robustness")
+def robustness_cmd(
+    banks: Annotated[list[Path], typer.Argument(help="One bank per view of the same images (facebank embed --view ...).")],
+    head: Annotated[Path, typer.Option("--head", help="Run folder of a trained head.")],
+    out: Annotated[Path | None, typer.Option("--out", help=_OUT_HELP)] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples for AUC intervals.")] = 1000,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when the banks do not hold the same images.")] = False,
+) -> None:
+    """TPR/FPR at the frozen threshold and AUC per view (JPEG quality, resize, flips)."""
+    from analysis.robustness import robustness
+
+    res = robustness(head, banks, out=out or _default_out("robustness"), n_boot=n_boot, allow_mismatch=not strict)
+    typer.echo(f"{res.n_matched} images matched by sha256 in every view; threshold {res.threshold:.4g}")
+    for r in res.views:
+        typer.echo(f"  {r['view']:<24} TPR {r['tpr']:6.1%}  FPR {r['fpr']:6.2%}  AUC {r['auc']:.4f}")
+    for n in res.notes:
+        typer.echo(f"note: {n}")
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+@app.command("ood")
+def ood_cmd(
+    head: Annotated[Path, typer.Option("--head", help="Run folder of a trained head (prototype: its ood_score; others: kNN).")],
+    known: Annotated[list[Path], typer.Option("--known", help="Bank(s) of the engines the head was trained on (repeatable).")],
+    new: Annotated[list[Path], typer.Option("--new", help="Bank(s) of engines the head never saw (repeatable).")],
+    out: Annotated[Path | None, typer.Option("--out", help=_OUT_HELP)] = None,
+    k: Annotated[int, typer.Option("--k", help="Neighbour rank of the kNN OOD score (heads without ood_score).")] = 10,
+    flag_fpr: Annotated[float, typer.Option("--flag-fpr", help="Fraction of known-engine validation images the flag threshold flags.")] = 0.05,
+) -> None:
+    """AUROC and FPR at 95% TPR of new-engine vs known-engine images, per-image OOD flags."""
+    from analysis.ood import ood
+
+    res = ood(head, known=known, new=new, out=out or _default_out("ood"), k=k, flag_fpr=flag_fpr)
+    typer.echo(f"score {res.method}; threshold {res.threshold:.4g} set on {res.n_known_val} known val images; flags {res.known_flag_rate:.1%} of known test")
+    for r in res.per_engine:
+        typer.echo(f"  {r['engine']:<16} AUROC {r['auroc']:.3f}  FPR@95%TPR {r['fpr_at_95tpr']:.1%}  flagged {r['flag_rate']:.1%}  n={r['n']}")
+    typer.echo(f"per-image CSV: {res.csv_path}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (nested sub-runs are included).")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option("--title", help="Page title.")] = "facebank report",
+) -> None:
+    """One self-contained HTML page (figures inlined) with every table and figure of the runs."""
+    from analysis.report import write_report
+
+    path = write_report(run_dirs, out=out, title=title)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 # [end section: analysis]
 
 # ---------------------------------------------------------------- neighbours (issue 5)
