@@ -29,6 +29,14 @@ from .views import View, parse_view
 
 # [section: bank-datasets-runner]
 from .bank import FeatureBank, concat_banks, synthetic_backbone, write_bank
+from .datasets import ImageItem, Source, SourceError, scan_source
+from .runner import (
+    DuplicateImageWarning,
+    EmbedSummary,
+    EncodedImages,
+    embed_source,
+    encode_images,
+)
 
 # [end section: bank-datasets-runner]
 
@@ -67,5 +75,14 @@ __all__ = [
     "write_bank",
     "concat_banks",
     "synthetic_backbone",
+    "ImageItem",
+    "Source",
+    "SourceError",
+    "scan_source",
+    "DuplicateImageWarning",
+    "EmbedSummary",
+    "EncodedImages",
+    "embed_source",
+    "encode_images",
     # [end section: __all__ bank-datasets-runner]
 ]

@@ -1,0 +1,632 @@
+"""The embedding runner: SOURCE images -> backbone features -> a resumable feature bank.
+
+Pipeline: :func:`embed.datasets.scan_source` lists the images in a fixed order; a
+torch ``DataLoader`` whose worker processes hash (sha256 of the file bytes), decode
+(:func:`embed.images.load_image`, JPEG draft mode where the view allows), apply the
+view and the backbone's transform; the main process encodes batches under
+``torch.inference_mode`` (bf16/fp16 autocast on GPU only) and appends rows to the bank.
+
+Resume and append. Images are cut into fixed batches over the *whole* ordered list
+(batch ``k`` = items ``k*B .. k*B+B-1``), and rows are committed to the bank only at
+batch boundaries. A rerun skips every image whose path is already in the bank (or
+recorded as a duplicate), so after ``kill -9`` at any moment the same command
+continues exactly where the last commit ended: same rows, same order, and - because
+each batch is encoded with the same content as in an uninterrupted run -
+bit-identical features. New files added to SOURCE later are appended; files that
+failed are retried on every run.
+
+Duplicates. A file whose sha256 equals an embedded row's is not embedded again; it
+is recorded in the bank's ``duplicates`` attribute (``duplicate_of`` = the kept
+path). A duplicate that crosses engines or splits is a label/leak problem and raises
+a :class:`DuplicateImageWarning`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bank import FeatureBank
+from .compat import backbone_id, require_same_backbone
+from .datasets import ImageItem, Source, scan_source
+from .errors import BackboneMismatchError, BankError, FacebankError
+
+__all__ = [
+    "EmbedSummary",
+    "EncodedImages",
+    "DuplicateImageWarning",
+    "embed_source",
+    "encode_images",
+]
+
+_log = logging.getLogger(__name__)
+
+# Commit at least every this many rows or seconds: a killed run loses at most that
+# much work, while each commit (6 small JSON files + the open chunks) stays cheap.
+DEFAULT_FLUSH_ROWS = 2048
+DEFAULT_FLUSH_SECONDS = 10.0
+# Environment override of the flush size (used by the resume tests to commit often).
+FLUSH_ROWS_ENV = "FACEBANK_EMBED_FLUSH_ROWS"
+
+
+class DuplicateImageWarning(UserWarning):
+    """Byte-identical images under different engines or splits (a label or leak problem)."""
+
+
+@dataclass
+class EmbedSummary:
+    """What one ``embed_source`` run did.
+
+    Attributes:
+        embedded: rows added to the bank by this run.
+        skipped_present: images skipped because their path is already in the bank.
+        duplicates: images not embedded because an identical file (sha256) was.
+        failed: ``(path, reason)`` of images that could not be embedded in this run.
+        seconds: wall time of the run (scan to close).
+        images_per_s: images processed per second (embedded + duplicates + failed).
+        out: the bank directory.
+        rows: rows in the bank after the run.
+        ignored: ``(path, reason)`` of files that were not taken as images.
+        cross_duplicates: ``(path, duplicate_of, what differs)`` duplicates across
+            engines or splits (also warned about).
+        device: the torch device used.
+        backbone: the backbone's display identity.
+        view: the canonical view.
+    """
+
+    embedded: int
+    skipped_present: int
+    duplicates: int
+    failed: list[tuple[str, str]]
+    seconds: float
+    images_per_s: float
+    out: Path | None = None
+    rows: int = 0
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    cross_duplicates: list[tuple[str, str, str]] = field(default_factory=list)
+    device: str = ""
+    backbone: str = ""
+    view: str = "original"
+
+
+@dataclass
+class EncodedImages:
+    """Features of loose images (``encode_images``).
+
+    Attributes:
+        features: ``(n_ok, D)`` float32, in the order of ``paths``.
+        paths: the inputs that were embedded, as given.
+        failures: ``(path, reason)`` of inputs that could not be.
+        sha256: hex digest of each embedded file, aligned with ``paths``.
+    """
+
+    features: np.ndarray
+    paths: list[str]
+    failures: list[tuple[str, str]]
+    sha256: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- worker side
+class _ImageDataset:
+    """Map-style dataset: index -> (index, sha256 | None, tensor | None, reason | None).
+
+    Runs in DataLoader workers; every failure becomes a reason, never an exception.
+    """
+
+    def __init__(
+        self, files: Sequence[str], *, view: Any, transform: Callable, draft_size: int | None
+    ) -> None:
+        self.files = list(files)
+        self.view = view
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None, Any, str | None]:
+        from .errors import ImageDecodeError
+        from .images import load_image, sha256_file
+
+        path = self.files[index]
+        try:
+            sha = sha256_file(path)
+        except FileNotFoundError:
+            return index, None, None, "file not found"
+        except IsADirectoryError:
+            return index, None, None, "is a directory, not an image file"
+        except OSError as exc:
+            return index, None, None, f"unreadable file ({exc.strerror or exc})"
+        try:
+            img = load_image(path, draft_size=self.draft_size)
+            img = self.view(img)
+            x = self.transform(img)
+        except ImageDecodeError as exc:
+            return index, sha, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bad file is a reason, never a crash
+            return index, sha, None, f"{type(exc).__name__}: {str(exc)[:160]}"
+        return index, sha, x, None
+
+
+def _collate(batch: list[tuple[int, str | None, Any, str | None]]) -> dict[str, Any]:
+    import torch
+
+    ok = [b for b in batch if b[2] is not None]
+    return {
+        "index": [b[0] for b in ok],
+        "sha": [b[1] for b in ok],
+        "x": torch.stack([b[2] for b in ok]) if ok else None,
+        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
+    }
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    # each worker decodes one image at a time; torch threads would only oversubscribe
+    torch.set_num_threads(1)
+
+
+def _auto_workers(device_type: str) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    if device_type == "cuda":
+        return max(1, min(cores - 1, 16))  # decoding is the GPU's bottleneck: use every core
+    # on CPU the model needs cores too; half of them decode
+    return max(1, min(cores // 2, 8))
+
+
+def _loader(
+    dataset: _ImageDataset, batches: list[list[int]], *, num_workers: int, pin: bool
+) -> Iterator[dict[str, Any]]:
+    from torch.utils.data import DataLoader
+
+    if not batches:
+        return iter(())
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw = {"prefetch_factor": 4, "worker_init_fn": _worker_init}
+    return iter(
+        DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=pin,
+            **kw,
+        )
+    )
+
+
+# ---------------------------------------------------------------- main side
+class _Encoder:
+    """Backbone call policy: optional torch.compile with one static batch shape.
+
+    ``Backbone.encode`` itself runs under ``torch.inference_mode`` with bf16 autocast
+    on CUDA (and full float32 on CPU).
+    """
+
+    def __init__(self, backbone: Any, *, compile: bool, batch_size: int) -> None:
+        import torch
+
+        self.backbone = backbone
+        self.device = torch.device(backbone.device)
+        self.batch_size = batch_size
+        self.compiled = bool(compile)
+        if compile:
+            backbone.compile()
+
+    def __call__(self, x: Any) -> np.ndarray:
+        import torch
+
+        n = x.shape[0]
+        if self.compiled and n < self.batch_size:
+            # one static shape for the compiled graph: pad, then drop the padding rows
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        with torch.inference_mode():
+            out = self.backbone.encode(x)
+        return out[:n].float().cpu().numpy()
+
+
+def _progress(enabled: bool, total: int, description: str):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def _make_backbone(backbone: str | dict, *, device: str, weights: Any, image_size: Any) -> Any:
+    from . import backbones as _bb  # A1's module; imported late (torch, model zoos)
+
+    if isinstance(backbone, dict):
+        return _bb.backbone_from_spec(backbone, device=device, weights=weights)
+    return _bb.create_backbone(backbone, device=device, weights=weights, image_size=image_size)
+
+
+def _input_side(spec: dict[str, Any]) -> int:
+    size = spec.get("input_size")
+    if isinstance(size, (list, tuple)) and size:
+        return int(size[-1])
+    return 224
+
+
+def _flush_rows(flush_rows: int | None, batch_size: int) -> int:
+    if flush_rows is None:
+        env = os.environ.get(FLUSH_ROWS_ENV)
+        flush_rows = int(env) if env else DEFAULT_FLUSH_ROWS
+    return max(1, int(flush_rows))
+
+
+def embed_source(
+    source: str | os.PathLike,
+    *,
+    backbone: str,
+    out: str | os.PathLike,
+    view: str = "original",
+    device: str = "auto",
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    real_names: Sequence[str] = ("real",),
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    compile: bool = False,
+    progress: bool = True,
+    dtype: str = "float16",
+    flush_rows: int | None = None,
+) -> EmbedSummary:
+    """Embed every image of SOURCE into the bank ``out`` (created, resumed or appended).
+
+    Args:
+        source: folder ``SOURCE/[split/]<engine>/**/image`` or CSV manifest.
+        backbone: registry name (``facebank backbones``).
+        out: the bank directory ``NAME.zarr``; if it exists it must have the same
+            backbone and view, and only images not yet in it are embedded.
+        view: view string, e.g. ``"jpeg:q=50"``.
+        device: ``"auto"`` (cuda if present, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        weights: checkpoint file overriding the backbone's own weights.
+        image_size: backbone input side where the backbone allows it.
+        real_names: engine folders that hold real images (label 0).
+        batch_size: images per forward pass.
+        num_workers: decoding processes; None = automatic, 0 = in the main process.
+        compile: ``torch.compile`` the backbone (worth it on GPU for large runs).
+        progress: show a rich progress bar.
+        dtype: stored feature dtype of a new bank, ``"float16"`` or ``"float32"``.
+        flush_rows: commit at least every this many rows (default 2048, or
+            ``$FACEBANK_EMBED_FLUSH_ROWS``); commits also happen every 10 s.
+
+    Returns:
+        An :class:`EmbedSummary`.
+
+    Raises:
+        SourceError: bad SOURCE. WeightsUnavailableError: weights cannot be had (the
+        bank is not touched). BackboneMismatchError: ``out`` holds another backbone or
+        view. BankLockedError: another process is writing ``out``.
+    """
+    from .views import parse_view
+
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
+    src = scan_source(source, real_names=real_names)
+    vw = parse_view(view)
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise BankError(f"--out {str(out_path)!r} exists and is not a bank folder")
+    # the backbone first: missing weights must fail before the bank is created or touched
+    bb = _make_backbone(backbone, device=device, weights=weights, image_size=image_size)
+    spec = dict(bb.spec)
+    if (out_path / "zarr.json").is_file():
+        bank = FeatureBank.open(out_path, mode="a")
+        try:
+            require_same_backbone(
+                bank.backbone,
+                spec,
+                a_name=f"bank {str(out_path)!r}",
+                b_name=f"--backbone {backbone}",
+            )
+            if bank.view != vw.name:
+                raise BackboneMismatchError(
+                    f"bank {str(out_path)!r} holds view {bank.view!r} but --view is {vw.name!r}; "
+                    "a bank holds one view - use another --out for this view"
+                )
+        except BaseException:
+            bank.close()
+            raise
+    else:
+        src_text = str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
+        bank = FeatureBank.create(
+            out_path, backbone=spec, view=vw.name, source=src_text, dtype=dtype, overwrite=False
+        )
+    try:
+        return _run(
+            src,
+            bank,
+            bb,
+            vw,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            compile=compile,
+            progress=progress,
+            flush_rows=_flush_rows(flush_rows, batch_size),
+            t0=t0,
+        )
+    finally:
+        bank.close()
+
+
+def _run(
+    src: Source,
+    bank: FeatureBank,
+    bb: Any,
+    vw: Any,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    compile: bool,
+    progress: bool,
+    flush_rows: int,
+    t0: float,
+) -> EmbedSummary:
+    items = src.items
+    present = set(bank.paths.tolist())
+    duplicates: list[dict[str, str]] = list(bank.duplicates)
+    present.update(d["path"] for d in duplicates)
+    # sha256 -> (path, engine, split) of the kept row
+    kept: dict[str, tuple[str, str, str]] = {
+        s: (p, e, sp)
+        for s, p, e, sp in zip(bank.sha256, bank.paths, bank.engines, bank.splits, strict=True)
+    }
+    failures: dict[str, str] = {f["path"]: f["reason"] for f in bank.failures}
+
+    # fixed batches over the whole ordered list, so a resumed run encodes the same batches
+    batches: list[list[int]] = []
+    skipped = 0
+    for a in range(0, len(items), batch_size):
+        todo = [
+            i for i in range(a, min(a + batch_size, len(items))) if items[i].path not in present
+        ]
+        skipped += min(a + batch_size, len(items)) - a - len(todo)
+        if todo:
+            batches.append(todo)
+    total = sum(len(b) for b in batches)
+
+    encoder = _Encoder(bb, compile=compile, batch_size=batch_size)
+    workers = _auto_workers(encoder.device.type) if num_workers is None else int(num_workers)
+    workers = min(workers, max(len(batches), 0))
+    dataset = _ImageDataset(
+        [it.file for it in items],
+        view=vw,
+        transform=bb.transform,
+        draft_size=vw.draft_size(_input_side(bb.spec)),
+    )
+    pending: dict[str, list[Any]] = {
+        k: [] for k in ("X", "label", "engine", "path", "split", "sha")
+    }
+    counts = {"embedded": 0, "duplicates": 0}
+    run_failed: list[tuple[str, str]] = []
+    cross: list[tuple[str, str, str]] = []
+    ignored = [{"path": p, "reason": r} for p, r in src.ignored]
+    last_flush = time.monotonic()
+
+    def extra_attrs() -> dict[str, Any]:
+        return {
+            "failures": [{"path": p, "reason": r} for p, r in failures.items()],
+            "duplicates": duplicates,
+            "ignored": ignored,
+        }
+
+    def flush() -> None:
+        nonlocal last_flush
+        n = len(pending["path"])
+        X = np.concatenate(pending["X"]) if n else np.zeros((0, bank.dim), np.float32)
+        bank.append(
+            X,
+            labels=np.asarray(pending["label"], dtype=np.int8),
+            engines=pending["engine"],
+            paths=pending["path"],
+            splits=pending["split"],
+            sha256=pending["sha"],
+            attrs=extra_attrs(),
+        )
+        counts["embedded"] += n
+        for v in pending.values():
+            v.clear()
+        last_flush = time.monotonic()
+
+    def fail(it: ImageItem, reason: str) -> None:
+        failures[it.path] = reason
+        run_failed.append((it.path, reason))
+
+    storage = bank.storage_dtype
+    description = f"embed {bb.spec.get('name', '?')} [{vw.name}]"
+    with _progress(progress, total, description) as bar:
+        task = bar.add_task(description, total=total) if bar is not None else None
+        for batch in _loader(
+            dataset, batches, num_workers=workers, pin=encoder.device.type == "cuda"
+        ):
+            for index, _sha, reason in batch["failed"]:
+                fail(items[index], reason)
+            if batch["x"] is not None:
+                X = encoder(batch["x"])
+                finite = np.isfinite(X.astype(storage)).all(axis=1)
+                rows: list[int] = []
+                for j, (index, sha) in enumerate(zip(batch["index"], batch["sha"], strict=True)):
+                    it = items[index]
+                    if not finite[j]:
+                        fail(
+                            it,
+                            f"backbone gave non-finite features in {storage} (try --dtype float32)",
+                        )
+                        continue
+                    failures.pop(it.path, None)
+                    if sha in kept:
+                        first = kept[sha]
+                        duplicates.append(
+                            {
+                                "path": it.path,
+                                "engine": it.engine,
+                                "split": it.split,
+                                "sha256": sha,
+                                "duplicate_of": first[0],
+                            }
+                        )
+                        counts["duplicates"] += 1
+                        what = [
+                            w
+                            for w, a, b in (
+                                ("engine", first[1], it.engine),
+                                ("split", first[2], it.split),
+                            )
+                            if a != b
+                        ]
+                        if what:
+                            cross.append(
+                                (
+                                    it.path,
+                                    first[0],
+                                    " and ".join(
+                                        f"{w} {a!r} vs {b!r}"
+                                        for w, a, b in (
+                                            ("engine", first[1], it.engine),
+                                            ("split", first[2], it.split),
+                                        )
+                                        if a != b
+                                    ),
+                                )
+                            )
+                        continue
+                    kept[sha] = (it.path, it.engine, it.split)
+                    rows.append(j)
+                    pending["label"].append(it.label)
+                    pending["engine"].append(it.engine)
+                    pending["path"].append(it.path)
+                    pending["split"].append(it.split)
+                    pending["sha"].append(sha)
+                if rows:
+                    pending["X"].append(X[rows])
+            done = len(batch["index"]) + len(batch["failed"])
+            if bar is not None:
+                bar.advance(task, done)
+            if (
+                len(pending["path"]) >= flush_rows
+                or time.monotonic() - last_flush >= DEFAULT_FLUSH_SECONDS
+            ):
+                flush()
+        flush()  # also records failures/duplicates/ignored when nothing new was embedded
+    if cross:
+        shown = "; ".join(f"{p} = {q} ({w})" for p, q, w in cross[:3])
+        more = f" and {len(cross) - 3} more" if len(cross) > 3 else ""
+        warnings.warn(
+            f"{len(cross)} identical image(s) appear under different engines or splits: "
+            f"{shown}{more}; each was embedded once (first path kept) - check the labels "
+            "and splits of these files (`facebank bank info` lists them)",
+            DuplicateImageWarning,
+            stacklevel=3,
+        )
+    seconds = time.perf_counter() - t0
+    processed = counts["embedded"] + counts["duplicates"] + len(run_failed)
+    return EmbedSummary(
+        embedded=counts["embedded"],
+        skipped_present=skipped,
+        duplicates=counts["duplicates"],
+        failed=run_failed,
+        seconds=seconds,
+        images_per_s=processed / seconds if seconds > 0 else 0.0,
+        out=bank.path,
+        rows=len(bank),
+        ignored=list(src.ignored),
+        cross_duplicates=cross,
+        device=str(encoder.device),
+        backbone=backbone_id(bb.spec),
+        view=vw.name,
+    )
+
+
+def encode_images(
+    paths: Sequence[str | os.PathLike],
+    *,
+    backbone: str | dict,
+    view: str = "original",
+    device: str = "auto",
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> EncodedImages:
+    """Embed loose image files (for ``facebank score IMAGES`` and neighbour queries).
+
+    Args:
+        paths: image files; unreadable ones become ``failures``, never an exception.
+        backbone: registry name, or a bank's/head's backbone spec (recreated exactly
+            with ``backbone_from_spec``, so the features match that bank).
+        view: view string applied before the backbone.
+        device, weights: as for :func:`embed_source`.
+        batch_size: images per forward pass.
+        num_workers: decoding processes (0 = in this process; fine for a few images).
+
+    Returns:
+        :class:`EncodedImages` with ``features`` ``(n_ok, D)`` float32.
+    """
+    from .views import parse_view
+
+    vw = parse_view(view)
+    bb = _make_backbone(backbone, device=device, weights=weights, image_size=None)
+    files = [str(p) for p in paths]
+    dataset = _ImageDataset(
+        files, view=vw, transform=bb.transform, draft_size=vw.draft_size(_input_side(bb.spec))
+    )
+    batches = [
+        list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
+    ]
+    encoder = _Encoder(bb, compile=False, batch_size=batch_size)
+    feats: list[np.ndarray] = []
+    ok: list[str] = []
+    shas: list[str] = []
+    failures: list[tuple[str, str]] = []
+    workers = min(int(num_workers), len(batches))
+    for batch in _loader(dataset, batches, num_workers=workers, pin=False):
+        failures.extend((files[i], reason) for i, _sha, reason in batch["failed"])
+        if batch["x"] is not None:
+            feats.append(encoder(batch["x"]))
+            ok.extend(files[i] for i in batch["index"])
+            shas.extend(batch["sha"])
+    X = (
+        np.concatenate(feats).astype(np.float32)
+        if feats
+        else np.zeros((0, int(bb.dim)), np.float32)
+    )
+    return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)
