@@ -111,7 +111,7 @@ def load_image(
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (format not recognised)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb refused ({exc})") from None
+        raise ImageDecodeError(f"image too large, decompression bomb refused ({exc})") from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)") from None
     except MemoryError:

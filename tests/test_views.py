@@ -1,0 +1,170 @@
+"""embed.views: parsing, canonical names, determinism and the effect of each operation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embed.errors import FacebankError, UnknownNameError
+from embed.views import VIEW_FORMS, View, parse_view
+
+
+def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth random RGB image (JPEG-like content, so quality changes are visible)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray((rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8))
+    return small.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64)
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    mse = np.mean((_arr(a) - _arr(b)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+VALID = [
+    ("original", "original"),
+    ("hflip", "hflip"),
+    ("vflip", "vflip"),
+    ("jpeg:q=75", "jpeg:q=75"),
+    ("JPEG:q=50", "jpeg:q=50"),
+    ("resize:128", "resize:128"),
+    ("resize:256+jpeg:q=75", "resize:256+jpeg:q=75"),
+    (" resize:256 + jpeg:q=75 ", "resize:256+jpeg:q=75"),
+    ("original+hflip", "hflip"),
+    ("hflip+vflip+jpeg:q=90", "hflip+vflip+jpeg:q=90"),
+]
+
+
+@pytest.mark.parametrize(("text", "canonical"), VALID)
+def test_parse_gives_canonical_name_that_round_trips(text, canonical):
+    view = parse_view(text)
+    assert isinstance(view, View)
+    assert view.name == canonical == str(view)
+    assert parse_view(view.name) == view
+    assert parse_view(view) is view
+    hash(view)  # frozen: usable as a dict key
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "blur",
+        "jpeg",
+        "jpeg:q=0",
+        "jpeg:q=101",
+        "jpeg:75",
+        "resize:",
+        "resize:4",
+        "resize:x",
+        "hflip+",
+        "rotate:90",
+        "resize:256+sharpen",
+    ],
+)
+def test_bad_view_strings_list_the_valid_forms(text):
+    with pytest.raises(UnknownNameError) as info:
+        parse_view(text)
+    message = str(info.value)
+    assert isinstance(info.value, FacebankError)
+    assert repr(text) in message
+    for form in ("original", "jpeg:q=", "resize:", "hflip", "vflip"):
+        assert form in message
+    assert len(VIEW_FORMS) == 5
+
+
+@pytest.mark.parametrize("text", [t for t, _ in VALID])
+def test_views_are_deterministic_and_do_not_modify_the_input(text):
+    img = _photo()
+    before = _arr(img).copy()
+    a, b = parse_view(text)(img), parse_view(text)(img)
+    assert a.mode == "RGB"
+    assert np.array_equal(_arr(a), _arr(b))
+    assert np.array_equal(_arr(img), before)
+    assert a is not img
+
+
+def test_original_is_identity():
+    img = _photo()
+    assert np.array_equal(_arr(parse_view("original")(img)), _arr(img))
+    assert parse_view("original").is_identity
+
+
+def test_flips_mirror_and_twice_is_identity():
+    img = _photo()
+    h, v = parse_view("hflip"), parse_view("vflip")
+    assert np.array_equal(_arr(h(img)), _arr(img)[:, ::-1])
+    assert np.array_equal(_arr(v(img)), _arr(img)[::-1])
+    assert np.array_equal(_arr(h(h(img))), _arr(img))
+    assert np.array_equal(_arr(parse_view("hflip+hflip")(img)), _arr(img))
+    assert not np.array_equal(_arr(h(img)), _arr(img))
+
+
+def test_jpeg_quality_lowers_psnr_monotonically():
+    img = _photo(256, 256)
+    psnrs = [_psnr(img, parse_view(f"jpeg:q={q}")(img)) for q in (95, 75, 50, 20, 5)]
+    assert all(a > b for a, b in zip(psnrs, psnrs[1:], strict=False)), psnrs
+    assert psnrs[0] > 35 and psnrs[-1] < psnrs[0] - 8
+
+
+def test_jpeg_view_output_is_a_real_jpeg_roundtrip():
+    img = _photo(64, 64)
+    out = parse_view("jpeg:q=30")(img)
+    assert out.size == img.size
+    # re-encoding the result at the same settings is (near) a fixed point, unlike the input
+    again = parse_view("jpeg:q=30")(out)
+    assert _psnr(out, again) > _psnr(img, out)
+
+
+@pytest.mark.parametrize(
+    ("size", "n", "expected"),
+    [
+        ((256, 256), 128, (128, 128)),
+        ((300, 200), 100, (150, 100)),
+        ((200, 300), 100, (100, 150)),
+        ((64, 64), 128, (64, 64)),
+        ((64, 64), 64, (64, 64)),
+    ],
+)
+def test_resize_shrinks_shorter_side_keeps_aspect_never_upsamples(size, n, expected):
+    img = _photo(*size)
+    out = parse_view(f"resize:{n}")(img)
+    assert out.size == expected
+
+
+def test_resize_is_antialiased():
+    # a one-pixel checkerboard must average to grey, not alias into stripes
+    board = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
+    img = Image.fromarray(np.stack([board] * 3, -1))
+    out = _arr(parse_view("resize:32")(img))
+    assert abs(out.mean() - 127.5) < 3 and out.std() < 10
+
+
+def test_composition_applies_left_to_right():
+    img = _photo(256, 256)
+    a = parse_view("resize:64+jpeg:q=40")(img)
+    b = parse_view("jpeg:q=40")(parse_view("resize:64")(img))
+    assert np.array_equal(_arr(a), _arr(b))
+    assert a.size == (64, 64)
+    assert not np.array_equal(_arr(a), _arr(parse_view("jpeg:q=40+resize:64")(img)))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("original", 224),
+        ("hflip", 224),
+        ("vflip+hflip", 224),
+        ("resize:128", 128),
+        ("hflip+resize:96", 96),
+        ("jpeg:q=50", None),
+        ("resize:128+jpeg:q=75", None),
+    ],
+)
+def test_draft_size_policy(text, expected):
+    assert parse_view(text).draft_size(224) == expected
