@@ -3,6 +3,16 @@
 from .runs import markdown_table, read_json, start_run, write_json
 
 # [section: evaluation]
+# `robustness` and `ood` are functions of the same-named modules (analysis.robustness.robustness,
+# analysis.ood.ood); they are not re-exported here so the modules are not shadowed.
+# isort: split
+from .evaluation import Evaluation, evaluate
+from .metrics import BinaryMetrics, binary_metrics, per_engine_table, threshold_at_fpr, tpr_at_fpr
+from .ood import OodResult, fpr_at_tpr
+from .protocols import InEngineResult, LoeoResult, in_engine, leave_one_engine_out
+from .report import write_report
+from .robustness import RobustnessResult
+
 # [end section: evaluation]
 
 # [section: neighbours]
@@ -27,6 +37,21 @@ __all__ = [
     "read_json",
     "markdown_table",
     # [section: __all__ evaluation]
+    "BinaryMetrics",
+    "binary_metrics",
+    "threshold_at_fpr",
+    "tpr_at_fpr",
+    "per_engine_table",
+    "Evaluation",
+    "evaluate",
+    "InEngineResult",
+    "LoeoResult",
+    "in_engine",
+    "leave_one_engine_out",
+    "RobustnessResult",
+    "OodResult",
+    "fpr_at_tpr",
+    "write_report",
     # [end section: __all__ evaluation]
     # [section: __all__ neighbours]
     "NeighbourIndex",
