@@ -69,10 +69,254 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 # ---------------------------------------------------------------- backbones (issue 2)
 # [section: backbones]
+@app.command("backbones")
+def backbones_cmd(
+    pattern: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(help="Only names matching this shell pattern, e.g. 'efficientnet*'."),
+    ] = None,
+    no_test: Annotated[
+        bool, typer.Option("--no-test", help="Hide the test-only backbones (random weights).")
+    ] = False,
+) -> None:
+    """List the backbones: feature size, input size, where weights come from, cached or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from embed.backbones import describe_backbones
+
+    rows = [r for r in describe_backbones(pattern) if not (no_test and r["test_only"])]
+    table = Table(title="facebank backbones", title_justify="left")
+    for column, justify in (
+        ("name", "left"),
+        ("library / model", "left"),
+        ("dim", "right"),
+        ("input", "right"),
+        ("weights", "left"),
+        ("cached", "center"),
+        ("test only", "center"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")
+    for r in rows:
+        size = r["input_size"]
+        table.add_row(
+            r["name"],
+            f"{r['library']} {r['model']}" + (f"/{r['pretrained']}" if r["pretrained"] else ""),
+            str(r["dim"]) if r["dim"] is not None else "?",
+            f"{size[-2]}x{size[-1]}" if size else "?",
+            r["weights_source"],
+            "yes" if r["cached"] else "no",
+            "yes" if r["test_only"] else "",
+        )
+    Console(highlight=False, width=max(180, Console().width)).print(table)
+    if not rows:
+        typer.echo(f"no backbone matches {pattern!r}", err=True)
 # [end section: backbones]
 
 # ---------------------------------------------------------------- embed & bank (issue 2)
 # [section: embed]
+from enum import Enum as _EmbedEnum  # noqa: E402
+
+
+class _BankDtype(str, _EmbedEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+def _rich_console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@app.command("embed")
+def embed_cmd(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Image folder SOURCE/<engine>/**/image (optionally SOURCE/{train,val,test}/<engine>/...) "
+            "or a CSV manifest with columns path,label,engine[,split]."
+        ),
+    ],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `facebank backbones`).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o",
+            help="Bank folder NAME.zarr. Created if absent; if present (same backbone and view) only "
+            "images not yet in it are embedded - rerun the same command to resume a killed run.",
+        ),
+    ],
+    view: Annotated[str, typer.Option("--view", help="Transform before the backbone: original, jpeg:q=Q, resize:N, hflip, vflip, or a+b.")] = "original",
+    device: Annotated[str, typer.Option("--device", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Decoding processes (default: automatic; 0 = in the main process).")] = None,  # noqa: UP045
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file to load instead of the backbone's own weights.")] = None,  # noqa: UP045
+    image_size: Annotated[Optional[int], typer.Option("--image-size", min=8, help="Backbone input side in pixels, where the backbone allows it (e.g. efficientnet-b1 512).")] = None,  # noqa: UP045
+    real: Annotated[Optional[list[str]], typer.Option("--real", help="Engine folder holding real images (label 0); repeat for several. Default: real.")] = None,  # noqa: UP045
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (worth it on a GPU for large runs).")] = False,
+    dtype: Annotated[_BankDtype, typer.Option("--dtype", help="Stored feature dtype of a new bank.")] = _BankDtype.float16,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    flush_rows: Annotated[Optional[int], typer.Option("--flush-rows", min=1, hidden=True, help="Commit at least every N rows (default 2048).")] = None,  # noqa: UP045
+) -> None:
+    """Embed every image of SOURCE with one backbone into a resumable Zarr feature bank."""
+    import warnings
+
+    from embed.runner import DuplicateImageWarning, embed_source
+
+    err = _rich_console(stderr=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DuplicateImageWarning)
+        summary = embed_source(
+            source,
+            backbone=backbone,
+            out=out,
+            view=view,
+            device=device,
+            weights=weights,
+            image_size=image_size,
+            real_names=tuple(real) if real else ("real",),
+            batch_size=batch_size,
+            num_workers=workers,
+            compile=compile_,
+            progress=progress,
+            dtype=dtype.value,
+            flush_rows=flush_rows,
+        )
+    _print_embed_summary(summary)
+    for w in caught:
+        if issubclass(w.category, DuplicateImageWarning):
+            err.print(f"[yellow]warning:[/] {w.message}", markup=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _print_embed_summary(s) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _rich_console()
+    table = Table(title=f"{s.out}  ({s.backbone}, view {s.view}, {s.device})", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("embedded", f"{s.embedded:,}")
+    table.add_row("skipped (already in the bank)", f"{s.skipped_present:,}")
+    table.add_row("duplicates (identical file embedded once)", f"{s.duplicates:,}")
+    table.add_row("failed", f"{len(s.failed):,}")
+    table.add_row("ignored (not an image file)", f"{len(s.ignored):,}")
+    table.add_row("rows in the bank", f"{s.rows:,}")
+    table.add_row("time", f"{s.seconds:.1f} s ({s.images_per_s:,.1f} images/s)")
+    console.print(table)
+    shown = 20
+    for path, reason in s.failed[:shown]:
+        console.print(f"  failed: {escape(path)}: {escape(reason)}")
+    if len(s.failed) > shown:
+        console.print(f"  ... and {len(s.failed) - shown} more (`facebank bank info {s.out}` lists all)")
+
+
+@bank_app.command("info")
+def bank_info_cmd(
+    bank: Annotated[Path, typer.Argument(help="Feature bank folder (NAME.zarr).")],
+    max_listed: Annotated[int, typer.Option("--max-listed", min=0, help="Failures and duplicates listed in full.")] = 20,
+) -> None:
+    """Rows per engine, split and label; backbone, view, failures and duplicates of a bank."""
+    from collections import Counter
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from embed.bank import FeatureBank
+    from embed.compat import backbone_id
+
+    b = FeatureBank.open(bank)
+    meta = b.meta
+    console = _rich_console()
+    head = Table(title=f"bank {b.path}", show_header=False)
+    head.add_column("key")
+    head.add_column("value")
+    head.add_row("rows", f"{len(b):,}")
+    head.add_row("backbone", escape(backbone_id(b.backbone)))
+    head.add_row("view", escape(b.view))
+    head.add_row("features", f"{b.dim}-d, stored {b.storage_dtype}")
+    head.add_row("source", escape(str(meta.get("source", ""))))
+    head.add_row("created", str(meta.get("created", "")))
+    versions = meta.get("versions") or {}
+    head.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    head.add_row("failures", f"{len(b.failures):,}")
+    head.add_row("duplicates", f"{len(b.duplicates):,}")
+    head.add_row("ignored files", f"{len(meta.get('ignored', [])):,}")
+    console.print(head)
+
+    engines, splits, labels = b.engines, b.splits, b.labels
+    split_names = [s for s in ("train", "val", "test", "") if (splits == s).any()]
+    split_names += sorted(set(splits.tolist()) - set(split_names))
+    rows = Table(title="rows per engine")
+    rows.add_column("engine")
+    rows.add_column("label")
+    for s in split_names:
+        rows.add_column(s or "(no split)", justify="right")
+    rows.add_column("total", justify="right")
+    label_name = {1: "1 (AI)", 0: "0 (real)", -1: "-1 (unknown)"}
+    pairs = Counter(zip(engines.tolist(), labels.tolist(), splits.tolist(), strict=True))
+    for engine in sorted(set(engines.tolist())):
+        for label in sorted({lab for (e, lab, _s) in pairs if e == engine}, reverse=True):
+            counts = [pairs.get((engine, label, s), 0) for s in split_names]
+            rows.add_row(escape(engine), label_name.get(label, str(label)), *[f"{c:,}" for c in counts], f"{sum(counts):,}")
+    totals = [int((splits == s).sum()) for s in split_names]
+    rows.add_row("[bold]all[/]", "", *[f"{c:,}" for c in totals], f"{len(b):,}")
+    console.print(rows)
+
+    if b.failures:
+        t = Table(title=f"failures ({len(b.failures)})")
+        t.add_column("path")
+        t.add_column("reason")
+        for f in b.failures[:max_listed]:
+            t.add_row(escape(f["path"]), escape(f["reason"]))
+        console.print(t)
+        if len(b.failures) > max_listed:
+            console.print(f"... and {len(b.failures) - max_listed} more (--max-listed)")
+    if b.duplicates:
+        t = Table(title=f"duplicates ({len(b.duplicates)}; identical files embedded once)")
+        t.add_column("path")
+        t.add_column("duplicate of")
+        t.add_column("note")
+        row_of = dict(zip(b.paths.tolist(), zip(engines.tolist(), splits.tolist(), strict=True), strict=True))
+        for d in b.duplicates[:max_listed]:
+            first = row_of.get(d["duplicate_of"], (d.get("engine"), d.get("split")))
+            note = []
+            if first[0] != d.get("engine"):
+                note.append(f"engine {first[0]} vs {d.get('engine')}")
+            if first[1] != d.get("split"):
+                note.append(f"split {first[1] or '-'} vs {d.get('split') or '-'}")
+            t.add_row(escape(d["path"]), escape(d["duplicate_of"]), "[yellow]" + escape("; ".join(note)) + "[/]" if note else "")
+        console.print(t)
+        if len(b.duplicates) > max_listed:
+            console.print(f"... and {len(b.duplicates) - max_listed} more (--max-listed)")
+
+
+@bank_app.command("verify")
+def bank_verify_cmd(
+    bank: Annotated[Path, typer.Argument(help="Feature bank folder (NAME.zarr).")],
+) -> None:
+    """Check a bank: attributes, arrays, every chunk, values; exit 1 listing what is wrong."""
+    from rich.markup import escape
+
+    from embed.bank import verify_bank
+
+    rep = verify_bank(bank)
+    console = _rich_console()
+    for note in rep.notes:
+        console.print(f"note: {escape(note)}")
+    if rep.ok:
+        console.print(f"ok: {escape(str(rep.path))} ({rep.rows:,} rows)")
+        return
+    err = _rich_console(stderr=True)
+    err.print(f"error: bank {escape(str(rep.path))} has {len(rep.problems)} problem(s):")
+    for prob in rep.problems:
+        err.print(f"  - {escape(prob)}")
+    raise typer.Exit(1)
+
+
 # [end section: embed]
 
 # ---------------------------------------------------------------- heads (issue 3)

@@ -37,6 +37,7 @@ __all__ = [
     "backbone_from_spec",
     "backbone_info",
     "create_backbone",
+    "describe_backbones",
     "list_backbones",
     "resolve_device",
 ]
@@ -177,6 +178,44 @@ def list_backbones(pattern: str | None = None, *, include_test: bool = True) -> 
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
+
+
+def describe_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered backbone for listings (nothing is downloaded or loaded).
+
+    ``dim`` and ``input_size`` come from the library's config (open_clip model config,
+    timm model built on the meta device), not from weights.
+
+    Returns:
+        Dicts with ``name``, ``library``, ``model``, ``pretrained``, ``dim``,
+        ``input_size``, ``weights_source``, ``cached``, ``test_only``, ``description``.
+    """
+    rows = []
+    for name in list_backbones(pattern):
+        info = _REGISTRY[name]
+        try:
+            shape = info.describe()
+        except Exception as exc:  # noqa: BLE001 - a listing must not die on one entry
+            _log.warning("cannot describe backbone %r: %s", name, exc)
+            shape = {"dim": None, "input_size": None}
+        try:
+            source = info.weights_source
+        except FacebankError as exc:
+            source = f"unavailable ({exc})"
+        rows.append(
+            {
+                "name": name,
+                "library": info.library,
+                "model": info.model,
+                "pretrained": info.pretrained,
+                **shape,
+                "weights_source": source,
+                "cached": info.is_cached(),
+                "test_only": info.test_only,
+                "description": info.description,
+            }
+        )
+    return rows
 
 
 def backbone_info(name: str) -> BackboneInfo:
