@@ -31,8 +31,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ __all__ = [
     "write_bank",
     "concat_banks",
     "synthetic_backbone",
+    "verify_bank",
+    "BankReport",
 ]
 
 FORMAT_VERSION = 1
@@ -474,14 +478,17 @@ class FeatureBank:
         cols["label"] = cols["label"].astype(np.int8)
         start, stop = store.count, store.count + n
         if n:
-            group = store.group
-            for key in ("features", *_COLUMNS):
-                arr = group[key]
-                if arr.shape[0] != stop:
-                    arr.resize((stop, *arr.shape[1:]))
-            group["features"][start:stop] = X.astype(store.features.dtype, copy=False)
-            for key, col in cols.items():
-                group[key][start:stop] = col
+            # every chunk below count exists on disk, even all-fill ones, so that
+            # `verify` can tell a lost chunk from one zarr chose not to write
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                group = store.group
+                for key in ("features", *_COLUMNS):
+                    arr = group[key]
+                    if arr.shape[0] != stop:
+                        arr.resize((stop, *arr.shape[1:]))
+                group["features"][start:stop] = X.astype(store.features.dtype, copy=False)
+                for key, col in cols.items():
+                    group[key][start:stop] = col
         self._commit(store, stop, attrs)
         for key, col in cols.items():
             if key in store._columns:
@@ -957,3 +964,196 @@ def write_bank(
             sha256=fill(sha256, ids),
         )
     return FeatureBank.open(path)
+
+
+@dataclass
+class BankReport:
+    """Result of :func:`verify_bank`.
+
+    Attributes:
+        path: the bank checked.
+        rows: committed rows (``count``), or 0 when unreadable.
+        problems: what is wrong (empty = the bank is sound).
+        notes: harmless findings (e.g. uncommitted rows an interrupted writer left).
+    """
+
+    path: Path
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _chunk_file(path: Path, key: str, index: tuple[int, ...]) -> Path:
+    return path / key / "c" / Path(*(str(i) for i in index))
+
+
+def verify_bank(path: str | os.PathLike, *, max_listed: int = 10) -> BankReport:
+    """Check a bank end to end: attributes, arrays, every chunk below ``count``, values.
+
+    Detects: unreadable/missing metadata, wrong format version, missing attributes,
+    missing arrays, ``count`` beyond an array's length, missing chunk files (zarr
+    would silently return fill values), chunks that fail to decode, non-finite
+    feature rows, labels outside {1, 0, -1}, empty engines/paths, repeated paths,
+    bad split names, malformed ``failures``/``duplicates``, and consolidated
+    metadata that disagrees with the arrays.
+
+    Args:
+        path: the ``NAME.zarr`` directory.
+        max_listed: examples listed per kind of problem.
+
+    Returns:
+        A :class:`BankReport`; ``report.ok`` is True when nothing is wrong.
+    """
+    p = Path(path)
+    rep = BankReport(path=p)
+    if not (p / "zarr.json").is_file():
+        rep.problems.append(f"{str(p)!r} has no zarr.json: not a feature bank (or it is missing)")
+        return rep
+    try:
+        with open(p / "zarr.json", encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        rep.problems.append(f"group metadata zarr.json is unreadable ({exc})")
+        return rep
+    attrs = doc.get("attributes") or {}
+    if attrs.get("facebank_format") != FORMAT_VERSION:
+        rep.problems.append(
+            f"attribute facebank_format is {attrs.get('facebank_format')!r}, expected {FORMAT_VERSION}"
+        )
+    for key in ("backbone", "view", "count", "versions", "created", "source"):
+        if key not in attrs:
+            rep.problems.append(f"attribute {key!r} is missing")
+    count = attrs.get("count", 0)
+    if not isinstance(count, int) or count < 0:
+        rep.problems.append(f"attribute count={count!r} is not a non-negative integer")
+        return rep
+    rep.rows = count
+    bb = attrs.get("backbone") if isinstance(attrs.get("backbone"), dict) else {}
+    try:
+        group = zarr.open_group(str(p), mode="r", use_consolidated=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
+        rep.problems.append(f"zarr cannot open the group ({type(exc).__name__}: {exc})")
+        return rep
+    arrays: dict[str, zarr.Array] = {}
+    for key in ("features", *_COLUMNS):
+        try:
+            arrays[key] = group[key]
+        except Exception as exc:  # noqa: BLE001
+            rep.problems.append(f"array {key!r} is missing or unreadable ({type(exc).__name__})")
+    consolidated = ((doc.get("consolidated_metadata") or {}).get("metadata")) or {}
+    for key, arr in arrays.items():
+        want_ndim = 2 if key == "features" else 1
+        if arr.ndim != want_ndim:
+            rep.problems.append(f"array {key!r} has {arr.ndim} dimensions, expected {want_ndim}")
+            continue
+        if arr.shape[0] < count:
+            rep.problems.append(f"count={count} but array {key!r} has only {arr.shape[0]} rows")
+        elif arr.shape[0] > count:
+            rep.notes.append(
+                f"array {key!r} holds {arr.shape[0] - count} uncommitted rows beyond count "
+                "(an interrupted embed; rerunning it resumes and overwrites them)"
+            )
+        names = arr.metadata.dimension_names
+        if not names or names[0] != "row":
+            rep.problems.append(
+                f"array {key!r} has dimension_names {names!r}, expected ('row', ...)"
+            )
+        c = consolidated.get(key)
+        if c is not None and list(c.get("shape", [])) != list(arr.shape):
+            rep.notes.append(
+                f"consolidated metadata says {key!r} has shape {c.get('shape')} but the array "
+                f"has {list(arr.shape)} (xarray may show a stale row count)"
+            )
+    if "features" in arrays:
+        f = arrays["features"]
+        if bb.get("dim") is not None and f.ndim == 2 and f.shape[1] != bb.get("dim"):
+            rep.problems.append(
+                f"features have {f.shape[1]} columns but the backbone's dim is {bb.get('dim')}"
+            )
+        if str(f.dtype) not in _DTYPES:
+            rep.problems.append(f"features dtype {f.dtype} is not one of {list(_DTYPES)}")
+    if rep.problems:
+        return rep
+    # every chunk below count must exist (zarr silently fills missing ones) and decode
+    missing: list[str] = []
+    for key, arr in arrays.items():
+        step = int(arr.chunks[0])
+        for i in range(-(-count // step)):
+            index = (i, 0) if arr.ndim == 2 else (i,)
+            if arr.ndim == 2 and arr.shape[1] > arr.chunks[1]:
+                index_list = [(i, j) for j in range(-(-arr.shape[1] // arr.chunks[1]))]
+            else:
+                index_list = [index]
+            for idx in index_list:
+                if not _chunk_file(p, key, idx).is_file():
+                    missing.append(f"{key}/c/{'/'.join(map(str, idx))}")
+    if missing:
+        rep.problems.append(
+            f"{len(missing)} chunk file(s) missing below count: {missing[:max_listed]}"
+        )
+        return rep
+    values: dict[str, np.ndarray] = {}
+    for key in _COLUMNS:
+        try:
+            raw = arrays[key][:count] if count else np.zeros(0)
+            values[key] = np.asarray(raw, np.int8) if key == "label" else _as_str_array(raw)
+        except Exception as exc:  # noqa: BLE001
+            rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
+    bad_rows: list[int] = []
+    try:
+        feats = arrays["features"]
+        step = int(feats.chunks[0])
+        for a in range(0, count, step):
+            X = np.asarray(feats[a : min(a + step, count)])
+            bad_rows.extend((a + np.flatnonzero(~np.isfinite(X).all(axis=1))).tolist())
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(f"array 'features' has a corrupt chunk ({type(exc).__name__}: {exc})")
+    if bad_rows:
+        rep.problems.append(
+            f"{len(bad_rows)} feature row(s) hold NaN/inf: rows {bad_rows[:max_listed]}"
+        )
+    if "label" in values:
+        bad = np.flatnonzero(~np.isin(values["label"], (-1, 0, 1)))
+        if bad.size:
+            rep.problems.append(
+                f"{bad.size} label(s) outside {{1, 0, -1}}: rows {bad[:max_listed].tolist()}"
+            )
+    for key in ("engine", "path"):
+        if key in values:
+            empty = np.flatnonzero(values[key] == "")
+            if empty.size:
+                rep.problems.append(
+                    f"{empty.size} empty {key} value(s): rows {empty[:max_listed].tolist()}"
+                )
+    if "path" in values:
+        uniq, inverse, counts = np.unique(values["path"], return_inverse=True, return_counts=True)
+        if (counts > 1).any():
+            rep.problems.append(
+                f"{int((counts > 1).sum())} path(s) stored more than once: "
+                f"{uniq[counts > 1][:max_listed].tolist()}"
+            )
+    if "split" in values:
+        bad_split = sorted(set(values["split"].tolist()) - {"", "train", "val", "test"})
+        if bad_split:
+            rep.problems.append(f"split values {bad_split} are not train/val/test/''")
+    if "sha256" in values and count:
+        looks_hex = np.array([bool(_HEX64.match(s)) for s in values["sha256"]])
+        if looks_hex.any() and not looks_hex.all():
+            rows = np.flatnonzero(~looks_hex)[:max_listed].tolist()
+            rep.problems.append(f"sha256 values that are not 64 hex digits: rows {rows}")
+    for key, fields in (("failures", ("path", "reason")), ("duplicates", ("path", "duplicate_of"))):
+        val = attrs.get(key, [])
+        if not isinstance(val, list) or not all(
+            isinstance(d, dict) and all(k in d for k in fields) for d in val
+        ):
+            rep.problems.append(
+                f"attribute {key!r} is not a list of {{{', '.join(fields)}}} records"
+            )
+    return rep
