@@ -23,8 +23,13 @@ def synthetic_arrays(
     seed: int = 0,
     signal: float = 2.0,
     spread: float = 2.0,
+    offset: float = 0.0,
 ) -> dict[str, Any]:
-    """Features (n, dim) float32, labels, engines, sha256 for ``{engine: n_rows}`` ("real" = label 0)."""
+    """Features (n, dim) float32, labels, engines, sha256 for ``{engine: n_rows}`` ("real" = label 0).
+
+    ``offset`` moves every row along one common direction, like real backbone features
+    that are not centred on the origin (so cosine similarity is meaningful).
+    """
     rng = np.random.default_rng(seed)
     u = rng.normal(size=dim)
     u /= np.linalg.norm(u)
@@ -39,7 +44,8 @@ def synthetic_arrays(
             centre = signal * u + spread * v
         feats.append(centre + rng.normal(size=(n, dim)))
         names += [e] * n
-    X = np.concatenate(feats).astype(np.float32)
+    w = rng.normal(size=dim)
+    X = (np.concatenate(feats) + offset * w / np.linalg.norm(w)).astype(np.float32)
     names = np.array(names)
     labels = (names != "real").astype(np.int8)
     sha = np.array([f"{seed:04d}{i:012x}" for i in range(len(names))])

@@ -1,0 +1,129 @@
+"""analysis.ood: new-engine images vs known-engine images (prototype ood_score or kNN distance)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_curve
+from typer.testing import CliRunner
+
+from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from analysis.ood import fpr_at_tpr, ood
+from embed.errors import DataError
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from embed.bank import FeatureBank
+    from heads import list_heads, train_run
+
+    root = tmp_path_factory.mktemp("ood")
+    data = synthetic_arrays(
+        {"real": 400, "sdxl": 200, "stylegan2": 200, "newgen": 150},
+        dim=16,
+        seed=11,
+        signal=2.0,
+        spread=3.0,
+        offset=8.0,
+    )
+    known_rows = np.flatnonzero(data["engines"] != "newgen")
+    new_rows = np.flatnonzero(data["engines"] == "newgen")
+    away = np.random.default_rng(1).normal(size=16)
+    data["X"][new_rows] += (6 * away / np.linalg.norm(away)).astype(
+        np.float32
+    )  # far from every known cluster
+    write_synthetic_bank(root / "known.zarr", data, rows=known_rows)
+    write_synthetic_bank(root / "new.zarr", data, rows=new_rows)
+    known = [FeatureBank.open(root / "known.zarr")]
+    runs = {
+        "linear": train_run(known, head="linear", params={}, out=root / "linear", seed=0).run_dir
+    }
+    if "prototype" in list_heads():
+        runs["prototype"] = train_run(
+            known, head="prototype", params={}, out=root / "prototype", seed=0
+        ).run_dir
+    return {"root": root, "runs": runs, "n_known": len(known_rows), "n_new": len(new_rows)}
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_fpr_at_tpr_matches_sklearn(trial):
+    n = int(RNG.integers(5, 80))
+    y = RNG.integers(0, 2, n)
+    y[:2] = (0, 1)
+    s = RNG.integers(0, 6, n).astype(float) if trial % 2 else RNG.normal(size=n)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    expected = fpr[np.argmax(tpr >= 0.95 - 1e-12)]
+    assert fpr_at_tpr(y, s, 0.95) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("head", ["linear", "prototype"])
+def test_ood_separates_a_far_new_engine(setup, head, tmp_path):
+    if head not in setup["runs"]:
+        pytest.skip("prototype head not available")
+    root = setup["root"]
+    res = ood(
+        setup["runs"][head],
+        known=[root / "known.zarr"],
+        new=[root / "new.zarr"],
+        out=tmp_path / head,
+        n_boot=100,
+    )
+    assert res.method == ("ood_score" if head == "prototype" else "knn:k=10")
+    (row,) = res.per_engine
+    assert row["engine"] == "newgen" and row["n"] == setup["n_new"]
+    assert row["auroc"] > 0.9
+    assert row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
+    assert 0 <= row["fpr_at_95tpr"] < 0.5
+    assert res.known_flag_rate < 0.2
+    # per-image CSV: every row, flags at the threshold set on known *validation* rows
+    with open(res.csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == setup["n_known"] + setup["n_new"]
+    val = [r for r in rows if r["set"] == "known-val"]
+    assert len(val) == res.n_known_val > 0
+    flagged_val = sum(int(r["flagged"]) for r in val)
+    assert flagged_val <= int(np.floor(0.05 * len(val) + 1e-9))  # never above the target
+    for r in rows:
+        assert (
+            int(r["flagged"]) == int(float(r["ood_score"]) > res.threshold)
+            or abs(float(r["ood_score"]) - res.threshold) < 1e-5
+        )
+    assert (res.run_dir / "ood_hist.png").exists() and "validation" in (
+        res.run_dir / "ood.md"
+    ).read_text()
+
+
+def test_ood_bad_input(setup, tmp_path):
+    root = setup["root"]
+    run = setup["runs"]["linear"]
+    with pytest.raises(DataError, match="both the --known and the --new"):
+        ood(run, known=[root / "known.zarr"], new=[root / "known.zarr"], n_boot=0)
+    d = synthetic_arrays({"sdxl": 20}, dim=16, seed=11)
+    d["sha256"] = np.array([f"s{i}" for i in range(20)])
+    write_synthetic_bank(tmp_path / "sdxl.zarr", d)
+    with pytest.warns(UserWarning, match="not new"):
+        ood(run, known=[root / "known.zarr"], new=[tmp_path / "sdxl.zarr"], n_boot=0)
+
+
+def test_ood_cli(setup, tmp_path):
+    from cli import app
+
+    root = setup["root"]
+    args = [
+        "ood",
+        "--head",
+        str(setup["runs"]["linear"]),
+        "--known",
+        str(root / "known.zarr"),
+        "--new",
+        str(root / "new.zarr"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "AUROC" in res.output and (tmp_path / "o" / "ood_scores.csv").exists()
