@@ -150,8 +150,9 @@ def _scan_folder(root: Path, reals: set[str]) -> Source:
     # (split, folder holding the engine folders)
     groups = [(d.lower(), root / d) for d in split_dirs] if split_dirs else [("", root)]
     items: list[ImageItem] = []
+    # loose files next to the split folders (those next to engine folders come below)
     ignored: list[tuple[str, str]] = [
-        (f, "not inside an engine folder (SOURCE/<engine>/...)") for f in loose
+        (f, "not inside an engine folder (SOURCE/<engine>/...)") for f in loose if split_dirs
     ]
     for split, base in groups:
         for engine_dir in _visible(os.listdir(base)):
