@@ -221,8 +221,27 @@ class _Source:
             self.dim = int(X.shape[1])
             self.backbone: dict | None = None
             self.view = "original"
-            n = X.shape[0]
-            self.rows = IndexRows(
+            self._rows: IndexRows | None = None
+            return
+        self.array = None
+        self.banks = _open_banks(data)
+        self.offsets = np.cumsum([0] + [len(b) for b in self.banks])
+        self.dim = int(self.banks[0].dim)
+        self.backbone = dict(self.banks[0].backbone)
+        self.view = str(self.banks[0].view)
+        self._rows = None
+
+    @property
+    def rows(self) -> IndexRows:
+        """Row metadata, read from the banks on first use (a self-search never needs it)."""
+        if self._rows is None:
+            self._rows = self._read_rows()
+        return self._rows
+
+    def _read_rows(self) -> IndexRows:
+        if self.array is not None:
+            n = len(self.array)
+            return IndexRows(
                 path=np.array([f"row-{i:06d}" for i in range(n)], dtype=object),
                 engine=np.full(n, "", dtype=object),
                 label=np.full(n, -1, dtype=np.int8),
@@ -234,13 +253,6 @@ class _Source:
                 sources=("",),
                 bank_paths=("",),
             )
-            return
-        self.array = None
-        self.banks = _open_banks(data)
-        self.offsets = np.cumsum([0] + [len(b) for b in self.banks])
-        self.dim = int(self.banks[0].dim)
-        self.backbone = dict(self.banks[0].backbone)
-        self.view = str(self.banks[0].view)
         cols: dict[str, list[np.ndarray]] = defaultdict(list)
         for i, b in enumerate(self.banks):
             n = len(b)
@@ -256,7 +268,7 @@ class _Source:
             )
             cols["bank_id"].append(np.full(n, i, dtype=np.int32))
             cols["local_row"].append(np.arange(n))
-        self.rows = IndexRows(
+        return IndexRows(
             **{k: np.concatenate(v) for k, v in cols.items()},
             sources=tuple(str(b.meta.get("source", "") or "") for b in self.banks),
             bank_paths=tuple(str(b.path) for b in self.banks),
@@ -386,7 +398,6 @@ class NeighbourIndex:
         self.nprobe = nprobe
         self.ef_search = ef_search
         self._source = _Source(data)
-        self.rows = self._source.rows
         self.dim = self._source.dim
         self.backbone = self._source.backbone
         self.view = self._source.view
@@ -411,6 +422,11 @@ class NeighbourIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def rows(self) -> IndexRows:
+        """:class:`IndexRows`: path, engine, label, split, sha256, bank of every row."""
+        return self._source.rows
 
     def __len__(self) -> int:
         return self.ntotal
@@ -924,6 +940,7 @@ def engine_clusters(
         kmeans = faiss.Kmeans(
             index.dim, n_clusters, niter=25, seed=seed, spherical=metric == "cosine",
             max_points_per_centroid=max(256, len(sub) // n_clusters + 1), verbose=False,
+            min_points_per_centroid=1,  # small banks are fine; FAISS would only warn
         )
         kmeans.train(Xk)
         assign = np.empty(n, dtype=np.int64)

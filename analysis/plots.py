@@ -66,6 +66,7 @@ from ._plots_eval import (  # noqa: E402
 # [end section: evaluation plots]
 
 # [section: neighbour plots]
+# isort: split
 # Implemented in analysis/_plots_neighbours.py (query grid, neighbour-engine confusion
 # heatmap, kNN purity bars, 2-D map scatter); re-exported here.
 from ._plots_neighbours import (  # noqa: E402

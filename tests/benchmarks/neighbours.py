@@ -1,0 +1,200 @@
+# ruff: noqa: E741  (FAISS convention: results are named D, I)
+"""Benchmark: self-kNN (k=10) over a streamed feature bank, time and peak memory.
+
+    python tests/benchmarks/neighbours.py            # 100k x 768, Flat (exact) + IVF, 3 runs
+    python tests/benchmarks/neighbours.py --tiny     # seconds, for CI
+    python tests/benchmarks/neighbours.py --rows 1000000 --factory Flat   # GPU machine
+
+The bank is written to disk once (with ``FeatureBank.create`` + ``append`` in chunks, in
+its own process); every measured run is a fresh process that opens the bank, builds a
+``NeighbourIndex`` by streaming it in ``--chunk-rows`` chunks, and runs ``self_knn``.
+Peak RSS of that process is compared with the streaming budget: baseline (imports + open
+bank) + 2 x one chunk + the index + the returned ``D, I`` (n x k x 12 bytes). Approximate indexes report recall@k against exact
+search on a sample of rows. Prints ONE JSON line (medians over runs, plus every run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rss_now_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_bank(path: Path, *, rows: int, dim: int, engines: int, seed: int, chunk: int) -> None:
+    """A bank of Gaussian clusters (one per engine) written chunk by chunk (low memory)."""
+    import numpy as np
+
+    from embed import FeatureBank, synthetic_backbone
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(engines, dim)).astype(np.float32)
+    with FeatureBank.create(path, backbone=synthetic_backbone(dim), source="synthetic",
+                            chunk_rows=min(chunk, 8192), overwrite=True) as bank:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            e = rng.integers(0, engines, n)
+            X = centres[e] + rng.normal(scale=0.8, size=(n, dim)).astype(np.float32)
+            ids = [f"{start + i:08d}" for i in range(n)]
+            bank.append(X, labels=(e > 0).astype(np.int8), engines=[f"engine{j}" for j in e],
+                        paths=[f"img/{i}.png" for i in ids], splits=[""] * n, sha256=ids)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One measured run (in its own process)."""
+    import faiss
+    import numpy as np
+
+    from analysis.neighbours import NeighbourIndex
+    from embed import FeatureBank
+
+    factory = args.factory[-1]
+    bank = FeatureBank.open(args.bank)
+    base = _rss_now_mb()
+    t0 = time.perf_counter()
+    index = NeighbourIndex(bank, factory=factory, device=args.device, nprobe=args.nprobe,
+                           ef_search=args.ef_search, chunk_rows=args.chunk_rows,
+                           gpu_float16=args.gpu_float16)
+    t_add = time.perf_counter() - t0
+    after_add = _rss_now_mb()
+    t1 = time.perf_counter()
+    D, I = index.self_knn(args.k)
+    t_search = time.perf_counter() - t1
+    peak = _peak_rss_mb()
+    n, d = len(bank), bank.dim
+    chunk_mb = args.chunk_rows * d * 4 / 2**20
+    index_mb = n * d * 4 / 2**20 if factory == "Flat" else max(after_add - base, 0.0)
+    if index.device != "cpu":
+        index_mb = 0.0  # the index lives in GPU memory
+    outputs_mb = n * args.k * (4 + 8) / 2**20  # the returned D (float32) and I (int64)
+    out = {
+        "add_s": round(t_add, 3), "self_knn_s": round(t_search, 3),
+        "total_s": round(t_add + t_search, 3), "rows_per_s": round(n / (t_add + t_search), 1),
+        "device": index.device, "peak_rss_mb": round(peak, 1), "baseline_rss_mb": round(base, 1),
+        "chunk_mb": round(chunk_mb, 1), "index_mb": round(index_mb, 1),
+        "peak_over_baseline_mb": round(peak - base, 1),
+        "outputs_mb": round(outputs_mb, 1),
+        "budget_mb": round(2 * chunk_mb + index_mb + outputs_mb, 1),
+        "within_budget": bool(peak - base <= 2 * chunk_mb + index_mb + outputs_mb),
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+    if factory != "Flat":  # recall@k of the approximate index on a sample of rows
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=min(500, n), replace=False))
+        full = faiss.IndexFlatIP(d)
+        for _s, _e, C in bank.iter_features(chunk_rows=args.chunk_rows):
+            faiss.normalize_L2(C)
+            full.add(C)
+        Q = bank.load_features(rows=sample)
+        faiss.normalize_L2(Q)
+        _, I_ex = full.search(Q, args.k + 1)
+        hits = [len(set(I[r]) & (set(I_ex[j]) - {sample[j]})) / args.k for j, r in enumerate(sample)]
+        out["recall_at_k"] = round(float(np.mean(hits)), 4)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="3k x 64, one run: a CI smoke test")
+    p.add_argument("--rows", type=int, default=None, help="bank rows (default 100000)")
+    p.add_argument("--dim", type=int, default=None, help="feature size (default 768)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk (default 8192)")
+    p.add_argument("--factory", action="append", default=None,
+                   help="FAISS factory string; repeat (default: Flat and IVF1024,Flat)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default 16)")
+    p.add_argument("--ef-search", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--gpu-float16", action="store_true", help="float16 vectors on the GPU")
+    p.add_argument("--repeat", type=int, default=None, help="measured runs (default 3; tiny 1)")
+    p.add_argument("--bank", type=Path, default=None, help="reuse (or make) the bank here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args._child:
+        print(json.dumps(measure(args)))
+        return
+
+    rows = args.rows or (3000 if args.tiny else 100_000)
+    dim = args.dim or (64 if args.tiny else 768)
+    chunk = args.chunk_rows or (512 if args.tiny else 8192)
+    factories = args.factory or (["Flat", "IVF16,Flat"] if args.tiny else ["Flat", "IVF1024,Flat"])
+    repeat = args.repeat or (1 if args.tiny else 3)
+    tmp = None
+    bank = args.bank
+    if bank is None:
+        tmp = tempfile.TemporaryDirectory(prefix="facebank-bench-nb-")
+        bank = Path(tmp.name) / "bench.zarr"
+    t0 = time.perf_counter()
+    if not (bank / "zarr.json").exists():  # written here: the measured runs are other processes
+        make_bank(bank, rows=rows, dim=dim, engines=10, seed=args.seed, chunk=8192)
+    t_make = time.perf_counter() - t0
+
+    results = {}
+    for factory in factories:
+        nprobe = args.nprobe if args.nprobe is not None else (16 if factory.startswith("IVF") else None)
+        # -m from the repo root: the script's own folder must not shadow packages
+        # (tests/benchmarks/analysis.py would hide the analysis package)
+        cmd = [sys.executable, "-m", "tests.benchmarks.neighbours", "--_child", "--bank", str(bank),
+               "--k", str(args.k), "--chunk-rows", str(chunk), "--factory", factory,
+               "--device", args.device]
+        if nprobe is not None:
+            cmd += ["--nprobe", str(nprobe)]
+        if args.ef_search is not None:
+            cmd += ["--ef-search", str(args.ef_search)]
+        if args.gpu_float16:
+            cmd.append("--gpu-float16")
+        runs = []
+        for _ in range(repeat):
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if res.returncode != 0:
+                sys.exit(f"measured run failed ({factory}):\n{res.stderr[-3000:]}")
+            runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        med = {key: statistics.median(r[key] for r in runs)
+               for key in runs[0] if isinstance(runs[0][key], (int, float)) and not isinstance(runs[0][key], bool)}
+        med["within_budget"] = all(r["within_budget"] for r in runs)
+        med["device"] = runs[0]["device"]
+        results[factory] = {"nprobe": nprobe, "median": med, "runs": runs}
+
+    try:
+        import torch
+
+        torch_threads = torch.get_num_threads()
+    except ImportError:
+        torch_threads = None
+    print(json.dumps({
+        "benchmark": "neighbours.self_knn", "rows": rows, "dim": dim, "k": args.k,
+        "chunk_rows": chunk, "repeat": repeat, "bank_write_s": round(t_make, 2),
+        "results": results,
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch_threads,
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()},
+    }))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

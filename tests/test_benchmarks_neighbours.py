@@ -1,0 +1,37 @@
+"""tests/benchmarks/neighbours.py --tiny runs and prints one JSON line of figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_neighbours_benchmark_tiny(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "tests/benchmarks/neighbours.py", "--tiny", "--bank", str(tmp_path / "b.zarr")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "neighbours.self_knn"
+    assert (fig["rows"], fig["dim"], fig["k"], fig["repeat"]) == (3000, 64, 10, 1)
+    assert fig["machine"]["cpu_count"] >= 1 and "torch_threads" in fig["machine"]
+    assert set(fig["results"]) == {"Flat", "IVF16,Flat"}
+    for name, r in fig["results"].items():
+        med = r["median"]
+        assert med["self_knn_s"] > 0 and med["add_s"] > 0 and med["rows_per_s"] > 0
+        assert med["peak_rss_mb"] >= med["baseline_rss_mb"] > 0
+        assert med["device"] in ("cpu", "cuda:0")
+        assert len(r["runs"]) == 1 and isinstance(med["within_budget"], bool)
+        if name != "Flat":
+            assert med["recall_at_k"] == 1.0  # 16 lists, all probed: exact
+    assert (tmp_path / "b.zarr" / "zarr.json").is_file()
