@@ -319,7 +319,7 @@ def binary_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     fprs: Sequence[float] = DEFAULT_FPRS,
-    max_bins: int = 4096,
+    max_bins: int = 2048,
 ) -> BinaryMetrics:
     """AUC, AP, EER, TPR at fixed FPRs, and threshold metrics, with bootstrap 95% intervals.
 
@@ -343,7 +343,8 @@ def binary_metrics(
     _require_both_classes(y)
     if threshold is not None and not math.isfinite(float(threshold)):
         raise DataError(f"threshold must be a finite number, got {threshold!r}")
-    s_real, s_fake = s[y == 0], s[y == 1]
+    # sorted once: every count below is a searchsorted of sorted keys (cache-friendly)
+    s_real, s_fake = np.sort(s[y == 0]), np.sort(s[y == 1])
     n_real, n_fake = s_real.size, s_fake.size
 
     exact_grid = np.union1d(s, [threshold]) if threshold is not None else np.unique(s)
