@@ -141,15 +141,15 @@ def _decode(img: Image.Image, *, draft_size: int | None, max_pixels: int) -> Ima
         img.draft("RGB", (int(draft_size), int(draft_size)))
     img.load()  # first frame only; raises on truncated/corrupt data (no partial images)
     try:
-        upright = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a large image
     except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose the image
         _log.debug("ignoring unreadable EXIF orientation: %s", exc)
-        upright = img
-    return _to_rgb(upright)
+    # The pixels are in memory now; leaving Image.open's context closes only the file.
+    return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to a new RGB image (alpha over white, high bit depths scaled)."""
+    """Convert any PIL mode to RGB (alpha over white, high bit depths scaled); RGB passes through."""
     mode = img.mode
     if mode in _ALPHA_MODES:
         return _over_white(img.convert("RGBA"))
@@ -159,7 +159,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "P" and img.palette is not None and img.palette.mode == "RGBA":
         return _over_white(img.convert("RGBA"))
     if mode == "RGB":
-        return img.copy()
+        return img
     if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
         return img.convert("RGB")
     if mode.startswith("I;16") or mode in ("I", "F"):
