@@ -505,7 +505,7 @@ def per_engine_table(
             lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
         warning = ""
         if n < SMALL_GROUP:
-            warning = f"only {n} images: the rate moves in steps of {1 / n:.0%}; read the interval"
+            warning = f"only {n} image{'s' if n != 1 else ''}: the rate moves in steps of {1 / n:.0%}; read the interval"
             warnings.warn(f"engine {eng!r} has {warning}", stacklevel=2)
         rows.append(
             {
