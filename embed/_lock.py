@@ -48,6 +48,12 @@ class BankLock:
             os.close(self._fd)
             self._fd = None
 
+    def fileno(self) -> int:
+        """The locked descriptor (forked children should close their copy)."""
+        if self._fd is None:
+            raise ValueError("lock not held")
+        return self._fd
+
     @property
     def held(self) -> bool:
         return self._fd is not None

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
@@ -356,24 +358,28 @@ class FeatureBank:
             raise BankError(f"chunk_rows={chunk_rows!r} must be a positive integer")
         if p.exists() and not p.is_dir():
             raise BankError(f"{str(p)!r} exists and is not a directory; choose another --out")
-        if p.exists() and any(p.iterdir()) and not overwrite:
+        if p.exists() and any(p.iterdir()):
             attrs = _read_group_attrs(p) if _is_bank_dir(p) else None
-            # an interrupted create() never committed a row: safe to redo
-            if attrs is None or attrs.get("facebank_format") is not None or attrs.get("count"):
+            # an interrupted create() of an older facebank never committed a row: redo it
+            incomplete = attrs is not None and attrs.get("facebank_format") is None
+            if not overwrite and not (incomplete and not attrs.get("count")):
                 what = "a feature bank" if attrs is not None else "a non-empty folder"
                 raise BankError(
                     f"{str(p)!r} already exists and is {what}; pass overwrite=True "
                     "(`--overwrite`) to replace it, or choose another path"
                 )
-        p.mkdir(parents=True, exist_ok=True)
-        lock = BankLock(p).acquire()
+            with BankLock(p):  # never pull a bank from under a running writer
+                shutil.rmtree(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(p)
+        # Build in a hidden sibling folder and rename it into place: a bank either does
+        # not exist or is complete, whenever the writer is killed. The lock is on the
+        # folder's inode, so it moves with the rename.
+        tmp = p.parent / f".{p.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        lock = BankLock(tmp).acquire()
         try:
-            for child in p.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-            attrs: dict[str, Any] = {
+            attrs = {
                 "backbone": json.loads(json.dumps(dict(backbone))),
                 "view": str(view),
                 "source": str(source),
@@ -383,7 +389,7 @@ class FeatureBank:
                 "failures": [],
                 "duplicates": [],
             }
-            group = zarr.create_group(store=str(p), attributes=attrs)
+            group = zarr.create_group(store=str(tmp), attributes=attrs)
             rows = int(chunk_rows)
             group.create_array(
                 "features",
@@ -406,13 +412,21 @@ class FeatureBank:
                 group.create_array(
                     col, shape=(0,), dtype=str, chunks=(rows,), dimension_names=("row",)
                 )
-            # written last: a folder without it is an interrupted create, never a bank
             attrs["facebank_format"] = FORMAT_VERSION
-            _write_group_json(p, attrs)
+            _write_group_json(tmp, attrs)
+            try:
+                os.rename(tmp, p)  # atomic; replaces an empty folder, fails on a full one
+            except OSError:
+                raise BankError(
+                    f"{str(p)!r} was created by another process meanwhile; rerun to append "
+                    "to it, or choose another path"
+                ) from None
+            lock.path = p
             group = zarr.open_group(str(p), mode="r+", use_consolidated=False)
             store = _Store(p, group, writable=True)
         except BaseException:
             lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         bank = cls([(store, None)])
         bank._lock = lock
@@ -848,6 +862,20 @@ class FeatureBank:
 
 def _store_name(store: _Store) -> str:
     return store.path.name.removesuffix(".zarr") or store.path.name
+
+
+def _remove_stale_builds(path: Path) -> None:
+    """Delete half-built banks (``.NAME.creating-*``) of killed writers next to ``path``."""
+    for d in path.parent.glob(f".{glob.escape(path.name)}.creating-*"):
+        lock = BankLock(d)
+        try:
+            lock.acquire()
+        except (BankError, OSError):
+            continue  # still being built by a live process
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def _remove_partials(path: Path) -> None:

@@ -24,6 +24,7 @@ a :class:`DuplicateImageWarning`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -169,11 +170,17 @@ def _collate(batch: list[tuple[int, str | None, Any, str | None]]) -> dict[str, 
     }
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
     import torch
 
     # each worker decodes one image at a time; torch threads would only oversubscribe
     torch.set_num_threads(1)
+    # A forked worker inherits the bank's lock descriptor; an flock lives until every
+    # copy is closed, so a worker orphaned by a killed writer would keep the bank
+    # locked and block the resume. Drop the copy at once.
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _auto_workers(device_type: str) -> int:
@@ -188,7 +195,12 @@ def _auto_workers(device_type: str) -> int:
 
 
 def _loader(
-    dataset: _ImageDataset, batches: list[list[int]], *, num_workers: int, pin: bool
+    dataset: _ImageDataset,
+    batches: list[list[int]],
+    *,
+    num_workers: int,
+    pin: bool,
+    close_fds: tuple[int, ...] = (),
 ) -> Iterator[dict[str, Any]]:
     from torch.utils.data import DataLoader
 
@@ -196,7 +208,10 @@ def _loader(
         return iter(())
     kw: dict[str, Any] = {}
     if num_workers > 0:
-        kw = {"prefetch_factor": 4, "worker_init_fn": _worker_init}
+        kw = {
+            "prefetch_factor": 4,
+            "worker_init_fn": functools.partial(_worker_init, close_fds=close_fds),
+        }
     return iter(
         DataLoader(
             dataset,
@@ -476,8 +491,13 @@ def _run(
     description = f"embed {bb.spec.get('name', '?')} [{vw.name}]"
     with _progress(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
+        lock = getattr(bank, "_lock", None)
         for batch in _loader(
-            dataset, batches, num_workers=workers, pin=encoder.device.type == "cuda"
+            dataset,
+            batches,
+            num_workers=workers,
+            pin=encoder.device.type == "cuda",
+            close_fds=(lock.fileno(),) if lock is not None and lock.held else (),
         ):
             for index, _sha, reason in batch["failed"]:
                 fail(items[index], reason)
