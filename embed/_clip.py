@@ -73,6 +73,28 @@ def hub_files(info: BackboneInfo) -> tuple[str, list[str]]:
     return repo_id, names
 
 
+def image_tower_state_dict(
+    state_dict: dict[str, torch.Tensor], *, source: Path | str
+) -> dict[str, torch.Tensor]:
+    """The ``visual.*`` tensors of an open_clip checkpoint, with the prefix removed.
+
+    Only the image tower makes features, so only it is loaded (strictly); a full CLIP
+    checkpoint and an image-tower-only one (e.g. ``{k: v for k, v in sd.items() if
+    k.startswith("visual.")}``, a third of the size to copy) give the same features.
+
+    Raises:
+        FacebankError: The file holds no ``visual.*`` tensors (e.g. a timm-format ViT).
+    """
+    tower = {k[len("visual.") :]: v for k, v in state_dict.items() if k.startswith("visual.")}
+    if not tower:
+        raise FacebankError(
+            f"weights file {str(source)!r} holds no open_clip image tower (no 'visual.*' "
+            f"tensors; found e.g. {', '.join(list(state_dict)[:3])}); pass an open_clip "
+            "checkpoint such as open_clip_model.safetensors, not a timm model.safetensors"
+        )
+    return tower
+
+
 def describe(info: BackboneInfo) -> dict[str, Any]:
     """Feature size and input size from open_clip's model config, without any weights."""
     import open_clip
@@ -121,14 +143,14 @@ def build(
         model, _, transform = open_clip.create_model_and_transforms(
             info.model, pretrained=None, **kwargs
         )
+    visual = model.visual
     if weights_path is not None:
         load_strict(
-            model,
-            read_state_dict(weights_path),
+            visual,
+            image_tower_state_dict(read_state_dict(weights_path), source=weights_path),
             source=f"{str(weights_path)!r}",
-            what=f"open_clip {info.model}",
+            what=f"the image tower of open_clip {info.model}",
         )
-    visual = model.visual
     native = visual.image_size
     h, w = (native, native) if isinstance(native, int) else tuple(native)
     if image_size is not None and (int(image_size), int(image_size)) != (h, w):

@@ -192,15 +192,21 @@ def hub_weights(repo_id: str, filenames: Sequence[str], *, backbone: str, what: 
     cache = hub_cache_dir()
     if hub_offline():
         why = "HF_HUB_OFFLINE is set, so nothing is downloaded"
+    elif unreachable := _hub_unreachable():
+        why = f"the model hub is unreachable ({unreachable})"
     else:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
         errors = []
         for name in filenames:
             try:
                 _log.info("downloading %s/%s into %s", repo_id, name, cache)
                 return Path(hf_hub_download(repo_id, name, cache_dir=str(cache)))
-            except Exception as exc:  # noqa: BLE001 - network/HTTP errors of many kinds
+            except LocalEntryNotFoundError as exc:  # the connection failed: no use trying more
+                errors.append(f"{name}: {type(exc).__name__}")
+                break
+            except Exception as exc:  # noqa: BLE001 - HTTP errors of many kinds (404, auth...)
                 errors.append(f"{name}: {type(exc).__name__}")
         why = "the download failed (" + "; ".join(errors) + ")"
     raise WeightsUnavailableError(
@@ -210,3 +216,30 @@ def hub_weights(repo_id: str, filenames: Sequence[str], *, backbone: str, what: 
         "Python) pointing at a local copy of that file, or run once on a machine where the "
         "model hub is reachable so the file is cached"
     )
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """A reason when the hub's host cannot even be connected to, else None.
+
+    huggingface_hub retries a failing request five times with back-off (about 25 s per
+    file); one short TCP probe makes an offline machine fail in milliseconds instead.
+    Behind an HTTP(S) proxy the probe is skipped (the proxy decides).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001
+        return None
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"

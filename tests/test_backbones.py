@@ -146,6 +146,21 @@ def test_hub_backbone_offline_fails_fast_with_both_fixes(name, offline_hub):
     assert not any(offline_hub.parent.rglob("*.safetensors"))  # nothing was written
 
 
+def test_unreachable_hub_fails_fast_without_the_offline_flag(offline_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="unreachable") as err:
+        create_backbone("efficientnet-b1", device="cpu")
+    assert time.perf_counter() - start < 10
+    assert "127.0.0.1:9" in str(err.value) and "--weights PATH" in str(err.value)
+
+
 def _fake_hub_cache(cache, repo: str, filename: str, state_dict) -> str:
     """Lay a file out the way huggingface_hub caches it (refs/main -> snapshot)."""
     from safetensors.torch import save_file
@@ -270,7 +285,8 @@ def _perturbed_library_model(name: str) -> tuple[torch.nn.Module, callable]:
 _ROUND_TRIPS = [
     (name, fmt)
     for i, name in enumerate(TINY)
-    for fmt in (("safetensors", "pt-module-prefix"), ("pt", "pt-nested"))[i % 2]
+    for fmt in (("safetensors", "pt-module-prefix", "visual-only"), ("pt", "pt-nested"))[i % 2]
+    if fmt != "visual-only" or backbone_info(name).library == "open_clip"
 ]
 
 
@@ -287,6 +303,8 @@ def test_weights_file_round_trip(name, fmt, tmp_path, tiny_backbones):
         torch.save(sd, path)
     elif fmt == "pt-nested":
         torch.save({"state_dict": sd, "epoch": 3}, path)
+    elif fmt == "visual-only":  # open_clip image tower only: the text tower is never used
+        torch.save({k: v for k, v in sd.items() if k.startswith("visual.")}, path)
     else:
         torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, path)
     b = create_backbone(name, device="cpu", weights=path)
@@ -320,9 +338,19 @@ def test_bad_weights_files_give_clear_errors(tmp_path):
     # weights of another architecture: listed mismatch, never a silent partial load
     other, _ = _perturbed_library_model("tiny-cnn")
     torch.save(other.state_dict(), tmp_path / "cnn.pt")
-    with pytest.raises(FacebankError, match="do not fit") as err:
+    with pytest.raises(FacebankError, match="no open_clip image tower"):
         create_backbone("tiny-vit", device="cpu", weights=tmp_path / "cnn.pt")
-    assert "missing" in str(err.value) and "unexpected" in str(err.value)
+    vit, _ = _perturbed_library_model("tiny-vit")
+    wrong = {f"visual.{k}": v for k, v in other.state_dict().items()}
+    torch.save({**vit.state_dict(), **wrong}, tmp_path / "mixed.pt")
+    with pytest.raises(FacebankError, match="do not fit") as err:
+        create_backbone("tiny-vit", device="cpu", weights=tmp_path / "mixed.pt")
+    assert "unexpected" in str(err.value)
+    vit_sd = dict(vit.state_dict())
+    vit_sd["visual.proj"] = vit_sd["visual.proj"][:, :5]
+    torch.save(vit_sd, tmp_path / "shape.pt")
+    with pytest.raises(FacebankError, match="of another shape"):
+        create_backbone("tiny-vit", device="cpu", weights=tmp_path / "shape.pt")
     partial = dict(other.state_dict())
     partial.pop("conv_stem.weight")
     torch.save(partial, tmp_path / "partial.pt")
