@@ -50,7 +50,9 @@ th { background:var(--soft); font-weight:600; }
 tr:nth-child(even) td { background:#fbfcfd; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
 table.config td:first-child { font-weight:600; white-space:nowrap; }
-figure { margin:14px 0 22px; }
+.figures { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
+figure { margin:14px 0 22px; flex:0 1 530px; min-width:0; max-width:100%; }
+figure.wide { flex-basis:100%; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:white; }
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
 .md h1 { font-size:19px; } .md h2 { font-size:17px; } .md h3 { font-size:15px; }
@@ -253,11 +255,21 @@ def _run_section(
     for md in sorted(path.glob("*.md")):
         parts.append(f'<div class="md">{render_markdown(md.read_text(), heading_offset=h)}</div>')
         shown = True
+    figures = []
     for png in sorted(path.glob("*.png")):
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(
-            f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(png.name)}</figcaption></figure>'
+        raw = png.read_bytes()
+        data = base64.b64encode(raw).decode("ascii")
+        # PNG header: width and height are big-endian ints at bytes 16-24
+        wide = len(raw) > 24 and int.from_bytes(raw[16:20], "big") > 1.8 * max(
+            1, int.from_bytes(raw[20:24], "big")
         )
+        cls = ' class="wide"' if wide else ""
+        figures.append(
+            f'<figure{cls}><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
+        )
+    if figures:
+        parts.append('<div class="figures">' + "".join(figures) + "</div>")
         shown = True
     for c in sorted(path.glob("*.csv")):
         parts.append(_csv_preview(c))
