@@ -48,6 +48,7 @@ def _split_counts(run_dir):
     }
 
 
+@pytest.mark.slow
 def test_evaluate_excludes_train_val_rows_and_uses_the_frozen_threshold(trained, tmp_path):
     from heads import load_head
 
@@ -75,6 +76,7 @@ def test_evaluate_excludes_train_val_rows_and_uses_the_frozen_threshold(trained,
     assert by["real"]["metric"] == "fpr" and by["real"]["n"] == (y == 0).sum()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_a_complete_run_folder(trained, tmp_path):
     ev = evaluate(trained["run"], [trained["root"] / "main.zarr"], out=tmp_path / "ev", n_boot=100)
     run = ev.run_dir
@@ -173,6 +175,7 @@ def test_repeated_images_are_counted_once(trained):
     assert two.metrics.auc == one.metrics.auc
 
 
+@pytest.mark.slow
 def test_evaluate_cli(trained, tmp_path):
     from cli import app
 

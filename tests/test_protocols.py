@@ -24,6 +24,7 @@ def bank(tmp_path_factory):
     return root / "bank.zarr", data
 
 
+@pytest.mark.slow
 def test_in_engine_threshold_comes_from_validation_reals(bank, tmp_path):
     from embed.bank import FeatureBank
     from heads import create_head
@@ -49,6 +50,7 @@ def test_in_engine_threshold_comes_from_validation_reals(bank, tmp_path):
     assert (res.run_dir / "roc.png").exists()
 
 
+@pytest.mark.slow
 def test_loeo_table_matrix_and_generalisation_gap(bank, tmp_path):
     path, d = bank
     res = leave_one_engine_out([path], head="linear", seed=0, out=tmp_path / "loeo")
@@ -134,6 +136,7 @@ def test_protocol_bad_input(bank, tmp_path):
         leave_one_engine_out([tmp_path / "fakes.zarr"])
 
 
+@pytest.mark.slow
 def test_protocol_cli(bank, tmp_path):
     from cli import app
 
