@@ -133,11 +133,15 @@ def build(
     if info.pretrained:
         pcfg = open_clip.get_pretrained_cfg(info.model, info.pretrained)
         kwargs["force_quick_gelu"] = bool(pcfg.get("quick_gelu", False))
-        preprocess = {
-            k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg
-        }
-        if preprocess:
-            kwargs["force_preprocess_cfg"] = preprocess
+        # the pretrained tag's own preprocessing (as open_clip applies for pretrained=TAG)
+        for key, arg in (
+            ("mean", "image_mean"),
+            ("std", "image_std"),
+            ("interpolation", "image_interpolation"),
+            ("resize_mode", "image_resize_mode"),
+        ):
+            if key in pcfg:
+                kwargs[arg] = pcfg[key]
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(info.seed)
         model, _, transform = open_clip.create_model_and_transforms(

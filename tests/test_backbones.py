@@ -161,6 +161,35 @@ def test_unreachable_hub_fails_fast_without_the_offline_flag(offline_hub, monkey
     assert "127.0.0.1:9" in str(err.value) and "--weights PATH" in str(err.value)
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_clip_pretrained_entry_passes_the_tags_settings_to_open_clip(monkeypatch):
+    """clip-vit-l-14 asks open_clip for QuickGELU and the tag's preprocessing by named
+    arguments (checked against the real signature without building ViT-L)."""
+    import inspect
+
+    import open_clip
+
+    real = inspect.signature(open_clip.create_model_and_transforms)
+    named = {n for n, p in real.parameters.items() if p.kind is not p.VAR_KEYWORD}
+    seen = {}
+
+    def spy(*args, **kwargs):
+        real.bind(*args, **kwargs)
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", spy)
+    with pytest.raises(_Stop):
+        _clip.build(backbone_info("clip-vit-l-14"), weights_path=None, image_size=None)
+    assert set(seen) <= named, set(seen) - named
+    assert seen["pretrained"] is None  # weights are resolved and loaded by facebank
+    assert seen["force_quick_gelu"] is True  # OpenAI's ViT-L/14 was trained with QuickGELU
+    assert tuple(seen["image_mean"]) == open_clip.get_pretrained_cfg("ViT-L-14", "openai")["mean"]
+
+
 def _fake_hub_cache(cache, repo: str, filename: str, state_dict) -> str:
     """Lay a file out the way huggingface_hub caches it (refs/main -> snapshot)."""
     from safetensors.torch import save_file
