@@ -181,7 +181,7 @@ def purity_plot(purity: Sequence[Mapping[str, Any]], *, k: int | None = None):
     ax.invert_yaxis()
     ax.set_xlabel(f"kNN purity (fraction of {k or 'k'} neighbours of the same engine)")
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 

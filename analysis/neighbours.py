@@ -758,7 +758,8 @@ class ClusterResult:
     """How cleanly engines cluster in a backbone's space (``engine_clusters``).
 
     Attributes:
-        engines: engine names, sorted, the order of ``confusion``'s rows and columns.
+        engines: engine names (``real`` first, then sorted), the order of ``confusion``'s
+            rows and columns.
         purity: one dict per engine: engine, n, purity (mean fraction of an image's k
             neighbours of its own engine), lo/hi (bootstrap 95% interval over images),
             chance (the purity random neighbours would give).
@@ -887,7 +888,7 @@ def engine_clusters(
     )
     rng = np.random.default_rng(seed)
     engines_row = index.rows.engine.astype(str)
-    names = sorted(set(engines_row.tolist()))
+    names = sorted(set(engines_row.tolist()), key=lambda e: (e != "real", e))  # real first
     code = {e: i for i, e in enumerate(names)}
     y = np.array([code[e] for e in engines_row], dtype=np.int64)
     n, E = len(y), len(names)

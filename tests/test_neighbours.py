@@ -467,3 +467,45 @@ def test_confusion_heatmap_and_map_scatter(bank):
     assert fig.axes[0].collections[0].get_facecolor()[0][:3] == pytest.approx(
         __import__("matplotlib").colors.to_rgb(colours["real"])
     )
+
+
+# ------------------------------------------------------------------ image queries (tiny backbone)
+
+
+@pytest.fixture(scope="module")
+def image_bank(tmp_path_factory):
+    """Six real PNGs embedded by the test-only ``tiny-cnn`` backbone into a bank."""
+    from PIL import Image
+
+    from embed import create_backbone, encode_images
+
+    root = tmp_path_factory.mktemp("imgbank")
+    src = root / "src"
+    rng = np.random.default_rng(0)
+    rel = []
+    for i in range(6):
+        engine = ENGINES[i % 3]
+        (src / engine).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(src / engine / f"{i}.png")
+        rel.append(f"{engine}/{i}.png")
+    spec = create_backbone("tiny-cnn", device="cpu").spec
+    enc = encode_images([str(src / p) for p in rel], backbone=spec, device="cpu")
+    assert not enc.failures
+    engines = [p.split("/")[0] for p in rel]
+    bank = write_bank(root / "img.zarr", enc.features, labels=[int(e != "real") for e in engines],
+                      engines=engines, paths=rel, backbone=spec, source=str(src))
+    return bank, src, rel
+
+
+@pytest.mark.slow
+def test_query_image_files_are_embedded_with_the_banks_backbone(image_bank, tmp_path):
+    bank, src, rel = image_bank
+    index = NeighbourIndex(bank, device="cpu")
+    recs = index.query([str(src / rel[4])], 2, device="cpu")
+    top = recs[0][0]
+    assert top.row == 4 and top.similarity == pytest.approx(1.0, abs=1e-3)
+    assert top.query == str(src / rel[4]) and top.image_path == str(src / rel[4])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(ImageDecodeError, match=r"query image '.*broken\.jpg' could not be decoded"):
+        index.query([str(src / rel[0]), str(bad)], 2, device="cpu")
