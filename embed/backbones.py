@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -393,8 +394,12 @@ def create_backbone(
         FacebankError: A weights file that cannot be read or does not fit the model.
     """
     info = backbone_info(name)
-    if image_size is not None and (not isinstance(image_size, int) or not 32 <= image_size <= 4096):
-        raise FacebankError(f"image_size must be an integer in 32..4096, got {image_size!r}")
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+            raise FacebankError(f"image_size must be an integer, got {image_size!r}")
+        image_size = int(image_size)
+        if not 32 <= image_size <= 4096:
+            raise FacebankError(f"image_size must be in 32..4096 pixels, got {image_size}")
     dev = resolve_device(device)
     path = _resolve_weights(info, weights)
     builder = _clip.build if info.library == "open_clip" else _timm.build

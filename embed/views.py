@@ -87,11 +87,16 @@ class View:
         return self.name
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        """Apply the view to an RGB image; returns a new image (the input is not modified)."""
+        """Apply the view to an RGB image.
+
+        The input is never modified; an operation with nothing to do (``original``, a
+        ``resize:N`` of an image already that small) passes the same object through
+        rather than copying it.
+        """
         out = img
         for op in self.ops:
             out = op(out)
-        return out if out is not img else img.copy()
+        return out
 
     def draft_size(self, input_size: int) -> int | None:
         """The JPEG draft size a decoder may use for this view, or ``None`` for a full decode.
@@ -168,7 +173,7 @@ def _resize_shorter(img: Image.Image, n: int) -> Image.Image:
     w, h = img.size
     short = min(w, h)
     if short <= n:
-        return img.copy()
+        return img
     size = (n, max(1, round(h * n / w))) if w <= h else (max(1, round(w * n / h)), n)
     return img.resize(size, Image.Resampling.BICUBIC)
 
