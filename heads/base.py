@@ -1,0 +1,281 @@
+"""The shared base of every head: input checks, thresholds, device and seed handling.
+
+Conventions (DESIGN.md "Labels and conventions"): label 1 = AI-generated, 0 = real,
+-1 = unknown; ``decision_function`` is "higher = more likely AI-generated" for every
+head. Rows labelled -1 are dropped from training with a ``UserWarning`` (they carry no
+supervision); any other label outside {0, 1} is a ``DataError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+
+from embed.errors import DataError, HeadError
+
+__all__ = ["BaseHead", "resolve_device", "check_features", "check_labels", "threshold_at_fpr"]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_features(X: Any, *, n_features: int | None = None, what: str = "X") -> np.ndarray:
+    """Validate a feature matrix and return it as C-contiguous float32 ``(n_samples, n_features)``.
+
+    Raises:
+        DataError: empty, not 2-D, non-finite values, or a width other than ``n_features``.
+    """
+    try:
+        X = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise DataError(f"{what} cannot be read as a 2-D numeric array ({exc}); pass an array (n, D)") from None
+    if X.dtype.kind not in "fiub":
+        raise DataError(f"{what} has dtype {X.dtype}; pass numeric features (float32 array of shape (n, D))")
+    if X.ndim != 2:
+        raise DataError(
+            f"{what} has shape {X.shape}; heads take a 2-D array (n_samples, n_features) - "
+            "reshape a single row with X.reshape(1, -1)"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{what} is empty (shape {X.shape}); give at least one row with at least one feature")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise DataError(
+            f"{what} has {bad} row(s) with NaN or inf features; drop or re-embed those rows "
+            "(e.g. X[np.isfinite(X).all(axis=1)])"
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError(
+            f"{what} has {X.shape[1]} features but the head was fitted on {n_features}; "
+            "score features from the backbone the head was trained with"
+        )
+    return X
+
+
+def check_labels(y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels; return ``(y_int64 of the kept rows, boolean mask of kept rows)``.
+
+    Rows labelled -1 (unknown) are dropped with a warning; at least one row of each class
+    must remain.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n_rows:
+        raise DataError(f"y has shape {y.shape} but X has {n_rows} rows; pass one label per row")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError("y contains NaN/inf; labels must be 1 (AI-generated), 0 (real) or -1 (unknown)")
+    if y.dtype.kind not in "iubf" or (y.dtype.kind == "f" and np.any(y != np.round(y))):
+        raise DataError(
+            f"y has values like {y[:3].tolist()!r}; labels must be integers 1 (AI-generated), "
+            "0 (real) or -1 (unknown)"
+        )
+    y = y.astype(np.int64)
+    bad = np.setdiff1d(np.unique(y), [-1, 0, 1])
+    if bad.size:
+        raise DataError(
+            f"y contains label(s) {bad.tolist()}; valid labels are 1 (AI-generated), 0 (real) "
+            "and -1 (unknown) - map your classes onto these"
+        )
+    keep = y != -1
+    if not keep.all():
+        warnings.warn(
+            f"{int((~keep).sum())} row(s) labelled -1 (unknown) were left out of training",
+            UserWarning,
+            stacklevel=3,
+        )
+    y = y[keep]
+    present = set(np.unique(y).tolist())
+    if present != {0, 1}:
+        have = ", ".join(f"{c} ({'AI' if c else 'real'})" for c in sorted(present)) or "none"
+        raise DataError(
+            f"training needs both classes 0 (real) and 1 (AI-generated); got only: {have} - "
+            "add rows of the missing class (e.g. concatenate a bank of reals)"
+        )
+    return y, keep
+
+
+def threshold_at_fpr(real_scores: np.ndarray, fpr: float) -> float:
+    """The threshold ``t`` such that at most ``floor(fpr * n)`` real scores are ``> t``.
+
+    Rule (exact, no interpolation): sort the ``n`` real scores in descending order and let
+    ``k = floor(fpr * n)``. ``t`` is the ``(k+1)``-th largest score, so exactly the ``k``
+    highest reals lie strictly above it (fewer when there are ties at ``t``: ties never
+    push the false-positive rate above ``fpr``). With 200 reals and ``fpr=0.005``,
+    ``k = 1``: the threshold is the second-highest real score and one real is above it.
+    With fewer than ``1/fpr`` reals, ``k = 0`` and the threshold is the highest real score.
+    """
+    s = np.sort(np.asarray(real_scores, dtype=np.float64))[::-1]
+    k = int(math.floor(fpr * len(s) + 1e-9))
+    return float(s[min(k, len(s) - 1)])
+
+
+class BaseHead(ClassifierMixin, BaseEstimator):
+    """Base class: sklearn estimator contract plus calibration and persistence hooks.
+
+    Subclasses implement ``_fit(X, y, engines)`` and ``_decision(X) -> (n,)`` and the
+    persistence pair ``_get_state() -> (tensors, meta)`` / ``_set_state(tensors, meta)``.
+    """
+
+    name: str = ""
+    #: Heads whose decision_function is a log-odds; predict_proba = sigmoid(decision).
+    _default_threshold: float = 0.0
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: Any, y: Any, *, engines: Any = None) -> BaseHead:
+        """Fit the head.
+
+        Args:
+            X: (n_samples, n_features) features (float16/float32).
+            y: (n_samples,) labels: 1 = AI-generated, 0 = real, -1 = unknown (dropped, warned).
+            engines: optional (n_samples,) engine names; stored counts only.
+
+        Returns:
+            self, fitted; ``threshold_`` is the head's natural threshold until ``calibrate``.
+        """
+        X = check_features(X)
+        y, keep = check_labels(y, X.shape[0])
+        X = X[keep]
+        if engines is not None:
+            engines = np.asarray(engines, dtype=str)
+            if engines.shape[0] != keep.shape[0]:
+                raise DataError(f"engines has {engines.shape[0]} entries but X has {keep.shape[0]} rows")
+            engines = engines[keep]
+        self.n_features_in_ = int(X.shape[1])
+        self.classes_ = np.array([0, 1])
+        with self._seeded():
+            self._fit(X, y, engines)
+        self.threshold_ = float(self._default_threshold)
+        self.calibration_ = None
+        self.n_train_ = int(X.shape[0])
+        return self
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _seeded(self) -> Iterator[None]:
+        """Seed torch/numpy for the fit without touching the caller's global RNG state."""
+        import torch
+
+        seed = int(getattr(self, "seed", 0) or 0)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    # ---------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} ({self.name!r} head) is not fitted yet; "
+                "call fit(X, y) before using it (or load_head(path))"
+            )
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        return check_features(X, n_features=self.n_features_in_)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Score rows.
+
+        Args:
+            X: (n_samples, n_features).
+
+        Returns:
+            (n_samples,) float64 scores; higher = more likely AI-generated (a log-odds for
+            every head, so 0 is the uncalibrated decision boundary).
+        """
+        X = self._check_X(X)
+        return np.asarray(self._decision(X), dtype=np.float64).reshape(-1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n_samples, 2) probabilities ``[P(real), P(AI)]`` from the log-odds (uncalibrated)."""
+        d = self.decision_function(X)
+        p = 1.0 / (1.0 + np.exp(-np.clip(d, -500, 500)))
+        return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """(n_samples,) int labels: 1 where ``decision_function(X) > threshold_``, else 0."""
+        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+
+    # -------------------------------------------------------------- calibration
+    def calibrate(self, X_val_real: Any, *, fpr: float = 0.005) -> BaseHead:
+        """Set ``threshold_`` so that a fraction ``fpr`` of validation reals score above it.
+
+        The rule is :func:`threshold_at_fpr`: with ``n`` reals, exactly ``floor(fpr * n)``
+        of them score strictly above the threshold (fewer with ties). Use reals of the
+        **validation** split, never the test split.
+
+        Args:
+            X_val_real: (n_reals, n_features) features of real validation images.
+            fpr: target false-positive rate on reals, in [0, 1).
+
+        Returns:
+            self, with ``threshold_`` and ``calibration_`` = {fpr, n_reals, split: "val",
+            n_above}.
+        """
+        if not (0.0 <= float(fpr) < 1.0):
+            raise DataError(f"fpr={fpr!r} must be in [0, 1); e.g. 0.005 for 0.5%")
+        X = self._check_X(X_val_real)
+        scores = self.decision_function(X)
+        t = threshold_at_fpr(scores, float(fpr))
+        self.threshold_ = t
+        n_above = int((scores > t).sum())
+        if len(scores) < 1 / max(fpr, 1e-12):
+            warnings.warn(
+                f"calibrating at fpr={fpr} with only {len(scores)} reals: the threshold is the "
+                "highest real score (0 reals above it); use more validation reals",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.calibration_ = {"fpr": float(fpr), "n_reals": int(len(scores)), "split": "val",
+                             "n_above": n_above}
+        return self
+
+    # -------------------------------------------------------------- persistence
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Learned arrays (saved to safetensors) and JSON-able learned scalars."""
+        raise NotImplementedError
+
+    def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save(self, path: Any, *, backbone: dict | None = None, bank_digest: str | None = None,
+             metrics: dict | None = None) -> Any:
+        """Write ``head.json`` + ``weights.safetensors`` into directory ``path`` (see heads.persistence)."""
+        from .persistence import save_head
+
+        return save_head(self, path, backbone=backbone, bank_digest=bank_digest, metrics=metrics)
+
+    def _more_tags(self) -> dict:
+        return {"binary_only": True}
+
+    def __sklearn_tags__(self):  # sklearn >= 1.6
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def _device(self) -> str:
+        dev = resolve_device(getattr(self, "device", "auto"))
+        if dev.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise HeadError(f"device={dev!r} but no CUDA GPU is visible; use device='auto' or 'cpu'")
+        return dev

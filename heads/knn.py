@@ -1,0 +1,199 @@
+"""``knn``: a FAISS k-nearest-neighbour vote over the training rows.
+
+Cosine similarity on L2-normalised features by default (``metric="cosine"``: rows are
+normalised, the index is inner-product); ``metric="l2"`` uses squared Euclidean
+distance on the raw features. The index is described by a FAISS factory string
+(``"Flat"`` exact; ``"IVF1024,Flat"``, ``"HNSW32"`` approximate) with ``nprobe`` /
+``ef_search`` set apart. The index is saved as FAISS's own serialised bytes (a data
+format, not code) inside ``weights.safetensors``.
+
+``decision_function`` = ``log((a + 0.5) / (r + 0.5))`` where ``a`` and ``r`` are the
+(weighted) numbers of AI and real neighbours: a smoothed vote log-odds, 0 at a tie.
+``score_samples`` = mean similarity to the k neighbours (cosine) or minus the mean
+squared distance (l2): higher = more normal; ``ood_score = -score_samples``;
+``outlier_decision_function = score_samples - offset_`` with ``offset_`` the
+``ood_contamination`` quantile over training rows (self-matches excluded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embed.errors import DataError
+
+from .base import BaseHead
+
+__all__ = ["KNNHead"]
+
+# Rows used to estimate offset_; a self-kNN over a 1M-row bank would dominate fit time.
+_OFFSET_ROWS = 2000
+
+
+class KNNHead(BaseHead):
+    """FAISS k-NN vote (see the module docstring).
+
+    Args:
+        k: neighbours per query.
+        metric: ``"cosine"`` (L2-normalised, inner product) or ``"l2"``.
+        factory: FAISS index factory string, e.g. ``"Flat"``, ``"IVF256,Flat"``, ``"HNSW32"``.
+        weights: ``"uniform"`` vote or ``"similarity"`` (each vote weighted by
+            ``exp((s - 1) / 0.1)`` of its cosine similarity / ``exp(-d/median)`` for l2).
+        nprobe: IVF cells visited at search time (None = FAISS default).
+        ef_search: HNSW search depth (None = FAISS default).
+        ood_contamination: fraction of training rows below ``offset_``.
+        device: ``"auto"`` uses a FAISS GPU index when faiss has GPU support and cuda is present.
+        seed: seeds FAISS's k-means for IVF factories.
+    """
+
+    name = "knn"
+
+    def __init__(self, *, k: int = 10, metric: str = "cosine", factory: str = "Flat",
+                 weights: str = "uniform", nprobe: int | None = None, ef_search: int | None = None,
+                 ood_contamination: float = 0.01, device: str = "auto", seed: int = 0) -> None:
+        self.k = k
+        self.metric = metric
+        self.factory = factory
+        self.weights = weights
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.ood_contamination = ood_contamination
+        self.device = device
+        self.seed = seed
+
+    def _prep(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if self.metric == "cosine":
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def _make_index(self, dim: int):
+        import faiss
+
+        if self.metric not in ("cosine", "l2"):
+            raise DataError(f"metric={self.metric!r} is not 'cosine' or 'l2'")
+        mt = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        try:
+            return faiss.index_factory(dim, str(self.factory), mt)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            raise DataError(
+                f"FAISS factory string {self.factory!r} is not valid ({first}); use e.g. "
+                "'Flat', 'IVF256,Flat' or 'HNSW32'"
+            ) from None
+
+    def _tune(self, index) -> None:
+        import faiss
+
+        base = faiss.downcast_index(index)
+        if self.nprobe is not None and hasattr(base, "nprobe"):
+            base.nprobe = int(self.nprobe)
+        if self.ef_search is not None and hasattr(base, "hnsw"):
+            base.hnsw.efSearch = int(self.ef_search)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, engines: Any) -> None:
+        import faiss
+
+        if int(self.k) < 1:
+            raise DataError(f"k={self.k!r} must be >= 1")
+        if self.weights not in ("uniform", "similarity"):
+            raise DataError(f"weights={self.weights!r} is not 'uniform' or 'similarity'")
+        Xp = self._prep(X)
+        index = self._make_index(X.shape[1])
+        if not index.is_trained:
+            try:
+                cp = faiss.downcast_index(index).cp if hasattr(faiss.downcast_index(index), "cp") else None
+                if cp is not None:
+                    cp.seed = int(self.seed)
+            except Exception:  # noqa: BLE001 - seeding is best effort on exotic factories
+                pass
+            index.train(Xp)
+        index.add(Xp)
+        self.index_ = index
+        self._gpu_index = None
+        self.labels_ = y.astype(np.int8)
+        self._tune(self.index_)
+        rng = np.random.default_rng(int(self.seed))
+        rows = rng.choice(len(Xp), size=min(len(Xp), _OFFSET_ROWS), replace=False)
+        sims, idx = self._search(Xp[rows], min(int(self.k) + 1, len(Xp)))
+        keep = idx != rows[:, None]  # drop each row's self-match
+        ref = np.array([self._normality(s[m][: int(self.k)]) for s, m in zip(sims, keep, strict=True)])
+        self.offset_ = float(np.quantile(ref, float(self.ood_contamination)))
+
+    def _search(self, Xp: np.ndarray, k: int):
+        index = self.index_
+        if self._device().startswith("cuda"):
+            import faiss
+
+            if hasattr(faiss, "StandardGpuResources"):
+                if getattr(self, "_gpu_index", None) is None:
+                    self._gpu_res = faiss.StandardGpuResources()
+                    self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+                index = self._gpu_index
+        D, I = index.search(Xp, k)  # noqa: E741 - FAISS's names
+        return D, I
+
+    def _normality(self, sims: np.ndarray) -> float:
+        if sims.size == 0:
+            return float("nan")
+        return float(sims.mean()) if self.metric == "cosine" else float(-sims.mean())
+
+    def _neighbours(self, X: np.ndarray):
+        k = min(int(self.k), self.index_.ntotal)
+        return self._search(self._prep(X), k)
+
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        D, I = self._neighbours(X)  # noqa: E741
+        valid = I >= 0
+        lab = np.where(valid, self.labels_[np.clip(I, 0, None)], -1)
+        if self.weights == "uniform":
+            w = valid.astype(np.float64)
+        elif self.metric == "cosine":
+            w = np.exp((D - 1.0) / 0.1) * valid
+        else:
+            scale = np.median(D[valid]) + 1e-12 if valid.any() else 1.0
+            w = np.exp(-D / scale) * valid
+        if self.weights != "uniform":  # rescale so the weights sum to the number of neighbours
+            w = w / np.maximum(w.sum(1, keepdims=True), 1e-300) * valid.sum(1, keepdims=True)
+        a = (w * (lab == 1)).sum(1)
+        r = (w * (lab == 0)).sum(1)
+        return np.log((a + 0.5) / (r + 0.5))
+
+    def kneighbors(self, X: Any, k: int | None = None):
+        """``(D, I)``: similarities (cosine) or squared distances (l2), and training row ids."""
+        X = self._check_X(X)
+        return self._search(self._prep(X), min(int(k or self.k), self.index_.ntotal))
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """(n_samples,) mean similarity to the k nearest training rows: higher = more normal."""
+        D, _ = self.kneighbors(X)
+        return D.mean(1) if self.metric == "cosine" else -D.mean(1)
+
+    def ood_score(self, X: Any) -> np.ndarray:
+        """(n_samples,) ``-score_samples``: higher = further from the training rows."""
+        return -self.score_samples(X)
+
+    def outlier_decision_function(self, X: Any) -> np.ndarray:
+        """(n_samples,) ``score_samples - offset_``: negative = outlier."""
+        return self.score_samples(X) - self.offset_
+
+    def _get_state(self):
+        import faiss
+
+        blob = faiss.serialize_index(self.index_)
+        return {"index": np.asarray(blob, dtype=np.uint8), "labels": self.labels_}, {"offset": self.offset_}
+
+    def _set_state(self, tensors, meta):
+        import faiss
+
+        try:
+            self.index_ = faiss.deserialize_index(np.ascontiguousarray(tensors["index"], dtype=np.uint8))
+        except RuntimeError as exc:
+            from embed.errors import HeadError
+
+            raise HeadError(f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head") from None
+        self._tune(self.index_)
+        self._gpu_index = None
+        self.labels_ = np.asarray(tensors["labels"], dtype=np.int8)
+        self.offset_ = float(meta["offset"])

@@ -1,0 +1,244 @@
+"""Training runs and scoring: the library side of ``facebank train`` and ``facebank score``.
+
+Which split chose what (``train_run``): the head is fitted on the **train** split, the
+threshold is chosen on the **val** split's reals only (``calibrate(fpr)``), and the
+reported AUC / TPR are measured on **val** (whose reals set the threshold, so the val
+FPR is the target by construction); the **test** split is never touched here - it is
+written to ``splits.csv`` for ``facebank evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.errors import DataError, HeadError
+
+from .base import BaseHead
+from .persistence import check_backbone, load_head
+from .registry import create_head, head_info
+
+__all__ = ["TrainResult", "ScoreResult", "train_run", "score_run", "resolve_splits"]
+
+
+@dataclass
+class TrainResult:
+    """What ``train_run`` made. ``val_*`` figures are on the val split (see the module docstring)."""
+
+    head: BaseHead
+    run_dir: Path
+    train_seconds: float
+    val_auc: float | None
+    val_tpr_at_fpr: float | None
+    n_train: int
+    n_val: int
+    n_test: int
+    fpr: float = 0.005
+    threshold: float = 0.0
+    split_source: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreResult:
+    """What ``score_run`` wrote: one CSV row per scored input."""
+
+    out: str
+    n_scored: int
+    n_flagged: int
+    threshold: float
+    failures: list[tuple[str, str]]
+    paths: list[str]
+    scores: np.ndarray
+    decisions: np.ndarray
+
+
+def _open_banks(banks: Sequence[Any]):
+    from embed import FeatureBank
+
+    if not banks:
+        raise DataError("no bank given; pass at least one feature bank (BANK.zarr)")
+    opened = [b if hasattr(b, "load_features") else FeatureBank.open(b) for b in banks]
+    return opened[0] if len(opened) == 1 else FeatureBank.concat(opened)
+
+
+def resolve_splits(bank: Any, *, seed: int) -> tuple[np.ndarray, str]:
+    """``(splits (n,), source)``: the bank's split column when it has one, else a seeded split.
+
+    Rows of a split-carrying bank whose split is empty are left out of training and
+    calibration (split ``""``).
+    """
+    from embed import assign_splits, has_splits
+
+    splits = np.asarray(bank.splits, dtype=str)
+    if has_splits(splits):
+        return splits, "bank split column"
+    return assign_splits(bank.engines, bank.sha256, seed=seed), f"assign_splits(seed={seed}) stratified by engine"
+
+
+def _tpr_at_threshold(scores: np.ndarray, y: np.ndarray, t: float) -> float | None:
+    pos = scores[y == 1]
+    return float((pos > t).mean()) if pos.size else None
+
+
+def train_run(banks: Sequence[Any], *, head: str, params: dict | None = None, out: str | Path,
+              seed: int = 0, fpr: float = 0.005) -> TrainResult:
+    """Train head ``head`` on the train split of ``banks`` and write a run folder.
+
+    Args:
+        banks: ``FeatureBank`` objects or paths (same backbone; concatenated).
+        head: registry name (``list_heads()``).
+        params: head parameters; ``seed`` is passed to heads that take one unless given.
+        out: run folder: ``head.json``, ``weights.safetensors``, ``config.json``,
+            ``metrics.json``, ``metrics.md``, ``splits.csv`` (sha256,path,engine,label,split).
+        seed: seeds the split (when the bank has none) and the head.
+        fpr: target false-positive rate on val reals for ``threshold_``.
+
+    Returns:
+        TrainResult. Rows labelled -1 (unknown) are kept in ``splits.csv`` but used
+        neither for fitting nor for calibration/metrics.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from analysis.runs import markdown_table, start_run, write_json
+
+    head_info(head)  # unknown name -> the list of valid ones, before any reading
+    params = dict(params or {})
+    bank = _open_banks(banks)
+    if len(bank) == 0:
+        raise DataError(f"bank {bank.name!r} has no rows; embed images into it first (facebank embed)")
+    splits, split_source = resolve_splits(bank, seed=seed)
+    labels = np.asarray(bank.labels).astype(np.int64)
+    known = labels != -1
+    if (~known).any():
+        warnings.warn(f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
+                      "calibration", UserWarning, stacklevel=2)
+    tr = np.flatnonzero((splits == "train") & known)
+    va = np.flatnonzero((splits == "val") & known)
+    te = np.flatnonzero(splits == "test")
+    if tr.size == 0:
+        raise DataError(f"bank {bank.name!r} has no labelled rows in the train split; "
+                        "give a bank with train rows (or no split column, for a seeded split)")
+    va_real = va[labels[va] == 0]
+    if va_real.size == 0:
+        raise DataError(f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
+                        f"FPR={fpr} can be set; add real images to the val split")
+    if "seed" in inspect.signature(head_info(head).load().__init__).parameters:
+        params.setdefault("seed", seed)
+    est = create_head(head, **params)
+
+    X_tr = bank.load_features(tr)
+    t0 = time.perf_counter()
+    est.fit(X_tr, labels[tr], engines=np.asarray(bank.engines)[tr])
+    train_seconds = time.perf_counter() - t0
+    del X_tr
+    X_va = bank.load_features(va)
+    s_va = est.decision_function(X_va)
+    est.calibrate(X_va[labels[va] == 0], fpr=fpr)
+    y_va = labels[va]
+    val_auc = float(roc_auc_score(y_va, s_va)) if len(np.unique(y_va)) == 2 else None
+    val_tpr = _tpr_at_threshold(s_va, y_va, est.threshold_)
+    val_fpr = float((s_va[y_va == 0] > est.threshold_).mean())
+    metrics = {
+        "head": head, "train_seconds": train_seconds, "val_auc": val_auc,
+        "val_tpr_at_fpr": val_tpr, "val_fpr": val_fpr, "fpr_target": fpr, "threshold": est.threshold_,
+        "n_train": int(tr.size), "n_val": int(va.size), "n_val_reals": int(va_real.size),
+        "n_test": int(te.size), "n_unknown_label": int((~known).sum()),
+        "split_source": split_source,
+        "which_split": {"fit": "train", "threshold": "val reals", "metrics": "val"},
+    }
+    run = start_run(out, command="train", config={
+        "head": head, "params": est.get_params(deep=False), "seed": seed, "fpr": fpr,
+        "banks": [str(getattr(b, "path", b)) for b in banks], "bank_digest": bank.digest,
+        "backbone": bank.backbone, "view": bank.view, "split_source": split_source,
+        "threshold_split": "val (reals only)",
+    })
+    est.save(run, backbone=bank.backbone, bank_digest=bank.digest, metrics=metrics)
+    write_json(run / "metrics.json", metrics)
+    _write_splits(run / "splits.csv", bank, labels, splits)
+    (run / "metrics.md").write_text(
+        f"# train: {head}\n\nFit on train, threshold on val reals (FPR {fpr}), figures on val.\n\n"
+        + markdown_table([{k: metrics[k] for k in ("head", "n_train", "n_val", "train_seconds", "val_auc",
+                                                   "val_tpr_at_fpr", "val_fpr", "threshold")}], digits=4)
+    )
+    return TrainResult(head=est, run_dir=run, train_seconds=train_seconds, val_auc=val_auc,
+                       val_tpr_at_fpr=val_tpr, n_train=int(tr.size), n_val=int(va.size), n_test=int(te.size),
+                       fpr=fpr, threshold=est.threshold_, split_source=split_source, metrics=metrics)
+
+
+def _write_splits(path: Path, bank: Any, labels: np.ndarray, splits: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sha256", "path", "engine", "label", "split"])
+        for row in zip(np.asarray(bank.sha256, dtype=str), np.asarray(bank.paths, dtype=str),
+                       np.asarray(bank.engines, dtype=str), labels.tolist(), splits.tolist(), strict=True):
+            w.writerow(row)
+
+
+def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequence[str | Path] | None = None,
+              out: str | Path = "-", weights: str | Path | None = None, device: str = "auto",
+              batch_size: int = 32) -> ScoreResult:
+    """Score a bank or image files with a saved head; write CSV ``path,score,decision``.
+
+    ``score`` is the head's ``decision_function`` (higher = AI-generated); ``decision`` is
+    1 where ``score > threshold_`` (the threshold stored with the head, chosen on val reals).
+
+    Args:
+        head_dir: a run folder / head directory (or a fitted head).
+        bank: a ``FeatureBank`` or path; its backbone must be the head's.
+        images: image files, embedded on the fly with the head's backbone.
+        out: CSV path, or ``"-"`` for stdout.
+        weights: backbone weights file for ``images`` (as ``facebank embed --weights``).
+        device, batch_size: for embedding ``images``.
+
+    Returns:
+        ScoreResult; images that could not be embedded are in ``failures`` (not in the CSV).
+    """
+    head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
+    if (bank is None) == (not images):
+        raise DataError("give either a bank or image files to score (not both, not neither)")
+    failures: list[tuple[str, str]] = []
+    if bank is not None:
+        from embed import FeatureBank
+
+        b = bank if hasattr(bank, "load_features") else FeatureBank.open(bank)
+        check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
+        paths = [str(p) for p in np.asarray(b.paths, dtype=str)]
+        parts = [head.decision_function(X) for _, _, X in b.iter_features()] if len(b) else []
+        scores = np.concatenate(parts) if parts else np.zeros(0)
+    else:
+        spec = getattr(head, "backbone_", None)
+        if not spec:
+            raise HeadError("this head was saved without a backbone spec, so images cannot be embedded for it; "
+                            "score a feature bank instead, or re-train with `facebank train` on a bank")
+        from embed import encode_images
+
+        enc = encode_images([str(p) for p in images], backbone=spec, device=device, weights=weights,
+                            batch_size=batch_size)
+        failures = list(enc.failures)
+        paths = list(enc.paths)
+        scores = head.decision_function(enc.features) if len(paths) else np.zeros(0)
+    decisions = (scores > head.threshold_).astype(np.int64)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "score", "decision"])
+    for p, s, d in zip(paths, scores.tolist(), decisions.tolist(), strict=True):
+        w.writerow([p, f"{s:.6g}", d])
+    if str(out) == "-":
+        sys.stdout.write(buf.getvalue())
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(buf.getvalue())
+    return ScoreResult(out=str(out), n_scored=len(paths), n_flagged=int(decisions.sum()),
+                       threshold=float(head.threshold_), failures=failures, paths=paths, scores=scores,
+                       decisions=decisions)
