@@ -13,11 +13,13 @@ traceback, never a partial image). Decisions where the design contract is silent
   whose values all lie in 0..255 are taken as 8-bit data. **Float** (``F``) images with
   values in [0, 1] are scaled by 255, otherwise clipped to 0..255.
 - **Animations** (GIF, APNG, animated WebP, multi-page TIFF): the first frame only.
+- **Colour**: embedded ICC profiles are not applied (pixels are taken as sRGB, as most
+  training pipelines do); CMYK converts with Pillow's plain formula.
 - **Decompression bombs**: files declaring more than :data:`MAX_IMAGE_PIXELS` pixels
   (8192 x 8192, about 67 MP: above 48-50 MP phone photos, and at most ~200 MB of RGB
   per decode) are refused before any pixel data is decoded.
 - **Draft mode**: ``draft_size=s`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale
-  (the smallest scale that keeps both sides >= ``s``). It is a DCT-domain downscale,
+  (the strongest reduction that keeps both sides >= ``s``). It is a DCT-domain downscale,
   several times faster than a full decode; other formats ignore it. Whether a view may
   use it is decided by :meth:`embed.views.View.draft_size`.
 """
@@ -82,8 +84,8 @@ def load_image(
             guard); the default is :data:`MAX_IMAGE_PIXELS`.
 
     Returns:
-        A new ``PIL.Image.Image`` in mode ``"RGB"`` of size (width, height) after EXIF
-        orientation, independent of the file (which is closed).
+        A fully loaded ``PIL.Image.Image`` in mode ``"RGB"``, size (width, height) after
+        EXIF orientation; its file is closed.
 
     Raises:
         ImageDecodeError: The file is missing, empty, not an image, truncated, corrupt,
