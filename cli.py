@@ -158,6 +158,7 @@ def embed_cmd(
     dtype: Annotated[_BankDtype, typer.Option("--dtype", help="Stored feature dtype of a new bank.")] = _BankDtype.float16,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
     flush_rows: Annotated[Optional[int], typer.Option("--flush-rows", min=1, hidden=True, help="Commit at least every N rows (default 2048).")] = None,  # noqa: UP045
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, hidden=True, help="Rows per stored chunk of a new bank.")] = 8192,
 ) -> None:
     """Embed every image of SOURCE with one backbone into a resumable Zarr feature bank."""
     import warnings
@@ -182,6 +183,7 @@ def embed_cmd(
             progress=progress,
             dtype=dtype.value,
             flush_rows=flush_rows,
+            chunk_rows=chunk_rows,
         )
     _print_embed_summary(summary)
     for w in caught:
@@ -321,6 +323,91 @@ def bank_verify_cmd(
 
 # ---------------------------------------------------------------- heads (issue 3)
 # [section: heads]
+def _head_params(items: list[str] | None) -> dict:
+    """``["C=0.5", "hidden=[64,32]"]`` -> ``{"C": 0.5, "hidden": [64, 32]}`` (JSON values, else strings)."""
+    import json
+
+    from embed.errors import DataError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--param {item!r} is not KEY=VALUE; e.g. --param C=0.5 --param hidden=[128,64]")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    banks: Annotated[list[Path], typer.Argument(help="Feature banks (NAME.zarr) of one backbone; concatenated.")],
+    head: Annotated[str, typer.Option("--head", help="Head name (see `facebank heads`).")] = "linear",
+    param: Annotated[list[str] | None, typer.Option("--param", help="Head parameter KEY=VALUE (repeatable; JSON values, e.g. hidden=[128,64]).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the head and the split of banks without a split column.")] = 0,
+    fpr: Annotated[float, typer.Option("--fpr", help="Target false-positive rate on validation reals for the threshold.")] = 0.005,
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write (head.json, weights.safetensors, splits.csv, metrics.json).")] = Path("runs/train"),
+) -> None:
+    """Train a head on the train split, set its threshold on validation reals, report val figures."""
+    from heads import train_run
+
+    res = train_run([str(b) for b in banks], head=head, params=_head_params(param), out=out, seed=seed, fpr=fpr)
+    auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
+    tpr = "n/a" if res.val_tpr_at_fpr is None else f"{res.val_tpr_at_fpr:.1%}"
+    typer.echo(f"head {head}: trained on {res.n_train} rows in {res.train_seconds:.2f} s (splits: {res.split_source})")
+    typer.echo(f"val ({res.n_val} rows): AUC {auc}  TPR@{fpr:.2%}FPR {tpr}  threshold {res.threshold:.4g} (val reals)")
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+@app.command("score")
+def score_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="One feature bank (NAME.zarr), or image files to embed with the head's backbone.")],
+    head: Annotated[Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")],
+    out: Annotated[str, typer.Option("--out", help="CSV to write (path,score,decision); '-' = stdout.")] = "-",
+    weights: Annotated[Path | None, typer.Option("--weights", help="Backbone weights file, for embedding images offline.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (embedding images).")] = "auto",
+) -> None:
+    """Score a bank or images: CSV of path, score (higher = AI-generated), decision at the stored threshold."""
+    from embed.errors import DataError
+    from heads import score_run
+
+    banks = [p for p in inputs if p.is_dir()]
+    if banks and len(inputs) > 1:
+        raise DataError(f"give one bank or image files, not both/several banks (got {len(inputs)} inputs, "
+                        f"{len(banks)} of them folders)")
+    if banks:
+        res = score_run(head, bank=str(banks[0]), out=out)
+    else:
+        res = score_run(head, images=[str(p) for p in inputs], out=out, weights=weights, device=device)
+    for path, reason in res.failures:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    typer.echo(f"scored {res.n_scored}, flagged {res.n_flagged} as AI-generated (score > {res.threshold:.4g}), "
+               f"{len(res.failures)} failed" + ("" if out == "-" else f"; wrote {out}"), err=True)
+
+
+@app.command("heads")
+def heads_cmd(
+    name: Annotated[str | None, typer.Argument(help="Show one head's parameters (default: all heads).")] = None,
+) -> None:
+    """List the heads and their parameters with defaults."""
+    from heads import head_info, head_params, list_heads
+
+    for n in [name] if name else list_heads():
+        info = head_info(n)
+        typer.echo(f"{n:<10} {info.description} [{info.source}]")
+        typer.echo("    " + "  ".join(f"{k}={v!r}" for k, v in head_params(n).items()))
+        cls = info.load()
+        if hasattr(cls, "resolved_config"):  # mlp: None = the preset's value
+            from dataclasses import asdict
+
+            fast = asdict(cls().resolved_config())
+            paper = asdict(cls(preset="paper").resolved_config())
+            typer.echo("    None means: " + "  ".join(f"{k}={v!r}" for k, v in fast.items()))
+            typer.echo("    preset='paper': " + "  ".join(f"{k}={v!r}" for k, v in paper.items() if fast[k] != v))
+
+
 # [end section: heads]
 
 # ---------------------------------------------------------------- analysis (issue 4)
@@ -694,6 +781,9 @@ def experiment(
         typer.Option(help="Backbone checkpoint file (open_clip / timm), overrides the cache."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds splits, training and bootstraps.")] = 0,
+    image_size: Annotated[
+        int | None, typer.Option(help="Backbone input side where allowed (e.g. 512 for efficientnet-b1).")
+    ] = None,
 ) -> None:
     """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
@@ -708,7 +798,7 @@ def experiment(
     result = run_experiment(
         source, backbone=backbone, out=out, views=_split(views, DEFAULT_VIEWS),
         heads=_split(heads, DEFAULT_HEADS), new_engine=new_engine, device=device,
-        weights=weights, seed=seed, real_names=tuple(real or ("real",)),
+        weights=weights, seed=seed, image_size=image_size, real_names=tuple(real or ("real",)),
         progress=sys.stderr.isatty(),
     )
     _print_experiment(result)
