@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .bank import FeatureBank
+from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
 from .compat import backbone_id, require_same_backbone
 from .datasets import ImageItem, Source, scan_source
 from .errors import BackboneMismatchError, BankError, FacebankError
@@ -323,6 +323,7 @@ def embed_source(
     progress: bool = True,
     dtype: str = "float16",
     flush_rows: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> EmbedSummary:
     """Embed every image of SOURCE into the bank ``out`` (created, resumed or appended).
 
@@ -343,6 +344,7 @@ def embed_source(
         dtype: stored feature dtype of a new bank, ``"float16"`` or ``"float32"``.
         flush_rows: commit at least every this many rows (default 2048, or
             ``$FACEBANK_EMBED_FLUSH_ROWS``); commits also happen every 10 s.
+        chunk_rows: rows per stored chunk of a new bank.
 
     Returns:
         An :class:`EmbedSummary`.
@@ -385,7 +387,13 @@ def embed_source(
     else:
         src_text = str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
         bank = FeatureBank.create(
-            out_path, backbone=spec, view=vw.name, source=src_text, dtype=dtype, overwrite=False
+            out_path,
+            backbone=spec,
+            view=vw.name,
+            source=src_text,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            overwrite=False,
         )
     try:
         return _run(

@@ -214,7 +214,8 @@ def test_embed_killed_at_several_points_resumes_to_the_uninterrupted_bank(tmp_pa
         _images(src / split, ("real", "sdxl", "gan"), 24, seed=10 + k)
     shutil.copy(src / "train/real/000.jpg", src / "test/gan/leak.jpg")  # a cross-split duplicate
     (src / "train/sdxl/broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    common = ["-b", "tiny-cnn", "--batch-size", "8", "--flush-rows", "8", "--no-progress"]
+    common = ["-b", "tiny-cnn", "--batch-size", "8", "--flush-rows", "8", "--chunk-rows", "32"]
+    common += ["--no-progress"]
 
     ref = tmp_path / "ref.zarr"
     res = runner.invoke(app, ["embed", str(src), "-o", str(ref), "--workers", "0", *common])
