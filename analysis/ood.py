@@ -280,7 +280,7 @@ def ood(
                             e,
                             int(lab),
                             f"known-{split[i]}",
-                            f"{s_known[i]:.6g}",
+                            f"{s_known[i]:.9g}",
                             int(s_known[i] > threshold),
                         ]
                     )
@@ -296,7 +296,7 @@ def ood(
                             e,
                             int(lab),
                             "new",
-                            f"{s_new[i]:.6g}",
+                            f"{s_new[i]:.9g}",
                             int(s_new[i] > threshold),
                         ]
                     )

@@ -15,11 +15,17 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+# This script is named like the `analysis` package: run as a script, its own folder is
+# sys.path[0] and would shadow the package, so that entry is dropped before any import.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
 
 def main() -> None:
