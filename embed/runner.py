@@ -72,8 +72,9 @@ class EmbedSummary:
         skipped_present: images skipped because their path is already in the bank.
         duplicates: images not embedded because an identical file (sha256) was.
         failed: ``(path, reason)`` of images that could not be embedded in this run.
-        seconds: wall time of the run (scan to close).
-        images_per_s: images processed per second (embedded + duplicates + failed).
+        seconds: wall time of the run (scan, model load, embedding, close).
+        images_per_s: images processed (embedded + duplicates + failed) per second of
+            the embedding loop (first batch to last commit; model loading excluded).
         out: the bank directory.
         rows: rows in the bank after the run.
         ignored: ``(path, reason)`` of files that were not taken as images.
@@ -497,6 +498,7 @@ def _run(
 
     storage = bank.storage_dtype
     description = f"embed {bb.spec.get('name', '?')} [{vw.name}]"
+    t_loop = time.perf_counter()
     with _progress(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
         lock = getattr(bank, "_lock", None)
@@ -586,7 +588,8 @@ def _run(
             DuplicateImageWarning,
             stacklevel=3,
         )
-    seconds = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    seconds, loop_seconds = t_end - t0, t_end - t_loop
     processed = counts["embedded"] + counts["duplicates"] + len(run_failed)
     return EmbedSummary(
         embedded=counts["embedded"],
@@ -594,7 +597,7 @@ def _run(
         duplicates=counts["duplicates"],
         failed=run_failed,
         seconds=seconds,
-        images_per_s=processed / seconds if seconds > 0 else 0.0,
+        images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
         out=bank.path,
         rows=len(bank),
         ignored=list(src.ignored),

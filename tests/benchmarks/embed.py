@@ -1,0 +1,235 @@
+"""Benchmark: JPEG decode, end-to-end embedding, and feature-bank reads.
+
+    python tests/benchmarks/embed.py            # 512 + 1024 px JPEGs; tiny-cnn, tiny-vit,
+                                                # efficientnet-lite1 on --device auto
+    python tests/benchmarks/embed.py --tiny     # seconds, for CI
+    python tests/benchmarks/embed.py --backbones clip-vit-l-14,efficientnet-b1 \\
+        --images 4096 --batch-size 256 --device cuda   # GPU machine
+
+Measures, on generated photo-like JPEGs (smooth random content + grain, quality 90, 4:2:0):
+
+- ``decode``: one process decoding with :func:`embed.images.load_image` in JPEG draft
+  mode (``draft_size`` = 224) and resizing the shorter side to 224 (bicubic) - the
+  worker's per-image work before the backbone's tensor transform - in images/s per
+  core; plus a full-resolution decode for comparison.
+- ``end_to_end``: :func:`embed.embed_source` (DataLoader workers, backbone, bank
+  writes) in images/s of the embedding loop, per backbone and image size.
+- ``bank_read``: a synthetic bank of ``--bank-rows`` x ``--dim`` float16 rows read back
+  with ``load_features`` (stored dtype, and float32 conversion) and ``iter_features``,
+  in GB/s of stored bytes (warm page cache: the case of a bank read repeatedly).
+
+Prints ONE JSON line (medians of ``--repeats`` runs for decode and bank reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Run as a script, this file's folder comes first on sys.path and the file itself
+# would shadow the `embed` package it measures: drop the folder, put the repo first.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(ROOT))
+
+
+def make_jpegs(folder: Path, *, n: int, size: int, seed: int = 0) -> list[Path]:
+    """``n`` photo-like JPEGs of ``size`` x ``size`` under ``folder/{real,fake}/``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        engine = "real" if i % 2 == 0 else "fake"
+        (folder / engine).mkdir(parents=True, exist_ok=True)
+        # low-frequency content (a 12x12 colour field upsampled) plus grain: decodes
+        # like a photo, unlike white noise (every DCT coefficient set) or flat colour
+        small = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+        img = np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.float32)
+        img += rng.normal(0, 6, img.shape)
+        path = folder / engine / f"{i:05d}.jpg"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dict:
+    from PIL import Image
+
+    from embed.images import load_image
+
+    def resize(img):
+        w, h = img.size
+        s = side / min(w, h)
+        return img.resize((max(side, round(w * s)), max(side, round(h * s))), Image.BICUBIC)
+
+    for p in paths:  # warm the page cache: measure decoding, not the disk
+        p.read_bytes()
+    out = {}
+    for label, draft in (("draft_resize", side), ("full_resize", None)):
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for p in paths:
+                resize(load_image(p, draft_size=draft))
+            rates.append(len(paths) / (time.perf_counter() - t))
+        out[f"{label}_images_per_s_per_core"] = round(statistics.median(rates), 1)
+    return out
+
+
+def bench_end_to_end(
+    src: Path, *, backbone: str, device: str, batch_size: int, workers: int | None, tmp: Path
+) -> dict:
+    from embed import create_backbone, embed_source
+
+    create_backbone(backbone, device=device)  # imports and weights resolved outside the timing
+    out = tmp / f"e2e-{backbone}.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = embed_source(
+            src,
+            backbone=backbone,
+            out=out,
+            device=device,
+            batch_size=batch_size,
+            num_workers=workers,
+            progress=False,
+        )
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "images_per_s": round(s.images_per_s, 1),
+        "embedded": s.embedded,
+        "failed": len(s.failed),
+        "device": s.device,
+    }
+
+
+def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict:
+    import numpy as np
+
+    from embed import FeatureBank, synthetic_backbone
+
+    path = tmp / "read.zarr"
+    rng = np.random.default_rng(0)
+    step = 65536
+    with FeatureBank.create(path, backbone=synthetic_backbone(dim), overwrite=True) as bank:
+        for a in range(0, rows, step):
+            n = min(step, rows - a)
+            ids = [f"r{a + i}" for i in range(n)]
+            bank.append(
+                rng.normal(size=(n, dim)).astype(np.float32),
+                labels=np.zeros(n, np.int8),
+                engines=["e"] * n,
+                paths=ids,
+                splits=[""] * n,
+                sha256=ids,
+            )
+    bank = FeatureBank.open(path)
+    nbytes = rows * dim * 2
+    bank.load_features(dtype=np.float16)  # warm the page cache
+
+    def timed(fn) -> float:
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            rates.append(nbytes / (time.perf_counter() - t) / 1e9)
+        return round(statistics.median(rates), 2)
+
+    def stream():
+        for _ in bank.iter_features(dtype=np.float16):
+            pass
+
+    return {
+        "rows": rows,
+        "dim": dim,
+        "stored_mb": round(nbytes / 2**20, 1),
+        "load_float16_GBps": timed(lambda: bank.load_features(dtype=np.float16)),
+        "load_float32_GBps": timed(lambda: bank.load_features()),
+        "iter_float16_GBps": timed(stream),
+    }
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    from embed.backbones import resolve_device
+
+    dev = resolve_device(device)
+    info = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="seconds-long CI run")
+    ap.add_argument("--backbones", default="tiny-cnn,tiny-vit,efficientnet-lite1")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--sizes", default="512,1024", help="JPEG sides in pixels")
+    ap.add_argument("--images", type=int, default=256, help="JPEGs per size")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None, help="decoder workers (default auto)")
+    ap.add_argument("--bank-rows", type=int, default=262144)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.backbones, args.sizes, args.images = "tiny-cnn", "256", 12
+        args.bank_rows, args.dim, args.batch_size, args.repeats = 4096, 64, 8, 1
+        if args.workers is None:
+            args.workers = 0
+
+    result: dict = {"benchmark": "embed", "tiny": args.tiny, "machine": machine(args.device)}
+    result["workers"] = "auto" if args.workers is None else args.workers
+    result["batch_size"] = args.batch_size
+    decode: dict = {}
+    e2e: dict = {}
+    with tempfile.TemporaryDirectory(prefix="facebank-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for size in (int(s) for s in args.sizes.split(",")):
+            src = tmp / f"jpeg{size}"
+            paths = make_jpegs(src, n=args.images, size=size)
+            decode[str(size)] = bench_decode(paths, repeats=args.repeats)
+            for name in args.backbones.split(","):
+                e2e.setdefault(name, {})[str(size)] = bench_end_to_end(
+                    src,
+                    backbone=name,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    tmp=tmp,
+                )
+        result["images_per_size"] = args.images
+        result["decode"] = decode
+        result["end_to_end"] = e2e
+        result["bank_read"] = bench_bank_read(
+            tmp, rows=args.bank_rows, dim=args.dim, repeats=args.repeats
+        )
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""tests/benchmarks/embed.py --tiny runs and prints one JSON line of figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_embed_benchmark_tiny():
+    res = subprocess.run(
+        [sys.executable, "tests/benchmarks/embed.py", "--tiny", "--device", "cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "embed" and fig["tiny"] is True
+    assert fig["machine"]["cpu_count"] >= 1 and fig["machine"]["device"] == "cpu"
+    assert "torch_threads" in fig["machine"]
+    assert set(fig["decode"]) == {"256"}
+    for key in ("draft_resize_images_per_s_per_core", "full_resize_images_per_s_per_core"):
+        assert fig["decode"]["256"][key] > 0
+    e2e = fig["end_to_end"]["tiny-cnn"]["256"]
+    assert e2e["embedded"] == fig["images_per_size"] == 12 and e2e["failed"] == 0
+    assert e2e["images_per_s"] > 0
+    read = fig["bank_read"]
+    assert (read["rows"], read["dim"]) == (4096, 64)
+    for key in ("load_float16_GBps", "load_float32_GBps", "iter_float16_GBps"):
+        assert read[key] > 0
