@@ -82,10 +82,12 @@ def cvar_lambda(losses: torch.Tensor, alpha: float) -> torch.Tensor:
     The objective is convex and piecewise linear with kinks at the losses, so its
     minimum sits at a kink: ``lambda*`` is the ``ceil(alpha * m)``-th largest loss (the
     (1 - alpha) quantile, the value-at-risk). Found from the sorted losses, not a search.
+    It stays attached to the graph: the gradient of the CVaR value then gives the boundary
+    sample its exact fractional weight ``(alpha m - floor(alpha m)) / (alpha m)``.
     """
     m = losses.numel()
     k = max(1, math.ceil(alpha * m - 1e-9))
-    return torch.topk(losses.detach(), k).values[-1]
+    return torch.topk(losses, k).values[-1]
 
 
 def cvar(losses: torch.Tensor, *, alpha: float = 0.9) -> torch.Tensor:

@@ -207,6 +207,9 @@ class PrototypeHead(BaseHead):
                     break
         if model.proj is not None:
             parametrize.remove_parametrizations(model.proj, "weight", leave_parametrized=True)
+            # a contiguous copy: a strided weight takes another matmul kernel, and the
+            # scores of a reloaded head must be bit-identical
+            model.proj.weight = nn.Parameter(model.proj.weight.detach().contiguous().clone())
         for p in model.parameters():
             p.requires_grad_(False)
         self.model_ = model.cpu().eval()

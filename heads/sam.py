@@ -41,15 +41,13 @@ class SAM:
         params = self._params()
         with torch.no_grad():
             norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2) if params else None
-            eps = []
+            saved = [p.detach().clone() for p in params]  # exact restore, not p - e
             for p in params:
-                e = p.grad * (self.rho / (norm + 1e-12))
-                p.add_(e)
-                eps.append(e)
+                p.add_(p.grad * (self.rho / (norm + 1e-12)))
         self.zero_grad()
         closure()
         with torch.no_grad():
-            for p, e in zip(params, eps, strict=True):
-                p.sub_(e)
+            for p, orig in zip(params, saved, strict=True):
+                p.copy_(orig)
         self.base.step()
         return loss
