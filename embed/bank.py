@@ -712,9 +712,14 @@ class FeatureBank:
     @staticmethod
     def _read_segment(store: _Store, rows: np.ndarray | None, dtype: Any) -> np.ndarray:
         if rows is None:
-            if store.count == 0:
-                return np.zeros((0, store.dim), dtype=dtype)
-            return np.asarray(store.features[: store.count]).astype(dtype, copy=False)
+            # chunk by chunk into one preallocated output: the dtype conversion runs on
+            # cache-sized blocks and zarr never assembles one huge intermediate array
+            out = np.empty((store.count, store.dim), dtype=dtype)
+            step = store.chunk_rows
+            for a in range(0, store.count, step):
+                b = min(a + step, store.count)
+                out[a:b] = store.features[a:b]
+            return out
         return _gather(store.features, rows).astype(dtype, copy=False)
 
     def _normalise_rows(self, rows: Any) -> np.ndarray:
