@@ -29,6 +29,7 @@ is tuned on test rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -66,9 +67,9 @@ DEMO_BACKBONE = "efficientnet-lite1"
 # five minutes on a 2-core CPU, the small one inside a test's two-minute budget.
 DEMO_N_PER_CLASS = 200
 DEMO_N_SMALL = 60
-# PCA for the global layout, t-SNE for local clusters (seconds at demo size; the map
-# subsamples 5000 rows above that).
-MAP_METHODS = ("pca", "tsne")
+# PCA only: sklearn's t-SNE costs tens of seconds even on a few hundred rows on 2 cores,
+# more than every head together; `facebank neighbours map --method tsne` draws it on demand.
+MAP_METHODS = ("pca",)
 # Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
 _STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours")
 
@@ -305,6 +306,31 @@ def _check_classes(counts: Counter, real: list[str], ai: list[str], source: Path
         raise DataError(f"{str(source)!r} has only real images (found: {have}); {needs}")
 
 
+def _check_out(run_dir: Path, source: Path) -> None:
+    """``out`` must be new, empty, or an earlier experiment's folder (never user data)."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise DataError(f"--out {str(run_dir)!r} is a file; give a folder for the run")
+    if source.resolve() == run_dir.resolve() or run_dir.resolve() in source.resolve().parents:
+        raise DataError(
+            f"--out {str(run_dir)!r} contains the dataset {str(source)!r}; write the run elsewhere"
+        )
+    if not any(run_dir.iterdir()):
+        return
+    config = run_dir / "config.json"
+    try:
+        command = json.loads(config.read_text()).get("command") if config.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        command = None
+    if command != "experiment":
+        raise DataError(
+            f"--out {str(run_dir)!r} already holds files that are not an experiment run "
+            "(no config.json with command 'experiment'); give a new or empty folder, or the "
+            "folder of an earlier `facebank experiment` run to resume it"
+        )
+
+
 def _clear_previous_steps(run_dir: Path) -> None:
     """Remove the derived sub-runs of an earlier experiment (banks are kept: resume)."""
     for name in _STEP_DIRS:
@@ -315,7 +341,8 @@ def _clear_previous_steps(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _embed_all(source, views, banks_dir, *, backbone, device, weights, steps, progress):
+def _embed_all(source, views, banks_dir, *, backbone, device, weights, image_size, real_names,
+               steps, progress):
     from embed import FeatureBank, embed_source
 
     banks: dict[str, Path] = {}
@@ -324,7 +351,8 @@ def _embed_all(source, views, banks_dir, *, backbone, device, weights, steps, pr
         path = banks_dir / f"{_view_slug(view)}.zarr"
         with steps.step(f"embed {view}", f"embed view [bold]{view}[/] -> {path}"):
             s = embed_source(source, backbone=backbone, out=path, view=view, device=device,
-                             weights=weights, progress=progress)
+                             weights=weights, image_size=image_size, real_names=real_names,
+                             progress=progress)
         embedding[view] = {
             "embedded": s.embedded, "skipped_present": s.skipped_present,
             "duplicates": _count(s.duplicates), "failed": _count(s.failed),
@@ -376,6 +404,7 @@ def run_experiment(
     weights: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    image_size: int | None = None,
     real_names: Sequence[str] = ("real",),
     note: str | None = None,
 ) -> ExperimentResult:
@@ -408,6 +437,8 @@ def run_experiment(
         weights: a checkpoint file for the backbone (overrides the library cache).
         seed: seeds splits (when the source has none), head training and bootstraps.
         progress: progress bars and step headers on stderr.
+        image_size: backbone input side where the backbone allows it (e.g. 512 for
+            ``efficientnet-b1`` as in 2311.08577); default the backbone's own.
         real_names: engine folder names that hold real images.
         note: Markdown written to ``out/NOTE.md`` and shown at the top of the report
             (the demo says there that its data is simulated).
@@ -416,7 +447,8 @@ def run_experiment(
         An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.
 
     Raises:
-        DataError: SOURCE missing, empty, without reals or without AI images.
+        DataError: SOURCE missing, empty, without reals or without AI images; ``out``
+            holding files that are not an earlier experiment run (nothing is deleted).
         UnknownNameError: an unknown view, head, backbone or ``new_engine``.
         BackboneMismatchError / BankError: ``out`` holds banks of another backbone.
 
@@ -439,12 +471,13 @@ def run_experiment(
                 f"valid: {', '.join(ai)}"
             )
 
+    _check_out(run_dir, source)
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_steps(run_dir)
     config = {
         "source": str(source), "backbone": backbone, "views": view_names, "heads": head_names,
-        "new_engine": new_engine, "device": device,
+        "new_engine": new_engine, "device": device, "image_size": image_size,
         "weights": str(weights) if weights else None, "seed": seed, "fpr": FPR,
         "threshold_split": "val (reals only)", "test_split": "test",
     }
@@ -456,7 +489,8 @@ def run_experiment(
     steps = _Steps(n_steps, progress=progress)
     bank_paths, banks, embedding = _embed_all(
         source, view_names, run_dir / "banks", backbone=backbone, device=device,
-        weights=weights, steps=steps, progress=progress,
+        weights=weights, image_size=image_size, real_names=real_names, steps=steps,
+        progress=progress,
     )
     original = banks["original"]
     labels = np.asarray(original.labels)

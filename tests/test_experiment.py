@@ -1,0 +1,183 @@
+"""``run_experiment`` / ``facebank experiment``: the whole pipeline, resume, bad input.
+
+Runs use the test-only ``tiny-cnn`` backbone (seeded random weights, seconds on a CPU)
+on small stand-in datasets; the numbers are not judged here (tests/test_demo.py judges
+them with the real backbone), only what was run, written, reused and refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from analysis.experiment import ExperimentResult, _view_slug, run_experiment
+from embed.errors import DataError, FacebankError, UnknownNameError
+from embed.standin import make_standin_dataset
+
+BACKBONE = "tiny-cnn"
+VIEWS = ("vflip",)
+HEADS = ("linear", "prototype")
+N = 56
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # real 56; AI 56 over four engines (17/17/14/8); enough train rows (> 64) for the
+    # prototype head's default 64-d projection even with one engine held out
+    return make_standin_dataset(tmp_path_factory.mktemp("exp") / "data", n_per_class=N)
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp-run") / "run"
+    result = run_experiment(dataset, backbone=BACKBONE, out=out, views=VIEWS, heads=HEADS,
+                            device="cpu", progress=False)
+    return result
+
+
+def _bank_snapshot(path):
+    from embed import FeatureBank
+
+    bank = FeatureBank.open(path)
+    return len(bank), bank.load_features(), list(bank.sha256)
+
+
+@pytest.mark.slow
+def test_experiment_writes_every_step(first_run: ExperimentResult):
+    r = first_run
+    run = r.run_dir
+    assert r.report == run / "report.html" and r.report.stat().st_size > 10_000
+    assert set(r.banks) == {"original", "vflip"}
+    assert r.banks["vflip"] == run / "banks" / "vflip.zarr"
+    assert r.engines["real"] == N and sum(n for e, n in r.engines.items() if e != "real") == N
+    assert list(r.heads) == list(HEADS)
+    for name, h in r.heads.items():
+        assert (run / "train" / name / "head.json").is_file()
+        assert (run / "evaluate" / name / "metrics.json").is_file()
+        assert 0.0 <= h["auc"] <= 1.0 and h["threshold"] is not None
+    assert r.new_engine == "denoise-renoise"  # the smallest AI engine
+    assert r.ood is not None and 0.0 <= r.ood["auroc"] <= 1.0
+    assert (run / "ood" / "train-without-denoise-renoise" / "head.json").is_file()
+    # the OOD head never saw the new engine
+    splits = (run / "ood" / "train-without-denoise-renoise" / "splits.csv").read_text()
+    assert "denoise-renoise" not in splits
+    assert r.loeo is not None and len(r.loeo["per_engine"]) == 4
+    assert set(r.robustness) == set(HEADS)
+    assert set(r.robustness["linear"]) == {"original", "vflip"}
+    assert r.neighbours is not None and (run / "neighbours" / "clusters" / "metrics.json").is_file()
+    assert r.skipped == {}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["heads"]["linear"]["auc"] == pytest.approx(r.heads["linear"]["auc"])
+    assert metrics["fpr"] == 0.005
+    config = json.loads((run / "config.json").read_text())
+    assert config["command"] == "experiment" and config["views"] == ["original", "vflip"]
+    html = r.report.read_text()
+    for text in ("Experiment summary", "linear", "prototype", "denoise-renoise"):
+        assert text in html
+
+
+@pytest.mark.slow
+def test_rerun_reuses_the_banks(first_run: ExperimentResult, dataset):
+    before = {v: _bank_snapshot(p) for v, p in first_run.banks.items()}
+    again = run_experiment(dataset, backbone=BACKBONE, out=first_run.run_dir, views=VIEWS,
+                           heads=HEADS, device="cpu", progress=False)
+    for view, (n, X, sha) in before.items():
+        assert again.embedding[view]["embedded"] == 0  # nothing embedded twice
+        assert again.embedding[view]["skipped_present"] == n == 2 * N
+        n2, X2, sha2 = _bank_snapshot(again.banks[view])
+        assert n2 == n and sha2 == sha and np.array_equal(X2, X)
+    assert again.heads["linear"]["auc"] == pytest.approx(first_run.heads["linear"]["auc"])
+    assert again.report.is_file()
+
+
+@pytest.mark.slow
+def test_one_ai_engine_skips_loeo_and_ood_with_a_reason(dataset, tmp_path):
+    src = tmp_path / "one"
+    shutil.copytree(dataset / "real", src / "real")
+    shutil.copytree(dataset / "upsample-nearest", src / "upsample-nearest")
+    r = run_experiment(src, backbone=BACKBONE, out=tmp_path / "run", views=(), heads=("linear",),
+                       device="cpu", progress=False)
+    assert r.loeo is None and r.ood is None and r.robustness is None
+    assert "two AI engines" in r.skipped["leave-one-engine-out"]
+    assert "two AI engines" in r.skipped["ood"]
+    assert "robustness" in r.skipped
+    metrics = json.loads((r.run_dir / "metrics.json").read_text())
+    assert set(metrics["skipped"]) == {"leave-one-engine-out", "ood", "robustness"}
+    assert "two AI engines" in r.report.read_text()
+    assert r.heads["linear"]["auc"] is not None
+
+
+def test_only_reals_is_refused_before_embedding(dataset, tmp_path):
+    src = tmp_path / "reals"
+    shutil.copytree(dataset / "real", src / "real")
+    with pytest.raises(DataError, match="only real images.*needs real images .*AI-generated"):
+        run_experiment(src, backbone=BACKBONE, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing created, no time spent
+
+
+def test_only_ai_images_is_refused(dataset, tmp_path):
+    src = tmp_path / "fakes"
+    shutil.copytree(dataset / "upsample-nearest", src / "upsample-nearest")
+    with pytest.raises(DataError, match="no real images"):
+        run_experiment(src, backbone=BACKBONE, out=tmp_path / "run", progress=False)
+
+
+def test_no_images_is_refused(tmp_path):
+    (tmp_path / "empty" / "real").mkdir(parents=True)
+    (tmp_path / "empty" / "real" / "notes.txt").write_text("not an image")
+    with pytest.raises(FacebankError, match="no images"):
+        run_experiment(tmp_path / "empty", backbone=BACKBONE, out=tmp_path / "run", progress=False)
+    with pytest.raises(FacebankError, match="does not exist"):
+        run_experiment(tmp_path / "missing", backbone=BACKBONE, out=tmp_path / "run",
+                       progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"new_engine": "midjourney"}, "new-engine 'midjourney'.*valid: denoise-renoise"),
+        ({"new_engine": "real"}, "not an AI engine"),
+        ({"views": ("jpeg:q=500",)}, "jpeg"),
+        ({"heads": ("linear", "svm")}, "unknown head 'svm'.*linear"),
+        ({"backbone": "resnet-9000"}, "resnet-9000"),
+    ],
+)
+def test_bad_names_fail_before_any_work(dataset, tmp_path, kwargs, match):
+    kw = {"backbone": BACKBONE, "progress": False, **kwargs}
+    with pytest.raises(UnknownNameError, match=match):
+        run_experiment(dataset, out=tmp_path / "run", **kw)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_folder_with_other_files_is_never_touched(dataset, tmp_path):
+    out = tmp_path / "mine"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "precious.jpg").write_bytes(b"user data")
+    with pytest.raises(DataError, match="not an experiment run"):
+        run_experiment(dataset, backbone=BACKBONE, out=out, progress=False)
+    assert (out / "train" / "precious.jpg").read_bytes() == b"user data"
+    with pytest.raises(DataError, match="contains the dataset"):
+        run_experiment(dataset, backbone=BACKBONE, out=dataset.parent, progress=False)
+
+
+def test_view_slugs_are_file_names():
+    assert _view_slug("jpeg:q=50") == "jpeg-q50"
+    assert _view_slug("resize:256+jpeg:q=75") == "resize-256+jpeg-q75"
+    assert _view_slug("vflip") == "vflip"
+
+
+def test_cli_experiment_bad_input_is_one_line(dataset, tmp_path):
+    from cli import app
+
+    src = tmp_path / "reals"
+    shutil.copytree(dataset / "real", src / "real")
+    res = CliRunner().invoke(app, ["experiment", str(src), "--backbone", BACKBONE,
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    err = res.stderr if hasattr(res, "stderr") else res.output
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "only real images" in lines[0]
