@@ -328,9 +328,11 @@ def robustness_figure(
                 ax.axhline(base["fpr"], color="#d62728", ls="--", lw=1, label="FPR original")
             if fam == "jpeg":
                 ax.set_xlim(min(10, x.min() - 5), 102)
-            if fam == "resize" and len(x) > 1:
+            if fam == "resize":
                 ax.set_xscale("log", base=2)
+                ax.set_xlim(x.min() / 1.5, x.max() * 1.5)
                 ax.set_xticks(x, [f"{int(v)}" for v in x])
+                ax.minorticks_off()
         else:
             labels = (["original"] if base is not None else []) + [str(r["x"]) for r in sub]
             items = ([base] if base is not None else []) + sub
@@ -349,8 +351,8 @@ def robustness_figure(
                 capsize=3,
             )
             ax.bar(pos + 0.2, [r["fpr"] for r in items], width=0.4, color="#d62728", label="FPR")
-            for p, t in zip(pos, tpr, strict=True):
-                ax.text(p - 0.2, t + 0.02, f"{t:.0%}", ha="center", fontsize=8)
+            for p, t, r in zip(pos, tpr, items, strict=True):
+                ax.text(p - 0.2, r["tpr_ci_high"] + 0.02, f"{t:.0%}", ha="center", fontsize=8)
             ax.set_xticks(pos, labels, rotation=20)
         ax.set_ylim(0, 1.05)
         ax.set_title(fam)
