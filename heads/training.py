@@ -204,9 +204,9 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
     Returns:
         ScoreResult; images that could not be embedded are in ``failures`` (not in the CSV).
     """
-    head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
     if (bank is None) == (not images):
         raise DataError("give either a bank or image files to score (not both, not neither)")
+    head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
     failures: list[tuple[str, str]] = []
     if bank is not None:
         from embed import FeatureBank

@@ -199,7 +199,7 @@ def test_knn_cosine_ignores_row_length_and_votes():
     h = create_head("knn", k=7, device="cpu").fit(X, y)
     Q = X[:20]
     assert np.allclose(h.decision_function(Q), h.decision_function(Q * 5.0))
-    D, I = h.kneighbors(Q[:1], k=7)
+    D, I = h.kneighbors(Q[:1], k=7)  # noqa: E741 - FAISS names
     a = (y[I[0]] == 1).sum()
     assert h.decision_function(Q[:1])[0] == pytest.approx(math.log((a + 0.5) / (7 - a + 0.5)))
     assert D[0, 0] == pytest.approx(1.0, abs=1e-5)  # a training row finds itself
