@@ -61,8 +61,12 @@ _DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 # 64k rows x 768-d float32 is 200 MB: large enough that FAISS's blocked GEMM search runs
 # at full speed, small enough that two chunks sit beside a big index.
 DEFAULT_CHUNK_ROWS = 65536
-# IVF training: FAISS wants ~40-256 points per centroid; more only costs time.
-_TRAIN_PER_LIST = 128
+# Rows per read from a bank: reads decode into temporaries several times their size,
+# so they are kept small and converted straight into the float32 chunk buffer.
+_READ_ROWS = 8192
+# IVF training: FAISS warns below 39 points per centroid; more costs time and memory
+# (the sample is held in RAM while k-means runs: 40 x 1024 lists x 768-d = 126 MB).
+_TRAIN_PER_LIST = 40
 _TRAIN_MIN = 10_000
 
 
@@ -277,6 +281,21 @@ class _Source:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def iter_raw(self, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, X)`` with X as stored (float16 banks stay float16: half the
+        memory of a float32 chunk; callers convert into a buffer they own)."""
+        if self.array is not None:
+            for start in range(0, len(self), chunk_rows):
+                stop = min(start + chunk_rows, len(self))
+                yield start, stop, self.array[start:stop]
+            return
+        for off, bank in zip(self.offsets[:-1], self.banks, strict=False):
+            dtype = np.dtype(getattr(bank, "storage_dtype", np.float32))
+            if dtype.kind != "f":
+                dtype = np.dtype(np.float32)
+            for start, stop, X in bank.iter_features(chunk_rows=chunk_rows, dtype=dtype):
+                yield int(off + start), int(off + stop), X
+
     def iter_chunks(self, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(start, stop, X)`` over all rows in order; X float32 (stop-start, D)."""
         if self.array is not None:
@@ -308,8 +327,11 @@ class _Source:
 
 
 def _check_finite(X: np.ndarray, start: int) -> None:
-    if not np.isfinite(X).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+    # row sums are NaN/inf exactly when a row holds one (features are far from overflow),
+    # and cost n floats instead of an (n, D) boolean temporary
+    finite = np.isfinite(X.sum(axis=1))
+    if not finite.all():
+        bad = start + int(np.flatnonzero(~finite)[0])
         raise DataError(f"row {bad} has NaN or infinite features; re-embed or drop that row")
 
 
@@ -438,7 +460,7 @@ class NeighbourIndex:
         )
 
     def _prepare(self, X: np.ndarray) -> np.ndarray:
-        """float32 C-contiguous copy-if-needed, L2-normalised in place for cosine."""
+        """A float32 C-contiguous copy of queries, L2-normalised for cosine."""
         import faiss
 
         X = np.array(X, dtype=np.float32, order="C", copy=True)
@@ -505,8 +527,8 @@ class NeighbourIndex:
                     f"{'IVF1024,Flat' if kind == 'IVF' else 'HNSW32'!r}"
                 ) from None
 
-    def _chunks(self, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
-        it = self._source.iter_chunks(self.chunk_rows)
+    def _raw_chunks(self, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
+        it = self._source.iter_raw(min(self.chunk_rows, _READ_ROWS))
         if not self.progress:
             yield from it
             return
@@ -517,6 +539,33 @@ class NeighbourIndex:
             for start, stop, X in it:
                 yield start, stop, X
                 bar.update(task, completed=stop)
+
+    def _prepared_chunks(self, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``chunk_rows`` chunks in ONE reused float32 buffer, checked and normalised.
+
+        The bank is read in pieces of at most ``_READ_ROWS`` rows (in its storage dtype)
+        that are converted straight into the buffer, so memory is one float32 chunk plus
+        a small fixed read buffer. Each yielded array is valid until the next request.
+        """
+        import faiss
+
+        n = len(self._source)
+        buf = np.empty((min(self.chunk_rows, n), self.dim), dtype=np.float32)
+        start = fill = 0
+        for a, b, raw in self._raw_chunks(desc):
+            while a < b:
+                take = min(b - a, len(buf) - fill)
+                buf[fill : fill + take] = raw[a - (b - len(raw)) : a - (b - len(raw)) + take]
+                fill += take
+                a += take
+                if fill == len(buf) or start + fill == n:
+                    X = buf[:fill]
+                    _check_finite(X, start)
+                    if self.metric == "cosine":
+                        faiss.normalize_L2(X)
+                    yield start, start + fill, X
+                    start, fill = start + fill, 0
+            del raw
 
     def _add_all(self) -> None:
         import faiss
@@ -532,20 +581,18 @@ class NeighbourIndex:
             index = faiss.downcast_index(self.index)
             index.codes.resize(n * d * 4)
             buf = faiss.rev_swig_ptr(index.codes.data(), n * d * 4).view(np.float32).reshape(n, d)
-            for start, stop, X in self._chunks("indexing"):
-                _check_finite(X, start)
-                buf[start:stop] = X
+            for start, stop, raw in self._raw_chunks("indexing"):
+                buf[start:stop] = raw  # converts float16 -> float32 in place
+                del raw
+                _check_finite(buf[start:stop], start)
                 if self.metric == "cosine":
                     faiss.normalize_L2(buf[start:stop])
             index.ntotal = n
             return
         if hasattr(self.index, "reserve"):  # GPU flat indexes
             self.index.reserve(n)
-        for start, _stop, X in self._chunks("indexing"):
-            _check_finite(X, start)
-            if self.metric == "cosine":
-                faiss.normalize_L2(X)
-            self.index.add(X)
+        for _start, _stop, X in self._prepared_chunks("indexing"):
+            self.index.add(X)  # copies X into the index
 
     # -- searching ----------------------------------------------------------------
 
@@ -597,8 +644,8 @@ class NeighbourIndex:
         n = self.ntotal
         D = np.empty((n, k), dtype=np.float32)
         I = np.empty((n, k), dtype=np.int64)
-        for start, stop, X in self._chunks("self-search"):
-            Dc, Ic = self.index.search(self._prepare(X), kk)
+        for start, stop, X in self._prepared_chunks("self-search"):
+            Dc, Ic = self.index.search(X, kk)
             if exclude_self:
                 Dc, Ic = _drop_self(Dc, Ic, np.arange(start, stop))
             D[start:stop], I[start:stop] = Dc, Ic
@@ -945,8 +992,8 @@ def engine_clusters(
         )
         kmeans.train(Xk)
         assign = np.empty(n, dtype=np.int64)
-        for start, stop, X in index.iter_chunks():
-            _, a = kmeans.index.search(index._prepare(X), 1)
+        for start, stop, X in index._prepared_chunks("k-means"):
+            _, a = kmeans.index.search(X, 1)
             assign[start:stop] = a[:, 0]
         km.update(
             nmi=float(normalized_mutual_info_score(y, assign)),
