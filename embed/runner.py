@@ -273,6 +273,8 @@ def _progress(enabled: bool, total: int, description: str):
     class _Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
+            if not speed and task.elapsed:
+                speed = task.completed / task.elapsed
             return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
 
     return Progress(
@@ -497,7 +499,8 @@ def _run(
         run_failed.append((it.path, reason))
 
     storage = bank.storage_dtype
-    description = f"embed {bb.spec.get('name', '?')} [{vw.name}]"
+    # (escaped: rich would take "[original]" for a markup tag)
+    description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"
     t_loop = time.perf_counter()
     with _progress(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
