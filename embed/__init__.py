@@ -28,7 +28,14 @@ from .views import View, parse_view
 # [end section: backbones-images-views]
 
 # [section: bank-datasets-runner]
-from .bank import FeatureBank, concat_banks, synthetic_backbone, write_bank
+from .bank import (
+    BankReport,
+    FeatureBank,
+    concat_banks,
+    synthetic_backbone,
+    verify_bank,
+    write_bank,
+)
 from .datasets import ImageItem, Source, SourceError, scan_source
 from .runner import (
     DuplicateImageWarning,
@@ -75,6 +82,8 @@ __all__ = [
     "write_bank",
     "concat_banks",
     "synthetic_backbone",
+    "verify_bank",
+    "BankReport",
     "ImageItem",
     "Source",
     "SourceError",
