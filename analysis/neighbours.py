@@ -50,6 +50,8 @@ __all__ = [
     "find_leaks",
     "embedding_map",
     "resolve_image_path",
+    "write_maps",
+    "write_query",
     "METRICS",
 ]
 

@@ -231,6 +231,36 @@ def test_device_is_chosen_at_construction_not_import(bank):
             NeighbourIndex(bank, device="cuda")
 
 
+def test_gpu_code_path_is_wired(bank, monkeypatch):
+    """With a (faked) faiss-gpu: device auto picks the GPU, clones, sets knobs, falls back."""
+    import faiss
+
+    calls = []
+
+    def to_gpu(res, device, index, opts):
+        calls.append((device, bool(opts.useFloat16), type(faiss.downcast_index(index)).__name__))
+        if "HNSW" in type(faiss.downcast_index(index)).__name__:
+            raise RuntimeError("Error: HNSW has no GPU implementation")
+        return index  # the CPU index stands in for the GPU one
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("O", (), {"useFloat16": False})(),
+                        raising=False)
+    monkeypatch.setattr(faiss, "GpuParameterSpace", faiss.ParameterSpace, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    X = bank.load_features()
+    index = NeighbourIndex(bank, device="auto", gpu_float16=True, chunk_rows=50)
+    assert index.device == "cuda:0" and calls[-1] == (0, True, "IndexFlat")
+    D, I = index.self_knn(4)
+    D0, I0 = NeighbourIndex(X, device="cpu").self_knn(4)
+    np.testing.assert_array_equal(I, I0)
+    ivf = NeighbourIndex(bank, factory="IVF4,Flat", nprobe=4, device="cuda:1")
+    assert ivf.device == "cuda:1" and calls[-1][0] == 1
+    hnsw = NeighbourIndex(bank, factory="HNSW16", device="cuda")
+    assert hnsw.device == "cpu"  # no GPU HNSW in FAISS: stays on the CPU
+
+
 # ------------------------------------------------------------------ bad input
 
 
