@@ -13,6 +13,9 @@ from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
 from analysis.ood import fpr_at_tpr, ood
 from embed.errors import DataError
 
+# small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
+pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
+
 RNG = np.random.default_rng(0)
 
 
@@ -99,7 +102,10 @@ def test_ood_separates_a_far_new_engine(setup, head, tmp_path):
 def test_ood_bad_input(setup, tmp_path):
     root = setup["root"]
     run = setup["runs"]["linear"]
-    with pytest.raises(DataError, match="both the --known and the --new"):
+    with (
+        pytest.raises(DataError, match="both the --known and the --new"),
+        pytest.warns(UserWarning, match="not new"),
+    ):
         ood(run, known=[root / "known.zarr"], new=[root / "known.zarr"], n_boot=0)
     d = synthetic_arrays({"sdxl": 20}, dim=16, seed=11)
     d["sha256"] = np.array([f"s{i}" for i in range(20)])
