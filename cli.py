@@ -799,7 +799,7 @@ def experiment(
         source, backbone=backbone, out=out, views=_split(views, DEFAULT_VIEWS),
         heads=_split(heads, DEFAULT_HEADS), new_engine=new_engine, device=device,
         weights=weights, seed=seed, image_size=image_size, real_names=tuple(real or ("real",)),
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     _print_experiment(result)
 
@@ -820,7 +820,7 @@ def demo(
     from analysis.experiment import demo_note, run_demo
 
     Console(stderr=True).print(Markdown(demo_note()))
-    result = run_demo(out, small=small, device=device, progress=sys.stderr.isatty())
+    result = run_demo(out, small=small, device=device, progress=True)
     _print_experiment(result)
     typer.echo("Reminder: simulated artifacts on a handful of photos, not real AI-generated faces "
                "(see NOTE.md in the run folder and the top of the report).")

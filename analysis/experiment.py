@@ -34,6 +34,7 @@ import logging
 import re
 import shutil
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ DEMO_N_SMALL = 60
 # PCA only: sklearn's t-SNE costs tens of seconds even on a few hundred rows on 2 cores,
 # more than every head together; `facebank neighbours map --method tsne` draws it on demand.
 MAP_METHODS = ("pca",)
+_MAX_NOTES = 12  # caveats listed in summary.md; the sub-runs keep their own notes
 # Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
 _STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours")
 
@@ -134,8 +136,8 @@ class ExperimentResult:
         """The other steps in one line each (what, value, where)."""
         rows: list[dict[str, Any]] = []
         if self.loeo:
-            rows.append({"step": "leave-one-engine-out (linear)",
-                         "result": f"TPR@0.5%FPR in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
+            rows.append({"step": "leave-one-engine-out (linear, TPR at the val threshold)",
+                         "result": f"in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
                                    f"out-of-engine {_f(self.loeo.get('out_of_engine_tpr'))}"})
         if self.robustness:
             first = next(iter(self.robustness))
@@ -167,6 +169,7 @@ class ExperimentResult:
             markdown_table(self.key_rows()) if self.key_rows() else "",
             "#### Embedding\n",
             markdown_table(emb, digits=1),
+            "#### Caveats\n" if self.notes else "",
             "\n".join(f"- {n}" for n in self.notes),
         ])
 
@@ -509,11 +512,17 @@ def run_experiment(
     if failed:
         result.notes.append(f"{failed} image(s) could not be embedded; see `facebank bank info`.")
 
-    _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
-    _loeo(result, original, ai, seed=seed, steps=steps)
-    _robustness(result, banks, seed=seed, steps=steps)
-    _ood(result, original, ai, new_engine, seed=seed, steps=steps)
-    _neighbours(result, original, seed=seed, steps=steps)
+    # Small-sample caveats (an engine with 3 test images, 9 validation reals for a 0.5 %
+    # threshold...) are warned about by every step, often once per head and view: collect
+    # them once each into the summary instead of flooding the terminal.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
+        _loeo(result, original, ai, seed=seed, steps=steps)
+        _robustness(result, banks, seed=seed, steps=steps)
+        _ood(result, original, ai, new_engine, seed=seed, steps=steps)
+        _neighbours(result, original, seed=seed, steps=steps)
+    _record_warnings(result, caught, steps)
 
     result.seconds = {**steps.seconds}
     result.seconds["total"] = round(time.perf_counter() - start, 2)
@@ -529,6 +538,17 @@ def run_experiment(
     result.seconds["total"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "metrics.json", result.to_dict())
     return result
+
+
+def _record_warnings(result: ExperimentResult, caught: list, steps: _Steps) -> None:
+    """Unique warning texts into ``result.notes`` (at most ``_MAX_NOTES``), one line on stderr."""
+    seen = list(dict.fromkeys(str(w.message) for w in caught))
+    if not seen:
+        return
+    result.notes.extend(seen[:_MAX_NOTES])
+    if len(seen) > _MAX_NOTES:
+        result.notes.append(f"... and {len(seen) - _MAX_NOTES} more caveats of the same kinds")
+    steps.say(f"{len(seen)} caveat(s) about small samples or settings: see summary.md in the report")
 
 
 def _train_and_evaluate(result, banks, head_names, *, seed, steps) -> None:
