@@ -554,12 +554,13 @@ class NeighbourIndex:
         n = len(self._source)
         buf = np.empty((min(self.chunk_rows, n), self.dim), dtype=np.float32)
         start = fill = 0
-        for a, b, raw in self._raw_chunks(desc):
-            while a < b:
-                take = min(b - a, len(buf) - fill)
-                buf[fill : fill + take] = raw[a - (b - len(raw)) : a - (b - len(raw)) + take]
+        for first, stop, raw in self._raw_chunks(desc):
+            pos = first  # next row of this piece to copy
+            while pos < stop:
+                take = min(stop - pos, len(buf) - fill)
+                buf[fill : fill + take] = raw[pos - first : pos - first + take]
                 fill += take
-                a += take
+                pos += take
                 if fill == len(buf) or start + fill == n:
                     X = buf[:fill]
                     _check_finite(X, start)

@@ -138,6 +138,12 @@ def test_two_banks_are_numbered_bank_after_bank(tmp_path):
     assert I[0, 0] == len(a) + 4 and D[0, 0] == pytest.approx(1.0, abs=1e-5)
     # paths also accepted
     assert NeighbourIndex([str(a.path), str(b.path)]).ntotal == index.ntotal
+    # chunks that straddle the two banks (120 rows + 120 rows in chunks of 50)
+    D, I = NeighbourIndex([a, b], factory="IVF2,Flat", nprobe=2, chunk_rows=50).self_knn(3)
+    X = np.concatenate([a.load_features(), b.load_features()])
+    D0, I0 = NeighbourIndex(X).self_knn(3)
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_allclose(D, D0, atol=1e-5)
 
 
 # ------------------------------------------------------------------ streaming
