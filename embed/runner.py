@@ -259,6 +259,7 @@ class _Encoder:
 def _progress(enabled: bool, total: int, description: str):
     if not enabled:
         return contextlib.nullcontext(None)
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -284,6 +285,7 @@ def _progress(enabled: bool, total: int, description: str):
         _Rate(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout stays for results
         transient=False,
     )
 
