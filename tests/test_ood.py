@@ -45,10 +45,9 @@ def setup(tmp_path_factory):
     runs = {
         "linear": train_run(known, head="linear", params={}, out=root / "linear", seed=0).run_dir
     }
-    if "prototype" in list_heads():
-        runs["prototype"] = train_run(
-            known, head="prototype", params={}, out=root / "prototype", seed=0
-        ).run_dir
+    for name in ("prototype", "knn"):  # heads with their own ood_score
+        if name in list_heads():
+            runs[name] = train_run(known, head=name, params={}, out=root / name, seed=0).run_dir
     return {"root": root, "runs": runs, "n_known": len(known_rows), "n_new": len(new_rows)}
 
 
@@ -63,10 +62,10 @@ def test_fpr_at_tpr_matches_sklearn(trial):
     assert fpr_at_tpr(y, s, 0.95) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("head", ["linear", "prototype"])
+@pytest.mark.parametrize("head", ["linear", "prototype", "knn"])
 def test_ood_separates_a_far_new_engine(setup, head, tmp_path):
     if head not in setup["runs"]:
-        pytest.skip("prototype head not available")
+        pytest.skip(f"{head} head not available")
     root = setup["root"]
     res = ood(
         setup["runs"][head],
@@ -75,7 +74,7 @@ def test_ood_separates_a_far_new_engine(setup, head, tmp_path):
         out=tmp_path / head,
         n_boot=100,
     )
-    assert res.method == ("ood_score" if head == "prototype" else "knn:k=10")
+    assert res.method == ("knn:k=10" if head == "linear" else "ood_score")
     (row,) = res.per_engine
     assert row["engine"] == "newgen" and row["n"] == setup["n_new"]
     assert row["auroc"] > 0.9
