@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,7 +293,7 @@ def test_kill_9_at_any_moment_leaves_exactly_count_good_rows(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     rng = np.random.default_rng(1)
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     counts = []
     for delay in rng.uniform(0.05, 0.6, size=4):
         proc = subprocess.Popen(
