@@ -28,7 +28,7 @@ from .base import BaseHead
 __all__ = ["KNNHead"]
 
 # Rows used to estimate offset_; a self-kNN over a 1M-row bank would dominate fit time.
-_OFFSET_ROWS = 2000
+_OFFSET_ROWS = 512
 
 
 class KNNHead(BaseHead):
