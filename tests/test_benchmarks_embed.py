@@ -29,12 +29,12 @@ def test_embed_benchmark_tiny():
     assert fig["machine"]["cpu_count"] >= 1 and fig["machine"]["device"] == "cpu"
     assert "torch_threads" in fig["machine"]
     assert set(fig["decode"]) == {"256"}
-    for key in ("draft_resize_images_per_s_per_core", "full_resize_images_per_s_per_core"):
+    for key in ("draft_resize_images_per_cpu_s", "full_resize_images_per_s_wall"):
         assert fig["decode"]["256"][key] > 0
     e2e = fig["end_to_end"]["tiny-cnn"]["256"]
     assert e2e["embedded"] == fig["images_per_size"] == 12 and e2e["failed"] == 0
     assert e2e["images_per_s"] > 0
     read = fig["bank_read"]
     assert (read["rows"], read["dim"]) == (4096, 64)
-    for key in ("load_float16_GBps", "load_float32_GBps", "iter_float16_GBps"):
+    for key in ("load_float16_GBps", "load_float32_GBps", "iter_float16_GBps_per_cpu_s"):
         assert read[key] > 0
