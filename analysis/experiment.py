@@ -170,7 +170,7 @@ class ExperimentResult:
             "#### Embedding\n",
             markdown_table(emb, digits=1),
             "#### Caveats\n" if self.notes else "",
-            "\n".join(f"- {n}" for n in self.notes),
+            "".join(f"- {n}\n" for n in self.notes),
         ])
 
     def rich_tables(self) -> list[Any]:
@@ -488,7 +488,7 @@ def run_experiment(
     if note:
         (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
 
-    n_steps = len(view_names) + len(head_names) + 6
+    n_steps = len(view_names) + len(head_names) + 5  # + loeo, robustness, ood, neighbours, report
     steps = _Steps(n_steps, progress=progress)
     bank_paths, banks, embedding = _embed_all(
         source, view_names, run_dir / "banks", backbone=backbone, device=device,
