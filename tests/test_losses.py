@@ -9,6 +9,17 @@ from heads import losses as L
 from heads.sam import SAM
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
+    import torch as _torch
+
+    before = _torch.get_num_threads()
+    _torch.set_num_threads(1)
+    yield
+    _torch.set_num_threads(before)
+
+
 def sp(a: float) -> float:  # softplus by hand
     return math.log(1.0 + math.exp(a))
 

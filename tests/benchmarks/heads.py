@@ -74,7 +74,17 @@ def main() -> None:
                     help="heads to time; knn-ivf = knn with factory 'IVF256,Flat', nprobe 16 (approximate)")
     ap.add_argument("--no-sklearn", action="store_true", help="skip the sklearn reference")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="limit torch, FAISS and BLAS (sklearn) to N threads (0 = libraries' defaults)")
     args = ap.parse_args()
+    if args.threads:
+        import faiss
+        import torch as _torch
+        from threadpoolctl import threadpool_limits
+
+        _torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+        threadpool_limits(args.threads)
 
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -137,6 +147,7 @@ def main() -> None:
         "machine": {
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "threads_flag": args.threads,
             "device": device,
             "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
             "platform": platform.platform(),
