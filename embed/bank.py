@@ -246,6 +246,34 @@ class _LazyFeatures:
         return f"<features {self.shape} stored as {self.storage_dtype} in {self._bank.name!r}>"
 
 
+# float16 -> float32 conversion: numpy's cast runs at ~0.3-0.5 GB/s, torch's vectorised
+# multi-threaded copy_ 2-3x faster; below this many elements numpy is quicker to call.
+_TORCH_CAST_MIN = 1 << 20
+
+
+def _cast_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` with a fast path for float16 -> float32 blocks."""
+    if (
+        src.dtype == np.float16
+        and dst.dtype == np.float32
+        and src.size >= _TORCH_CAST_MIN
+        and dst.flags.c_contiguous
+    ):
+        import torch  # a facebank dependency; imported only for large reads
+
+        torch.from_numpy(dst).copy_(torch.from_numpy(np.ascontiguousarray(src)))
+    else:
+        dst[...] = src
+
+
+def _cast(X: np.ndarray, dtype: Any) -> np.ndarray:
+    if X.dtype == np.dtype(dtype):
+        return X
+    out = np.empty(X.shape, dtype=dtype)
+    _cast_into(out, X)
+    return out
+
+
 def _gather(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
     """Rows ``rows`` (any order) of a row-chunked zarr array, reading each chunk once."""
     if rows.size == 0:
@@ -718,9 +746,9 @@ class FeatureBank:
             step = store.chunk_rows
             for a in range(0, store.count, step):
                 b = min(a + step, store.count)
-                out[a:b] = store.features[a:b]
+                _cast_into(out[a:b], np.asarray(store.features[a:b]))
             return out
-        return _gather(store.features, rows).astype(dtype, copy=False)
+        return _cast(_gather(store.features, rows), dtype)
 
     def _normalise_rows(self, rows: Any) -> np.ndarray:
         n = len(self)
@@ -757,7 +785,7 @@ class FeatureBank:
                     X = np.asarray(store.features[a:b])
                 else:
                     X = _gather(store.features, rows[a:b])
-                yield offset + a, offset + b, X.astype(dtype, copy=False)
+                yield offset + a, offset + b, _cast(X, dtype)
             offset += n
 
     # ------------------------------------------------------------------ subsets
