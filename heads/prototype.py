@@ -4,7 +4,9 @@ Density model (a true log-likelihood of the input features, in nats):
 
     x_c = (x - m) / s                          standardised input (training mean m, std s), D dims
     z   = W x_c,  r = x_c - W^T z              W (d x D) with orthonormal rows (a learned
-                                               projection) or W = I (``embedding="identity"``)
+                                               projection: the sign-fixed QR factor of an
+                                               unconstrained matrix, PCA-initialised) or
+                                               W = I (``embedding="identity"``)
     log p(x | c) = logsumexp_k [ log pi_ck - d/2 log(2 pi sigma_ck^2) - ||z - mu_ck||^2 / (2 sigma_ck^2) ]
                    - (D - d)/2 log(2 pi tau^2) - ||r||^2 / (2 tau^2)
                    - sum_j log s_j
@@ -35,8 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import orthogonal
 
 from embed.errors import DataError
 
@@ -58,9 +58,8 @@ class _ProtoModel(nn.Module):
         self.d = dim if embed_dim is None else embed_dim
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.proj = None
-        if embed_dim is not None:
-            self.proj = nn.Linear(dim, embed_dim, bias=False)
+        # unconstrained (d, D); its QR factor gives the orthonormal rows actually used
+        self.proj = nn.Parameter(torch.zeros(embed_dim, dim)) if embed_dim is not None else None
         self.mu = nn.Parameter(torch.zeros(2, k, self.d))
         self.log_sigma = nn.Parameter(torch.zeros(2, k))
         self.mix_logits = nn.Parameter(torch.zeros(2, k))
@@ -71,7 +70,7 @@ class _ProtoModel(nn.Module):
         """(n, D) raw features -> (n, 2) log p(x | c) for c in (real, AI)."""
         xc = (x - self.mean) / self.std
         if self.proj is not None:
-            z = self.proj(xc)
+            z = xc @ self.projection().T
             r2 = (xc * xc).sum(1) - (z * z).sum(1)  # ||x_c||^2 - ||W x_c||^2 (orthonormal rows)
             r2 = r2.clamp_min(0)
             extra = self.dim - self.d
@@ -86,6 +85,13 @@ class _ProtoModel(nn.Module):
         log_mix = torch.log_softmax(self.mix_logits, dim=1)[None]
         ll = torch.logsumexp(comp + log_mix, dim=2) + resid[:, None]
         return ll - torch.log(self.std).sum()
+
+    def projection(self) -> torch.Tensor:
+        """(d, D) orthonormal rows spanning the same space as ``proj`` (sign-fixed QR)."""
+        q, r = torch.linalg.qr(self.proj.T)
+        sign = torch.sign(torch.diagonal(r))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        return (q * sign).T
 
     def log_odds(self, x: torch.Tensor) -> torch.Tensor:
         ll = self.class_loglik(x)
@@ -173,9 +179,11 @@ class PrototypeHead(BaseHead):
             sub = torch.randperm(n, generator=gen)[: min(n, _INIT_ROWS)].to(device)
             xs = (Xt[sub] - model.mean) / model.std
             if model.proj is not None:
-                _, _, V = torch.linalg.svd(xs - xs.mean(0), full_matrices=False)
-                model.proj.weight.copy_(V[: model.d])
-                zs = xs @ V[: model.d].T
+                xs0 = xs - xs.mean(0)
+                _, evecs = torch.linalg.eigh(xs0.T @ xs0)  # ascending: top-d are the last columns
+                top = evecs[:, -model.d :].flip(1).T.contiguous()
+                model.proj.copy_(top)
+                zs = xs @ top.T
                 r2 = ((xs * xs).sum(1) - (zs * zs).sum(1)).clamp_min(0)
                 model.log_tau.fill_(0.5 * math.log(max(float(r2.mean()) / (dim - model.d), 1e-8)))
             else:
@@ -187,8 +195,6 @@ class PrototypeHead(BaseHead):
                 model.mu[c].copy_(centres)
                 d2 = torch.cdist(zc, centres).pow(2).min(1).values.mean()
                 model.log_sigma[c].fill_(0.5 * math.log(max(float(d2) / model.d, 1e-8)))
-        if model.proj is not None:
-            orthogonal(model.proj, "weight")  # keeps W's rows orthonormal while training
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=float(self.lr))
         bs = min(int(self.batch_size), n)
@@ -208,11 +214,6 @@ class PrototypeHead(BaseHead):
                 step += 1
                 if step >= total:
                     break
-        if model.proj is not None:
-            parametrize.remove_parametrizations(model.proj, "weight", leave_parametrized=True)
-            # a contiguous copy: a strided weight takes another matmul kernel, and the
-            # scores of a reloaded head must be bit-identical
-            model.proj.weight = nn.Parameter(model.proj.weight.detach().contiguous().clone())
         for p in model.parameters():
             p.requires_grad_(False)
         self.model_ = model.cpu().eval()
