@@ -309,6 +309,13 @@ class Backbone:
         self.weights_path = weights_path
         self.transform = transform
         self.module = module.eval().requires_grad_(False).to(device)
+        # Convolutional nets run in channels-last: oneDNN's depthwise convolutions (most
+        # of an EfficientNet) are ~2.7x faster in NHWC on CPU, and tensor cores want it on GPU.
+        self._channels_last = info.library == "timm"
+        if self._channels_last:
+            import torch
+
+            self.module = self.module.to(memory_format=torch.channels_last)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.module
         self.dim = int(meta["dim"])
         self.spec: dict[str, Any] = {
@@ -364,6 +371,8 @@ class Backbone:
 
         with torch.inference_mode():
             x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     feats = self._forward(x)
