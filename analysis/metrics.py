@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from embed.errors import DataError
+from heads.base import allowed_false_positives, threshold_at_fpr
 
 __all__ = [
     "DEFAULT_FPRS",
@@ -59,10 +60,6 @@ _EPS = 1e-9
 def fpr_label(fpr: float) -> str:
     """``0.005`` -> ``"0.5%"`` (used for keys and column names)."""
     return f"{fpr * 100:g}%"
-
-
-def _allowed_false_positives(fpr: float, n_real: int) -> int:
-    return int(math.floor(fpr * n_real + _EPS))
 
 
 def _check_scores(y: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -99,35 +96,6 @@ def _require_both_classes(y: np.ndarray, what: str = "the scores given") -> None
             f"{what} contain no AI-generated images (label 1) and {n_real} reals: TPR and AUC are "
             "undefined; add AI images to evaluate (FPR alone: see per_engine_table)"
         )
-
-
-def threshold_at_fpr(real_scores: Any, fpr: float) -> float:
-    """The threshold that flags at most ``floor(fpr * n)`` of the given reals.
-
-    Rule: the ``(m + 1)``-th largest real score with ``m = floor(fpr * n)``; images
-    are flagged when ``score > threshold``, so at most ``m`` reals are flagged (fewer
-    when scores tie at the threshold). The realised FPR never exceeds ``fpr``.
-
-    Args:
-        real_scores: (n_real,) scores of real images - a **validation** split when the
-            threshold is to be used on test data.
-        fpr: target false-positive rate in [0, 1).
-
-    Returns:
-        The threshold as a float.
-    """
-    s = np.asarray(real_scores, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise DataError(
-            "no real scores given: a threshold at a fixed FPR needs real images (label 0)"
-        )
-    if not np.isfinite(s).all():
-        raise DataError("real scores contain NaN or infinite values; check the head's output")
-    if not 0.0 <= fpr < 1.0:
-        raise DataError(f"fpr must be in [0, 1), got {fpr!r}; e.g. 0.005 for 0.5%")
-    m = _allowed_false_positives(fpr, s.size)
-    # (m+1)-th largest = element n-1-m of the ascending order
-    return float(np.partition(s, s.size - 1 - m)[s.size - 1 - m])
 
 
 def tpr_at_fpr(y: Any, scores: Any, fpr: float) -> float:
@@ -354,7 +322,7 @@ def binary_metrics(
 
     notes = []
     for a in fprs:
-        m = _allowed_false_positives(a, n_real)
+        m = allowed_false_positives(a, n_real)
         if m == 0:
             notes.append(
                 f"FPR {fpr_label(a)} of {n_real} reals is below one image: its threshold is the "

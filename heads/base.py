@@ -20,7 +20,14 @@ from sklearn.exceptions import NotFittedError
 
 from embed.errors import DataError, HeadError
 
-__all__ = ["BaseHead", "resolve_device", "check_features", "check_labels", "threshold_at_fpr"]
+__all__ = [
+    "BaseHead",
+    "resolve_device",
+    "check_features",
+    "check_labels",
+    "threshold_at_fpr",
+    "allowed_false_positives",
+]
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -107,7 +114,12 @@ def check_labels(y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     return y, keep
 
 
-def threshold_at_fpr(real_scores: np.ndarray, fpr: float) -> float:
+def allowed_false_positives(fpr: float, n_real: int) -> int:
+    """How many of ``n_real`` reals may score above a threshold at ``fpr``: ``floor(fpr * n)``."""
+    return int(math.floor(fpr * n_real + 1e-9))  # 1e-9: 0.005 * 200 is 0.99999... in binary
+
+
+def threshold_at_fpr(real_scores: Any, fpr: float) -> float:
     """The threshold ``t`` such that at most ``floor(fpr * n)`` real scores are ``> t``.
 
     Rule (exact, no interpolation): sort the ``n`` real scores in descending order and let
@@ -116,10 +128,26 @@ def threshold_at_fpr(real_scores: np.ndarray, fpr: float) -> float:
     push the false-positive rate above ``fpr``). With 200 reals and ``fpr=0.005``,
     ``k = 1``: the threshold is the second-highest real score and one real is above it.
     With fewer than ``1/fpr`` reals, ``k = 0`` and the threshold is the highest real score.
+    This is the one implementation: heads calibrate with it and analysis re-exports it.
+
+    Args:
+        real_scores: (n_real,) scores of real images - a **validation** split when the
+            threshold is to be used on test data.
+        fpr: target false-positive rate in [0, 1).
+
+    Returns:
+        The threshold as a float; flag images with ``score > threshold``.
     """
-    s = np.sort(np.asarray(real_scores, dtype=np.float64))[::-1]
-    k = int(math.floor(fpr * len(s) + 1e-9))
-    return float(s[min(k, len(s) - 1)])
+    s = np.asarray(real_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise DataError("no real scores given: a threshold at a fixed FPR needs real images (label 0)")
+    if not np.isfinite(s).all():
+        raise DataError("real scores contain NaN or infinite values; check the head's output")
+    if not 0.0 <= fpr < 1.0:
+        raise DataError(f"fpr must be in [0, 1), got {fpr!r}; e.g. 0.005 for 0.5%")
+    k = allowed_false_positives(fpr, s.size)
+    # (k+1)-th largest = element n-1-k of the ascending order
+    return float(np.partition(s, s.size - 1 - k)[s.size - 1 - k])
 
 
 class BaseHead(ClassifierMixin, BaseEstimator):
