@@ -2,7 +2,6 @@
 
 from .runs import markdown_table, read_json, start_run, write_json
 
-# [section: evaluation]
 # `robustness` and `ood` are functions of the same-named modules (analysis.robustness.robustness,
 # analysis.ood.ood); they are not re-exported here so the modules are not shadowed.
 # isort: split
@@ -13,9 +12,6 @@ from .protocols import InEngineResult, LoeoResult, in_engine, leave_one_engine_o
 from .report import write_report
 from .robustness import RobustnessResult
 
-# [end section: evaluation]
-
-# [section: neighbours]
 # isort: split
 from .neighbours import (
     ClusterResult,
@@ -29,14 +25,11 @@ from .neighbours import (
     find_leaks,
 )
 
-# [end section: neighbours]
-
 __all__ = [
     "start_run",
     "write_json",
     "read_json",
     "markdown_table",
-    # [section: __all__ evaluation]
     "BinaryMetrics",
     "binary_metrics",
     "threshold_at_fpr",
@@ -52,8 +45,6 @@ __all__ = [
     "OodResult",
     "fpr_at_tpr",
     "write_report",
-    # [end section: __all__ evaluation]
-    # [section: __all__ neighbours]
     "NeighbourIndex",
     "NeighbourRecord",
     "IndexRows",
@@ -63,5 +54,4 @@ __all__ = [
     "engine_clusters",
     "find_leaks",
     "embedding_map",
-    # [end section: __all__ neighbours]
 ]

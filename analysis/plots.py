@@ -11,20 +11,16 @@ from collections.abc import Sequence
 __all__ = [
     "engine_colours",
     "save_figure",
-    # [section: __all__ evaluation plots]
     "roc_figure",
     "det_figure",
     "engine_bars_figure",
     "loeo_heatmap",
     "robustness_figure",
     "ood_histograms",
-    # [end section: __all__ evaluation plots]
-    # [section: __all__ neighbour plots]
     "neighbour_grid",
     "confusion_heatmap",
     "purity_plot",
     "embedding_scatter",
-    # [end section: __all__ neighbour plots]
 ]
 
 # "real" is always grey-blue; AI engines take tab20 colours in sorted order.
@@ -51,7 +47,6 @@ def save_figure(fig, path) -> None:
     plt.close(fig)
 
 
-# [section: evaluation plots]
 # Implemented in analysis/_plots_eval.py (ROC, DET, per-engine bars, LOEO heatmap,
 # robustness curves per view family, OOD histograms); re-exported here.
 from ._plots_eval import (  # noqa: E402
@@ -63,9 +58,6 @@ from ._plots_eval import (  # noqa: E402
     roc_figure,
 )
 
-# [end section: evaluation plots]
-
-# [section: neighbour plots]
 # isort: split
 # Implemented in analysis/_plots_neighbours.py (query grid, neighbour-engine confusion
 # heatmap, kNN purity bars, 2-D map scatter); re-exported here.
@@ -76,4 +68,3 @@ from ._plots_neighbours import (  # noqa: E402
     purity_plot,
 )
 
-# [end section: neighbour plots]

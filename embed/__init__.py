@@ -1,6 +1,23 @@
 """embed: backbones, image decoding and views, datasets, the feature bank, the embedding runner."""
 
+from .backbones import (
+    Backbone,
+    BackboneInfo,
+    backbone_from_spec,
+    backbone_info,
+    create_backbone,
+    list_backbones,
+)
+from .bank import (
+    BankReport,
+    FeatureBank,
+    concat_banks,
+    synthetic_backbone,
+    verify_bank,
+    write_bank,
+)
 from .compat import backbone_id, require_same_backbone, same_backbone
+from .datasets import ImageItem, Source, SourceError, scan_source
 from .errors import (
     BackboneMismatchError,
     BankError,
@@ -12,31 +29,7 @@ from .errors import (
     UnknownNameError,
     WeightsUnavailableError,
 )
-from .splits import SPLITS, assign_splits, has_splits
-
-# [section: backbones-images-views]
-from .backbones import (
-    Backbone,
-    BackboneInfo,
-    backbone_from_spec,
-    backbone_info,
-    create_backbone,
-    list_backbones,
-)
 from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image, sha256_file
-from .views import View, parse_view
-# [end section: backbones-images-views]
-
-# [section: bank-datasets-runner]
-from .bank import (
-    BankReport,
-    FeatureBank,
-    concat_banks,
-    synthetic_backbone,
-    verify_bank,
-    write_bank,
-)
-from .datasets import ImageItem, Source, SourceError, scan_source
 from .runner import (
     DuplicateImageWarning,
     EmbedSummary,
@@ -44,8 +37,8 @@ from .runner import (
     embed_source,
     encode_images,
 )
-
-# [end section: bank-datasets-runner]
+from .splits import SPLITS, assign_splits, has_splits
+from .views import View, parse_view
 
 __all__ = [
     "FacebankError",
@@ -63,7 +56,6 @@ __all__ = [
     "SPLITS",
     "assign_splits",
     "has_splits",
-    # [section: __all__ backbones-images-views]
     "Backbone",
     "BackboneInfo",
     "create_backbone",
@@ -76,8 +68,6 @@ __all__ = [
     "sha256_file",
     "View",
     "parse_view",
-    # [end section: __all__ backbones-images-views]
-    # [section: __all__ bank-datasets-runner]
     "FeatureBank",
     "write_bank",
     "concat_banks",
@@ -93,5 +83,4 @@ __all__ = [
     "EncodedImages",
     "embed_source",
     "encode_images",
-    # [end section: __all__ bank-datasets-runner]
 ]
