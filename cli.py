@@ -68,7 +68,6 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 # ---------------------------------------------------------------- backbones (issue 2)
-# [section: backbones]
 @app.command("backbones")
 def backbones_cmd(
     pattern: Annotated[
@@ -111,10 +110,8 @@ def backbones_cmd(
     Console(highlight=False, width=max(180, Console().width)).print(table)
     if not rows:
         typer.echo(f"no backbone matches {pattern!r}", err=True)
-# [end section: backbones]
 
 # ---------------------------------------------------------------- embed & bank (issue 2)
-# [section: embed]
 from enum import Enum as _EmbedEnum  # noqa: E402
 
 
@@ -319,10 +316,8 @@ def bank_verify_cmd(
     raise typer.Exit(1)
 
 
-# [end section: embed]
 
 # ---------------------------------------------------------------- heads (issue 3)
-# [section: heads]
 def _head_params(items: list[str] | None) -> dict:
     """``["C=0.5", "hidden=[64,32]"]`` -> ``{"C": 0.5, "hidden": [64, 32]}`` (JSON values, else strings)."""
     import json
@@ -408,10 +403,8 @@ def heads_cmd(
             typer.echo("    preset='paper': " + "  ".join(f"{k}={v!r}" for k, v in paper.items() if fast[k] != v))
 
 
-# [end section: heads]
 
 # ---------------------------------------------------------------- analysis (issue 4)
-# [section: analysis]
 from enum import Enum as _Enum  # noqa: E402
 
 
@@ -555,10 +548,8 @@ def report_cmd(
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-# [end section: analysis]
 
 # ---------------------------------------------------------------- neighbours (issue 5)
-# [section: neighbours]
 from enum import Enum  # noqa: E402
 
 
@@ -734,10 +725,8 @@ def neighbours_map(
         typer.echo(f"{m.method}: {shown} -> {run / f'map_{m.method}.png'}")
 
 
-# [end section: neighbours]
 
 # ---------------------------------------------------------------- experiment & demo (issue 6)
-# [section: experiment]
 def _print_experiment(result) -> None:
     from rich.console import Console
 
@@ -824,7 +813,6 @@ def demo(
     _print_experiment(result)
     typer.echo("Reminder: simulated artifacts on a handful of photos, not real AI-generated faces "
                "(see NOTE.md in the run folder and the top of the report).")
-# [end section: experiment]
 
 
 def main() -> None:
