@@ -12,16 +12,7 @@ from sklearn.model_selection import cross_val_score
 from embed.errors import DataError, UnknownNameError
 from heads import create_head, head_params, list_heads, load_head
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
-    import torch as _torch
-
-    before = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Tiny, easy data: two shifted Gaussian classes.

@@ -12,16 +12,7 @@ from embed.errors import DataError
 from heads import create_head, threshold_at_fpr
 from heads.mlp import MLPHead, augment_gaussian
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
-    import torch as _torch
-
-    before = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RNG = np.random.default_rng(1)

@@ -10,16 +10,7 @@ import torch
 from embed.errors import BackboneMismatchError, HeadError
 from heads import check_backbone, create_head, load_head
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
-    import torch as _torch
-
-    before = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RNG = np.random.default_rng(2)

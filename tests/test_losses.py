@@ -8,16 +8,7 @@ import torch
 from heads import losses as L
 from heads.sam import SAM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
-    import torch as _torch
-
-    before = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sp(a: float) -> float:  # softplus by hand

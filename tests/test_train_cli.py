@@ -13,16 +13,7 @@ from embed import write_bank
 from embed.errors import BackboneMismatchError, DataError
 from heads import load_head, score_run, train_run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny arrays: one thread is as fast, and immune to a loaded machine's thread contention."""
-    import torch as _torch
-
-    before = _torch.get_num_threads()
-    _torch.set_num_threads(1)
-    yield
-    _torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RUNNER = CliRunner()
