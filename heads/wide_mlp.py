@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._torch import numpy_to_state, predict_chunks, state_to_numpy
+from ._torch import numpy_to_state, state_to_numpy
 from .base import BaseHead
-from .mlp import Standardize, TrainConfig, make_loss, train_logit_model
+from .mlp import MLPHead, Standardize, TrainConfig, make_loss, train_logit_model
 
 __all__ = ["WideMLPHead"]
 
@@ -82,12 +82,8 @@ class WideMLPHead(BaseHead):
         self.config_ = asdict(cfg)
         self.model_ = model.cpu().eval()
 
-    def _decision(self, X: np.ndarray) -> np.ndarray:
-        device = self._device()
-        model = self.model_.to(device).eval()
-        out = predict_chunks(lambda t: model(model.norm(t)), X, device)
-        self.model_.cpu()
-        return out
+    # same scoring path as the mlp: standardise, forward in chunks on the device, logits out
+    _decision = MLPHead._decision
 
     def _get_state(self):
         return state_to_numpy(self.model_), {"train_log": self.train_log_, "config": self.config_}
