@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from embed.compat import backbone_id, require_same_backbone
+from embed.compat import require_one_backbone as _require_one_backbone
 from embed.errors import BankError, DataError, HeadError
 
 BankLike = Any  # FeatureBank | str | os.PathLike
@@ -38,15 +39,7 @@ def bank_label(bank: Any) -> str:
 
 def require_one_backbone(banks: Sequence[Any]) -> dict:
     """All banks share one backbone (BackboneMismatchError naming both otherwise)."""
-    first = banks[0]
-    for b in banks[1:]:
-        require_same_backbone(
-            first.backbone,
-            b.backbone,
-            a_name=f"bank {bank_label(first)}",
-            b_name=f"bank {bank_label(b)}",
-        )
-    return first.backbone
+    return _require_one_backbone(banks, label=lambda b: f"bank {bank_label(b)}")
 
 
 @dataclasses.dataclass

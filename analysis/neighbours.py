@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from embed.compat import backbone_id, require_same_backbone
+from embed.compat import backbone_id, require_one_backbone
 from embed.errors import BankError, DataError, FacebankError, ImageDecodeError, UnknownNameError
 
 from .runs import markdown_table, start_run, write_json
@@ -195,11 +195,7 @@ def _open_banks(data: Any) -> list[Any]:
                 f"expected a FeatureBank, a bank path or an (n, D) array, got {type(item).__name__}"
             )
         banks.append(item)
-    first = banks[0]
-    for b in banks[1:]:
-        require_same_backbone(
-            first.backbone, b.backbone, a_name=f"bank {str(first.path)!r}", b_name=f"bank {str(b.path)!r}"
-        )
+    require_one_backbone(banks)
     for b in banks:
         if len(b) == 0:
             raise BankError(

@@ -16,7 +16,7 @@ from .bank import (
     verify_bank,
     write_bank,
 )
-from .compat import backbone_id, require_same_backbone, same_backbone
+from .compat import backbone_id, require_one_backbone, require_same_backbone, same_backbone
 from .datasets import ImageItem, Source, SourceError, scan_source
 from .errors import (
     BackboneMismatchError,
@@ -53,6 +53,7 @@ __all__ = [
     "backbone_id",
     "same_backbone",
     "require_same_backbone",
+    "require_one_backbone",
     "SPLITS",
     "assign_splits",
     "has_splits",

@@ -45,7 +45,7 @@ import numpy as np
 import zarr
 
 from ._lock import BankLock
-from .compat import backbone_id, require_same_backbone
+from .compat import backbone_id, require_one_backbone
 from .errors import BackboneMismatchError, BankError
 
 __all__ = [
@@ -862,14 +862,9 @@ class FeatureBank:
         banks = list(banks)
         if not banks:
             raise BankError("concat needs at least one bank; give a list of FeatureBank")
+        require_one_backbone(banks)
         first = banks[0]
         for other in banks[1:]:
-            require_same_backbone(
-                first.backbone,
-                other.backbone,
-                a_name=f"bank {str(first.path)!r}",
-                b_name=f"bank {str(other.path)!r}",
-            )
             if other.view != first.view and not allow_mixed_views:
                 raise BackboneMismatchError(
                     f"bank {str(first.path)!r} has view {first.view!r} but bank "

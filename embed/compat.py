@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import BackboneMismatchError
 
-__all__ = ["backbone_id", "same_backbone", "require_same_backbone"]
+__all__ = ["backbone_id", "same_backbone", "require_same_backbone", "require_one_backbone"]
 
 # The keys that decide whether two feature spaces are the same space. Input size
 # matters (EfficientNet at 240 vs 512 px gives different features); the display
@@ -47,3 +47,27 @@ def require_same_backbone(
             "features of different backbones cannot be mixed - embed both with the same "
             "--backbone (and --image-size / --weights)"
         )
+
+
+def _path_label(bank: Any) -> str:
+    return f"bank {str(bank.path)!r}"
+
+
+def require_one_backbone(
+    banks: Sequence[Any], *, label: Callable[[Any], str] = _path_label
+) -> dict[str, Any]:
+    """Check that every bank shares the first bank's backbone; return that spec.
+
+    Args:
+        banks: objects with a ``.backbone`` spec (FeatureBank), at least one.
+        label: how a bank is named in the error (default ``bank '<path>'``).
+
+    Raises:
+        BackboneMismatchError: naming the first bank and the first one that differs.
+    """
+    first = banks[0]
+    for other in banks[1:]:
+        require_same_backbone(
+            first.backbone, other.backbone, a_name=label(first), b_name=label(other)
+        )
+    return first.backbone

@@ -57,3 +57,18 @@ def test_markdown_table_formats_floats_and_missing():
     assert lines[0] == "| engine | tpr | n |"
     assert "| sdxl | 0.988 | 3 |" in md and "| x | - | - |" in md
     assert markdown_table([]) == "_(no rows)_\n"
+
+
+def test_require_one_backbone_names_the_first_bank_and_the_one_that_differs():
+    from types import SimpleNamespace
+
+    from embed import require_one_backbone
+
+    a = SimpleNamespace(path="a.zarr", backbone=SPEC)
+    b = SimpleNamespace(path="b.zarr", backbone={**SPEC, "name": "alias"})
+    c = SimpleNamespace(path="c.zarr", backbone={**SPEC, "dim": 16})
+    assert require_one_backbone([a, b]) is SPEC
+    with pytest.raises(BackboneMismatchError, match=r"bank 'a.zarr' .* bank 'c.zarr'"):
+        require_one_backbone([a, b, c])
+    with pytest.raises(BackboneMismatchError, match="first one .* third one"):
+        require_one_backbone([a, b, c], label=lambda x: {"a.zarr": "first one", "c.zarr": "third one"}[x.path])
