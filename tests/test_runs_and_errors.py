@@ -70,5 +70,6 @@ def test_require_one_backbone_names_the_first_bank_and_the_one_that_differs():
     assert require_one_backbone([a, b]) is SPEC
     with pytest.raises(BackboneMismatchError, match=r"bank 'a.zarr' .* bank 'c.zarr'"):
         require_one_backbone([a, b, c])
+    names = {"a.zarr": "first one", "b.zarr": "second one", "c.zarr": "third one"}
     with pytest.raises(BackboneMismatchError, match="first one .* third one"):
-        require_one_backbone([a, b, c], label=lambda x: {"a.zarr": "first one", "c.zarr": "third one"}[x.path])
+        require_one_backbone([a, b, c], label=lambda x: names[x.path])
