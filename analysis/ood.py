@@ -269,38 +269,19 @@ def ood(
         with open(res.csv_path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["bank", "path", "sha256", "engine", "label", "set", "ood_score", "flagged"])
-            i = 0
-            for b in known_banks:
-                for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
-                    w.writerow(
-                        [
-                            bank_label(b),
-                            p,
-                            h,
-                            e,
-                            int(lab),
-                            f"known-{split[i]}",
-                            f"{s_known[i]:.9g}",
-                            int(s_known[i] > threshold),
-                        ]
-                    )
-                    i += 1
-            i = 0
-            for b in new_banks:
-                for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
-                    w.writerow(
-                        [
-                            bank_label(b),
-                            p,
-                            h,
-                            e,
-                            int(lab),
-                            "new",
-                            f"{s_new[i]:.9g}",
-                            int(s_new[i] > threshold),
-                        ]
-                    )
-                    i += 1
+            groups = (
+                (known_banks, s_known, lambda i: f"known-{split[i]}"),
+                (new_banks, s_new, lambda i: "new"),
+            )
+            for banks_, scores, set_name in groups:
+                i = 0
+                for b in banks_:
+                    for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
+                        flagged = int(scores[i] > threshold)
+                        w.writerow(
+                            [bank_label(b), p, h, e, int(lab), set_name(i), f"{scores[i]:.9g}", flagged]
+                        )
+                        i += 1
         table = [
             {
                 "new engine": r["engine"],
