@@ -131,3 +131,23 @@ def test_ood_cli(setup, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "AUROC" in res.output and (tmp_path / "o" / "ood_scores.csv").exists()
+
+
+def test_ood_scores_csv_has_one_row_per_image_and_consistent_flags(setup, tmp_path):
+    from embed import FeatureBank
+
+    root = setup["root"]
+    known, new = FeatureBank.open(root / "known.zarr"), FeatureBank.open(root / "new.zarr")
+    res = ood(setup["runs"]["prototype"], known=[known], new=[new], out=tmp_path / "o")
+    with open(tmp_path / "o" / "ood_scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(known) + len(new)
+    sets = [r["set"] for r in rows]
+    assert sets[len(known):] == ["new"] * len(new)
+    assert {s.split("-")[0] for s in sets[: len(known)]} == {"known"}
+    assert [r["path"] for r in rows] == list(known.paths) + list(new.paths)
+    for r in rows:  # scores are written to 9 digits: a row at the threshold can round above it
+        score = float(r["ood_score"])
+        if abs(score - res.threshold) > 1e-7 * max(1.0, abs(res.threshold)):
+            assert int(r["flagged"]) == int(score > res.threshold)
+    assert sum(int(r["flagged"]) for r in rows) > 0
