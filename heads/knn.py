@@ -4,8 +4,18 @@ Cosine similarity on L2-normalised features by default (``metric="cosine"``: row
 normalised, the index is inner-product); ``metric="l2"`` uses squared Euclidean
 distance on the raw features. The index is described by a FAISS factory string
 (``"Flat"`` exact; ``"IVF1024,Flat"``, ``"HNSW32"`` approximate) with ``nprobe`` /
-``ef_search`` set apart. The index is saved as FAISS's own serialised bytes (a data
-format, not code) inside ``weights.safetensors``.
+``ef_search`` set apart. The default ``factory="auto"`` is exact ``Flat`` below
+``AUTO_EXACT_ROWS`` (50,000) training rows and ``IVF{nlist},Flat`` above, with ``nlist`` the
+power of two nearest ``sqrt(n)`` and ``nprobe = nlist / 4`` (a quarter of the rows scanned;
+see ``auto_factory``). The chosen index is kept as ``factory_`` / ``nprobe_``. The index is
+saved as FAISS's own serialised bytes (a data format, not code) inside
+``weights.safetensors``.
+
+Large query batches against an IVF index are searched list by list
+(:func:`ivf_search_batched`): each inverted list is compared with all the queries that
+probe it in one BLAS product, instead of every query reading its lists on its own - the
+same neighbours, about 4x faster for 10,000 queries (FAISS's ``contrib.big_batch_search``
+does the same for billion-scale batches).
 
 ``decision_function`` = ``log((a + 0.5) / (r + 0.5))`` where ``a`` and ``r`` are the
 (weighted) numbers of AI and real neighbours: a smoothed vote log-odds, 0 at a tie.
@@ -29,6 +39,62 @@ __all__ = ["KNNHead"]
 
 # Rows used to estimate offset_; a self-kNN over a 1M-row bank would dominate fit time.
 _OFFSET_ROWS = 512
+# IVF k-means runs on this many sampled rows per list (FAISS samples 256 per list itself).
+_TRAIN_PER_LIST = 64
+# factory="auto": exact search below this many training rows, IVF above.
+AUTO_EXACT_ROWS = 50_000
+# The list-by-list IVF search pays off once the lists are read by several queries each.
+_BATCHED_QUERIES_PER_LIST = 8
+
+
+def auto_factory(n_rows: int) -> tuple[str, int | None]:
+    """The ``(factory, nprobe)`` that ``factory="auto"`` picks for ``n_rows`` training rows.
+
+    Exact ``"Flat"`` below :data:`AUTO_EXACT_ROWS`; above, ``"IVF{nlist},Flat"`` with
+    ``nlist`` the power of two nearest ``sqrt(n_rows)`` (256 at 100k rows, 1024 at 1M) and
+    ``nprobe = nlist // 4``. On the heads benchmark's unstructured Gaussian data (the
+    hardest case for an IVF) that finds 94% of the exact 10 nearest neighbours at 100k rows
+    and moves the vote's AUC by 0.002; real embeddings cluster, which raises recall.
+    """
+    if n_rows < AUTO_EXACT_ROWS:
+        return "Flat", None
+    nlist = 2 ** round(np.log2(np.sqrt(n_rows)))
+    return f"IVF{nlist},Flat", nlist // 4
+
+
+def ivf_search_batched(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(X, k)`` for an ``IndexIVFFlat``, computed inverted list by list.
+
+    FAISS's IVF search scans, for every query, its ``nprobe`` lists - each list is read
+    from memory once per query that probes it. Here the queries are bucketed by the lists
+    they probe and each list meets all its queries in one ``faiss.knn`` call (a BLAS
+    product), with a :class:`faiss.ResultHeap` keeping every query's best ``k``. Same lists,
+    same exact distances, so the same neighbours (up to float rounding and the order of
+    ties); rows an approximate search cannot fill get ``-1`` as in FAISS.
+    """
+    import faiss
+    from faiss.contrib.inspect_tools import get_invlist
+
+    ivf = faiss.downcast_index(index)
+    nq, d = X.shape
+    nprobe, nlist = int(ivf.nprobe), int(ivf.nlist)
+    _, assign = ivf.quantizer.search(X, nprobe)
+    flat = assign.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(nlist + 1))  # -1 (no list) sorts first, skipped
+    query_of = order // nprobe
+    heap = faiss.ResultHeap(nq, k, keep_max=ivf.metric_type == faiss.METRIC_INNER_PRODUCT)
+    for lst in range(nlist):
+        a, b = int(bounds[lst]), int(bounds[lst + 1])
+        if a == b or ivf.invlists.list_size(lst) == 0:
+            continue
+        ids, codes = get_invlist(ivf.invlists, lst)
+        xb = codes.view(np.float32).reshape(len(ids), d)
+        q = query_of[a:b]
+        D, I = faiss.knn(X[q], xb, min(k, len(ids)), metric=ivf.metric_type)  # noqa: E741
+        heap.add_result_subset(q, D, ids[I])
+    heap.finalize()
+    return heap.D, heap.I
 
 
 class KNNHead(BaseHead):
@@ -37,10 +103,13 @@ class KNNHead(BaseHead):
     Args:
         k: neighbours per query.
         metric: ``"cosine"`` (L2-normalised, inner product) or ``"l2"``.
-        factory: FAISS index factory string, e.g. ``"Flat"``, ``"IVF256,Flat"``, ``"HNSW32"``.
+        factory: ``"auto"`` (exact below 50,000 training rows, IVF above: see
+            :func:`auto_factory`) or a FAISS index factory string, e.g. ``"Flat"`` (always
+            exact), ``"IVF256,Flat"``, ``"HNSW32"``.
         weights: ``"uniform"`` vote or ``"similarity"`` (each vote weighted by
             ``exp((s - 1) / 0.1)`` of its cosine similarity / ``exp(-d/median)`` for l2).
-        nprobe: IVF cells visited at search time (None = FAISS default).
+        nprobe: IVF cells visited at search time (None = FAISS's default of 1, or
+            ``nlist / 4`` for an index ``"auto"`` chose).
         ef_search: HNSW search depth (None = FAISS default).
         ood_contamination: fraction of training rows below ``offset_``.
         device: ``"auto"`` uses a FAISS GPU index when faiss has GPU support and cuda is present.
@@ -49,7 +118,7 @@ class KNNHead(BaseHead):
 
     name = "knn"
 
-    def __init__(self, *, k: int = 10, metric: str = "cosine", factory: str = "Flat",
+    def __init__(self, *, k: int = 10, metric: str = "cosine", factory: str = "auto",
                  weights: str = "uniform", nprobe: int | None = None, ef_search: int | None = None,
                  ood_contamination: float = 0.01, device: str = "auto", seed: int = 0) -> None:
         self.k = k
@@ -68,27 +137,32 @@ class KNNHead(BaseHead):
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(X, dtype=np.float32)
 
-    def _make_index(self, dim: int):
+    def _make_index(self, dim: int, n_rows: int):
         import faiss
 
         if self.metric not in ("cosine", "l2"):
             raise DataError(f"metric={self.metric!r} is not 'cosine' or 'l2'")
         mt = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
+        factory, self.nprobe_ = str(self.factory), self.nprobe
+        if factory == "auto":
+            factory, auto_nprobe = auto_factory(n_rows)
+            self.nprobe_ = self.nprobe if self.nprobe is not None else auto_nprobe
+        self.factory_ = factory
         try:
-            return faiss.index_factory(dim, str(self.factory), mt)
+            return faiss.index_factory(dim, factory, mt)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             raise DataError(
                 f"FAISS factory string {self.factory!r} is not valid ({first}); use e.g. "
-                "'Flat', 'IVF256,Flat' or 'HNSW32'"
+                "'auto', 'Flat', 'IVF256,Flat' or 'HNSW32'"
             ) from None
 
     def _tune(self, index) -> None:
         import faiss
 
         base = faiss.downcast_index(index)
-        if self.nprobe is not None and hasattr(base, "nprobe"):
-            base.nprobe = int(self.nprobe)
+        if self.nprobe_ is not None and hasattr(base, "nprobe"):
+            base.nprobe = int(self.nprobe_)
         if self.ef_search is not None and hasattr(base, "hnsw"):
             base.hnsw.efSearch = int(self.ef_search)
 
@@ -100,15 +174,9 @@ class KNNHead(BaseHead):
         if self.weights not in ("uniform", "similarity"):
             raise DataError(f"weights={self.weights!r} is not 'uniform' or 'similarity'")
         Xp = self._prep(X)
-        index = self._make_index(X.shape[1])
+        index = self._make_index(X.shape[1], len(X))
         if not index.is_trained:
-            try:
-                cp = faiss.downcast_index(index).cp if hasattr(faiss.downcast_index(index), "cp") else None
-                if cp is not None:
-                    cp.seed = int(self.seed)
-            except Exception:  # noqa: BLE001 - seeding is best effort on exotic factories
-                pass
-            index.train(Xp)
+            self._train(index, Xp)
         index.add(Xp)
         self.index_ = index
         self._gpu_index = None
@@ -121,18 +189,44 @@ class KNNHead(BaseHead):
         ref = np.array([self._normality(s[m][: int(self.k)]) for s, m in zip(sims, keep, strict=True)])
         self.offset_ = float(np.quantile(ref, float(self.ood_contamination)))
 
-    def _search(self, Xp: np.ndarray, k: int):
-        index = self.index_
-        if self._device().startswith("cuda"):
-            import faiss
+    def _train(self, index, Xp: np.ndarray) -> None:
+        """Train an IVF/PQ index on a seeded sample of ``_TRAIN_PER_LIST`` rows per list."""
+        import faiss
 
-            if hasattr(faiss, "StandardGpuResources"):
-                if getattr(self, "_gpu_index", None) is None:
-                    self._gpu_res = faiss.StandardGpuResources()
-                    self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-                index = self._gpu_index
-        D, I = index.search(Xp, k)  # noqa: E741 - FAISS's names
-        return D, I
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:  # not an IVF (e.g. PQ, or a pre-transform alone)
+            ivf = None
+        rows = Xp
+        if ivf is not None:
+            ivf.cp.seed = int(self.seed)
+            size = _TRAIN_PER_LIST * int(ivf.nlist)
+            if len(Xp) > size:  # k-means on a sample: 4x faster than FAISS's own 256 per list
+                rng = np.random.default_rng(int(self.seed))
+                rows = Xp[np.sort(rng.choice(len(Xp), size=size, replace=False))]
+        index.train(rows)
+
+    def _search(self, Xp: np.ndarray, k: int):
+        import faiss
+
+        index = self.index_
+        if self._device().startswith("cuda") and hasattr(faiss, "StandardGpuResources"):
+            if getattr(self, "_gpu_index", None) is None:
+                self._gpu_res = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            return self._gpu_index.search(Xp, k)
+        if self._batched_ivf(index, len(Xp)):
+            return ivf_search_batched(index, Xp, k)
+        return index.search(Xp, k)
+
+    @staticmethod
+    def _batched_ivf(index, n_queries: int) -> bool:
+        """A CPU ``IndexIVFFlat`` whose lists would each be read by several queries."""
+        import faiss
+
+        ivf = faiss.downcast_index(index)
+        return (type(ivf) is faiss.IndexIVFFlat
+                and n_queries * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist)
 
     def _normality(self, sims: np.ndarray) -> float:
         if sims.size == 0:
@@ -182,7 +276,8 @@ class KNNHead(BaseHead):
         import faiss
 
         blob = faiss.serialize_index(self.index_)
-        return {"index": np.asarray(blob, dtype=np.uint8), "labels": self.labels_}, {"offset": self.offset_}
+        meta = {"offset": self.offset_, "factory": self.factory_, "nprobe": self.nprobe_}
+        return {"index": np.asarray(blob, dtype=np.uint8), "labels": self.labels_}, meta
 
     def _set_state(self, tensors, meta):
         import faiss
@@ -193,6 +288,8 @@ class KNNHead(BaseHead):
             from embed.errors import HeadError
 
             raise HeadError(f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head") from None
+        self.factory_ = str(meta.get("factory", self.factory))
+        self.nprobe_ = meta.get("nprobe", self.nprobe)
         self._tune(self.index_)
         self._gpu_index = None
         self.labels_ = np.asarray(tensors["labels"], dtype=np.int8)

@@ -228,3 +228,75 @@ def test_knn_l2_and_similarity_weights():
     for kw in (dict(metric="l2"), dict(weights="similarity"), dict(metric="l2", weights="similarity")):
         h = create_head("knn", device="cpu", **kw).fit(X, y)
         assert roc_auc_score(y, h.decision_function(X)) > 0.9
+
+
+def test_knn_auto_factory_is_exact_for_small_banks_and_ivf_above():
+    from heads.knn import AUTO_EXACT_ROWS, auto_factory
+
+    assert auto_factory(AUTO_EXACT_ROWS - 1) == ("Flat", None)
+    assert auto_factory(100_000) == ("IVF256,Flat", 64)
+    assert auto_factory(1_000_000) == ("IVF1024,Flat", 256)
+    X, y = two_classes(n=300, d=16, shift=2.0)
+    h = create_head("knn", device="cpu").fit(X, y)
+    assert (h.factory, h.factory_, h.nprobe_) == ("auto", "Flat", None)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_knn_auto_switches_to_ivf_and_keeps_the_choice_when_saved(metric, monkeypatch, tmp_path):
+    import heads.knn as knn
+    from heads import load_head
+
+    monkeypatch.setattr(knn, "AUTO_EXACT_ROWS", 500)
+    X, y = two_classes(n=2000, d=16, shift=2.0)
+    h = create_head("knn", metric=metric, device="cpu").fit(X, y)
+    assert (h.factory_, h.nprobe_) == ("IVF32,Flat", 8)
+    exact = create_head("knn", metric=metric, factory="Flat", device="cpu").fit(X, y)
+    Q = two_classes(n=400, d=16, shift=2.0, seed=5)[0]
+    _, I = h.kneighbors(Q)  # noqa: E741
+    _, I_exact = exact.kneighbors(Q)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_exact, strict=True)])
+    assert recall > 0.9
+    h.save(tmp_path / "knn")
+    back = load_head(tmp_path / "knn")
+    assert (back.factory_, back.nprobe_) == ("IVF32,Flat", 8)
+    assert np.array_equal(back.decision_function(Q), h.decision_function(Q))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ivf_search_batched_finds_what_faiss_ivf_search_finds(metric):
+    import faiss
+
+    from heads.knn import ivf_search_batched
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 32)).astype(np.float32)
+    Q = rng.standard_normal((500, 32)).astype(np.float32)
+    mt = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    index = faiss.index_factory(32, "IVF32,Flat", mt)
+    index.train(X)
+    index.add(X)
+    index.nprobe = 4
+    for k in (1, 10, 150):  # 150 > some lists' sizes: results merge across lists
+        D_ref, I_ref = index.search(Q, k)
+        D, I = ivf_search_batched(index, Q, k)  # noqa: E741
+        assert D.shape == I.shape == (500, k)
+        assert np.allclose(D, D_ref, atol=1e-4)
+        same = [set(a) == set(b) for a, b in zip(I, I_ref, strict=True)]
+        assert np.mean(same) > 0.99  # only float-rounding ties may swap at the k-th place
+
+
+def test_ivf_search_batched_fills_with_minus_one_like_faiss():
+    import faiss
+
+    from heads.knn import ivf_search_batched
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 8)).astype(np.float32)
+    index = faiss.index_factory(8, "IVF16,Flat", faiss.METRIC_L2)
+    index.train(X)
+    index.add(X)
+    index.nprobe = 1  # one list of ~12 rows cannot fill k = 40
+    D_ref, I_ref = index.search(X[:50], 40)
+    D, I = ivf_search_batched(index, X[:50], 40)  # noqa: E741
+    assert ((I == -1) == (I_ref == -1)).all() and (I == -1).any()
+    assert (np.sort(I, axis=1) == np.sort(I_ref, axis=1)).all()
