@@ -175,7 +175,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         """
         X = check_features(X)
         y, keep = check_labels(y, X.shape[0])
-        X = X[keep]
+        if not keep.all():  # a boolean index copies X even when it keeps every row
+            X = X[keep]
         if engines is not None:
             engines = np.asarray(engines, dtype=str)
             if engines.shape[0] != keep.shape[0]:
