@@ -140,7 +140,7 @@ def test_heads_lists_every_head_with_parameters():
     assert res.exit_code == 0
     for name in ("linear", "mlp", "prototype", "wide-mlp", "knn"):
         assert name in res.output
-    assert "C=1.0" in res.output and "preset='paper'" in res.output and "factory='Flat'" in res.output
+    assert "C=1.0" in res.output and "preset='paper'" in res.output and "factory='auto'" in res.output
 
 
 @pytest.mark.slow
