@@ -301,7 +301,7 @@ def _write_run(
                     cols["sha256"][i],
                     cols["engine"][i],
                     int(cols["label"][i]),
-                    f"{cols['score'][i]:.9g}",
+                    repr(float(cols["score"][i])),
                     int(flagged[i]),
                 ]
             )

@@ -279,7 +279,7 @@ def ood(
                     for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
                         flagged = int(scores[i] > threshold)
                         w.writerow(
-                            [bank_label(b), p, h, e, int(lab), set_name(i), f"{scores[i]:.9g}", flagged]
+                            [bank_label(b), p, h, e, int(lab), set_name(i), repr(float(scores[i])), flagged]
                         )
                         i += 1
         table = [

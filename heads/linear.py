@@ -11,6 +11,27 @@ from ._torch import as_tensor, predict_chunks
 from .base import BaseHead
 
 
+def _preconditioner(Xs: torch.Tensor, *, n: int, C: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, L)`` with ``L L^T`` the sample covariance plus the regulariser's share.
+
+    The scaled objective's Hessian in ``w`` is about ``C/4 * cov(X) + I/n`` at the start
+    (logistic curvature 1/4), so ``L`` is the Cholesky factor of ``cov + 4/(C n) I``, with
+    the ridge floored at 1e-6 of the mean variance so that constant or duplicated
+    features still factor. Computed in float64 from ``Xs`` (a row sample).
+    """
+    X64 = Xs.double()
+    mean = X64.mean(0)
+    Xc = X64 - mean
+    cov = Xc.T @ Xc / max(len(Xs), 1)
+    ridge = max(4.0 / (C * n), 1e-6 * float(cov.diagonal().mean()), 1e-12)
+    cov.diagonal().add_(ridge)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:  # not positive definite even with the ridge: no whitening
+        chol = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        mean = torch.zeros_like(mean)
+    return mean.to(Xs.dtype), chol.to(Xs.dtype)
+
+
 class LinearHead(BaseHead):
     """L2-regularised logistic regression (the same objective as sklearn's ``LogisticRegression``).
 
@@ -22,13 +43,18 @@ class LinearHead(BaseHead):
     subsample whose rows are weighted ``n / m`` (an unbiased estimate of the same
     objective), then continues from that point on all rows: each full-data iteration
     reads the whole matrix (memory-bound), so cheap iterations first cut the total time
-    several-fold without changing the minimiser.
+    several-fold without changing the minimiser. L-BFGS runs on whitened coordinates
+    (``w = L^-T v``, ``b = c - mean.w`` with ``L L^T`` the covariance of the sampled
+    rows plus the regulariser's share): a change of variables that leaves the objective
+    and its minimiser alone but makes it nearly isotropic, so L-BFGS needs ~5 full-data
+    iterations where it needed ~25 on raw embedding features.
 
     Args:
         C: inverse regularisation strength, as in sklearn (1.0 = sklearn's default).
         max_iter: L-BFGS iterations (sklearn's default is 100).
-        tol: stop when the max-abs gradient of the scaled objective is below this
-            (sklearn's lbfgs ``tol``, same scaling).
+        tol: stop when the max-abs gradient of the scaled objective with respect to the
+            whitened parameters ``(v, c)`` is below this (sklearn's lbfgs ``tol``, same
+            objective scaling; on unit-scale features about as strict as sklearn's).
         warm_start_rows: subsample size of the warm-up stage (0 disables it).
         class_weight: ``None`` or ``"balanced"`` (weights n / (2 n_c), as sklearn).
         dtype: ``"float32"`` (fast) or ``"float64"``.
@@ -61,35 +87,51 @@ class LinearHead(BaseHead):
             sw = torch.from_numpy(n / (2.0 * counts[y])).to(device=device, dtype=dt)
         else:
             sw = torch.ones(n, device=device, dtype=dt)
-        w = torch.zeros(X.shape[1], device=device, dtype=dt)
-        b = torch.zeros(1, device=device, dtype=dt)
         m = int(self.warm_start_rows)
-        self.n_iter_warm_ = 0
-        if 0 < m and 2 * m < n:
+        warm = 0 < m and 2 * m < n
+        if warm:
             gen = torch.Generator().manual_seed(int(self.seed))
             idx = torch.randperm(n, generator=gen)[:m].to(device)
-            w, b, self.n_iter_warm_ = self._lbfgs(Xt[idx], s[idx], sw[idx] * (n / m), w, b, n)
-        w, b, self.n_iter_ = self._lbfgs(Xt, s, sw, w, b, n)
-        self.coef_ = w.cpu().double().numpy()[None, :]
-        self.intercept_ = b.cpu().double().numpy()
+        mean, chol = _preconditioner(Xt[idx] if warm else Xt, n=n, C=float(self.C))
+        # w = L^-T v and b = c - mean.w: L-BFGS sees whitened features (v, c), where the
+        # objective is close to isotropic; the objective and its minimiser are unchanged.
+        v = torch.zeros(X.shape[1], device=device, dtype=dt, requires_grad=True)
+        c = torch.zeros(1, device=device, dtype=dt, requires_grad=True)
 
-    def _lbfgs(self, Xt, s, sw, w0, b0, n):
-        """Minimise the scaled objective from ``(w0, b0)``; returns ``(w, b, n_iter)``."""
-        w = w0.clone().requires_grad_(True)
-        b = b0.clone().requires_grad_(True)
-        C = float(self.C)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=int(self.max_iter), tolerance_grad=float(self.tol),
+        def unwhiten() -> tuple[torch.Tensor, torch.Tensor]:
+            w = torch.linalg.solve_triangular(chol.T, v[:, None], upper=True)[:, 0]
+            return w, c - mean @ w
+
+        opt = torch.optim.LBFGS([v, c], lr=1, max_iter=int(self.max_iter), tolerance_grad=float(self.tol),
                                 tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+        state = opt.state[v]
+        self.n_iter_warm_ = 0
+        if warm:
+            opt.step(self._closure(opt, unwhiten, Xt[idx], s[idx], sw[idx] * (n / m), n))
+            self.n_iter_warm_ = int(state["n_iter"])
+            # Keep the curvature pairs learnt on the sample (an unbiased estimate of the
+            # full objective's) but not the pair that would straddle the switch: t = 0
+            # makes the first full-data step skip its memory update.
+            state["t"] = 0.0
+        opt.step(self._closure(opt, unwhiten, Xt, s, sw, n))
+        self.n_iter_ = int(state["n_iter"]) - self.n_iter_warm_
+        w, b = unwhiten()
+        self.coef_ = w.detach().cpu().double().numpy()[None, :]
+        self.intercept_ = b.detach().cpu().double().numpy()
+
+    def _closure(self, opt, unwhiten, Xt, s, sw, n):
+        """The scaled objective on rows ``Xt`` with signs ``s`` and sample weights ``sw``."""
+        C = float(self.C)
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
+            w, b = unwhiten()
             z = Xt @ w + b
             loss = (C * (sw * torch.nn.functional.softplus(-s * z)).sum() + 0.5 * (w @ w)) / n
             loss.backward()
             return loss
 
-        opt.step(closure)
-        return w.detach(), b.detach(), int(opt.state[opt._params[0]].get("n_iter", 0))
+        return closure
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         device = self._device()

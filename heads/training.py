@@ -190,7 +190,8 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
               batch_size: int = 32) -> ScoreResult:
     """Score a bank or image files with a saved head; write CSV ``path,score,decision``.
 
-    ``score`` is the head's ``decision_function`` (higher = AI-generated); ``decision`` is
+    ``score`` is the head's ``decision_function`` (higher = AI-generated), written in full
+    (shortest round-trip form) so that it compares with the threshold as the head did; ``decision`` is
     1 where ``score > threshold_`` (the threshold stored with the head, chosen on val reals).
 
     Args:
@@ -233,7 +234,7 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
     w = csv.writer(buf)
     w.writerow(["path", "score", "decision"])
     for p, s, d in zip(paths, scores.tolist(), decisions.tolist(), strict=True):
-        w.writerow([p, f"{s:.6g}", d])
+        w.writerow([p, repr(float(s)), d])
     if str(out) == "-":
         sys.stdout.write(buf.getvalue())
     else:

@@ -72,6 +72,27 @@ def test_linear_warm_start_reaches_the_same_minimiser():
     assert np.allclose(warm.coef_, cold.coef_, atol=2e-3)
 
 
+@pytest.mark.parametrize("warm_start_rows", [0, 256])
+def test_linear_whitening_copes_with_badly_scaled_constant_and_duplicated_features(warm_start_rows):
+    # an embedding-like spectrum (scales 1e-3 .. 1), an offset, a constant column and a
+    # copied column: the whitened solver must still reach sklearn's minimiser
+    X, y = two_classes(n=2000, d=16, shift=0.5, noise_flip=0.1)
+    X = X * np.logspace(-3, 0, 16, dtype=np.float32) + 5.0
+    X = np.hstack([X, np.full((len(X), 1), 2.0, np.float32), X[:, -1:]])
+    ours = create_head("linear", device="cpu", warm_start_rows=warm_start_rows, dtype="float64").fit(X, y)
+    # newton-cg converges on this ill-conditioned problem (lbfgs stops in its flat valley)
+    ref = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-10, max_iter=10_000).fit(X, y)
+    s, X64 = np.where(y == 1, 1.0, -1.0), X.astype(np.float64)
+
+    def objective(w, b):
+        return 0.5 * w @ w + np.logaddexp(0, -s * (X64 @ w + b)).sum()
+
+    assert objective(ours.coef_[0], ours.intercept_[0]) <= objective(ref.coef_[0], ref.intercept_[0]) * (1 + 1e-7)
+    assert np.allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-2)
+    assert abs(ours.coef_[0, 16]) < 1e-3  # a constant column: the free intercept takes its part
+    assert ours.n_iter_ < 30
+
+
 def test_linear_balanced_class_weight_moves_the_boundary():
     X, y = two_classes(n=400, shift=0.5, noise_flip=0.1)
     keep = (y == 0) | (np.arange(len(y)) % 5 == 0)  # few AI
