@@ -62,6 +62,17 @@ def auto_factory(n_rows: int) -> tuple[str, int | None]:
     return f"IVF{nlist},Flat", nlist // 4
 
 
+def search_cpu(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(X, k)`` on a CPU index, list by list (:func:`ivf_search_batched`)
+    for an ``IndexIVFFlat`` whose lists would each be read by several of the queries."""
+    import faiss
+
+    ivf = faiss.downcast_index(index)
+    if type(ivf) is faiss.IndexIVFFlat and len(X) * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist:
+        return ivf_search_batched(ivf, X, k)
+    return index.search(X, k)
+
+
 def ivf_search_batched(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(X, k)`` for an ``IndexIVFFlat``, computed inverted list by list.
 
@@ -215,18 +226,7 @@ class KNNHead(BaseHead):
                 self._gpu_res = faiss.StandardGpuResources()
                 self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
             return self._gpu_index.search(Xp, k)
-        if self._batched_ivf(index, len(Xp)):
-            return ivf_search_batched(index, Xp, k)
-        return index.search(Xp, k)
-
-    @staticmethod
-    def _batched_ivf(index, n_queries: int) -> bool:
-        """A CPU ``IndexIVFFlat`` whose lists would each be read by several queries."""
-        import faiss
-
-        ivf = faiss.downcast_index(index)
-        return (type(ivf) is faiss.IndexIVFFlat
-                and n_queries * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist)
+        return search_cpu(index, Xp, k)
 
     def _normality(self, sims: np.ndarray) -> float:
         if sims.size == 0:

@@ -149,7 +149,15 @@ def test_two_banks_are_numbered_bank_after_bank(tmp_path):
 # ------------------------------------------------------------------ streaming
 
 
-def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch):
+@pytest.mark.parametrize(("factory", "passes"), [("Flat", 1), ("IVF4,Flat", 2)])
+def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, factory, passes):
+    # Flat on the CPU: the self-search runs over the index's own rows in 32-row blocks
+    # (4 blocks, the last one short), so the bank is read once, for the add; other
+    # indexes stream the bank a second time for the self-search (IVF with every list
+    # probed is exact)
+    import analysis.neighbours as nb
+
+    monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 32)
     seen = []
     original = FeatureBank.iter_features
 
@@ -166,18 +174,35 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch):
     original_load = FeatureBank.load_features
     monkeypatch.setattr(FeatureBank, "iter_features", spy)
     monkeypatch.setattr(FeatureBank, "load_features", no_full_load)
-    index = NeighbourIndex(bank, chunk_rows=17)
+    index = NeighbourIndex(bank, chunk_rows=17, factory=factory, nprobe=None if factory == "Flat" else 4)
     D, I = index.self_knn(5)
     monkeypatch.undo()
 
-    assert max(seen) == 17 and sum(seen) == 2 * len(bank)  # add + self-search, each one pass
+    assert max(seen) == 17 and sum(seen) == passes * len(bank)
     X = bank.load_features()
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     S = Xn @ Xn.T
     np.fill_diagonal(S, -np.inf)
     ref = -np.sort(-S, axis=1)[:, :5]
     np.testing.assert_allclose(D, ref, atol=1e-5)
+    np.testing.assert_array_equal(I, np.argsort(-S, axis=1, kind="stable")[:, :5])
     assert not (I == np.arange(len(bank))[:, None]).any()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_symmetric_block_self_knn_equals_sklearn_brute(monkeypatch, metric, exclude_self):
+    import analysis.neighbours as nb
+
+    monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 40)  # blocks of 40, 40, 40 and 30 rows
+    X = np.random.default_rng(4).standard_normal((150, 12)).astype(np.float32) * 3 + 1
+    index = NeighbourIndex(X, metric=metric)
+    D, I = index.self_knn(6, exclude_self=exclude_self)
+    nn = NearestNeighbors(n_neighbors=6, algorithm="brute", metric="cosine" if metric == "cosine" else "euclidean")
+    nn.fit(X)
+    ref_d, ref_i = nn.kneighbors() if exclude_self else nn.kneighbors(X)
+    np.testing.assert_array_equal(I, ref_i)
+    np.testing.assert_allclose(D, 1 - ref_d if metric == "cosine" else ref_d**2, atol=1e-4)
 
 
 def test_self_knn_keeps_an_exact_duplicate_as_a_neighbour():
