@@ -73,6 +73,7 @@ def test_linear_warm_start_reaches_the_same_minimiser():
 
 
 @pytest.mark.parametrize("warm_start_rows", [0, 256])
+@pytest.mark.filterwarnings("ignore:.*line search")  # sklearn's newton-cg reference at tol 1e-10
 def test_linear_whitening_copes_with_badly_scaled_constant_and_duplicated_features(warm_start_rows):
     # an embedding-like spectrum (scales 1e-3 .. 1), an offset, a constant column and a
     # copied column: the whitened solver must still reach sklearn's minimiser
