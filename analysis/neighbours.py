@@ -533,17 +533,10 @@ class NeighbourIndex:
                 ) from None
 
     def _raw_chunks(self, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
-        it = self._source.iter_raw(min(self.chunk_rows, _READ_ROWS))
-        if not self.progress:
-            yield from it
-            return
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task(desc, total=len(self._source))
-            for start, stop, X in it:
+        with self._progress(desc, total=len(self._source)) as advance:
+            for start, stop, X in self._source.iter_raw(min(self.chunk_rows, _READ_ROWS)):
                 yield start, stop, X
-                bar.update(task, completed=stop)
+                advance(stop - start)
 
     def _prepared_chunks(self, desc: str) -> Iterator[tuple[int, int, np.ndarray]]:
         """``chunk_rows`` chunks in ONE reused float32 buffer, checked and normalised.
@@ -577,11 +570,7 @@ class NeighbourIndex:
         import faiss
 
         n, d = len(self._source), self.dim
-        if self.device == "cpu" and type(faiss.downcast_index(self.index)) in (
-            faiss.IndexFlat,
-            faiss.IndexFlatIP,
-            faiss.IndexFlatL2,
-        ):
+        if self._flat_on_cpu():
             # Fill a pre-sized buffer: add() grows a std::vector, whose reallocation
             # briefly holds the old and the new copy (2x the index at the last chunk).
             index = faiss.downcast_index(self.index)
@@ -736,15 +725,15 @@ class NeighbourIndex:
 
     @contextlib.contextmanager
     def _progress(self, desc: str, total: int) -> Iterator[Any]:
-        """A ``step()`` callable that advances a rich progress bar when ``progress`` is on."""
+        """An ``advance(n=1)`` callable that moves a rich progress bar when ``progress`` is on."""
         if not self.progress:
-            yield lambda: None
+            yield lambda n=1: None
             return
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task(desc, total=total)
-            yield lambda: bar.advance(task)
+            yield lambda n=1: bar.advance(task, n)
 
     def query(
         self,

@@ -178,8 +178,6 @@ class KNNHead(BaseHead):
             base.hnsw.efSearch = int(self.ef_search)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: Any) -> None:
-        import faiss
-
         if int(self.k) < 1:
             raise DataError(f"k={self.k!r} must be >= 1")
         if self.weights not in ("uniform", "similarity"):
