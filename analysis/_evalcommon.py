@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.compat import backbone_id, require_same_backbone
-from embed.compat import require_one_backbone as _require_one_backbone
-from embed.errors import BankError, DataError, HeadError
+from facebank.embed.compat import backbone_id, require_same_backbone
+from facebank.embed.compat import require_one_backbone as _require_one_backbone
+from facebank.embed.errors import BankError, DataError, HeadError
 
 BankLike = Any  # FeatureBank | str | os.PathLike
 
@@ -23,7 +22,7 @@ SCORE_CHUNK = 65536
 
 def open_banks(banks: BankLike | Sequence[BankLike], *, what: str = "banks") -> list[Any]:
     """FeatureBank objects from banks or paths; at least one."""
-    from embed.bank import FeatureBank
+    from facebank.embed.bank import FeatureBank
 
     if isinstance(banks, (str, os.PathLike, FeatureBank)):
         banks = [banks]
@@ -85,7 +84,7 @@ def read_splits_csv(path: Path) -> dict[str, str]:
 def load_run_head(head_or_dir: Any) -> RunHead:
     """Load a head from a run folder (head.json + splits.csv) or wrap a fitted head object."""
     if isinstance(head_or_dir, (str, os.PathLike)):
-        from heads import load_head
+        from facebank.heads import load_head
 
         run_dir = Path(head_or_dir)
         head = load_head(run_dir)

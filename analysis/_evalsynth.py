@@ -64,7 +64,7 @@ def write_synthetic_bank(
     backbone: dict | None = None,
 ):
     """Write ``data`` (from ``synthetic_arrays``) as a bank, optionally degraded as a view."""
-    from embed.bank import write_bank
+    from facebank.embed.bank import write_bank
 
     sel = slice(None) if rows is None else rows
     X = np.array(data["X"][sel], dtype=np.float32)

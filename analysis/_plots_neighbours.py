@@ -28,7 +28,7 @@ def _tile(path: str | None, size: int) -> np.ndarray | None:
         return None
     try:
         try:
-            from embed import load_image
+            from facebank.embed import load_image
         except ImportError:  # the decoder of issue 2 not landed: plain PIL
             load_image = None
         if load_image is not None:
@@ -48,8 +48,16 @@ def _tile(path: str | None, size: int) -> np.ndarray | None:
 def _draw_tile(ax, arr: np.ndarray | None, caption: str, *, edge: str | None = None) -> None:
     if arr is None:
         ax.set_facecolor("#e6e6e6")
-        ax.text(0.5, 0.5, "no image\nfile", ha="center", va="center", fontsize=7,
-                color="#666666", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no image\nfile",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="#666666",
+            transform=ax.transAxes,
+        )
     else:
         ax.imshow(arr)
     ax.set_xticks([])
@@ -64,11 +72,17 @@ def _draw_tile(ax, arr: np.ndarray | None, caption: str, *, edge: str | None = N
 
 def _short(text: str, width: int = 22) -> str:
     text = str(text)
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-def neighbour_grid(records_or_result: Any, *, max_queries: int = 8, max_neighbours: int | None = None,
-                   tile_size: int = 160, title: str | None = None):
+def neighbour_grid(
+    records_or_result: Any,
+    *,
+    max_queries: int = 8,
+    max_neighbours: int | None = None,
+    tile_size: int = 160,
+    title: str | None = None,
+):
     """Query images and their nearest banked images, one query per row, captioned.
 
     Args:
@@ -98,24 +112,34 @@ def neighbour_grid(records_or_result: Any, *, max_queries: int = 8, max_neighbou
         fig = _figure(4, 1.5)
         fig.text(0.5, 0.5, "no neighbours to show", ha="center", va="center")
         return fig
-    ncols = 1 + max(len(g) if max_neighbours is None else min(len(g), max_neighbours) for g in groups)
+    ncols = 1 + max(
+        len(g) if max_neighbours is None else min(len(g), max_neighbours) for g in groups
+    )
     colours = engine_colours([r.engine for g in groups for r in g])
     fig = _figure(1.55 * ncols, 1.95 * len(groups) + (0.4 if title else 0))
     axes = fig.subplots(len(groups), ncols, squeeze=False)
     for qi, g in enumerate(groups):
         shown = g if max_neighbours is None else g[:max_neighbours]
         first = shown[0]
-        _draw_tile(axes[qi, 0], _tile(first.query_image, tile_size),
-                   "query\n" + "\n".join(textwrap.wrap(_short(first.query, 44), 22)[:2]), edge="black")
+        _draw_tile(
+            axes[qi, 0],
+            _tile(first.query_image, tile_size),
+            "query\n" + "\n".join(textwrap.wrap(_short(first.query, 44), 22)[:2]),
+            edge="black",
+        )
         for j in range(1, ncols):
             ax = axes[qi, j]
             if j - 1 >= len(shown):
                 ax.axis("off")
                 continue
             r = shown[j - 1]
-            score = f"sim {r.similarity:.3f}" if r.similarity is not None else f"d2 {r.distance:.3g}"
-            caption = (f"#{r.rank} {score}\n{r.engine or '-'} ({_LABEL_NAMES.get(r.label, r.label)})"
-                       f"\n{_short(r.path)}")
+            score = (
+                f"sim {r.similarity:.3f}" if r.similarity is not None else f"d2 {r.distance:.3g}"
+            )
+            caption = (
+                f"#{r.rank} {score}\n{r.engine or '-'} ({_LABEL_NAMES.get(r.label, r.label)})"
+                f"\n{_short(r.path)}"
+            )
             _draw_tile(ax, _tile(r.image_path, tile_size), caption, edge=colours.get(r.engine))
     if title:
         fig.suptitle(title)
@@ -123,8 +147,9 @@ def neighbour_grid(records_or_result: Any, *, max_queries: int = 8, max_neighbou
     return fig
 
 
-def confusion_heatmap(confusion: np.ndarray, engines: Sequence[str], *, k: int | None = None,
-                      title: str | None = None):
+def confusion_heatmap(
+    confusion: np.ndarray, engines: Sequence[str], *, k: int | None = None, title: str | None = None
+):
     """Neighbour-engine confusion: row = an image's engine, column = its neighbours' engine.
 
     Args:
@@ -146,8 +171,15 @@ def confusion_heatmap(confusion: np.ndarray, engines: Sequence[str], *, k: int |
     ax.set_ylabel("image's engine")
     for i in range(E):
         for j in range(E):
-            ax.text(j, i, f"{C[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if C[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{C[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if C[i, j] > 0.6 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of neighbours")
     ax.set_title(title or f"Neighbour-engine confusion{f' (k={k})' if k else ''}")
     fig.tight_layout()
@@ -175,7 +207,9 @@ def purity_plot(purity: Sequence[Mapping[str, Any]], *, k: int | None = None):
     y = np.arange(len(names))
     err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
     ax.barh(y, vals, color=[colours[n] for n in names], xerr=np.nan_to_num(err), capsize=3)
-    ax.scatter([p["chance"] for p in purity], y, marker="|", s=200, color="black", label="chance", zorder=3)
+    ax.scatter(
+        [p["chance"] for p in purity], y, marker="|", s=200, color="black", label="chance", zorder=3
+    )
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
@@ -206,8 +240,15 @@ def embedding_scatter(emap: Any, *, title: str | None = None, point_size: float 
     s = point_size or (12 if len(engines) < 2000 else 4)
     for name in names:
         m = engines == name
-        ax.scatter(emap.coords[m, 0], emap.coords[m, 1], s=s, c=colours[name], label=f"{name} ({m.sum()})",
-                   alpha=0.8, linewidths=0)
+        ax.scatter(
+            emap.coords[m, 0],
+            emap.coords[m, 1],
+            s=s,
+            c=colours[name],
+            label=f"{name} ({m.sum()})",
+            alpha=0.8,
+            linewidths=0,
+        )
     method = {"pca": "PCA", "tsne": "t-SNE"}.get(emap.method, emap.method)
     head = title or f"{method} of the embedding, coloured by engine"
     if emap.subsampled:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError
+from facebank.embed.errors import DataError
 
 from ._evalcommon import (
     bank_label,
@@ -24,7 +23,7 @@ from ._evalcommon import (
     score_rows,
 )
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
 

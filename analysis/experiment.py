@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from facebank.embed.errors import DataError, UnknownNameError
 
-from embed.errors import DataError, UnknownNameError
-
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = [
     "DEFAULT_HEADS",
@@ -136,50 +135,76 @@ class ExperimentResult:
         """The other steps in one line each (what, value, where)."""
         rows: list[dict[str, Any]] = []
         if self.loeo:
-            rows.append({"step": "leave-one-engine-out (linear, TPR at the val threshold)",
-                         "result": f"in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
-                                   f"out-of-engine {_f(self.loeo.get('out_of_engine_tpr'))}"})
+            rows.append(
+                {
+                    "step": "leave-one-engine-out (linear, TPR at the val threshold)",
+                    "result": f"in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
+                    f"out-of-engine {_f(self.loeo.get('out_of_engine_tpr'))}",
+                }
+            )
         if self.robustness:
             first = next(iter(self.robustness))
             views = self.robustness[first]
-            rows.append({"step": f"robustness ({first}, TPR at its threshold)",
-                         "result": ", ".join(f"{v} {_f(m.get('tpr'))}" for v, m in views.items())})
+            rows.append(
+                {
+                    "step": f"robustness ({first}, TPR at its threshold)",
+                    "result": ", ".join(f"{v} {_f(m.get('tpr'))}" for v, m in views.items()),
+                }
+            )
         if self.ood:
-            rows.append({"step": f"OOD: {self.ood.get('new_engine')} as a new engine (prototype)",
-                         "result": f"AUROC {_f(self.ood.get('auroc'))}, "
-                                   f"FPR@95%TPR {_f(self.ood.get('fpr_at_95tpr'))}"})
+            rows.append(
+                {
+                    "step": f"OOD: {self.ood.get('new_engine')} as a new engine (prototype)",
+                    "result": f"AUROC {_f(self.ood.get('auroc'))}, "
+                    f"FPR@95%TPR {_f(self.ood.get('fpr_at_95tpr'))}",
+                }
+            )
         if self.neighbours:
-            rows.append({"step": f"kNN engine purity (k={self.neighbours.get('k')})",
-                         "result": f"macro {_f(self.neighbours.get('purity_macro'))}, "
-                                   f"k-means NMI {_f(self.neighbours.get('nmi'))}"})
-        rows.extend({"step": step, "result": f"skipped: {why}"} for step, why in self.skipped.items())
+            rows.append(
+                {
+                    "step": f"kNN engine purity (k={self.neighbours.get('k')})",
+                    "result": f"macro {_f(self.neighbours.get('purity_macro'))}, "
+                    f"k-means NMI {_f(self.neighbours.get('nmi'))}",
+                }
+            )
+        rows.extend(
+            {"step": step, "result": f"skipped: {why}"} for step, why in self.skipped.items()
+        )
         return rows
 
     def markdown(self) -> str:
         """The summary as Markdown (written to ``summary.md``)."""
-        emb = [{"view": v, **{k: e.get(k) for k in ("embedded", "skipped_present", "failed",
-                                                      "seconds")}}
-               for v, e in self.embedding.items()]
-        return "\n".join([
-            "### Experiment summary\n",
-            f"Backbone `{self.backbone}` on `{self.source}`; engines: "
-            + ", ".join(f"{e} ({n})" for e, n in self.engines.items())
-            + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; metrics on test rows.\n",
-            markdown_table(self.head_rows()),
-            markdown_table(self.key_rows()) if self.key_rows() else "",
-            "#### Embedding\n",
-            markdown_table(emb, digits=1),
-            "#### Caveats\n" if self.notes else "",
-            "".join(f"- {n}\n" for n in self.notes),
-        ])
+        emb = [
+            {
+                "view": v,
+                **{k: e.get(k) for k in ("embedded", "skipped_present", "failed", "seconds")},
+            }
+            for v, e in self.embedding.items()
+        ]
+        return "\n".join(
+            [
+                "### Experiment summary\n",
+                f"Backbone `{self.backbone}` on `{self.source}`; engines: "
+                + ", ".join(f"{e} ({n})" for e, n in self.engines.items())
+                + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; metrics on test rows.\n",
+                markdown_table(self.head_rows()),
+                markdown_table(self.key_rows()) if self.key_rows() else "",
+                "#### Embedding\n",
+                markdown_table(emb, digits=1),
+                "#### Caveats\n" if self.notes else "",
+                "".join(f"- {n}\n" for n in self.notes),
+            ]
+        )
 
     def rich_tables(self) -> list[Any]:
         """The summary as ``rich`` tables for the terminal (heads, then the other steps)."""
         from rich.table import Table
 
         out = []
-        t = Table(title=f"{self.backbone} on {self.source}: heads at the validation "
-                        f"threshold (FPR {FPR:.1%}), test rows")
+        t = Table(
+            title=f"{self.backbone} on {self.source}: heads at the validation "
+            f"threshold (FPR {FPR:.1%}), test rows"
+        )
         rows = self.head_rows()
         for col in rows[0] if rows else ():
             t.add_column(col, justify="left" if col == "head" else "right")
@@ -198,12 +223,23 @@ class ExperimentResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_dir": self.run_dir, "report": self.report, "backbone": self.backbone,
-            "source": self.source, "engines": self.engines, "banks": self.banks,
-            "embedding": self.embedding, "heads": self.heads, "loeo": self.loeo,
-            "robustness": self.robustness, "ood": self.ood, "neighbours": self.neighbours,
-            "new_engine": self.new_engine, "skipped": self.skipped, "seconds": self.seconds,
-            "notes": self.notes, "fpr": FPR,
+            "run_dir": self.run_dir,
+            "report": self.report,
+            "backbone": self.backbone,
+            "source": self.source,
+            "engines": self.engines,
+            "banks": self.banks,
+            "embedding": self.embedding,
+            "heads": self.heads,
+            "loeo": self.loeo,
+            "robustness": self.robustness,
+            "ood": self.ood,
+            "neighbours": self.neighbours,
+            "new_engine": self.new_engine,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "fpr": FPR,
         }
 
 
@@ -260,7 +296,7 @@ def _view_slug(view: str) -> str:
 
 
 def _canonical_views(views: Sequence[str]) -> list[str]:
-    from embed.views import parse_view
+    from facebank.embed.views import parse_view
 
     out = ["original"]
     for v in views:
@@ -271,7 +307,7 @@ def _canonical_views(views: Sequence[str]) -> list[str]:
 
 
 def _check_heads(heads: Sequence[str]) -> list[str]:
-    from heads import list_heads
+    from facebank.heads import list_heads
 
     valid = list_heads()
     heads = list(dict.fromkeys(heads))
@@ -285,7 +321,7 @@ def _check_heads(heads: Sequence[str]) -> list[str]:
 
 def _survey(source: Path, real_names: Sequence[str]) -> tuple[dict[str, int], list[str]]:
     """Images per engine and the AI engines of SOURCE, without decoding anything."""
-    from embed.datasets import scan_source
+    from facebank.embed.datasets import scan_source
 
     src = scan_source(source, real_names=real_names)  # SourceError: missing, empty, bad CSV
     counts = Counter(it.engine for it in src.items if it.label in (0, 1))
@@ -344,21 +380,32 @@ def _clear_previous_steps(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _embed_all(source, views, banks_dir, *, backbone, device, weights, image_size, real_names,
-               steps, progress):
-    from embed import FeatureBank, embed_source
+def _embed_all(
+    source, views, banks_dir, *, backbone, device, weights, image_size, real_names, steps, progress
+):
+    from facebank.embed import FeatureBank, embed_source
 
     banks: dict[str, Path] = {}
     embedding: dict[str, dict[str, Any]] = {}
     for view in views:
         path = banks_dir / f"{_view_slug(view)}.zarr"
         with steps.step(f"embed {view}", f"embed view [bold]{view}[/] -> {path}"):
-            s = embed_source(source, backbone=backbone, out=path, view=view, device=device,
-                             weights=weights, image_size=image_size, real_names=real_names,
-                             progress=progress)
+            s = embed_source(
+                source,
+                backbone=backbone,
+                out=path,
+                view=view,
+                device=device,
+                weights=weights,
+                image_size=image_size,
+                real_names=real_names,
+                progress=progress,
+            )
         embedding[view] = {
-            "embedded": s.embedded, "skipped_present": s.skipped_present,
-            "duplicates": _count(s.duplicates), "failed": _count(s.failed),
+            "embedded": s.embedded,
+            "skipped_present": s.skipped_present,
+            "duplicates": _count(s.duplicates),
+            "failed": _count(s.failed),
             "seconds": round(float(s.seconds), 2),
         }
         banks[view] = path
@@ -380,13 +427,18 @@ def _head_summary(tr: Any, ev: Any) -> dict[str, Any]:
     auc_ci = ci.get("auc") or (None, None)
     tpr_at = _metric(m, "tpr_at_fpr") or {}
     return {
-        "auc": _metric(m, "auc"), "auc_lo": auc_ci[0], "auc_hi": auc_ci[1],
-        "tpr": _metric(m, "recall"), "fpr": _metric(m, "fpr"),
+        "auc": _metric(m, "auc"),
+        "auc_lo": auc_ci[0],
+        "auc_hi": auc_ci[1],
+        "tpr": _metric(m, "recall"),
+        "fpr": _metric(m, "fpr"),
         "tpr_at_0.5%": tpr_at.get("0.5%"),
-        "threshold": ev.threshold, "n_test": _metric(m, "n"),
+        "threshold": ev.threshold,
+        "n_test": _metric(m, "n"),
         "val_auc": getattr(tr, "val_auc", None),
         "train_seconds": round(float(getattr(tr, "train_seconds", 0.0)), 2),
-        "run_dir": Path(tr.run_dir), "eval_dir": ev.run_dir,
+        "run_dir": Path(tr.run_dir),
+        "eval_dir": ev.run_dir,
     }
 
 
@@ -458,7 +510,7 @@ def run_experiment(
     With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
     recorded in ``result.skipped``, ``metrics.json`` and the report.
     """
-    from embed.backbones import backbone_info
+    from facebank.embed.backbones import backbone_info
 
     source = Path(source)
     run_dir = Path(out)
@@ -479,10 +531,18 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_steps(run_dir)
     config = {
-        "source": str(source), "backbone": backbone, "views": view_names, "heads": head_names,
-        "new_engine": new_engine, "device": device, "image_size": image_size,
-        "weights": str(weights) if weights else None, "seed": seed, "fpr": FPR,
-        "threshold_split": "val (reals only)", "test_split": "test",
+        "source": str(source),
+        "backbone": backbone,
+        "views": view_names,
+        "heads": head_names,
+        "new_engine": new_engine,
+        "device": device,
+        "image_size": image_size,
+        "weights": str(weights) if weights else None,
+        "seed": seed,
+        "fpr": FPR,
+        "threshold_split": "val (reals only)",
+        "test_split": "test",
     }
     start_run(run_dir, command="experiment", config=config)
     if note:
@@ -491,8 +551,15 @@ def run_experiment(
     n_steps = len(view_names) + len(head_names) + 5  # + loeo, robustness, ood, neighbours, report
     steps = _Steps(n_steps, progress=progress)
     bank_paths, banks, embedding = _embed_all(
-        source, view_names, run_dir / "banks", backbone=backbone, device=device,
-        weights=weights, image_size=image_size, real_names=real_names, steps=steps,
+        source,
+        view_names,
+        run_dir / "banks",
+        backbone=backbone,
+        device=device,
+        weights=weights,
+        image_size=image_size,
+        real_names=real_names,
+        steps=steps,
         progress=progress,
     )
     original = banks["original"]
@@ -505,8 +572,14 @@ def run_experiment(
     _check_classes(Counter(engines), sorted(set(bank_engines[labels == 0].tolist())), ai, source)
 
     result = ExperimentResult(
-        run_dir=run_dir, report=None, backbone=backbone, source=str(source), engines=engines,
-        banks=bank_paths, embedding=embedding, heads={},
+        run_dir=run_dir,
+        report=None,
+        backbone=backbone,
+        source=str(source),
+        engines=engines,
+        banks=bank_paths,
+        embedding=embedding,
+        heads={},
     )
     failed = sum(e["failed"] for e in embedding.values())
     if failed:
@@ -532,8 +605,11 @@ def run_experiment(
         from .report import write_report
 
         # the report nests every sub-run of run_dir (banks are skipped) under the summary
-        result.report = write_report([run_dir], out=run_dir / "report.html",
-                                     title=f"facebank experiment: {backbone} on {source.name}")
+        result.report = write_report(
+            [run_dir],
+            out=run_dir / "report.html",
+            title=f"facebank experiment: {backbone} on {source.name}",
+        )
     result.seconds["report"] = steps.seconds["report"]
     result.seconds["total"] = round(time.perf_counter() - start, 2)
     write_json(run_dir / "metrics.json", result.to_dict())
@@ -548,19 +624,27 @@ def _record_warnings(result: ExperimentResult, caught: list, steps: _Steps) -> N
     result.notes.extend(seen[:_MAX_NOTES])
     if len(seen) > _MAX_NOTES:
         result.notes.append(f"... and {len(seen) - _MAX_NOTES} more caveats of the same kinds")
-    steps.say(f"{len(seen)} caveat(s) about small samples or settings: see summary.md in the report")
+    steps.say(
+        f"{len(seen)} caveat(s) about small samples or settings: see summary.md in the report"
+    )
 
 
 def _train_and_evaluate(result, banks, head_names, *, seed, steps) -> None:
-    from heads import train_run
+    from facebank.heads import train_run
 
     from .evaluation import evaluate
 
     original = banks["original"]
     for name in head_names:
         with steps.step(f"head {name}", f"train and evaluate head [bold]{name}[/]"):
-            tr = train_run([original], head=name, params={}, out=result.run_dir / "train" / name,
-                           seed=seed, fpr=FPR)
+            tr = train_run(
+                [original],
+                head=name,
+                params={},
+                out=result.run_dir / "train" / name,
+                seed=seed,
+                fpr=FPR,
+            )
             ev = evaluate(tr.run_dir, [original], out=result.run_dir / "evaluate" / name, seed=seed)
         result.heads[name] = _head_summary(tr, ev)
 
@@ -574,18 +658,25 @@ def _loeo(result, original, ai, *, seed, steps) -> None:
             return
         from .protocols import leave_one_engine_out
 
-        lo = leave_one_engine_out([original], head="linear", seed=seed, fpr=FPR,
-                                  out=result.run_dir / "loeo")
+        lo = leave_one_engine_out(
+            [original], head="linear", seed=seed, fpr=FPR, out=result.run_dir / "loeo"
+        )
         result.loeo = _loeo_summary(lo)
 
 
 def _loeo_summary(lo: Any) -> dict[str, Any]:
     avg = lo.average or {}
     return {
-        "in_engine_tpr": avg.get("tpr_in"), "out_of_engine_tpr": avg.get("tpr_out"),
+        "in_engine_tpr": avg.get("tpr_in"),
+        "out_of_engine_tpr": avg.get("tpr_out"),
         "drop": avg.get("drop"),
-        "per_engine": [{k: r.get(k) for k in ("engine", "n_in", "tpr_in", "n_out", "tpr_out",
-                                              "drop", "auc_out")} for r in lo.table],
+        "per_engine": [
+            {
+                k: r.get(k)
+                for k in ("engine", "n_in", "tpr_in", "n_out", "tpr_out", "drop", "auc_out")
+            }
+            for r in lo.table
+        ],
         "run_dir": lo.run_dir,
     }
 
@@ -599,14 +690,17 @@ def _robustness(result, banks, *, seed, steps) -> None:
 
         result.robustness = {}
         for name, h in result.heads.items():
-            rb = robustness(h["run_dir"], list(banks.values()),
-                            out=result.run_dir / "robustness" / name)
+            rb = robustness(
+                h["run_dir"], list(banks.values()), out=result.run_dir / "robustness" / name
+            )
             result.robustness[name] = _robustness_summary(rb)
 
 
 def _robustness_summary(rb: Any) -> dict[str, dict[str, Any]]:
-    return {str(v["view"]): {"auc": v.get("auc"), "tpr": v.get("tpr"), "fpr": v.get("fpr")}
-            for v in rb.views}
+    return {
+        str(v["view"]): {"auc": v.get("auc"), "tpr": v.get("tpr"), "fpr": v.get("fpr")}
+        for v in rb.views
+    }
 
 
 def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
@@ -617,7 +711,7 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
                 f"the dataset has {len(ai)} ({', '.join(ai)})"
             )
             return
-        from heads import train_run
+        from facebank.heads import train_run
 
         from .ood import ood
 
@@ -626,8 +720,14 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
         known_engines = [e for e in result.engines if e != new]
         known = original.select(engines=known_engines)
         fresh = original.select(engines=[new])
-        tr = train_run([known], head="prototype", params={},
-                       out=result.run_dir / "ood" / f"train-without-{new}", seed=seed, fpr=FPR)
+        tr = train_run(
+            [known],
+            head="prototype",
+            params={},
+            out=result.run_dir / "ood" / f"train-without-{new}",
+            seed=seed,
+            fpr=FPR,
+        )
         res = ood(tr.run_dir, known=[known], new=[fresh], out=result.run_dir / "ood")
         result.ood = {"new_engine": new, **_ood_summary(res), "head_dir": tr.run_dir}
 
@@ -635,9 +735,14 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
 def _ood_summary(res: Any) -> dict[str, Any]:
     row = res.per_engine[0] if res.per_engine else {}
     return {
-        "method": res.method, "auroc": row.get("auroc"), "fpr_at_95tpr": row.get("fpr_at_95tpr"),
-        "flag_rate_new": row.get("flag_rate"), "flag_rate_known": res.known_flag_rate,
-        "n_new": res.n_new, "n_known_test": res.n_known_test, "run_dir": res.run_dir,
+        "method": res.method,
+        "auroc": row.get("auroc"),
+        "fpr_at_95tpr": row.get("fpr_at_95tpr"),
+        "flag_rate_new": row.get("flag_rate"),
+        "flag_rate_known": res.known_flag_rate,
+        "n_new": res.n_new,
+        "n_known_test": res.n_known_test,
+        "run_dir": res.run_dir,
     }
 
 
@@ -645,14 +750,23 @@ def _neighbours(result, original, *, seed, steps) -> None:
     with steps.step("neighbours", "neighbours: engine clusters and a map"):
         from .neighbours import engine_clusters, write_maps
 
-        cl = engine_clusters([original], k=min(10, len(original) - 1), seed=seed,
-                             out=result.run_dir / "neighbours" / "clusters")
-        map_dir, _ = write_maps([original], out=result.run_dir / "neighbours" / "map",
-                                methods=MAP_METHODS, seed=seed)
+        cl = engine_clusters(
+            [original],
+            k=min(10, len(original) - 1),
+            seed=seed,
+            out=result.run_dir / "neighbours" / "clusters",
+        )
+        map_dir, _ = write_maps(
+            [original], out=result.run_dir / "neighbours" / "map", methods=MAP_METHODS, seed=seed
+        )
         result.neighbours = {
-            "k": cl.k, "purity_macro": cl.overall.get("macro"),
-            "purity_micro": cl.overall.get("micro"), "nmi": cl.kmeans.get("nmi"),
-            "ari": cl.kmeans.get("ari"), "run_dir": cl.run_dir, "map_dir": map_dir,
+            "k": cl.k,
+            "purity_macro": cl.overall.get("macro"),
+            "purity_micro": cl.overall.get("micro"),
+            "nmi": cl.kmeans.get("nmi"),
+            "ari": cl.kmeans.get("ari"),
+            "run_dir": cl.run_dir,
+            "map_dir": map_dir,
         }
 
 
@@ -667,7 +781,7 @@ REAL_DATA_COMMAND = (
 
 def demo_note() -> str:
     """The demo's disclaimer and the command for real data, in Markdown (terminal, report)."""
-    from embed.standin import STANDIN_ENGINES, STANDIN_NOTE, standin_sources
+    from facebank.embed.standin import STANDIN_ENGINES, STANDIN_NOTE, standin_sources
 
     return (
         "### About this demo\n\n"
@@ -702,13 +816,21 @@ def run_demo(
     Returns:
         The :class:`ExperimentResult` of ``out/run``.
     """
-    from embed.standin import make_standin_dataset
+    from facebank.embed.standin import make_standin_dataset
 
     out = Path(out)
     # separate folders per size: banks only ever grow, so a small run must not resume a
     # full one's banks (nor the other way round)
     suffix = "-small" if small else ""
-    data = make_standin_dataset(out / f"data{suffix}",
-                                n_per_class=DEMO_N_SMALL if small else DEMO_N_PER_CLASS, seed=seed)
-    return run_experiment(data, backbone=DEMO_BACKBONE, out=out / f"run{suffix}", device=device,
-                          seed=seed, progress=progress, note=demo_note())
+    data = make_standin_dataset(
+        out / f"data{suffix}", n_per_class=DEMO_N_SMALL if small else DEMO_N_PER_CLASS, seed=seed
+    )
+    return run_experiment(
+        data,
+        backbone=DEMO_BACKBONE,
+        out=out / f"run{suffix}",
+        device=device,
+        seed=seed,
+        progress=progress,
+        note=demo_note(),
+    )

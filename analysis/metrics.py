@@ -33,9 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError
-from heads.base import allowed_false_positives, threshold_at_fpr
+from facebank.embed.errors import DataError
+from facebank.heads.base import allowed_false_positives, threshold_at_fpr
 
 __all__ = [
     "DEFAULT_FPRS",

@@ -37,11 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from facebank.embed.compat import backbone_id, require_one_backbone
+from facebank.embed.errors import (
+    BankError,
+    DataError,
+    FacebankError,
+    ImageDecodeError,
+    UnknownNameError,
+)
 
-from embed.compat import backbone_id, require_one_backbone
-from embed.errors import BankError, DataError, FacebankError, ImageDecodeError, UnknownNameError
-
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = [
     "NeighbourIndex",
@@ -194,7 +199,7 @@ def _open_banks(data: Any) -> list[Any]:
     banks = []
     for item in items:
         if isinstance(item, (str, Path)):
-            from embed import FeatureBank
+            from facebank.embed import FeatureBank
 
             item = FeatureBank.open(item)
         if not _is_bank(item):
@@ -217,7 +222,9 @@ class _Source:
 
     def __init__(self, data: Any) -> None:
         if isinstance(data, np.ndarray) or (
-            hasattr(data, "__array__") and not _is_bank(data) and not isinstance(data, (list, tuple))
+            hasattr(data, "__array__")
+            and not _is_bank(data)
+            and not isinstance(data, (list, tuple))
         ):
             X = np.asarray(data)
             if X.ndim != 2:
@@ -272,7 +279,8 @@ class _Source:
             cols["sha256"].append(np.asarray(b.sha256, dtype=object))
             names = getattr(b, "bank_names", None)  # per-row names of a concatenated bank
             cols["bank"].append(
-                np.asarray(names, dtype=object) if names is not None and len(names) == n
+                np.asarray(names, dtype=object)
+                if names is not None and len(names) == n
                 else np.full(n, str(b.name), dtype=object)
             )
             cols["bank_id"].append(np.full(n, i, dtype=np.int32))
@@ -317,7 +325,9 @@ class _Source:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             bad = rows[(rows < 0) | (rows >= len(self))][0]
-            raise DataError(f"row {int(bad)} is out of range; the index has rows 0..{len(self) - 1}")
+            raise DataError(
+                f"row {int(bad)} is out of range; the index has rows 0..{len(self) - 1}"
+            )
         if self.array is not None:
             return np.ascontiguousarray(self.array[rows], dtype=np.float32)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
@@ -623,7 +633,7 @@ class NeighbourIndex:
     def _search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.device != "cpu":
             return self.index.search(X, k)
-        from heads.knn import search_cpu  # IVF lists searched list by list for big batches
+        from facebank.heads.knn import search_cpu  # IVF lists searched list by list for big batches
 
         return search_cpu(self.index, X, k)
 
@@ -657,7 +667,9 @@ class NeighbourIndex:
         import faiss
 
         return self.device == "cpu" and type(faiss.downcast_index(self.index)) in (
-            faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2,
+            faiss.IndexFlat,
+            faiss.IndexFlatIP,
+            faiss.IndexFlatL2,
         )
 
     def _self_knn_symmetric(self, k: int, *, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -800,18 +812,23 @@ class NeighbourIndex:
             raise DataError("no query images given; pass image files or use --rows")
         for p in paths:
             if not Path(p).is_file():
-                raise ImageDecodeError(f"query image {p!r} does not exist; give an existing image file")
+                raise ImageDecodeError(
+                    f"query image {p!r} does not exist; give an existing image file"
+                )
         if self.backbone is None:
             raise DataError(
                 "this index was built from an array, so it has no backbone to embed images "
                 "with; build it from a FeatureBank or pass features"
             )
-        if self.backbone.get("library") in (None, "numpy") or self.backbone.get("name") == "synthetic":
+        if (
+            self.backbone.get("library") in (None, "numpy")
+            or self.backbone.get("name") == "synthetic"
+        ):
             raise DataError(
                 f"the bank's backbone {backbone_id(self.backbone)} cannot embed images (a "
                 "synthetic bank); query by rows (--rows 3,17) or pass features"
             )
-        from embed import encode_images
+        from facebank.embed import encode_images
 
         enc = encode_images(
             paths, backbone=self.backbone, view=self.view, device=device, weights=weights
@@ -868,7 +885,9 @@ def _str_or_none(p: Path | None) -> str | None:
     return None if p is None else str(p)
 
 
-def _transpose(S: np.ndarray, *, out: np.ndarray, pool: ThreadPoolExecutor, strip: int = 16) -> None:
+def _transpose(
+    S: np.ndarray, *, out: np.ndarray, pool: ThreadPoolExecutor, strip: int = 16
+) -> None:
     """``out[:] = S.T``, in strips of ``strip`` rows split between the ``pool``'s threads.
 
     Strips are 4-5x faster than numpy's plain strided copy of a 4096 x 4096 block (whose
@@ -949,16 +968,30 @@ class ClusterResult:
             "",
             markdown_table(
                 [
-                    {"measure": "purity (micro)", "value": self.overall["micro"],
-                     "lo": self.overall["micro_lo"], "hi": self.overall["micro_hi"]},
-                    {"measure": "purity (macro)", "value": self.overall["macro"],
-                     "lo": self.overall["macro_lo"], "hi": self.overall["macro_hi"]},
-                    {"measure": f"silhouette (cosine, n={self.silhouette_n})",
-                     "value": self.silhouette},
-                    {"measure": f"k-means NMI ({self.kmeans['n_clusters']} clusters)",
-                     "value": self.kmeans["nmi"]},
-                    {"measure": f"k-means ARI ({self.kmeans['n_clusters']} clusters)",
-                     "value": self.kmeans["ari"]},
+                    {
+                        "measure": "purity (micro)",
+                        "value": self.overall["micro"],
+                        "lo": self.overall["micro_lo"],
+                        "hi": self.overall["micro_hi"],
+                    },
+                    {
+                        "measure": "purity (macro)",
+                        "value": self.overall["macro"],
+                        "lo": self.overall["macro_lo"],
+                        "hi": self.overall["macro_hi"],
+                    },
+                    {
+                        "measure": f"silhouette (cosine, n={self.silhouette_n})",
+                        "value": self.silhouette,
+                    },
+                    {
+                        "measure": f"k-means NMI ({self.kmeans['n_clusters']} clusters)",
+                        "value": self.kmeans["nmi"],
+                    },
+                    {
+                        "measure": f"k-means ARI ({self.kmeans['n_clusters']} clusters)",
+                        "value": self.kmeans["ari"],
+                    },
                 ],
                 ["measure", "value", "lo", "hi"],
             ),
@@ -966,7 +999,9 @@ class ClusterResult:
         return "\n".join(lines)
 
 
-def _bootstrap_mean(values: np.ndarray, *, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+def _bootstrap_mean(
+    values: np.ndarray, *, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float]:
     """95% percentile interval of the mean of ``values`` (resampling items)."""
     m = len(values)
     if m == 0 or n_boot <= 0:
@@ -1029,9 +1064,20 @@ def engine_clusters(
     import faiss
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
-    index = banks if isinstance(banks, NeighbourIndex) else NeighbourIndex(
-        banks, factory=factory, metric=metric, device=device, nprobe=nprobe,
-        ef_search=ef_search, chunk_rows=chunk_rows, seed=seed, progress=progress,
+    index = (
+        banks
+        if isinstance(banks, NeighbourIndex)
+        else NeighbourIndex(
+            banks,
+            factory=factory,
+            metric=metric,
+            device=device,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            chunk_rows=chunk_rows,
+            seed=seed,
+            progress=progress,
+        )
     )
     rng = np.random.default_rng(seed)
     engines_row = index.rows.engine.astype(str)
@@ -1055,18 +1101,33 @@ def engine_clusters(
         vals = same[y == e]
         lo, hi = _bootstrap_mean(vals, n_boot=n_boot, rng=rng)
         per_engine.append(
-            {"engine": name, "n": int(len(vals)), "purity": float(vals.mean()), "lo": lo, "hi": hi,
-             "chance": (len(vals) - 1) / max(n - 1, 1)}
+            {
+                "engine": name,
+                "n": int(len(vals)),
+                "purity": float(vals.mean()),
+                "lo": lo,
+                "hi": hi,
+                "chance": (len(vals) - 1) / max(n - 1, 1),
+            }
         )
         engine_means.append(vals)
     micro_lo, micro_hi = _bootstrap_mean(same, n_boot=n_boot, rng=rng)
     # macro interval: resample images within each engine, average the engine means
-    macro_boot = np.mean(
-        [[v[rng.integers(0, len(v), len(v))].mean() for v in engine_means] for _ in range(min(n_boot, 200))],
-        axis=1,
-    ) if n_boot > 0 else np.array([math.nan])
+    macro_boot = (
+        np.mean(
+            [
+                [v[rng.integers(0, len(v), len(v))].mean() for v in engine_means]
+                for _ in range(min(n_boot, 200))
+            ],
+            axis=1,
+        )
+        if n_boot > 0
+        else np.array([math.nan])
+    )
     overall = {
-        "micro": float(same.mean()), "micro_lo": micro_lo, "micro_hi": micro_hi,
+        "micro": float(same.mean()),
+        "micro_lo": micro_lo,
+        "micro_hi": micro_hi,
         "macro": float(np.mean([v.mean() for v in engine_means])),
         "macro_lo": float(np.percentile(macro_boot, 2.5)),
         "macro_hi": float(np.percentile(macro_boot, 97.5)),
@@ -1086,8 +1147,13 @@ def engine_clusters(
         sub = _sample_rows(n, kmeans_max, rng)
         Xk = index._prepare(index.load_rows(sub))
         kmeans = faiss.Kmeans(
-            index.dim, n_clusters, niter=25, seed=seed, spherical=metric == "cosine",
-            max_points_per_centroid=max(256, len(sub) // n_clusters + 1), verbose=False,
+            index.dim,
+            n_clusters,
+            niter=25,
+            seed=seed,
+            spherical=metric == "cosine",
+            max_points_per_centroid=max(256, len(sub) // n_clusters + 1),
+            verbose=False,
             min_points_per_centroid=1,  # small banks are fine; FAISS would only warn
         )
         kmeans.train(Xk)
@@ -1102,25 +1168,48 @@ def engine_clusters(
         )
 
     result = ClusterResult(
-        engines=names, k=k, purity=per_engine, overall=overall, confusion=confusion,
-        confusion_counts=counts, silhouette=silhouette, silhouette_n=sil_n, kmeans=km,
-        n_rows=n, factory=index.factory, metric=index.metric,
+        engines=names,
+        k=k,
+        purity=per_engine,
+        overall=overall,
+        confusion=confusion,
+        confusion_counts=counts,
+        silhouette=silhouette,
+        silhouette_n=sil_n,
+        kmeans=km,
+        n_rows=n,
+        factory=index.factory,
+        metric=index.metric,
         banks=list(index.rows.bank_paths),
     )
     if out is not None:
-        result.run_dir = _write_clusters(result, out, seed=seed, n_boot=n_boot,
-                                         silhouette_max=silhouette_max, kmeans_max=kmeans_max,
-                                         nprobe=nprobe, ef_search=ef_search)
+        result.run_dir = _write_clusters(
+            result,
+            out,
+            seed=seed,
+            n_boot=n_boot,
+            silhouette_max=silhouette_max,
+            kmeans_max=kmeans_max,
+            nprobe=nprobe,
+            ef_search=ef_search,
+        )
     return result
 
 
 def _write_clusters(result: ClusterResult, out: str | Path, **config: Any) -> Path:
     from . import _plots_neighbours as plots
 
-    run = start_run(out, command="neighbours clusters", config={
-        "banks": result.banks, "k": result.k, "factory": result.factory,
-        "metric": result.metric, **config,
-    })
+    run = start_run(
+        out,
+        command="neighbours clusters",
+        config={
+            "banks": result.banks,
+            "k": result.k,
+            "factory": result.factory,
+            "metric": result.metric,
+            **config,
+        },
+    )
     write_json(run / "metrics.json", result.to_dict())
     (run / "purity.md").write_text(result.markdown())
     with open(run / "confusion.csv", "w", newline="") as fh:
@@ -1130,7 +1219,9 @@ def _write_clusters(result: ClusterResult, out: str | Path, **config: Any) -> Pa
             w.writerow([name, *(f"{v:.6f}" for v in row)])
     from .plots import save_figure
 
-    save_figure(plots.confusion_heatmap(result.confusion, result.engines, k=result.k), run / "confusion.png")
+    save_figure(
+        plots.confusion_heatmap(result.confusion, result.engines, k=result.k), run / "confusion.png"
+    )
     save_figure(plots.purity_plot(result.purity, k=result.k), run / "purity.png")
     return run
 
@@ -1168,11 +1259,15 @@ class LeakResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold, "k": self.k, "n_rows": self.n_rows, "banks": self.banks,
+            "threshold": self.threshold,
+            "k": self.k,
+            "n_rows": self.n_rows,
+            "banks": self.banks,
             "n_pairs": len(self.pairs),
             "n_exact": sum(p["kind"] == "exact" for p in self.pairs),
             "n_near": sum(p["kind"] == "near" for p in self.pairs),
-            "train_test": self.train_test, "has_train_test_leak": self.has_train_test_leak,
+            "train_test": self.train_test,
+            "has_train_test_leak": self.has_train_test_leak,
             "counts": self.counts,
         }
 
@@ -1185,8 +1280,18 @@ class LeakResult:
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _PAIR_COLUMNS = (
-    "kind", "similarity", "row_a", "bank_a", "split_a", "engine_a", "path_a",
-    "row_b", "bank_b", "split_b", "engine_b", "path_b",
+    "kind",
+    "similarity",
+    "row_a",
+    "bank_a",
+    "split_a",
+    "engine_a",
+    "path_a",
+    "row_b",
+    "bank_b",
+    "split_b",
+    "engine_b",
+    "path_b",
 )
 
 
@@ -1220,16 +1325,30 @@ def find_leaks(
         A :class:`LeakResult`.
     """
     if not -1.0 <= float(threshold) <= 1.0:
-        raise DataError(f"threshold={threshold} is not a cosine similarity; use a value in [-1, 1], e.g. 0.95")
-    index = banks if isinstance(banks, NeighbourIndex) else NeighbourIndex(
-        banks, factory=factory, metric="cosine", device=device, nprobe=nprobe,
-        ef_search=ef_search, chunk_rows=chunk_rows, progress=progress,
+        raise DataError(
+            f"threshold={threshold} is not a cosine similarity; use a value in [-1, 1], e.g. 0.95"
+        )
+    index = (
+        banks
+        if isinstance(banks, NeighbourIndex)
+        else NeighbourIndex(
+            banks,
+            factory=factory,
+            metric="cosine",
+            device=device,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            chunk_rows=chunk_rows,
+            progress=progress,
+        )
     )
     if index.metric != "cosine":
         raise DataError("find_leaks needs a cosine index (metric='cosine')")
     rows = index.rows
     n = len(rows)
-    side = np.array([f"{b}\x00{s}" for b, s in zip(rows.bank_id, rows.split, strict=False)], dtype=object)
+    side = np.array(
+        [f"{b}\x00{s}" for b, s in zip(rows.bank_id, rows.split, strict=False)], dtype=object
+    )
     found: dict[tuple[int, int], tuple[str, float]] = {}
 
     k = min(int(k), n - 1) if n > 1 else 0
@@ -1265,29 +1384,56 @@ def find_leaks(
 
     pairs = []
     for (x, y), (kind, s) in sorted(found.items()):
-        pairs.append({
-            "kind": kind, "similarity": s,
-            "row_a": x, "bank_a": str(rows.bank[x]), "split_a": str(rows.split[x]),
-            "engine_a": str(rows.engine[x]), "path_a": str(rows.path[x]),
-            "row_b": y, "bank_b": str(rows.bank[y]), "split_b": str(rows.split[y]),
-            "engine_b": str(rows.engine[y]), "path_b": str(rows.path[y]),
-        })
+        pairs.append(
+            {
+                "kind": kind,
+                "similarity": s,
+                "row_a": x,
+                "bank_a": str(rows.bank[x]),
+                "split_a": str(rows.split[x]),
+                "engine_a": str(rows.engine[x]),
+                "path_a": str(rows.path[x]),
+                "row_b": y,
+                "bank_b": str(rows.bank[y]),
+                "split_b": str(rows.split[y]),
+                "engine_b": str(rows.engine[y]),
+                "path_b": str(rows.path[y]),
+            }
+        )
     tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for p in pairs:
         sa, sb = sorted([p["split_a"] or "(none)", p["split_b"] or "(none)"])
         tally[(sa, sb)][p["kind"]] += 1
     counts = [
-        {"split_a": sa, "split_b": sb, "near": c["near"], "exact": c["exact"],
-         "total": c["near"] + c["exact"]}
+        {
+            "split_a": sa,
+            "split_b": sb,
+            "near": c["near"],
+            "exact": c["exact"],
+            "total": c["near"] + c["exact"],
+        }
         for (sa, sb), c in sorted(tally.items())
     ]
-    result = LeakResult(threshold=float(threshold), k=k, pairs=pairs, counts=counts, n_rows=n,
-                        banks=list(rows.bank_paths))
+    result = LeakResult(
+        threshold=float(threshold),
+        k=k,
+        pairs=pairs,
+        counts=counts,
+        n_rows=n,
+        banks=list(rows.bank_paths),
+    )
     if out is not None:
-        run = start_run(out, command="neighbours leaks", config={
-            "banks": result.banks, "threshold": result.threshold, "k": k,
-            "factory": index.factory, "metric": "cosine",
-        })
+        run = start_run(
+            out,
+            command="neighbours leaks",
+            config={
+                "banks": result.banks,
+                "threshold": result.threshold,
+                "k": k,
+                "factory": index.factory,
+                "metric": "cosine",
+            },
+        )
         write_json(run / "metrics.json", result.to_dict())
         (run / "leaks.md").write_text(result.markdown())
         with open(run / "pairs.csv", "w", newline="") as fh:
@@ -1380,13 +1526,22 @@ def embedding_map(
         n_comp = min(50, X.shape[1], len(X))
         Xp = PCA(n_components=n_comp, random_state=seed).fit_transform(X) if X.shape[1] > 50 else X
         coords = TSNE(
-            n_components=2, perplexity=min(perplexity, (len(X) - 1) / 3), init="pca",
-            random_state=seed, max_iter=int(max_iter),
+            n_components=2,
+            perplexity=min(perplexity, (len(X) - 1) / 3),
+            init="pca",
+            random_state=seed,
+            max_iter=int(max_iter),
         ).fit_transform(Xp)
     return EmbeddingMap(
-        coords=coords.astype(np.float32), rows=rows, engines=source.rows.engine[rows].astype(str),
-        labels=source.rows.label[rows].astype(np.int8), method=method, n_total=n, seed=seed,
-        max_points=int(max_points), explained_variance=explained,
+        coords=coords.astype(np.float32),
+        rows=rows,
+        engines=source.rows.engine[rows].astype(str),
+        labels=source.rows.label[rows].astype(np.int8),
+        method=method,
+        n_total=n,
+        seed=seed,
+        max_points=int(max_points),
+        explained_variance=explained,
     )
 
 
@@ -1407,17 +1562,25 @@ def write_maps(
     from .plots import save_figure
 
     source = _Source(banks)
-    run = start_run(out, command="neighbours map", config={
-        "banks": list(source.rows.bank_paths), "methods": list(methods),
-        "max_points": max_points, "seed": seed,
-    })
+    run = start_run(
+        out,
+        command="neighbours map",
+        config={
+            "banks": list(source.rows.bank_paths),
+            "methods": list(methods),
+            "max_points": max_points,
+            "seed": seed,
+        },
+    )
     maps, metrics = [], {}
     for m in methods:
         emap = embedding_map(_source_data(source), method=m, max_points=max_points, seed=seed)
         save_figure(plots.embedding_scatter(emap), run / f"map_{m}.png")
         maps.append(emap)
         metrics[m] = {
-            "points": int(len(emap.rows)), "n_total": emap.n_total, "subsampled": emap.subsampled,
+            "points": int(len(emap.rows)),
+            "n_total": emap.n_total,
+            "subsampled": emap.subsampled,
             "explained_variance": emap.explained_variance,
             "engines": dict(Counter(emap.engines.tolist())),
         }
@@ -1441,14 +1604,29 @@ def write_query(
 
     run = start_run(out, command="neighbours query", config=dict(config))
     flat = [r.to_dict() for recs in records for r in recs]
-    cols = ["query", "rank", "similarity", "distance", "engine", "label", "split", "bank",
-            "row", "path", "sha256", "image_path", "query_image"]
+    cols = [
+        "query",
+        "rank",
+        "similarity",
+        "distance",
+        "engine",
+        "label",
+        "split",
+        "bank",
+        "row",
+        "path",
+        "sha256",
+        "image_path",
+        "query_image",
+    ]
     with open(run / "neighbours.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(flat)
     (run / "neighbours.md").write_text(
-        markdown_table(flat, ["query", "rank", "similarity", "engine", "label", "split", "path"], digits=4)
+        markdown_table(
+            flat, ["query", "rank", "similarity", "engine", "label", "split", "path"], digits=4
+        )
     )
     write_json(run / "metrics.json", {"queries": len(records), "neighbours": flat})
     save_figure(plots.neighbour_grid(records), run / "grid.png")

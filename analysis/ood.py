@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError, HeadError
-from embed.splits import has_splits
+from facebank.embed.errors import DataError, HeadError
+from facebank.embed.splits import has_splits
 
 from ._evalcommon import (
     bank_label,
@@ -29,7 +28,7 @@ from ._evalcommon import (
     require_one_backbone,
 )
 from .metrics import binary_metrics, proportion_interval, threshold_at_fpr
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["OodResult", "ood", "fpr_at_tpr"]
 
@@ -279,7 +278,16 @@ def ood(
                     for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
                         flagged = int(scores[i] > threshold)
                         w.writerow(
-                            [bank_label(b), p, h, e, int(lab), set_name(i), repr(float(scores[i])), flagged]
+                            [
+                                bank_label(b),
+                                p,
+                                h,
+                                e,
+                                int(lab),
+                                set_name(i),
+                                repr(float(scores[i])),
+                                flagged,
+                            ]
                         )
                         i += 1
         table = [

@@ -67,4 +67,3 @@ from ._plots_neighbours import (  # noqa: E402
     neighbour_grid,
     purity_plot,
 )
-

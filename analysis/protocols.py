@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError
-from embed.splits import assign_splits, has_splits
+from facebank.embed.errors import DataError
+from facebank.embed.splits import assign_splits, has_splits
 
 from ._evalcommon import bank_label, fmt_ci, md_section, open_banks, require_one_backbone
 from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table, proportion_interval
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["InEngineResult", "LoeoResult", "in_engine", "leave_one_engine_out", "PROTOCOLS"]
 
@@ -77,7 +76,7 @@ def _load(banks: Any, seed: int) -> _Data:
 
 
 def _fit(head: str, params: Mapping[str, Any] | None, X, y, engines, X_val_real, fpr: float) -> Any:
-    from heads import create_head
+    from facebank.heads import create_head
 
     if (y == 0).sum() == 0 or (y == 1).sum() == 0:
         raise DataError(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embed.errors import FacebankError
+from facebank.embed.errors import FacebankError
 
 __all__ = ["write_report", "render_markdown", "ReportError"]
 

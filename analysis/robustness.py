@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError
+from facebank.embed.errors import DataError
 
 from ._evalcommon import (
     bank_label,
@@ -27,7 +26,7 @@ from ._evalcommon import (
     score_rows,
 )
 from .metrics import binary_metrics, per_engine_table, proportion_interval
-from .runs import markdown_table, start_run, write_json
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["RobustnessResult", "robustness", "view_family"]
 

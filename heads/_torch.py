@@ -16,8 +16,14 @@ def as_tensor(X: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
 
 
-def batches(n: int, batch_size: int, *, generator: torch.Generator, device: str = "cpu",
-            drop_last: bool = False) -> Iterator[torch.Tensor]:
+def batches(
+    n: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    device: str = "cpu",
+    drop_last: bool = False,
+) -> Iterator[torch.Tensor]:
     """Yield index tensors of a seeded random permutation of ``range(n)``."""
     perm = torch.randperm(n, generator=generator).to(device)
     stop = n - (n % batch_size) if drop_last and n > batch_size else n
@@ -26,7 +32,9 @@ def batches(n: int, batch_size: int, *, generator: torch.Generator, device: str 
 
 
 @torch.no_grad()
-def predict_chunks(fn: Callable[[torch.Tensor], torch.Tensor], X: np.ndarray, device: str) -> np.ndarray:
+def predict_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor], X: np.ndarray, device: str
+) -> np.ndarray:
     """Apply ``fn`` to ``X`` in chunks on ``device``; returns a float64 numpy array."""
     out = []
     for i in range(0, X.shape[0], INFER_CHUNK):
@@ -38,6 +46,12 @@ def state_to_numpy(module: torch.nn.Module, prefix: str = "") -> dict[str, np.nd
     return {prefix + k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
-def numpy_to_state(module: torch.nn.Module, tensors: dict[str, np.ndarray], prefix: str = "") -> None:
-    sd = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith(prefix)}
+def numpy_to_state(
+    module: torch.nn.Module, tensors: dict[str, np.ndarray], prefix: str = ""
+) -> None:
+    sd = {
+        k[len(prefix) :]: torch.from_numpy(np.array(v))
+        for k, v in tensors.items()
+        if k.startswith(prefix)
+    }
     module.load_state_dict(sd, strict=True)

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from facebank.embed.errors import DataError, HeadError
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
-
-from embed.errors import DataError, HeadError
 
 __all__ = [
     "BaseHead",
@@ -48,16 +47,22 @@ def check_features(X: Any, *, n_features: int | None = None, what: str = "X") ->
     try:
         X = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
-        raise DataError(f"{what} cannot be read as a 2-D numeric array ({exc}); pass an array (n, D)") from None
+        raise DataError(
+            f"{what} cannot be read as a 2-D numeric array ({exc}); pass an array (n, D)"
+        ) from None
     if X.dtype.kind not in "fiub":
-        raise DataError(f"{what} has dtype {X.dtype}; pass numeric features (float32 array of shape (n, D))")
+        raise DataError(
+            f"{what} has dtype {X.dtype}; pass numeric features (float32 array of shape (n, D))"
+        )
     if X.ndim != 2:
         raise DataError(
             f"{what} has shape {X.shape}; heads take a 2-D array (n_samples, n_features) - "
             "reshape a single row with X.reshape(1, -1)"
         )
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"{what} is empty (shape {X.shape}); give at least one row with at least one feature")
+        raise DataError(
+            f"{what} is empty (shape {X.shape}); give at least one row with at least one feature"
+        )
     X = np.ascontiguousarray(X, dtype=np.float32)
     if not np.isfinite(X).all():
         bad = int((~np.isfinite(X)).any(axis=1).sum())
@@ -83,7 +88,9 @@ def check_labels(y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or y.shape[0] != n_rows:
         raise DataError(f"y has shape {y.shape} but X has {n_rows} rows; pass one label per row")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise DataError("y contains NaN/inf; labels must be 1 (AI-generated), 0 (real) or -1 (unknown)")
+        raise DataError(
+            "y contains NaN/inf; labels must be 1 (AI-generated), 0 (real) or -1 (unknown)"
+        )
     if y.dtype.kind not in "iubf" or (y.dtype.kind == "f" and np.any(y != np.round(y))):
         raise DataError(
             f"y has values like {y[:3].tolist()!r}; labels must be integers 1 (AI-generated), "
@@ -140,7 +147,9 @@ def threshold_at_fpr(real_scores: Any, fpr: float) -> float:
     """
     s = np.asarray(real_scores, dtype=np.float64).ravel()
     if s.size == 0:
-        raise DataError("no real scores given: a threshold at a fixed FPR needs real images (label 0)")
+        raise DataError(
+            "no real scores given: a threshold at a fixed FPR needs real images (label 0)"
+        )
     if not np.isfinite(s).all():
         raise DataError("real scores contain NaN or infinite values; check the head's output")
     if not 0.0 <= fpr < 1.0:
@@ -180,7 +189,9 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         if engines is not None:
             engines = np.asarray(engines, dtype=str)
             if engines.shape[0] != keep.shape[0]:
-                raise DataError(f"engines has {engines.shape[0]} entries but X has {keep.shape[0]} rows")
+                raise DataError(
+                    f"engines has {engines.shape[0]} entries but X has {keep.shape[0]} rows"
+                )
             engines = engines[keep]
         self.n_features_in_ = int(X.shape[1])
         self.classes_ = np.array([0, 1])
@@ -273,8 +284,12 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        self.calibration_ = {"fpr": float(fpr), "n_reals": int(len(scores)), "split": "val",
-                             "n_above": n_above}
+        self.calibration_ = {
+            "fpr": float(fpr),
+            "n_reals": int(len(scores)),
+            "split": "val",
+            "n_above": n_above,
+        }
         return self
 
     # -------------------------------------------------------------- persistence
@@ -285,8 +300,14 @@ class BaseHead(ClassifierMixin, BaseEstimator):
     def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def save(self, path: Any, *, backbone: dict | None = None, bank_digest: str | None = None,
-             metrics: dict | None = None) -> Any:
+    def save(
+        self,
+        path: Any,
+        *,
+        backbone: dict | None = None,
+        bank_digest: str | None = None,
+        metrics: dict | None = None,
+    ) -> Any:
         """Write ``head.json`` + ``weights.safetensors`` into directory ``path`` (see heads.persistence)."""
         from .persistence import save_head
 
@@ -306,5 +327,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             import torch
 
             if not torch.cuda.is_available():
-                raise HeadError(f"device={dev!r} but no CUDA GPU is visible; use device='auto' or 'cpu'")
+                raise HeadError(
+                    f"device={dev!r} but no CUDA GPU is visible; use device='auto' or 'cpu'"
+                )
         return dev

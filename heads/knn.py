@@ -30,8 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError
+from facebank.embed.errors import DataError
 
 from .base import BaseHead
 
@@ -68,7 +67,10 @@ def search_cpu(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     ivf = faiss.downcast_index(index)
-    if type(ivf) is faiss.IndexIVFFlat and len(X) * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist:
+    if (
+        type(ivf) is faiss.IndexIVFFlat
+        and len(X) * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist
+    ):
         return ivf_search_batched(ivf, X, k)
     return index.search(X, k)
 
@@ -129,9 +131,19 @@ class KNNHead(BaseHead):
 
     name = "knn"
 
-    def __init__(self, *, k: int = 10, metric: str = "cosine", factory: str = "auto",
-                 weights: str = "uniform", nprobe: int | None = None, ef_search: int | None = None,
-                 ood_contamination: float = 0.01, device: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        k: int = 10,
+        metric: str = "cosine",
+        factory: str = "auto",
+        weights: str = "uniform",
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        ood_contamination: float = 0.01,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.k = k
         self.metric = metric
         self.factory = factory
@@ -195,7 +207,9 @@ class KNNHead(BaseHead):
         rows = rng.choice(len(Xp), size=min(len(Xp), _OFFSET_ROWS), replace=False)
         sims, idx = self._search(Xp[rows], min(int(self.k) + 1, len(Xp)))
         keep = idx != rows[:, None]  # drop each row's self-match
-        ref = np.array([self._normality(s[m][: int(self.k)]) for s, m in zip(sims, keep, strict=True)])
+        ref = np.array(
+            [self._normality(s[m][: int(self.k)]) for s, m in zip(sims, keep, strict=True)]
+        )
         self.offset_ = float(np.quantile(ref, float(self.ood_contamination)))
 
     def _train(self, index, Xp: np.ndarray) -> None:
@@ -281,11 +295,15 @@ class KNNHead(BaseHead):
         import faiss
 
         try:
-            self.index_ = faiss.deserialize_index(np.ascontiguousarray(tensors["index"], dtype=np.uint8))
+            self.index_ = faiss.deserialize_index(
+                np.ascontiguousarray(tensors["index"], dtype=np.uint8)
+            )
         except RuntimeError as exc:
-            from embed.errors import HeadError
+            from facebank.embed.errors import HeadError
 
-            raise HeadError(f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head") from None
+            raise HeadError(
+                f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head"
+            ) from None
         self.factory_ = str(meta.get("factory", self.factory))
         self.nprobe_ = meta.get("nprobe", self.nprobe)
         self._tune(self.index_)

@@ -64,9 +64,18 @@ class LinearHead(BaseHead):
 
     name = "linear"
 
-    def __init__(self, *, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4,
-                 warm_start_rows: int = 16384, class_weight: str | None = None, dtype: str = "float32", device: str = "auto",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        C: float = 1.0,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        warm_start_rows: int = 16384,
+        class_weight: str | None = None,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
@@ -102,8 +111,15 @@ class LinearHead(BaseHead):
             w = torch.linalg.solve_triangular(chol.T, v[:, None], upper=True)[:, 0]
             return w, c - mean @ w
 
-        opt = torch.optim.LBFGS([v, c], lr=1, max_iter=int(self.max_iter), tolerance_grad=float(self.tol),
-                                tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [v, c],
+            lr=1,
+            max_iter=int(self.max_iter),
+            tolerance_grad=float(self.tol),
+            tolerance_change=1e-12,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
         state = opt.state[v]
         self.n_iter_warm_ = 0
         if warm:
@@ -140,8 +156,10 @@ class LinearHead(BaseHead):
         return predict_chunks(lambda t: t @ w + b, X, device)
 
     def _get_state(self):
-        return {"coef": self.coef_, "intercept": self.intercept_}, {"n_iter": self.n_iter_,
-                                                                   "n_iter_warm": self.n_iter_warm_}
+        return {"coef": self.coef_, "intercept": self.intercept_}, {
+            "n_iter": self.n_iter_,
+            "n_iter_warm": self.n_iter_warm_,
+        }
 
     def _set_state(self, tensors, meta):
         self.coef_ = np.asarray(tensors["coef"], dtype=np.float64)

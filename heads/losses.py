@@ -51,9 +51,15 @@ def vs_class_weights(y: torch.Tensor) -> tuple[float, float]:
     return tuple(n / (2.0 * c) if c else 1.0 for c in counts)  # type: ignore[return-value]
 
 
-def vs_loss(logits: torch.Tensor, y: torch.Tensor, *, zeta: tuple[float, float] = PAPER_VS["zeta"],
-            delta: tuple[float, float] = PAPER_VS["delta"], weights: tuple[float, float] = (1.0, 1.0),
-            reduction: str = "none") -> torch.Tensor:
+def vs_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    zeta: tuple[float, float] = PAPER_VS["zeta"],
+    delta: tuple[float, float] = PAPER_VS["delta"],
+    weights: tuple[float, float] = (1.0, 1.0),
+    reduction: str = "none",
+) -> torch.Tensor:
     """Binary vector-scaling loss (Kini et al. 2021, as used by 2505.02182).
 
     ``l_i = omega_{y_i} * log(1 + exp(Delta_{y_i}) * exp(-zeta_{y_i} * s_i * h_i))``
@@ -122,9 +128,16 @@ def auc_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.softplus(-(pos[:, None] - neg[None, :])).mean()
 
 
-def paper_loss(logits: torch.Tensor, y: torch.Tensor, *, alpha: float = 0.9, gamma: float = 0.6,
-               weights: tuple[float, float] = (1.0, 1.0), zeta: tuple[float, float] = PAPER_VS["zeta"],
-               delta: tuple[float, float] = PAPER_VS["delta"]) -> torch.Tensor:
+def paper_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float = 0.9,
+    gamma: float = 0.6,
+    weights: tuple[float, float] = (1.0, 1.0),
+    zeta: tuple[float, float] = PAPER_VS["zeta"],
+    delta: tuple[float, float] = PAPER_VS["delta"],
+) -> torch.Tensor:
     """2505.02182 Eq. 3: ``CVaR_alpha(VS) + gamma * AUC`` (alpha 0.9, gamma 0.6)."""
     per = vs_loss(logits, y, zeta=zeta, delta=delta, weights=weights)
     return cvar(per, alpha=alpha) + gamma * auc_loss(logits, y)

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from facebank.embed.errors import DataError
 from torch import nn
-
-from embed.errors import DataError
 
 from . import losses as L
 from ._torch import as_tensor, batches, numpy_to_state, predict_chunks, state_to_numpy
@@ -60,9 +59,21 @@ class TrainConfig:
 
 PRESETS: dict[str | None, dict[str, Any]] = {
     None: {},
-    "paper": dict(optimizer="adamw", lr=1e-5, weight_decay=6e-5, schedule="cosine", batch_size=256,
-                  epochs=100, max_steps=None, sam=True, sam_rho=0.1, loss="paper", alpha=0.9,
-                  gamma=0.6, augment=True),
+    "paper": dict(
+        optimizer="adamw",
+        lr=1e-5,
+        weight_decay=6e-5,
+        schedule="cosine",
+        batch_size=256,
+        epochs=100,
+        max_steps=None,
+        sam=True,
+        sam_rho=0.1,
+        loss="paper",
+        alpha=0.9,
+        gamma=0.6,
+        augment=True,
+    ),
 }
 
 _LOSS_TERMS = ("bce", "vs", "cvar-vs", "cvar-bce", "auc")
@@ -120,8 +131,17 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def train_logit_model(model: nn.Module, X: np.ndarray, y: np.ndarray, *, cfg: TrainConfig, device: str,
-                      seed: int, loss_fn, pre: nn.Module | None = None) -> dict[str, Any]:
+def train_logit_model(
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    cfg: TrainConfig,
+    device: str,
+    seed: int,
+    loss_fn,
+    pre: nn.Module | None = None,
+) -> dict[str, Any]:
     """Mini-batch training of a model mapping (b, D) -> (b,) AI logits; returns a small log.
 
     ``pre`` (e.g. :class:`Standardize`) is applied before augmentation and is not trained.
@@ -139,7 +159,9 @@ def train_logit_model(model: nn.Module, X: np.ndarray, y: np.ndarray, *, cfg: Tr
     elif opt_name == "adagrad":
         base = torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        raise DataError(f"optimizer={cfg.optimizer!r} is not one of 'adamw', 'adam', 'sgd', 'adagrad'")
+        raise DataError(
+            f"optimizer={cfg.optimizer!r} is not one of 'adamw', 'adam', 'sgd', 'adagrad'"
+        )
     n = X.shape[0]
     bs = max(2, min(int(cfg.batch_size), n))
     per_epoch = math.ceil(n / bs)
@@ -147,8 +169,11 @@ def train_logit_model(model: nn.Module, X: np.ndarray, y: np.ndarray, *, cfg: Tr
     if cfg.max_steps is not None:
         total = min(total, int(cfg.max_steps))
     total = max(total, 1)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total)
-             if cfg.schedule == "cosine" else None)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=total)
+        if cfg.schedule == "cosine"
+        else None
+    )
     opt = SAM(base, rho=cfg.sam_rho) if cfg.sam else base
     gen = torch.Generator().manual_seed(int(seed))
     model.train()
@@ -221,13 +246,29 @@ class MLPHead(BaseHead):
 
     name = "mlp"
 
-    def __init__(self, *, hidden: tuple[int, ...] = (256, 128, 64), dropout: float = 0.2,
-                 loss: str | None = None, alpha: float | None = None, gamma: float | None = None,
-                 augment: bool | None = None, beta: float | None = None, sam: bool | None = None,
-                 sam_rho: float | None = None, optimizer: str | None = None, lr: float | None = None,
-                 weight_decay: float | None = None, schedule: str | None = None,
-                 batch_size: int | None = None, epochs: int | None = None, max_steps: int | None = None,
-                 preset: str | None = None, device: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        hidden: tuple[int, ...] = (256, 128, 64),
+        dropout: float = 0.2,
+        loss: str | None = None,
+        alpha: float | None = None,
+        gamma: float | None = None,
+        augment: bool | None = None,
+        beta: float | None = None,
+        sam: bool | None = None,
+        sam_rho: float | None = None,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        schedule: str | None = None,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        preset: str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.hidden = hidden
         self.dropout = dropout
         self.loss = loss
@@ -264,7 +305,9 @@ class MLPHead(BaseHead):
         return cfg
 
     def _build(self, dim: int) -> _MLP:
-        hidden = tuple(int(h) for h in (self.hidden if not isinstance(self.hidden, int) else (self.hidden,)))
+        hidden = tuple(
+            int(h) for h in (self.hidden if not isinstance(self.hidden, int) else (self.hidden,))
+        )
         return _MLP(dim, hidden, float(self.dropout))
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: Any) -> None:
@@ -277,8 +320,16 @@ class MLPHead(BaseHead):
         model.norm.std.copy_(torch.from_numpy(np.maximum(std, 1e-6).astype(np.float32)))
         weights = L.vs_class_weights(torch.from_numpy(y))
         loss_fn = make_loss(cfg.loss, alpha=cfg.alpha, gamma=cfg.gamma, weights=weights)
-        log = train_logit_model(model, X, y, cfg=cfg, device=device, seed=int(self.seed),
-                                loss_fn=loss_fn, pre=model.norm)
+        log = train_logit_model(
+            model,
+            X,
+            y,
+            cfg=cfg,
+            device=device,
+            seed=int(self.seed),
+            loss_fn=loss_fn,
+            pre=model.norm,
+        )
         self.model_ = model.cpu() if device != "cpu" else model
         self.config_ = asdict(cfg)
         self.class_weights_ = list(weights)
@@ -292,8 +343,11 @@ class MLPHead(BaseHead):
         return out
 
     def _get_state(self):
-        return state_to_numpy(self.model_), {"config": self.config_, "class_weights": self.class_weights_,
-                                             "train_log": self.train_log_}
+        return state_to_numpy(self.model_), {
+            "config": self.config_,
+            "class_weights": self.class_weights_,
+            "train_log": self.train_log_,
+        }
 
     def _set_state(self, tensors, meta):
         model = self._build(self.n_features_in_)
@@ -302,4 +356,3 @@ class MLPHead(BaseHead):
         self.config_ = meta.get("config")
         self.class_weights_ = meta.get("class_weights")
         self.train_log_ = meta.get("train_log")
-

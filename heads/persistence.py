@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.compat import require_same_backbone
-from embed.errors import HeadError, UnknownNameError
+from facebank.embed.compat import require_same_backbone
+from facebank.embed.errors import HeadError, UnknownNameError
 
 from .base import BaseHead
 
@@ -38,17 +37,25 @@ def _sha256(path: Path) -> str:
 
 
 def _canonical(doc: dict) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
-    from analysis.runs import to_jsonable
+    from facebank.embed.runs import to_jsonable
 
     return to_jsonable(obj)
 
 
-def save_head(head: BaseHead, path: str | Path, *, backbone: dict | None = None,
-              bank_digest: str | None = None, metrics: dict | None = None) -> Path:
+def save_head(
+    head: BaseHead,
+    path: str | Path,
+    *,
+    backbone: dict | None = None,
+    bank_digest: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
     """Write a fitted head to directory ``path`` (created; existing head files are replaced).
 
     Returns:
@@ -64,21 +71,23 @@ def save_head(head: BaseHead, path: str | Path, *, backbone: dict | None = None,
     save_file(tensors, str(path / _WEIGHTS))
     backbone = backbone if backbone is not None else getattr(head, "backbone_", None)
     bank_digest = bank_digest if bank_digest is not None else getattr(head, "bank_digest_", None)
-    doc = _jsonable({
-        "facebank_head": HEAD_FORMAT,
-        "name": head.name,
-        "params": head.get_params(deep=False),
-        "n_features_in": head.n_features_in_,
-        "n_train": getattr(head, "n_train_", None),
-        "threshold": head.threshold_,
-        "calibration": head.calibration_,
-        "backbone": backbone,
-        "bank_digest": bank_digest,
-        "metrics": metrics or {},
-        "state": meta,
-        "weights_file": _WEIGHTS,
-        "weights_sha256": _sha256(path / _WEIGHTS),
-    })
+    doc = _jsonable(
+        {
+            "facebank_head": HEAD_FORMAT,
+            "name": head.name,
+            "params": head.get_params(deep=False),
+            "n_features_in": head.n_features_in_,
+            "n_train": getattr(head, "n_train_", None),
+            "threshold": head.threshold_,
+            "calibration": head.calibration_,
+            "backbone": backbone,
+            "bank_digest": bank_digest,
+            "metrics": metrics or {},
+            "state": meta,
+            "weights_file": _WEIGHTS,
+            "weights_sha256": _sha256(path / _WEIGHTS),
+        }
+    )
     doc["json_sha256"] = _canonical(doc)
     tmp = path / (_JSON + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -110,7 +119,9 @@ def load_head(path: str | Path) -> BaseHead:
     try:
         doc = json.loads(jpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeadError(f"{str(jpath)!r} is not valid JSON ({exc}); the head was damaged - {fix}") from None
+        raise HeadError(
+            f"{str(jpath)!r} is not valid JSON ({exc}); the head was damaged - {fix}"
+        ) from None
     if not isinstance(doc, dict) or doc.get("facebank_head") != HEAD_FORMAT:
         raise HeadError(f"{str(jpath)!r} is not a facebank head (format {HEAD_FORMAT}); {fix}")
     stored = doc.pop("json_sha256", None)

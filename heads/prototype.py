@@ -36,9 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from facebank.embed.errors import DataError
 from torch import nn
-
-from embed.errors import DataError
 
 from ._torch import as_tensor, batches, predict_chunks
 from .base import BaseHead
@@ -74,12 +73,17 @@ class _ProtoModel(nn.Module):
             r2 = (xc * xc).sum(1) - (z * z).sum(1)  # ||x_c||^2 - ||W x_c||^2 (orthonormal rows)
             r2 = r2.clamp_min(0)
             extra = self.dim - self.d
-            resid = -0.5 * extra * (_LOG2PI + 2 * self.log_tau) - r2 / (2 * torch.exp(2 * self.log_tau))
+            resid = -0.5 * extra * (_LOG2PI + 2 * self.log_tau) - r2 / (
+                2 * torch.exp(2 * self.log_tau)
+            )
         else:
             z = xc
             resid = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-        d2 = ((z * z).sum(1)[:, None, None] - 2 * torch.einsum("nd,ckd->nck", z, self.mu)
-              + (self.mu * self.mu).sum(-1)[None]).clamp_min(0)
+        d2 = (
+            (z * z).sum(1)[:, None, None]
+            - 2 * torch.einsum("nd,ckd->nck", z, self.mu)
+            + (self.mu * self.mu).sum(-1)[None]
+        ).clamp_min(0)
         var = torch.exp(2 * self.log_sigma)[None]
         comp = -0.5 * self.d * (_LOG2PI + 2 * self.log_sigma[None]) - d2 / (2 * var)
         log_mix = torch.log_softmax(self.mix_logits, dim=1)[None]
@@ -135,10 +139,21 @@ class PrototypeHead(BaseHead):
 
     name = "prototype"
 
-    def __init__(self, *, n_prototypes: int = 4, embedding: str = "learned", embed_dim: int = 64,
-                 nll_weight: float = 1.0, epochs: int = 10, max_steps: int = 300, batch_size: int = 1024,
-                 lr: float = 1e-2, ood_contamination: float = 0.01, device: str = "auto",
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        n_prototypes: int = 4,
+        embedding: str = "learned",
+        embed_dim: int = 64,
+        nll_weight: float = 1.0,
+        epochs: int = 10,
+        max_steps: int = 300,
+        batch_size: int = 1024,
+        lr: float = 1e-2,
+        ood_contamination: float = 0.01,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.n_prototypes = n_prototypes
         self.embedding = embedding
         self.embed_dim = embed_dim
@@ -218,7 +233,9 @@ class PrototypeHead(BaseHead):
             p.requires_grad_(False)
         self.model_ = model.cpu().eval()
         self.n_steps_ = step
-        ref = self._score(X[torch.randperm(n, generator=gen)[: min(n, _INIT_ROWS)].numpy()], "density")
+        ref = self._score(
+            X[torch.randperm(n, generator=gen)[: min(n, _INIT_ROWS)].numpy()], "density"
+        )
         self.offset_ = float(np.quantile(ref, float(self.ood_contamination)))
 
     # --------------------------------------------------------------- inference
@@ -263,7 +280,9 @@ class PrototypeHead(BaseHead):
 
     def _set_state(self, tensors, meta):
         model = self._build(self.n_features_in_)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
+        model.load_state_dict(
+            {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True
+        )
         for p in model.parameters():
             p.requires_grad_(False)
         self.model_ = model.eval()

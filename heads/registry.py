@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from embed.errors import DataError, UnknownNameError
+from facebank.embed.errors import DataError, UnknownNameError
 
 from .base import BaseHead
 
@@ -33,19 +33,41 @@ class HeadInfo:
 _REGISTRY: dict[str, HeadInfo] = {
     h.name: h
     for h in (
-        HeadInfo("linear", "heads.linear", "LinearHead",
-                 "L2-regularised logistic regression, full-batch L-BFGS in torch", "baseline"),
-        HeadInfo("mlp", "heads.mlp", "MLPHead",
-                 "3-layer MLP with Gaussian feature augmentation, CVaR(VS)+AUC loss, optional SAM",
-                 "arXiv 2505.02182"),
-        HeadInfo("prototype", "heads.prototype", "PrototypeHead",
-                 "learned isotropic Gaussian prototypes per class; log-likelihood classifier + OOD score",
-                 "TrueFake arXiv 2504.20658"),
-        HeadInfo("wide-mlp", "heads.wide_mlp", "WideMLPHead",
-                 "2x2048 FC + ReLU, dropout 0.8, sigmoid; AdaGrad lr 1e-4, batch 32",
-                 "arXiv 2311.08577"),
-        HeadInfo("knn", "heads.knn", "KNNHead",
-                 "FAISS k-nearest-neighbour vote (cosine on L2-normalised features)", "baseline"),
+        HeadInfo(
+            "linear",
+            "facebank.heads.linear",
+            "LinearHead",
+            "L2-regularised logistic regression, full-batch L-BFGS in torch",
+            "baseline",
+        ),
+        HeadInfo(
+            "mlp",
+            "facebank.heads.mlp",
+            "MLPHead",
+            "3-layer MLP with Gaussian feature augmentation, CVaR(VS)+AUC loss, optional SAM",
+            "arXiv 2505.02182",
+        ),
+        HeadInfo(
+            "prototype",
+            "facebank.heads.prototype",
+            "PrototypeHead",
+            "learned isotropic Gaussian prototypes per class; log-likelihood classifier + OOD score",
+            "TrueFake arXiv 2504.20658",
+        ),
+        HeadInfo(
+            "wide-mlp",
+            "facebank.heads.wide_mlp",
+            "WideMLPHead",
+            "2x2048 FC + ReLU, dropout 0.8, sigmoid; AdaGrad lr 1e-4, batch 32",
+            "arXiv 2311.08577",
+        ),
+        HeadInfo(
+            "knn",
+            "facebank.heads.knn",
+            "KNNHead",
+            "FAISS k-nearest-neighbour vote (cosine on L2-normalised features)",
+            "baseline",
+        ),
     )
 }
 

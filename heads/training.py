@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from embed.errors import DataError, HeadError
+from facebank.embed.errors import DataError, HeadError
 
 from .base import BaseHead
 from .persistence import check_backbone, load_head
@@ -64,7 +63,7 @@ class ScoreResult:
 
 
 def _open_banks(banks: Sequence[Any]):
-    from embed import FeatureBank
+    from facebank.embed import FeatureBank
 
     if not banks:
         raise DataError("no bank given; pass at least one feature bank (BANK.zarr)")
@@ -78,12 +77,14 @@ def resolve_splits(bank: Any, *, seed: int) -> tuple[np.ndarray, str]:
     Rows of a split-carrying bank whose split is empty are left out of training and
     calibration (split ``""``).
     """
-    from embed import assign_splits, has_splits
+    from facebank.embed import assign_splits, has_splits
 
     splits = np.asarray(bank.splits, dtype=str)
     if has_splits(splits):
         return splits, "bank split column"
-    return assign_splits(bank.engines, bank.sha256, seed=seed), f"assign_splits(seed={seed}) stratified by engine"
+    return assign_splits(
+        bank.engines, bank.sha256, seed=seed
+    ), f"assign_splits(seed={seed}) stratified by engine"
 
 
 def _tpr_at_threshold(scores: np.ndarray, y: np.ndarray, t: float) -> float | None:
@@ -91,8 +92,15 @@ def _tpr_at_threshold(scores: np.ndarray, y: np.ndarray, t: float) -> float | No
     return float((pos > t).mean()) if pos.size else None
 
 
-def train_run(banks: Sequence[Any], *, head: str, params: dict | None = None, out: str | Path,
-              seed: int = 0, fpr: float = 0.005) -> TrainResult:
+def train_run(
+    banks: Sequence[Any],
+    *,
+    head: str,
+    params: dict | None = None,
+    out: str | Path,
+    seed: int = 0,
+    fpr: float = 0.005,
+) -> TrainResult:
     """Train head ``head`` on the train split of ``banks`` and write a run folder.
 
     Args:
@@ -108,31 +116,40 @@ def train_run(banks: Sequence[Any], *, head: str, params: dict | None = None, ou
         TrainResult. Rows labelled -1 (unknown) are kept in ``splits.csv`` but used
         neither for fitting nor for calibration/metrics.
     """
+    from facebank.embed.runs import markdown_table, start_run, write_json
     from sklearn.metrics import roc_auc_score
-
-    from analysis.runs import markdown_table, start_run, write_json
 
     head_info(head)  # unknown name -> the list of valid ones, before any reading
     params = dict(params or {})
     bank = _open_banks(banks)
     if len(bank) == 0:
-        raise DataError(f"bank {bank.name!r} has no rows; embed images into it first (facebank embed)")
+        raise DataError(
+            f"bank {bank.name!r} has no rows; embed images into it first (facebank embed)"
+        )
     splits, split_source = resolve_splits(bank, seed=seed)
     labels = np.asarray(bank.labels).astype(np.int64)
     known = labels != -1
     if (~known).any():
-        warnings.warn(f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
-                      "calibration", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
+            "calibration",
+            UserWarning,
+            stacklevel=2,
+        )
     tr = np.flatnonzero((splits == "train") & known)
     va = np.flatnonzero((splits == "val") & known)
     te = np.flatnonzero(splits == "test")
     if tr.size == 0:
-        raise DataError(f"bank {bank.name!r} has no labelled rows in the train split; "
-                        "give a bank with train rows (or no split column, for a seeded split)")
+        raise DataError(
+            f"bank {bank.name!r} has no labelled rows in the train split; "
+            "give a bank with train rows (or no split column, for a seeded split)"
+        )
     va_real = va[labels[va] == 0]
     if va_real.size == 0:
-        raise DataError(f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
-                        f"FPR={fpr} can be set; add real images to the val split")
+        raise DataError(
+            f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
+            f"FPR={fpr} can be set; add real images to the val split"
+        )
     if "seed" in inspect.signature(head_info(head).load().__init__).parameters:
         params.setdefault("seed", seed)
     est = create_head(head, **params)
@@ -150,44 +167,102 @@ def train_run(banks: Sequence[Any], *, head: str, params: dict | None = None, ou
     val_tpr = _tpr_at_threshold(s_va, y_va, est.threshold_)
     val_fpr = float((s_va[y_va == 0] > est.threshold_).mean())
     metrics = {
-        "head": head, "train_seconds": train_seconds, "val_auc": val_auc,
-        "val_tpr_at_fpr": val_tpr, "val_fpr": val_fpr, "fpr_target": fpr, "threshold": est.threshold_,
-        "n_train": int(tr.size), "n_val": int(va.size), "n_val_reals": int(va_real.size),
-        "n_test": int(te.size), "n_unknown_label": int((~known).sum()),
+        "head": head,
+        "train_seconds": train_seconds,
+        "val_auc": val_auc,
+        "val_tpr_at_fpr": val_tpr,
+        "val_fpr": val_fpr,
+        "fpr_target": fpr,
+        "threshold": est.threshold_,
+        "n_train": int(tr.size),
+        "n_val": int(va.size),
+        "n_val_reals": int(va_real.size),
+        "n_test": int(te.size),
+        "n_unknown_label": int((~known).sum()),
         "split_source": split_source,
         "which_split": {"fit": "train", "threshold": "val reals", "metrics": "val"},
     }
-    run = start_run(out, command="train", config={
-        "head": head, "params": est.get_params(deep=False), "seed": seed, "fpr": fpr,
-        "banks": [str(getattr(b, "path", b)) for b in banks], "bank_digest": bank.digest,
-        "backbone": bank.backbone, "view": bank.view, "split_source": split_source,
-        "threshold_split": "val (reals only)",
-    })
+    run = start_run(
+        out,
+        command="train",
+        config={
+            "head": head,
+            "params": est.get_params(deep=False),
+            "seed": seed,
+            "fpr": fpr,
+            "banks": [str(getattr(b, "path", b)) for b in banks],
+            "bank_digest": bank.digest,
+            "backbone": bank.backbone,
+            "view": bank.view,
+            "split_source": split_source,
+            "threshold_split": "val (reals only)",
+        },
+    )
     est.save(run, backbone=bank.backbone, bank_digest=bank.digest, metrics=metrics)
     write_json(run / "metrics.json", metrics)
     _write_splits(run / "splits.csv", bank, labels, splits)
     (run / "metrics.md").write_text(
         f"# train: {head}\n\nFit on train, threshold on val reals (FPR {fpr}), figures on val.\n\n"
-        + markdown_table([{k: metrics[k] for k in ("head", "n_train", "n_val", "train_seconds", "val_auc",
-                                                   "val_tpr_at_fpr", "val_fpr", "threshold")}], digits=4)
+        + markdown_table(
+            [
+                {
+                    k: metrics[k]
+                    for k in (
+                        "head",
+                        "n_train",
+                        "n_val",
+                        "train_seconds",
+                        "val_auc",
+                        "val_tpr_at_fpr",
+                        "val_fpr",
+                        "threshold",
+                    )
+                }
+            ],
+            digits=4,
+        )
     )
-    return TrainResult(head=est, run_dir=run, train_seconds=train_seconds, val_auc=val_auc,
-                       val_tpr_at_fpr=val_tpr, n_train=int(tr.size), n_val=int(va.size), n_test=int(te.size),
-                       fpr=fpr, threshold=est.threshold_, split_source=split_source, metrics=metrics)
+    return TrainResult(
+        head=est,
+        run_dir=run,
+        train_seconds=train_seconds,
+        val_auc=val_auc,
+        val_tpr_at_fpr=val_tpr,
+        n_train=int(tr.size),
+        n_val=int(va.size),
+        n_test=int(te.size),
+        fpr=fpr,
+        threshold=est.threshold_,
+        split_source=split_source,
+        metrics=metrics,
+    )
 
 
 def _write_splits(path: Path, bank: Any, labels: np.ndarray, splits: np.ndarray) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["sha256", "path", "engine", "label", "split"])
-        for row in zip(np.asarray(bank.sha256, dtype=str), np.asarray(bank.paths, dtype=str),
-                       np.asarray(bank.engines, dtype=str), labels.tolist(), splits.tolist(), strict=True):
+        for row in zip(
+            np.asarray(bank.sha256, dtype=str),
+            np.asarray(bank.paths, dtype=str),
+            np.asarray(bank.engines, dtype=str),
+            labels.tolist(),
+            splits.tolist(),
+            strict=True,
+        ):
             w.writerow(row)
 
 
-def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequence[str | Path] | None = None,
-              out: str | Path = "-", weights: str | Path | None = None, device: str = "auto",
-              batch_size: int = 32) -> ScoreResult:
+def score_run(
+    head_dir: str | Path | BaseHead,
+    *,
+    bank: Any = None,
+    images: Sequence[str | Path] | None = None,
+    out: str | Path = "-",
+    weights: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> ScoreResult:
     """Score a bank or image files with a saved head; write CSV ``path,score,decision``.
 
     ``score`` is the head's ``decision_function`` (higher = AI-generated), written in full
@@ -210,7 +285,7 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
     head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
     failures: list[tuple[str, str]] = []
     if bank is not None:
-        from embed import FeatureBank
+        from facebank.embed import FeatureBank
 
         b = bank if hasattr(bank, "load_features") else FeatureBank.open(bank)
         check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
@@ -220,12 +295,19 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
     else:
         spec = getattr(head, "backbone_", None)
         if not spec:
-            raise HeadError("this head was saved without a backbone spec, so images cannot be embedded for it; "
-                            "score a feature bank instead, or re-train with `facebank train` on a bank")
-        from embed import encode_images
+            raise HeadError(
+                "this head was saved without a backbone spec, so images cannot be embedded for it; "
+                "score a feature bank instead, or re-train with `facebank train` on a bank"
+            )
+        from facebank.embed import encode_images
 
-        enc = encode_images([str(p) for p in images], backbone=spec, device=device, weights=weights,
-                            batch_size=batch_size)
+        enc = encode_images(
+            [str(p) for p in images],
+            backbone=spec,
+            device=device,
+            weights=weights,
+            batch_size=batch_size,
+        )
         failures = list(enc.failures)
         paths = list(enc.paths)
         scores = head.decision_function(enc.features) if len(paths) else np.zeros(0)
@@ -240,6 +322,13 @@ def score_run(head_dir: str | Path | BaseHead, *, bank: Any = None, images: Sequ
     else:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(buf.getvalue())
-    return ScoreResult(out=str(out), n_scored=len(paths), n_flagged=int(decisions.sum()),
-                       threshold=float(head.threshold_), failures=failures, paths=paths, scores=scores,
-                       decisions=decisions)
+    return ScoreResult(
+        out=str(out),
+        n_scored=len(paths),
+        n_flagged=int(decisions.sum()),
+        threshold=float(head.threshold_),
+        failures=failures,
+        paths=paths,
+        scores=scores,
+        decisions=decisions,
+    )

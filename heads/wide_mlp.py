@@ -31,8 +31,12 @@ class _Wide(nn.Module):
         super().__init__()
         self.norm = Standardize(dim)
         self.body = nn.Sequential(
-            nn.Linear(dim, width), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(dim, width),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(width, 1),
         )
 
@@ -55,8 +59,17 @@ class WideMLPHead(BaseHead):
 
     name = "wide-mlp"
 
-    def __init__(self, *, width: int = 2048, dropout: float = 0.8, lr: float = 1e-4, batch_size: int = 32,
-                 max_steps: int = 1000, device: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        width: int = 2048,
+        dropout: float = 0.8,
+        lr: float = 1e-4,
+        batch_size: int = 32,
+        max_steps: int = 1000,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
         self.width = width
         self.dropout = dropout
         self.lr = lr
@@ -72,13 +85,32 @@ class WideMLPHead(BaseHead):
         device = self._device()
         model = self._build(X.shape[1]).to(device)
         model.norm.mean.copy_(torch.from_numpy(X.mean(0, dtype=np.float64).astype(np.float32)))
-        model.norm.std.copy_(torch.from_numpy(np.maximum(X.std(0, dtype=np.float64), 1e-6).astype(np.float32)))
-        cfg = TrainConfig(optimizer="adagrad", lr=float(self.lr), weight_decay=0.0, schedule="constant",
-                          batch_size=int(self.batch_size), epochs=10**9, max_steps=int(self.max_steps),
-                          sam=False, loss="bce", augment=False)
+        model.norm.std.copy_(
+            torch.from_numpy(np.maximum(X.std(0, dtype=np.float64), 1e-6).astype(np.float32))
+        )
+        cfg = TrainConfig(
+            optimizer="adagrad",
+            lr=float(self.lr),
+            weight_decay=0.0,
+            schedule="constant",
+            batch_size=int(self.batch_size),
+            epochs=10**9,
+            max_steps=int(self.max_steps),
+            sam=False,
+            loss="bce",
+            augment=False,
+        )
         loss_fn = make_loss("bce", alpha=1.0, gamma=0.0, weights=(1.0, 1.0))
-        self.train_log_ = train_logit_model(model, X, y, cfg=cfg, device=device, seed=int(self.seed),
-                                            loss_fn=loss_fn, pre=model.norm)
+        self.train_log_ = train_logit_model(
+            model,
+            X,
+            y,
+            cfg=cfg,
+            device=device,
+            seed=int(self.seed),
+            loss_fn=loss_fn,
+            pre=model.norm,
+        )
         self.config_ = asdict(cfg)
         self.model_ = model.cpu().eval()
 

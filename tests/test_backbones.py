@@ -14,11 +14,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
-
-from embed import _clip, _lite1, _timm
-from embed.backbones import (
+from facebank.embed import _clip, _lite1, _timm
+from facebank.embed.backbones import (
     Backbone,
     backbone_from_spec,
     backbone_info,
@@ -27,12 +24,14 @@ from embed.backbones import (
     list_backbones,
     resolve_device,
 )
-from embed.errors import (
+from facebank.embed.errors import (
     BackboneMismatchError,
     FacebankError,
     UnknownNameError,
     WeightsUnavailableError,
 )
+from PIL import Image
+from typer.testing import CliRunner
 
 ALL = list_backbones()
 TINY = [n for n in ALL if backbone_info(n).test_only]
@@ -405,7 +404,7 @@ def test_backbone_from_spec_checks_identity(tiny_backbones):
 @pytest.fixture(scope="module")
 def lite1():
     """The efficientnet-lite1 backbone and the ImageNet classifier from the same package file."""
-    from embed._weights import read_state_dict
+    from facebank.embed._weights import read_state_dict
 
     backbone = create_backbone("efficientnet-lite1", device="cpu")
     source = read_state_dict(_lite1.package_weights_file())
@@ -416,8 +415,7 @@ def lite1():
 
 def test_lite1_mapping_is_exhaustive_and_shape_exact():
     import timm
-
-    from embed._weights import read_state_dict
+    from facebank.embed._weights import read_state_dict
 
     source = read_state_dict(_lite1.package_weights_file())
     model = timm.create_model(_lite1.TIMM_ARCH, pretrained=False)
@@ -485,7 +483,7 @@ def test_lite1_backbone_classifies_real_photos_as_imagenet_does(lite1):
 
 
 def test_cli_backbones_lists_the_registry(offline_hub):
-    from cli import app
+    from facebank.cli import app
 
     result = CliRunner().invoke(app, ["backbones"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

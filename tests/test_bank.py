@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
-from embed import (
+from facebank.embed import (
     BackboneMismatchError,
     BankError,
     BankLockedError,
@@ -268,7 +267,7 @@ def test_second_writer_is_refused_and_lock_dies_with_its_process(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank, synthetic_backbone
     path = sys.argv[1]
     try:
         bank = FeatureBank.open(path, mode="a")

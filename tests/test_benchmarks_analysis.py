@@ -1,4 +1,4 @@
-"""tests/benchmarks/analysis.py runs with --tiny and prints one JSON line of figures."""
+"""tests/benchmarks/bench_analysis.py runs with --tiny and prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "benchmarks" / "analysis.py"
+SCRIPT = Path(__file__).parent / "benchmarks" / "bench_analysis.py"
 
 
 @pytest.mark.slow

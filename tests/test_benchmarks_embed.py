@@ -1,4 +1,4 @@
-"""tests/benchmarks/embed.py --tiny runs and prints one JSON line of figures."""
+"""tests/benchmarks/bench_embed.py --tiny runs and prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_embed_benchmark_tiny():
     res = subprocess.run(
-        [sys.executable, "tests/benchmarks/embed.py", "--tiny", "--device", "cpu"],
+        [sys.executable, "tests/benchmarks/bench_embed.py", "--tiny", "--device", "cpu"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "benchmarks" / "heads.py"
+SCRIPT = Path(__file__).parent / "benchmarks" / "bench_heads.py"
 
 
 @pytest.mark.slow
 def test_heads_benchmark_tiny_prints_one_json_line():
-    res = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"], capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
@@ -25,4 +29,6 @@ def test_heads_benchmark_tiny_prints_one_json_line():
         assert row[f"{name}_fit_s"] > 0
         assert 0.5 < row[f"{name}_auc"] <= 1.0
     assert row["knn_fit_predict_10k_s"] >= row["knn_fit_s"]
-    assert row["sklearn_logreg_s"] > 0 and abs(row["linear_auc"] - row["sklearn_logreg_auc"]) <= 0.005
+    assert (
+        row["sklearn_logreg_s"] > 0 and abs(row["linear_auc"] - row["sklearn_logreg_auc"]) <= 0.005
+    )

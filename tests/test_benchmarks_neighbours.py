@@ -1,4 +1,4 @@
-"""tests/benchmarks/neighbours.py --tiny runs and prints one JSON line of figures."""
+"""tests/benchmarks/bench_neighbours.py --tiny runs and prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_neighbours_benchmark_tiny(tmp_path):
     res = subprocess.run(
-        [sys.executable, "tests/benchmarks/neighbours.py", "--tiny", "--bank", str(tmp_path / "b.zarr")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tests/benchmarks/bench_neighbours.py",
+            "--tiny",
+            "--bank",
+            str(tmp_path / "b.zarr"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.strip().splitlines()

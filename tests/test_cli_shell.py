@@ -3,10 +3,9 @@
 import subprocess
 import sys
 
+import facebank.cli as cli
+from facebank.embed.errors import BankError
 from typer.testing import CliRunner
-
-import cli
-from embed.errors import BankError
 
 
 def test_help_lists_command_groups():

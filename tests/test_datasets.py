@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from embed import SourceError, scan_source
+from facebank.embed import SourceError, scan_source
 
 
 def _touch(root, *rels, data=b"x"):

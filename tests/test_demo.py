@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from facebank.cli import app
+from facebank.embed.backbones import backbone_info
 from typer.testing import CliRunner
-
-from cli import app
-from embed.backbones import backbone_info
 
 AUC_FLOOR = 0.75  # see the module docstring: fixed a priori, not tuned on test output
 
@@ -47,7 +46,11 @@ def test_demo_writes_data_run_and_report(demo):
     out, _ = demo
     data, run = out / "data-small", out / "run-small"
     assert sorted(p.name for p in data.iterdir()) == [
-        "denoise-renoise", "real", "transposed-conv", "upsample-bilinear", "upsample-nearest",
+        "denoise-renoise",
+        "real",
+        "transposed-conv",
+        "upsample-bilinear",
+        "upsample-nearest",
     ]
     for name in ("config.json", "metrics.json", "summary.md", "NOTE.md", "report.html"):
         assert (run / name).is_file(), name

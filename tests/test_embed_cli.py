@@ -17,11 +17,10 @@ import pytest
 import xarray as xr
 import zarr
 from _imagecorpus import make_image_corpus
+from facebank.cli import app
+from facebank.embed import FeatureBank, sha256_file
 from PIL import Image
 from typer.testing import CliRunner
-
-from cli import app
-from embed import FeatureBank, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

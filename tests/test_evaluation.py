@@ -8,11 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
+from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.analysis.evaluation import evaluate
+from facebank.embed.errors import BackboneMismatchError, DataError
 from typer.testing import CliRunner
-
-from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
-from analysis.evaluation import evaluate
-from embed.errors import BackboneMismatchError, DataError
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -23,8 +22,8 @@ ENGINES = {"real": 500, "sdxl": 200, "stylegan2": 200, "midjourney": 150}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A bank, a linear run trained on it by heads.train_run, and a bank of extra images."""
-    from embed.bank import FeatureBank
-    from heads import train_run
+    from facebank.embed.bank import FeatureBank
+    from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("evaluation")
     data = synthetic_arrays(ENGINES, dim=24, seed=1)
@@ -53,7 +52,7 @@ def _split_counts(run_dir):
 
 @pytest.mark.slow
 def test_evaluate_excludes_train_val_rows_and_uses_the_frozen_threshold(trained, tmp_path):
-    from heads import load_head
+    from facebank.heads import load_head
 
     counts, split_of = _split_counts(trained["run"])
     ev = evaluate(trained["run"], [trained["root"] / "main.zarr"], out=tmp_path / "ev", n_boot=200)
@@ -130,7 +129,7 @@ def test_bank_without_reals_is_an_error_not_a_number(trained, tmp_path):
 
 
 def test_only_train_rows_left_is_an_error_that_counts_exclusions(trained, tmp_path):
-    from embed.bank import FeatureBank
+    from facebank.embed.bank import FeatureBank
 
     _, split_of = _split_counts(trained["run"])
     bank = FeatureBank.open(trained["root"] / "main.zarr")
@@ -180,7 +179,7 @@ def test_repeated_images_are_counted_once(trained):
 
 @pytest.mark.slow
 def test_evaluate_cli(trained, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     res = CliRunner().invoke(
         app,

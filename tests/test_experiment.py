@@ -12,11 +12,10 @@ import shutil
 
 import numpy as np
 import pytest
+from facebank.analysis.experiment import ExperimentResult, _view_slug, run_experiment
+from facebank.embed.errors import DataError, FacebankError, UnknownNameError
+from facebank.embed.standin import make_standin_dataset
 from typer.testing import CliRunner
-
-from analysis.experiment import ExperimentResult, _view_slug, run_experiment
-from embed.errors import DataError, FacebankError, UnknownNameError
-from embed.standin import make_standin_dataset
 
 BACKBONE = "tiny-cnn"
 VIEWS = ("vflip",)
@@ -34,13 +33,14 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp-run") / "run"
-    result = run_experiment(dataset, backbone=BACKBONE, out=out, views=VIEWS, heads=HEADS,
-                            device="cpu", progress=False)
+    result = run_experiment(
+        dataset, backbone=BACKBONE, out=out, views=VIEWS, heads=HEADS, device="cpu", progress=False
+    )
     return result
 
 
 def _bank_snapshot(path):
-    from embed import FeatureBank
+    from facebank.embed import FeatureBank
 
     bank = FeatureBank.open(path)
     return len(bank), bank.load_features(), list(bank.sha256)
@@ -83,8 +83,15 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
 @pytest.mark.slow
 def test_rerun_reuses_the_banks(first_run: ExperimentResult, dataset):
     before = {v: _bank_snapshot(p) for v, p in first_run.banks.items()}
-    again = run_experiment(dataset, backbone=BACKBONE, out=first_run.run_dir, views=VIEWS,
-                           heads=HEADS, device="cpu", progress=False)
+    again = run_experiment(
+        dataset,
+        backbone=BACKBONE,
+        out=first_run.run_dir,
+        views=VIEWS,
+        heads=HEADS,
+        device="cpu",
+        progress=False,
+    )
     for view, (n, X, sha) in before.items():
         assert again.embedding[view]["embedded"] == 0  # nothing embedded twice
         assert again.embedding[view]["skipped_present"] == n == 2 * N
@@ -99,8 +106,15 @@ def test_one_ai_engine_skips_loeo_and_ood_with_a_reason(dataset, tmp_path):
     src = tmp_path / "one"
     shutil.copytree(dataset / "real", src / "real")
     shutil.copytree(dataset / "upsample-nearest", src / "upsample-nearest")
-    r = run_experiment(src, backbone=BACKBONE, out=tmp_path / "run", views=(), heads=("linear",),
-                       device="cpu", progress=False)
+    r = run_experiment(
+        src,
+        backbone=BACKBONE,
+        out=tmp_path / "run",
+        views=(),
+        heads=("linear",),
+        device="cpu",
+        progress=False,
+    )
     assert r.loeo is None and r.ood is None and r.robustness is None
     assert "two AI engines" in r.skipped["leave-one-engine-out"]
     assert "two AI engines" in r.skipped["ood"]
@@ -132,8 +146,9 @@ def test_no_images_is_refused(tmp_path):
     with pytest.raises(FacebankError, match="no images"):
         run_experiment(tmp_path / "empty", backbone=BACKBONE, out=tmp_path / "run", progress=False)
     with pytest.raises(FacebankError, match="does not exist"):
-        run_experiment(tmp_path / "missing", backbone=BACKBONE, out=tmp_path / "run",
-                       progress=False)
+        run_experiment(
+            tmp_path / "missing", backbone=BACKBONE, out=tmp_path / "run", progress=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -171,12 +186,13 @@ def test_view_slugs_are_file_names():
 
 
 def test_cli_experiment_bad_input_is_one_line(dataset, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     src = tmp_path / "reals"
     shutil.copytree(dataset / "real", src / "real")
-    res = CliRunner().invoke(app, ["experiment", str(src), "--backbone", BACKBONE,
-                                   "--out", str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        app, ["experiment", str(src), "--backbone", BACKBONE, "--out", str(tmp_path / "run")]
+    )
     assert res.exit_code == 1
     err = res.stderr if hasattr(res, "stderr") else res.output
     lines = [ln for ln in err.strip().splitlines() if ln]

@@ -5,12 +5,11 @@ import warnings
 
 import numpy as np
 import pytest
+from facebank.embed.errors import DataError, UnknownNameError
+from facebank.heads import create_head, head_params, list_heads, load_head
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
-
-from embed.errors import DataError, UnknownNameError
-from heads import create_head, head_params, list_heads, load_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,7 +110,12 @@ def test_other_seed_gives_other_model(name, fitted):
 @pytest.mark.parametrize("name", list_heads())
 def test_save_load_round_trip_gives_identical_scores(name, fitted, tmp_path):
     h = clone(fitted[name]).fit(X, Y).calibrate(X[Y == 0], fpr=0.05)
-    h.save(tmp_path / name, backbone={"name": "synthetic", "dim": D}, bank_digest="abc", metrics={"auc": 1.0})
+    h.save(
+        tmp_path / name,
+        backbone={"name": "synthetic", "dim": D},
+        bank_digest="abc",
+        metrics={"auc": 1.0},
+    )
     doc = json.loads((tmp_path / name / "head.json").read_text())
     assert doc["name"] == name and doc["bank_digest"] == "abc" and doc["metrics"] == {"auc": 1.0}
     assert doc["calibration"]["fpr"] == 0.05 and len(doc["weights_sha256"]) == 64
@@ -168,8 +172,10 @@ def test_bad_training_input(name):
 
 
 def test_error_messages_are_one_line():
-    for call in (lambda: create_head("linear").fit(X, np.zeros(N, int)),
-                 lambda: create_head("linear").fit(np.zeros((0, D)), np.zeros(0))):
+    for call in (
+        lambda: create_head("linear").fit(X, np.zeros(N, int)),
+        lambda: create_head("linear").fit(np.zeros((0, D)), np.zeros(0)),
+    ):
         with pytest.raises(DataError) as e:
             call()
         assert "\n" not in str(e.value)

@@ -5,12 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from facebank.embed.errors import DataError
+from facebank.heads import create_head, threshold_at_fpr
+from facebank.heads.mlp import MLPHead, augment_gaussian
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-
-from embed.errors import DataError
-from heads import create_head, threshold_at_fpr
-from heads.mlp import MLPHead, augment_gaussian
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,7 +21,9 @@ def two_classes(n=300, d=24, shift=1.0, noise_flip=0.0, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)).astype(np.float32)
     y = (rng.random(n) < 0.5).astype(np.int64)
-    direction = np.random.default_rng(123).standard_normal(d).astype(np.float32)  # same for every seed
+    direction = (
+        np.random.default_rng(123).standard_normal(d).astype(np.float32)
+    )  # same for every seed
     X[y == 1] += shift * direction / math.sqrt(d) * 3
     flip = rng.random(n) < noise_flip
     y[flip] = 1 - y[flip]
@@ -59,7 +60,13 @@ def test_linear_auc_matches_sklearn(flip, shift):
     ours = create_head("linear", device="cpu").fit(X, y)
     ref = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
     for A, b in ((X, y), (Xt, yt)):
-        assert abs(roc_auc_score(b, ours.decision_function(A)) - roc_auc_score(b, ref.decision_function(A))) <= 0.005
+        assert (
+            abs(
+                roc_auc_score(b, ours.decision_function(A))
+                - roc_auc_score(b, ref.decision_function(A))
+            )
+            <= 0.005
+        )
     if flip:  # well-posed problem: the same minimiser
         assert np.allclose(ours.coef_, ref.coef_, atol=2e-3)
 
@@ -80,7 +87,9 @@ def test_linear_whitening_copes_with_badly_scaled_constant_and_duplicated_featur
     X, y = two_classes(n=2000, d=16, shift=0.5, noise_flip=0.1)
     X = X * np.logspace(-3, 0, 16, dtype=np.float32) + 5.0
     X = np.hstack([X, np.full((len(X), 1), 2.0, np.float32), X[:, -1:]])
-    ours = create_head("linear", device="cpu", warm_start_rows=warm_start_rows, dtype="float64").fit(X, y)
+    ours = create_head(
+        "linear", device="cpu", warm_start_rows=warm_start_rows, dtype="float64"
+    ).fit(X, y)
     # newton-cg converges on this ill-conditioned problem (lbfgs stops in its flat valley)
     ref = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-10, max_iter=10_000).fit(X, y)
     s, X64 = np.where(y == 1, 1.0, -1.0), X.astype(np.float64)
@@ -88,7 +97,9 @@ def test_linear_whitening_copes_with_badly_scaled_constant_and_duplicated_featur
     def objective(w, b):
         return 0.5 * w @ w + np.logaddexp(0, -s * (X64 @ w + b)).sum()
 
-    assert objective(ours.coef_[0], ours.intercept_[0]) <= objective(ref.coef_[0], ref.intercept_[0]) * (1 + 1e-7)
+    assert objective(ours.coef_[0], ours.intercept_[0]) <= objective(
+        ref.coef_[0], ref.intercept_[0]
+    ) * (1 + 1e-7)
     assert np.allclose(ours.decision_function(X), ref.decision_function(X), atol=1e-2)
     assert abs(ours.coef_[0, 16]) < 1e-3  # a constant column: the free intercept takes its part
     assert ours.n_iter_ < 30
@@ -114,8 +125,20 @@ def test_mlp_has_three_linear_batchnorm_relu_dropout_blocks():
 def test_mlp_paper_preset_and_explicit_params():
     cfg = MLPHead(preset="paper").resolved_config()
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule, cfg.batch_size, cfg.epochs) == (
-        "adamw", 1e-5, 6e-5, "cosine", 256, 100)
-    assert cfg.sam and cfg.sam_rho == 0.1 and cfg.alpha == 0.9 and cfg.gamma == 0.6 and cfg.loss == "paper"
+        "adamw",
+        1e-5,
+        6e-5,
+        "cosine",
+        256,
+        100,
+    )
+    assert (
+        cfg.sam
+        and cfg.sam_rho == 0.1
+        and cfg.alpha == 0.9
+        and cfg.gamma == 0.6
+        and cfg.loss == "paper"
+    )
     assert cfg.max_steps is None
     assert MLPHead(preset="paper", lr=3e-4).resolved_config().lr == 3e-4  # explicit wins
     fast = MLPHead().resolved_config()
@@ -142,9 +165,18 @@ def test_gaussian_augmentation_draws_sigma_uniform_per_row():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(loss="bce"), dict(loss="vs"), dict(loss="cvar-vs"), dict(loss="cvar-bce"), dict(loss="auc"),
-     dict(loss="paper"), dict(loss="bce+auc", augment=False), dict(sam=True), dict(optimizer="sgd", lr=0.05),
-     dict(schedule="constant")],
+    [
+        dict(loss="bce"),
+        dict(loss="vs"),
+        dict(loss="cvar-vs"),
+        dict(loss="cvar-bce"),
+        dict(loss="auc"),
+        dict(loss="paper"),
+        dict(loss="bce+auc", augment=False),
+        dict(sam=True),
+        dict(optimizer="sgd", lr=0.05),
+        dict(schedule="constant"),
+    ],
     ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
 )
 def test_mlp_each_part_trains(kw):
@@ -167,8 +199,9 @@ def test_mlp_step_budget_and_log():
 @pytest.mark.parametrize("embedding", ["identity", "learned"])
 def test_prototype_density_integrates_to_one(embedding):
     X, y = two_classes(n=300, d=2, shift=1.0)
-    h = create_head("prototype", device="cpu", embedding=embedding, embed_dim=1, n_prototypes=2,
-                    max_steps=30).fit(X, y)
+    h = create_head(
+        "prototype", device="cpu", embedding=embedding, embed_dim=1, n_prototypes=2, max_steps=30
+    ).fit(X, y)
     g = np.linspace(-12, 12, 481)
     xx, yy = np.meshgrid(g, g)
     grid = np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32)
@@ -183,7 +216,9 @@ def test_prototype_identity_k1_is_a_gaussian_logpdf():
     from scipy.stats import multivariate_normal
 
     X, y = two_classes(n=200, d=3)
-    h = create_head("prototype", device="cpu", embedding="identity", n_prototypes=1, max_steps=5).fit(X, y)
+    h = create_head(
+        "prototype", device="cpu", embedding="identity", n_prototypes=1, max_steps=5
+    ).fit(X, y)
     m = h.model_
     for c in (0, 1):
         mean = (m.mean + m.std * m.mu[c, 0]).numpy()
@@ -211,7 +246,9 @@ def test_far_cluster_gets_the_highest_ood_scores(name):
     X += 3.0
     far = (np.random.default_rng(3).standard_normal((30, 16)) * 0.5 - 6.0).astype(np.float32)
     near = two_classes(n=100, d=16, shift=1.0, seed=9)[0] + 3.0
-    h = create_head(name, device="cpu", **({"max_steps": 40} if name == "prototype" else {})).fit(X, y)
+    h = create_head(name, device="cpu", **({"max_steps": 40} if name == "prototype" else {})).fit(
+        X, y
+    )
     scores = h.ood_score(np.vstack([near, far]))
     top = np.argsort(-scores)[:30]
     assert set(top.tolist()) == set(range(100, 130))
@@ -247,13 +284,17 @@ def test_knn_bad_factory_and_metric():
 
 def test_knn_l2_and_similarity_weights():
     X, y = two_classes(n=300, d=16, shift=2.0)
-    for kw in (dict(metric="l2"), dict(weights="similarity"), dict(metric="l2", weights="similarity")):
+    for kw in (
+        dict(metric="l2"),
+        dict(weights="similarity"),
+        dict(metric="l2", weights="similarity"),
+    ):
         h = create_head("knn", device="cpu", **kw).fit(X, y)
         assert roc_auc_score(y, h.decision_function(X)) > 0.9
 
 
 def test_knn_auto_factory_is_exact_for_small_banks_and_ivf_above():
-    from heads.knn import AUTO_EXACT_ROWS, auto_factory
+    from facebank.heads.knn import AUTO_EXACT_ROWS, auto_factory
 
     assert auto_factory(AUTO_EXACT_ROWS - 1) == ("Flat", None)
     assert auto_factory(100_000) == ("IVF256,Flat", 64)
@@ -265,8 +306,8 @@ def test_knn_auto_factory_is_exact_for_small_banks_and_ivf_above():
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_knn_auto_switches_to_ivf_and_keeps_the_choice_when_saved(metric, monkeypatch, tmp_path):
-    import heads.knn as knn
-    from heads import load_head
+    import facebank.heads.knn as knn
+    from facebank.heads import load_head
 
     monkeypatch.setattr(knn, "AUTO_EXACT_ROWS", 500)
     X, y = two_classes(n=2000, d=16, shift=2.0)
@@ -287,8 +328,7 @@ def test_knn_auto_switches_to_ivf_and_keeps_the_choice_when_saved(metric, monkey
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_ivf_search_batched_finds_what_faiss_ivf_search_finds(metric):
     import faiss
-
-    from heads.knn import ivf_search_batched
+    from facebank.heads.knn import ivf_search_batched
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 32)).astype(np.float32)
@@ -309,8 +349,7 @@ def test_ivf_search_batched_finds_what_faiss_ivf_search_finds(metric):
 
 def test_ivf_search_batched_fills_with_minus_one_like_faiss():
     import faiss
-
-    from heads.knn import ivf_search_batched
+    from facebank.heads.knn import ivf_search_batched
 
     rng = np.random.default_rng(1)
     X = rng.standard_normal((200, 8)).astype(np.float32)

@@ -6,9 +6,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from embed.errors import BackboneMismatchError, HeadError
-from heads import check_backbone, create_head, load_head
+from facebank.embed.errors import BackboneMismatchError, HeadError
+from facebank.heads import check_backbone, create_head, load_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -16,8 +15,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RNG = np.random.default_rng(2)
 X = RNG.standard_normal((120, 8)).astype(np.float32)
 Y = (X[:, 0] + 0.3 * RNG.standard_normal(120) > 0).astype(np.int64)
-SPEC_A = {"name": "a", "library": "numpy", "model": "synthetic-a", "pretrained": None,
-          "weights_sha256": None, "dim": 8, "input_size": None}
+SPEC_A = {
+    "name": "a",
+    "library": "numpy",
+    "model": "synthetic-a",
+    "pretrained": None,
+    "weights_sha256": None,
+    "dim": 8,
+    "input_size": None,
+}
 SPEC_B = {**SPEC_A, "name": "b", "model": "synthetic-b"}
 
 
@@ -31,8 +37,17 @@ def saved(tmp_path):
 def test_directory_holds_json_and_safetensors_only(saved):
     assert sorted(p.name for p in saved.iterdir()) == ["head.json", "weights.safetensors"]
     doc = json.loads((saved / "head.json").read_text())
-    for key in ("name", "params", "threshold", "calibration", "backbone", "bank_digest", "metrics",
-                "weights_sha256", "json_sha256"):
+    for key in (
+        "name",
+        "params",
+        "threshold",
+        "calibration",
+        "backbone",
+        "bank_digest",
+        "metrics",
+        "weights_sha256",
+        "json_sha256",
+    ):
         assert key in doc
     from safetensors.numpy import load_file
 
@@ -85,7 +100,9 @@ def test_tampered_json_is_refused(saved):
 def test_swapped_weights_from_another_head_are_refused(tmp_path, saved):
     other = create_head("linear", device="cpu", C=0.01).fit(X, Y)
     other.save(tmp_path / "other")
-    (saved / "weights.safetensors").write_bytes((tmp_path / "other" / "weights.safetensors").read_bytes())
+    (saved / "weights.safetensors").write_bytes(
+        (tmp_path / "other" / "weights.safetensors").read_bytes()
+    )
     with pytest.raises(HeadError, match="sha256"):
         load_head(saved)
 
@@ -95,7 +112,9 @@ def test_backbone_mismatch_names_both(saved):
     check_backbone(head, SPEC_A, what="bank x.zarr")  # same: fine
     with pytest.raises(BackboneMismatchError) as e:
         check_backbone(head, SPEC_B, what="bank x.zarr")
-    assert "synthetic-a" in str(e.value) and "synthetic-b" in str(e.value) and "x.zarr" in str(e.value)
+    assert (
+        "synthetic-a" in str(e.value) and "synthetic-b" in str(e.value) and "x.zarr" in str(e.value)
+    )
 
 
 def test_unfitted_head_cannot_be_saved(tmp_path):

@@ -12,10 +12,15 @@ import pytest
 
 # tests/ is on sys.path under pytest's default (prepend) import mode
 from _imagecorpus import Expected, make_image_corpus
+from facebank.embed.errors import FacebankError, ImageDecodeError
+from facebank.embed.images import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    is_image_path,
+    load_image,
+    sha256_file,
+)
 from PIL import Image
-
-from embed.errors import FacebankError, ImageDecodeError
-from embed.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, is_image_path, load_image, sha256_file
 
 
 @pytest.fixture(scope="module")

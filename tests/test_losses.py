@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-
-from heads import losses as L
-from heads.sam import SAM
+from facebank.heads import losses as L
+from facebank.heads.sam import SAM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +50,9 @@ def test_auc_loss_is_mean_pairwise_logistic():
     assert L.auc_loss(logits, torch.tensor([1, 1, 1])).item() == 0.0  # no pairs
 
 
-@pytest.mark.parametrize("alpha, expected", [(0.4, (10 + 4) / 2), (0.5, (10 + 4 + 0.5 * 3) / 2.5), (1.0, 4.0)])
+@pytest.mark.parametrize(
+    "alpha, expected", [(0.4, (10 + 4) / 2), (0.5, (10 + 4 + 0.5 * 3) / 2.5), (1.0, 4.0)]
+)
 def test_cvar_is_mean_of_worst_alpha_fraction(alpha, expected):
     losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
     assert L.cvar(losses, alpha=alpha).item() == pytest.approx(expected, rel=1e-6)

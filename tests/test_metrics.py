@@ -7,9 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
-
-from analysis.metrics import (
+from facebank.analysis.metrics import (
     DEFAULT_FPRS,
     binary_metrics,
     fpr_label,
@@ -18,7 +16,8 @@ from analysis.metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
-from embed.errors import DataError
+from facebank.embed.errors import DataError
+from sklearn import metrics as skm
 
 RNG = np.random.default_rng(0)
 

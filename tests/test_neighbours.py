@@ -7,10 +7,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from sklearn.neighbors import NearestNeighbors
-
-from analysis import plots
-from analysis.neighbours import (
+from facebank.analysis import plots
+from facebank.analysis.neighbours import (
     NeighbourIndex,
     NeighbourRecord,
     embedding_map,
@@ -18,8 +16,8 @@ from analysis.neighbours import (
     find_leaks,
     resolve_image_path,
 )
-from embed import FeatureBank, write_bank
-from embed.errors import (
+from facebank.embed import FeatureBank, write_bank
+from facebank.embed.errors import (
     BackboneMismatchError,
     BankError,
     DataError,
@@ -27,6 +25,7 @@ from embed.errors import (
     ImageDecodeError,
     UnknownNameError,
 )
+from sklearn.neighbors import NearestNeighbors
 
 # Tiny synthetic data: Gaussian clusters per engine, 16-d.
 ENGINES = ("real", "sdxl", "stylegan2")
@@ -50,10 +49,15 @@ def clusters(seed: int = 0, *, n_per: int = N_PER, dim: int = DIM, spread: float
 def make_bank(path, seed=0, *, salt="", backbone=None, source="synthetic", **kw):
     X, engines, labels, splits = clusters(seed, **kw)
     return write_bank(
-        path, X, labels=labels, engines=engines, splits=splits,
+        path,
+        X,
+        labels=labels,
+        engines=engines,
+        splits=splits,
         sha256=[sha(i, salt or str(path)) for i in range(len(X))],
         paths=[f"{e}/img{i:03d}.png" for i, e in enumerate(engines)],
-        backbone=backbone, source=source,
+        backbone=backbone,
+        source=source,
     )
 
 
@@ -91,7 +95,9 @@ def test_exact_cosine_search_equals_sklearn_brute_with_ties():
     X = with_ties()
     k = 6
     D, I = NeighbourIndex(X, metric="cosine").search(X, k)
-    ref_d, ref_I = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(X).kneighbors(X)
+    ref_d, ref_I = (
+        NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(X).kneighbors(X)
+    )
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     assert_same_neighbours(D, I, 1 - ref_d, ref_I, lambda q, idx: Xn[idx] @ Xn[q])
     # the tied duplicates are all found at similarity 1
@@ -121,8 +127,13 @@ def test_bank_index_equals_array_index_and_carries_row_metadata(bank):
     assert len(rows) == len(bank)
     assert rows.engine[I1[0, 0]] == bank.engines[I1[0, 0]]
     assert rows.record(5) == {
-        "row": 5, "path": bank.paths[5], "engine": bank.engines[5], "label": int(bank.labels[5]),
-        "split": bank.splits[5], "sha256": bank.sha256[5], "bank": "faces",
+        "row": 5,
+        "path": bank.paths[5],
+        "engine": bank.engines[5],
+        "label": int(bank.labels[5]),
+        "split": bank.splits[5],
+        "sha256": bank.sha256[5],
+        "bank": "faces",
     }
 
 
@@ -155,7 +166,7 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
     # (4 blocks, the last one short), so the bank is read once, for the add; other
     # indexes stream the bank a second time for the self-search (IVF with every list
     # probed is exact)
-    import analysis.neighbours as nb
+    import facebank.analysis.neighbours as nb
 
     monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 32)
     seen = []
@@ -174,7 +185,9 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
     original_load = FeatureBank.load_features
     monkeypatch.setattr(FeatureBank, "iter_features", spy)
     monkeypatch.setattr(FeatureBank, "load_features", no_full_load)
-    index = NeighbourIndex(bank, chunk_rows=17, factory=factory, nprobe=None if factory == "Flat" else 4)
+    index = NeighbourIndex(
+        bank, chunk_rows=17, factory=factory, nprobe=None if factory == "Flat" else 4
+    )
     D, I = index.self_knn(5)
     monkeypatch.undo()
 
@@ -192,13 +205,15 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 @pytest.mark.parametrize("exclude_self", [True, False])
 def test_symmetric_block_self_knn_equals_sklearn_brute(monkeypatch, metric, exclude_self):
-    import analysis.neighbours as nb
+    import facebank.analysis.neighbours as nb
 
     monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 40)  # blocks of 40, 40, 40 and 30 rows
     X = np.random.default_rng(4).standard_normal((150, 12)).astype(np.float32) * 3 + 1
     index = NeighbourIndex(X, metric=metric)
     D, I = index.self_knn(6, exclude_self=exclude_self)
-    nn = NearestNeighbors(n_neighbors=6, algorithm="brute", metric="cosine" if metric == "cosine" else "euclidean")
+    nn = NearestNeighbors(
+        n_neighbors=6, algorithm="brute", metric="cosine" if metric == "cosine" else "euclidean"
+    )
     nn.fit(X)
     ref_d, ref_i = nn.kneighbors() if exclude_self else nn.kneighbors(X)
     np.testing.assert_array_equal(I, ref_i)
@@ -275,8 +290,9 @@ def test_gpu_code_path_is_wired(bank, monkeypatch):
         return index  # the CPU index stands in for the GPU one
 
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
-    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("O", (), {"useFloat16": False})(),
-                        raising=False)
+    monkeypatch.setattr(
+        faiss, "GpuClonerOptions", lambda: type("O", (), {"useFloat16": False})(), raising=False
+    )
     monkeypatch.setattr(faiss, "GpuParameterSpace", faiss.ParameterSpace, raising=False)
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
@@ -306,7 +322,9 @@ def test_k_larger_than_the_bank(bank):
 
 
 def test_empty_bank(tmp_path):
-    empty = write_bank(tmp_path / "empty.zarr", np.zeros((0, DIM), np.float32), labels=[], engines=[])
+    empty = write_bank(
+        tmp_path / "empty.zarr", np.zeros((0, DIM), np.float32), labels=[], engines=[]
+    )
     with pytest.raises(BankError, match="empty.zarr' has no rows"):
         NeighbourIndex(empty)
     with pytest.raises(DataError, match="no rows"):
@@ -315,9 +333,18 @@ def test_empty_bank(tmp_path):
 
 def test_mismatched_backbones_name_both_banks(tmp_path):
     a = make_bank(tmp_path / "a.zarr")
-    other = {"name": "other", "library": "numpy", "model": "other", "pretrained": None,
-             "weights_sha256": None, "dim": DIM, "input_size": None, "mean": None, "std": None,
-             "l2_normalised": False}
+    other = {
+        "name": "other",
+        "library": "numpy",
+        "model": "other",
+        "pretrained": None,
+        "weights_sha256": None,
+        "dim": DIM,
+        "input_size": None,
+        "mean": None,
+        "std": None,
+        "l2_normalised": False,
+    }
     b = make_bank(tmp_path / "b.zarr", backbone=other)
     with pytest.raises(BackboneMismatchError, match=r"a\.zarr.*b\.zarr"):
         NeighbourIndex([a, b])
@@ -369,7 +396,10 @@ def test_query_and_query_rows_return_records(bank):
 def test_resolve_image_path_follows_the_recorded_source(tmp_path):
     (tmp_path / "src" / "sdxl").mkdir(parents=True)
     (tmp_path / "src" / "sdxl" / "a.png").write_bytes(b"x")
-    assert resolve_image_path(str(tmp_path / "src"), "sdxl/a.png") == tmp_path / "src" / "sdxl" / "a.png"
+    assert (
+        resolve_image_path(str(tmp_path / "src"), "sdxl/a.png")
+        == tmp_path / "src" / "sdxl" / "a.png"
+    )
     manifest = tmp_path / "src" / "list.csv"
     assert resolve_image_path(str(manifest), "sdxl/a.png") == tmp_path / "src" / "sdxl" / "a.png"
     assert resolve_image_path(str(tmp_path / "src"), "sdxl/missing.png") is None
@@ -389,7 +419,14 @@ def test_engine_clusters_on_separated_clusters(bank, tmp_path):
     assert res.kmeans["nmi"] == pytest.approx(1.0) and res.kmeans["ari"] == pytest.approx(1.0)
     assert res.silhouette > 0.5 and res.silhouette_n == len(bank)
     assert res.purity[0]["chance"] == pytest.approx((N_PER - 1) / (3 * N_PER - 1))
-    for name in ("config.json", "metrics.json", "purity.md", "confusion.png", "purity.png", "confusion.csv"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "purity.md",
+        "confusion.png",
+        "purity.png",
+        "confusion.csv",
+    ):
         assert (tmp_path / "run" / name).is_file()
     assert "| real | 40 | 1.000 |" in (tmp_path / "run" / "purity.md").read_text()
 
@@ -397,10 +434,14 @@ def test_engine_clusters_on_separated_clusters(bank, tmp_path):
 def test_engine_clusters_when_two_engines_share_a_distribution(tmp_path):
     rng = np.random.default_rng(5)
     # "real" and "sdxl" drawn from one Gaussian, "stylegan2" far away
-    X = np.concatenate([rng.normal(size=(120, DIM)), rng.normal(size=(60, DIM)) + 8]).astype(np.float32)
+    X = np.concatenate([rng.normal(size=(120, DIM)), rng.normal(size=(60, DIM)) + 8]).astype(
+        np.float32
+    )
     X[:120] += 8 * np.eye(DIM, dtype=np.float32)[0]
     engines = np.array(["real"] * 60 + ["sdxl"] * 60 + ["stylegan2"] * 60)
-    b = write_bank(tmp_path / "mix.zarr", X, labels=(engines != "real").astype(int), engines=engines)
+    b = write_bank(
+        tmp_path / "mix.zarr", X, labels=(engines != "real").astype(int), engines=engines
+    )
     res = engine_clusters(b, k=10, n_boot=300, silhouette_max=100, seed=1)
     p = {r["engine"]: r for r in res.purity}
     assert p["stylegan2"]["purity"] == 1.0
@@ -426,7 +467,9 @@ def leaky_banks(tmp_path):
     X[70] = X[2] + 1e-3  # a test image that is a near-copy of train image 2
     shas[80] = shas[5]  # a byte-identical file in train and test
     X[3] = X[4]  # a near-copy *within* train: not a leak
-    train_test = write_bank(tmp_path / "tt.zarr", X, labels=labels, engines=engines, splits=splits, sha256=shas)
+    train_test = write_bank(
+        tmp_path / "tt.zarr", X, labels=labels, engines=engines, splits=splits, sha256=shas
+    )
     return train_test, X
 
 
@@ -438,7 +481,9 @@ def test_find_leaks_reports_near_and_exact_duplicates_across_splits(tmp_path):
     assert pairs[(5, 80)]["kind"] == "exact"
     assert (3, 4) not in pairs  # same split of the same bank
     assert res.has_train_test_leak and res.train_test == 2
-    assert res.counts == [{"split_a": "test", "split_b": "train", "near": 1, "exact": 1, "total": 2}]
+    assert res.counts == [
+        {"split_a": "test", "split_b": "train", "near": 1, "exact": 1, "total": 2}
+    ]
     csv_text = (tmp_path / "run" / "pairs.csv").read_text().splitlines()
     assert csv_text[0].startswith("kind,similarity,row_a") and len(csv_text) == 3
 
@@ -449,8 +494,14 @@ def test_find_leaks_across_banks_and_clean_data(tmp_path):
     assert clean.pairs == [] and not clean.has_train_test_leak
     X, engines, labels, _ = clusters(0)
     # bank b holds a copy of a's row 7 (same features, own sha256) marked "train"
-    b = write_bank(tmp_path / "b.zarr", X[7:8], labels=labels[7:8], engines=engines[7:8],
-                   splits=["train"], sha256=[sha(999)])
+    b = write_bank(
+        tmp_path / "b.zarr",
+        X[7:8],
+        labels=labels[7:8],
+        engines=engines[7:8],
+        splits=["train"],
+        sha256=[sha(999)],
+    )
     res = find_leaks([a, b], threshold=0.99)
     assert [(p["row_a"], p["row_b"], p["bank_a"], p["bank_b"]) for p in res.pairs] == [
         (7, len(a), "a", "b")
@@ -498,16 +549,27 @@ def test_neighbour_grid_draws_images_when_files_exist_and_placeholders_otherwise
     for i, p in enumerate(paths[:6]):  # only half the files exist
         (src / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (24, 24), (20 * i, 100, 50)).save(src / p)
-    b = write_bank(tmp_path / "img.zarr", X, labels=labels, engines=engines, paths=paths,
-                   splits=splits, source=str(src))
+    b = write_bank(
+        tmp_path / "img.zarr",
+        X,
+        labels=labels,
+        engines=engines,
+        paths=paths,
+        splits=splits,
+        source=str(src),
+    )
     recs = NeighbourIndex(b).query_rows([0, 9], 3)
     fig = plots.neighbour_grid(recs)
     assert isinstance(fig, Figure)
     axes = fig.axes
     assert len(axes) == 2 * 4
     drawn = [bool(ax.images) for ax in axes]
-    expected = [recs[0][0].query_image is not None] + [r.image_path is not None for r in recs[0]] + [
-        recs[1][0].query_image is not None] + [r.image_path is not None for r in recs[1]]
+    expected = (
+        [recs[0][0].query_image is not None]
+        + [r.image_path is not None for r in recs[0]]
+        + [recs[1][0].query_image is not None]
+        + [r.image_path is not None for r in recs[1]]
+    )
     assert drawn == expected and any(drawn) and not all(drawn)
     captions = axes[1].get_title()
     assert "sim" in captions and recs[0][0].engine in captions and "#1" in captions
@@ -536,9 +598,8 @@ def test_confusion_heatmap_and_map_scatter(bank):
 @pytest.fixture(scope="module")
 def image_bank(tmp_path_factory):
     """Six real PNGs embedded by the test-only ``tiny-cnn`` backbone into a bank."""
+    from facebank.embed import create_backbone, encode_images
     from PIL import Image
-
-    from embed import create_backbone, encode_images
 
     root = tmp_path_factory.mktemp("imgbank")
     src = root / "src"
@@ -547,14 +608,23 @@ def image_bank(tmp_path_factory):
     for i in range(6):
         engine = ENGINES[i % 3]
         (src / engine).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(src / engine / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+            src / engine / f"{i}.png"
+        )
         rel.append(f"{engine}/{i}.png")
     spec = create_backbone("tiny-cnn", device="cpu").spec
     enc = encode_images([str(src / p) for p in rel], backbone=spec, device="cpu")
     assert not enc.failures
     engines = [p.split("/")[0] for p in rel]
-    bank = write_bank(root / "img.zarr", enc.features, labels=[int(e != "real") for e in engines],
-                      engines=engines, paths=rel, backbone=spec, source=str(src))
+    bank = write_bank(
+        root / "img.zarr",
+        enc.features,
+        labels=[int(e != "real") for e in engines],
+        engines=engines,
+        paths=rel,
+        backbone=spec,
+        source=str(src),
+    )
     return bank, src, rel
 
 

@@ -8,10 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from facebank.cli import app
+from facebank.embed import write_bank
 from typer.testing import CliRunner
-
-from cli import app
-from embed import write_bank
 
 runner = CliRunner()
 ENGINES = ("real", "sdxl", "stylegan2")
@@ -27,9 +26,14 @@ def make_bank(path, *, seed=0, n_per=30, dim=12, splits=None, backbone=None, lea
     if leak:
         X[1] = X[0]  # row 0 is train, row 1 is test: a train/test near-duplicate
     return write_bank(
-        path, X, labels=(engines != "real").astype(int), engines=engines, splits=splits,
+        path,
+        X,
+        labels=(engines != "real").astype(int),
+        engines=engines,
+        splits=splits,
         sha256=[hashlib.sha256(f"{path}{i}".encode()).hexdigest() for i in range(n)],
-        paths=[f"{e}/{i}.png" for i, e in enumerate(engines)], backbone=backbone,
+        paths=[f"{e}/{i}.png" for i, e in enumerate(engines)],
+        backbone=backbone,
     )
 
 
@@ -59,7 +63,9 @@ def test_query_by_rows_prints_a_table_and_writes_csv_and_grid(tmp_path):
     assert "query: row 3 (real" in res.output and "similarity" in res.output
     rows = list(csv.DictReader((out / "neighbours.csv").open()))
     assert len(rows) == 8
-    assert {r["engine"] for r in rows[:4]} == {"real"} and {r["engine"] for r in rows[4:]} == {"sdxl"}
+    assert {r["engine"] for r in rows[:4]} == {"real"} and {r["engine"] for r in rows[4:]} == {
+        "sdxl"
+    }
     assert [int(r["rank"]) for r in rows[:4]] == [1, 2, 3, 4]
     assert float(rows[0]["similarity"]) >= float(rows[1]["similarity"])
     assert "3" not in [r["row"] for r in rows[:4]]
@@ -78,7 +84,11 @@ def test_query_errors_are_one_line(tmp_path):
     res = run("query", "--bank", bank.path, tmp_path / "nope.jpg", "--out", tmp_path / "q")
     assert res.exit_code == 1 and "nope.jpg' does not exist" in res.output
     res = run("query", "--bank", tmp_path / "missing.zarr", "--rows", "1", "--out", tmp_path / "q")
-    assert res.exit_code == 1 and "missing.zarr" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 1
+        and "missing.zarr" in res.output
+        and len(res.output.strip().splitlines()) == 1
+    )
 
 
 def test_leaks_exit_code_gates_on_train_test_pairs(tmp_path):
@@ -105,9 +115,18 @@ def test_leaks_within_one_split_only_do_not_gate(tmp_path):
 
 def test_leaks_refuse_mismatched_backbones(tmp_path):
     a = make_bank(tmp_path / "a.zarr")
-    other = {"name": "other", "library": "numpy", "model": "other", "pretrained": None,
-             "weights_sha256": None, "dim": 12, "input_size": None, "mean": None, "std": None,
-             "l2_normalised": False}
+    other = {
+        "name": "other",
+        "library": "numpy",
+        "model": "other",
+        "pretrained": None,
+        "weights_sha256": None,
+        "dim": 12,
+        "input_size": None,
+        "mean": None,
+        "std": None,
+        "l2_normalised": False,
+    }
     b = make_bank(tmp_path / "b.zarr", backbone=other)
     res = run("leaks", a.path, b.path, "--out", tmp_path / "l")
     assert res.exit_code == 1

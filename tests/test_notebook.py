@@ -22,10 +22,9 @@ def test_notebook_is_committed_without_outputs():
 @pytest.mark.slow
 def test_forensics_notebook_executes_on_a_tiny_bank(tmp_path, monkeypatch):
     import nbformat
+    from facebank.embed import write_bank
     from nbclient import NotebookClient
     from PIL import Image
-
-    from embed import write_bank
 
     rng = np.random.default_rng(0)
     engines = np.repeat(["real", "sdxl", "stylegan2"], 20)
@@ -36,14 +35,21 @@ def test_forensics_notebook_executes_on_a_tiny_bank(tmp_path, monkeypatch):
     for i, p in enumerate(paths):  # real files, so the grid shows image tiles
         (src / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (16, 16), (4 * i, 80, 160)).save(src / p)
-    bank = write_bank(tmp_path / "tiny.zarr", X, labels=(engines != "real").astype(int),
-                      engines=engines, paths=paths, source=str(src))
+    bank = write_bank(
+        tmp_path / "tiny.zarr",
+        X,
+        labels=(engines != "real").astype(int),
+        engines=engines,
+        paths=paths,
+        source=str(src),
+    )
     monkeypatch.setenv("FACEBANK_BANK", str(bank.path))
     monkeypatch.setenv("FACEBANK_K", "4")
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -6,12 +6,11 @@ import csv
 
 import numpy as np
 import pytest
+from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.analysis.ood import fpr_at_tpr, ood
+from facebank.embed.errors import DataError
 from sklearn.metrics import roc_curve
 from typer.testing import CliRunner
-
-from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
-from analysis.ood import fpr_at_tpr, ood
-from embed.errors import DataError
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -21,8 +20,8 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from embed.bank import FeatureBank
-    from heads import list_heads, train_run
+    from facebank.embed.bank import FeatureBank
+    from facebank.heads import list_heads, train_run
 
     root = tmp_path_factory.mktemp("ood")
     data = synthetic_arrays(
@@ -114,7 +113,7 @@ def test_ood_bad_input(setup, tmp_path):
 
 
 def test_ood_cli(setup, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     root = setup["root"]
     args = [
@@ -134,7 +133,7 @@ def test_ood_cli(setup, tmp_path):
 
 
 def test_ood_scores_csv_has_one_row_per_image_and_consistent_flags(setup, tmp_path):
-    from embed import FeatureBank
+    from facebank.embed import FeatureBank
 
     root = setup["root"]
     known, new = FeatureBank.open(root / "known.zarr"), FeatureBank.open(root / "new.zarr")
@@ -143,7 +142,7 @@ def test_ood_scores_csv_has_one_row_per_image_and_consistent_flags(setup, tmp_pa
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(known) + len(new)
     sets = [r["set"] for r in rows]
-    assert sets[len(known):] == ["new"] * len(new)
+    assert sets[len(known) :] == ["new"] * len(new)
     assert {s.split("-")[0] for s in sets[: len(known)]} == {"known"}
     assert [r["path"] for r in rows] == list(known.paths) + list(new.paths)
     for r in rows:  # scores are written to 9 digits: a row at the threshold can round above it

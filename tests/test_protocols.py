@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.analysis.protocols import in_engine, leave_one_engine_out
+from facebank.embed.errors import BackboneMismatchError, DataError
+from facebank.embed.splits import assign_splits
 from typer.testing import CliRunner
-
-from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
-from analysis.protocols import in_engine, leave_one_engine_out
-from embed.errors import BackboneMismatchError, DataError
-from embed.splits import assign_splits
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -29,8 +28,8 @@ def bank(tmp_path_factory):
 
 @pytest.mark.slow
 def test_in_engine_threshold_comes_from_validation_reals(bank, tmp_path):
-    from embed.bank import FeatureBank
-    from heads import create_head
+    from facebank.embed.bank import FeatureBank
+    from facebank.heads import create_head
 
     path, d = bank
     res = in_engine([path], head="linear", seed=0, out=tmp_path / "in", n_boot=100)
@@ -81,7 +80,7 @@ def test_loeo_table_matrix_and_generalisation_gap(bank, tmp_path):
 
 def test_loeo_held_out_engine_is_not_trained_on(bank, monkeypatch):
     """Spy on fit: the head trained for engine E never sees a row of E."""
-    import heads
+    import facebank.heads as heads
 
     seen = []
     real_create = heads.create_head
@@ -141,7 +140,7 @@ def test_protocol_bad_input(bank, tmp_path):
 
 @pytest.mark.slow
 def test_protocol_cli(bank, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     path, _ = bank
     res = CliRunner().invoke(

@@ -8,10 +8,9 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from facebank.analysis.report import ReportError, render_markdown, write_report
+from facebank.embed.runs import markdown_table, start_run, write_json
 from typer.testing import CliRunner
-
-from analysis.report import ReportError, render_markdown, write_report
-from analysis.runs import markdown_table, start_run, write_json
 
 
 class _Collect(HTMLParser):
@@ -130,7 +129,7 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
 
 
 def test_report_cli(runs, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     a, exp = runs
     res = CliRunner().invoke(app, ["report", str(a), str(exp), "--out", str(tmp_path / "x.html")])

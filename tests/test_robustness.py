@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.analysis.robustness import robustness, view_family
+from facebank.embed.errors import DataError
 from typer.testing import CliRunner
-
-from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
-from analysis.robustness import robustness, view_family
-from embed.errors import DataError
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -30,8 +29,8 @@ VIEWS = {
 
 @pytest.fixture(scope="module")
 def views(tmp_path_factory):
-    from embed.bank import FeatureBank
-    from heads import train_run
+    from facebank.embed.bank import FeatureBank
+    from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("robustness")
     data = synthetic_arrays(ENGINES, dim=16, seed=7, signal=2.5, spread=1.5)
@@ -54,7 +53,7 @@ def test_view_family_parsing():
 
 
 def test_robustness_per_view_at_the_frozen_threshold(views, tmp_path):
-    from heads import load_head
+    from facebank.heads import load_head
 
     res = robustness(views["run"], list(views["paths"].values()), out=tmp_path / "rob", n_boot=100)
     by = {r["view"]: r for r in res.views}
@@ -137,7 +136,7 @@ def test_robustness_bad_input(views, tmp_path):
 
 
 def test_robustness_cli(views, tmp_path):
-    from cli import app
+    from facebank.cli import app
 
     p = views["paths"]
     args = [

@@ -7,9 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from embed import (
+from facebank.embed import (
     BackboneMismatchError,
     BankLockedError,
     DuplicateImageWarning,
@@ -20,6 +18,7 @@ from embed import (
     encode_images,
     sha256_file,
 )
+from PIL import Image
 
 ENGINES = ("real", "sdxl", "stylegan2")
 FAST = dict(batch_size=4, num_workers=0, progress=False)

@@ -3,9 +3,8 @@ import math
 
 import numpy as np
 import pytest
-
-from analysis.runs import markdown_table, start_run, to_jsonable, write_json
-from embed import (
+from facebank.embed.runs import markdown_table, start_run, to_jsonable, write_json
+from facebank.embed import (
     BackboneMismatchError,
     FacebankError,
     UnknownNameError,
@@ -15,8 +14,13 @@ from embed import (
 )
 
 SPEC = {
-    "name": "tiny-cnn", "library": "timm", "model": "m", "pretrained": None,
-    "weights_sha256": None, "dim": 8, "input_size": [3, 32, 32],
+    "name": "tiny-cnn",
+    "library": "timm",
+    "model": "m",
+    "pretrained": None,
+    "weights_sha256": None,
+    "dim": 8,
+    "input_size": [3, 32, 32],
 }
 
 
@@ -62,7 +66,7 @@ def test_markdown_table_formats_floats_and_missing():
 def test_require_one_backbone_names_the_first_bank_and_the_one_that_differs():
     from types import SimpleNamespace
 
-    from embed import require_one_backbone
+    from facebank.embed import require_one_backbone
 
     a = SimpleNamespace(path="a.zarr", backbone=SPEC)
     b = SimpleNamespace(path="b.zarr", backbone={**SPEC, "name": "alias"})

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from embed import assign_splits, has_splits
+from facebank.embed import assign_splits, has_splits
 
 ENGINES = np.array(["real"] * 200 + ["sdxl"] * 100 + ["tiny"] * 3)
 SHA = np.array([f"{i:064x}" for i in range(len(ENGINES))])

@@ -7,10 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from embed.errors import DataError
-from embed.standin import (
+from facebank.embed.errors import DataError
+from facebank.embed.standin import (
     _GRID,
     IMAGE_SIZE,
     STANDIN_ENGINES,
@@ -19,6 +17,7 @@ from embed.standin import (
     make_standin_dataset,
     standin_sources,
 )
+from PIL import Image
 
 N = 40  # per class: real 40, AI 40 over four engines (12/12/10/6)
 
@@ -50,8 +49,13 @@ def test_layout_counts_and_image_format(dataset):
     counts = {f: len(list((dataset / f).glob("*.png"))) for f in folders}
     assert counts["real"] == N
     assert sum(counts[e] for e in STANDIN_ENGINES) == N
-    assert counts == {"real": 40, "upsample-nearest": 12, "upsample-bilinear": 12,
-                      "transposed-conv": 10, "denoise-renoise": 6}
+    assert counts == {
+        "real": 40,
+        "upsample-nearest": 12,
+        "upsample-bilinear": 12,
+        "transposed-conv": 10,
+        "denoise-renoise": 6,
+    }
     # the smallest engine is the one without up-sampling (the default "new" engine)
     assert min(STANDIN_ENGINES, key=lambda e: counts[e]) == "denoise-renoise"
     for path in dataset.rglob("*.png"):

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from facebank.cli import app
+from facebank.embed import write_bank
+from facebank.embed.errors import BackboneMismatchError, DataError
+from facebank.heads import load_head, score_run, train_run
 from typer.testing import CliRunner
-
-from cli import app
-from embed import write_bank
-from embed.errors import BackboneMismatchError, DataError
-from heads import load_head, score_run, train_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,8 +26,15 @@ def make_bank(path, *, n=600, seed=0, splits=None, backbone=None, labels=None):
     X = rng.standard_normal((n, D)).astype(np.float32)
     X[engines == "sdxl"] += 0.8
     X[np.ix_(engines == "stylegan2", np.arange(4))] += 2.5
-    return write_bank(path, X, labels=y, engines=engines, splits=splits, backbone=backbone,
-                      sha256=[f"sha{seed}-{i:05d}" for i in range(n)])
+    return write_bank(
+        path,
+        X,
+        labels=y,
+        engines=engines,
+        splits=splits,
+        backbone=backbone,
+        sha256=[f"sha{seed}-{i:05d}" for i in range(n)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +51,23 @@ def test_train_writes_a_complete_run_folder(bank, tmp_path):
     assert res.exit_code == 0, res.output
     assert "AUC" in res.output and "TPR@0.50%FPR" in res.output and "trained on" in res.output
     run = tmp_path / "run"
-    for f in ("head.json", "weights.safetensors", "config.json", "metrics.json", "metrics.md", "splits.csv"):
+    for f in (
+        "head.json",
+        "weights.safetensors",
+        "config.json",
+        "metrics.json",
+        "metrics.md",
+        "splits.csv",
+    ):
         assert (run / f).is_file(), f
     m = json.loads((run / "metrics.json").read_text())
     assert m["val_auc"] > 0.9 and m["n_train"] + m["n_val"] + m["n_test"] == len(bank)
     assert m["val_fpr"] <= 0.005 and "assign_splits(seed=3)" in m["split_source"]
     rows = list(csv.DictReader(io.StringIO((run / "splits.csv").read_text())))
-    assert list(rows[0]) == ["sha256", "path", "engine", "label", "split"] and len(rows) == len(bank)
-    from embed import assign_splits
+    assert list(rows[0]) == ["sha256", "path", "engine", "label", "split"] and len(rows) == len(
+        bank
+    )
+    from facebank.embed import assign_splits
 
     assert [r["split"] for r in rows] == assign_splits(bank.engines, bank.sha256, seed=3).tolist()
     head = load_head(run)
@@ -72,8 +87,18 @@ def test_train_uses_the_bank_split_column(tmp_path):
 
 
 def test_train_params_and_heads(bank, tmp_path):
-    res = invoke("train", bank.path, "--head", "mlp", "--param", "max_steps=20", "--param", "hidden=[16,8,8]",
-                 "--out", tmp_path / "run")
+    res = invoke(
+        "train",
+        bank.path,
+        "--head",
+        "mlp",
+        "--param",
+        "max_steps=20",
+        "--param",
+        "hidden=[16,8,8]",
+        "--out",
+        tmp_path / "run",
+    )
     assert res.exit_code == 0, res.output
     assert load_head(tmp_path / "run").hidden == (16, 8, 8)
 
@@ -96,7 +121,9 @@ def test_train_errors_are_one_line(bank, tmp_path):
     assert res.exit_code == 1 and "unknown head 'svm'" in res.output and "linear" in res.output
     res = invoke("train", bank.path, "--head", "linear", "--param", "C", "--out", tmp_path / "x")
     assert res.exit_code == 1 and "KEY=VALUE" in res.output
-    res = invoke("train", bank.path, "--head", "linear", "--param", "nope=1", "--out", tmp_path / "x")
+    res = invoke(
+        "train", bank.path, "--head", "linear", "--param", "nope=1", "--out", tmp_path / "x"
+    )
     assert res.exit_code == 1 and "valid parameters" in res.output
     only_ai = make_bank(tmp_path / "ai.zarr", n=100, labels=np.ones(100, np.int64))
     res = invoke("train", only_ai.path, "--out", tmp_path / "x")
@@ -140,15 +167,16 @@ def test_heads_lists_every_head_with_parameters():
     assert res.exit_code == 0
     for name in ("linear", "mlp", "prototype", "wide-mlp", "knn"):
         assert name in res.output
-    assert "C=1.0" in res.output and "preset='paper'" in res.output and "factory='auto'" in res.output
+    assert (
+        "C=1.0" in res.output and "preset='paper'" in res.output and "factory='auto'" in res.output
+    )
 
 
 @pytest.mark.slow
 def test_score_images_embeds_with_the_heads_backbone(tmp_path):
     """End to end on a test-only backbone: embed a folder, train, score loose files (one broken)."""
+    from facebank.embed import embed_source
     from PIL import Image
-
-    from embed import embed_source
 
     rng = np.random.default_rng(0)
     src = tmp_path / "src"
@@ -161,7 +189,9 @@ def test_score_images_embeds_with_the_heads_backbone(tmp_path):
     train_run([tmp_path / "b.zarr"], head="linear", out=tmp_path / "run", fpr=0.05)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     files = [src / "real" / "0.png", src / "sdxl" / "0.png", tmp_path / "broken.png"]
-    res = invoke("score", *files, "--head", tmp_path / "run", "--out", tmp_path / "s.csv", "--device", "cpu")
+    res = invoke(
+        "score", *files, "--head", tmp_path / "run", "--out", tmp_path / "s.csv", "--device", "cpu"
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO((tmp_path / "s.csv").read_text())))
     assert [r["path"] for r in rows] == [str(files[0]), str(files[1])]

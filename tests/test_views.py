@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from facebank.embed.errors import FacebankError, UnknownNameError
+from facebank.embed.views import VIEW_FORMS, View, parse_view
 from PIL import Image
-
-from embed.errors import FacebankError, UnknownNameError
-from embed.views import VIEW_FORMS, View, parse_view
 
 
 def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:

@@ -58,7 +58,15 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("facebank", "torch", "open_clip_torch", "timm", "zarr", "faiss-cpu", "scikit-learn"):
+    for pkg in (
+        "facebank",
+        "torch",
+        "open_clip_torch",
+        "timm",
+        "zarr",
+        "faiss-cpu",
+        "scikit-learn",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

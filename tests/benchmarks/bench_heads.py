@@ -14,7 +14,7 @@ The data: two classes (55% real) with per-dimension scales decaying like an embe
 spectrum, the AI class shifted along a random direction, 3% label noise - hard enough
 that no head reaches AUC 1.
 
-Usage: ``python tests/benchmarks/heads.py [--tiny] [--sizes 10000,100000] [--with-1m]
+Usage: ``python tests/benchmarks/bench_heads.py [--tiny] [--sizes 10000,100000] [--with-1m]
 [--heads linear,mlp,...] [--device auto|cpu|cuda]``.
 """
 
@@ -26,14 +26,8 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-# This script is named like the `heads` package: run as a script, its own folder is
-# sys.path[0] and would shadow the package, so that entry is dropped before any import.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 DIM = 768
 N_TEST = 10_000
@@ -71,12 +65,19 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="2,000 rows x 64: a seconds-long smoke run")
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated row counts")
     ap.add_argument("--with-1m", action="store_true", help="also 1,000,000 rows (needs ~6 GB RAM)")
-    ap.add_argument("--heads", default="linear,mlp,prototype,wide-mlp,knn,knn-exact",
-                    help="heads to time; knn = factory 'auto' (IVF above 50k rows), knn-exact = factory 'Flat'")
+    ap.add_argument(
+        "--heads",
+        default="linear,mlp,prototype,wide-mlp,knn,knn-exact",
+        help="heads to time; knn = factory 'auto' (IVF above 50k rows), knn-exact = factory 'Flat'",
+    )
     ap.add_argument("--no-sklearn", action="store_true", help="skip the sklearn reference")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="limit torch, FAISS and BLAS (sklearn) to N threads (0 = libraries' defaults)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="limit torch, FAISS and BLAS (sklearn) to N threads (0 = libraries' defaults)",
+    )
     args = ap.parse_args()
     if args.threads:
         import faiss
@@ -88,11 +89,10 @@ def main() -> None:
         threadpool_limits(args.threads)
 
     import torch
+    from facebank.heads import create_head
+    from facebank.heads.base import resolve_device
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-
-    from heads import create_head
-    from heads.base import resolve_device
 
     device = resolve_device(args.device)
     dim = 64 if args.tiny else DIM
@@ -100,8 +100,11 @@ def main() -> None:
     if args.with_1m and not args.tiny:
         sizes.append(1_000_000)
     names = [h for h in args.heads.split(",") if h]
-    tiny_params = {"mlp": {"max_steps": 30}, "wide-mlp": {"max_steps": 30, "width": 128, "lr": 1e-2},
-                   "prototype": {"max_steps": 30}}
+    tiny_params = {
+        "mlp": {"max_steps": 30},
+        "wide-mlp": {"max_steps": 30, "width": 128, "lr": 1e-2},
+        "prototype": {"max_steps": 30},
+    }
     X_test16, y_test = make_data(2000 if args.tiny else N_TEST, dim, seed=99)
     X_test = X_test16.astype(np.float32)
     # one-time costs (imports inside torch.optim / faiss, kernel warm-up) are paid by a
@@ -109,7 +112,9 @@ def main() -> None:
     Xw, yw = X_test[:256], y_test[:256]
     for name in names:
         if name != "knn-exact":
-            create_head(name, device=device, **tiny_params.get(name, {})).fit(Xw, yw).decision_function(Xw)
+            create_head(name, device=device, **tiny_params.get(name, {})).fit(
+                Xw, yw
+            ).decision_function(Xw)
     LogisticRegression().fit(Xw, yw)
     results = []
     for n in sizes:
@@ -117,9 +122,13 @@ def main() -> None:
         X = X16.astype(np.float32)  # the head boundary: float32, as FeatureBank.load_features
         row: dict = {"rows": n, "dim": dim}
         if not args.no_sklearn:
-            sk, t = timed(lambda X=X, y=y: LogisticRegression(max_iter=100).fit(X, y), f"{n} sklearn")
+            sk, t = timed(
+                lambda X=X, y=y: LogisticRegression(max_iter=100).fit(X, y), f"{n} sklearn"
+            )
             row["sklearn_logreg_s"] = round(t, 3)
-            row["sklearn_logreg_auc"] = round(float(roc_auc_score(y_test, sk.decision_function(X_test))), 4)
+            row["sklearn_logreg_auc"] = round(
+                float(roc_auc_score(y_test, sk.decision_function(X_test))), 4
+            )
         neighbours = {}
         for name in names:
             params = dict(device=device, **(tiny_params.get(name, {}) if args.tiny else {}))
@@ -127,25 +136,37 @@ def main() -> None:
             if name == "knn-exact":
                 head_name = "knn"
                 params.update(factory="Flat")
-            head, t = timed(lambda head_name=head_name, params=params, X=X, y=y:
-                            create_head(head_name, **params).fit(X, y), f"{n} {name}")
+            head, t = timed(
+                lambda head_name=head_name, params=params, X=X, y=y: create_head(
+                    head_name, **params
+                ).fit(X, y),
+                f"{n} {name}",
+            )
             row[f"{name}_fit_s"] = round(t, 3)
             if head_name == "knn":
-                q = X_test[: N_QUERIES]
+                q = X_test[:N_QUERIES]
                 _, tq = timed(lambda head=head, q=q: head.decision_function(q))
                 row[f"{name}_fit_predict_10k_s"] = round(t + tq, 3)
                 row["knn_queries"] = len(q)
-                row[f"{name}_index"] = f"{head.factory_}" + (f" nprobe {head.nprobe_}" if head.nprobe_ else "")
+                row[f"{name}_index"] = f"{head.factory_}" + (
+                    f" nprobe {head.nprobe_}" if head.nprobe_ else ""
+                )
                 neighbours[name] = head.kneighbors(q[:1000])[1]
-            row[f"{name}_auc"] = round(float(roc_auc_score(y_test, head.decision_function(X_test))), 4)
+            row[f"{name}_auc"] = round(
+                float(roc_auc_score(y_test, head.decision_function(X_test))), 4
+            )
             if name == "linear":
                 row["linear_n_iter"] = [head.n_iter_warm_, head.n_iter_]
             del head
         if len(neighbours) == 2:
             pairs = zip(neighbours["knn"], neighbours["knn-exact"], strict=True)
-            row["knn_recall_at_10"] = round(float(np.mean([len(set(a) & set(b)) for a, b in pairs])) / 10, 3)
+            row["knn_recall_at_10"] = round(
+                float(np.mean([len(set(a) & set(b)) for a, b in pairs])) / 10, 3
+            )
         if "linear_fit_s" in row and "sklearn_logreg_s" in row:
-            row["linear_vs_sklearn_speedup"] = round(row["sklearn_logreg_s"] / max(row["linear_fit_s"], 1e-9), 2)
+            row["linear_vs_sklearn_speedup"] = round(
+                row["sklearn_logreg_s"] / max(row["linear_fit_s"], 1e-9), 2
+            )
         results.append(row)
         del X, X16
     out = {
@@ -162,7 +183,12 @@ def main() -> None:
             "torch": torch.__version__,
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         },
-        "targets_100k_cpu_s": {"linear": 3.0, "mlp": 15.0, "prototype": 10.0, "knn_fit_predict_10k": 10.0},
+        "targets_100k_cpu_s": {
+            "linear": 3.0,
+            "mlp": 15.0,
+            "prototype": 10.0,
+            "knn_fit_predict_10k": 10.0,
+        },
         "note": "knn = factory 'auto' (the default: Flat below 50k rows, else IVF, nprobe nlist/4); knn-exact = 'Flat'",
         "results": results,
     }

@@ -1,9 +1,9 @@
 """Benchmark: JPEG decode, end-to-end embedding, and feature-bank reads.
 
-    python tests/benchmarks/embed.py            # 512 + 1024 px JPEGs; tiny-cnn, tiny-vit,
+    python tests/benchmarks/bench_embed.py            # 512 + 1024 px JPEGs; tiny-cnn, tiny-vit,
                                                 # efficientnet-lite1 on --device auto
-    python tests/benchmarks/embed.py --tiny     # seconds, for CI
-    python tests/benchmarks/embed.py --backbones clip-vit-l-14,efficientnet-b1 \\
+    python tests/benchmarks/bench_embed.py --tiny     # seconds, for CI
+    python tests/benchmarks/bench_embed.py --backbones clip-vit-l-14,efficientnet-b1 \\
         --images 4096 --batch-size 256 --device cuda   # GPU machine
 
 Measures, on generated photo-like JPEGs (smooth random content + grain, quality 90, 4:2:0):
@@ -31,18 +31,10 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-# Run as a script, this file's folder comes first on sys.path and the file itself
-# would shadow the `embed` package it measures: drop the folder, put the repo first.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(ROOT))
 
 
 def make_jpegs(folder: Path, *, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -67,9 +59,8 @@ def make_jpegs(folder: Path, *, n: int, size: int, seed: int = 0) -> list[Path]:
 
 
 def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dict:
+    from facebank.embed.images import load_image
     from PIL import Image
-
-    from embed.images import load_image
 
     def resize(img):
         w, h = img.size
@@ -96,7 +87,7 @@ def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dic
 def bench_end_to_end(
     src: Path, *, backbone: str, device: str, batch_size: int, workers: int | None, tmp: Path
 ) -> dict:
-    from embed import create_backbone, embed_source
+    from facebank.embed import create_backbone, embed_source
 
     create_backbone(backbone, device=device)  # imports and weights resolved outside the timing
     out = tmp / f"e2e-{backbone}.zarr"
@@ -123,8 +114,7 @@ def bench_end_to_end(
 
 def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict:
     import numpy as np
-
-    from embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank, synthetic_backbone
 
     path = tmp / "read.zarr"
     rng = np.random.default_rng(0)
@@ -171,8 +161,7 @@ def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict
 
 def machine(device: str) -> dict:
     import torch
-
-    from embed.backbones import resolve_device
+    from facebank.embed.backbones import resolve_device
 
     dev = resolve_device(device)
     info = {

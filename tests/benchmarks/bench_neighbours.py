@@ -1,9 +1,9 @@
 # ruff: noqa: E741  (FAISS convention: results are named D, I)
 """Benchmark: self-kNN (k=10) over a streamed feature bank, time and peak memory.
 
-    python tests/benchmarks/neighbours.py            # 100k x 768, Flat (exact) + IVF, 3 runs
-    python tests/benchmarks/neighbours.py --tiny     # seconds, for CI
-    python tests/benchmarks/neighbours.py --rows 1000000 --factory Flat   # GPU machine
+    python tests/benchmarks/bench_neighbours.py            # 100k x 768, Flat (exact) + IVF, 3 runs
+    python tests/benchmarks/bench_neighbours.py --tiny     # seconds, for CI
+    python tests/benchmarks/bench_neighbours.py --rows 1000000 --factory Flat   # GPU machine
 
 The bank is written to disk once (with ``FeatureBank.create`` + ``append`` in chunks, in
 its own process); every measured run is a fresh process that opens the bank, builds a
@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _rss_now_mb() -> float:
     import psutil
@@ -45,33 +43,45 @@ def _peak_rss_mb() -> float:
 def make_bank(path: Path, *, rows: int, dim: int, engines: int, seed: int, chunk: int) -> None:
     """A bank of Gaussian clusters (one per engine) written chunk by chunk (low memory)."""  # noqa: D401
     import numpy as np
-
-    from embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank, synthetic_backbone
 
     rng = np.random.default_rng(seed)
     # Embedding-like: a centre per engine plus variation on a 32-d subspace plus small
     # isotropic noise (isotropic 768-d noise has no neighbourhood structure at all).
     centres = rng.normal(size=(engines, dim)).astype(np.float32)
     basis = rng.normal(size=(32, dim)).astype(np.float32) / np.sqrt(32)
-    with FeatureBank.create(path, backbone=synthetic_backbone(dim), source="synthetic",
-                            chunk_rows=min(chunk, 8192), overwrite=True) as bank:
+    with FeatureBank.create(
+        path,
+        backbone=synthetic_backbone(dim),
+        source="synthetic",
+        chunk_rows=min(chunk, 8192),
+        overwrite=True,
+    ) as bank:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
             e = rng.integers(0, engines, n)
-            X = (centres[e] + rng.normal(size=(n, 32)).astype(np.float32) @ basis
-                 + rng.normal(scale=0.1, size=(n, dim)).astype(np.float32))
+            X = (
+                centres[e]
+                + rng.normal(size=(n, 32)).astype(np.float32) @ basis
+                + rng.normal(scale=0.1, size=(n, dim)).astype(np.float32)
+            )
             ids = [f"{start + i:08d}" for i in range(n)]
-            bank.append(X, labels=(e > 0).astype(np.int8), engines=[f"engine{j}" for j in e],
-                        paths=[f"img/{i}.png" for i in ids], splits=[""] * n, sha256=ids)
+            bank.append(
+                X,
+                labels=(e > 0).astype(np.int8),
+                engines=[f"engine{j}" for j in e],
+                paths=[f"img/{i}.png" for i in ids],
+                splits=[""] * n,
+                sha256=ids,
+            )
 
 
 def measure(args: argparse.Namespace) -> dict:
     """One measured run (in its own process)."""
     import faiss
     import numpy as np
-
-    from analysis.neighbours import NeighbourIndex
-    from embed import FeatureBank
+    from facebank.analysis.neighbours import NeighbourIndex
+    from facebank.embed import FeatureBank
 
     factory = args.factory[-1]
     bank = FeatureBank.open(args.bank)
@@ -82,9 +92,15 @@ def measure(args: argparse.Namespace) -> dict:
     del warm
     base = _rss_now_mb()
     t0 = time.perf_counter()
-    index = NeighbourIndex(bank, factory=factory, device=args.device, nprobe=args.nprobe,
-                           ef_search=args.ef_search, chunk_rows=args.chunk_rows,
-                           gpu_float16=args.gpu_float16)
+    index = NeighbourIndex(
+        bank,
+        factory=factory,
+        device=args.device,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        chunk_rows=args.chunk_rows,
+        gpu_float16=args.gpu_float16,
+    )
     t_add = time.perf_counter() - t0
     after_add = _rss_now_mb()
     t1 = time.perf_counter()
@@ -98,10 +114,15 @@ def measure(args: argparse.Namespace) -> dict:
         index_mb = 0.0  # the index lives in GPU memory
     outputs_mb = n * args.k * (4 + 8) / 2**20  # the returned D (float32) and I (int64)
     out = {
-        "add_s": round(t_add, 3), "self_knn_s": round(t_search, 3),
-        "total_s": round(t_add + t_search, 3), "rows_per_s": round(n / (t_add + t_search), 1),
-        "device": index.device, "peak_rss_mb": round(peak, 1), "baseline_rss_mb": round(base, 1),
-        "chunk_mb": round(chunk_mb, 1), "index_mb": round(index_mb, 1),
+        "add_s": round(t_add, 3),
+        "self_knn_s": round(t_search, 3),
+        "total_s": round(t_add + t_search, 3),
+        "rows_per_s": round(n / (t_add + t_search), 1),
+        "device": index.device,
+        "peak_rss_mb": round(peak, 1),
+        "baseline_rss_mb": round(base, 1),
+        "chunk_mb": round(chunk_mb, 1),
+        "index_mb": round(index_mb, 1),
         "peak_over_baseline_mb": round(peak - base, 1),
         "outputs_mb": round(outputs_mb, 1),
         "budget_mb": round(2 * chunk_mb + index_mb + outputs_mb, 1),
@@ -118,21 +139,33 @@ def measure(args: argparse.Namespace) -> dict:
         Q = bank.load_features(rows=sample)
         faiss.normalize_L2(Q)
         _, I_ex = full.search(Q, args.k + 1)
-        hits = [len(set(I[r]) & (set(I_ex[j]) - {sample[j]})) / args.k for j, r in enumerate(sample)]
+        hits = [
+            len(set(I[r]) & (set(I_ex[j]) - {sample[j]})) / args.k for j, r in enumerate(sample)
+        ]
         out["recall_at_k"] = round(float(np.mean(hits)), 4)
     return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tiny", action="store_true", help="3k x 64, one run: a CI smoke test")
     p.add_argument("--rows", type=int, default=None, help="bank rows (default 100000)")
     p.add_argument("--dim", type=int, default=None, help="feature size (default 768)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--chunk-rows", type=int, default=None, help="rows per streamed chunk (default 32768)")
-    p.add_argument("--factory", action="append", default=None,
-                   help="FAISS factory string; repeat (default: Flat and IVF1024,Flat)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default 8; tiny 16 = all)")
+    p.add_argument(
+        "--chunk-rows", type=int, default=None, help="rows per streamed chunk (default 32768)"
+    )
+    p.add_argument(
+        "--factory",
+        action="append",
+        default=None,
+        help="FAISS factory string; repeat (default: Flat and IVF1024,Flat)",
+    )
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="IVF lists probed (default 8; tiny 16 = all)"
+    )
     p.add_argument("--ef-search", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--gpu-float16", action="store_true", help="float16 vectors on the GPU")
@@ -165,10 +198,26 @@ def main() -> None:
 
     results = {}
     for factory in factories:
-        nprobe = args.nprobe if args.nprobe is not None else ((16 if args.tiny else 8) if factory.startswith("IVF") else None)
-        cmd = [sys.executable, "-m", "tests.benchmarks.neighbours", "--_child", "--bank", str(bank),
-               "--k", str(args.k), "--chunk-rows", str(chunk), "--factory", factory,
-               "--device", args.device]
+        nprobe = (
+            args.nprobe
+            if args.nprobe is not None
+            else ((16 if args.tiny else 8) if factory.startswith("IVF") else None)
+        )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_child",
+            "--bank",
+            str(bank),
+            "--k",
+            str(args.k),
+            "--chunk-rows",
+            str(chunk),
+            "--factory",
+            factory,
+            "--device",
+            args.device,
+        ]
         if nprobe is not None:
             cmd += ["--nprobe", str(nprobe)]
         if args.ef_search is not None:
@@ -177,13 +226,15 @@ def main() -> None:
             cmd.append("--gpu-float16")
         runs = []
         for _ in range(repeat):
-            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 sys.exit(f"measured run failed ({factory}):\n{res.stderr[-3000:]}")
             runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        med = {key: statistics.median(r[key] for r in runs)
-               for key in runs[0] if isinstance(runs[0][key], (int, float)) and not isinstance(runs[0][key], bool)}
+        med = {
+            key: statistics.median(r[key] for r in runs)
+            for key in runs[0]
+            if isinstance(runs[0][key], (int, float)) and not isinstance(runs[0][key], bool)
+        }
         med["within_budget"] = all(r["within_budget"] for r in runs)
         med["device"] = runs[0]["device"]
         results[factory] = {"nprobe": nprobe, "median": med, "runs": runs}
@@ -194,23 +245,30 @@ def main() -> None:
         torch_threads = torch.get_num_threads()
     except ImportError:
         torch_threads = None
-    print(json.dumps({
-        "benchmark": "neighbours.self_knn", "rows": rows, "dim": dim, "k": args.k,
-        "chunk_rows": chunk, "repeat": repeat, "bank_write_s": round(t_make, 2),
-        "results": results,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch_threads,
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "neighbours.self_knn",
+                "rows": rows,
+                "dim": dim,
+                "k": args.k,
+                "chunk_rows": chunk,
+                "repeat": repeat,
+                "bank_write_s": round(t_make, 2),
+                "results": results,
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": torch_threads,
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
+                },
+            }
+        )
+    )
     if tmp is not None:
         tmp.cleanup()
 
 
 if __name__ == "__main__":
-    if not __package__:
-        # Run as a file, this folder is sys.path[0] and its sibling benchmarks
-        # (embed.py, analysis.py) would shadow the packages: re-run as a module.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        os.execve(sys.executable, [sys.executable, "-m", "tests.benchmarks.neighbours", *sys.argv[1:]], env)
     main()

@@ -6,7 +6,7 @@
   ``linear`` head on a 100,000-row synthetic bank of 768-d features (CLIP ViT-L/14 width;
   target <= 60 s), bank already on disk (reading it is timed, writing it is not).
 
-Usage: ``python tests/benchmarks/analysis.py [--tiny]`` (``--tiny``: seconds-long smoke run).
+Usage: ``python tests/benchmarks/bench_analysis.py [--tiny]`` (``--tiny``: seconds-long smoke run).
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-# This script is named like the `analysis` package: run as a script, its own folder is
-# sys.path[0] and would shadow the package, so that entry is dropped before any import.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 
 def main() -> None:
@@ -34,10 +28,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
-    from analysis._evalsynth import synthetic_arrays, write_synthetic_bank
-    from analysis.metrics import binary_metrics
-    from analysis.protocols import leave_one_engine_out
+    from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+    from facebank.analysis.metrics import binary_metrics
+    from facebank.analysis.protocols import leave_one_engine_out
 
     n_scores, n_boot = (20_000, 100) if args.tiny else (1_000_000, 1000)
     n_engines, n_rows, dim = (3, 3_000, 32) if args.tiny else (10, 100_000, 768)
