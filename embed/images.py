@@ -31,13 +31,22 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .metadata import finish_metadata, header_metadata
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "load_image", "sha256_file", "is_image_path"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "load_image",
+    "load_image_and_metadata",
+    "sha256_file",
+    "is_image_path",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +100,40 @@ def load_image(
         ImageDecodeError: The file is missing, empty, not an image, truncated, corrupt,
             too large, or of an unsupported kind; the message is a short reason.
     """
+    return _load(path, draft_size=draft_size, max_pixels=max_pixels, metadata=None)
+
+
+def load_image_and_metadata(
+    path: str | os.PathLike,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """:func:`load_image` plus the file's acquisition metadata, from the same single decode.
+
+    The metadata (:data:`embed.metadata.METADATA_SCHEMA`) is read from the header
+    before draft mode changes the decoded size and mode, and from the loaded image
+    (EXIF, ICC, PNG text) after; see :mod:`embed.metadata`.
+
+    Returns:
+        ``(image, metadata)``: the RGB image as :func:`load_image` gives it, and one
+        metadata row (a property that could not be read is named in ``meta_error``).
+
+    Raises:
+        ImageDecodeError: as :func:`load_image`.
+    """
+    meta: dict[str, Any] = {}
+    img = _load(path, draft_size=draft_size, max_pixels=max_pixels, metadata=meta)
+    return img, meta
+
+
+def _load(
+    path: str | os.PathLike,
+    *,
+    draft_size: int | None,
+    max_pixels: int,
+    metadata: dict[str, Any] | None,
+) -> Image.Image:
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -107,7 +150,9 @@ def load_image(
             # PIL's own bomb check warns (or raises) with its global limit; ours is explicit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return _decode(img, draft_size=draft_size, max_pixels=max_pixels)
+                if metadata is not None:
+                    metadata.update(header_metadata(img, file_bytes=size))
+                return _decode(img, draft_size=draft_size, max_pixels=max_pixels, meta=metadata)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -129,7 +174,13 @@ def _reason(exc: BaseException) -> str:
     return f"corrupt or unsupported image ({type(exc).__name__}: {text[:160]})"
 
 
-def _decode(img: Image.Image, *, draft_size: int | None, max_pixels: int) -> Image.Image:
+def _decode(
+    img: Image.Image,
+    *,
+    draft_size: int | None,
+    max_pixels: int,
+    meta: dict[str, Any] | None = None,
+) -> Image.Image:
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
@@ -142,6 +193,8 @@ def _decode(img: Image.Image, *, draft_size: int | None, max_pixels: int) -> Ima
         # Mode "RGB" only asks libjpeg for YCbCr->RGB; CMYK/greyscale JPEGs keep their mode.
         img.draft("RGB", (int(draft_size), int(draft_size)))
     img.load()  # first frame only; raises on truncated/corrupt data (no partial images)
+    if meta is not None:
+        finish_metadata(meta, img)  # before exif_transpose, which drops the orientation tag
     try:
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a large image
     except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose the image

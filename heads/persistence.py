@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
 from facebank.embed.compat import require_same_backbone
 from facebank.embed.errors import HeadError, UnknownNameError
+from facebank.embed.runs import to_jsonable
 
 from .base import BaseHead
+from .registry import create_head
 
 __all__ = ["save_head", "load_head", "check_backbone", "HEAD_FORMAT"]
 
@@ -43,8 +49,6 @@ def _canonical(doc: dict) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    from facebank.embed.runs import to_jsonable
-
     return to_jsonable(obj)
 
 
@@ -61,14 +65,16 @@ def save_head(
     Returns:
         The directory as a ``Path``.
     """
-    from safetensors.numpy import save_file
-
     head._check_fitted()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors, meta = head._get_state()
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     save_file(tensors, str(path / _WEIGHTS))
+    # safetensors writes through a private temp file (mode 0600); give it the umask's mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path / _WEIGHTS, 0o666 & ~umask)
     backbone = backbone if backbone is not None else getattr(head, "backbone_", None)
     bank_digest = bank_digest if bank_digest is not None else getattr(head, "bank_digest_", None)
     doc = _jsonable(
@@ -80,6 +86,7 @@ def save_head(
             "n_train": getattr(head, "n_train_", None),
             "threshold": head.threshold_,
             "calibration": head.calibration_,
+            "score_calibration": getattr(head, "score_calibration_", None),
             "backbone": backbone,
             "bank_digest": bank_digest,
             "metrics": metrics or {},
@@ -104,11 +111,6 @@ def load_head(path: str | Path) -> BaseHead:
         HeadError: missing directory/file, unreadable or modified ``head.json``, weights
             whose sha256 does not match, or arrays that do not fit the head.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    from .registry import create_head
-
     path = Path(path)
     fix = "re-train it with `facebank train` or point --head at a run folder that holds head.json"
     if not path.is_dir():
@@ -154,6 +156,7 @@ def load_head(path: str | Path) -> BaseHead:
         raise HeadError(f"head in {str(path)!r} cannot be rebuilt ({msg}); {fix}") from None
     head.threshold_ = float(doc["threshold"])
     head.calibration_ = doc.get("calibration")
+    head.score_calibration_ = doc.get("score_calibration")
     head.backbone_ = doc.get("backbone")
     head.bank_digest_ = doc.get("bank_digest")
     head.metrics_ = doc.get("metrics") or {}

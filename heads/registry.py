@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,6 @@ class HeadInfo:
     source: str
 
     def load(self) -> type[BaseHead]:
-        import importlib
-
         return getattr(importlib.import_module(self.module), self.cls)
 
 

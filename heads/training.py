@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from facebank.embed import FeatureBank, assign_splits, encode_images, has_splits
 from facebank.embed.errors import DataError, HeadError
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 from .base import BaseHead
 from .persistence import check_backbone, load_head
@@ -63,8 +67,6 @@ class ScoreResult:
 
 
 def _open_banks(banks: Sequence[Any]):
-    from facebank.embed import FeatureBank
-
     if not banks:
         raise DataError("no bank given; pass at least one feature bank (BANK.zarr)")
     opened = [b if hasattr(b, "load_features") else FeatureBank.open(b) for b in banks]
@@ -77,8 +79,6 @@ def resolve_splits(bank: Any, *, seed: int) -> tuple[np.ndarray, str]:
     Rows of a split-carrying bank whose split is empty are left out of training and
     calibration (split ``""``).
     """
-    from facebank.embed import assign_splits, has_splits
-
     splits = np.asarray(bank.splits, dtype=str)
     if has_splits(splits):
         return splits, "bank split column"
@@ -116,9 +116,6 @@ def train_run(
         TrainResult. Rows labelled -1 (unknown) are kept in ``splits.csv`` but used
         neither for fitting nor for calibration/metrics.
     """
-    from facebank.embed.runs import markdown_table, start_run, write_json
-    from sklearn.metrics import roc_auc_score
-
     head_info(head)  # unknown name -> the list of valid ones, before any reading
     params = dict(params or {})
     bank = _open_banks(banks)
@@ -285,8 +282,6 @@ def score_run(
     head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
     failures: list[tuple[str, str]] = []
     if bank is not None:
-        from facebank.embed import FeatureBank
-
         b = bank if hasattr(bank, "load_features") else FeatureBank.open(bank)
         check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
         paths = [str(p) for p in np.asarray(b.paths, dtype=str)]
@@ -299,8 +294,6 @@ def score_run(
                 "this head was saved without a backbone spec, so images cannot be embedded for it; "
                 "score a feature bank instead, or re-train with `facebank train` on a bank"
             )
-        from facebank.embed import encode_images
-
         enc = encode_images(
             [str(p) for p in images],
             backbone=spec,

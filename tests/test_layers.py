@@ -1,0 +1,107 @@
+"""Layers point one way: cli/commands -> analysis -> heads -> embed.
+
+Every module of the package is parsed (not imported) and every import statement in it
+is checked, including imports inside functions and under ``TYPE_CHECKING``: a lower layer
+that reaches up, even lazily, is a cycle waiting to happen.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "facebank"
+
+# layer -> the top-level facebank subpackages/modules it must never import
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "embed": ("analysis", "heads", "cli", "commands"),
+    "heads": ("analysis", "cli", "commands"),
+    "analysis": ("cli", "commands"),
+}
+SKIP_DIRS = {"tests", "examples", "docs", "data", ".venv", "build", "dist", ".git"}
+
+
+def _package_modules() -> list[Path]:
+    """Every ``.py`` file of the package ``facebank`` (the repository root)."""
+    files = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in SKIP_DIRS or rel.parts[0].startswith(".") or "egg-info" in rel.parts[0]:
+            continue
+        files.append(path)
+    return files
+
+
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = [PACKAGE, *rel.parts]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imported(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in ``path``, relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = _module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from facebank import analysis` imports the subpackage analysis
+            names = [f"{mod}.{a.name}" for a in node.names] if mod == PACKAGE else [mod]
+            found.extend((node.lineno, m) for m in names)
+    return found
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == PACKAGE else None
+
+
+def _violations(path: Path, root: Path = ROOT) -> list[str]:
+    layer = _layer(_module_name(path, root))
+    banned = FORBIDDEN.get(layer or "", ())
+    rel = path.relative_to(root)
+    return [
+        f"{rel}:{line} ({layer}) imports {mod}"
+        for line, mod in _imported(path, root)
+        if _layer(mod) in banned
+    ]
+
+
+def test_the_scan_sees_every_layer():
+    layers = {_layer(_module_name(p)) for p in _package_modules()}
+    assert {"embed", "heads", "analysis", "cli"} <= layers
+
+
+def test_relative_imports_resolve_to_absolute_names(tmp_path):
+    # a fake module at heads/x.py: `from ..analysis import y` must be seen as facebank.analysis
+    (tmp_path / "heads").mkdir()
+    src = tmp_path / "heads" / "x.py"
+    src.write_text(
+        "def f():\n    from ..analysis import y\n    from . import base\n    import facebank.cli\n"
+    )
+    assert _imported(src, tmp_path) == [
+        (2, "facebank.analysis"),
+        (3, "facebank.heads"),
+        (4, "facebank.cli"),
+    ]
+    assert len(_violations(src, tmp_path)) == 2
+
+
+@pytest.mark.parametrize("path", _package_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_a_higher_layer(path):
+    bad = _violations(path)
+    assert not bad, "a lower layer imports a higher one:\n" + "\n".join(bad)
