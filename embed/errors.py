@@ -16,6 +16,9 @@ __all__ = [
     "ImageDecodeError",
     "HeadError",
     "DataError",
+    "RunFolderError",
+    "FacebankWarning",
+    "CalibrationWarning",
 ]
 
 
@@ -57,3 +60,15 @@ class HeadError(FacebankError):
 
 class DataError(FacebankError):
     """Arrays given to a head or a metric that cannot be used (empty, NaN, one class...)."""
+
+
+class RunFolderError(FacebankError):
+    """An output folder that would be overwritten, is not a run folder, or is in use."""
+
+
+class FacebankWarning(UserWarning):
+    """Base class of every warning facebank raises on purpose (shown once, as one line)."""
+
+
+class CalibrationWarning(FacebankWarning):
+    """A score calibration fitted on too few validation rows to trust its probabilities."""

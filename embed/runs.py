@@ -4,21 +4,59 @@ A run folder holds ``config.json`` (what was asked, with versions), ``metrics.js
 (the numbers), Markdown tables (``*.md``), PNG figures and CSVs. ``facebank report``
 turns one or more run folders into a single HTML page, so everything a command wants
 shown must land here.
+
+One rule for output folders, for every command (:func:`start_run`):
+
+- no ``--out``: a new folder ``runs/<command>-<YYYYmmdd-HHMMSS>`` (:func:`new_run_dir`);
+- ``--out`` that does not exist or is empty: used;
+- ``--out`` that holds anything else: refused with the fix, unless ``overwrite`` (then a
+  previous *run folder* is replaced - a folder without ``config.json`` never is) or the
+  command resumes (``resume=True``, e.g. ``experiment`` reusing its banks) and the folder
+  is a run of that same command.
+
+Invariants: a run folder is claimed under an ``flock`` on its directory, so two commands
+writing one folder at once cannot both proceed (the second is refused). Inside a
+:func:`run_session` (the CLI opens one per command), a command that fails leaves no
+files behind: folders it created are removed, a folder it was replacing is put back,
+and a resumed folder keeps what it held. Warnings raised during a session are shown
+once each, as one line, and recorded under ``"warnings"`` in each run's
+``metrics.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as _dt
+import fcntl
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["start_run", "write_json", "read_json", "to_jsonable", "markdown_table"]
+from .errors import RunFolderError
+
+__all__ = [
+    "start_run",
+    "new_run_dir",
+    "run_session",
+    "RunSession",
+    "write_json",
+    "read_json",
+    "to_jsonable",
+    "markdown_table",
+    "fmt_value",
+]
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -74,47 +112,295 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def start_run(out: str | Path, *, command: str, config: Mapping[str, Any]) -> Path:
-    """Create (or reuse) a run folder and write its ``config.json``.
+# ---------------------------------------------------------------- the session
+@dataclasses.dataclass
+class RunSession:
+    """What one command did to run folders, so a failure can undo it (see module doc).
+
+    Attributes:
+        overwrite: the command's ``--overwrite``: replace an existing run folder.
+        echo: prints one line (warnings); ``None`` prints nothing.
+        verbose: warnings also name the file and line that raised them.
+        runs: every run folder started, in order.
+        warnings: distinct warning lines, in the order first raised.
+    """
+
+    overwrite: bool = False
+    echo: Callable[[str], None] | None = None
+    verbose: bool = False
+    runs: list[Path] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    _created: list[Path] = dataclasses.field(default_factory=list)
+    _emptied: list[Path] = dataclasses.field(default_factory=list)
+    _resumable: list[Path] = dataclasses.field(default_factory=list)
+    _aside: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+    _locks: list[int] = dataclasses.field(default_factory=list)
+
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())  # one line, whatever the message holds
+        if text in self.warnings:
+            return
+        self.warnings.append(text)
+        if self.echo is not None:
+            where = f" ({category.__name__} at {filename}:{lineno})" if self.verbose else ""
+            self.echo(f"warning: {text}{where}")
+
+    def _finish(self, ok: bool) -> None:
+        if ok:
+            for _, old in self._aside:
+                shutil.rmtree(old, ignore_errors=True)
+            for run in self.runs:
+                if self.warnings and run.is_dir():
+                    _record_warnings(run, self.warnings)
+        else:
+            for path in reversed(self._created + self._emptied):
+                if path in self._resumable and _holds_work(path):
+                    continue  # e.g. an experiment's banks: the next run resumes from them
+                if path in self._emptied:
+                    _clear(path)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+            for path, old in reversed(self._aside):
+                shutil.rmtree(path, ignore_errors=True)
+                old.rename(path)
+        for fd in self._locks:
+            os.close(fd)  # closing drops the flock
+        self._locks.clear()
+
+
+_SESSION: contextvars.ContextVar[RunSession | None] = contextvars.ContextVar(
+    "facebank_run_session", default=None
+)
+
+
+@contextlib.contextmanager
+def run_session(
+    *,
+    overwrite: bool = False,
+    echo: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> Iterator[RunSession]:
+    """One command's lifetime: the overwrite choice, clean-up on failure, warnings.
+
+    Args:
+        overwrite: let :func:`start_run` replace existing run folders.
+        echo: called with one line per distinct warning (e.g. ``typer.echo`` to stderr).
+        verbose: add the warning's category, file and line.
+
+    Yields:
+        The ``RunSession`` (its ``warnings`` and ``runs`` are filled as the command goes).
+        On an exception the folders this session created are removed (a resumed folder
+        is kept), a replaced folder is restored, and the exception propagates.
+    """
+    session = RunSession(overwrite=overwrite, echo=echo, verbose=verbose)
+    token = _SESSION.set(session)
+    ok = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)  # we deduplicate by text ourselves
+            warnings.showwarning = session._show
+            yield session
+        ok = True
+    finally:
+        _SESSION.reset(token)
+        session._finish(ok)
+
+
+def _holds_work(path: Path) -> bool:
+    return any(p.name != CONFIG for p in path.iterdir()) if path.is_dir() else False
+
+
+def _clear(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _record_warnings(run: Path, lines: Sequence[str]) -> None:
+    path = run / METRICS
+    try:
+        doc = read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        return  # a metrics file we cannot read is not ours to rewrite
+    if not isinstance(doc, dict):
+        return
+    doc["warnings"] = list(dict.fromkeys([*doc.get("warnings", []), *lines]))
+    write_json(path, doc)
+
+
+# ---------------------------------------------------------------- the rule
+def new_run_dir(command: str, *, root: str | Path = "runs") -> Path:
+    """``root/<command>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... when that name is taken."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{command.replace(' ', '-')}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderError(
+            f"run folder {str(path)!r} is being written by another facebank command right now; "
+            "wait for it to finish, or give another --out (leave --out away for a new "
+            "timestamped folder)"
+        ) from None
+    return fd
+
+
+def _command_of(path: Path) -> str | None:
+    try:
+        doc = read_json(path / CONFIG)
+    except (OSError, ValueError):
+        return None
+    return doc.get("command") if isinstance(doc, dict) else None
+
+
+def _claim(out: Path, *, command: str, overwrite: bool, resume: bool) -> tuple[str, Path | None]:
+    """Check ``out`` against the rule; returns (``"empty"`` | ``"resumed"`` | ``"replaced"``,
+    the previous folder moved aside or None)."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(
+            f"--out {str(out)!r} is a file, not a folder; give a folder path for the run "
+            "(leave --out away for a new timestamped folder under runs/)"
+        )
+    if not any(out.iterdir()):
+        return "empty", None
+    previous = _command_of(out)
+    if resume and previous == command:
+        return "resumed", None
+    if previous is None:
+        raise RunFolderError(
+            f"--out {str(out)!r} is not empty and is not a facebank run folder (no {CONFIG}); "
+            "facebank never replaces it, even with --overwrite: give a new or empty folder, "
+            "or leave --out away for a new timestamped folder under runs/"
+        )
+    if not overwrite:
+        raise RunFolderError(
+            f"--out {str(out)!r} already holds a `{previous}` run; nothing was written. Give a "
+            "new --out, leave --out away for a new timestamped folder under runs/, or add "
+            "--overwrite to replace that run"
+        )
+    aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    out.rename(aside)
+    out.mkdir()
+    return "replaced", aside
+
+
+def start_run(
+    out: str | Path,
+    *,
+    command: str,
+    config: Mapping[str, Any],
+    overwrite: bool | None = None,
+    resume: bool = False,
+) -> Path:
+    """Claim a run folder under the one output rule (module doc) and write its ``config.json``.
 
     Args:
         out: the run folder; created with parents.
         command: the CLI command or function that made the run, e.g. ``"evaluate"``.
         config: every option that decides the result (seeds, thresholds' source split...).
+        overwrite: replace an existing run folder; ``None`` takes the session's choice
+            (``--overwrite``), ``False`` outside a session.
+        resume: the command continues a run of the same ``command`` in ``out`` (its
+            files are kept; ``config.json`` is rewritten).
 
     Returns:
         The run folder as a ``Path``.
+
+    Raises:
+        RunFolderError: ``out`` holds something else (see the rule), is a file, or is
+            being written by another command.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "config.json",
-        {
-            "command": command,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            **dict(config),
-        },
-    )
+    session = _SESSION.get()
+    if overwrite is None:
+        overwrite = session.overwrite if session is not None else False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
+    fd = _lock(out) if out.is_dir() else None
+    try:
+        state, aside = _claim(out, command=command, overwrite=overwrite, resume=resume)
+        if aside is not None:
+            os.close(fd)
+            fd = _lock(out)  # the new, empty folder
+        write_json(
+            out / CONFIG,
+            {
+                "command": command,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                **dict(config),
+            },
+        )
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if session is None:
+        os.close(fd)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return out
+    session._locks.append(fd)
+    session.runs.append(out)
+    if resume:
+        session._resumable.append(out)
+    if state == "replaced":
+        session._aside.append((out, aside))
+    elif created:
+        session._created.append(out)
+    elif state == "empty":
+        session._emptied.append(out)
     return out
 
 
-def _fmt(v: Any, digits: int) -> str:
+# ---------------------------------------------------------------- numbers
+def fmt_value(v: Any, *, digits: int = 3, pct: bool = False, na: str = "n/a") -> str:
+    """The one number formatter: ``None``/NaN -> ``na``; floats with ``digits`` decimals
+    (``pct=True``: as a percentage with ``digits`` decimals, ``0.1234`` -> ``12.3%`` at 1);
+    everything else ``str``.
+    """
     if v is None:
-        return "-"
+        return na
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
     if isinstance(v, (float, np.floating)):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+        if math.isnan(v):
+            return na
+        return f"{v:.{digits}%}" if pct else f"{v:.{digits}f}"
     return str(v)
 
 
 def markdown_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, digits: int = 3
 ) -> str:
-    """Render rows (dicts) as a GitHub Markdown table; floats get ``digits`` decimals."""
+    """Render rows (dicts) as a GitHub Markdown table; floats get ``digits`` decimals,
+    missing values and NaN read ``n/a``."""
     if not rows:
         return "_(no rows)_\n"
     columns = list(columns or rows[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in columns) + " |")
+        cells = (
+            fmt_value(r.get(c), digits=digits, na="-" if r.get(c) is None else "n/a")
+            for c in columns
+        )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,9 +1,19 @@
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
-from facebank.embed.runs import markdown_table, start_run, to_jsonable, write_json
+from facebank.embed.errors import FacebankWarning, RunFolderError
+from facebank.embed.runs import (
+    fmt_value,
+    markdown_table,
+    new_run_dir,
+    run_session,
+    start_run,
+    to_jsonable,
+    write_json,
+)
 from facebank.embed import (
     BackboneMismatchError,
     FacebankError,
@@ -77,3 +87,141 @@ def test_require_one_backbone_names_the_first_bank_and_the_one_that_differs():
     names = {"a.zarr": "first one", "b.zarr": "second one", "c.zarr": "third one"}
     with pytest.raises(BackboneMismatchError, match="first one .* third one"):
         require_one_backbone([a, b, c], label=lambda x: names[x.path])
+
+
+# ---------------------------------------------------------------- the one output-folder rule
+def _run(path, command="train", **kw):
+    return start_run(path, command=command, config={"seed": 0}, **kw)
+
+
+def test_new_run_dir_is_timestamped_and_never_an_existing_folder(tmp_path):
+    a = new_run_dir("neighbours query", root=tmp_path)
+    assert a.parent == tmp_path and a.name.startswith("neighbours-query-2")
+    a.mkdir()
+    b = new_run_dir("neighbours query", root=tmp_path)
+    assert b != a and b.name.startswith(a.name) and not b.exists()
+
+
+def test_start_run_refuses_an_existing_run_and_keeps_it(tmp_path):
+    run = _run(tmp_path / "r")
+    (run / "head.json").write_text("first")
+    with pytest.raises(RunFolderError, match=r"already holds a `train` run.*--overwrite"):
+        _run(tmp_path / "r")
+    assert (run / "head.json").read_text() == "first"
+
+
+def test_start_run_overwrite_replaces_a_run_but_never_a_foreign_folder(tmp_path):
+    run = _run(tmp_path / "r")
+    (run / "head.json").write_text("first")
+    _run(tmp_path / "r", overwrite=True)
+    assert not (run / "head.json").exists() and (run / "config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # nothing left aside
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunFolderError, match="not a facebank run folder"):
+        _run(home, overwrite=True)
+    assert (home / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        _run(tmp_path / "file")
+
+
+def test_start_run_resumes_only_a_run_of_the_same_command(tmp_path):
+    run = _run(tmp_path / "r", command="experiment", resume=True)
+    (run / "bank.zarr").mkdir()
+    assert _run(tmp_path / "r", command="experiment", resume=True) == run
+    assert (run / "bank.zarr").is_dir()
+    with pytest.raises(RunFolderError, match="`experiment` run"):
+        _run(tmp_path / "r", command="train", resume=True)
+
+
+def test_a_failed_command_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(RuntimeError), run_session():
+        _run(tmp_path / "new")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError), run_session():
+        (_run(tmp_path / "empty") / "part.csv").write_text("x")
+        raise RuntimeError("boom")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_failed_overwrite_puts_the_previous_run_back(tmp_path):
+    (_run(tmp_path / "r") / "head.json").write_text("first")
+    with pytest.raises(RuntimeError), run_session(overwrite=True):
+        (_run(tmp_path / "r") / "head.json").write_text("half")
+        raise RuntimeError("boom")
+    assert (tmp_path / "r" / "head.json").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+    with run_session(overwrite=True):
+        (_run(tmp_path / "r") / "head.json").write_text("second")
+    assert (tmp_path / "r" / "head.json").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+
+
+def test_a_failed_resumable_run_keeps_its_work_but_not_a_bare_config(tmp_path):
+    with pytest.raises(RuntimeError), run_session():
+        _run(tmp_path / "bare", command="experiment", resume=True)
+        raise RuntimeError("weights missing")
+    assert not (tmp_path / "bare").exists()
+    with pytest.raises(KeyboardInterrupt), run_session():
+        (_run(tmp_path / "x", command="experiment", resume=True) / "bank.zarr").mkdir()
+        raise KeyboardInterrupt
+    assert (tmp_path / "x" / "bank.zarr").is_dir()
+
+
+def test_a_run_folder_being_written_is_refused(tmp_path):
+    import fcntl
+    import os
+
+    (tmp_path / "r").mkdir()
+    fd = os.open(tmp_path / "r", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another command would hold it
+    try:
+        with pytest.raises(RunFolderError, match="being written by another"):
+            _run(tmp_path / "r")
+    finally:
+        os.close(fd)
+    assert not any((tmp_path / "r").iterdir())
+
+
+def test_warnings_are_shown_once_as_one_line_and_kept_in_metrics(tmp_path):
+    lines = []
+    with run_session(echo=lines.append) as session:
+        run = _run(tmp_path / "r")
+        write_json(run / "metrics.json", {"auc": 0.9})
+        for _ in range(3):
+            warnings.warn("engine 'x' has 2 images:\n  its TPR moves in 50% steps", UserWarning)
+    assert lines == ["warning: engine 'x' has 2 images: its TPR moves in 50% steps"]
+    assert session.warnings == [lines[0].removeprefix("warning: ")]
+    doc = json.loads((run / "metrics.json").read_text())
+    assert doc == {"auc": 0.9, "warnings": session.warnings}
+    verbose = []
+    with run_session(echo=verbose.append, verbose=True):
+        warnings.warn("w", FacebankWarning)
+    assert verbose[0].startswith("warning: w (FacebankWarning at ") and ".py:" in verbose[0]
+
+
+def test_fmt_value_is_the_one_number_formatter():
+    assert fmt_value(float("nan")) == "n/a" and fmt_value(None) == "n/a"
+    assert fmt_value(np.float32(0.12345), pct=True, digits=1) == "12.3%"
+    assert fmt_value(0.5) == "0.500" and fmt_value(3) == "3"
+    assert "| n/a |" in markdown_table([{"p": float("nan")}])
+
+
+def test_head_weights_follow_the_umask_like_every_other_file(tmp_path):
+    import os
+
+    from facebank.heads import create_head, save_head
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.repeat([0, 1], 20)
+    old = os.umask(0o022)
+    try:
+        path = save_head(create_head("linear").fit(X, y), tmp_path / "h")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert modes["weights.safetensors"] == 0o644 == modes["head.json"]
