@@ -1,0 +1,161 @@
+"""``facebank embed``: images -> a resumable feature bank."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import make_console
+
+
+class _BankDtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+def embed_cmd(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Image folder SOURCE/<engine>/**/image (optionally SOURCE/{train,val,test}/<engine>/...) "
+            "or a CSV manifest with columns path,label,engine[,split]."
+        ),
+    ],
+    backbone: Annotated[
+        str, typer.Option("--backbone", "-b", help="Backbone name (see `facebank backbones`).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Bank folder NAME.zarr. Created if absent; if present (same backbone and view) only "
+            "images not yet in it are embedded - rerun the same command to resume a killed run.",
+        ),
+    ],
+    view: Annotated[
+        str,
+        typer.Option(
+            "--view",
+            help="Transform before the backbone: original, jpeg:q=Q, resize:N, hflip, vflip, or a+b.",
+        ),
+    ] = "original",
+    device: Annotated[
+        str, typer.Option("--device", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N.")
+    ] = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images per forward pass.")
+    ] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Decoding processes (default: automatic; 0 = in the main process).",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="Checkpoint file to load instead of the backbone's own weights."
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size",
+            min=8,
+            help="Backbone input side in pixels, where the backbone allows it (e.g. efficientnet-b1 512).",
+        ),
+    ] = None,
+    real: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--real",
+            help="Engine folder holding real images (label 0); repeat for several. Default: real.",
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile the backbone (worth it on a GPU for large runs)."
+        ),
+    ] = False,
+    dtype: Annotated[
+        _BankDtype, typer.Option("--dtype", help="Stored feature dtype of a new bank.")
+    ] = _BankDtype.float16,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")
+    ] = True,
+    flush_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--flush-rows", min=1, hidden=True, help="Commit at least every N rows (default 2048)."
+        ),
+    ] = None,
+    chunk_rows: Annotated[
+        int,
+        typer.Option(
+            "--chunk-rows", min=1, hidden=True, help="Rows per stored chunk of a new bank."
+        ),
+    ] = 8192,
+) -> None:
+    """Embed every image of SOURCE with one backbone into a resumable Zarr feature bank."""
+    import warnings
+
+    from facebank.embed.runner import DuplicateImageWarning, embed_source
+
+    err = make_console(stderr=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DuplicateImageWarning)
+        summary = embed_source(
+            source,
+            backbone=backbone,
+            out=out,
+            view=view,
+            device=device,
+            weights=weights,
+            image_size=image_size,
+            real_names=tuple(real) if real else ("real",),
+            batch_size=batch_size,
+            num_workers=workers,
+            compile=compile_,
+            progress=progress,
+            dtype=dtype.value,
+            flush_rows=flush_rows,
+            chunk_rows=chunk_rows,
+        )
+    _print_embed_summary(summary)
+    for w in caught:
+        if issubclass(w.category, DuplicateImageWarning):
+            err.print(f"[yellow]warning:[/] {w.message}", markup=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _print_embed_summary(s) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = make_console()
+    table = Table(title=f"{s.out}  ({s.backbone}, view {s.view}, {s.device})", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("embedded", f"{s.embedded:,}")
+    table.add_row("skipped (already in the bank)", f"{s.skipped_present:,}")
+    table.add_row("duplicates (identical file embedded once)", f"{s.duplicates:,}")
+    table.add_row("failed", f"{len(s.failed):,}")
+    table.add_row("ignored (not an image file)", f"{len(s.ignored):,}")
+    table.add_row("rows in the bank", f"{s.rows:,}")
+    table.add_row("time", f"{s.seconds:.1f} s ({s.images_per_s:,.1f} images/s)")
+    console.print(table)
+    shown = 20
+    for path, reason in s.failed[:shown]:
+        console.print(f"  failed: {escape(path)}: {escape(reason)}")
+    if len(s.failed) > shown:
+        console.print(
+            f"  ... and {len(s.failed) - shown} more (`facebank bank info {s.out}` lists all)"
+        )

@@ -1,0 +1,119 @@
+"""``facebank experiment`` and ``facebank demo``: the whole workflow on one dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import default_out, split_list
+
+
+def _print_experiment(result) -> None:
+    from rich.console import Console
+
+    console = Console()
+    for table in result.rich_tables():
+        console.print(table)
+    total = result.seconds.get("total", 0.0)
+    console.print(f"report: [bold]{result.report}[/]  ({total:.0f} s; run folder {result.run_dir})")
+
+
+def experiment(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset: folder SOURCE/<engine>/... (or SOURCE/<split>/<engine>/...) "
+            "or a CSV manifest path,label,engine[,split]."
+        ),
+    ],
+    backbone: Annotated[
+        str, typer.Option(help="Backbone (see `facebank backbones`).")
+    ] = "clip-vit-l-14",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder (default runs/experiment-<date>-<time>); give an earlier "
+            "experiment's folder to reuse its banks.",
+        ),
+    ] = None,
+    views: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--views",
+            help="Views to embed besides original; repeat or comma-separate "
+            "(default jpeg:q=50, resize:128, vflip; 'none' for no views).",
+        ),
+    ] = None,
+    heads: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--heads",
+            help="Heads to train; repeat or comma-separate (default linear, mlp, prototype).",
+        ),
+    ] = None,
+    new_engine: Annotated[
+        str | None,
+        typer.Option(help="AI engine held out as new for the OOD test (default: the smallest)."),
+    ] = None,
+    real: Annotated[
+        list[str] | None,
+        typer.Option("--real", help="Folder name(s) holding real images (default: real)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (embedding).")] = "auto",
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Backbone checkpoint file (open_clip / timm), overrides the cache."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds splits, training and bootstraps.")] = 0,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Backbone input side where allowed (e.g. 512 for efficientnet-b1)."),
+    ] = None,
+) -> None:
+    """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
+    leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
+    from facebank.analysis.experiment import DEFAULT_HEADS, DEFAULT_VIEWS, run_experiment
+
+    result = run_experiment(
+        source,
+        backbone=backbone,
+        out=default_out("experiment", out),
+        views=split_list(views, DEFAULT_VIEWS),
+        heads=split_list(heads, DEFAULT_HEADS),
+        new_engine=new_engine,
+        device=device,
+        weights=weights,
+        seed=seed,
+        image_size=image_size,
+        real_names=tuple(real or ("real",)),
+        progress=True,
+    )
+    _print_experiment(result)
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Demo folder (stand-in data + run).")] = Path(
+        "facebank-demo"
+    ),
+    small: Annotated[
+        bool, typer.Option("--small", help="60 instead of 200 images per class (about a minute).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (embedding).")] = "auto",
+) -> None:
+    """Offline demo: a stand-in dataset from photos bundled with matplotlib/scikit-image
+    (simulated artifacts, not real AI faces), then `facebank experiment` with efficientnet-lite1."""
+    from facebank.analysis.experiment import demo_note, run_demo
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console(stderr=True).print(Markdown(demo_note()))
+    result = run_demo(out, small=small, device=device, progress=True)
+    _print_experiment(result)
+    typer.echo(
+        "Reminder: simulated artifacts on a handful of photos, not real AI-generated faces "
+        "(see NOTE.md in the run folder and the top of the report)."
+    )

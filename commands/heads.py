@@ -1,0 +1,93 @@
+"""``facebank train`` and ``facebank heads``: train a head on banks, list the heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import default_out, parse_params
+
+
+def train_cmd(
+    banks: Annotated[
+        list[Path], typer.Argument(help="Feature banks (NAME.zarr) of one backbone; concatenated.")
+    ],
+    head: Annotated[
+        str, typer.Option("--head", help="Head name (see `facebank heads`).")
+    ] = "linear",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Head parameter KEY=VALUE (repeatable; JSON values, e.g. hidden=[128,64]).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help="Seeds the head and the split of banks without a split column."
+        ),
+    ] = 0,
+    fpr: Annotated[
+        float,
+        typer.Option(
+            "--fpr", help="Target false-positive rate on validation reals for the threshold."
+        ),
+    ] = 0.005,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder to write (head.json, weights.safetensors, splits.csv, metrics.json); "
+            "default runs/train-<date>-<time>.",
+        ),
+    ] = None,
+) -> None:
+    """Train a head on the train split, set its threshold on validation reals, report val figures."""
+    from facebank.heads import train_run
+
+    res = train_run(
+        [str(b) for b in banks],
+        head=head,
+        params=parse_params(param),
+        out=default_out("train", out),
+        seed=seed,
+        fpr=fpr,
+    )
+    auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
+    tpr = "n/a" if res.val_tpr_at_fpr is None else f"{res.val_tpr_at_fpr:.1%}"
+    typer.echo(
+        f"head {head}: trained on {res.n_train} rows in {res.train_seconds:.2f} s (splits: {res.split_source})"
+    )
+    typer.echo(
+        f"val ({res.n_val} rows): AUC {auc}  TPR@{fpr:.2%}FPR {tpr}  threshold {res.threshold:.4g} (val reals)"
+    )
+    typer.echo(f"run folder: {res.run_dir}")
+
+
+def heads_cmd(
+    name: Annotated[
+        str | None, typer.Argument(help="Show one head's parameters (default: all heads).")
+    ] = None,
+) -> None:
+    """List the heads and their parameters with defaults."""
+    from facebank.heads import head_info, head_params, list_heads
+
+    for n in [name] if name else list_heads():
+        info = head_info(n)
+        typer.echo(f"{n:<10} {info.description} [{info.source}]")
+        typer.echo("    " + "  ".join(f"{k}={v!r}" for k, v in head_params(n).items()))
+        cls = info.load()
+        if hasattr(cls, "resolved_config"):  # mlp: None = the preset's value
+            from dataclasses import asdict
+
+            fast = asdict(cls().resolved_config())
+            paper = asdict(cls(preset="paper").resolved_config())
+            typer.echo("    None means: " + "  ".join(f"{k}={v!r}" for k, v in fast.items()))
+            typer.echo(
+                "    preset='paper': "
+                + "  ".join(f"{k}={v!r}" for k, v in paper.items() if fast[k] != v)
+            )

@@ -1,0 +1,232 @@
+"""``facebank neighbours ...``: FAISS nearest-neighbour analysis of banks."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import OUT_HELP, Metric, default_out, show_progress
+
+app = typer.Typer(help="FAISS nearest-neighbour analysis of banks.", no_args_is_help=True)
+
+
+class _MapMethod(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+_NbBanks = Annotated[
+    list[Path], typer.Argument(help="Feature bank(s) (NAME.zarr) of one backbone; rows are pooled.")
+]
+_NbK = Annotated[
+    int, typer.Option("-k", "--k", help="Neighbours per image (the image itself excluded).")
+]
+_NbFactory = Annotated[
+    str,
+    typer.Option(help="FAISS index factory string: 'Flat' (exact), 'IVF1024,Flat', 'HNSW32'..."),
+]
+_NbDevice = Annotated[
+    str, typer.Option(help="FAISS device: auto (GPU when faiss-gpu sees one), cpu, cuda, cuda:N.")
+]
+_NbNprobe = Annotated[int | None, typer.Option(help="IVF runtime knob: lists visited per query.")]
+_NbEf = Annotated[
+    int | None, typer.Option("--ef-search", help="HNSW runtime knob: search beam width.")
+]
+
+
+@app.command("clusters")
+def neighbours_clusters(
+    banks: _NbBanks,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
+    k: _NbK = 10,
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the purity intervals.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seeds bootstrap, subsamples and k-means.")] = 0,
+    clusters: Annotated[
+        int | None, typer.Option(help="k-means clusters (default: the number of engines).")
+    ] = None,
+    silhouette_max: Annotated[
+        int, typer.Option(help="Silhouette on a seeded subsample of this many rows above it.")
+    ] = 5000,
+    factory: _NbFactory = "Flat",
+    metric: Annotated[Metric, typer.Option(help="Neighbour metric.")] = Metric.cosine,
+    device: _NbDevice = "auto",
+    nprobe: _NbNprobe = None,
+    ef_search: _NbEf = None,
+) -> None:
+    """Do engines cluster? kNN purity per engine, neighbour-engine confusion, silhouette, k-means NMI/ARI."""
+    from facebank.analysis.neighbours import engine_clusters
+
+    result = engine_clusters(
+        [str(b) for b in banks],
+        k=k,
+        n_boot=n_boot,
+        seed=seed,
+        n_clusters=clusters,
+        silhouette_max=silhouette_max,
+        factory=factory,
+        metric=metric.value,
+        device=device,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        out=default_out("neighbours-clusters", out),
+        progress=show_progress(),
+    )
+    typer.echo(result.markdown())
+    typer.echo(f"wrote {result.run_dir}")
+
+
+@app.command("query")
+def neighbours_query(
+    bank: Annotated[
+        list[Path], typer.Option("--bank", help="Bank(s) to search (repeat for several).")
+    ],
+    images: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Query image files (embedded with the bank's backbone)."),
+    ] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="Query banked rows instead of images, e.g. '3,17'.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query.")] = 8,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
+    factory: _NbFactory = "Flat",
+    metric: Annotated[Metric, typer.Option(help="Neighbour metric.")] = Metric.cosine,
+    device: _NbDevice = "auto",
+    weights: Annotated[
+        Path | None, typer.Option(help="Backbone weights file, when the query images need one.")
+    ] = None,
+) -> None:
+    """Forensics: each query's nearest banked images (table, neighbours.csv, grid.png)."""
+    from facebank.analysis.neighbours import NeighbourIndex, write_query
+    from facebank.embed.errors import DataError
+    from rich.console import Console
+    from rich.table import Table
+
+    if bool(images) == bool(rows):
+        raise DataError("give query IMAGE files or --rows 3,17 (exactly one of the two)")
+    index = NeighbourIndex(
+        [str(b) for b in bank],
+        factory=factory,
+        metric=metric.value,
+        device=device,
+        progress=show_progress(),
+    )
+    if rows:
+        try:
+            wanted = [int(r) for r in rows.replace(" ", "").split(",") if r]
+        except ValueError:
+            raise DataError(
+                f"--rows {rows!r} is not a list of row numbers; use e.g. --rows 3,17"
+            ) from None
+        records = index.query_rows(wanted, k)
+    else:
+        records = index.query(
+            [str(p) for p in images], k, device=device, weights=str(weights) if weights else None
+        )
+    run = write_query(
+        records,
+        out=default_out("neighbours-query", out),
+        config={
+            "banks": [str(b) for b in bank],
+            "k": k,
+            "factory": factory,
+            "metric": metric.value,
+            "rows": rows,
+            "images": [str(p) for p in images or []],
+        },
+    )
+    console = Console()
+    for recs in records:
+        table = Table(title=f"query: {recs[0].query}" if recs else "query", title_justify="left")
+        for col in (
+            "rank",
+            "similarity" if metric == Metric.cosine else "sq. distance",
+            "engine",
+            "label",
+            "split",
+            "bank",
+            "path",
+        ):
+            table.add_column(col, overflow="fold")
+        for r in recs:
+            score = r.similarity if r.similarity is not None else r.distance
+            table.add_row(
+                str(r.rank), f"{score:.4f}", r.engine, str(r.label), r.split or "-", r.bank, r.path
+            )
+        console.print(table)
+    typer.echo(f"wrote {run}")
+
+
+@app.command("leaks")
+def neighbours_leaks(
+    banks: _NbBanks,
+    threshold: Annotated[
+        float,
+        typer.Option(help="Cosine similarity at or above which two images are near-duplicates."),
+    ] = 0.95,
+    k: _NbK = 10,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
+    factory: _NbFactory = "Flat",
+    device: _NbDevice = "auto",
+) -> None:
+    """Near-duplicates (cosine) and exact duplicates (sha256) across splits and banks.
+
+    Exit code 2 when a train/test pair is found, so it can gate an experiment.
+    """
+    from facebank.analysis.neighbours import find_leaks
+
+    result = find_leaks(
+        [str(b) for b in banks],
+        threshold=threshold,
+        k=k,
+        factory=factory,
+        device=device,
+        out=default_out("neighbours-leaks", out),
+        progress=show_progress(),
+    )
+    typer.echo(result.markdown())
+    typer.echo(f"{len(result.pairs)} pairs; wrote {result.run_dir / 'pairs.csv'}")
+    if result.has_train_test_leak:
+        typer.echo(
+            f"leak: {result.train_test} train/test pair(s) at cosine >= {threshold} or same sha256",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+@app.command("map")
+def neighbours_map(
+    banks: _NbBanks,
+    method: Annotated[
+        list[_MapMethod] | None,
+        typer.Option(help="Projection(s); repeat for several (default: both)."),
+    ] = None,
+    max_points: Annotated[
+        int, typer.Option(help="Above this many rows, draw a seeded random subsample.")
+    ] = 5000,
+    seed: Annotated[int, typer.Option(help="Seeds the subsample, PCA and t-SNE.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
+) -> None:
+    """2-D PCA / t-SNE scatter of the banks, coloured by engine (map_<method>.png)."""
+    from facebank.analysis.neighbours import write_maps
+
+    methods = [m.value for m in method] if method else ["pca", "tsne"]
+    run, maps = write_maps(
+        [str(b) for b in banks],
+        out=default_out("neighbours-map", out),
+        methods=methods,
+        max_points=max_points,
+        seed=seed,
+    )
+    for m in maps:
+        shown = (
+            f"{len(m.rows)} of {m.n_total} rows (seed {m.seed})"
+            if m.subsampled
+            else f"{m.n_total} rows"
+        )
+        typer.echo(f"{m.method}: {shown} -> {run / f'map_{m.method}.png'}")
