@@ -200,6 +200,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         self.threshold_ = float(self._default_threshold)
         self.calibration_ = None
         self.n_train_ = int(X.shape[0])
+        self.score_calibration_ = None  # heads.calibration.calibrate_head, on val rows
         return self
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:

@@ -24,10 +24,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from facebank.embed import FeatureBank, assign_splits, encode_images, has_splits
-from facebank.embed.errors import DataError, HeadError
+from facebank.embed.errors import CalibrationWarning, DataError, HeadError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from .base import BaseHead
+from .calibration import calibrate_head
 from .persistence import check_backbone, load_head
 from .registry import create_head, head_info
 
@@ -160,6 +161,15 @@ def train_run(
     s_va = est.decision_function(X_va)
     est.calibrate(X_va[labels[va] == 0], fpr=fpr)
     y_va = labels[va]
+    if len(np.unique(y_va)) == 2:  # a probability needs val rows of both classes
+        calibrate_head(est, X_va, y_va)
+    else:
+        warnings.warn(
+            f"the val split has no {'AI' if (y_va == 0).all() else 'real'} rows: the head stores "
+            "no calibrated probability (score writes the raw score only)",
+            CalibrationWarning,
+            stacklevel=2,
+        )
     val_auc = float(roc_auc_score(y_va, s_va)) if len(np.unique(y_va)) == 2 else None
     val_tpr = _tpr_at_threshold(s_va, y_va, est.threshold_)
     val_fpr = float((s_va[y_va == 0] > est.threshold_).mean())
