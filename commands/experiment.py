@@ -106,7 +106,7 @@ def demo(
 ) -> None:
     """Offline demo: a stand-in dataset from photos bundled with matplotlib/scikit-image
     (simulated artifacts, not real AI faces), then `facebank experiment` with efficientnet-lite1."""
-    from facebank.analysis.experiment import demo_note, run_demo
+    from facebank.analysis.demo import demo_note, run_demo
     from rich.console import Console
     from rich.markdown import Markdown
 

@@ -92,7 +92,13 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def _versions() -> dict[str, str]:
+def package_versions(*, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of the distributions a result depends on (absent ones left out).
+
+    Args:
+        extra: further distribution names beyond facebank, torch, open_clip_torch, timm,
+            zarr, faiss-cpu and scikit-learn.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -104,6 +110,7 @@ def _versions() -> dict[str, str]:
         "zarr",
         "faiss-cpu",
         "scikit-learn",
+        *extra,
     ):
         try:
             out[pkg] = version(pkg)
@@ -207,7 +214,10 @@ def run_session(
 
 
 def _holds_work(path: Path) -> bool:
-    return any(p.name != CONFIG for p in path.iterdir()) if path.is_dir() else False
+    """Any file besides ``config.json`` (empty sub-folders are not work)."""
+    if not path.is_dir():
+        return False
+    return any(p.is_file() and p != path / CONFIG for p in path.rglob("*"))
 
 
 def _clear(path: Path) -> None:
@@ -343,7 +353,7 @@ def start_run(
             {
                 "command": command,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "versions": _versions(),
+                "versions": package_versions(),
                 **dict(config),
             },
         )

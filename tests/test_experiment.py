@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from facebank.analysis.experiment import ExperimentResult, _view_slug, run_experiment
-from facebank.embed.errors import DataError, FacebankError, UnknownNameError
-from facebank.embed.standin import make_standin_dataset
 from typer.testing import CliRunner
 
+from facebank.analysis.experiment import ExperimentResult, _view_slug, run_experiment
+from facebank.embed.errors import DataError, FacebankError, RunFolderError, UnknownNameError
+from facebank.embed.standin import make_standin_dataset
+
 BACKBONE = "tiny-cnn"
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 VIEWS = ("vflip",)
 HEADS = ("linear", "prototype")
 N = 56
@@ -61,9 +71,9 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
         assert 0.0 <= h["auc"] <= 1.0 and h["threshold"] is not None
     assert r.new_engine == "denoise-renoise"  # the smallest AI engine
     assert r.ood is not None and 0.0 <= r.ood["auroc"] <= 1.0
-    assert (run / "ood" / "train-without-denoise-renoise" / "head.json").is_file()
+    assert (run / "train" / "prototype-without-denoise-renoise" / "head.json").is_file()
     # the OOD head never saw the new engine
-    splits = (run / "ood" / "train-without-denoise-renoise" / "splits.csv").read_text()
+    splits = (run / "train" / "prototype-without-denoise-renoise" / "splits.csv").read_text()
     assert "denoise-renoise" not in splits
     assert r.loeo is not None and len(r.loeo["per_engine"]) == 4
     assert set(r.robustness) == set(HEADS)
@@ -172,7 +182,7 @@ def test_out_folder_with_other_files_is_never_touched(dataset, tmp_path):
     out = tmp_path / "mine"
     (out / "train").mkdir(parents=True)
     (out / "train" / "precious.jpg").write_bytes(b"user data")
-    with pytest.raises(DataError, match="not an experiment run"):
+    with pytest.raises(RunFolderError, match="not a facebank run folder"):
         run_experiment(dataset, backbone=BACKBONE, out=out, progress=False)
     assert (out / "train" / "precious.jpg").read_bytes() == b"user data"
     with pytest.raises(DataError, match="contains the dataset"):
@@ -197,3 +207,71 @@ def test_cli_experiment_bad_input_is_one_line(dataset, tmp_path):
     err = res.stderr if hasattr(res, "stderr") else res.output
     lines = [ln for ln in err.strip().splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("error:") and "only real images" in lines[0]
+
+
+def test_a_failed_experiment_leaves_no_folder(dataset, tmp_path):
+    with pytest.raises(FacebankError, match="not a file"):
+        run_experiment(
+            dataset,
+            backbone=BACKBONE,
+            out=tmp_path / "run",
+            weights=tmp_path / "missing.pt",
+            device="cpu",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch_cuda(), reason="this machine has CUDA")
+def test_an_absent_device_is_refused_before_any_work(dataset, tmp_path):
+    with pytest.raises(FacebankError, match="CUDA is not available"):
+        run_experiment(dataset, backbone=BACKBONE, out=tmp_path / "run", device="cuda")
+    assert not (tmp_path / "run").exists()
+
+
+def _result(**kw) -> ExperimentResult:
+    base = dict(
+        run_dir=Path("run"),
+        report=None,
+        backbone="b",
+        source="s",
+        engines={"real": 30, "sdxl": 30},
+        banks={},
+        embedding={},
+        heads={
+            "linear": {"auc": 0.9, "auc_lo": 0.8, "auc_hi": 0.95, "tpr": 0.467, "fpr": 0.0333},
+        },
+        robustness={
+            "linear": {
+                "original": {"auc": 0.91, "tpr": 0.167, "fpr": 0.033},
+                "jpeg:q=50": {"auc": 0.62, "tpr": 0.467, "fpr": 0.333},
+            }
+        },
+        loeo={"in_engine_tpr": 0.9, "out_of_engine_tpr": 0.4, "fpr_test_reals": 0.02},
+        ood={
+            "new_engine": "sdxl",
+            "auroc": float("nan"),
+            "flag_rate_new": 0.5,
+            "flag_rate_known": 0.06,
+        },
+    )
+    base.update(kw)
+    return ExperimentResult(**base)
+
+
+def test_every_headline_tpr_stands_beside_its_realised_fpr():
+    r = _result()
+    (row,) = r.head_rows()
+    cols = list(row)
+    assert cols[cols.index("TPR (test)") + 1].startswith("FPR (test; target 0.5%")
+    assert row["TPR (test)"] == "46.7%" and row[cols[3]] == "3.33%"
+    steps = {k["step"].split(" ")[0]: k["result"] for k in r.key_rows()}
+    # the robustness line cannot read as "JPEG helps": AUC and the FPR of each view
+    assert "jpeg:q=50: AUC 0.620, TPR 46.7% at FPR 33.3%" in steps["robustness"]
+    assert "original: AUC 0.910, TPR 16.7% at FPR 3.3%" in steps["robustness"]
+    assert "FPR on test reals 2.00%" in steps["leave-one-engine-out"]
+    ood = steps["OOD:"]
+    assert "AUROC n/a" in ood and "nan" not in ood and "known-engine test images" in ood
+    title = r.rich_tables()[0].title
+    assert "validation reals" in title and "realised on the test rows" in title
+    assert "nan" not in r.markdown()

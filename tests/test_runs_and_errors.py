@@ -4,6 +4,15 @@ import warnings
 
 import numpy as np
 import pytest
+
+from facebank.embed import (
+    BackboneMismatchError,
+    FacebankError,
+    UnknownNameError,
+    backbone_id,
+    require_same_backbone,
+    same_backbone,
+)
 from facebank.embed.errors import FacebankWarning, RunFolderError
 from facebank.embed.runs import (
     fmt_value,
@@ -13,14 +22,6 @@ from facebank.embed.runs import (
     start_run,
     to_jsonable,
     write_json,
-)
-from facebank.embed import (
-    BackboneMismatchError,
-    FacebankError,
-    UnknownNameError,
-    backbone_id,
-    require_same_backbone,
-    same_backbone,
 )
 
 SPEC = {
@@ -167,9 +168,11 @@ def test_a_failed_resumable_run_keeps_its_work_but_not_a_bare_config(tmp_path):
         raise RuntimeError("weights missing")
     assert not (tmp_path / "bare").exists()
     with pytest.raises(KeyboardInterrupt), run_session():
-        (_run(tmp_path / "x", command="experiment", resume=True) / "bank.zarr").mkdir()
+        bank = _run(tmp_path / "x", command="experiment", resume=True) / "bank.zarr"
+        bank.mkdir()
+        (bank / "zarr.json").write_text("{}")
         raise KeyboardInterrupt
-    assert (tmp_path / "x" / "bank.zarr").is_dir()
+    assert (tmp_path / "x" / "bank.zarr" / "zarr.json").is_file()
 
 
 def test_a_run_folder_being_written_is_refused(tmp_path):
@@ -193,14 +196,16 @@ def test_warnings_are_shown_once_as_one_line_and_kept_in_metrics(tmp_path):
         run = _run(tmp_path / "r")
         write_json(run / "metrics.json", {"auc": 0.9})
         for _ in range(3):
-            warnings.warn("engine 'x' has 2 images:\n  its TPR moves in 50% steps", UserWarning)
+            warnings.warn(
+                "engine 'x' has 2 images:\n  its TPR moves in 50% steps", UserWarning, stacklevel=1
+            )
     assert lines == ["warning: engine 'x' has 2 images: its TPR moves in 50% steps"]
     assert session.warnings == [lines[0].removeprefix("warning: ")]
     doc = json.loads((run / "metrics.json").read_text())
     assert doc == {"auc": 0.9, "warnings": session.warnings}
     verbose = []
     with run_session(echo=verbose.append, verbose=True):
-        warnings.warn("w", FacebankWarning)
+        warnings.warn("w", FacebankWarning, stacklevel=1)
     assert verbose[0].startswith("warning: w (FacebankWarning at ") and ".py:" in verbose[0]
 
 
