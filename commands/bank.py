@@ -109,7 +109,7 @@ def bank_verify_cmd(
     bank: Annotated[Path, typer.Argument(help="Feature bank folder (NAME.zarr).")],
 ) -> None:
     """Check a bank: attributes, arrays, every chunk, values; exit 1 listing what is wrong."""
-    from facebank.embed.bank import verify_bank
+    from facebank.embed.verify import verify_bank
     from rich.markup import escape
 
     rep = verify_bank(bank)

@@ -8,14 +8,7 @@ from .backbones import (
     create_backbone,
     list_backbones,
 )
-from .bank import (
-    BankReport,
-    FeatureBank,
-    concat_banks,
-    synthetic_backbone,
-    verify_bank,
-    write_bank,
-)
+from .bank import FeatureBank, concat_banks, write_bank
 from .compat import backbone_id, require_one_backbone, require_same_backbone, same_backbone
 from .datasets import ImageItem, Source, SourceError, scan_source
 from .errors import (
@@ -30,6 +23,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image, sha256_file
+from .partitions import committed_partitions, consolidate, write_partition
 from .runner import (
     DuplicateImageWarning,
     EmbedSummary,
@@ -38,6 +32,7 @@ from .runner import (
     encode_images,
 )
 from .splits import SPLITS, assign_splits, has_splits
+from .verify import BankReport, verify_bank
 from .views import View, parse_view
 
 __all__ = [
@@ -72,7 +67,9 @@ __all__ = [
     "FeatureBank",
     "write_bank",
     "concat_banks",
-    "synthetic_backbone",
+    "write_partition",
+    "committed_partitions",
+    "consolidate",
     "verify_bank",
     "BankReport",
     "ImageItem",

@@ -1,4 +1,4 @@
-"""Writer lock of a feature bank: an ``flock`` on the bank directory itself.
+"""Writer lock of a feature bank: an ``flock`` on a local bank folder, a lease object elsewhere.
 
 The lock lives on the directory's inode (no lock file), so plain zarr readers see
 no stray files, and the kernel drops it when the writer exits for any reason -
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from .errors import BankLockedError
 
-__all__ = ["BankLock"]
+__all__ = ["BankLock", "LeaseLock", "writer_lock"]
 
 
 class BankLock:
@@ -58,6 +62,9 @@ class BankLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def renew(self) -> None:
+        """Nothing to renew: the kernel holds an ``flock`` as long as the process lives."""
+
     def __enter__(self) -> BankLock:
         return self.acquire()
 
@@ -66,3 +73,97 @@ class BankLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+class LeaseLock:
+    """Writer lock of a bank on an object store: a lease object with an owner and an expiry.
+
+    Object stores have no ``flock`` and no atomic rename, so the lock is one small
+    JSON object, ``BANK/facebank.lease``: ``{"owner", "host", "pid", "expires"}``. A
+    writer takes it when it is absent, expired or its own, renews it on every commit
+    and deletes it on close. A writer killed without closing blocks others only until
+    the lease expires (``ttl_s``). Two writers racing for an absent lease both write;
+    each reads it back and only the one whose owner id is there proceeds.
+    """
+
+    KEY = "facebank.lease"
+
+    def __init__(self, loc: Any, *, ttl_s: float = 600.0) -> None:
+        self.loc = loc
+        self.ttl_s = float(ttl_s)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held = False
+
+    def _current(self) -> dict[str, Any] | None:
+        try:
+            doc = self.loc.read_json(self.KEY)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # unreadable lease: treated as absent (it is rewritten below)
+        return doc if isinstance(doc, dict) else None
+
+    def _write(self) -> None:
+        now = time.time()
+        self.loc.write_json(
+            self.KEY,
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "acquired": now,
+                "expires": now + self.ttl_s,
+            },
+        )
+
+    def _refuse(self, doc: dict[str, Any]) -> None:
+        left = float(doc.get("expires", 0)) - time.time()
+        raise BankLockedError(
+            f"bank {self.loc.url!r} is being written by another process (lease of "
+            f"{doc.get('host')!r} pid {doc.get('pid')}, expires in {max(left, 0):.0f} s); wait "
+            "for that `facebank embed` to finish or stop it - a killed writer's lease expires "
+            "by itself, then rerun the same command to resume"
+        )
+
+    def acquire(self) -> LeaseLock:
+        """Take the lease or raise ``BankLockedError`` at once (never waits)."""
+        if self._held:
+            return self
+        doc = self._current()
+        live = doc is not None and float(doc.get("expires", 0)) > time.time()
+        if live and doc.get("owner") != self.owner:
+            self._refuse(doc)
+        self._write()
+        time.sleep(0.05)  # let a racing writer's PUT land before reading back
+        doc = self._current()
+        if doc is None or doc.get("owner") != self.owner:
+            self._refuse(doc or {})
+        self._held = True
+        return self
+
+    def renew(self) -> None:
+        """Push the expiry forward (called on every commit)."""
+        if self._held:
+            self._write()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            doc = self._current()
+            if doc is not None and doc.get("owner") == self.owner:
+                self.loc.remove(self.KEY)
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def __enter__(self) -> LeaseLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def writer_lock(loc: Any) -> BankLock | LeaseLock:
+    """The writer lock that fits the store: ``flock`` on a local folder, else a lease object."""
+    return BankLock(loc.local) if loc.local is not None else LeaseLock(loc)

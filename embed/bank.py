@@ -1,27 +1,32 @@
 """Feature banks: one dataset embedded by one backbone under one view, in one Zarr v3 group.
 
-Format version 1 (see DESIGN.md "Feature bank format")::
+Format version 2 (``docs/bank-format.md``; version-1 banks are still read)::
 
-    NAME.zarr/                      zarr v3 group
-        features  (row, dim)  float16 (or float32), row-chunked, uncompressed
+    NAME.zarr/                      zarr v3 group (a local folder or an fsspec URL)
+        features  (row, dim)  float16 (or float32), row-chunked (optionally sharded), lz4
         label     (row,)      int8     1 = AI-generated, 0 = real, -1 = unknown
         engine    (row,)      string   e.g. "real", "sdxl"
         path      (row,)      string   relative to the source root
         split     (row,)      string   "train" / "val" / "test" / "" (none)
         sha256    (row,)      string   hex digest of the file bytes
-        attrs: facebank_format=1, backbone{...}, view, source, versions, created,
-               count (rows committed), failures [{path, reason}],
+        file_format, width, ... (row,)  acquisition metadata, one array per key of
+                                        ``embed.metadata.METADATA_SCHEMA`` (format 2)
+        _partitions/                    independently committed partitions (see
+                                        ``embed.partitions``), absorbed by ``consolidate``
+        attrs: facebank_format=2, backbone{...}, view, source, versions, created,
+               count (rows committed), columns (metadata columns), partitions
+               {index: rows} (absorbed), failures [{path, reason}],
                duplicates [{path, engine, split, sha256, duplicate_of}]
 
-Crash safety. Every store write of zarr's ``LocalStore`` is atomic (temp file +
-rename), so a file is either the old or the new version. An append (1) resizes
-every array to ``count + n`` rows, (2) writes the new rows, and only then (3)
-rewrites the group attributes with the new ``count``. A writer killed at any
-moment therefore leaves a bank whose first ``count`` rows are complete; rows beyond
-``count`` are invisible to :class:`FeatureBank` and are overwritten by the next
-append. A clean ``close()`` trims every array to exactly ``count`` rows, so plain
-zarr/xarray readers see the committed rows only. One writer at a time: an ``flock``
-on the bank directory (released by the kernel when a writer dies).
+Crash safety. The group's ``zarr.json`` is written as one object (temp file + rename
+locally, one PUT on an object store). An append (1) resizes every array to
+``count + n`` rows, (2) writes the new rows, and only then (3) rewrites the group's
+``zarr.json`` with the new ``count``. A writer killed at any moment therefore leaves
+a bank whose first ``count`` rows are complete; rows beyond ``count`` are invisible
+to :class:`FeatureBank` and plain zarr/xarray readers and are overwritten by the
+next append. A clean ``close()`` trims every array to exactly ``count`` rows. One
+writer at a time: an ``flock`` on a local bank folder (released by the kernel when a
+writer dies), a lease object with an owner and an expiry on an object store.
 """
 
 from __future__ import annotations
@@ -32,43 +37,60 @@ import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from ._lock import BankLock
+from ._lock import BankLock, writer_lock
+from ._store import (
+    CORE_COLUMNS,
+    DEFAULT_CHUNK_ROWS,
+    FORMAT_VERSION,
+    Location,
+    Store,
+    as_column,
+    as_str_array,
+    cast,
+    cast_into,
+    check_arrays,
+    check_attrs,
+    column_dtype,
+    create_arrays,
+    ensure_partitions_group,
+    gather,
+    is_bank,
+    pending_partitions,
+    read_group_attrs,
+    redact,
+    remove_orphans,
+    remove_partials,
+    remove_partition,
+    write_group_json,
+)
 from .compat import backbone_id, require_one_backbone
 from .errors import BackboneMismatchError, BankError
+from .metadata import METADATA_SCHEMA
+from .runs import package_versions
 
 __all__ = [
     "FORMAT_VERSION",
+    "DEFAULT_CHUNK_ROWS",
     "FeatureBank",
     "write_bank",
     "concat_banks",
-    "synthetic_backbone",
-    "verify_bank",
-    "BankReport",
 ]
 
-FORMAT_VERSION = 1
-# 8192 rows x 768 dims x 2 bytes = 12 MiB chunks: large enough for >1 GB/s reads,
-# small enough that rewriting the partial last chunk on every flush stays cheap.
-DEFAULT_CHUNK_ROWS = 8192
-_STRING_COLUMNS = ("engine", "path", "split", "sha256")
-_COLUMNS = ("label", *_STRING_COLUMNS)
-_DTYPES = ("float16", "float32")
+BankPath = str | os.PathLike
+_BANK_VERSIONS = ("numpy", "fsspec")
 
 
-def synthetic_backbone(dim: int) -> dict[str, Any]:
-    """The backbone spec of banks made from arrays (``write_bank(backbone=None)``)."""
+def _arrays_backbone(dim: int) -> dict[str, Any]:
+    """The backbone spec of a bank made from arrays of unknown origin (``backbone=None``)."""
     return {
         "name": "synthetic",
         "library": "numpy",
@@ -81,113 +103,6 @@ def synthetic_backbone(dim: int) -> dict[str, Any]:
         "std": None,
         "l2_normalised": False,
     }
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist, key in (
-        ("facebank", "facebank"),
-        ("torch", "torch"),
-        ("open_clip_torch", "open_clip"),
-        ("timm", "timm"),
-        ("zarr", "zarr"),
-        ("numpy", "numpy"),
-    ):
-        try:
-            out[key] = _metadata.version(dist)
-        except _metadata.PackageNotFoundError:
-            out[key] = None
-    return out
-
-
-def _as_str_array(values: Any) -> np.ndarray:
-    """Strings read from zarr (numpy StringDType or object) -> plain fixed-width ``<U``."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in ("U",):
-        return arr
-    if arr.size == 0:
-        return np.zeros(arr.shape, dtype="<U1")
-    return np.array(arr.tolist(), dtype=str)
-
-
-def _is_bank_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
-
-
-def _read_group_attrs(path: Path) -> dict[str, Any]:
-    try:
-        with open(path / "zarr.json", encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BankError(f"{str(path)!r} is not a readable feature bank ({exc})") from None
-    return dict(meta.get("attributes") or {})
-
-
-def _write_group_json(path: Path, attrs: Mapping[str, Any]) -> None:
-    """Rewrite the group's ``zarr.json`` (attributes + consolidated child metadata) atomically.
-
-    One temp-file-and-rename write, so ``count`` and the array shapes that plain
-    zarr/xarray readers take from the consolidated metadata always change together.
-    The consolidated shapes say ``count`` rows: arrays may be allocated further
-    (they grow a chunk at a time), but readers never see uncommitted rows.
-    """
-    count = int(attrs.get("count", 0))
-    children = {}
-    for key in ("features", *_COLUMNS):
-        with open(path / key / "zarr.json", encoding="utf-8") as fh:
-            child = json.load(fh)
-        child["shape"] = [count, *child["shape"][1:]]
-        children[key] = child
-    doc = {
-        "zarr_format": 3,
-        "node_type": "group",
-        "attributes": json.loads(json.dumps(dict(attrs))),
-        # zarr-python's inline consolidated metadata: lets xarray open without a warning
-        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": children},
-    }
-    # (no fsync: the guarantee is against a killed process, whose writes the kernel keeps)
-    tmp = path / f"zarr.json.{os.getpid()}.partial"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2)
-    os.replace(tmp, path / "zarr.json")
-
-
-class _Store:
-    """One bank directory on disk: its group, committed row count and cached columns."""
-
-    def __init__(self, path: Path, group: zarr.Group, *, writable: bool) -> None:
-        self.path = path
-        self.group = group
-        self.writable = writable
-        self.attrs: dict[str, Any] = copy.deepcopy(dict(group.attrs))
-        self.count = int(self.attrs.get("count", 0))
-        self._columns: dict[str, np.ndarray] = {}
-        self._arrays: dict[str, zarr.Array] = {}
-
-    def array(self, key: str) -> zarr.Array:
-        # one handle per array: zarr re-reads zarr.json on every group[key]
-        if key not in self._arrays:
-            self._arrays[key] = self.group[key]
-        return self._arrays[key]
-
-    @property
-    def features(self) -> zarr.Array:
-        return self.array("features")
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[1])
-
-    @property
-    def chunk_rows(self) -> int:
-        return int(self.features.chunks[0])
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self._columns:
-            raw = self.array(name)[: self.count] if self.count else np.zeros(0)
-            col = np.asarray(raw, dtype=np.int8) if name == "label" else _as_str_array(raw)
-            self._columns[name] = col
-        return self._columns[name]
 
 
 class _LazyFeatures:
@@ -246,53 +161,6 @@ class _LazyFeatures:
         return f"<features {self.shape} stored as {self.storage_dtype} in {self._bank.name!r}>"
 
 
-# float16 -> float32 conversion: numpy's cast runs at ~0.3-0.5 GB/s, torch's vectorised
-# multi-threaded copy_ 2-3x faster; below this many elements numpy is quicker to call.
-_TORCH_CAST_MIN = 1 << 20
-
-
-def _cast_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src`` with a fast path for float16 -> float32 blocks."""
-    if (
-        src.dtype == np.float16
-        and dst.dtype == np.float32
-        and src.size >= _TORCH_CAST_MIN
-        and dst.flags.c_contiguous
-    ):
-        import torch  # a facebank dependency; imported only for large reads
-
-        torch.from_numpy(dst).copy_(torch.from_numpy(np.ascontiguousarray(src)))
-    else:
-        dst[...] = src
-
-
-def _cast(X: np.ndarray, dtype: Any) -> np.ndarray:
-    if X.dtype == np.dtype(dtype):
-        return X
-    out = np.empty(X.shape, dtype=dtype)
-    _cast_into(out, X)
-    return out
-
-
-def _gather(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (any order) of a row-chunked zarr array, reading each chunk once."""
-    if rows.size == 0:
-        return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    chunk = int(arr.chunks[0])
-    if hi - lo <= 2 * rows.size + chunk:  # dense enough: one contiguous read
-        return np.asarray(arr[lo:hi])[rows - lo]
-    out = np.empty((rows.size, *arr.shape[1:]), dtype=arr.dtype)
-    order = np.argsort(rows, kind="stable")
-    srt = rows[order]
-    ids = srt // chunk
-    bounds = np.flatnonzero(np.diff(ids)) + 1
-    for part, pos in zip(np.split(srt, bounds), np.split(order, bounds), strict=True):
-        a, b = int(part[0]), int(part[-1]) + 1
-        out[pos] = np.asarray(arr[a:b])[part - a]
-    return out
-
-
 class FeatureBank:
     """A feature bank: lazily read features plus per-row metadata, or a row subset of banks.
 
@@ -308,7 +176,7 @@ class FeatureBank:
 
     def __init__(
         self,
-        segments: list[tuple[_Store, np.ndarray | None]],
+        segments: list[tuple[Store, np.ndarray | None]],
         *,
         name: str | None = None,
         view: str | None = None,
@@ -322,94 +190,163 @@ class FeatureBank:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike, *, mode: str = "r") -> FeatureBank:
+    def open(
+        cls,
+        path: BankPath,
+        *,
+        mode: str = "r",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> FeatureBank:
         """Open a bank: ``mode="r"`` read-only, ``mode="a"`` to append (takes the writer lock).
 
+        Committed partitions not yet consolidated are read as further rows (in
+        partition order); ``mode="a"`` absorbs them into the bank's own arrays first.
+
+        Args:
+            path: the ``NAME.zarr`` folder, or an fsspec URL (``s3://bucket/NAME.zarr``).
+            mode: ``"r"`` or ``"a"``.
+            storage_options: fsspec options of a URL (endpoint, credentials); never recorded.
+
         Raises:
-            BankError: missing, not a bank, from a newer format, or inconsistent.
+            BankError: missing, not a bank, from a newer format, unreachable or inconsistent.
             BankLockedError: ``mode="a"`` while another process writes the bank.
         """
         if mode not in ("r", "a"):
             raise BankError(f"mode {mode!r} is not valid; use 'r' (read) or 'a' (append)")
-        p = Path(path)
-        if not p.exists():
+        loc = Location(path, storage_options=storage_options)
+        loc.check_reachable()
+        if not loc.exists():
             raise BankError(
-                f"feature bank {str(p)!r} does not exist; make one with "
+                f"feature bank {loc.url!r} does not exist; make one with "
                 "`facebank embed SOURCE --backbone NAME --out BANK.zarr`"
             )
-        if not _is_bank_dir(p):
+        if not is_bank(loc):
             raise BankError(
-                f"{str(p)!r} is not a feature bank (no zarr.json inside); give the "
+                f"{loc.url!r} is not a feature bank (no zarr.json inside); give the "
                 "NAME.zarr folder written by `facebank embed`"
             )
         lock = None
         if mode == "a":
-            lock = BankLock(p).acquire()
-            _remove_partials(p)
+            lock = writer_lock(loc).acquire()
+            remove_partials(loc)
         try:
-            _check_attrs(p, _read_group_attrs(p))
-            group = zarr.open_group(
-                str(p), mode="r+" if mode == "a" else "r", use_consolidated=False
-            )
-            store = _Store(p, group, writable=mode == "a")
-            _check_arrays(store)
+            attrs = read_group_attrs(loc)
+            check_attrs(loc, attrs)
+            if mode == "a" and int(attrs["facebank_format"]) < FORMAT_VERSION:
+                raise BankError(
+                    f"bank {loc.url!r} is in format {attrs['facebank_format']} (no acquisition "
+                    f"metadata); run `facebank bank backfill {loc.url}` to upgrade it before "
+                    "appending, or embed into a new --out"
+                )
+            store = Store.open(loc, writable=mode == "a")
+            check_arrays(store)
+            segments: list[tuple[Store, np.ndarray | None]] = [(store, None)]
+            if mode == "r":
+                for _index, part in pending_partitions(loc, store.attrs):
+                    segments.append((part, None))
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
-        bank = cls([(store, None)])
+        bank = cls(segments)
         bank._lock = lock
+        if mode == "a":
+            try:
+                bank._absorb_partitions()
+            except BaseException:
+                bank.close()
+                raise
         return bank
 
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike,
+        path: BankPath,
         *,
         backbone: Mapping[str, Any],
         view: str = "original",
         source: str = "",
         dtype: str = "float16",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        shard_rows: int | None = None,
         overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> FeatureBank:
         """Create an empty, writable bank (holding the writer lock until :meth:`close`).
 
         Args:
-            path: the ``NAME.zarr`` directory to make.
+            path: the ``NAME.zarr`` folder to make, or an fsspec URL.
             backbone: the backbone spec (``Backbone.spec``); ``dim`` sets the feature width.
             view: canonical view name the images were transformed with.
-            source: where the images came from (recorded only).
+            source: where the images came from (recorded only; credentials stripped).
             dtype: ``"float16"`` (default: halves disk and read time) or ``"float32"``.
             chunk_rows: rows per stored chunk.
+            shard_rows: rows per shard (zarr v3 sharding codec, a multiple of
+                ``chunk_rows``): one object per shard instead of one per chunk, for large
+                banks on object stores. None: unsharded.
             overwrite: replace an existing bank at ``path``.
+            storage_options: fsspec options of a URL (endpoint, credentials); never recorded.
 
         Raises:
-            BankError: the path exists (and ``overwrite`` is False) or arguments are invalid.
+            BankError: the path exists (and ``overwrite`` is False), the store is
+                unreachable, or arguments are invalid.
         """
-        p = Path(path)
-        if dtype not in _DTYPES:
-            raise BankError(f"dtype {dtype!r} is not valid; use one of {list(_DTYPES)}")
+        loc = Location(path, storage_options=storage_options)
         dim = backbone.get("dim")
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise BankError(f"backbone spec {dict(backbone)!r} has no positive integer 'dim'")
         if int(chunk_rows) <= 0:
             raise BankError(f"chunk_rows={chunk_rows!r} must be a positive integer")
+        if shard_rows is not None and (int(shard_rows) <= 0 or int(shard_rows) % int(chunk_rows)):
+            raise BankError(
+                f"shard_rows={shard_rows!r} must be a positive multiple of chunk_rows={chunk_rows}"
+            )
+        if dtype not in ("float16", "float32"):
+            raise BankError(f"dtype {dtype!r} is not valid; use one of ['float16', 'float32']")
+        loc.check_reachable()
+        attrs = {
+            "backbone": json.loads(json.dumps(dict(backbone))),
+            "view": str(view),
+            "source": _redacted_source(source),
+            "versions": package_versions(extra=_BANK_VERSIONS),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "count": 0,
+            "columns": list(METADATA_SCHEMA),
+            "partitions": {},
+            "failures": [],
+            "duplicates": [],
+        }
+        layout = {
+            "dim": int(dim),
+            "dtype": dtype,
+            "chunk_rows": int(chunk_rows),
+            "shard_rows": int(shard_rows) if shard_rows else None,
+        }
+        if loc.local is None:
+            return cls._create_remote(loc, attrs, layout, overwrite=overwrite)
+        p = loc.local
         if p.exists() and not p.is_dir():
             raise BankError(f"{str(p)!r} exists and is not a directory; choose another --out")
         if p.exists() and any(p.iterdir()):
-            attrs = _read_group_attrs(p) if _is_bank_dir(p) else None
+            old = read_group_attrs(loc) if is_bank(loc) else None
             # an interrupted create() of an older facebank never committed a row: redo it
-            incomplete = attrs is not None and attrs.get("facebank_format") is None
-            if not overwrite and not (incomplete and not attrs.get("count")):
-                what = "a feature bank" if attrs is not None else "a non-empty folder"
+            incomplete = old is not None and old.get("facebank_format") is None
+            if not overwrite and not (incomplete and not old.get("count")):
+                what = "a feature bank" if old is not None else "a non-empty folder"
                 raise BankError(
                     f"{str(p)!r} already exists and is {what}; pass overwrite=True "
                     "(`--overwrite`) to replace it, or choose another path"
                 )
             with BankLock(p):  # never pull a bank from under a running writer
                 shutil.rmtree(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BankError(f"cannot make the folder of bank {str(p)!r} ({exc})") from None
+        if not os.access(p.parent, os.W_OK):
+            raise BankError(
+                f"folder {str(p.parent)!r} is not writable; choose an --out you can write to"
+            )
         _remove_stale_builds(p)
         # Build in a hidden sibling folder and rename it into place: a bank either does
         # not exist or is complete, whenever the writer is killed. The lock is on the
@@ -418,41 +355,7 @@ class FeatureBank:
         tmp.mkdir()
         lock = BankLock(tmp).acquire()
         try:
-            attrs = {
-                "backbone": json.loads(json.dumps(dict(backbone))),
-                "view": str(view),
-                "source": str(source),
-                "versions": _versions(),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "count": 0,
-                "failures": [],
-                "duplicates": [],
-            }
-            group = zarr.create_group(store=str(tmp), attributes=attrs)
-            rows = int(chunk_rows)
-            group.create_array(
-                "features",
-                shape=(0, int(dim)),
-                dtype=dtype,
-                chunks=(rows, int(dim)),
-                compressors=None,  # float features barely compress; raw reads are fastest
-                fill_value=0.0,
-                dimension_names=("row", "dim"),
-            )
-            group.create_array(
-                "label",
-                shape=(0,),
-                dtype="int8",
-                chunks=(rows,),
-                fill_value=-1,
-                dimension_names=("row",),
-            )
-            for col in _STRING_COLUMNS:
-                group.create_array(
-                    col, shape=(0,), dtype=str, chunks=(rows,), dimension_names=("row",)
-                )
-            attrs["facebank_format"] = FORMAT_VERSION
-            _write_group_json(tmp, attrs)
+            _build(Location(tmp), attrs, **layout)
             try:
                 os.rename(tmp, p)  # atomic; replaces an empty folder, fails on a full one
             except OSError:
@@ -461,8 +364,7 @@ class FeatureBank:
                     "to it, or choose another path"
                 ) from None
             lock.path = p
-            group = zarr.open_group(str(p), mode="r+", use_consolidated=False)
-            store = _Store(p, group, writable=True)
+            store = Store.open(loc, writable=True)
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -471,8 +373,34 @@ class FeatureBank:
         bank._lock = lock
         return bank
 
+    @classmethod
+    def _create_remote(
+        cls, loc: Location, attrs: dict[str, Any], layout: dict[str, Any], *, overwrite: bool
+    ) -> FeatureBank:
+        """Create on an object store: no rename there, so the group's zarr.json comes last."""
+        if is_bank(loc):
+            old = read_group_attrs(loc)
+            if old.get("facebank_format") is not None and not overwrite:
+                raise BankError(
+                    f"{loc.url!r} already exists and is a feature bank; pass overwrite=True "
+                    "(`--overwrite`) to replace it, or choose another path"
+                )
+        lock = writer_lock(loc).acquire()
+        try:
+            for name in loc.list():
+                if name != "facebank.lease":
+                    loc.remove(name)
+            _build(loc, attrs, **layout)
+            store = Store.open(loc, writable=True)
+        except BaseException:
+            lock.release()
+            raise
+        bank = cls([(store, None)])
+        bank._lock = lock
+        return bank
+
     # ------------------------------------------------------------------ writing
-    def _writable_store(self) -> _Store:
+    def _writable_store(self) -> Store:
         store = self._segments[0][0]
         if len(self._segments) != 1 or self._segments[0][1] is not None or not store.writable:
             raise BankError(
@@ -493,6 +421,7 @@ class FeatureBank:
         splits: Sequence[str] | np.ndarray,
         sha256: Sequence[str] | np.ndarray,
         attrs: Mapping[str, Any] | None = None,
+        columns: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Append rows and commit them (``count`` advances only after the data is on disk).
 
@@ -501,50 +430,26 @@ class FeatureBank:
             labels: ``(n,)`` in {1, 0, -1}.
             engines, paths, splits, sha256: ``(n,)`` strings.
             attrs: extra group attributes (e.g. ``failures``) committed together with ``count``.
+            columns: acquisition metadata, ``{key of METADATA_SCHEMA: (n,) array}``; a
+                column not given is stored as its MISSING value.
         """
         store = self._writable_store()
+        cols = _row_columns(
+            features,
+            dim=store.dim,
+            name=self.name,
+            core={
+                "label": labels,
+                "engine": engines,
+                "path": paths,
+                "split": splits,
+                "sha256": sha256,
+            },
+            columns=columns,
+        )
         X = np.asarray(features)
-        if X.ndim != 2 or X.shape[1] != store.dim:
-            raise BankError(
-                f"features of shape {X.shape} do not fit bank {self.name!r} of dim {store.dim}; "
-                f"give an (n, {store.dim}) array"
-            )
-        n = X.shape[0]
-        cols = {
-            "label": np.asarray(labels),
-            "engine": np.asarray(engines, dtype=str),
-            "path": np.asarray(paths, dtype=str),
-            "split": np.asarray(splits, dtype=str),
-            "sha256": np.asarray(sha256, dtype=str),
-        }
-        for key, col in cols.items():
-            if col.shape != (n,):
-                raise BankError(
-                    f"{key} has shape {col.shape} but features have {n} rows; give one value per row"
-                )
-        bad = ~np.isin(cols["label"], (-1, 0, 1))
-        if bad.any():
-            raise BankError(
-                f"labels {sorted(set(cols['label'][bad].tolist()))!r} are not valid; "
-                "use 1 = AI-generated, 0 = real, -1 = unknown"
-            )
-        cols["label"] = cols["label"].astype(np.int8)
-        start, stop = store.count, store.count + n
-        if n:
-            # every chunk below count exists on disk, even all-fill ones, so that
-            # `verify` can tell a lost chunk from one zarr chose not to write
-            with zarr.config.set({"array.write_empty_chunks": True}):
-                # grow a whole chunk at a time (few metadata rewrites); rows past count
-                # stay invisible and close() trims them
-                step = store.chunk_rows
-                capacity = -(-stop // step) * step
-                for key in ("features", *_COLUMNS):
-                    arr = store.array(key)
-                    if arr.shape[0] < stop:
-                        arr.resize((capacity, *arr.shape[1:]))
-                store.features[start:stop] = X.astype(store.features.dtype, copy=False)
-                for key, col in cols.items():
-                    store.array(key)[start:stop] = col
+        start, stop = store.count, store.count + X.shape[0]
+        _write_rows(store, start, X, cols)
         self._commit(store, stop, attrs)
         for key, col in cols.items():
             if key in store._columns:
@@ -556,18 +461,56 @@ class FeatureBank:
         store = self._writable_store()
         self._commit(store, store.count, attrs)
 
-    @staticmethod
-    def _commit(store: _Store, count: int, attrs: Mapping[str, Any] | None) -> None:
+    def _commit(self, store: Store, count: int, attrs: Mapping[str, Any] | None) -> None:
         new = dict(attrs or {})
-        reserved = {"facebank_format", "backbone", "view", "count"} & set(new)
+        reserved = {"facebank_format", "backbone", "view", "count", "partitions"} & set(new)
         if reserved:
             raise BankError(f"attributes {sorted(reserved)} are managed by the bank itself")
-        new["count"] = int(count)
-        merged = {**store.attrs, **new}
-        # one atomic rewrite of the group's zarr.json: count and attrs move together
-        _write_group_json(store.path, merged)
+        self._commit_raw(store, count, new)
+
+    def _commit_raw(self, store: Store, count: int, new: Mapping[str, Any]) -> None:
+        merged = {**store.attrs, **new, "count": int(count)}
+        # one atomic write of the group's zarr.json: count and attrs move together
+        write_group_json(store.loc, merged, store.children())
         store.attrs = json.loads(json.dumps(merged))
         store.count = int(count)
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.renew()
+
+    def _absorb_partitions(self) -> int:
+        """Move committed partitions into the bank's own arrays, oldest index first.
+
+        Resumable: each partition's rows are written beyond ``count`` and committed
+        with its index in ``partitions`` in one ``zarr.json`` write; only then are
+        its marker and data deleted. Killed anywhere, a rerun redoes at most one
+        partition and never counts one twice.
+
+        Returns:
+            Rows absorbed.
+        """
+        store = self._writable_store()
+        moved = 0
+        for index, part in pending_partitions(store.loc, store.attrs):
+            n = part.count
+            cols = {k: part.column(k) for k in part.column_names}
+            for key in store.column_names:
+                if key not in cols:
+                    cols[key] = as_column(key, None, n)
+            X = np.asarray(part.features[:n]) if n else np.zeros((0, store.dim), np.float32)
+            _write_rows(store, store.count, X, cols)
+            done = {**store.attrs.get("partitions", {}), str(index): n}
+            extra = {
+                key: [*store.attrs.get(key, []), *part.attrs.get(key, [])]
+                for key in ("failures", "duplicates")
+            }
+            self._commit_raw(store, store.count + n, {"partitions": done, **extra})
+            store._columns.clear()
+            moved += n
+            remove_partition(store.loc, index)
+        remove_orphans(store.loc, store.attrs)
+        self._digest = None
+        return moved
 
     def close(self) -> None:
         """Trim arrays to the committed rows, refresh metadata and release the writer lock."""
@@ -576,11 +519,11 @@ class FeatureBank:
             return
         store = self._segments[0][0]
         try:
-            for key in ("features", *_COLUMNS):
+            for key in store.array_names:
                 arr = store.array(key)
                 if arr.shape[0] != store.count:
                     arr.resize((store.count, *arr.shape[1:]))
-            _write_group_json(store.path, store.attrs)
+            write_group_json(store.loc, store.attrs, store.children())
         finally:
             lock.release()
             store.writable = False
@@ -602,16 +545,26 @@ class FeatureBank:
         )
 
     @property
-    def path(self) -> Path:
-        """Directory of the (first) underlying bank."""
+    def path(self) -> Path | str:
+        """Folder of the (first) underlying bank; its URL when it lives on another store."""
         return self._segments[0][0].path
+
+    @property
+    def url(self) -> str:
+        """Where the (first) underlying bank lives: a local path or a URL (no credentials)."""
+        return self._segments[0][0].loc.url
+
+    @property
+    def format(self) -> int:
+        """Format version of the (first) underlying bank (1 or 2)."""
+        return self._segments[0][0].format
 
     @property
     def name(self) -> str:
         """Display name: the folder stem (``faces`` for ``faces.zarr``); ``a+b`` for concats."""
         if self._name is not None:
             return self._name
-        return self.path.name.removesuffix(".zarr") or self.path.name
+        return _store_name(self._segments[0][0])
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -659,8 +612,8 @@ class FeatureBank:
     def features(self) -> _LazyFeatures:
         return _LazyFeatures(self)
 
-    def _stores(self) -> list[_Store]:
-        seen: list[_Store] = []
+    def _stores(self) -> list[Store]:
+        seen: list[Store] = []
         for store, _ in self._segments:
             if all(store is not s for s in seen):
                 seen.append(store)
@@ -669,13 +622,45 @@ class FeatureBank:
     def _column(self, name: str) -> np.ndarray:
         parts = []
         for store, rows in self._segments:
+            if name not in store.column_names:
+                raise BankError(
+                    f"bank {store.loc.url!r} (format {store.format}) holds no acquisition "
+                    f"metadata column {name!r}; run `facebank bank backfill {store.loc.url} "
+                    "--source DIR` to read it from the source files"
+                )
             col = store.column(name)
             parts.append(col if rows is None else col[rows])
         if len(parts) == 1:
             return parts[0].copy()
-        if name == "label":
-            return np.concatenate(parts).astype(np.int8)
-        return _as_str_array(np.concatenate([p.astype(object) for p in parts]))
+        if column_dtype(name) == "str":
+            return as_str_array(np.concatenate([p.astype(object) for p in parts]))
+        return np.concatenate(parts)
+
+    def column(self, name: str) -> np.ndarray:
+        """One row column by name: a core one or a key of ``METADATA_SCHEMA``.
+
+        Returns:
+            ``(n_rows,)`` array of the column's dtype (str columns as ``<U``).
+
+        Raises:
+            BankError: an unknown name (the valid ones listed), or a metadata column of a
+                format-1 bank (with the ``facebank bank backfill`` fix).
+        """
+        column_dtype(name)  # unknown names fail with the valid list
+        return self._column(name)
+
+    @property
+    def has_metadata(self) -> bool:
+        """True when every underlying bank stores the acquisition metadata columns."""
+        return all(set(METADATA_SCHEMA) <= set(s.column_names) for s in self._stores())
+
+    def metadata(self) -> dict[str, np.ndarray]:
+        """Acquisition metadata of every row: ``{key of METADATA_SCHEMA: (n_rows,) array}``.
+
+        Raises:
+            BankError: a format-1 bank, with the ``facebank bank backfill`` fix.
+        """
+        return {key: self._column(key) for key in METADATA_SCHEMA}
 
     @property
     def labels(self) -> np.ndarray:
@@ -704,7 +689,7 @@ class FeatureBank:
             np.full(store.count if rows is None else len(rows), _store_name(store), dtype=object)
             for store, rows in self._segments
         ]
-        return _as_str_array(np.concatenate(parts)) if parts else np.zeros(0, dtype="<U1")
+        return as_str_array(np.concatenate(parts)) if parts else np.zeros(0, dtype="<U1")
 
     def load_features(
         self, rows: Sequence[int] | np.ndarray | None = None, *, dtype: Any = np.float32
@@ -733,12 +718,12 @@ class FeatureBank:
             if hit.size:
                 local = idx[hit] - offset
                 src = local if seg_rows is None else seg_rows[local]
-                out[hit] = _gather(store.features, src)
+                out[hit] = gather(store.features, src)
             offset += n
         return out
 
     @staticmethod
-    def _read_segment(store: _Store, rows: np.ndarray | None, dtype: Any) -> np.ndarray:
+    def _read_segment(store: Store, rows: np.ndarray | None, dtype: Any) -> np.ndarray:
         if rows is None:
             # chunk by chunk into one preallocated output: the dtype conversion runs on
             # cache-sized blocks and zarr never assembles one huge intermediate array
@@ -746,9 +731,9 @@ class FeatureBank:
             step = store.chunk_rows
             for a in range(0, store.count, step):
                 b = min(a + step, store.count)
-                _cast_into(out[a:b], np.asarray(store.features[a:b]))
+                cast_into(out[a:b], np.asarray(store.features[a:b]))
             return out
-        return _cast(_gather(store.features, rows), dtype)
+        return cast(gather(store.features, rows), dtype)
 
     def _normalise_rows(self, rows: Any) -> np.ndarray:
         n = len(self)
@@ -784,8 +769,8 @@ class FeatureBank:
                 if rows is None:
                     X = np.asarray(store.features[a:b])
                 else:
-                    X = _gather(store.features, rows[a:b])
-                yield offset + a, offset + b, _cast(X, dtype)
+                    X = gather(store.features, rows[a:b])
+                yield offset + a, offset + b, cast(X, dtype)
             offset += n
 
     # ------------------------------------------------------------------ subsets
@@ -834,7 +819,7 @@ class FeatureBank:
             ]
         )
         seg_of = np.searchsorted(starts, positions, side="right") - 1
-        segments: list[tuple[_Store, np.ndarray | None]] = []
+        segments: list[tuple[Store, np.ndarray | None]] = []
         if positions.size == 0:
             segments.append((self._segments[0][0], np.zeros(0, dtype=np.int64)))
         breaks = np.flatnonzero(np.diff(seg_of)) + 1
@@ -888,7 +873,7 @@ class FeatureBank:
         """
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(f"facebank-bank-v{FORMAT_VERSION}\n".encode())
+            h.update(b"facebank-bank-v1\n")  # unchanged by format 2: same rows, same digest
             h.update(backbone_id(self.backbone).encode())
             h.update(json.dumps(self.backbone, sort_keys=True, default=str).encode())
             h.update(f"\nview={self.view}\nrows={len(self)}\ndim={self.dim}\n".encode())
@@ -902,8 +887,99 @@ class FeatureBank:
         return self._digest
 
 
-def _store_name(store: _Store) -> str:
-    return store.path.name.removesuffix(".zarr") or store.path.name
+def _redacted_source(source: str | os.PathLike) -> str:
+    text = os.fspath(source)
+    return redact(text) if "://" in text else text
+
+
+def _build(
+    loc: Location,
+    attrs: dict[str, Any],
+    *,
+    dim: int,
+    dtype: str,
+    chunk_rows: int,
+    shard_rows: int | None,
+) -> None:
+    """Write an empty bank's arrays, then its group zarr.json with ``facebank_format``."""
+    group = zarr.create_group(store=loc.zarr_store(read_only=False), attributes=attrs)
+    columns = (*CORE_COLUMNS, *METADATA_SCHEMA)
+    create_arrays(
+        group, dim=dim, dtype=dtype, columns=columns, chunk_rows=chunk_rows, shard_rows=shard_rows
+    )
+    ensure_partitions_group(loc)
+    store = Store(loc, group, writable=True)
+    attrs["facebank_format"] = FORMAT_VERSION
+    write_group_json(loc, attrs, store.children())
+
+
+def _row_columns(
+    features: np.ndarray,
+    *,
+    dim: int,
+    name: str,
+    core: Mapping[str, Any],
+    columns: Mapping[str, Any] | None,
+) -> dict[str, np.ndarray]:
+    """Validated per-row columns of an append: core ones, then every metadata column."""
+    X = np.asarray(features)
+    if X.ndim != 2 or X.shape[1] != dim:
+        raise BankError(
+            f"features of shape {X.shape} do not fit bank {name!r} of dim {dim}; "
+            f"give an (n, {dim}) array"
+        )
+    n = X.shape[0]
+    extra = dict(columns or {})
+    unknown = sorted(set(extra) - set(METADATA_SCHEMA))
+    if unknown:
+        raise BankError(
+            f"columns {unknown} are not acquisition metadata columns; valid: "
+            f"{list(METADATA_SCHEMA)} (label, engine, path, split, sha256 are arguments)"
+        )
+    cols = {"label": np.asarray(core["label"])}
+    for key in CORE_COLUMNS[1:]:
+        cols[key] = np.asarray(core[key], dtype=str)
+    for key in METADATA_SCHEMA:
+        cols[key] = as_column(key, extra.get(key), n)
+    for key, col in cols.items():
+        if col.shape != (n,):
+            raise BankError(
+                f"{key} has shape {col.shape} but features have {n} rows; give one value per row"
+            )
+    bad = ~np.isin(cols["label"], (-1, 0, 1))
+    if bad.any():
+        raise BankError(
+            f"labels {sorted(set(cols['label'][bad].tolist()))!r} are not valid; "
+            "use 1 = AI-generated, 0 = real, -1 = unknown"
+        )
+    cols["label"] = cols["label"].astype(np.int8)
+    return cols
+
+
+def _write_rows(store: Store, start: int, X: np.ndarray, cols: Mapping[str, np.ndarray]) -> None:
+    """Write rows ``start:start+n`` of every array (beyond ``count``: not yet committed)."""
+    n = X.shape[0]
+    if not n:
+        return
+    stop = start + n
+    # every chunk below count exists, even all-fill ones, so that `verify` can tell a
+    # lost chunk from one zarr chose not to write
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        # grow a whole chunk (or shard) at a time (few metadata rewrites); rows past
+        # count stay invisible and close() trims them
+        step = store.write_rows
+        capacity = -(-stop // step) * step
+        for key in store.array_names:
+            arr = store.array(key)
+            if arr.shape[0] < stop:
+                arr.resize((capacity, *arr.shape[1:]))
+        store.features[start:stop] = X.astype(store.features.dtype, copy=False)
+        for key in store.column_names:
+            store.array(key)[start:stop] = cols[key]
+
+
+def _store_name(store: Store) -> str:
+    return store.loc.name.removesuffix(".zarr") or store.loc.name
 
 
 def _remove_stale_builds(path: Path) -> None:
@@ -918,53 +994,6 @@ def _remove_stale_builds(path: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         finally:
             lock.release()
-
-
-def _remove_partials(path: Path) -> None:
-    """Delete temp files a killed writer left behind (zarr writes ``*.partial`` then renames)."""
-    for p in path.rglob("*.partial"):
-        p.unlink(missing_ok=True)
-
-
-def _check_attrs(path: Path, attrs: Mapping[str, Any]) -> None:
-    fmt = attrs.get("facebank_format")
-    if fmt is None:
-        if "backbone" in attrs and not attrs.get("count"):
-            raise BankError(
-                f"{str(path)!r} is an incomplete feature bank (its creation was interrupted "
-                "before any row was written); rerun `facebank embed` with the same --out"
-            )
-        raise BankError(
-            f"{str(path)!r} is a zarr group but not a facebank feature bank "
-            "(no 'facebank_format' attribute); give a bank written by `facebank embed`"
-        )
-    if fmt != FORMAT_VERSION:
-        raise BankError(
-            f"bank {str(path)!r} has format {fmt!r}; this facebank reads format "
-            f"{FORMAT_VERSION} - upgrade facebank or re-embed the images"
-        )
-    for key in ("backbone", "count"):
-        if key not in attrs:
-            raise BankError(f"bank {str(path)!r} lacks the {key!r} attribute; re-embed it")
-
-
-def _check_arrays(store: _Store) -> None:
-    missing = [k for k in ("features", *_COLUMNS) if k not in store.group]
-    if missing:
-        raise BankError(
-            f"bank {str(store.path)!r} lacks arrays {missing}; check it with "
-            "`facebank bank verify` and re-embed"
-        )
-    short = {
-        k: store.array(k).shape[0]
-        for k in ("features", *_COLUMNS)
-        if store.array(k).shape[0] < store.count
-    }
-    if short:
-        raise BankError(
-            f"bank {str(store.path)!r} commits {store.count} rows but arrays {short} are "
-            "shorter; the bank is damaged - run `facebank bank verify` and re-embed"
-        )
 
 
 def concat_banks(banks: Sequence[FeatureBank], *, allow_mixed_views: bool = False) -> FeatureBank:
@@ -997,7 +1026,7 @@ def write_bank(
         engines: ``(n,)`` strings, or one string for every row.
         paths, sha256: ``(n,)``; default unique ids ``"row-000001"``...
         splits: ``(n,)`` or one string; default ``""`` (no split column).
-        backbone: spec; None -> :func:`synthetic_backbone` of width D.
+        backbone: spec; None -> a "synthetic" spec of width D.
 
     Returns:
         The bank, opened read-only.
@@ -1015,7 +1044,7 @@ def write_bank(
             return np.full(n, v, dtype=object).astype(str)
         return np.asarray(v, dtype=str)
 
-    spec = dict(backbone) if backbone is not None else synthetic_backbone(X.shape[1])
+    spec = dict(backbone) if backbone is not None else _arrays_backbone(X.shape[1])
     with FeatureBank.create(
         path,
         backbone=spec,
@@ -1036,194 +1065,3 @@ def write_bank(
     return FeatureBank.open(path)
 
 
-@dataclass
-class BankReport:
-    """Result of :func:`verify_bank`.
-
-    Attributes:
-        path: the bank checked.
-        rows: committed rows (``count``), or 0 when unreadable.
-        problems: what is wrong (empty = the bank is sound).
-        notes: harmless findings (e.g. uncommitted rows an interrupted writer left).
-    """
-
-    path: Path
-    rows: int = 0
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _chunk_file(path: Path, key: str, index: tuple[int, ...]) -> Path:
-    return path / key / "c" / Path(*(str(i) for i in index))
-
-
-def verify_bank(path: str | os.PathLike, *, max_listed: int = 10) -> BankReport:
-    """Check a bank end to end: attributes, arrays, every chunk below ``count``, values.
-
-    Detects: unreadable/missing metadata, wrong format version, missing attributes,
-    missing arrays, ``count`` beyond an array's length, missing chunk files (zarr
-    would silently return fill values), chunks that fail to decode, non-finite
-    feature rows, labels outside {1, 0, -1}, empty engines/paths, repeated paths,
-    bad split names, malformed ``failures``/``duplicates``, and consolidated
-    metadata that disagrees with the arrays.
-
-    Args:
-        path: the ``NAME.zarr`` directory.
-        max_listed: examples listed per kind of problem.
-
-    Returns:
-        A :class:`BankReport`; ``report.ok`` is True when nothing is wrong.
-    """
-    p = Path(path)
-    rep = BankReport(path=p)
-    if not (p / "zarr.json").is_file():
-        rep.problems.append(f"{str(p)!r} has no zarr.json: not a feature bank (or it is missing)")
-        return rep
-    try:
-        with open(p / "zarr.json", encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        rep.problems.append(f"group metadata zarr.json is unreadable ({exc})")
-        return rep
-    attrs = doc.get("attributes") or {}
-    if attrs.get("facebank_format") != FORMAT_VERSION:
-        rep.problems.append(
-            f"attribute facebank_format is {attrs.get('facebank_format')!r}, expected {FORMAT_VERSION}"
-        )
-    for key in ("backbone", "view", "count", "versions", "created", "source"):
-        if key not in attrs:
-            rep.problems.append(f"attribute {key!r} is missing")
-    count = attrs.get("count", 0)
-    if not isinstance(count, int) or count < 0:
-        rep.problems.append(f"attribute count={count!r} is not a non-negative integer")
-        return rep
-    rep.rows = count
-    bb = attrs.get("backbone") if isinstance(attrs.get("backbone"), dict) else {}
-    try:
-        group = zarr.open_group(str(p), mode="r", use_consolidated=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
-        rep.problems.append(f"zarr cannot open the group ({type(exc).__name__}: {exc})")
-        return rep
-    arrays: dict[str, zarr.Array] = {}
-    for key in ("features", *_COLUMNS):
-        try:
-            arrays[key] = group[key]
-        except Exception as exc:  # noqa: BLE001
-            rep.problems.append(f"array {key!r} is missing or unreadable ({type(exc).__name__})")
-    consolidated = ((doc.get("consolidated_metadata") or {}).get("metadata")) or {}
-    for key, arr in arrays.items():
-        want_ndim = 2 if key == "features" else 1
-        if arr.ndim != want_ndim:
-            rep.problems.append(f"array {key!r} has {arr.ndim} dimensions, expected {want_ndim}")
-            continue
-        if arr.shape[0] < count:
-            rep.problems.append(f"count={count} but array {key!r} has only {arr.shape[0]} rows")
-        elif arr.shape[0] > count:
-            rep.notes.append(
-                f"array {key!r} holds {arr.shape[0] - count} uncommitted rows beyond count "
-                "(an interrupted embed; rerunning it resumes and overwrites them)"
-            )
-        names = arr.metadata.dimension_names
-        if not names or names[0] != "row":
-            rep.problems.append(
-                f"array {key!r} has dimension_names {names!r}, expected ('row', ...)"
-            )
-        c = consolidated.get(key)
-        if c is not None and (c.get("shape") or [None])[0] != count:
-            rep.notes.append(
-                f"consolidated metadata gives {key!r} {(c.get('shape') or ['?'])[0]} rows but "
-                f"count is {count} (plain zarr/xarray readers will see that many)"
-            )
-    if "features" in arrays:
-        f = arrays["features"]
-        if bb.get("dim") is not None and f.ndim == 2 and f.shape[1] != bb.get("dim"):
-            rep.problems.append(
-                f"features have {f.shape[1]} columns but the backbone's dim is {bb.get('dim')}"
-            )
-        if str(f.dtype) not in _DTYPES:
-            rep.problems.append(f"features dtype {f.dtype} is not one of {list(_DTYPES)}")
-    if rep.problems:
-        return rep
-    # every chunk below count must exist (zarr silently fills missing ones) and decode
-    missing: list[str] = []
-    for key, arr in arrays.items():
-        step = int(arr.chunks[0])
-        for i in range(-(-count // step)):
-            index = (i, 0) if arr.ndim == 2 else (i,)
-            if arr.ndim == 2 and arr.shape[1] > arr.chunks[1]:
-                index_list = [(i, j) for j in range(-(-arr.shape[1] // arr.chunks[1]))]
-            else:
-                index_list = [index]
-            for idx in index_list:
-                if not _chunk_file(p, key, idx).is_file():
-                    missing.append(f"{key}/c/{'/'.join(map(str, idx))}")
-    if missing:
-        rep.problems.append(
-            f"{len(missing)} chunk file(s) missing below count: {missing[:max_listed]}"
-        )
-        return rep
-    values: dict[str, np.ndarray] = {}
-    for key in _COLUMNS:
-        try:
-            raw = arrays[key][:count] if count else np.zeros(0)
-            values[key] = np.asarray(raw, np.int8) if key == "label" else _as_str_array(raw)
-        except Exception as exc:  # noqa: BLE001
-            rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
-    bad_rows: list[int] = []
-    try:
-        feats = arrays["features"]
-        step = int(feats.chunks[0])
-        for a in range(0, count, step):
-            X = np.asarray(feats[a : min(a + step, count)])
-            bad_rows.extend((a + np.flatnonzero(~np.isfinite(X).all(axis=1))).tolist())
-    except Exception as exc:  # noqa: BLE001
-        rep.problems.append(f"array 'features' has a corrupt chunk ({type(exc).__name__}: {exc})")
-    if bad_rows:
-        rep.problems.append(
-            f"{len(bad_rows)} feature row(s) hold NaN/inf: rows {bad_rows[:max_listed]}"
-        )
-    if "label" in values:
-        bad = np.flatnonzero(~np.isin(values["label"], (-1, 0, 1)))
-        if bad.size:
-            rep.problems.append(
-                f"{bad.size} label(s) outside {{1, 0, -1}}: rows {bad[:max_listed].tolist()}"
-            )
-    for key in ("engine", "path"):
-        if key in values:
-            empty = np.flatnonzero(values[key] == "")
-            if empty.size:
-                rep.problems.append(
-                    f"{empty.size} empty {key} value(s): rows {empty[:max_listed].tolist()}"
-                )
-    if "path" in values:
-        uniq, inverse, counts = np.unique(values["path"], return_inverse=True, return_counts=True)
-        if (counts > 1).any():
-            rep.problems.append(
-                f"{int((counts > 1).sum())} path(s) stored more than once: "
-                f"{uniq[counts > 1][:max_listed].tolist()}"
-            )
-    if "split" in values:
-        bad_split = sorted(set(values["split"].tolist()) - {"", "train", "val", "test"})
-        if bad_split:
-            rep.problems.append(f"split values {bad_split} are not train/val/test/''")
-    if "sha256" in values and count:
-        looks_hex = np.array([bool(_HEX64.match(s)) for s in values["sha256"]])
-        if looks_hex.any() and not looks_hex.all():
-            rows = np.flatnonzero(~looks_hex)[:max_listed].tolist()
-            rep.problems.append(f"sha256 values that are not 64 hex digits: rows {rows}")
-    for key, fields in (("failures", ("path", "reason")), ("duplicates", ("path", "duplicate_of"))):
-        val = attrs.get(key, [])
-        if not isinstance(val, list) or not all(
-            isinstance(d, dict) and all(k in d for k in fields) for d in val
-        ):
-            rep.problems.append(
-                f"attribute {key!r} is not a list of {{{', '.join(fields)}}} records"
-            )
-    return rep

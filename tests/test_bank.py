@@ -1,4 +1,4 @@
-"""Feature bank format v1: round trips, plain zarr/xarray readability, subsets, crash safety."""
+"""Feature bank format: round trips, plain zarr/xarray readability, subsets, crash safety."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+
 from facebank.embed import (
     BackboneMismatchError,
     BankError,
     BankLockedError,
     FeatureBank,
     concat_banks,
-    synthetic_backbone,
     write_bank,
 )
+from facebank.testing import synthetic_backbone
 
 RNG = np.random.default_rng(0)
 N, D = 300, 24
@@ -55,7 +56,7 @@ def test_round_trip_keeps_rows_columns_and_attrs(tmp_path):
     assert bank.paths[0] == "row-000001" and len(set(bank.sha256)) == N
     assert bank.engines.dtype.kind == "U"  # plain numpy strings, not StringDType
     meta = bank.meta
-    assert meta["facebank_format"] == 1 and meta["count"] == N
+    assert meta["facebank_format"] == 2 and meta["count"] == N
     assert meta["backbone"] == synthetic_backbone(D) == bank.backbone
     assert meta["view"] == "original" and bank.view == "original"
     assert {"facebank", "torch", "zarr"} <= set(meta["versions"])
@@ -71,7 +72,7 @@ def test_float32_storage_is_exact(tmp_path):
 def test_plain_zarr_and_xarray_read_the_bank(tmp_path):
     _bank(tmp_path)
     g = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
-    assert g.attrs["facebank_format"] == 1 and g.attrs["count"] == N
+    assert g.attrs["facebank_format"] == 2 and g.attrs["count"] == N
     assert g["features"].shape == (N, D) and g["features"].metadata.dimension_names == (
         "row",
         "dim",
@@ -267,7 +268,8 @@ def test_second_writer_is_refused_and_lock_dies_with_its_process(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from facebank.embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank
+    from facebank.testing import synthetic_backbone
     path = sys.argv[1]
     try:
         bank = FeatureBank.open(path, mode="a")

@@ -114,7 +114,8 @@ def bench_end_to_end(
 
 def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict:
     import numpy as np
-    from facebank.embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank
+    from facebank.testing import synthetic_backbone
 
     path = tmp / "read.zarr"
     rng = np.random.default_rng(0)

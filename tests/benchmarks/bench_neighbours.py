@@ -43,7 +43,8 @@ def _peak_rss_mb() -> float:
 def make_bank(path: Path, *, rows: int, dim: int, engines: int, seed: int, chunk: int) -> None:
     """A bank of Gaussian clusters (one per engine) written chunk by chunk (low memory)."""  # noqa: D401
     import numpy as np
-    from facebank.embed import FeatureBank, synthetic_backbone
+    from facebank.embed import FeatureBank
+    from facebank.testing import synthetic_backbone
 
     rng = np.random.default_rng(seed)
     # Embedding-like: a centre per engine plus variation on a 32-d subspace plus small
