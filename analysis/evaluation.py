@@ -188,7 +188,7 @@ def evaluate(
         )
     for w in caught:
         notes.append(str(w.message))
-        warnings.warn(str(w.message), UserWarning, stacklevel=2)
+        warnings.warn(str(w.message), w.category, stacklevel=2)
     if rh.split_of is None:
         notes.append(
             "no splits.csv (a head object or a run without one): no rows were excluded as train/val"

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError
+from facebank.embed.errors import DataError, SmallSampleWarning
 from facebank.heads.base import allowed_false_positives, threshold_at_fpr
 
 __all__ = [
@@ -473,7 +473,7 @@ def per_engine_table(
         warning = ""
         if n < SMALL_GROUP:
             warning = f"only {n} image{'s' if n != 1 else ''}: the rate moves in steps of {1 / n:.0%}; read the interval"
-            warnings.warn(f"engine {eng!r} has {warning}", stacklevel=2)
+            warnings.warn(f"engine {eng!r} has {warning}", SmallSampleWarning, stacklevel=2)
         rows.append(
             {
                 "engine": eng,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError, HeadError
+from facebank.embed.errors import DataError, EngineOverlapWarning, HeadError
 from facebank.embed.splits import has_splits
 
 from ._evalcommon import (
@@ -175,7 +175,7 @@ def ood(
     overlap = sorted(set(new_eng.tolist()) & set(known_eng[split == "train"].tolist()))
     if overlap:
         msg = f"'new' engines {overlap} also appear in the head's training rows: they are not new"
-        warnings.warn(msg, UserWarning, stacklevel=2)
+        warnings.warn(msg, EngineOverlapWarning, stacklevel=2)
         notes.append(msg)
     sha_new = set(np.concatenate([np.asarray(b.sha256, dtype=str) for b in new_banks]).tolist())
     if sha_new & set(sha.tolist()):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError
+from facebank.embed.errors import DataError, SmallSampleWarning
 from facebank.embed.splits import assign_splits, has_splits
 
 from ._evalcommon import bank_label, fmt_ci, md_section, open_banks, require_one_backbone
@@ -327,7 +327,7 @@ def leave_one_engine_out(
     if small:
         warnings.warn(
             f"engines {small} have fewer than 10 test rows: their in-engine TPR moves in steps >= 10%",
-            UserWarning,
+            SmallSampleWarning,
             stacklevel=2,
         )
 

@@ -19,13 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from facebank.embed.errors import FacebankError
+from facebank.embed.errors import ReportError
 
 __all__ = ["write_report", "render_markdown", "ReportError"]
-
-
-class ReportError(FacebankError):
-    """A run folder that cannot be reported (missing, or holding nothing to show)."""
 
 
 _CSS = """

@@ -32,17 +32,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import FacebankError
+from .errors import SourceError
 from .splits import SPLITS
 
 __all__ = ["ImageItem", "Source", "SourceError", "scan_source", "MANIFEST_COLUMNS"]
 
 MANIFEST_COLUMNS = ("path", "label", "engine", "split")
 _REQUIRED = ("path", "label", "engine")
-
-
-class SourceError(FacebankError):
-    """A SOURCE (folder or manifest) that cannot be read as a dataset."""
 
 
 @dataclass(frozen=True)

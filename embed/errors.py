@@ -1,7 +1,11 @@
-"""One exception hierarchy for the whole project (embed, heads, analysis, cli).
+"""Every exception and warning class of the project (embed, heads, analysis, cli).
 
-Every message says what was given, what is valid, and how to fix it. The CLI turns
-any ``FacebankError`` into one line on stderr and exit code 1.
+Errors derive from ``FacebankError(ValueError)``; every message says what was given, what
+is valid, and how to fix it. The CLI turns any ``FacebankError`` into one line on stderr
+and exit code 1. Warnings derive from ``FacebankWarning(UserWarning)``, so one filter
+silences or escalates them all::
+
+    warnings.simplefilter("error", facebank.embed.errors.FacebankWarning)
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ __all__ = [
     "HeadError",
     "DataError",
     "RunFolderError",
+    "EmbedInterrupted",
+    "FeatureTypeError",
+    "SourceError",
+    "ReportError",
     "FacebankWarning",
     "CalibrationWarning",
+    "DuplicateImageWarning",
+    "UnknownLabelWarning",
+    "SmallSampleWarning",
+    "EngineOverlapWarning",
+    "TestOnlyBackboneWarning",
 ]
 
 
@@ -66,9 +79,66 @@ class RunFolderError(FacebankError):
     """An output folder that would be overwritten, is not a run folder, or is in use."""
 
 
+class FeatureTypeError(DataError, TypeError):
+    """Features holding entries that are not numbers (strings, dicts...).
+
+    A ``TypeError`` too, as numpy and scikit-learn raise for such entries.
+    """
+
+
+class SourceError(FacebankError):
+    """A SOURCE (folder or manifest) that cannot be read as a dataset."""
+
+
+class ReportError(FacebankError):
+    """A run folder that cannot be reported (missing, or holding nothing to show)."""
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """An embedding stopped by SIGINT or SIGTERM after its bank was closed cleanly.
+
+    A ``KeyboardInterrupt`` (not a ``FacebankError``), so code that catches errors does
+    not swallow it. Attributes: ``signum`` (the signal), ``rows`` (rows safely in the
+    bank), ``bank`` (its path), ``exit_code`` (``128 + signum``: 130 for SIGINT, 143 for
+    SIGTERM).
+    """
+
+    def __init__(self, message: str, *, signum: int, rows: int, bank: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+        self.rows = int(rows)
+        self.bank = bank
+        self.exit_code = 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class FacebankWarning(UserWarning):
     """Base class of every warning facebank raises on purpose (shown once, as one line)."""
 
 
 class CalibrationWarning(FacebankWarning):
     """A score calibration fitted on too few validation rows to trust its probabilities."""
+
+
+class DuplicateImageWarning(FacebankWarning):
+    """Byte-identical images under different engines or splits (a label or leak problem)."""
+
+
+class UnknownLabelWarning(FacebankWarning):
+    """Rows labelled -1 (unknown) were left out of training or calibration."""
+
+
+class SmallSampleWarning(FacebankWarning):
+    """Too few rows for a figure to mean much (a threshold, a per-engine rate)."""
+
+
+class EngineOverlapWarning(FacebankWarning):
+    """Engines treated as new (out-of-distribution) also appear in the training rows."""
+
+
+class TestOnlyBackboneWarning(FacebankWarning):
+    """A backbone with seeded random weights (``tiny-*``) was used: for tests only."""
+
+    __test__ = False  # not a pytest test class, despite its name

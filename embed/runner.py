@@ -39,7 +39,7 @@ import numpy as np
 from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
 from .compat import backbone_id, require_same_backbone
 from .datasets import ImageItem, Source, scan_source
-from .errors import BackboneMismatchError, BankError, FacebankError
+from .errors import BackboneMismatchError, BankError, DuplicateImageWarning, FacebankError
 
 __all__ = [
     "EmbedSummary",
@@ -57,10 +57,6 @@ DEFAULT_FLUSH_ROWS = 2048
 DEFAULT_FLUSH_SECONDS = 10.0
 # Environment override of the flush size (used by the resume tests to commit often).
 FLUSH_ROWS_ENV = "FACEBANK_EMBED_FLUSH_ROWS"
-
-
-class DuplicateImageWarning(UserWarning):
-    """Byte-identical images under different engines or splits (a label or leak problem)."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Conventions (DESIGN.md "Labels and conventions"): label 1 = AI-generated, 0 = real,
 -1 = unknown; ``decision_function`` is "higher = more likely AI-generated" for every
-head. Rows labelled -1 are dropped from training with a ``UserWarning`` (they carry no
+head. Rows labelled -1 are dropped from training with an ``UnknownLabelWarning`` (they carry no
 supervision); any other label outside {0, 1} is a ``DataError``.
 """
 
@@ -12,12 +12,25 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError, HeadError
+import numpy.typing as npt
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import DataConversionWarning, NotFittedError
+from sklearn.utils import Tags
+
+from facebank.embed._types import PathLike
+from facebank.embed.devices import resolve_device
+from facebank.embed.errors import (
+    DataError,
+    FeatureTypeError,
+    HeadError,
+    SmallSampleWarning,
+    UnknownLabelWarning,
+)
 
 __all__ = [
     "BaseHead",
@@ -29,39 +42,62 @@ __all__ = [
 ]
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
-    if device != "auto":
-        return str(device)
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_features(X: Any, *, n_features: int | None = None, what: str = "X") -> np.ndarray:
+def check_features(
+    X: npt.ArrayLike, *, n_features: int | None = None, what: str = "X", owner: str = "the head"
+) -> np.ndarray:
     """Validate a feature matrix and return it as C-contiguous float32 ``(n_samples, n_features)``.
 
+    Numeric ``object`` arrays are converted, as scikit-learn does; sparse matrices, complex
+    numbers and non-numeric entries are refused.
+
+    Args:
+        X: (n_samples, n_features) features.
+        n_features: the width the head was fitted on (``None`` while fitting).
+        what: the argument's name in messages.
+        owner: the estimator's class name in messages.
+
     Raises:
-        DataError: empty, not 2-D, non-finite values, or a width other than ``n_features``.
+        DataError: sparse, non-numeric, complex, not 2-D, empty, non-finite values, or a
+            width other than ``n_features``.
     """
+    if sp.issparse(X):
+        raise DataError(
+            f"{what} is a sparse {type(X).__name__}; sparse input is not supported by heads "
+            f"- pass dense features ({what}.toarray())"
+        )
     try:
         X = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise DataError(
-            f"{what} cannot be read as a 2-D numeric array ({exc}); pass an array (n, D)"
+        if X.dtype.kind == "O":  # numbers held as Python objects, e.g. from a DataFrame
+            X = X.astype(np.float64)
+    except (TypeError, ValueError) as exc:  # ragged lists, strings, dicts...
+        raise FeatureTypeError(
+            f"{what} cannot be read as a 2-D numeric array ({exc}); pass numeric features "
+            "(a float32 array of shape (n_samples, n_features))"
         ) from None
+    if X.dtype.kind == "c":
+        raise DataError(
+            f"{what} has dtype {X.dtype}: Complex data not supported - pass real-valued "
+            "features (a float32 array of shape (n_samples, n_features))"
+        )
     if X.dtype.kind not in "fiub":
         raise DataError(
-            f"{what} has dtype {X.dtype}; pass numeric features (float32 array of shape (n, D))"
+            f"{what} has dtype {X.dtype}; pass numeric features "
+            "(a float32 array of shape (n_samples, n_features))"
         )
     if X.ndim != 2:
         raise DataError(
-            f"{what} has shape {X.shape}; heads take a 2-D array (n_samples, n_features) - "
-            "reshape a single row with X.reshape(1, -1)"
+            f"{what} has shape {X.shape}; heads take a 2-D array (n_samples, n_features). "
+            "Reshape your data: a single row is X.reshape(1, -1)"
         )
-    if X.shape[0] == 0 or X.shape[1] == 0:
+    if X.shape[0] == 0:
         raise DataError(
-            f"{what} is empty (shape {X.shape}); give at least one row with at least one feature"
+            f"{what} is empty: 0 sample(s) (shape={X.shape}) while a minimum of 1 is required; "
+            "give at least one row"
+        )
+    if X.shape[1] == 0:
+        raise DataError(
+            f"{what} is empty: 0 feature(s) (shape={X.shape}) while a minimum of 1 is required; "
+            "give at least one feature per row"
         )
     X = np.ascontiguousarray(X, dtype=np.float32)
     if not np.isfinite(X).all():
@@ -72,42 +108,71 @@ def check_features(X: Any, *, n_features: int | None = None, what: str = "X") ->
         )
     if n_features is not None and X.shape[1] != n_features:
         raise DataError(
-            f"{what} has {X.shape[1]} features but the head was fitted on {n_features}; "
-            "score features from the backbone the head was trained with"
+            f"{what} has {X.shape[1]} features, but {owner} is expecting {n_features} features "
+            "as input; score features from the backbone the head was trained with"
         )
     return X
 
 
-def check_labels(y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+_VALID_LABELS = "1 (AI-generated), 0 (real) or -1 (unknown)"
+
+
+def check_labels(
+    y: npt.ArrayLike | None, n_rows: int, *, owner: str = "the head"
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate labels; return ``(y_int64 of the kept rows, boolean mask of kept rows)``.
 
-    Rows labelled -1 (unknown) are dropped with a warning; at least one row of each class
-    must remain.
+    Labels follow the project convention - 1 = AI-generated, 0 = real, -1 = unknown - and
+    are never remapped (which of two arbitrary classes is "AI" cannot be guessed). Rows
+    labelled -1 are dropped with an ``UnknownLabelWarning``; at least one row of each class
+    must remain. A column vector ``(n, 1)`` is ravelled with sklearn's
+    ``DataConversionWarning``.
     """
+    if y is None:
+        raise DataError(
+            f"{owner} requires y to be passed, but the target y is None; give one label per "
+            f"row: {_VALID_LABELS}"
+        )
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected; ravelled to shape "
+            f"({y.shape[0]},)",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        y = y.ravel()
     if y.ndim != 1 or y.shape[0] != n_rows:
         raise DataError(f"y has shape {y.shape} but X has {n_rows} rows; pass one label per row")
+    if y.dtype.kind == "O":
+        with contextlib.suppress(TypeError, ValueError):
+            y = y.astype(np.float64)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError(f"y contains NaN/inf; labels must be {_VALID_LABELS}")
+    if y.dtype.kind == "f" and np.any(y != np.round(y)):
         raise DataError(
-            "y contains NaN/inf; labels must be 1 (AI-generated), 0 (real) or -1 (unknown)"
+            f"y holds continuous values like {y[:3].tolist()!r}; labels must be integers "
+            f"{_VALID_LABELS} - threshold scores into classes before training"
         )
-    if y.dtype.kind not in "iubf" or (y.dtype.kind == "f" and np.any(y != np.round(y))):
+    if y.dtype.kind not in "iubf":
         raise DataError(
-            f"y has values like {y[:3].tolist()!r}; labels must be integers 1 (AI-generated), "
-            "0 (real) or -1 (unknown)"
+            f"y has values like {y[:3].tolist()!r} (Unknown label type: {y.dtype}); labels "
+            f"must be integers {_VALID_LABELS}"
         )
     y = y.astype(np.int64)
-    bad = np.setdiff1d(np.unique(y), [-1, 0, 1])
+    classes = np.unique(y)
+    bad = np.setdiff1d(classes, [-1, 0, 1])
     if bad.size:
+        many = np.setdiff1d(classes, [-1]).size > 2
         raise DataError(
-            f"y contains label(s) {bad.tolist()}; valid labels are 1 (AI-generated), 0 (real) "
-            "and -1 (unknown) - map your classes onto these"
+            f"y contains label(s) {bad.tolist()}; valid labels are {_VALID_LABELS} - map your "
+            "classes onto these" + (" (Only binary classification is supported.)" if many else "")
         )
     keep = y != -1
     if not keep.all():
         warnings.warn(
             f"{int((~keep).sum())} row(s) labelled -1 (unknown) were left out of training",
-            UserWarning,
+            UnknownLabelWarning,
             stacklevel=3,
         )
     y = y[keep]
@@ -115,8 +180,8 @@ def check_labels(y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     if present != {0, 1}:
         have = ", ".join(f"{c} ({'AI' if c else 'real'})" for c in sorted(present)) or "none"
         raise DataError(
-            f"training needs both classes 0 (real) and 1 (AI-generated); got only: {have} - "
-            "add rows of the missing class (e.g. concatenate a bank of reals)"
+            "training needs both classes 0 (real) and 1 (AI-generated); got one class only: "
+            f"{have} - add rows of the missing class (e.g. concatenate a bank of reals)"
         )
     return y, keep
 
@@ -126,7 +191,7 @@ def allowed_false_positives(fpr: float, n_real: int) -> int:
     return int(math.floor(fpr * n_real + 1e-9))  # 1e-9: 0.005 * 200 is 0.99999... in binary
 
 
-def threshold_at_fpr(real_scores: Any, fpr: float) -> float:
+def threshold_at_fpr(real_scores: npt.ArrayLike, fpr: float) -> float:
     """The threshold ``t`` such that at most ``floor(fpr * n)`` real scores are ``> t``.
 
     Rule (exact, no interpolation): sort the ``n`` real scores in descending order and let
@@ -171,7 +236,9 @@ class BaseHead(ClassifierMixin, BaseEstimator):
     _default_threshold: float = 0.0
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any, *, engines: Any = None) -> BaseHead:
+    def fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike | None, *, engines: npt.ArrayLike | None = None
+    ) -> BaseHead:
         """Fit the head.
 
         Args:
@@ -182,8 +249,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         Returns:
             self, fitted; ``threshold_`` is the head's natural threshold until ``calibrate``.
         """
-        X = check_features(X)
-        y, keep = check_labels(y, X.shape[0])
+        X = check_features(X, owner=type(self).__name__)
+        y, keep = check_labels(y, X.shape[0], owner=type(self).__name__)
         if not keep.all():  # a boolean index copies X even when it keeps every row
             X = X[keep]
         if engines is not None:
@@ -199,8 +266,8 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             self._fit(X, y, engines)
         self.threshold_ = float(self._default_threshold)
         self.calibration_ = None
-        self.n_train_ = int(X.shape[0])
         self.score_calibration_ = None  # heads.calibration.calibrate_head, on val rows
+        self.n_train_ = int(X.shape[0])
         return self
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
@@ -228,11 +295,11 @@ class BaseHead(ClassifierMixin, BaseEstimator):
                 "call fit(X, y) before using it (or load_head(path))"
             )
 
-    def _check_X(self, X: Any) -> np.ndarray:
+    def _check_X(self, X: npt.ArrayLike) -> np.ndarray:
         self._check_fitted()
-        return check_features(X, n_features=self.n_features_in_)
+        return check_features(X, n_features=self.n_features_in_, owner=type(self).__name__)
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def decision_function(self, X: npt.ArrayLike) -> np.ndarray:
         """Score rows.
 
         Args:
@@ -245,18 +312,18 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         X = self._check_X(X)
         return np.asarray(self._decision(X), dtype=np.float64).reshape(-1)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
         """(n_samples, 2) probabilities ``[P(real), P(AI)]`` from the log-odds (uncalibrated)."""
         d = self.decision_function(X)
         p = 1.0 / (1.0 + np.exp(-np.clip(d, -500, 500)))
         return np.stack([1.0 - p, p], axis=1)
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """(n_samples,) int labels: 1 where ``decision_function(X) > threshold_``, else 0."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
     # -------------------------------------------------------------- calibration
-    def calibrate(self, X_val_real: Any, *, fpr: float = 0.005) -> BaseHead:
+    def calibrate(self, X_val_real: npt.ArrayLike, *, fpr: float = 0.005) -> BaseHead:
         """Set ``threshold_`` so that a fraction ``fpr`` of validation reals score above it.
 
         The rule is :func:`threshold_at_fpr`: with ``n`` reals, exactly ``floor(fpr * n)``
@@ -282,7 +349,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
             warnings.warn(
                 f"calibrating at fpr={fpr} with only {len(scores)} reals: the threshold is the "
                 "highest real score (0 reals above it); use more validation reals",
-                UserWarning,
+                SmallSampleWarning,
                 stacklevel=2,
             )
         self.calibration_ = {
@@ -303,23 +370,20 @@ class BaseHead(ClassifierMixin, BaseEstimator):
 
     def save(
         self,
-        path: Any,
+        path: PathLike,
         *,
         backbone: dict | None = None,
         bank_digest: str | None = None,
         metrics: dict | None = None,
-    ) -> Any:
-        """Write ``head.json`` + ``weights.safetensors`` into directory ``path`` (see heads.persistence)."""
+    ) -> Path:
+        """Write ``head.json`` + ``weights.safetensors`` into folder ``path`` (heads.persistence)."""
         from .persistence import save_head
 
         return save_head(self, path, backbone=backbone, bank_digest=bank_digest, metrics=metrics)
 
-    def _more_tags(self) -> dict:
-        return {"binary_only": True}
-
-    def __sklearn_tags__(self):  # sklearn >= 1.6
+    def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.multi_class = False  # labels are 1 = AI, 0 = real (-1 dropped)
         return tags
 
     def _device(self) -> str:

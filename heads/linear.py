@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
+
+from facebank.embed._types import Device
+from facebank.embed.errors import DataError
 
 from ._torch import as_tensor, predict_chunks
 from .base import BaseHead
@@ -56,7 +57,8 @@ class LinearHead(BaseHead):
             whitened parameters ``(v, c)`` is below this (sklearn's lbfgs ``tol``, same
             objective scaling; on unit-scale features about as strict as sklearn's).
         warm_start_rows: subsample size of the warm-up stage (0 disables it).
-        class_weight: ``None`` or ``"balanced"`` (weights n / (2 n_c), as sklearn).
+        class_weight: ``None``, ``"balanced"`` (weights n / (2 n_c), as sklearn) or a
+            dict ``{0: w_real, 1: w_ai}`` (a missing class weighs 1).
         dtype: ``"float32"`` (fast) or ``"float64"``.
         device: ``"auto"`` (cuda if present), ``"cpu"`` or ``"cuda"``.
         seed: unused by the (deterministic) optimiser; kept for a uniform interface.
@@ -71,9 +73,9 @@ class LinearHead(BaseHead):
         max_iter: int = 100,
         tol: float = 1e-4,
         warm_start_rows: int = 16384,
-        class_weight: str | None = None,
+        class_weight: str | dict[int, float] | None = None,
         dtype: str = "float32",
-        device: str = "auto",
+        device: Device = "auto",
         seed: int = 0,
     ) -> None:
         self.C = C
@@ -85,17 +87,29 @@ class LinearHead(BaseHead):
         self.device = device
         self.seed = seed
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, engines: Any) -> None:
+    def _sample_weights(self, y: np.ndarray) -> np.ndarray:
+        """(n_samples,) float64 weights from ``class_weight``."""
+        cw = self.class_weight
+        if cw is None:
+            return np.ones(len(y))
+        if cw == "balanced":
+            return len(y) / (2.0 * np.bincount(y, minlength=2)[y])
+        if isinstance(cw, dict) and set(cw) <= {0, 1}:
+            per_class = np.array([cw.get(0, 1.0), cw.get(1, 1.0)], dtype=np.float64)
+            if np.isfinite(per_class).all() and (per_class > 0).all():
+                return per_class[y]
+        raise DataError(
+            f"class_weight={cw!r} is not valid; use None, 'balanced' or a dict of positive "
+            "weights keyed by label, e.g. {0: 1.0, 1: 2.0}"
+        )
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
         device = self._device()
         dt = torch.float64 if self.dtype == "float64" else torch.float32
         Xt = as_tensor(X, device).to(dt)
         s = torch.from_numpy(np.where(y == 1, 1.0, -1.0)).to(device=device, dtype=dt)
         n = X.shape[0]
-        if self.class_weight == "balanced":
-            counts = np.bincount(y, minlength=2)
-            sw = torch.from_numpy(n / (2.0 * counts[y])).to(device=device, dtype=dt)
-        else:
-            sw = torch.ones(n, device=device, dtype=dt)
+        sw = torch.from_numpy(self._sample_weights(y)).to(device=device, dtype=dt)
         m = int(self.warm_start_rows)
         warm = 0 < m and 2 * m < n
         if warm:

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from facebank.embed.errors import DataError
 from torch import nn
+
+from facebank.embed._types import Device
+from facebank.embed.errors import DataError
 
 from . import losses as L
 from ._torch import as_tensor, batches, numpy_to_state, predict_chunks, state_to_numpy
@@ -266,7 +268,7 @@ class MLPHead(BaseHead):
         epochs: int | None = None,
         max_steps: int | None = None,
         preset: str | None = None,
-        device: str = "auto",
+        device: Device = "auto",
         seed: int = 0,
     ) -> None:
         self.hidden = hidden

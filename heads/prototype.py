@@ -36,8 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from facebank.embed.errors import DataError
 from torch import nn
+
+from facebank.embed._types import Device
+from facebank.embed.errors import DataError
 
 from ._torch import as_tensor, batches, predict_chunks
 from .base import BaseHead
@@ -151,7 +153,7 @@ class PrototypeHead(BaseHead):
         batch_size: int = 1024,
         lr: float = 1e-2,
         ood_contamination: float = 0.01,
-        device: str = "auto",
+        device: Device = "auto",
         seed: int = 0,
     ) -> None:
         self.n_prototypes = n_prototypes

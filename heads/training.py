@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from facebank.embed import FeatureBank, assign_splits, encode_images, has_splits
-from facebank.embed.errors import CalibrationWarning, DataError, HeadError
+from facebank.embed.errors import CalibrationWarning, DataError, HeadError, UnknownLabelWarning
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from .base import BaseHead
@@ -131,7 +131,7 @@ def train_run(
         warnings.warn(
             f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
             "calibration",
-            UserWarning,
+            UnknownLabelWarning,
             stacklevel=2,
         )
     tr = np.flatnonzero((splits == "train") & known)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from facebank.embed._types import Device
+
 from ._torch import numpy_to_state, state_to_numpy
 from .base import BaseHead
 from .mlp import MLPHead, Standardize, TrainConfig, make_loss, train_logit_model
@@ -67,7 +69,7 @@ class WideMLPHead(BaseHead):
         lr: float = 1e-4,
         batch_size: int = 32,
         max_steps: int = 1000,
-        device: str = "auto",
+        device: Device = "auto",
         seed: int = 0,
     ) -> None:
         self.width = width

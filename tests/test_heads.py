@@ -145,7 +145,7 @@ def test_calibrate_puts_fpr_fraction_of_reals_above(name, fitted):
         (np.zeros((0, D), np.float32), "empty"),
         (np.full((3, D), np.nan, np.float32), "NaN or inf"),
         (np.full((3, D), np.inf, np.float32), "NaN or inf"),
-        (np.zeros((3, D + 1), np.float32), "fitted on 16"),
+        (np.zeros((3, D + 1), np.float32), "expecting 16 features"),
         (np.zeros(D, np.float32), "2-D"),
     ],
 )
