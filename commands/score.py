@@ -1,4 +1,4 @@
-"""``facebank score``: a trained head's scores for a bank or images."""
+"""``facebank score``: a trained head's scores, probabilities and verdicts for banks or images."""
 
 from __future__ import annotations
 
@@ -7,20 +7,43 @@ from typing import Annotated
 
 import typer
 
+from ._common import show_progress, split_list
+
 
 def score_cmd(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="One feature bank (NAME.zarr), or image files to embed with the head's backbone."
+            help="Feature banks (NAME.zarr), image files, folders of images, or CSV manifests "
+            "(path,label,engine[,split]); images are embedded with the head's backbone."
         ),
     ],
     head: Annotated[
         Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")
     ],
     out: Annotated[
-        str, typer.Option("--out", help="CSV to write (path,score,decision); '-' = stdout.")
+        str,
+        typer.Option(
+            "--out",
+            help="CSV to write (path,score,decision,probability,verdict,...); '-' = stdout.",
+        ),
     ] = "-",
+    views: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--views",
+            help="Also score each image under these views (comma-separated or repeated, e.g. "
+            "jpeg:q=75,resize:256); the verdict is 'unsure' when the views disagree.",
+        ),
+    ] = None,
+    prevalence: Annotated[
+        float | None,
+        typer.Option(
+            "--prevalence",
+            help="Base rate of AI images (e.g. 0.01): adds each image's probability at that "
+            "rate and the precision of the head's thresholds.",
+        ),
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", help="Backbone weights file, for embedding images offline."),
@@ -28,27 +51,55 @@ def score_cmd(
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu or cuda (embedding images).")
     ] = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per forward pass when embedding.")
+    ] = 32,
 ) -> None:
-    """Score a bank or images: CSV of path, score (higher = AI-generated), decision at the stored threshold."""
-    from facebank.embed.errors import DataError
+    """Score banks or images: raw score (higher = AI-generated), calibrated probability, decision and verdict.
+
+    Exits 1 when nothing could be scored; with some failures it exits 0 and lists them.
+    """
     from facebank.heads import score_run
 
-    banks = [p for p in inputs if p.is_dir()]
-    if banks and len(inputs) > 1:
-        raise DataError(
-            f"give one bank or image files, not both/several banks (got {len(inputs)} inputs, "
-            f"{len(banks)} of them folders)"
-        )
-    if banks:
-        res = score_run(head, bank=str(banks[0]), out=out)
-    else:
-        res = score_run(
-            head, images=[str(p) for p in inputs], out=out, weights=weights, device=device
-        )
+    res = score_run(
+        head,
+        inputs=[str(p) for p in inputs],
+        out=out,
+        views=list(split_list(views, ())),
+        prevalence=prevalence,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        progress=show_progress(),
+    )
     for path, reason in res.failures:
         typer.echo(f"failed: {path}: {reason}", err=True)
+    if res.ignored:
+        typer.echo(
+            f"ignored {len(res.ignored)} non-image file(s) under the input folders", err=True
+        )
+    for pt in res.operating_points:
+        line = (
+            f"threshold at FPR {pt['fpr']:.1%} (val reals): {pt['threshold']:.4g}, "
+            f"val TPR {pt['tpr_val']:.1%} (n={pt['n_ai']})"
+        )
+        if "precision_at_prevalence" in pt:
+            line += (
+                f", precision {pt['precision_at_prevalence']:.1%} if {pt['prevalence']:.2%} are AI"
+            )
+        typer.echo(line, err=True)
+    counts = res.verdict_counts()
+    verdict = ", ".join(f"{counts[v]} {v}" for v in ("ai", "real", "unsure"))
+    views_note = f" under {len(res.views)} views" if len(res.views) > 1 else ""
     typer.echo(
-        f"scored {res.n_scored}, flagged {res.n_flagged} as AI-generated (score > {res.threshold:.4g}), "
-        f"{len(res.failures)} failed" + ("" if out == "-" else f"; wrote {out}"),
+        f"scored {res.n_scored}{views_note}: {verdict} (threshold {res.threshold:.4g}, chosen on "
+        f"val reals); {len(res.failures)} failed" + ("" if out == "-" else f"; wrote {out}"),
         err=True,
     )
+    if res.n_scored == 0:
+        typer.echo(
+            f"error: nothing could be scored ({len(res.failures)} input(s) failed); "
+            "check the failures above",
+            err=True,
+        )
+        raise typer.Exit(1)

@@ -8,7 +8,8 @@ imported from torch or faiss until a head is created.
 from .base import BaseHead, threshold_at_fpr
 from .persistence import check_backbone, load_head, save_head
 from .registry import HeadInfo, create_head, head_info, head_params, list_heads
-from .training import ScoreResult, TrainResult, score_run, train_run
+from .scoring import ScoreResult, score_run
+from .training import TrainResult, train_run
 
 __all__ = [
     "BaseHead",

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import io
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,16 +21,15 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from facebank.embed import FeatureBank, assign_splits, encode_images, has_splits
-from facebank.embed.errors import CalibrationWarning, DataError, HeadError, UnknownLabelWarning
+from facebank.embed import FeatureBank, assign_splits, has_splits
+from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from .base import BaseHead
 from .calibration import calibrate_head
-from .persistence import check_backbone, load_head
 from .registry import create_head, head_info
 
-__all__ = ["TrainResult", "ScoreResult", "train_run", "score_run", "resolve_splits"]
+__all__ = ["TrainResult", "train_run", "resolve_splits"]
 
 
 @dataclass
@@ -51,20 +48,6 @@ class TrainResult:
     threshold: float = 0.0
     split_source: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ScoreResult:
-    """What ``score_run`` wrote: one CSV row per scored input."""
-
-    out: str
-    n_scored: int
-    n_flagged: int
-    threshold: float
-    failures: list[tuple[str, str]]
-    paths: list[str]
-    scores: np.ndarray
-    decisions: np.ndarray
 
 
 def _open_banks(banks: Sequence[Any]):
@@ -258,80 +241,3 @@ def _write_splits(path: Path, bank: Any, labels: np.ndarray, splits: np.ndarray)
             strict=True,
         ):
             w.writerow(row)
-
-
-def score_run(
-    head_dir: str | Path | BaseHead,
-    *,
-    bank: Any = None,
-    images: Sequence[str | Path] | None = None,
-    out: str | Path = "-",
-    weights: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int = 32,
-) -> ScoreResult:
-    """Score a bank or image files with a saved head; write CSV ``path,score,decision``.
-
-    ``score`` is the head's ``decision_function`` (higher = AI-generated), written in full
-    (shortest round-trip form) so that it compares with the threshold as the head did; ``decision`` is
-    1 where ``score > threshold_`` (the threshold stored with the head, chosen on val reals).
-
-    Args:
-        head_dir: a run folder / head directory (or a fitted head).
-        bank: a ``FeatureBank`` or path; its backbone must be the head's.
-        images: image files, embedded on the fly with the head's backbone.
-        out: CSV path, or ``"-"`` for stdout.
-        weights: backbone weights file for ``images`` (as ``facebank embed --weights``).
-        device, batch_size: for embedding ``images``.
-
-    Returns:
-        ScoreResult; images that could not be embedded are in ``failures`` (not in the CSV).
-    """
-    if (bank is None) == (not images):
-        raise DataError("give either a bank or image files to score (not both, not neither)")
-    head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
-    failures: list[tuple[str, str]] = []
-    if bank is not None:
-        b = bank if hasattr(bank, "load_features") else FeatureBank.open(bank)
-        check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
-        paths = [str(p) for p in np.asarray(b.paths, dtype=str)]
-        parts = [head.decision_function(X) for _, _, X in b.iter_features()] if len(b) else []
-        scores = np.concatenate(parts) if parts else np.zeros(0)
-    else:
-        spec = getattr(head, "backbone_", None)
-        if not spec:
-            raise HeadError(
-                "this head was saved without a backbone spec, so images cannot be embedded for it; "
-                "score a feature bank instead, or re-train with `facebank train` on a bank"
-            )
-        enc = encode_images(
-            [str(p) for p in images],
-            backbone=spec,
-            device=device,
-            weights=weights,
-            batch_size=batch_size,
-        )
-        failures = list(enc.failures)
-        paths = list(enc.paths)
-        scores = head.decision_function(enc.features) if len(paths) else np.zeros(0)
-    decisions = (scores > head.threshold_).astype(np.int64)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "score", "decision"])
-    for p, s, d in zip(paths, scores.tolist(), decisions.tolist(), strict=True):
-        w.writerow([p, repr(float(s)), d])
-    if str(out) == "-":
-        sys.stdout.write(buf.getvalue())
-    else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(buf.getvalue())
-    return ScoreResult(
-        out=str(out),
-        n_scored=len(paths),
-        n_flagged=int(decisions.sum()),
-        threshold=float(head.threshold_),
-        failures=failures,
-        paths=paths,
-        scores=scores,
-        decisions=decisions,
-    )

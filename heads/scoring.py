@@ -1,0 +1,477 @@
+"""Scoring with a saved head: banks, image files, folders and manifests; views and verdicts.
+
+``score_run`` is the library side of ``facebank score``. Inputs may be mixed:
+
+- a **feature bank** (a folder holding ``zarr.json``): its stored features are scored;
+  the bank's backbone must be the head's.
+- an **image file**: embedded with the head's backbone (as ``facebank embed`` would).
+- a **folder** that is not a bank: every image under it (recursively, sorted, hidden
+  entries skipped; files without an image extension are counted as ignored).
+- a **CSV manifest** (``path,label,engine[,split]``, as ``facebank embed`` reads): its
+  images. The labels are not used for scoring.
+
+An input file the backbone cannot take is a *failure* (path + reason), the same policy
+as ``embed``: the other inputs are still scored. Nothing scored at all is for the
+caller (the CLI exits non-zero).
+
+Columns of the CSV (one row per scored image, in input order):
+``path, score, decision, probability, verdict`` then, when asked, ``probability_at_prevalence``
+and per view ``score[VIEW]`` / ``decision[VIEW]``.
+
+- ``score``: the head's ``decision_function`` (higher = AI-generated), written in full;
+  with views, the score under the first view.
+- ``decision``: 1 where ``score > threshold`` (the head's threshold, chosen on validation
+  reals at its training FPR).
+- ``probability``: ``P(AI-generated | score)`` from the head's calibration (fitted on
+  validation rows, see ``heads.calibration``); empty for heads saved without one.
+- ``verdict``: ``ai`` / ``real`` when every view's decision agrees, ``unsure`` when
+  the views disagree at the threshold (a re-save or a resize flips the decision, so
+  neither answer should be given with confidence).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facebank.embed import FeatureBank, encode_images, scan_source
+from facebank.embed.errors import CalibrationWarning, DataError, HeadError
+from facebank.embed.images import is_image_path
+from facebank.embed.views import parse_view
+
+from .base import BaseHead
+from .calibration import (
+    CALIBRATION_FPRS,
+    ScoreCalibration,
+    precision_at_prevalence,
+    probability_at_prevalence,
+)
+from .persistence import check_backbone, load_head
+
+__all__ = ["ScoreResult", "score_run", "collect_inputs", "verdicts", "ScoreInputs"]
+
+VERDICTS = ("ai", "real", "unsure")
+#: Images embedded per call when a progress bar is shown (one backbone build per block).
+_BLOCK = 256
+
+
+@dataclass
+class ScoreInputs:
+    """What ``collect_inputs`` found: banks to score from features, image files to embed.
+
+    Attributes:
+        banks: bank paths, in input order.
+        images: image files, in input order (folders expanded, manifests read).
+        ignored: ``(path, reason)`` of files under folders that are not images.
+    """
+
+    banks: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ScoreResult:
+    """What ``score_run`` scored and wrote (one CSV row per scored image).
+
+    Attributes:
+        out: the CSV written (``"-"`` = stdout).
+        paths: scored images, in CSV order.
+        scores: (n,) raw scores (first view).
+        decisions: (n,) 1 = flagged as AI-generated at ``threshold``.
+        probabilities: (n,) calibrated P(AI), ``None`` when the head has no calibration.
+        verdicts: (n,) ``ai`` / ``real`` / ``unsure``.
+        views: the views scored (``["original"]`` without ``views``).
+        view_scores: (n, n_views) raw score per view.
+        threshold: the head's threshold (chosen on validation reals).
+        operating_points: the head's thresholds at 0.1/0.5/1% FPR (validation reals),
+            each with its validation TPR and, with ``prevalence``, the precision.
+        prevalence: the base rate asked for, or ``None``.
+        failures: ``(path, reason)`` of inputs that could not be scored.
+        ignored: ``(path, reason)`` of non-image files under input folders.
+        warnings: calibration caveats, one line each.
+    """
+
+    out: str
+    paths: list[str]
+    scores: np.ndarray
+    decisions: np.ndarray
+    probabilities: np.ndarray | None
+    verdicts: np.ndarray
+    views: list[str]
+    view_scores: np.ndarray
+    threshold: float
+    operating_points: list[dict[str, Any]]
+    prevalence: float | None
+    failures: list[tuple[str, str]]
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.paths)
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.decisions.sum())
+
+    def verdict_counts(self) -> dict[str, int]:
+        return {v: int((self.verdicts == v).sum()) for v in VERDICTS}
+
+
+def _is_bank(path: Path) -> bool:
+    return path.is_dir() and (path / "zarr.json").is_file()
+
+
+def _walk_images(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = os.path.join(dirpath, name)
+            if is_image_path(p):
+                found.append(p)
+            else:
+                ignored.append((p, "not an image file extension"))
+    return found
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
+    """Sort inputs into banks and image files (folders walked, manifests read).
+
+    Raises:
+        DataError: an input that does not exist, or no input at all.
+    """
+    if not inputs:
+        raise DataError(
+            "nothing to score; give feature banks (NAME.zarr), image files, folders or CSV manifests"
+        )
+    found = ScoreInputs()
+    for item in inputs:
+        p = Path(item)
+        if _is_bank(p):
+            found.banks.append(str(p))
+        elif p.is_dir():
+            images = _walk_images(p, found.ignored)
+            if not images:
+                raise DataError(
+                    f"folder {str(p)!r} holds no image files and is not a feature bank (no zarr.json); "
+                    "give a folder of images, a bank made by `facebank embed`, or image files"
+                )
+            found.images.extend(images)
+        elif p.is_file() and p.suffix.lower() == ".csv":
+            found.images.extend(it.file for it in scan_source(p).items)
+        elif p.exists() or is_image_path(p):
+            found.images.append(str(p))  # a missing or unreadable image becomes a failure
+        else:
+            raise DataError(
+                f"input {str(p)!r} does not exist; give feature banks, image files, folders "
+                "of images or CSV manifests (path,label,engine[,split])"
+            )
+    return found
+
+
+def verdicts(view_decisions: np.ndarray) -> np.ndarray:
+    """Per-image verdict from the decisions under each view.
+
+    Args:
+        view_decisions: (n_images, n_views) 0/1 decisions at the head's threshold.
+
+    Returns:
+        (n_images,) ``"ai"`` where every view says 1, ``"real"`` where every view says
+        0, ``"unsure"`` where the views disagree.
+    """
+    d = np.asarray(view_decisions, dtype=bool)
+    if d.ndim != 2:
+        raise DataError(f"view decisions have shape {d.shape}; expected (n_images, n_views)")
+    out = np.full(d.shape[0], "unsure", dtype=object)
+    out[d.all(axis=1)] = "ai"
+    out[~d.any(axis=1)] = "real"
+    return out.astype(str)
+
+
+def _parse_views(views: Sequence[str] | None) -> list[str]:
+    names = [parse_view(v).name for v in (views or [])]
+    if "original" not in names:
+        names.insert(0, "original")
+    out: list[str] = []
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _progress_bar(enabled: bool, total: int):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _embed_views(
+    files: list[str],
+    views: list[str],
+    *,
+    spec: dict,
+    head: BaseHead,
+    weights: Any,
+    device: str,
+    batch_size: int,
+    progress: bool,
+    encode: Callable[..., Any],
+) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """Score every file under every view; a file failing under any view is a failure."""
+    per_view: list[dict[str, float]] = []
+    failed: dict[str, str] = {}
+    block = _BLOCK if progress and len(files) > _BLOCK else max(len(files), 1)
+    with _progress_bar(progress, len(files) * len(views)) as bar:
+        for v in views:
+            task = bar.add_task(f"scoring ({v})", total=len(files))
+            got: dict[str, float] = {}
+            for a in range(0, len(files), block):
+                part = files[a : a + block]
+                enc = encode(
+                    part,
+                    backbone=spec,
+                    view=v,
+                    device=device,
+                    weights=weights,
+                    batch_size=batch_size,
+                )
+                for f, reason in enc.failures:
+                    failed.setdefault(str(f), reason if v == "original" else f"view {v}: {reason}")
+                if len(enc.paths):
+                    s = head.decision_function(enc.features)
+                    got.update(zip(map(str, enc.paths), s.tolist(), strict=True))
+                bar.advance(task, len(part))
+            per_view.append(got)
+    ok = [f for f in dict.fromkeys(files) if f not in failed and all(f in g for g in per_view)]
+    S = np.array([[g[f] for g in per_view] for f in ok], dtype=np.float64).reshape(
+        len(ok), len(views)
+    )
+    failures = [(f, failed.get(f, "not embedded")) for f in dict.fromkeys(files) if f not in ok]
+    return ok, S, failures
+
+
+def score_run(
+    head_dir: str | Path | BaseHead,
+    *,
+    inputs: Sequence[str | os.PathLike] | None = None,
+    bank: Any = None,
+    images: Sequence[str | os.PathLike] | None = None,
+    out: str | Path = "-",
+    views: Sequence[str] | None = None,
+    prevalence: float | None = None,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    progress: bool = False,
+    encode: Callable[..., Any] | None = None,
+) -> ScoreResult:
+    """Score banks, images, folders or manifests with a saved head; write the CSV.
+
+    Which split chose what: the threshold, the thresholds at 0.1/0.5/1% FPR and the
+    probability calibration were all fixed on the head's **validation** rows when it
+    was trained; nothing here is fitted on the scored rows.
+
+    Args:
+        head_dir: a run folder / head directory (or a fitted head).
+        inputs: banks, image files, folders, CSV manifests (see the module docstring).
+        bank, images: the older spelling: one bank, or image files.
+        out: CSV path, or ``"-"`` for stdout.
+        views: extra views (``"jpeg:q=75"``, ``"resize:256"``...) each image is also
+            scored under; ``original`` is always first. Banks cannot be re-viewed.
+        prevalence: base rate of AI images (e.g. 0.01) for ``probability_at_prevalence``
+            and the precision of each operating point.
+        weights, device, batch_size: for embedding images (as ``facebank embed``).
+        progress: show a progress bar on stderr while embedding.
+        encode: the embedding function (default ``embed.encode_images``); another
+            engine with the same signature may be given.
+
+    Returns:
+        ``ScoreResult``; failures are listed there, not in the CSV.
+    """
+    given = list(inputs or [])
+    if bank is not None:
+        given.append(bank)
+    given.extend(images or [])
+    if not given:
+        raise DataError(
+            "give either a bank or image files to score (banks, images, folders or manifests)"
+        )
+    head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
+    view_names = _parse_views(views)
+    if prevalence is not None and not 0.0 < float(prevalence) < 1.0:
+        raise DataError(
+            f"--prevalence must be in (0, 1), got {prevalence!r}; e.g. 0.01 if 1% of images are AI"
+        )
+    bank_objs = [b for b in given if isinstance(b, FeatureBank)]
+    rest = [b for b in given if not isinstance(b, FeatureBank)]
+    found = collect_inputs(rest) if rest else ScoreInputs()
+    bank_objs += [FeatureBank.open(p) for p in found.banks]
+    if bank_objs and len(view_names) > 1:
+        raise DataError(
+            f"--views re-embeds images, but {len(bank_objs)} input(s) are feature banks holding "
+            "one view each; score image files or folders with --views, or drop --views"
+        )
+
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    for b in bank_objs:
+        check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
+        paths.extend(str(p) for p in np.asarray(b.paths, dtype=str))
+        for _, _, X in b.iter_features() if len(b) else []:
+            blocks.append(head.decision_function(X).reshape(-1, 1))
+    failures: list[tuple[str, str]] = []
+    if found.images:
+        spec = getattr(head, "backbone_", None)
+        if not spec:
+            raise HeadError(
+                "this head was saved without a backbone spec, so images cannot be embedded for it; "
+                "score a feature bank instead, or re-train with `facebank train` on a bank"
+            )
+        ok, S, failures = _embed_views(
+            found.images,
+            view_names,
+            spec=spec,
+            head=head,
+            weights=weights,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            encode=encode or encode_images,
+        )
+        paths.extend(ok)
+        blocks.append(S)
+    S = np.concatenate(blocks) if blocks else np.zeros((0, len(view_names)))
+    t = float(head.threshold_)
+    view_dec = (S > t).astype(np.int64)
+    verdict = verdicts(view_dec)
+    scores, decisions = S[:, 0], view_dec[:, 0]
+
+    notes: list[str] = []
+    cal = _calibration(head, notes)
+    proba = cal.probability(scores) if cal is not None else None
+    p_prev = None
+    if cal is not None and prevalence is not None:
+        p_prev = probability_at_prevalence(
+            proba, val_prevalence=cal.val_prevalence, prevalence=float(prevalence)
+        )
+    points = _operating_points(cal, prevalence)
+    _write_csv(out, paths, S, view_dec, view_names, proba, verdict, p_prev)
+    return ScoreResult(
+        out=str(out),
+        paths=paths,
+        scores=scores,
+        decisions=decisions,
+        probabilities=proba,
+        verdicts=verdict,
+        views=view_names,
+        view_scores=S,
+        threshold=t,
+        operating_points=points,
+        prevalence=None if prevalence is None else float(prevalence),
+        failures=failures,
+        ignored=found.ignored,
+        warnings=notes,
+    )
+
+
+def _calibration(head: BaseHead, notes: list[str]) -> ScoreCalibration | None:
+    doc = getattr(head, "score_calibration_", None)
+    if not doc:
+        notes.append(
+            "the head stores no calibration (trained before calibration was kept, or its val "
+            "split lacked a class): the CSV's probability column is empty - re-train to get one"
+        )
+        warnings.warn(notes[-1], CalibrationWarning, stacklevel=3)
+        return None
+    cal = ScoreCalibration.from_dict(doc)
+    if cal.few_rows:
+        notes.append(
+            f"the head's calibration was fitted on only {cal.n_rows} validation rows: its "
+            "probabilities are unreliable - re-train with more validation rows"
+        )
+        warnings.warn(notes[-1], CalibrationWarning, stacklevel=3)
+    return cal
+
+
+def _operating_points(cal: ScoreCalibration | None, prevalence: float | None) -> list[dict]:
+    if cal is None:
+        return []
+    out = []
+    for fpr in CALIBRATION_FPRS:
+        pt = dict(cal.threshold(fpr))
+        if prevalence is not None:
+            # the target FPR, not the realised val FPR: with a few hundred val reals the
+            # realised rate is often 0, which would promise a precision of 1
+            pt["prevalence"] = float(prevalence)
+            pt["precision_at_prevalence"] = precision_at_prevalence(
+                pt["tpr_val"], fpr, prevalence=float(prevalence)
+            )
+        out.append(pt)
+    return out
+
+
+def _write_csv(
+    out: str | Path,
+    paths: list[str],
+    S: np.ndarray,
+    view_dec: np.ndarray,
+    views: list[str],
+    proba: np.ndarray | None,
+    verdict: np.ndarray,
+    p_prev: np.ndarray | None,
+) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["path", "score", "decision", "probability", "verdict"]
+    if p_prev is not None:
+        header.append("probability_at_prevalence")
+    extra = views if len(views) > 1 else []
+    for v in extra:
+        header += [f"score[{v}]", f"decision[{v}]"]
+    w.writerow(header)
+    for i, p in enumerate(paths):
+        row = [p, repr(float(S[i, 0])), int(view_dec[i, 0])]
+        row.append("" if proba is None else f"{proba[i]:.6g}")
+        row.append(verdict[i])
+        if p_prev is not None:
+            row.append(f"{p_prev[i]:.6g}")
+        for j in range(len(extra)):
+            row += [repr(float(S[i, j])), int(view_dec[i, j])]
+        w.writerow(row)
+    if str(out) == "-":
+        sys.stdout.write(buf.getvalue())
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(out) + ".tmp")
+        tmp.write_text(buf.getvalue())
+        tmp.replace(out)
