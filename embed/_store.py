@@ -389,9 +389,12 @@ class Store:
         return ("features", *self.column_names)
 
     def array(self, key: str) -> zarr.Array:
-        # one handle per array: zarr re-reads zarr.json on every group[key]
+        # one handle per array: zarr re-reads zarr.json on every group[key]. Every chunk
+        # below count is written, even an all-fill one (the handle keeps the setting),
+        # so that `verify` can tell a lost chunk from one zarr chose not to write.
         if key not in self._arrays:
-            self._arrays[key] = self.group[key]
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self._arrays[key] = self.group[key]
         return self._arrays[key]
 
     def children(self) -> dict[str, dict[str, Any]]:

@@ -76,6 +76,7 @@ from .compat import backbone_id, require_one_backbone
 from .errors import BackboneMismatchError, BankError
 from .metadata import METADATA_SCHEMA
 from .runs import package_versions
+from .verify import missing_objects
 
 __all__ = [
     "FORMAT_VERSION",
@@ -238,8 +239,27 @@ class FeatureBank:
                     f"metadata); run `facebank bank backfill {loc.url}` to upgrade it before "
                     "appending, or embed into a new --out"
                 )
-            store = Store.open(loc, writable=mode == "a")
-            check_arrays(store)
+            try:
+                store = Store.open(loc, writable=mode == "a")
+                check_arrays(store)
+                store.children()  # every array's own zarr.json must parse
+            except BankError:
+                raise
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise BankError(
+                    f"bank {loc.url!r} is damaged ({type(exc).__name__}: {exc}); check it with "
+                    "`facebank bank verify` and re-embed into a new --out"
+                ) from None
+            if mode == "a":
+                lost = missing_objects(
+                    loc, {k: store.array(k) for k in store.array_names}, store.count
+                )
+                if lost:
+                    raise BankError(
+                        f"bank {loc.url!r} has lost {len(lost)} stored chunk(s) below its "
+                        f"committed rows ({lost[:3]}); appending would hide the loss - check it "
+                        "with `facebank bank verify` and re-embed into a new --out"
+                    )
             segments: list[tuple[Store, np.ndarray | None]] = [(store, None)]
             if mode == "r":
                 for _index, part in pending_partitions(loc, store.attrs):
@@ -1063,5 +1083,3 @@ def write_bank(
             sha256=fill(sha256, ids),
         )
     return FeatureBank.open(path)
-
-

@@ -30,7 +30,7 @@ from ._store import (
 from .errors import BankError
 from .metadata import METADATA_SCHEMA
 
-__all__ = ["BankReport", "verify_bank"]
+__all__ = ["BankReport", "verify_bank", "missing_objects"]
 
 _DTYPES = ("float16", "float32")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -132,9 +132,7 @@ def verify_bank(
 def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool) -> int | None:
     """Check one bank group (the bank or a partition); its committed rows, None if unusable."""
     if not loc.is_file("zarr.json"):
-        rep.problems.append(
-            f"{loc.url!r} has no zarr.json: not a feature bank (or it is missing)"
-        )
+        rep.problems.append(f"{loc.url!r} has no zarr.json: not a feature bank (or it is missing)")
         return None
     try:
         doc = loc.read_json("zarr.json")
@@ -213,7 +211,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
             rep.problems.append(f"features dtype {f.dtype} is not one of {list(_DTYPES)}")
     if rep.problems:
         return None
-    missing = _missing_objects(loc, arrays, count)
+    missing = missing_objects(loc, arrays, count)
     if missing:
         rep.problems.append(
             f"{len(missing)} chunk file(s) missing below count: {missing[:max_listed]}"
@@ -223,7 +221,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
     return count if not rep.problems else None
 
 
-def _missing_objects(loc: Location, arrays: Mapping[str, zarr.Array], count: int) -> list[str]:
+def missing_objects(loc: Location, arrays: Mapping[str, zarr.Array], count: int) -> list[str]:
     """Stored objects (chunks, or shards when sharded) below ``count`` that do not exist."""
     missing: list[str] = []
     for key, arr in arrays.items():
