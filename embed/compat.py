@@ -1,51 +1,57 @@
-"""Backbone identity: which feature banks, heads and queries may be mixed."""
+"""Backbone identity: which feature banks, heads and queries may be mixed.
+
+Two specs are the same feature space when library, model, pretrained tag, weights hash,
+width, input size and layer tap (and block range) are equal, and the preprocessing
+(resize mode, mean, std, interpolation) is equal wherever both recorded it. Any
+difference is an error that names both sides and what differs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import BackboneMismatchError
+from .spec import BackboneSpec, SpecLike, as_spec
 
 __all__ = ["backbone_id", "same_backbone", "require_same_backbone", "require_one_backbone"]
 
-# The keys that decide whether two feature spaces are the same space. Input size
-# matters (EfficientNet at 240 vs 512 px gives different features); the display
-# name alone does not (a user may load the same weights under --weights PATH).
-_IDENTITY_KEYS = ("library", "model", "pretrained", "weights_sha256", "dim", "input_size")
+
+def backbone_id(spec: SpecLike) -> str:
+    """A short human-readable identity, e.g. ``clip-vit-l-14 (open_clip ViT-L-14/openai, 768-d)``.
+
+    The layer tap is named unless it is ``final``; a test-only backbone says so.
+    """
+    try:
+        s = as_spec(spec)
+    except ValueError:  # a malformed stored spec must still be nameable in an error
+        return repr(dict(spec)) if hasattr(spec, "keys") else repr(spec)
+    tag = s.pretrained or "random"
+    size_s = f", {s.input_size[-1]}px" if s.input_size else ""
+    sha_s = f", weights {s.weights_sha256[:8]}" if s.weights_sha256 else ""
+    layer_s = ""
+    if s.layer == "blocks" and s.blocks:
+        layer_s = f", layer blocks {s.blocks[0]}:{s.blocks[1]}"
+    elif s.layer != "final":
+        layer_s = f", layer {s.layer}"
+    test_s = ", TEST-ONLY random weights" if s.test_only else ""
+    return f"{s.name} ({s.library} {s.model}/{tag}, {s.dim}-d{size_s}{layer_s}{sha_s}{test_s})"
 
 
-def backbone_id(spec: Mapping[str, Any]) -> str:
-    """A short human-readable identity, e.g. ``clip-vit-l-14 (open_clip ViT-L-14/openai, 768-d)``."""
-    name = spec.get("name", "?")
-    lib = spec.get("library", "?")
-    model = spec.get("model", "?")
-    tag = spec.get("pretrained") or "random"
-    size = spec.get("input_size")
-    size_s = f", {size[-1]}px" if isinstance(size, (list, tuple)) and size else ""
-    sha = spec.get("weights_sha256")
-    sha_s = f", weights {sha[:8]}" if sha else ""
-    return f"{name} ({lib} {model}/{tag}, {spec.get('dim', '?')}-d{size_s}{sha_s})"
-
-
-def same_backbone(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def same_backbone(a: SpecLike, b: SpecLike) -> bool:
     """True when two backbone specs describe the same feature space."""
-
-    def norm(v: Any) -> Any:
-        return list(v) if isinstance(v, tuple) else v
-
-    return all(norm(a.get(k)) == norm(b.get(k)) for k in _IDENTITY_KEYS)
+    return as_spec(a).same_space(as_spec(b))
 
 
-def require_same_backbone(
-    a: Mapping[str, Any], b: Mapping[str, Any], *, a_name: str, b_name: str
-) -> None:
+def require_same_backbone(a: SpecLike, b: SpecLike, *, a_name: str, b_name: str) -> None:
     """Raise ``BackboneMismatchError`` naming both sides unless ``a`` and ``b`` match."""
-    if not same_backbone(a, b):
+    sa, sb = as_spec(a), as_spec(b)
+    if not sa.same_space(sb):
         raise BackboneMismatchError(
-            f"{a_name} uses backbone {backbone_id(a)} but {b_name} uses {backbone_id(b)}; "
-            "features of different backbones cannot be mixed - embed both with the same "
-            "--backbone (and --image-size / --weights)"
+            f"{a_name} uses backbone {backbone_id(sa)} but {b_name} uses {backbone_id(sb)} "
+            f"({'; '.join(sa.differences(sb))}); features of different backbones, layer taps "
+            "or preprocessing cannot be mixed - embed both with the same --backbone "
+            "(and --layer / --image-size / --weights)"
         )
 
 
@@ -71,3 +77,11 @@ def require_one_backbone(
             first.backbone, other.backbone, a_name=label(first), b_name=label(other)
         )
     return first.backbone
+
+
+def spec_of(obj: Any) -> BackboneSpec:
+    """The :class:`BackboneSpec` of a bank, a backbone, a head's stored spec, or a spec."""
+    spec = getattr(obj, "backbone", None) if not hasattr(obj, "keys") else obj
+    if spec is None:
+        spec = getattr(obj, "spec", None)
+    return as_spec(spec)

