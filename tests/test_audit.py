@@ -1,0 +1,174 @@
+"""analysis.audit: metadata shortcuts are named on a confounded dataset and not invented on a control."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facebank.analysis.audit import VERDICTS, audit, audit_verdict, straddling_groups
+from facebank.embed.bank import FeatureBank
+from facebank.embed.errors import BankError, DataError
+from facebank.embed.metadata import metadata_columns, read_metadata
+from facebank.testing import synthetic_backbone
+
+N_PER_CLASS = 70
+
+
+def _texture(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A smooth random texture (photo-like: it compresses like one)."""
+    small = rng.integers(0, 256, size=(side // 8 + 1, side // 8 + 1, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def _write(img: np.ndarray, path: Path, fmt: str, quality: int = 90) -> None:
+    im = Image.fromarray(img)
+    if fmt == "JPEG":
+        im.save(path, format="JPEG", quality=quality)
+    else:
+        im.save(path, format="PNG")
+
+
+def _make_bank(tmp: Path, *, confounded: bool, seed: int = 0) -> tuple[FeatureBank, np.ndarray]:
+    """Reals and fakes; confounded: reals JPEG 200 px, fakes PNG 128 px (same pixel statistics).
+    Control: both JPEG q90 at 160 px; fakes are tinted (the only difference is in the pixels).
+
+    Returns the bank and a per-row "pixel" score (mean red minus mean blue).
+    """
+    rng = np.random.default_rng(seed)
+    root = tmp / ("confounded" if confounded else "control")
+    rows, paths, labels, engines, pixel = [], [], [], [], []
+    for label in (0, 1):
+        engine = "real" if label == 0 else "gan"
+        (root / engine).mkdir(parents=True)
+        for i in range(N_PER_CLASS):
+            side = (200 if label == 0 else 128) if confounded else 160
+            img = _texture(rng, side).astype(np.int16)
+            if not confounded and label == 1:
+                img[..., 0] += 12
+                img[..., 2] -= 12
+            img = np.clip(img, 0, 255).astype(np.uint8)
+            fmt = ("JPEG" if label == 0 else "PNG") if confounded else "JPEG"
+            path = root / engine / f"{i:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+            _write(img, path, fmt)
+            rows.append(read_metadata(path))
+            paths.append(path.relative_to(root).as_posix())
+            labels.append(label)
+            engines.append(engine)
+            pixel.append(float(img[..., 0].mean() - img[..., 2].mean()))
+    n = len(paths)
+    bank = FeatureBank.create(tmp / f"{root.name}.zarr", backbone=synthetic_backbone(4))
+    bank.append(
+        rng.normal(size=(n, 4)).astype(np.float32),
+        labels=labels,
+        engines=engines,
+        paths=paths,
+        splits=[""] * n,
+        sha256=[hashlib.sha256(p.encode()).hexdigest() for p in paths],
+        columns=metadata_columns(rows),
+    )
+    bank.close()
+    return FeatureBank.open(tmp / f"{root.name}.zarr"), np.asarray(pixel)
+
+
+@pytest.fixture(scope="module")
+def confounded(tmp_path_factory):
+    return _make_bank(tmp_path_factory.mktemp("audit"), confounded=True)
+
+
+def test_confounded_dataset_is_called_confounded_naming_format_and_size(confounded):
+    bank, pixel = confounded
+    res = audit(bank, scores={"pixels": (pixel, 0.0)}, seed=0)
+    assert res.verdict == "confounded"
+    assert "file_format" in res.carriers
+    assert {"width", "height"} & set(res.carriers)
+    assert res.metadata_auc == pytest.approx(1.0)
+    assert res.metadata_model["tpr"] == pytest.approx(1.0)
+    # the classes are perfectly separated by the files: no test row is uncertain
+    assert res.uncertain_rows == 0
+    assert res.heads["pixels"]["uncertain_auc"] is None
+    assert "too few" in res.uncertain["note"]
+    # per-class distributions say what differs
+    dist = res.distributions["class"]
+    assert dist["real"]["formats"] == {"JPEG": 1.0}
+    assert dist["AI-generated"]["formats"] == {"PNG": 1.0}
+    assert dist["real"]["short_side_q"] == [200, 200, 200]
+    assert dist["AI-generated"]["jpeg_quality_q"] == []
+
+
+def test_control_differing_only_in_pixels_is_not_called_confounded(tmp_path):
+    bank, pixel = _make_bank(tmp_path, confounded=False)
+    res = audit(bank, scores={"pixels": (pixel, 0.0)}, seed=0)
+    assert res.verdict == "no metadata shortcut found", res.reason
+    assert res.carriers == []
+    props = {p["name"]: p for p in res.properties}
+    for name in ("file_format", "width", "height", "jpeg_quality", "pil_mode"):
+        assert props[name]["constant"], name  # reported as constant, never a crash
+        assert props[name]["auc_alone"] is None
+    # the files cannot tell: most test rows are uncertain and the pixel score still works
+    assert res.uncertain_rows >= 0.8 * res.uncertain["n_test"]
+    assert res.heads["pixels"]["uncertain_auc"] > 0.95
+
+
+@pytest.mark.slow  # the four-panel figure: ~10 s on a loaded 2-core machine
+def test_write_puts_verdict_keys_in_metrics_json_and_a_figure(confounded, tmp_path):
+    bank, pixel = confounded
+    res = audit(bank, scores={"pixels": (pixel, 0.0)})
+    run = res.write(tmp_path / "audit-run")
+    m = json.loads((run / "metrics.json").read_text())["audit"]
+    assert m["verdict"] == "confounded"
+    assert m["metadata_auc"] == pytest.approx(1.0)
+    assert "file_format" in m["carriers"]
+    assert m["uncertain_rows"] == 0
+    assert "uncertain_auc" in m["heads"]["pixels"]
+    assert (run / "audit.png").stat().st_size > 10_000
+    md = (run / "audit.md").read_text()
+    assert "Verdict: confounded" in md and "constant" in md
+    assert (run / "uncertain_rows.csv").read_text().startswith("path,engine,label")
+
+
+def test_verdict_rule_thresholds():
+    props = [
+        {"name": "file_format", "constant": False, "auc_alone": 0.95, "auc_ci": [0.9, 0.99]},
+        {"name": "width", "constant": False, "auc_alone": 0.72, "auc_ci": [0.55, 0.85]},
+        {"name": "has_icc", "constant": True, "auc_alone": None, "auc_ci": None},
+    ]
+    assert audit_verdict(0.97, [0.93, 0.99], props) == ("confounded", ["file_format"])
+    assert audit_verdict(0.92, [0.70, 0.99], props)[0] == "partly confounded"
+    assert audit_verdict(0.75, [0.65, 0.85], props)[0] == "partly confounded"
+    assert audit_verdict(0.70, [0.45, 0.90], props) == ("no metadata shortcut found", [])
+    # no single property qualifies: the strongest ones are named together
+    weak = [dict(p, auc_ci=[0.5, 0.8]) for p in props]
+    assert audit_verdict(0.95, [0.9, 1.0], weak)[1] == ["file_format", "width"]
+    assert set(VERDICTS) == {"confounded", "partly confounded", "no metadata shortcut found"}
+
+
+def test_straddling_groups_listed():
+    groups = np.array(["bush", "bush", "blair", "blair", "", ""])
+    splits = np.array(["train", "test", "val", "val", "train", "test"])
+    out = straddling_groups(groups, splits)
+    assert out == [{"group": "bush", "rows": 2, "train": 1, "val": 0, "test": 1}]
+
+
+def test_bank_without_metadata_values_names_backfill(tmp_path):
+    from facebank.embed import write_bank
+
+    bank = write_bank(
+        tmp_path / "arrays.zarr",
+        np.zeros((4, 2), np.float32),
+        labels=[0, 0, 1, 1],
+        engines=["real", "real", "gan", "gan"],
+        splits=["train", "test", "train", "test"],
+    )
+    with pytest.raises((BankError, DataError), match="backfill"):
+        audit(bank)
+
+
+def test_bad_band_is_refused(confounded):
+    bank, _ = confounded
+    with pytest.raises(DataError, match="band"):
+        audit(bank, band=(0.9, 0.1))
