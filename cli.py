@@ -24,6 +24,7 @@ from facebank.commands import (
     protocol,
     score,
 )
+from facebank.commands._common import install_run_sessions
 from facebank.embed.errors import FacebankError
 from typer.core import TyperGroup
 
@@ -34,6 +35,10 @@ _STATE = {"verbose": False}
 
 class _FacebankGroup(TyperGroup):
     """Turns library errors into one line on stderr and exit code 1 (tracebacks with -v)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        install_run_sessions(self)  # the output-folder rule, --overwrite, warnings once
 
     def invoke(self, ctx: Any) -> Any:
         try:

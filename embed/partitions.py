@@ -149,7 +149,7 @@ def write_partition(
         dtype=str(feature_meta["data_type"]),
         columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
         chunk_rows=max(n, 1),  # one object per array: a partition is a few objects
-        rows=0,
+        rows=n,  # its final shape at once: no resize requests
     )
     store = Store(ploc, group, writable=True)
     _write_rows(store, 0, X, cols)
