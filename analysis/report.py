@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from facebank.embed.errors import ReportError
+from facebank.embed.runs import claim_output_file
 
 __all__ = ["write_report", "render_markdown", "ReportError"]
 
@@ -309,7 +310,11 @@ def _metrics_table(obj: Any) -> str:
 
 
 def write_report(
-    run_dirs: Sequence[str | Path] | str | Path, *, out: str | Path, title: str = "facebank report"
+    run_dirs: Sequence[str | Path] | str | Path,
+    *,
+    out: str | Path,
+    title: str = "facebank report",
+    overwrite: bool | None = None,
 ) -> Path:
     """Write one self-contained HTML page for the given run folders.
 
@@ -318,12 +323,15 @@ def write_report(
             sub-folders that hold runs are included as nested sections.
         out: the HTML file to write (parents created).
         title: page title.
+        overwrite: replace an existing ``out``; ``None`` follows the command's
+            ``--overwrite`` (``embed.runs.claim_output_file``), refusing by default.
 
     Returns:
         The path of the written page.
 
     Raises:
         ReportError: a folder that does not exist or holds no run output.
+        RunFolderError: ``out`` exists and may not be replaced.
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
@@ -368,7 +376,8 @@ def write_report(
 </body>
 </html>
 """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    out = claim_output_file(out, overwrite=overwrite)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)  # a reader never sees half a page
     return out

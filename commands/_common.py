@@ -3,12 +3,17 @@
 - ``--param KEY=VALUE`` (repeatable, JSON values): :func:`parse_params`.
 - comma-or-repeat lists (``--heads linear,mlp --heads knn``): :func:`split_list`.
 - default output folders: :func:`default_out`, the one rule every command uses -
-  ``runs/<command>-<YYYYmmdd-HHMMSS>``, a new folder per run.
+  ``runs/<command>-<YYYYmmdd-HHMMSS>``, a new folder per run; an existing ``--out`` is
+  refused unless ``--overwrite`` (``embed.runs.start_run`` states the whole rule).
+- :func:`install_run_sessions`: every command runs inside ``embed.runs.run_session``
+  (a failed command leaves no run folder behind; each warning is shown once as one
+  line and kept in the run's ``metrics.json``) and every command with ``--out`` gets
+  ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -17,8 +22,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from facebank.embed.errors import DataError
 from rich.console import Console
+
+from facebank.embed.errors import DataError
+from facebank.embed.runs import check_out, check_output_file, new_run_dir, run_session
 
 __all__ = [
     "Metric",
@@ -26,6 +33,7 @@ __all__ = [
     "OutOption",
     "make_console",
     "default_out",
+    "install_run_sessions",
     "parse_params",
     "show_progress",
     "split_list",
@@ -54,8 +62,78 @@ def default_out(command: str, out: Path | None = None) -> Path:
     """``out`` when given, else ``runs/<command>-<YYYYmmdd-HHMMSS>`` (a new folder per run)."""
     if out is not None:
         return out
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{command.replace(' ', '-')}-{stamp}"
+    return new_run_dir(command)
+
+
+OVERWRITE_HELP = (
+    "Replace the run folder --out if it already holds a run (never a folder that is not "
+    "a facebank run). Without it an existing --out is refused."
+)
+
+
+@functools.cache
+def _overwrite_option() -> Any:
+    """``--overwrite`` as typer builds it (so it is listed by ``--help`` like the others)."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def _probe(
+        overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+    ) -> None: ...
+
+    probe_cmd = typer.main.get_command(probe)
+    return next(p for p in probe_cmd.params if p.name == "overwrite")
+
+
+def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        overwrite = bool(kwargs.pop("overwrite", False)) if has_out else False
+        ctx = _current_context()
+        verbose = bool(ctx is not None and ctx.find_root().params.get("verbose"))
+        echo = functools.partial(typer.echo, err=True)
+        with run_session(overwrite=overwrite, echo=echo, verbose=verbose):
+            out = kwargs.get("out") if has_out else None
+            if out is not None and name in _FILE_OUTPUT:
+                check_output_file(out, overwrite=overwrite)
+            elif out is not None:  # refuse before any work, not after it
+                check_out(out, command=name, overwrite=overwrite, resume=name in _RESUMES)
+            return callback(*args, **kwargs)
+
+    return run
+
+
+def _current_context() -> Any:
+    try:  # typer >= 0.22 carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+# Commands whose --out is not a run folder with its own rule: embed appends to (resumes)
+# the bank it is given; score writes a CSV or stdout; demo's folder holds its data and
+# an experiment run that resumes.
+_OWN_OUTPUT_RULE = frozenset({"embed", "score", "demo"})
+_RESUMES = frozenset({"experiment"})  # a re-run on its own folder reuses the banks
+_FILE_OUTPUT = frozenset({"report"})  # --out is one file
+
+
+def install_run_sessions(group: Any) -> None:
+    """Wrap every command of ``group`` (and its sub-groups) in a run session; add
+    ``--overwrite`` to each command that has an ``--out`` option."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):  # a sub-group (bank, neighbours)
+            install_run_sessions(cmd)
+            continue
+        if cmd.callback is None or getattr(cmd.callback, "_facebank_session", False):
+            continue
+        names = {p.name for p in cmd.params}
+        has_out = "out" in names and "overwrite" not in names and name not in _OWN_OUTPUT_RULE
+        if has_out:
+            cmd.params.append(_overwrite_option())
+        cmd.callback = _with_session(cmd.callback, name=name, has_out=has_out)
+        cmd.callback._facebank_session = True
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:

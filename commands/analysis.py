@@ -38,7 +38,7 @@ def evaluate_cmd(
         f"TPR {m.recall:.1%}  FPR {m.fpr:.2%}  AUC {m.auc:.4f}  AP {m.ap:.4f}  EER {m.eer:.2%}"
     )
     for r in res.per_engine:
-        warn = f"  ! {r['warning']}" if r["warning"] else ""
+        warn = "  ! small sample (see the warning above)" if r["warning"] else ""
         typer.echo(
             f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]  n={r['n']}{warn}"
         )
@@ -125,11 +125,15 @@ def report_cmd(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Run folders (nested sub-runs are included).")
     ],
-    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="HTML file to write; default runs/report-<date>-<time>.html."),
+    ] = None,
     title: Annotated[str, typer.Option("--title", help="Page title.")] = "facebank report",
 ) -> None:
     """One self-contained HTML page (figures inlined) with every table and figure of the runs."""
     from facebank.analysis.report import write_report
 
+    out = out or default_out("report").with_suffix(".html")
     path = write_report(run_dirs, out=out, title=title)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

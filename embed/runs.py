@@ -46,6 +46,9 @@ from .errors import RunFolderError
 __all__ = [
     "start_run",
     "new_run_dir",
+    "claim_output_file",
+    "check_output_file",
+    "check_out",
     "run_session",
     "RunSession",
     "write_json",
@@ -274,6 +277,21 @@ def _command_of(path: Path) -> str | None:
     return doc.get("command") if isinstance(doc, dict) else None
 
 
+def check_out(out: str | Path, *, command: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse ``out`` now, before any work, where :func:`start_run` would refuse it later.
+
+    Raises:
+        RunFolderError: as :func:`start_run` would (nothing is created or changed).
+    """
+    out = Path(out)
+    if not out.exists() or out.is_dir() and not any(out.iterdir()):
+        return
+    previous = _command_of(out) if out.is_dir() else None
+    if previous is not None and (overwrite or resume and previous == command):
+        return
+    _claim(out, command=command, overwrite=False, resume=resume)  # raises
+
+
 def _claim(out: Path, *, command: str, overwrite: bool, resume: bool) -> tuple[str, Path | None]:
     """Check ``out`` against the rule; returns (``"empty"`` | ``"resumed"`` | ``"replaced"``,
     the previous folder moved aside or None)."""
@@ -285,7 +303,7 @@ def _claim(out: Path, *, command: str, overwrite: bool, resume: bool) -> tuple[s
     if not any(out.iterdir()):
         return "empty", None
     previous = _command_of(out)
-    if resume and previous == command:
+    if resume and previous == command and not overwrite:
         return "resumed", None
     if previous is None:
         raise RunFolderError(
@@ -323,7 +341,7 @@ def start_run(
         overwrite: replace an existing run folder; ``None`` takes the session's choice
             (``--overwrite``), ``False`` outside a session.
         resume: the command continues a run of the same ``command`` in ``out`` (its
-            files are kept; ``config.json`` is rewritten).
+            files are kept; ``config.json`` is rewritten); ``overwrite`` starts afresh.
 
     Returns:
         The run folder as a ``Path``.
@@ -379,6 +397,34 @@ def start_run(
     elif state == "empty":
         session._emptied.append(out)
     return out
+
+
+def claim_output_file(path: str | Path, *, overwrite: bool | None = None) -> Path:
+    """The same rule for a single output file (a report page): an existing file is
+    refused unless ``overwrite`` (``None``: the session's ``--overwrite``, else False).
+
+    Raises:
+        RunFolderError: ``path`` exists (or is a folder) and may not be replaced.
+    """
+    path = Path(path)
+    check_output_file(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_output_file(path: str | Path, *, overwrite: bool | None = None) -> None:
+    """:func:`claim_output_file`'s refusal, creating nothing."""
+    path = Path(path)
+    session = _SESSION.get()
+    if overwrite is None:
+        overwrite = session.overwrite if session is not None else False
+    if path.is_dir():
+        raise RunFolderError(f"--out {str(path)!r} is a folder; give a file name, e.g. report.html")
+    if path.exists() and not overwrite:
+        raise RunFolderError(
+            f"--out {str(path)!r} already exists; nothing was written. Give another --out, or "
+            "add --overwrite to replace it"
+        )
 
 
 # ---------------------------------------------------------------- numbers

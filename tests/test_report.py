@@ -146,3 +146,14 @@ def test_config_json_values_are_shown(runs, tmp_path):
     out = write_report([a], out=tmp_path / "r.html")
     cfg = json.loads((a / "config.json").read_text())
     assert cfg["command"] in out.read_text()
+
+
+def test_report_never_replaces_a_page_silently(tmp_path):
+    from facebank.embed.errors import RunFolderError
+
+    run = tmp_path / "a"
+    _run(run, "evaluate")
+    page = write_report([run], out=tmp_path / "r.html")
+    with pytest.raises(RunFolderError, match="already exists.*--overwrite"):
+        write_report([run], out=page)
+    assert write_report([run], out=page, overwrite=True) == page

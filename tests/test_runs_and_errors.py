@@ -230,3 +230,85 @@ def test_head_weights_follow_the_umask_like_every_other_file(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
     assert modes["weights.safetensors"] == 0o644 == modes["head.json"]
+
+
+# ---------------------------------------------------------------- the rule through the CLI
+@pytest.fixture(scope="module")
+def cli_bank(tmp_path_factory):
+    from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+
+    root = tmp_path_factory.mktemp("cli-runs")
+    data = synthetic_arrays({"real": 300, "sdxl": 200, "tiny": 4}, dim=16, seed=3)
+    write_synthetic_bank(root / "b.zarr", data)
+    return root / "b.zarr"
+
+
+def _cli(*args, cwd=None):
+    import os
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def _stderr(res) -> str:
+    try:
+        return res.stderr
+    except ValueError:
+        return res.output
+
+
+@pytest.mark.slow
+def test_cli_train_never_overwrites_a_run_silently(cli_bank, tmp_path):
+    out = tmp_path / "run"
+    first = _cli("train", cli_bank, "--out", out)
+    assert first.exit_code == 0, first.output
+    weights = (out / "weights.safetensors").read_bytes()
+    again = _cli("train", cli_bank, "--out", out, "--param", "C=0.01")
+    assert again.exit_code == 1
+    err = _stderr(again).strip().splitlines()
+    assert len(err) == 1 and "already holds a `train` run" in err[0] and "--overwrite" in err[0]
+    assert (out / "weights.safetensors").read_bytes() == weights
+    forced = _cli("train", cli_bank, "--out", out, "--param", "C=0.01", "--overwrite")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "config.json").read_text())["params"]["C"] == 0.01
+    # no --out: a new timestamped folder each time, never the same one
+    a = _cli("train", cli_bank, cwd=tmp_path)
+    b = _cli("train", cli_bank, cwd=tmp_path)
+    assert a.exit_code == b.exit_code == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.startswith("train-") for r in runs)
+
+
+@pytest.mark.slow
+def test_cli_evaluate_warns_once_in_one_line_and_keeps_it(cli_bank, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert _cli("train", cli_bank, "--out", run).exit_code == 0
+    res = _cli("evaluate", cli_bank, "--head", run, "--out", tmp_path / "ev", "--n-boot", "50")
+    assert res.exit_code == 0, res.output
+    err = _stderr(res)
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    tiny = [ln for ln in lines if "'tiny'" in ln]
+    assert len(tiny) == 1, err
+    assert ".py:" not in err and "UserWarning" not in err and "warnings.warn" not in err
+    assert (res.output + ("" if err in res.output else err)).count("moves in steps") == 1
+    kept = json.loads((tmp_path / "ev" / "metrics.json").read_text())["warnings"]
+    assert any("'tiny'" in w for w in kept)
+    # a command that fails half-way leaves no run folder behind
+    from facebank.analysis import plots
+
+    def disk_full(*_a, **_k):
+        raise FacebankError("no space left on device")
+
+    monkeypatch.setattr(plots, "save_figure", disk_full)
+    bad = _cli("evaluate", cli_bank, "--head", run, "--out", tmp_path / "ev2", "--n-boot", "0")
+    assert bad.exit_code == 1 and "no space left" in _stderr(bad)
+    assert not (tmp_path / "ev2").exists()
