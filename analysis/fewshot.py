@@ -1,0 +1,350 @@
+"""Few-shot curves: how many images of a new generator does a head need?
+
+For each AI engine E and each shot count k: train the head on the **train** split of
+every other engine (and the train reals) plus k images drawn from E's **train** split
+(``draws`` seeded draws per k; k = 0 is one fit, there is nothing to draw), set the
+threshold on **validation reals** at ``fpr``, and measure TPR on E's **test** rows and
+FPR on the **test** reals. The curve is TPR at the fixed FPR against k, per engine and
+averaged over engines, with the range over draws as its interval (ClipBased and FGTS
+report detection against the number of training images the same way).
+
+Which split chose what: nothing is searched; the head's params are used as given; the
+threshold comes from validation reals only; every reported rate is on test rows, which
+no fit and no threshold ever saw. An engine whose train split holds fewer images than
+the largest k stops at the largest k it can fill, and the result says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facebank.embed.errors import DataError
+from facebank.embed.runs import markdown_table, start_run, write_json
+
+from ._evalcommon import md_section
+from .metrics import fpr_label, proportion_interval
+from .protocols import _Data, _fit, _load, _scores
+
+__all__ = ["FewShotResult", "few_shot", "DEFAULT_SHOTS"]
+
+DEFAULT_SHOTS = (0, 5, 10, 20, 50, 100)
+
+
+@dataclasses.dataclass
+class FewShotResult:
+    """``few_shot`` result.
+
+    Attributes:
+        points: one dict per fit: ``engine``, ``k``, ``draw``, ``tpr`` (on E's test rows),
+            ``n_detected``, ``n_test``, ``fpr_test_reals``, ``threshold``.
+        curve: one dict per (engine, k): ``tpr_mean``, ``tpr_min``, ``tpr_max`` (range
+            over draws), ``tpr_std``, ``n_draws``, ``fpr_test_reals`` (mean), ``n_test``,
+            ``tpr_ci`` (Clopper-Pearson 95% of the pooled draws).
+        average: one dict per k: ``tpr_mean`` over the engines that reached k, ``engines``.
+        stopped: engine -> sentence, for engines whose train split ran out before the
+            largest k.
+        engines, shots, draws, head, params, seed, fpr, split_source: what was run.
+    """
+
+    points: list[dict[str, Any]]
+    curve: list[dict[str, Any]]
+    average: list[dict[str, Any]]
+    stopped: dict[str, str]
+    engines: list[str]
+    shots: list[int]
+    draws: int
+    head: str
+    params: dict[str, Any]
+    seed: int
+    fpr: float
+    split_source: str
+    seconds: float
+    run_dir: Path | None = None
+
+    def curve_of(self, engine: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(k, tpr_mean)`` arrays of one engine's curve."""
+        rows = [r for r in self.curve if r["engine"] == engine]
+        return np.array([r["k"] for r in rows]), np.array([r["tpr_mean"] for r in rows])
+
+
+def _check_shots(shots: Sequence[int], draws: int) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in shots})
+    except (TypeError, ValueError):
+        raise DataError(
+            f"shots {list(shots)!r} must be whole numbers, e.g. 0,5,10,20,50,100"
+        ) from None
+    if not ks or ks[0] < 0:
+        raise DataError(f"shots {list(shots)!r} must be >= 0 and not empty, e.g. 0,5,10,20,50,100")
+    if int(draws) < 1:
+        raise DataError(f"draws={draws!r} must be >= 1 (seeded draws of k images per point)")
+    return ks
+
+
+def few_shot(
+    banks: Any,
+    *,
+    head: str = "linear",
+    params: Mapping[str, Any] | None = None,
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    draws: int = 3,
+    seed: int = 0,
+    fpr: float = 0.005,
+    engines: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> FewShotResult:
+    """Few-shot curves of TPR at a fixed FPR against the number of the new engine's images.
+
+    Args:
+        banks: banks (paths or ``FeatureBank``) of one backbone and one view holding
+            reals and at least two AI engines.
+        head: head name; params: its keyword parameters (used as given).
+        shots: the k values (images of the held-out engine added to training).
+        draws: seeded draws of k images per point (k = 0 is fitted once).
+        seed: split seed (banks without a split column) and the draws' seed.
+        fpr: target FPR on validation reals.
+        engines: hold out only these AI engines (default: every AI engine).
+        out: run folder (config.json, metrics.json, few_shot.md, few_shot.png).
+        progress: show a progress bar.
+
+    Returns:
+        ``FewShotResult``.
+    """
+    t0 = time.perf_counter()
+    ks = _check_shots(shots, draws)
+    d = _load(banks, seed)
+    ai = sorted(set(d.engines[d.y == 1].tolist()))
+    if len(ai) < 2:
+        raise DataError(
+            f"few-shot curves need at least 2 AI engines, the banks have {ai}; add banks of more engines"
+        )
+    held = list(engines) if engines else ai
+    unknown = sorted(set(held) - set(ai))
+    if unknown:
+        raise DataError(f"engines {unknown} are not AI engines of these banks; valid: {ai}")
+    tr, te = d.splits == "train", d.splits == "test"
+    va_real = (d.splits == "val") & (d.y == 0)
+    te_real = te & (d.y == 0)
+    if te_real.sum() == 0:
+        raise DataError(
+            "no real images in the test split: the test FPR is undefined; add test reals"
+        )
+    X_va_real = d.X[va_real]
+
+    from rich.progress import Progress
+
+    points: list[dict[str, Any]] = []
+    stopped: dict[str, str] = {}
+    fits = {e: [k for k in ks if k <= int((tr & (d.engines == e)).sum())] for e in held}
+    total = sum(1 + draws * sum(k > 0 for k in f) for f in fits.values())
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("few-shot", total=total)
+        for ei, e in enumerate(held):
+            pool = np.flatnonzero(tr & (d.engines == e))
+            test_e = te & (d.engines == e)
+            if test_e.sum() == 0:
+                raise DataError(
+                    f"engine {e!r} has no rows in the test split, so its TPR cannot be measured; "
+                    "give it test rows or leave it out with engines=[...]"
+                )
+            base = np.flatnonzero(tr & (d.engines != e))
+            if fits[e][-1:] != ks[-1:]:
+                stopped[e] = (
+                    f"{e} has {pool.size} train images: its curve stops at k={max(fits[e], default=0)} "
+                    f"(asked up to k={ks[-1]})"
+                )
+            for k in fits[e]:
+                for draw in range(1 if k == 0 else draws):
+                    rng = np.random.default_rng([seed, ei, k, draw])
+                    rows = np.r_[base, rng.choice(pool, size=k, replace=False)] if k else base
+                    est = _fit(head, params, d.X[rows], d.y[rows], d.engines[rows], X_va_real, fpr)
+                    s_e = _scores(est, d.X[test_e])
+                    s_r = _scores(est, d.X[te_real])
+                    hit = int((s_e > est.threshold_).sum())
+                    points.append(
+                        {
+                            "engine": e,
+                            "k": k,
+                            "draw": draw,
+                            "tpr": hit / s_e.size,
+                            "n_detected": hit,
+                            "n_test": int(s_e.size),
+                            "fpr_test_reals": float((s_r > est.threshold_).mean()),
+                            "n_test_reals": int(s_r.size),
+                            "threshold": float(est.threshold_),
+                        }
+                    )
+                    bar.advance(task)
+    curve = _curve(points)
+    res = FewShotResult(
+        points=points,
+        curve=curve,
+        average=_average(curve, ks, held),
+        stopped=stopped,
+        engines=held,
+        shots=ks,
+        draws=int(draws),
+        head=head,
+        params=dict(params or {}),
+        seed=seed,
+        fpr=fpr,
+        split_source=d.split_source,
+        seconds=time.perf_counter() - t0,
+    )
+    if out is not None:
+        res.run_dir = _write(res, d, out)
+    return res
+
+
+def _curve(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault((p["engine"], p["k"]), []).append(p)
+    out = []
+    for (e, k), ps in groups.items():
+        t = np.array([p["tpr"] for p in ps])
+        hits, n = sum(p["n_detected"] for p in ps), sum(p["n_test"] for p in ps)
+        out.append(
+            {
+                "engine": e,
+                "k": k,
+                "n_draws": len(ps),
+                "tpr_mean": float(t.mean()),
+                "tpr_min": float(t.min()),
+                "tpr_max": float(t.max()),
+                "tpr_std": float(t.std(ddof=1)) if len(t) > 1 else 0.0,
+                "tpr_ci": list(proportion_interval(hits, n)),
+                "n_test": ps[0]["n_test"],
+                "fpr_test_reals": float(np.mean([p["fpr_test_reals"] for p in ps])),
+            }
+        )
+    return out
+
+
+def _average(curve: list[dict[str, Any]], ks: list[int], held: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for k in ks:
+        rows = [r for r in curve if r["k"] == k]
+        if not rows:
+            continue
+        out.append(
+            {
+                "k": k,
+                "tpr_mean": float(np.mean([r["tpr_mean"] for r in rows])),
+                "tpr_min": float(np.mean([r["tpr_min"] for r in rows])),
+                "tpr_max": float(np.mean([r["tpr_max"] for r in rows])),
+                "fpr_test_reals": float(np.mean([r["fpr_test_reals"] for r in rows])),
+                "n_engines": len(rows),
+                "missing": sorted(set(held) - {r["engine"] for r in rows}),
+            }
+        )
+    return out
+
+
+def _write(res: FewShotResult, d: _Data, out: str | Path) -> Path:
+    from .plots import save_figure
+
+    run = start_run(
+        out,
+        command="protocol few-shot",
+        config={
+            "banks": d.banks,
+            "views": d.views,
+            "head": res.head,
+            "params": res.params,
+            "shots": res.shots,
+            "draws": res.draws,
+            "seed": res.seed,
+            "fpr": res.fpr,
+            "engines": res.engines,
+            "splits": res.split_source,
+            "fit_split": "train (other engines) + k draws from the held-out engine's train split",
+            "threshold_split": "val (reals only)",
+            "test_split": "test",
+        },
+    )
+    write_json(
+        run / "metrics.json",
+        {
+            "protocol": "few-shot",
+            "fpr": res.fpr,
+            "curve": res.curve,
+            "average": res.average,
+            "points": res.points,
+            "stopped": res.stopped,
+            "seconds": res.seconds,
+        },
+    )
+    fl = fpr_label(res.fpr)
+    text = f"# Few-shot curves ({res.head}, view {', '.join(d.views)})\n\n"
+    text += (
+        f"For each AI engine: trained on every other engine's train split plus k of its own train "
+        f"images ({res.draws} seeded draws per k), threshold on validation reals at FPR {fl}, "
+        f"TPR on its test rows and FPR on the test reals. Interval: range over draws. "
+        f"Splits: {res.split_source}.\n\n"
+    )
+    if res.stopped:
+        text += "".join(f"- {v}\n" for v in res.stopped.values()) + "\n"
+    avg_rows = [
+        {
+            "k": r["k"],
+            f"mean TPR @ FPR {fl}": r["tpr_mean"],
+            "range over draws": f"[{r['tpr_min']:.3f}, {r['tpr_max']:.3f}]",
+            "test FPR (reals)": r["fpr_test_reals"],
+            "engines": r["n_engines"],
+        }
+        for r in res.average
+    ]
+    text += md_section("Average over engines", markdown_table(avg_rows, digits=3))
+    rows = [
+        {
+            "engine": r["engine"],
+            "k": r["k"],
+            f"TPR @ FPR {fl}": r["tpr_mean"],
+            "range over draws": f"[{r['tpr_min']:.3f}, {r['tpr_max']:.3f}]",
+            "test FPR (reals)": r["fpr_test_reals"],
+            "n test": r["n_test"],
+            "draws": r["n_draws"],
+        }
+        for r in res.curve
+    ]
+    text += md_section("Per engine", markdown_table(rows, digits=3))
+    (run / "few_shot.md").write_text(text)
+    save_figure(_figure(res), run / "few_shot.png")
+    return run
+
+
+def _figure(res: FewShotResult):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    # shots often start at 0: a symlog axis keeps 0 and spreads 5..100
+    for e in res.engines:
+        rows = [r for r in res.curve if r["engine"] == e]
+        k = np.array([r["k"] for r in rows])
+        m = np.array([r["tpr_mean"] for r in rows])
+        ax.plot(k, m, marker="o", ms=3, lw=1, label=e)
+        ax.fill_between(
+            k, [r["tpr_min"] for r in rows], [r["tpr_max"] for r in rows], alpha=0.15, lw=0
+        )
+    avg = res.average
+    ax.plot(
+        [r["k"] for r in avg], [r["tpr_mean"] for r in avg], color="black", lw=2.2, label="average"
+    )
+    ax.set_xscale("symlog", linthresh=max(1, min([k for k in res.shots if k > 0], default=1)))
+    ax.set_xlabel("k: images of the held-out engine in training")
+    ax.set_ylabel(f"TPR at FPR {fpr_label(res.fpr)}")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"few-shot curves ({res.head}); band = range over {res.draws} draws")
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
