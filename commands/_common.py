@@ -2,6 +2,7 @@
 
 - ``--param KEY=VALUE`` (repeatable, JSON values): :func:`parse_params`.
 - comma-or-repeat lists (``--heads linear,mlp --heads knn``): :func:`split_list`.
+- ``--storage-options JSON`` for banks and sources at fsspec URLs: :func:`parse_storage_options`.
 - default output folders: :func:`default_out`, the one rule every command uses -
   ``runs/<command>-<YYYYmmdd-HHMMSS>``, a new folder per run; an existing ``--out`` is
   refused unless ``--overwrite`` (``embed.runs.start_run`` states the whole rule).
@@ -35,6 +36,8 @@ __all__ = [
     "default_out",
     "install_run_sessions",
     "parse_params",
+    "parse_storage_options",
+    "StorageOptionsOption",
     "show_progress",
     "split_list",
 ]
@@ -153,6 +156,37 @@ def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+STORAGE_OPTIONS_HELP = (
+    "fsspec options for s3:// gs:// ... URLs as JSON, e.g. "
+    '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'; by default the '
+    "store's own mechanisms apply (AWS_ENDPOINT_URL, AWS_* variables, config files). "
+    "Never recorded or printed."
+)
+StorageOptionsOption = Annotated[
+    str | None, typer.Option("--storage-options", help=STORAGE_OPTIONS_HELP, show_default=False)
+]
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """``--storage-options '{"anon": false}'`` -> a dict (None when not given)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # the text may hold credentials: say where it fails, not what it says
+        raise DataError(
+            f"--storage-options is not valid JSON ({exc.msg} at character {exc.pos}); give a "
+            'JSON object, e.g. \'{"client_kwargs": {"endpoint_url": "http://host:9000"}}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise DataError(
+            f"--storage-options must be a JSON object, not {type(value).__name__}; e.g. "
+            '\'{"anon": true}\''
+        )
+    return value
 
 
 def split_list(values: Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:

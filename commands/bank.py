@@ -1,39 +1,52 @@
-"""``facebank bank ...``: inspect and check feature banks."""
+"""``facebank bank ...``: inspect, check, consolidate, backfill, export and import banks."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._common import make_console
+from ._common import (
+    StorageOptionsOption,
+    make_console,
+    parse_storage_options,
+    show_progress,
+)
 
 app = typer.Typer(help="Inspect and check feature banks.", no_args_is_help=True)
+
+BankArg = Annotated[
+    str, typer.Argument(help="Feature bank: a NAME.zarr folder or an fsspec URL (s3://...).")
+]
 
 
 @app.command("info")
 def bank_info_cmd(
-    bank: Annotated[Path, typer.Argument(help="Feature bank folder (NAME.zarr).")],
+    bank: BankArg,
     max_listed: Annotated[
         int, typer.Option("--max-listed", min=0, help="Failures and duplicates listed in full.")
     ] = 20,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Rows per engine, split and label; backbone, view, failures and duplicates of a bank."""
     from collections import Counter
 
-    from facebank.embed.bank import FeatureBank
-    from facebank.embed.compat import backbone_id
     from rich.markup import escape
     from rich.table import Table
 
-    b = FeatureBank.open(bank)
+    from facebank.embed.bank import FeatureBank
+    from facebank.embed.compat import backbone_id
+
+    b = FeatureBank.open(bank, storage_options=parse_storage_options(storage_options))
     meta = b.meta
     console = make_console()
     head = Table(title=f"bank {b.path}", show_header=False)
     head.add_column("key")
     head.add_column("value")
     head.add_row("rows", f"{len(b):,}")
+    head.add_row("format", str(b.format) + ("" if b.has_metadata else " (no file metadata)"))
     head.add_row("backbone", escape(backbone_id(b.backbone)))
     head.add_row("view", escape(b.view))
     head.add_row("features", f"{b.dim}-d, stored {b.storage_dtype}")
@@ -106,13 +119,15 @@ def bank_info_cmd(
 
 @app.command("verify")
 def bank_verify_cmd(
-    bank: Annotated[Path, typer.Argument(help="Feature bank folder (NAME.zarr).")],
+    bank: BankArg,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Check a bank: attributes, arrays, every chunk, values; exit 1 listing what is wrong."""
-    from facebank.embed.verify import verify_bank
     from rich.markup import escape
 
-    rep = verify_bank(bank)
+    from facebank.embed.verify import verify_bank
+
+    rep = verify_bank(bank, storage_options=parse_storage_options(storage_options))
     console = make_console()
     for note in rep.notes:
         console.print(f"note: {escape(note)}")
@@ -124,3 +139,127 @@ def bank_verify_cmd(
     for prob in rep.problems:
         err.print(f"  - {escape(prob)}")
     raise typer.Exit(1)
+
+
+@app.command("consolidate")
+def bank_consolidate_cmd(
+    bank: BankArg,
+    storage_options: StorageOptionsOption = None,
+) -> None:
+    """Move committed partitions into the bank's arrays (resumable): plain zarr reads all."""
+    from facebank.embed.partitions import committed_partitions, consolidate
+
+    opts = parse_storage_options(storage_options)
+    parts = committed_partitions(bank, storage_options=opts)
+    b = consolidate(bank, storage_options=opts)
+    make_console().print(f"ok: {b.url} holds {len(b):,} rows ({len(parts)} partition(s) committed)")
+
+
+@app.command("backfill")
+def bank_backfill_cmd(
+    bank: BankArg,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--source",
+            help="Folder (or manifest) the bank's paths are relative to; default the "
+            "bank's recorded source.",
+        ),
+    ] = None,
+    max_listed: Annotated[
+        int, typer.Option("--max-listed", min=0, help="Unreachable files listed in full.")
+    ] = 20,
+    storage_options: StorageOptionsOption = None,
+) -> None:
+    """Add file metadata columns to a bank from its source files; lists unreachable ones."""
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    from facebank.embed.export import backfill_metadata
+
+    with Progress(disable=not show_progress(), transient=True) as bar:
+        task = bar.add_task("backfill", total=None)
+        rep = backfill_metadata(
+            bank,
+            source=source,
+            storage_options=parse_storage_options(storage_options),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console = make_console()
+    console.print(
+        f"ok: {rep.read:,} of {rep.rows:,} rows read their file metadata; "
+        f"{len(rep.unreachable):,} file(s) unreachable (their columns stay missing)"
+    )
+    for path, reason in rep.unreachable[:max_listed]:
+        console.print(f"  - {escape(path)}: {escape(reason)}")
+    if len(rep.unreachable) > max_listed:
+        console.print(f"... and {len(rep.unreachable) - max_listed} more (--max-listed)")
+
+
+class ExportFormat(str, Enum):
+    """Feature file format of an export."""
+
+    npy = "npy"
+    parquet = "parquet"
+
+
+@app.command("export")
+def bank_export_cmd(
+    bank: BankArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write img_emb/ and metadata/ into.")
+    ],
+    format: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="Feature files: npy (as clip-retrieval) or parquet."),
+    ] = ExportFormat.npy,
+    rows_per_file: Annotated[
+        int, typer.Option("--rows-per-file", min=1, help="Rows per numbered file.")
+    ] = 1_000_000,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export in --out.")
+    ] = False,
+    storage_options: StorageOptionsOption = None,
+) -> None:
+    """Write a bank in clip-retrieval's layout: img_emb/img_emb_N.npy + metadata/metadata_N.parquet."""
+    from facebank.embed.export import export_bank
+
+    files = export_bank(
+        bank,
+        out,
+        format=format.value,
+        rows_per_file=rows_per_file,
+        overwrite=overwrite,
+        storage_options=parse_storage_options(storage_options),
+    )
+    make_console().print(f"ok: wrote {len(files)} file(s) to {out}")
+
+
+@app.command("import")
+def bank_import_cmd(
+    src: Annotated[Path, typer.Argument(help="Folder holding img_emb/ and metadata/.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The bank to make (folder or URL).")],
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="Engine of every row when the files give none.")
+    ] = None,
+    label: Annotated[
+        int | None,
+        typer.Option("--label", min=-1, max=1, help="Label of every row when the files give none."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bank at --out.")
+    ] = False,
+    storage_options: StorageOptionsOption = None,
+) -> None:
+    """Make a bank from clip-retrieval's img_emb/ + metadata/ folders (or a facebank export)."""
+    from facebank.embed.export import import_bank
+
+    b = import_bank(
+        src,
+        out,
+        engine=engine,
+        label=label,
+        overwrite=overwrite,
+        storage_options=parse_storage_options(storage_options),
+    )
+    make_console().print(f"ok: {b.url} holds {len(b):,} rows (backbone {b.backbone.get('name')})")

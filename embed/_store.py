@@ -308,8 +308,9 @@ def create_arrays(
     chunk_rows: int,
     shard_rows: int | None = None,
     rows: int = 0,
+    features: bool = True,
 ) -> None:
-    """The bank's arrays in ``group``: ``features`` and one array per row column.
+    """The bank's arrays in ``group``: ``features`` (unless False) and one per row column.
 
     Features are blosc-lz4 compressed: real features barely compress, but the fill
     values that pad a bank's last chunk shrink to nothing (a 400-row bank used to
@@ -323,15 +324,16 @@ def create_arrays(
             return {"chunks": (chunk_rows, *tail), "shards": (shard_rows, *tail)}
         return {"chunks": (chunk_rows, *tail)}
 
-    group.create_array(
-        "features",
-        shape=(rows, int(dim)),
-        dtype=dtype,
-        compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
-        fill_value=0.0,
-        dimension_names=("row", "dim"),
-        **chunking(int(dim)),
-    )
+    if features:
+        group.create_array(
+            "features",
+            shape=(rows, int(dim)),
+            dtype=dtype,
+            compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
+            fill_value=0.0,
+            dimension_names=("row", "dim"),
+            **chunking(int(dim)),
+        )
     for col in columns:
         kind = column_dtype(col)
         fill: dict[str, Any] = {}

@@ -88,6 +88,8 @@ __all__ = [
 
 BankPath = str | os.PathLike
 _BANK_VERSIONS = ("numpy", "fsspec")
+#: ``meta_error`` of rows appended without acquisition metadata
+NOT_RECORDED = "not recorded when the row was written"
 
 
 def _arrays_backbone(dim: int) -> dict[str, Any]:
@@ -961,6 +963,8 @@ def _row_columns(
         cols[key] = np.asarray(core[key], dtype=str)
     for key in METADATA_SCHEMA:
         cols[key] = as_column(key, extra.get(key), n)
+    if not extra:  # nothing read from the files: say so, and `bank backfill` reads them later
+        cols["meta_error"] = np.full(n, NOT_RECORDED, dtype=object).astype(str)
     for key, col in cols.items():
         if col.shape != (n,):
             raise BankError(

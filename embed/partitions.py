@@ -187,9 +187,7 @@ def committed_partitions(
     return absorbed(top) | set(partition_markers(loc))
 
 
-def consolidate(
-    bank: BankLike, *, storage_options: Mapping[str, Any] | None = None
-) -> FeatureBank:
+def consolidate(bank: BankLike, *, storage_options: Mapping[str, Any] | None = None) -> FeatureBank:
     """Move every committed partition into the bank's own arrays (resumable, idempotent).
 
     Afterwards plain ``zarr.open_group`` and ``xarray.open_zarr`` read every row;
