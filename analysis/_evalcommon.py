@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from facebank.embed.compat import backbone_id, require_same_backbone
 from facebank.embed.compat import require_one_backbone as _require_one_backbone
 from facebank.embed.errors import BankError, DataError, HeadError
+from facebank.embed.runs import fmt_value
 
 BankLike = Any  # FeatureBank | str | os.PathLike
 
@@ -146,8 +148,12 @@ def md_section(title: str, body: str) -> str:
 
 
 def fmt_ci(v: float | None, lo: float | None, hi: float | None, pct: bool = True) -> str:
-    if v is None or not np.isfinite(v):
-        return "-"
-    if pct:
-        return f"{v:.1%} [{lo:.1%}, {hi:.1%}]" if lo is not None and np.isfinite(lo) else f"{v:.1%}"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else f"{v:.3f}"
+    """``value [low, high]`` with ``embed.runs.fmt_value`` (percent with 1 decimal, or 3
+    decimals); NaN/None read ``n/a``; the interval is left out when it is undefined."""
+    digits = 1 if pct else 3
+    text = fmt_value(v, digits=digits, pct=pct)
+    if text == "n/a" or lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return text
+    return (
+        f"{text} [{fmt_value(lo, digits=digits, pct=pct)}, {fmt_value(hi, digits=digits, pct=pct)}]"
+    )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from facebank.embed.errors import DataError
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._evalcommon import (
     bank_label,
@@ -23,7 +26,6 @@ from ._evalcommon import (
     score_rows,
 )
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
-from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
 
@@ -254,8 +256,9 @@ def _write_run(
             "metric": r["metric"],
             "value": r["value"],
             "95% interval": "-"
-            if r["ci_low"] is None
+            if r["ci_low"] is None or math.isnan(r["ci_low"])
             else f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+            "note": r["note"],
         }
         for r in m.table_rows()
     ]

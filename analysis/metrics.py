@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from facebank.embed.errors import DataError, SmallSampleWarning
 from facebank.heads.base import allowed_false_positives, threshold_at_fpr
 
@@ -214,6 +215,8 @@ class BinaryMetrics:
         tpr_at_fpr: ``{"0.5%": tpr, ...}``: TPR at a threshold taken from *these* reals
             (test-set ROC operating points; see the module docstring for the exact rule).
         thresholds_at_fpr: the threshold behind each of those TPRs.
+        realised_fpr_at: the FPR each of those thresholds realises on these reals (at most
+            the target; below it when the target is not a whole number of reals).
         threshold: the fixed threshold the next five metrics use (``None`` when none was
             given); flagged = ``score > threshold``.
         accuracy, precision, recall, f1, fpr: at ``threshold`` (``None`` without one);
@@ -232,6 +235,7 @@ class BinaryMetrics:
     tpr_at_fpr: dict[str, float]
     thresholds_at_fpr: dict[str, float]
     threshold: float | None = None
+    realised_fpr_at: dict[str, float] = dataclasses.field(default_factory=dict)
     accuracy: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -255,6 +259,8 @@ class BinaryMetrics:
         for k, v in self.tpr_at_fpr.items():
             out[f"tpr@fpr={k}"] = v
             out[f"threshold@fpr={k}"] = self.thresholds_at_fpr[k]
+            if k in self.realised_fpr_at:
+                out[f"realised_fpr@fpr={k}"] = self.realised_fpr_at[k]
         out["threshold"] = self.threshold
         for name in ("accuracy", "precision", "recall", "f1", "fpr"):
             out[name] = getattr(self, name)
@@ -266,7 +272,11 @@ class BinaryMetrics:
         return out
 
     def table_rows(self) -> list[dict[str, Any]]:
-        """One row per metric (metric, value, ci_low, ci_high) for a Markdown table."""
+        """One row per metric (metric, value, ci_low, ci_high, note) for a Markdown table.
+
+        ``note`` says what a number stands beside: the FPR a TPR was measured at, and why
+        a value is undefined (NaN, shown as ``n/a``).
+        """
         rows = []
         names = ["auc", "ap", "eer"] + [f"tpr@fpr={k}" for k in self.tpr_at_fpr]
         if self.threshold is not None:
@@ -274,8 +284,33 @@ class BinaryMetrics:
         flat = self.to_dict()
         for name in names:
             lo, hi = self.ci.get(name, (None, None))
-            rows.append({"metric": name, "value": flat[name], "ci_low": lo, "ci_high": hi})
+            rows.append(
+                {
+                    "metric": name,
+                    "value": flat[name],
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "note": self._note(name, flat[name]),
+                }
+            )
         return rows
+
+    def _note(self, name: str, value: Any) -> str:
+        if name.startswith("tpr@fpr="):
+            k = name.removeprefix("tpr@fpr=")
+            realised = self.realised_fpr_at.get(k)
+            at = "" if realised is None else f"; realised FPR {realised:.2%}"
+            return f"threshold taken from these {self.n_real} reals (ROC point){at}"
+        undefined = value is None or (isinstance(value, float) and math.isnan(value))
+        if name == "precision" and undefined:
+            return "n/a: no image scores above the threshold, so precision is undefined"
+        if name == "recall" and self.fpr is not None:
+            return f"TPR at the frozen threshold; FPR {self.fpr:.2%} on the same rows"
+        if name == "fpr":
+            return f"at the frozen threshold, on these {self.n_real} reals"
+        if undefined:
+            return "n/a: undefined on these rows"
+        return ""
 
 
 def binary_metrics(
@@ -335,6 +370,9 @@ def binary_metrics(
         eer=point["eer"],
         tpr_at_fpr={fpr_label(a): point[f"tpr@fpr={fpr_label(a)}"] for a in fprs},
         thresholds_at_fpr={fpr_label(a): threshold_at_fpr(s_real, a) for a in fprs},
+        realised_fpr_at={
+            fpr_label(a): float((s_real > threshold_at_fpr(s_real, a)).mean()) for a in fprs
+        },
         n_boot=n_boot,
         seed=seed,
         notes=notes,

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from facebank.embed.errors import DataError, EngineOverlapWarning, HeadError
+from facebank.embed.runs import markdown_table, start_run, write_json
 from facebank.embed.splits import has_splits
 
 from ._evalcommon import (
@@ -28,9 +30,8 @@ from ._evalcommon import (
     require_one_backbone,
 )
 from .metrics import binary_metrics, proportion_interval, threshold_at_fpr
-from facebank.embed.runs import markdown_table, start_run, write_json
 
-__all__ = ["OodResult", "ood", "fpr_at_tpr"]
+__all__ = ["OodResult", "ood", "fpr_at_tpr", "score_meaning"]
 
 
 def fpr_at_tpr(y: Any, scores: Any, tpr: float = 0.95) -> float:
@@ -115,6 +116,20 @@ def _knn_scorer(X_train: np.ndarray, k: int):
             return 1.0 - D[:, k - 1].astype(np.float64)
 
     return score
+
+
+def score_meaning(method: str) -> str:
+    """What an OOD score is, in words: its direction and its units."""
+    if method == "ood_score":
+        return (
+            "the head's -log p(x) in nats under its Gaussian prototypes (higher = less likely "
+            "under every known engine and the reals; only differences between images matter, "
+            "not the absolute value)"
+        )
+    return (
+        "1 - cosine similarity to the k-th nearest training image (0 = same direction, "
+        "up to 2 = opposite; higher = further from everything the head was trained on)"
+    )
 
 
 def ood(
@@ -303,7 +318,7 @@ def ood(
         ]
         text = "# Out-of-distribution: new engines vs known engines\n\n"
         text += (
-            f"Score: {method} (higher = further from the training data). Flag threshold {threshold:.4g} set on "
+            f"Score: {method}, {score_meaning(method)}. Flag threshold {threshold:.4g} set on "
             f"{res.n_known_val} known-engine validation images ({split_source}) to flag {flag_fpr:.0%} of them; "
             f"on {res.n_known_test} known-engine test images it flags {known_flag:.1%}.\n\n"
         )

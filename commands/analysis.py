@@ -108,15 +108,20 @@ def ood_cmd(
     ] = 0.05,
 ) -> None:
     """AUROC and FPR at 95% TPR of new-engine vs known-engine images, per-image OOD flags."""
-    from facebank.analysis.ood import ood
+    from facebank.analysis.ood import ood, score_meaning
+    from facebank.embed.runs import fmt_value
 
     res = ood(head, known=known, new=new, out=default_out("ood", out), k=k, flag_fpr=flag_fpr)
+    typer.echo(f"score: {res.method}, {score_meaning(res.method)}")
     typer.echo(
-        f"score {res.method}; threshold {res.threshold:.4g} set on {res.n_known_val} known val images; flags {res.known_flag_rate:.1%} of known test"
+        f"flag threshold {res.threshold:.4g}: set to flag {flag_fpr:.0%} of {res.n_known_val} "
+        f"known-engine val images; it flags {res.known_flag_rate:.1%} of known-engine test images"
     )
     for r in res.per_engine:
         typer.echo(
-            f"  {r['engine']:<16} AUROC {r['auroc']:.3f}  FPR@95%TPR {r['fpr_at_95tpr']:.1%}  flagged {r['flag_rate']:.1%}  n={r['n']}"
+            f"  {r['engine']:<16} AUROC {fmt_value(r['auroc'])}  "
+            f"FPR@95%TPR {fmt_value(r['fpr_at_95tpr'], digits=1, pct=True)}  "
+            f"flagged {fmt_value(r['flag_rate'], digits=1, pct=True)}  n={r['n']}"
         )
     typer.echo(f"per-image CSV: {res.csv_path}")
 

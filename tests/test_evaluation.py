@@ -213,3 +213,19 @@ def test_evaluate_cli(trained, tmp_path):
         ],
     )
     assert res.exit_code == 1 and "no real images" in res.output
+
+
+def test_metrics_md_puts_every_tpr_beside_an_fpr_and_never_prints_nan(trained, tmp_path):
+    evaluate(trained["run"], [trained["root"] / "extra.zarr"], out=tmp_path / "ev", n_boot=0)
+    md = (tmp_path / "ev" / "metrics.md").read_text()
+    assert "realised FPR" in md and "on the same rows" in md
+    assert "nan" not in md.replace("n/a", "")
+
+
+def test_the_ood_score_is_explained_in_words():
+    from facebank.analysis.ood import score_meaning
+
+    assert "higher = less likely" in score_meaning("ood_score") and "nats" in score_meaning(
+        "ood_score"
+    )
+    assert "cosine" in score_meaning("knn:k=10") and "higher = further" in score_meaning("knn:k=10")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
+
 from facebank.analysis.metrics import (
     DEFAULT_FPRS,
     binary_metrics,
@@ -17,7 +20,6 @@ from facebank.analysis.metrics import (
     tpr_at_fpr,
 )
 from facebank.embed.errors import DataError
-from sklearn import metrics as skm
 
 RNG = np.random.default_rng(0)
 
@@ -213,3 +215,27 @@ def test_no_warning_for_normal_engines():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         per_engine_table(y, np.arange(24.0), np.array(["real"] * 12 + ["x"] * 12), threshold=5)
+
+
+def test_table_rows_say_the_fpr_beside_each_tpr_and_why_a_value_is_missing():
+    from facebank.analysis.metrics import binary_metrics
+
+    y = np.array([0] * 200 + [1] * 50)
+    s = np.concatenate([np.linspace(0, 1, 200), np.linspace(0.5, 1.5, 50)])
+    m = binary_metrics(y, s, threshold=10.0, n_boot=0)  # nothing flagged
+    rows = {r["metric"]: r for r in m.table_rows()}
+    assert math.isnan(rows["precision"]["value"])
+    assert rows["precision"]["note"].startswith("n/a: no image scores above the threshold")
+    assert "FPR 0.00% on the same rows" in rows["recall"]["note"]
+    # 0.5% of 200 reals = 1 image: the ROC point's threshold realises exactly 0.50%
+    assert m.realised_fpr_at["0.5%"] == pytest.approx(0.005)
+    assert "realised FPR 0.50%" in rows["tpr@fpr=0.5%"]["note"]
+    assert m.realised_fpr_at["0.1%"] == 0.0 and "realised FPR 0.00%" in rows["tpr@fpr=0.1%"]["note"]
+
+
+def test_fmt_ci_reads_n_a_for_undefined_values():
+    from facebank.analysis._evalcommon import fmt_ci
+
+    assert fmt_ci(float("nan"), float("nan"), float("nan")) == "n/a"
+    assert fmt_ci(0.5, 0.4, 0.6) == "50.0% [40.0%, 60.0%]"
+    assert fmt_ci(0.9, float("nan"), float("nan"), pct=False) == "0.900"
