@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from facebank.commands import (
     analysis,
+    audit,
     backbones,
     bank,
     embed,
@@ -87,6 +88,7 @@ app.command("evaluate")(analysis.evaluate_cmd)
 app.command("protocol")(protocol.protocol_cmd)
 app.command("robustness")(analysis.robustness_cmd)
 app.command("ood")(analysis.ood_cmd)
+app.command("audit")(audit.audit_cmd)
 app.add_typer(neighbours.app, name="neighbours")
 app.command("report")(analysis.report_cmd)
 

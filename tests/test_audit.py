@@ -37,11 +37,12 @@ def _make_bank(tmp: Path, *, confounded: bool, seed: int = 0) -> tuple[FeatureBa
     """Reals and fakes; confounded: reals JPEG 200 px, fakes PNG 128 px (same pixel statistics).
     Control: both JPEG q90 at 160 px; fakes are tinted (the only difference is in the pixels).
 
-    Returns the bank and a per-row "pixel" score (mean red minus mean blue).
+    Features are the channel means plus noise. Returns the bank and a per-row "pixel"
+    score (mean red minus mean blue).
     """
     rng = np.random.default_rng(seed)
     root = tmp / ("confounded" if confounded else "control")
-    rows, paths, labels, engines, pixel = [], [], [], [], []
+    rows, paths, labels, engines, pixel, feats = [], [], [], [], [], []
     for label in (0, 1):
         engine = "real" if label == 0 else "gan"
         (root / engine).mkdir(parents=True)
@@ -49,8 +50,8 @@ def _make_bank(tmp: Path, *, confounded: bool, seed: int = 0) -> tuple[FeatureBa
             side = (200 if label == 0 else 128) if confounded else 160
             img = _texture(rng, side).astype(np.int16)
             if not confounded and label == 1:
-                img[..., 0] += 12
-                img[..., 2] -= 12
+                img[..., 0] += 20
+                img[..., 2] -= 20
             img = np.clip(img, 0, 255).astype(np.uint8)
             fmt = ("JPEG" if label == 0 else "PNG") if confounded else "JPEG"
             path = root / engine / f"{i:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
@@ -60,10 +61,11 @@ def _make_bank(tmp: Path, *, confounded: bool, seed: int = 0) -> tuple[FeatureBa
             labels.append(label)
             engines.append(engine)
             pixel.append(float(img[..., 0].mean() - img[..., 2].mean()))
+            feats.append([*img.reshape(-1, 3).mean(axis=0) / 255.0, rng.normal()])
     n = len(paths)
     bank = FeatureBank.create(tmp / f"{root.name}.zarr", backbone=synthetic_backbone(4))
     bank.append(
-        rng.normal(size=(n, 4)).astype(np.float32),
+        np.asarray(feats, dtype=np.float32),  # channel means: a head can learn the tint
         labels=labels,
         engines=engines,
         paths=paths,
@@ -78,6 +80,11 @@ def _make_bank(tmp: Path, *, confounded: bool, seed: int = 0) -> tuple[FeatureBa
 @pytest.fixture(scope="module")
 def confounded(tmp_path_factory):
     return _make_bank(tmp_path_factory.mktemp("audit"), confounded=True)
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory):
+    return _make_bank(tmp_path_factory.mktemp("audit"), confounded=False)
 
 
 def test_confounded_dataset_is_called_confounded_naming_format_and_size(confounded):
@@ -100,8 +107,8 @@ def test_confounded_dataset_is_called_confounded_naming_format_and_size(confound
     assert dist["AI-generated"]["jpeg_quality_q"] == []
 
 
-def test_control_differing_only_in_pixels_is_not_called_confounded(tmp_path):
-    bank, pixel = _make_bank(tmp_path, confounded=False)
+def test_control_differing_only_in_pixels_is_not_called_confounded(control):
+    bank, pixel = control
     res = audit(bank, scores={"pixels": (pixel, 0.0)}, seed=0)
     assert res.verdict == "no metadata shortcut found", res.reason
     assert res.carriers == []
@@ -172,3 +179,44 @@ def test_bad_band_is_refused(confounded):
     bank, _ = confounded
     with pytest.raises(DataError, match="band"):
         audit(bank, band=(0.9, 0.1))
+
+
+@pytest.mark.slow  # trains a head, audits, draws the figure: ~30 s on a loaded 2-core machine
+def test_cli_audit_with_a_train_run_scores_its_head_on_the_same_rows(control, tmp_path):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+    from facebank.heads import train_run
+
+    bank, _ = control
+    tr = train_run([bank], head="linear", out=tmp_path / "train", seed=0)
+    result = CliRunner().invoke(
+        app,
+        ["audit", str(bank.path), "--run", str(tr.run_dir), "--out", str(tmp_path / "a")],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict: no metadata shortcut found" in result.output
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())["audit"]
+    assert m["splits_source"].endswith("splits.csv")
+    head = m["heads"]["linear"]
+    assert head["uncertain_auc"] > 0.8  # the tint is in the pixels: the head still sees it
+    assert m["uncertain_rows"] >= 10
+
+
+def test_cli_audit_of_a_bank_without_metadata_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+    from facebank.embed import write_bank
+
+    write_bank(
+        tmp_path / "arrays.zarr",
+        np.zeros((4, 2), np.float32),
+        labels=[0, 0, 1, 1],
+        engines=["real", "real", "gan", "gan"],
+        splits=["train", "test", "train", "test"],
+    )
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "arrays.zarr")])
+    assert result.exit_code == 1
+    assert "backfill" in result.output and "Traceback" not in result.output

@@ -1,0 +1,71 @@
+"""``facebank audit``: could the files, not the faces, give a detector its answer?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import OUT_HELP, default_out, make_console
+
+
+def audit_cmd(
+    banks: Annotated[
+        list[Path],
+        typer.Argument(help="Feature banks (NAME.zarr) with acquisition metadata (format 2)."),
+    ],
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="A `facebank train` run or a `facebank experiment` folder: audit the same "
+            "train/val/test rows (its splits.csv) and put its heads beside the baseline.",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help=OUT_HELP)] = None,
+    band: Annotated[
+        tuple[float, float],
+        typer.Option(
+            "--band",
+            help="Cross-validated metadata probability band of the rows where the files "
+            "cannot tell.",
+        ),
+    ] = (0.05, 0.95),
+    fpr: Annotated[
+        float, typer.Option("--fpr", help="FPR at which thresholds are set on validation reals.")
+    ] = 0.005,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds folds, bootstraps and the split.")] = 0,
+) -> None:
+    """Metadata-only baseline, heads' AUC where the files cannot tell, per-property table, verdict."""
+    from facebank.analysis.audit import audit
+
+    res = audit(banks, run=run, band=band, fpr=fpr, seed=seed)
+    run_dir = res.write(
+        default_out("audit", out),
+        config={
+            "banks": [str(b) for b in banks],
+            "run": str(run) if run else None,
+            "band": list(band),
+            "fpr": fpr,
+            "seed": seed,
+            "splits": res.splits_source,
+            "threshold_split": "val (reals only)",
+            "test_split": "test",
+        },
+    )
+    console = make_console()
+    console.print(f"[bold]verdict: {res.verdict}[/]")
+    console.print(res.reason)
+    from rich.table import Table
+
+    t = Table(title=f"test rows; thresholds on validation reals at FPR {fpr:.1%}")
+    rows = res.head_rows()
+    for col in rows[0]:
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v or "-") for v in r.values()))
+    console.print(t)
+    for n in res.notes:
+        console.print(f"note: {n}")
+    console.print(f"run folder: {run_dir}")
