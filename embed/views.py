@@ -2,21 +2,38 @@
 
 A view string is one operation or several joined by ``+`` and applied left to right:
 
-=================  ==========================================================================
-``original``       identity (also what an empty composition means)
-``jpeg:q=Q``       re-encode in memory as JPEG at quality Q (1..100), 4:2:0 chroma
-                   subsampling, baseline, no optimisation: the same bytes every time
-``resize:N``       downscale so the **shorter** side is N pixels, aspect ratio kept (a square
-                   image becomes exactly NxN); bicubic with antialiasing (Pillow's
-                   ``BICUBIC`` reduces with a widened kernel); images already that small
-                   are left unchanged (a view degrades, it never upsamples)
-``hflip``          mirror left-right
-``vflip``          mirror top-bottom
-=================  ==========================================================================
+=============================  ==========================================================
+``original``                   identity (also what an empty composition means)
+``jpeg:q=Q``                   re-encode in memory as JPEG at quality Q (1..100), 4:2:0
+                               chroma subsampling, baseline, no optimisation: the same
+                               bytes every time
+``resize:N``                   downscale so the **shorter** side is N pixels, aspect ratio
+                               kept (a square image becomes exactly NxN); bicubic with
+                               antialiasing (Pillow's ``BICUBIC`` reduces with a widened
+                               kernel); images already that small are left unchanged (a
+                               view degrades, it never upsamples)
+``hflip``                      mirror left-right
+``vflip``                      mirror top-bottom
+``normalise[:size=N,q=Q]``     the laundering control: RGB, shorter side scaled to N (up
+                               *or* down, one resampler: bicubic), centre-cropped to NxN,
+                               re-encoded as JPEG quality Q (4:2:0) in memory. Every image
+                               of both classes leaves with the same format, size, mode and
+                               encoder, whatever it arrived as. Defaults N=256, Q=90.
+``face[:margin=M,missing=X]``  crop to the largest face found by OpenCV's pretrained
+                               frontal-face Haar cascade (:mod:`embed.face`), grown by M of
+                               the face's size on every side (default 0.25). An image
+                               without a face is kept uncropped and flagged
+                               (``missing=keep``, the default) or becomes a recorded
+                               failure (``missing=skip``).
+=============================  ==========================================================
 
 Views act on the full decoded image (after EXIF orientation, before the backbone's own
 resize/crop/normalise). :meth:`View.draft_size` says whether a JPEG may be decoded in
 draft mode (reduced scale) for this view without changing what the view means.
+
+A ``face`` view marks each output image: ``img.info[FACE_FOUND]`` is True or False, so
+the embedding can record per row whether a face was found; :meth:`View.provenance`
+gives the detector and its version for the bank.
 """
 
 from __future__ import annotations
@@ -27,17 +44,33 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from .errors import UnknownNameError
+from .errors import ImageDecodeError, UnknownNameError
 
-__all__ = ["View", "parse_view", "VIEW_FORMS"]
+__all__ = ["View", "parse_view", "VIEW_FORMS", "FACE_FOUND"]
 
 #: The accepted forms, as shown in error messages.
-VIEW_FORMS = ("original", "jpeg:q=Q (Q in 1..100)", "resize:N (N >= 8)", "hflip", "vflip")
+VIEW_FORMS = (
+    "original",
+    "jpeg:q=Q (Q in 1..100)",
+    "resize:N (N >= 8)",
+    "hflip",
+    "vflip",
+    "normalise[:size=N,q=Q] (N >= 8, Q in 1..100)",
+    "face[:margin=M,missing=keep|skip] (M in 0..2)",
+)
+#: key of ``Image.info`` where a ``face`` view records whether it found a face
+FACE_FOUND = "facebank_face_found"
+# 256: above every registered backbone's input side (224-260), so the backbone's own
+# resize still decides the last step; 90: the quality most web photos carry.
+NORMALISE_SIZE = 256
+NORMALISE_QUALITY = 90
+FACE_MARGIN = 0.25  # a quarter of the face box on each side keeps chin, hair line and ears
 
 # Below 8 px a "face" has no content left; the floor catches typos like resize:2.
 _MIN_RESIZE = 8
 _JPEG_RE = re.compile(r"^jpeg:q=(\d+)$")
 _RESIZE_RE = re.compile(r"^resize:(\d+)$")
+_PARAM_OPS = ("normalise", "normalize", "face")
 
 
 @dataclass(frozen=True)
@@ -64,6 +97,57 @@ class _Op:
 
 
 @dataclass(frozen=True)
+class _Normalise:
+    size: int = NORMALISE_SIZE
+    quality: int = NORMALISE_QUALITY
+    kind: str = "normalise"
+
+    @property
+    def name(self) -> str:
+        return f"normalise:size={self.size},q={self.quality}"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = self.size / min(w, h)
+        rw, rh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        if (rw, rh) != (w, h):
+            img = img.resize((rw, rh), Image.Resampling.BICUBIC)
+        left, top = (rw - self.size) // 2, (rh - self.size) // 2
+        img = img.crop((left, top, left + self.size, top + self.size))
+        return _jpeg_roundtrip(img, self.quality)
+
+
+@dataclass(frozen=True)
+class _Face:
+    margin: float = FACE_MARGIN
+    skip_missing: bool = False
+    kind: str = "face"
+
+    @property
+    def name(self) -> str:
+        return f"face:margin={self.margin:g}" + (",missing=skip" if self.skip_missing else "")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        from .face import crop_face, detector_info, largest_face
+
+        box = largest_face(img)
+        if box is None:
+            if self.skip_missing:
+                info = detector_info()
+                raise ImageDecodeError(
+                    f"no face found by {info['detector']} (OpenCV {info['version']}); the view "
+                    f"{self.name!r} skips such images (missing=keep keeps them uncropped)"
+                )
+            out = img.copy()
+            out.info[FACE_FOUND] = False
+            return out
+        out = crop_face(img, box, margin=self.margin)
+        out.info[FACE_FOUND] = True
+        return out
+
+
+@dataclass(frozen=True)
 class View:
     """A parsed, deterministic view; build it with :func:`parse_view`.
 
@@ -71,7 +155,7 @@ class View:
         ops: The operations, applied left to right (empty for ``original``).
     """
 
-    ops: tuple[_Op, ...] = ()
+    ops: tuple[_Op | _Normalise | _Face, ...] = ()
 
     @property
     def name(self) -> str:
@@ -94,9 +178,31 @@ class View:
         rather than copying it.
         """
         out = img
+        found = None
         for op in self.ops:
             out = op(out)
+            if op.kind == "face":
+                found = out.info.get(FACE_FOUND)
+        if found is not None:  # later ops (a JPEG round trip) start a fresh info dict
+            out.info[FACE_FOUND] = found
         return out
+
+    @property
+    def has_face(self) -> bool:
+        """True when the view crops to faces (rows then carry a face-found flag)."""
+        return any(op.kind == "face" for op in self.ops)
+
+    def provenance(self) -> dict[str, object] | None:
+        """What a bank records besides the view's name: the face detector and its version.
+
+        Returns:
+            ``{"face_detector": {...}}`` for a view with ``face``, else ``None``.
+        """
+        if not self.has_face:
+            return None
+        from .face import detector_info
+
+        return {"face_detector": detector_info()}
 
     def draft_size(self, input_size: int) -> int | None:
         """The JPEG draft size a decoder may use for this view, or ``None`` for a full decode.
@@ -106,13 +212,17 @@ class View:
         meant to measure:
 
         - ``jpeg:q=Q`` anywhere: ``None`` - the re-encode must compress the original pixels.
+        - ``normalise`` or ``face`` anywhere: ``None`` - normalise must send every image
+          through one resampler (a DCT-domain draft would give JPEG inputs a different
+          downscale path than PNG ones: a format trace), and face detection sees the
+          full image.
         - containing ``resize:N`` (no JPEG): draft to the first ``N`` (it downsizes anyway).
         - otherwise (``original``, flips): draft to the backbone's ``input_size``.
 
         Args:
             input_size: The backbone's input side in pixels (e.g. 224).
         """
-        if any(op.kind == "jpeg" for op in self.ops):
+        if any(op.kind in ("jpeg", "normalise", "face") for op in self.ops):
             return None
         for op in self.ops:
             if op.kind == "resize":
@@ -158,8 +268,48 @@ def parse_view(text: str | View) -> View:
                 raise UnknownNameError(_bad(text, f"resize:{n} is below {_MIN_RESIZE} px"))
             ops.append(_Op("resize", n))
             continue
+        kind, _, args = part.partition(":")
+        if kind in _PARAM_OPS:
+            ops.append(_parse_param_op(text, kind, args))
+            continue
         raise UnknownNameError(_bad(text, f"unknown operation {raw.strip()!r}"))
     return View(tuple(ops))
+
+
+def _params(text: object, kind: str, args: str, valid: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in valid or key.strip() in out:
+            raise UnknownNameError(
+                _bad(text, f"{kind} takes {', '.join(k + '=...' for k in valid)}, got {item!r}")
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _number(text: object, what: str, value: str, cast: type, lo: float, hi: float) -> float:
+    try:
+        v = cast(value)
+    except ValueError:
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise UnknownNameError(_bad(text, f"{what} {value!r} is outside {lo:g}..{hi:g}"))
+    return v
+
+
+def _parse_param_op(text: object, kind: str, args: str) -> _Normalise | _Face:
+    if kind in ("normalise", "normalize"):
+        p = _params(text, "normalise", args, ("size", "q"))
+        size = _number(text, "normalise size", p.get("size", str(NORMALISE_SIZE)), int, 8, 4096)
+        q = _number(text, "normalise quality", p.get("q", str(NORMALISE_QUALITY)), int, 1, 100)
+        return _Normalise(int(size), int(q))
+    p = _params(text, "face", args, ("margin", "missing"))
+    margin = _number(text, "face margin", p.get("margin", str(FACE_MARGIN)), float, 0.0, 2.0)
+    missing = p.get("missing", "keep")
+    if missing not in ("keep", "skip"):
+        raise UnknownNameError(_bad(text, f"face missing={missing!r} is not keep or skip"))
+    return _Face(float(margin), missing == "skip")
 
 
 def _bad(text: object, why: str) -> str:

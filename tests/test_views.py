@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from facebank.embed.errors import FacebankError, UnknownNameError
 from facebank.embed.views import VIEW_FORMS, View, parse_view
-from PIL import Image
 
 
 def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
@@ -36,6 +37,12 @@ VALID = [
     (" resize:256 + jpeg:q=75 ", "resize:256+jpeg:q=75"),
     ("original+hflip", "hflip"),
     ("hflip+vflip+jpeg:q=90", "hflip+vflip+jpeg:q=90"),
+    ("normalise", "normalise:size=256,q=90"),
+    ("normalize:q=80", "normalise:size=256,q=80"),
+    ("normalise:q=75,size=128", "normalise:size=128,q=75"),
+    ("face", "face:margin=0.25"),
+    ("face:margin=0.1,missing=skip", "face:margin=0.1,missing=skip"),
+    ("face+normalise:size=64", "face:margin=0.25+normalise:size=64,q=90"),
 ]
 
 
@@ -64,6 +71,13 @@ def test_parse_gives_canonical_name_that_round_trips(text, canonical):
         "hflip+",
         "rotate:90",
         "resize:256+sharpen",
+        "normalise:size=4",
+        "normalise:q=0",
+        "normalise:size",
+        "normalise:quality=90",
+        "face:margin=-1",
+        "face:missing=drop",
+        "face:margin=0.1,margin=0.2",
     ],
 )
 def test_bad_view_strings_list_the_valid_forms(text):
@@ -72,12 +86,13 @@ def test_bad_view_strings_list_the_valid_forms(text):
     message = str(info.value)
     assert isinstance(info.value, FacebankError)
     assert repr(text) in message
-    for form in ("original", "jpeg:q=", "resize:", "hflip", "vflip"):
+    for form in ("original", "jpeg:q=", "resize:", "hflip", "vflip", "normalise", "face"):
         assert form in message
-    assert len(VIEW_FORMS) == 5
+    assert len(VIEW_FORMS) == 7
 
 
-@pytest.mark.parametrize("text", [t for t, _ in VALID])
+# (missing=skip refuses a photo without a face: covered in the face tests)
+@pytest.mark.parametrize("text", [t for t, _ in VALID if "skip" not in t])
 def test_views_are_deterministic_and_do_not_modify_the_input(text):
     img = _photo()
     before = _arr(img).copy()
@@ -163,7 +178,68 @@ def test_composition_applies_left_to_right():
         ("hflip+resize:96", 96),
         ("jpeg:q=50", None),
         ("resize:128+jpeg:q=75", None),
+        ("normalise", None),
+        ("face", None),
     ],
 )
 def test_draft_size_policy(text, expected):
     assert parse_view(text).draft_size(224) == expected
+
+
+def test_normalise_makes_format_size_and_mode_identical():
+    """Whatever arrives (PNG grayscale 100x300, JPEG 640x480, RGBA PNG 40x40, palette GIF),
+    every image leaves as the same JPEG encoding of an NxN RGB image."""
+    import io
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for fmt, mode, size in (
+        ("PNG", "L", (100, 300)),
+        ("JPEG", "RGB", (640, 480)),
+        ("PNG", "RGBA", (40, 40)),
+        ("GIF", "P", (200, 150)),
+        ("WEBP", "RGB", (333, 222)),
+    ):
+        buf = io.BytesIO()
+        arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).convert(mode).save(buf, format=fmt)
+        buf.seek(0)
+        inputs.append(Image.open(buf))
+    view = parse_view("normalise:size=64,q=85")
+    outs = [view(img) for img in inputs]
+    decoded = []
+    for out in outs:
+        # re-encode each output losslessly and decode: what a backbone would see
+        assert (out.mode, out.size) == ("RGB", (64, 64))
+        decoded.append((out.mode, out.size, type(out).__name__))
+    assert len(set(decoded)) == 1
+    # the output *is* a q=85 JPEG round trip: one more round trip barely changes it
+    again = parse_view("jpeg:q=85")(outs[1])
+    assert _psnr(again, outs[1]) > 40
+
+
+def test_normalise_upsamples_small_images_and_centre_crops():
+    img = _photo(32, 64)
+    out = parse_view("normalise:size=48,q=95")(img)
+    assert out.size == (48, 48)
+    # centre crop: the middle row of the output matches the middle of the upscaled input
+    up = img.resize((48, 96), Image.Resampling.BICUBIC).crop((0, 24, 48, 72))
+    assert _psnr(out, up) > 30
+
+
+def test_face_view_flags_images_without_a_face_and_skip_records_a_reason():
+    from facebank.embed.errors import ImageDecodeError
+    from facebank.embed.views import FACE_FOUND
+
+    blank = _photo(120, 120)
+    kept = parse_view("face")(blank)
+    assert kept.info[FACE_FOUND] is False
+    assert kept.size == blank.size  # uncropped
+    with pytest.raises(ImageDecodeError, match="no face found"):
+        parse_view("face:missing=skip")(blank)
+    # the flag survives later operations that make fresh images
+    assert parse_view("face+normalise:size=32")(blank).info[FACE_FOUND] is False
+    prov = parse_view("face").provenance()
+    assert prov["face_detector"]["library"] == "opencv-python-headless"
+    assert prov["face_detector"]["version"].startswith("4.")
+    assert parse_view("normalise").provenance() is None
