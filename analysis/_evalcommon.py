@@ -11,27 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed.bank import open_banks as open_banks  # the one opener, re-exported
 from facebank.embed.compat import backbone_id, require_same_backbone
 from facebank.embed.compat import require_one_backbone as _require_one_backbone
-from facebank.embed.errors import BankError, DataError, HeadError
+from facebank.embed.errors import DataError, HeadError
 from facebank.embed.runs import fmt_value
 
 BankLike = Any  # FeatureBank | str | os.PathLike
 
 # Rows scored per decision_function call: bounds memory at ~200 MB of float32 for D=768.
 SCORE_CHUNK = 65536
-
-
-def open_banks(banks: BankLike | Sequence[BankLike], *, what: str = "banks") -> list[Any]:
-    """FeatureBank objects from banks or paths; at least one."""
-    from facebank.embed.bank import FeatureBank
-
-    if isinstance(banks, (str, os.PathLike, FeatureBank)):
-        banks = [banks]
-    out = [b if isinstance(b, FeatureBank) else FeatureBank.open(b) for b in banks]
-    if not out:
-        raise BankError(f"no {what} given; pass at least one feature bank (NAME.zarr)")
-    return out
 
 
 def bank_label(bank: Any) -> str:

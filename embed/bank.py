@@ -82,6 +82,7 @@ __all__ = [
     "FORMAT_VERSION",
     "DEFAULT_CHUNK_ROWS",
     "FeatureBank",
+    "open_banks",
     "write_bank",
     "concat_banks",
 ]
@@ -1018,6 +1019,22 @@ def _remove_stale_builds(path: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         finally:
             lock.release()
+
+
+def open_banks(
+    banks: BankPath | FeatureBank | Sequence[BankPath | FeatureBank], *, what: str = "banks"
+) -> list[FeatureBank]:
+    """Banks as given (open ones kept, paths and URLs opened read-only); at least one.
+
+    Raises:
+        BankError: nothing given, or a bank that cannot be opened.
+    """
+    if isinstance(banks, (str, os.PathLike, FeatureBank)):
+        banks = [banks]
+    out = [FeatureBank.open(b) if isinstance(b, (str, os.PathLike)) else b for b in banks]
+    if not out:
+        raise BankError(f"no {what} given; pass at least one feature bank (NAME.zarr)")
+    return out
 
 
 def concat_banks(banks: Sequence[FeatureBank], *, allow_mixed_views: bool = False) -> FeatureBank:

@@ -22,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from facebank.embed.compat import require_same_backbone
 from facebank.embed.errors import HeadError, UnknownNameError
+from facebank.embed.images import sha256_file
 from facebank.embed.runs import to_jsonable
 
 from .base import BaseHead
@@ -32,14 +33,6 @@ __all__ = ["save_head", "load_head", "check_backbone", "HEAD_FORMAT"]
 HEAD_FORMAT = 1
 _JSON = "head.json"
 _WEIGHTS = "weights.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical(doc: dict) -> str:
@@ -92,7 +85,7 @@ def save_head(
             "metrics": metrics or {},
             "state": meta,
             "weights_file": _WEIGHTS,
-            "weights_sha256": _sha256(path / _WEIGHTS),
+            "weights_sha256": sha256_file(path / _WEIGHTS),
         }
     )
     doc["json_sha256"] = _canonical(doc)
@@ -135,7 +128,7 @@ def load_head(path: str | Path) -> BaseHead:
     wpath = path / str(doc.get("weights_file", _WEIGHTS))
     if not wpath.is_file():
         raise HeadError(f"{str(wpath)!r} is missing from the head directory; {fix}")
-    if _sha256(wpath) != doc.get("weights_sha256"):
+    if sha256_file(wpath) != doc.get("weights_sha256"):
         raise HeadError(
             f"{str(wpath)!r} does not match the sha256 recorded in head.json (tampered or "
             f"truncated); restore the original or {fix}"

@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from facebank.embed import FeatureBank, assign_splits, has_splits
+from facebank.embed.bank import open_banks
 from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -51,9 +52,7 @@ class TrainResult:
 
 
 def _open_banks(banks: Sequence[Any]):
-    if not banks:
-        raise DataError("no bank given; pass at least one feature bank (BANK.zarr)")
-    opened = [b if hasattr(b, "load_features") else FeatureBank.open(b) for b in banks]
+    opened = open_banks(banks, what="bank")
     return opened[0] if len(opened) == 1 else FeatureBank.concat(opened)
 
 
