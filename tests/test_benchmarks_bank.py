@@ -1,0 +1,34 @@
+"""tests/benchmarks/bench_bank.py --tiny runs and prints one JSON line of figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bank_benchmark_tiny():
+    res = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_bank.py", "--tiny"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "bank" and fig["tiny"] is True
+    small = fig["small_bank"]
+    assert small["feature_bytes"] == 100 * 64 * 2 and small["disk_bytes"] > small["feature_bytes"]
+    parts = fig["partitions"]
+    assert parts["partitions"] == 3 and parts["objects_per_partition"] > 2
+    assert parts["write_rows_per_s"] > 0 and parts["consolidate_rows_per_s"] > 0
+    assert fig["read"]["rows"] == 1500 and fig["read"]["load_float16_GBps"] > 0
