@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
+from facebank.embed.errors import EmbedInterrupted
 
 from ._common import make_console
 
@@ -71,6 +78,14 @@ def embed_cmd(
             help="Backbone input side in pixels, where the backbone allows it (e.g. efficientnet-b1 512).",
         ),
     ] = None,
+    layer: Annotated[
+        str,
+        typer.Option(
+            "--layer",
+            help="Layer tap: final, penultimate (before the projection) or blocks (class token "
+            "of every block); `facebank backbones` lists each backbone's taps.",
+        ),
+    ] = "final",
     real: Annotated[
         list[str] | None,
         typer.Option(
@@ -109,7 +124,7 @@ def embed_cmd(
     from facebank.embed.runner import DuplicateImageWarning, embed_source
 
     err = make_console(stderr=True)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _interrupt_exits(err):
         warnings.simplefilter("always", DuplicateImageWarning)
         summary = embed_source(
             source,
@@ -119,6 +134,7 @@ def embed_cmd(
             device=device,
             weights=weights,
             image_size=image_size,
+            layer=layer,
             real_names=tuple(real) if real else ("real",),
             batch_size=batch_size,
             num_workers=workers,
@@ -134,6 +150,17 @@ def embed_cmd(
             err.print(f"[yellow]warning:[/] {w.message}", markup=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+@contextlib.contextmanager
+def _interrupt_exits(err: Console) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: one line (rows safe, the command that resumes), exit 130 / 143."""
+    try:
+        yield
+    except EmbedInterrupted as exc:
+        again = shlex.join(["facebank", *sys.argv[1:]])
+        err.print(f"{exc}: {again}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_embed_summary(s) -> None:

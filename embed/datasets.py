@@ -35,29 +35,95 @@ from pathlib import Path, PurePosixPath
 from .errors import SourceError
 from .splits import SPLITS
 
-__all__ = ["ImageItem", "Source", "SourceError", "scan_source", "MANIFEST_COLUMNS"]
+__all__ = [
+    "ImageItem",
+    "Source",
+    "SourceError",
+    "scan_source",
+    "MANIFEST_COLUMNS",
+    "encode_path",
+    "decode_path",
+]
 
 MANIFEST_COLUMNS = ("path", "label", "engine", "split")
 _REQUIRED = ("path", "label", "engine")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageItem:
     """One input image.
 
     Attributes:
-        file: absolute path of the file to read.
-        path: the path stored in the bank (relative to the source root, ``/``-separated).
+        path: the path stored in the bank (relative to the source root, ``/``-separated,
+            in the escaped form of :func:`encode_path` when the name is not UTF-8).
         label: 1 = AI-generated, 0 = real, -1 = unknown.
         engine: lower-case engine name.
         split: ``"train"``, ``"val"``, ``"test"`` or ``""``.
+        root: the folder ``path`` is relative to (one string shared by every item, so a
+            listing holds each path once; :attr:`file` is built when it is read).
     """
 
-    file: str
     path: str
     label: int
     engine: str
     split: str = ""
+    root: str = ""
+
+    @property
+    def file(self) -> str:
+        """Absolute path of the file to read (an absolute ``path`` is taken as is)."""
+        return os.path.join(self.root, decode_path(self.path))
+
+
+def encode_path(path: str) -> str:
+    """A file name as stored in a bank: UTF-8 text that gives the exact bytes back.
+
+    Names that are valid UTF-8 and hold no backslash are stored unchanged. Otherwise
+    every byte that is not part of valid UTF-8 is written ``\\xNN`` (two hex digits)
+    and every literal backslash ``\\\\``, so two different names never share a stored
+    path. :func:`decode_path` reverses it. ``path`` is a ``str`` as the OS gave it
+    (undecodable bytes as lone surrogates, Python's ``surrogateescape``).
+    """
+    if "\\" not in path and _is_utf8(path):
+        return path
+    out: list[str] = []
+    # (os.fsencode/fsdecode round trip: one surrogate per undecodable byte)
+    for ch in os.fsencode(path).decode("utf-8", "surrogateescape"):
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # an undecodable byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_path(stored: str) -> str:
+    """The OS file name (``surrogateescape`` str) of a path stored by :func:`encode_path`."""
+    if "\\" not in stored:
+        return stored
+    raw = bytearray()
+    i = 0
+    while i < len(stored):
+        ch = stored[i]
+        if ch == "\\" and stored.startswith("\\\\", i):
+            raw += b"\\"
+            i += 2
+        elif ch == "\\" and stored.startswith("\\x", i) and i + 4 <= len(stored):
+            raw.append(int(stored[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            raw += ch.encode("utf-8", "surrogatepass")
+            i += 1
+    return os.fsdecode(bytes(raw))
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -145,15 +211,18 @@ def _scan_folder(root: Path, reals: set[str]) -> Source:
         )
     # (split, folder holding the engine folders)
     groups = [(d.lower(), root / d) for d in split_dirs] if split_dirs else [("", root)]
+    root_text = str(root.resolve())  # one string shared by every item
     items: list[ImageItem] = []
     # loose files next to the split folders (those next to engine folders come below)
     ignored: list[tuple[str, str]] = [
-        (f, "not inside an engine folder (SOURCE/<engine>/...)") for f in loose if split_dirs
+        (encode_path(f), "not inside an engine folder (SOURCE/<engine>/...)")
+        for f in loose
+        if split_dirs
     ]
     for split, base in groups:
         for engine_dir in _visible(os.listdir(base)):
             epath = base / engine_dir
-            rel_engine = epath.relative_to(root).as_posix()
+            rel_engine = encode_path(epath.relative_to(root).as_posix())
             if not epath.is_dir():
                 ignored.append((rel_engine, "not inside an engine folder (SOURCE/<engine>/...)"))
                 continue
@@ -163,11 +232,11 @@ def _scan_folder(root: Path, reals: set[str]) -> Source:
                 dirnames[:] = _visible(dirnames)
                 for fname in _visible(filenames):
                     full = Path(dirpath) / fname
-                    rel = full.relative_to(root).as_posix()
+                    rel = encode_path(full.relative_to(root).as_posix())
                     if full.suffix.lower() not in exts:
                         ignored.append((rel, f"not an image extension ({full.suffix or 'none'})"))
                         continue
-                    items.append(ImageItem(str(full), rel, label, engine, split))
+                    items.append(ImageItem(rel, label, engine, split, root_text))
     items.sort(key=lambda it: it.path)
     ignored.sort()
     if not items:
@@ -185,6 +254,7 @@ def _scan_folder(root: Path, reals: set[str]) -> Source:
 
 def _scan_manifest(csv_path: Path) -> Source:
     root = csv_path.resolve().parent
+    root_text = str(root)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -227,15 +297,14 @@ def _scan_manifest(csv_path: Path) -> Source:
                 f"{where}: split {split!r} is not valid; use one of {list(SPLITS)} or leave it empty"
             )
         pure = PurePosixPath(raw_path.replace("\\", "/"))
-        file = Path(pure) if pure.is_absolute() else root / Path(*pure.parts)
-        stored = pure.as_posix()
+        stored = pure.as_posix()  # ImageItem.file joins it to root (absolute: kept)
         if stored in seen:
             raise SourceError(
                 f"{where}: path {stored!r} is listed again (first on line {seen[stored]}); "
                 "list each image once"
             )
         seen[stored] = lineno
-        items.append(ImageItem(str(file), stored, label, engine, split))
+        items.append(ImageItem(stored, label, engine, split, root_text))
     if not items:
         raise SourceError(
             f"manifest {str(csv_path)!r} has a header but no rows; add lines path,label,engine"

@@ -27,9 +27,10 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,14 @@ import numpy as np
 from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
 from .compat import backbone_id, require_same_backbone
 from .datasets import ImageItem, Source, scan_source
-from .errors import BackboneMismatchError, BankError, DuplicateImageWarning, FacebankError
+from .errors import (
+    BackboneMismatchError,
+    BankError,
+    DuplicateImageWarning,
+    EmbedInterrupted,
+    FacebankError,
+)
+from .metadata import metadata_columns
 
 __all__ = [
     "EmbedSummary",
@@ -114,8 +122,55 @@ class EncodedImages:
 
 
 # ---------------------------------------------------------------- worker side
+class _Files:
+    """``index -> file to read`` over the listed items, without a second list of paths."""
+
+    def __init__(self, items: Sequence[ImageItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> str:
+        return self.items[index].file
+
+
+def load_one(
+    file: str, *, view: Any, transform: Callable, draft_size: int | None
+) -> tuple[str | None, Any, str | None, dict[str, Any] | None]:
+    """Read, hash, decode, apply the view and the transform to one file.
+
+    The per-image work of every engine (DataLoader workers here, Ray tasks in
+    :mod:`embed.ray_engine`). Never raises for a bad file.
+
+    Returns:
+        ``(sha256 | None, tensor | None, reason | None, metadata | None)``: a tensor and
+        its metadata row, or the reason it could not be had.
+    """
+    from .errors import ImageDecodeError
+    from .images import load_image_and_metadata, sha256_file
+
+    try:
+        sha = sha256_file(file)
+    except FileNotFoundError:
+        return None, None, "file not found", None
+    except IsADirectoryError:
+        return None, None, "is a directory, not an image file", None
+    except OSError as exc:
+        return None, None, f"unreadable file ({exc.strerror or exc})", None
+    try:
+        img, meta = load_image_and_metadata(file, draft_size=draft_size)
+        img = view(img)
+        x = transform(img)
+    except ImageDecodeError as exc:
+        return sha, None, str(exc), None
+    except Exception as exc:  # noqa: BLE001 - a bad file is a reason, never a crash
+        return sha, None, f"{type(exc).__name__}: {str(exc)[:160]}", None
+    return sha, x, None, meta
+
+
 class _ImageDataset:
-    """Map-style dataset: index -> (index, sha256 | None, tensor | None, reason | None).
+    """Map-style dataset: index -> (index, sha256, tensor, reason, metadata) via :func:`load_one`.
 
     Runs in DataLoader workers; every failure becomes a reason, never an exception.
     """
@@ -123,7 +178,7 @@ class _ImageDataset:
     def __init__(
         self, files: Sequence[str], *, view: Any, transform: Callable, draft_size: int | None
     ) -> None:
-        self.files = list(files)
+        self.files = files
         self.view = view
         self.transform = transform
         self.draft_size = draft_size
@@ -131,31 +186,14 @@ class _ImageDataset:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[int, str | None, Any, str | None]:
-        from .errors import ImageDecodeError
-        from .images import load_image, sha256_file
-
-        path = self.files[index]
-        try:
-            sha = sha256_file(path)
-        except FileNotFoundError:
-            return index, None, None, "file not found"
-        except IsADirectoryError:
-            return index, None, None, "is a directory, not an image file"
-        except OSError as exc:
-            return index, None, None, f"unreadable file ({exc.strerror or exc})"
-        try:
-            img = load_image(path, draft_size=self.draft_size)
-            img = self.view(img)
-            x = self.transform(img)
-        except ImageDecodeError as exc:
-            return index, sha, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a bad file is a reason, never a crash
-            return index, sha, None, f"{type(exc).__name__}: {str(exc)[:160]}"
-        return index, sha, x, None
+    def __getitem__(self, index: int) -> tuple[int, str | None, Any, str | None, Any]:
+        sha, x, reason, meta = load_one(
+            self.files[index], view=self.view, transform=self.transform, draft_size=self.draft_size
+        )
+        return index, sha, x, reason, meta
 
 
-def _collate(batch: list[tuple[int, str | None, Any, str | None]]) -> dict[str, Any]:
+def _collate(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
     import torch
 
     ok = [b for b in batch if b[2] is not None]
@@ -163,6 +201,7 @@ def _collate(batch: list[tuple[int, str | None, Any, str | None]]) -> dict[str, 
         "index": [b[0] for b in ok],
         "sha": [b[1] for b in ok],
         "x": torch.stack([b[2] for b in ok]) if ok else None,
+        "meta": [b[4] for b in ok],
         "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
     }
 
@@ -178,6 +217,11 @@ def _worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
     for fd in close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # Ctrl-C and SIGTERM are the main process's to handle (it closes the bank);
+    # workers are stopped by the DataLoader when the main process unwinds.
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _auto_workers(device_type: str) -> int:
@@ -286,12 +330,21 @@ def _progress(enabled: bool, total: int, description: str):
     )
 
 
-def _make_backbone(backbone: str | dict, *, device: str, weights: Any, image_size: Any) -> Any:
-    from . import backbones as _bb  # A1's module; imported late (torch, model zoos)
+def _make_backbone(
+    backbone: str | Mapping[str, Any],
+    *,
+    device: str,
+    weights: Any,
+    image_size: Any,
+    layer: str = "final",
+) -> Any:
+    from . import backbones as _bb  # imported late (torch, model zoos)
 
-    if isinstance(backbone, dict):
+    if isinstance(backbone, Mapping):  # a stored spec (its layer tap included)
         return _bb.backbone_from_spec(backbone, device=device, weights=weights)
-    return _bb.create_backbone(backbone, device=device, weights=weights, image_size=image_size)
+    return _bb.create_backbone(
+        backbone, device=device, weights=weights, image_size=image_size, layer=layer
+    )
 
 
 def _input_side(spec: dict[str, Any]) -> int:
@@ -308,6 +361,58 @@ def _flush_rows(flush_rows: int | None, batch_size: int) -> int:
     return max(1, int(flush_rows))
 
 
+def open_bank_for(
+    out: str | os.PathLike,
+    *,
+    spec: dict[str, Any],
+    backbone: str,
+    view: str,
+    src: Source,
+    source: str | os.PathLike,
+    dtype: str = "float16",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> FeatureBank:
+    """The bank ``out`` opened for writing: created, or reopened after checking that it
+    holds the same backbone and view (every engine writes through this).
+
+    Raises:
+        BankError: ``out`` is a file. BackboneMismatchError: another backbone or view.
+        BankLockedError: another process is writing ``out``.
+    """
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise BankError(f"--out {str(out_path)!r} exists and is not a bank folder")
+    if (out_path / "zarr.json").is_file():
+        bank = FeatureBank.open(out_path, mode="a")
+        try:
+            require_same_backbone(
+                bank.backbone,
+                spec,
+                a_name=f"bank {str(out_path)!r}",
+                b_name=f"--backbone {backbone}",
+            )
+            if bank.view != view:
+                raise BackboneMismatchError(
+                    f"bank {str(out_path)!r} holds view {bank.view!r} but --view is {view!r}; "
+                    "a bank holds one view - use another --out for this view"
+                )
+        except BaseException:
+            bank.close()
+            raise
+    else:
+        src_text = str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
+        bank = FeatureBank.create(
+            out_path,
+            backbone=spec,
+            view=view,
+            source=src_text,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            overwrite=False,
+        )
+    return bank
+
+
 def embed_source(
     source: str | os.PathLike,
     *,
@@ -317,6 +422,7 @@ def embed_source(
     device: str = "auto",
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
+    layer: str = "final",
     real_names: Sequence[str] = ("real",),
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -337,6 +443,8 @@ def embed_source(
         device: ``"auto"`` (cuda if present, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         weights: checkpoint file overriding the backbone's own weights.
         image_size: backbone input side where the backbone allows it.
+        layer: layer tap, ``final``, ``penultimate`` or ``blocks`` (part of the bank's
+            identity; ``facebank backbones`` lists each backbone's taps).
         real_names: engine folders that hold real images (label 0).
         batch_size: images per forward pass.
         num_workers: decoding processes; None = automatic, 0 = in the main process.
@@ -362,55 +470,75 @@ def embed_source(
         raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
     src = scan_source(source, real_names=real_names)
     vw = parse_view(view)
-    out_path = Path(out)
-    if out_path.exists() and not out_path.is_dir():
-        raise BankError(f"--out {str(out_path)!r} exists and is not a bank folder")
     # the backbone first: missing weights must fail before the bank is created or touched
-    bb = _make_backbone(backbone, device=device, weights=weights, image_size=image_size)
-    spec = dict(bb.spec)
-    if (out_path / "zarr.json").is_file():
-        bank = FeatureBank.open(out_path, mode="a")
-        try:
-            require_same_backbone(
-                bank.backbone,
-                spec,
-                a_name=f"bank {str(out_path)!r}",
-                b_name=f"--backbone {backbone}",
-            )
-            if bank.view != vw.name:
-                raise BackboneMismatchError(
-                    f"bank {str(out_path)!r} holds view {bank.view!r} but --view is {vw.name!r}; "
-                    "a bank holds one view - use another --out for this view"
-                )
-        except BaseException:
-            bank.close()
-            raise
-    else:
-        src_text = str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
-        bank = FeatureBank.create(
-            out_path,
-            backbone=spec,
-            view=vw.name,
-            source=src_text,
-            dtype=dtype,
-            chunk_rows=chunk_rows,
-            overwrite=False,
-        )
+    bb = _make_backbone(
+        backbone, device=device, weights=weights, image_size=image_size, layer=layer
+    )
+    bank = open_bank_for(
+        out, spec=dict(bb.spec), backbone=backbone, view=vw.name, src=src, source=source,
+        dtype=dtype, chunk_rows=chunk_rows,
+    )  # fmt: skip
     try:
-        return _run(
-            src,
-            bank,
-            bb,
-            vw,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            compile=compile,
-            progress=progress,
-            flush_rows=_flush_rows(flush_rows, batch_size),
-            t0=t0,
-        )
+        with interruptible(bank):
+            return _run(
+                src,
+                bank,
+                bb,
+                vw,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                compile=compile,
+                progress=progress,
+                flush_rows=_flush_rows(flush_rows, batch_size),
+                t0=t0,
+            )
     finally:
         bank.close()
+
+
+@contextlib.contextmanager
+def interruptible(bank: FeatureBank) -> Iterator[None]:
+    """SIGINT or SIGTERM inside the block: close ``bank`` (its committed rows stay) and
+    raise :class:`~embed.errors.EmbedInterrupted` saying how many rows are safe."""
+    try:
+        with _signals_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        signum = int(getattr(exc, "signum", signal.SIGINT))
+        rows = len(bank)  # committed rows only: a half-written flush is not counted
+        bank.close()
+        raise EmbedInterrupted(
+            f"interrupted by {signal.Signals(signum).name}: {rows} rows are safely in bank "
+            f"{str(bank.path)!r}; the same command resumes where they end",
+            signum=signum,
+            rows=rows,
+            bank=str(bank.path),
+        ) from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the bank closes cleanly."""
+
+    signum = int(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`_Terminated` (SIGINT already raises
+    KeyboardInterrupt). Only the main thread can set handlers; elsewhere a no-op."""
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(
@@ -426,187 +554,253 @@ def _run(
     flush_rows: int,
     t0: float,
 ) -> EmbedSummary:
-    items = src.items
-    present = set(bank.paths.tolist())
-    duplicates: list[dict[str, str]] = list(bank.duplicates)
-    present.update(d["path"] for d in duplicates)
-    # sha256 -> (path, engine, split) of the kept row
-    kept: dict[str, tuple[str, str, str]] = {
-        s: (p, e, sp)
-        for s, p, e, sp in zip(bank.sha256, bank.paths, bank.engines, bank.splits, strict=True)
-    }
-    failures: dict[str, str] = {f["path"]: f["reason"] for f in bank.failures}
-
-    # fixed batches over the whole ordered list, so a resumed run encodes the same batches
-    batches: list[list[int]] = []
-    skipped = 0
-    for a in range(0, len(items), batch_size):
-        todo = [
-            i for i in range(a, min(a + batch_size, len(items))) if items[i].path not in present
-        ]
-        skipped += min(a + batch_size, len(items)) - a - len(todo)
-        if todo:
-            batches.append(todo)
+    """load (what the bank holds, what is left) -> compute (decode, encode) -> write (commit)."""
+    state = BankState.load(bank)
+    batches, skipped = plan_batches(src.items, state.present, batch_size)
     total = sum(len(b) for b in batches)
-
     encoder = _Encoder(bb, compile=compile, batch_size=batch_size)
     workers = _auto_workers(encoder.device.type) if num_workers is None else int(num_workers)
-    workers = min(workers, max(len(batches), 0))
     dataset = _ImageDataset(
-        [it.file for it in items],
+        _Files(src.items),
         view=vw,
         transform=bb.transform,
         draft_size=vw.draft_size(_input_side(bb.spec)),
     )
-    pending: dict[str, list[Any]] = {
-        k: [] for k in ("X", "label", "engine", "path", "split", "sha")
-    }
-    counts = {"embedded": 0, "duplicates": 0}
-    run_failed: list[tuple[str, str]] = []
-    cross: list[tuple[str, str, str]] = []
-    ignored = [{"path": p, "reason": r} for p, r in src.ignored]
-    last_flush = time.monotonic()
-
-    def extra_attrs() -> dict[str, Any]:
-        return {
-            "failures": [{"path": p, "reason": r} for p, r in failures.items()],
-            "duplicates": duplicates,
-            "ignored": ignored,
-        }
-
-    def flush() -> None:
-        nonlocal last_flush
-        n = len(pending["path"])
-        X = np.concatenate(pending["X"]) if n else np.zeros((0, bank.dim), np.float32)
-        bank.append(
-            X,
-            labels=np.asarray(pending["label"], dtype=np.int8),
-            engines=pending["engine"],
-            paths=pending["path"],
-            splits=pending["split"],
-            sha256=pending["sha"],
-            attrs=extra_attrs(),
-        )
-        counts["embedded"] += n
-        for v in pending.values():
-            v.clear()
-        last_flush = time.monotonic()
-
-    def fail(it: ImageItem, reason: str) -> None:
-        failures[it.path] = reason
-        run_failed.append((it.path, reason))
-
-    storage = bank.storage_dtype
+    writer = RowWriter(bank, state, ignored=src.ignored, flush_rows=flush_rows)
+    lock = getattr(bank, "_lock", None)
+    loader = _loader(
+        dataset,
+        batches,
+        num_workers=min(workers, len(batches)),
+        pin=encoder.device.type == "cuda",
+        close_fds=(lock.fileno(),) if lock is not None and lock.held else (),
+    )
     # (escaped: rich would take "[original]" for a markup tag)
     description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"
     t_loop = time.perf_counter()
     with _progress(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
-        lock = getattr(bank, "_lock", None)
-        for batch in _loader(
-            dataset,
-            batches,
-            num_workers=workers,
-            pin=encoder.device.type == "cuda",
-            close_fds=(lock.fileno(),) if lock is not None and lock.held else (),
-        ):
+        for batch in loader:
             for index, _sha, reason in batch["failed"]:
-                fail(items[index], reason)
+                writer.fail(src.items[index], reason)
             if batch["x"] is not None:
                 X = encoder(batch["x"])
-                finite = np.isfinite(X.astype(storage)).all(axis=1)
-                rows: list[int] = []
-                for j, (index, sha) in enumerate(zip(batch["index"], batch["sha"], strict=True)):
-                    it = items[index]
-                    if not finite[j]:
-                        fail(
-                            it,
-                            f"backbone gave non-finite features in {storage} (try --dtype float32)",
-                        )
-                        continue
-                    failures.pop(it.path, None)
-                    if sha in kept:
-                        first = kept[sha]
-                        duplicates.append(
-                            {
-                                "path": it.path,
-                                "engine": it.engine,
-                                "split": it.split,
-                                "sha256": sha,
-                                "duplicate_of": first[0],
-                            }
-                        )
-                        counts["duplicates"] += 1
-                        what = [
-                            w
-                            for w, a, b in (
-                                ("engine", first[1], it.engine),
-                                ("split", first[2], it.split),
-                            )
-                            if a != b
-                        ]
-                        if what:
-                            cross.append(
-                                (
-                                    it.path,
-                                    first[0],
-                                    " and ".join(
-                                        f"{w} {a!r} vs {b!r}"
-                                        for w, a, b in (
-                                            ("engine", first[1], it.engine),
-                                            ("split", first[2], it.split),
-                                        )
-                                        if a != b
-                                    ),
-                                )
-                            )
-                        continue
-                    kept[sha] = (it.path, it.engine, it.split)
-                    rows.append(j)
-                    pending["label"].append(it.label)
-                    pending["engine"].append(it.engine)
-                    pending["path"].append(it.path)
-                    pending["split"].append(it.split)
-                    pending["sha"].append(sha)
-                if rows:
-                    pending["X"].append(X[rows])
-            done = len(batch["index"]) + len(batch["failed"])
+                writer.take([src.items[i] for i in batch["index"]], batch["sha"], X, batch["meta"])
             if bar is not None:
-                bar.advance(task, done)
-            if (
-                len(pending["path"]) >= flush_rows
-                or time.monotonic() - last_flush >= DEFAULT_FLUSH_SECONDS
-            ):
-                flush()
-        flush()  # also records failures/duplicates/ignored when nothing new was embedded
-    if cross:
-        shown = "; ".join(f"{p} = {q} ({w})" for p, q, w in cross[:3])
-        more = f" and {len(cross) - 3} more" if len(cross) > 3 else ""
-        warnings.warn(
-            f"{len(cross)} identical image(s) appear under different engines or splits: "
-            f"{shown}{more}; each was embedded once (first path kept) - check the labels "
-            "and splits of these files (`facebank bank info` lists them)",
-            DuplicateImageWarning,
-            stacklevel=3,
-        )
+                bar.advance(task, len(batch["index"]) + len(batch["failed"]))
+            if writer.due():
+                writer.flush()
+        writer.flush()  # also records failures/duplicates/ignored when nothing new was embedded
+    writer.warn_cross_duplicates(stacklevel=4)
     t_end = time.perf_counter()
-    seconds, loop_seconds = t_end - t0, t_end - t_loop
-    processed = counts["embedded"] + counts["duplicates"] + len(run_failed)
+    loop_seconds = t_end - t_loop
     return EmbedSummary(
-        embedded=counts["embedded"],
+        embedded=writer.embedded,
         skipped_present=skipped,
-        duplicates=counts["duplicates"],
-        failed=run_failed,
-        seconds=seconds,
-        images_per_s=processed / loop_seconds if loop_seconds > 0 else 0.0,
+        duplicates=writer.duplicate_count,
+        failed=writer.run_failed,
+        seconds=t_end - t0,
+        images_per_s=writer.processed / loop_seconds if loop_seconds > 0 else 0.0,
         out=bank.path,
         rows=len(bank),
         ignored=list(src.ignored),
-        cross_duplicates=cross,
+        cross_duplicates=writer.cross,
         device=str(encoder.device),
         backbone=backbone_id(bb.spec),
         view=vw.name,
     )
+
+
+# ---------------------------------------------------------------- load / write steps
+@dataclass
+class BankState:
+    """What a bank already holds, as the runner needs it to resume and to dedupe.
+
+    Attributes:
+        present: stored paths that are done (embedded rows and recorded duplicates).
+        kept: sha256 -> ``(path, engine, split)`` of the embedded row with that content.
+        failures: path -> reason of images that failed in an earlier run (retried).
+        duplicates: the bank's ``duplicates`` records.
+    """
+
+    present: set[str]
+    kept: dict[str, tuple[str, str, str]]
+    failures: dict[str, str]
+    duplicates: list[dict[str, str]]
+
+    @classmethod
+    def load(cls, bank: FeatureBank) -> BankState:
+        duplicates = list(bank.duplicates)
+        present = set(bank.paths.tolist())
+        present.update(d["path"] for d in duplicates)
+        kept = {
+            s: (p, e, sp)
+            for s, p, e, sp in zip(bank.sha256, bank.paths, bank.engines, bank.splits, strict=True)
+        }
+        failures = {f["path"]: f["reason"] for f in bank.failures}
+        return cls(present=present, kept=kept, failures=failures, duplicates=duplicates)
+
+
+def plan_batches(
+    items: Sequence[ImageItem], present: set[str], batch_size: int
+) -> tuple[list[list[int]], int]:
+    """Cut the ordered items into fixed batches and drop the ones already done.
+
+    Batch ``k`` is always items ``k*B .. k*B+B-1`` of the *whole* list, so a resumed
+    run encodes exactly the batches an uninterrupted one would (bit-identical features).
+
+    Returns:
+        ``(batches of item indices still to embed, number of items skipped as present)``.
+    """
+    batches: list[list[int]] = []
+    skipped = 0
+    for a in range(0, len(items), batch_size):
+        stop = min(a + batch_size, len(items))
+        todo = [i for i in range(a, stop) if items[i].path not in present]
+        skipped += stop - a - len(todo)
+        if todo:
+            batches.append(todo)
+    return batches, skipped
+
+
+class RowWriter:
+    """The write step: dedupes encoded rows by sha256, records failures, commits to the bank.
+
+    Rows are held until :meth:`flush` appends them (with the metadata columns and the
+    ``failures``/``duplicates``/``ignored`` attributes) in one commit.
+    """
+
+    def __init__(
+        self,
+        bank: FeatureBank,
+        state: BankState,
+        *,
+        ignored: Sequence[tuple[str, str]] = (),
+        flush_rows: int = DEFAULT_FLUSH_ROWS,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    ) -> None:
+        self.bank = bank
+        self.state = state
+        self.ignored = [{"path": p, "reason": r} for p, r in ignored]
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.storage = bank.storage_dtype
+        self.pending_items: list[ImageItem] = []
+        self.pending_sha: list[str] = []
+        self.pending_meta: list[dict[str, Any]] = []
+        self.pending_X: list[np.ndarray] = []
+        self.embedded = 0
+        self.duplicate_count = 0
+        self.run_failed: list[tuple[str, str]] = []
+        self.cross: list[tuple[str, str, str]] = []
+        self.last_flush = time.monotonic()
+
+    @property
+    def processed(self) -> int:
+        """Images this run embedded, found duplicate, or failed on."""
+        return self.embedded + len(self.pending_items) + self.duplicate_count + len(self.run_failed)
+
+    def fail(self, item: ImageItem, reason: str) -> None:
+        self.state.failures[item.path] = reason
+        self.run_failed.append((item.path, reason))
+
+    def take(
+        self,
+        items: Sequence[ImageItem],
+        sha: Sequence[str],
+        X: np.ndarray,
+        meta: Sequence[dict[str, Any]],
+    ) -> None:
+        """Queue encoded rows ``X`` (``(len(items), dim)``); duplicates and non-finite rows
+        are recorded instead."""
+        finite = np.isfinite(X.astype(self.storage)).all(axis=1)
+        rows: list[int] = []
+        for j, (item, digest) in enumerate(zip(items, sha, strict=True)):
+            if not finite[j]:
+                self.fail(
+                    item,
+                    f"backbone gave non-finite features in {self.storage} (try --dtype float32)",
+                )
+                continue
+            self.state.failures.pop(item.path, None)
+            if digest in self.state.kept:
+                self._duplicate(item, digest)
+                continue
+            self.state.kept[digest] = (item.path, item.engine, item.split)
+            rows.append(j)
+            self.pending_items.append(item)
+            self.pending_sha.append(digest)
+            self.pending_meta.append(meta[j] if meta[j] is not None else {})
+        if rows:
+            self.pending_X.append(X[rows])
+
+    def _duplicate(self, item: ImageItem, digest: str) -> None:
+        first_path, first_engine, first_split = self.state.kept[digest]
+        self.state.duplicates.append(
+            {
+                "path": item.path,
+                "engine": item.engine,
+                "split": item.split,
+                "sha256": digest,
+                "duplicate_of": first_path,
+            }
+        )
+        self.duplicate_count += 1
+        differs = [
+            f"{what} {a!r} vs {b!r}"
+            for what, a, b in (
+                ("engine", first_engine, item.engine),
+                ("split", first_split, item.split),
+            )
+            if a != b
+        ]
+        if differs:
+            self.cross.append((item.path, first_path, " and ".join(differs)))
+
+    def due(self) -> bool:
+        return (
+            len(self.pending_items) >= self.flush_rows
+            or time.monotonic() - self.last_flush >= self.flush_seconds
+        )
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "failures": [{"path": p, "reason": r} for p, r in self.state.failures.items()],
+            "duplicates": self.state.duplicates,
+            "ignored": self.ignored,
+        }
+
+    def flush(self) -> None:
+        """Commit the queued rows and the failure/duplicate records in one bank append."""
+        n = len(self.pending_items)
+        X = np.concatenate(self.pending_X) if n else np.zeros((0, self.bank.dim), np.float32)
+        items = self.pending_items
+        self.bank.append(
+            X,
+            labels=np.asarray([it.label for it in items], dtype=np.int8),
+            engines=[it.engine for it in items],
+            paths=[it.path for it in items],
+            splits=[it.split for it in items],
+            sha256=self.pending_sha,
+            attrs=self.attrs(),
+            columns=metadata_columns(self.pending_meta),
+        )
+        self.embedded += n
+        self.pending_items, self.pending_sha, self.pending_meta, self.pending_X = [], [], [], []
+        self.last_flush = time.monotonic()
+
+    def warn_cross_duplicates(self, *, stacklevel: int = 2) -> None:
+        if not self.cross:
+            return
+        shown = "; ".join(f"{p} = {q} ({w})" for p, q, w in self.cross[:3])
+        more = f" and {len(self.cross) - 3} more" if len(self.cross) > 3 else ""
+        warnings.warn(
+            f"{len(self.cross)} identical image(s) appear under different engines or splits: "
+            f"{shown}{more}; each was embedded once (first path kept) - check the labels "
+            "and splits of these files (`facebank bank info` lists them)",
+            DuplicateImageWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def encode_images(
