@@ -78,3 +78,46 @@ def test_reading_dates(tmp_path):
     (tmp_path / "nodate.csv").write_text("engine,when\nsdxl,2023\n")
     with pytest.raises(DataError, match="needs engine and date"):
         read_engine_dates(tmp_path / "nodate.csv")
+
+
+@pytest.mark.slow
+def test_cli_uses_the_shipped_dates_and_writes_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    rng = np.random.default_rng(1)
+    counts = {"real": 600, "stylegan2": 120, "sdxl": 120}
+    engines = np.concatenate([[e] * n for e, n in counts.items()])
+    X = rng.standard_normal((len(engines), 8)).astype(np.float32)
+    X[engines != "real", 0] += 6.0
+    bank = write_bank(
+        tmp_path / "b.zarr",
+        X,
+        labels=(engines != "real").astype(int),
+        engines=engines,
+        sha256=[f"s{i}" for i in range(len(engines))],
+    )
+    res = CliRunner().invoke(
+        app, ["protocol", "chrono", str(bank.path), "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "2019-12-03" in res.output and "next window" in res.output
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["engine_dates"] == {"stylegan2": "2019-12-03", "sdxl": "2023-07-26"}
+    res = CliRunner().invoke(
+        app,
+        [
+            "protocol",
+            "few-shot",
+            str(bank.path),
+            "--shots",
+            "0,10",
+            "--draws",
+            "1",
+            "--out",
+            str(tmp_path / "f"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "range over draws" in res.output and (tmp_path / "f" / "few_shot.png").is_file()
