@@ -16,10 +16,15 @@ def backbones_cmd(
         bool, typer.Option("--no-test", help="Hide the test-only backbones (random weights).")
     ] = False,
 ) -> None:
-    """List the backbones: feature size, input size, where weights come from, cached or not."""
-    from facebank.embed.backbones import describe_backbones
+    """List the backbones: feature size, input size, weights source, cached or not, layer taps.
+
+    Sizes and taps come from the libraries' configs (no weights are loaded), cached after
+    the first listing.
+    """
     from rich.console import Console
     from rich.table import Table
+
+    from facebank.embed.backbones import describe_backbones
 
     rows = [r for r in describe_backbones(pattern) if not (no_test and r["test_only"])]
     table = Table(title="facebank backbones", title_justify="left")
@@ -31,6 +36,7 @@ def backbones_cmd(
         ("weights", "left"),
         ("cached", "center"),
         ("test only", "center"),
+        ("--layer taps", "left"),
     ):
         table.add_column(column, justify=justify, overflow="fold")
     for r in rows:
@@ -43,6 +49,7 @@ def backbones_cmd(
             r["weights_source"],
             "yes" if r["cached"] else "no",
             "yes" if r["test_only"] else "",
+            ", ".join(r.get("layers") or ()) or "?",
         )
     Console(highlight=False, width=max(180, Console().width)).print(table)
     if not rows:

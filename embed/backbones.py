@@ -97,8 +97,11 @@ class BackboneInfo:
     @property
     def weights_source(self) -> str:
         """Where the weights come from, in words (e.g. ``hf-hub:timm/...``)."""
-        if self.source == "hub":
-            repo, files = self._hub_files()
+        return self._weights_source(self._hub_files() if self.hub else None)
+
+    def _weights_source(self, hub: tuple[str, list[str]] | None) -> str:
+        if self.source == "hub" and hub is not None:
+            repo, files = hub
             return f"hf-hub:{repo} ({files[0]})"
         if self.source == "package":
             return (
@@ -107,12 +110,16 @@ class BackboneInfo:
             )
         return f"seeded random (seed {self.seed}, no file)"
 
-    def is_cached(self) -> bool:
-        """True when the weights are available locally (no download needed)."""
+    def is_cached(self, hub: tuple[str, list[str]] | None = None) -> bool:
+        """True when the weights are available locally (no download needed).
+
+        Args:
+            hub: ``(repo_id, filenames)`` already known (listings); else asked of the library.
+        """
         if self.source == "hub":
             from ._weights import hub_cached_file
 
-            repo, files = self._hub_files()
+            repo, files = hub or self._hub_files()
             return hub_cached_file(repo, files) is not None
         if self.source == "package":
             try:
@@ -122,10 +129,16 @@ class BackboneInfo:
         return True
 
     def describe(self, *, image_size: int | None = None) -> dict[str, Any]:
-        """``dim``, ``layers`` and preprocessing from the library's config, no weights loaded."""
+        """``dim``, ``layers``, preprocessing and the hub files from the library's config.
+
+        Nothing is loaded: open_clip's configs, timm's model built on the meta device.
+        """
         if self.library == "open_clip":
-            return _library(self).describe(self)
-        return _library(self).describe(self, image_size=image_size)
+            out = _library(self).describe(self)
+        else:
+            out = _library(self).describe(self, image_size=image_size)
+        out["hub_files"] = list(self._hub_files()) if self.hub else None
+        return out
 
     def _hub_files(self) -> tuple[str, list[str]]:
         return _library(self).hub_files(self)
@@ -267,6 +280,8 @@ _REGISTRY: dict[str, BackboneInfo] = {
 }
 
 DEFAULT_BACKBONE = "clip-vit-l-14"
+# bump when describe() returns other keys, so older listing caches are not read
+_DESCRIBE_SCHEMA = "describe-v2"
 
 
 def list_backbones(pattern: str | None = None, *, include_test: bool = True) -> list[str]:
@@ -293,6 +308,7 @@ def _describe_cache_file() -> Path:
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
     parts.append(repr(sorted((n, repr(i)) for n, i in _REGISTRY.items())))
+    parts.append(_DESCRIBE_SCHEMA)
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "facebank" / f"backbones-{key}.json"
@@ -347,8 +363,11 @@ def describe_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         info = _REGISTRY[name]
+        shape = dict(described[name])
+        hub = shape.pop("hub_files", None)
+        hub = (hub[0], list(hub[1])) if hub else None
         try:
-            source = info.weights_source
+            source = info._weights_source(hub) if hub or not info.hub else info.weights_source
         except FacebankError as exc:
             source = f"unavailable ({exc})"
         rows.append(
@@ -357,9 +376,9 @@ def describe_backbones(pattern: str | None = None) -> list[dict[str, Any]]:
                 "library": info.library,
                 "model": info.model,
                 "pretrained": info.pretrained,
-                **described[name],
+                **shape,
                 "weights_source": source,
-                "cached": info.is_cached(),
+                "cached": info.is_cached(hub),
                 "test_only": info.test_only,
                 "description": info.description,
             }
