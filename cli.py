@@ -22,6 +22,7 @@ from facebank.commands import (
     experiment,
     heads,
     neighbours,
+    explain,
     protocol,
     score,
 )
@@ -92,6 +93,7 @@ app.command("audit")(audit.audit_cmd)
 app.add_typer(neighbours.app, name="neighbours")
 app.command("report")(analysis.report_cmd)
 
+app.command("explain")(explain.explain_cmd)
 
 def main() -> None:
     """Console-script entry point (``facebank``)."""
