@@ -1,9 +1,17 @@
 """``facebank report RUN_DIR... --out report.html``: one self-contained HTML page.
 
-Every run folder becomes a section: its config (what was asked), its Markdown tables
-rendered as HTML tables, its PNG figures inlined as base64 (the page needs no other
-file and no network), its CSVs previewed, and its metrics.json in a collapsible block.
-Sub-folders that are runs themselves (an experiment's sub-runs) become nested sections.
+Every run folder becomes a section: its Markdown tables rendered as HTML tables (wide
+ones scroll sideways on screen and wrap when printed), its PNG figures inlined as base64
+and shown at their physical size (so a 10-point label reads as 10 points in every
+figure), its CSVs previewed, its config and metrics.json in collapsible blocks. Sub-folders
+that are runs themselves (an experiment's sub-runs) become nested sections.
+
+Reading order: sections are sorted the way a reader needs them - summary, data and
+audit, heads, protocols, robustness, OOD, neighbours - by :data:`SECTIONS`, keyed by the
+run's command (``config.json``) or its folder name. Other analyses add their section with
+one :func:`register_section` call. Caveats (Markdown "Notes"/"Caveats" lists and table
+``warning`` cells) are collected into one numbered list at the end of the page; repeats
+are merged, and each place that raised one links to it.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -20,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from facebank.embed.errors import ReportError
-from facebank.embed.runs import claim_output_file
+from facebank.embed.runs import check_output_file, claim_output_file
 
-__all__ = ["write_report", "render_markdown", "ReportError"]
+from ._plotstyle import DPI
+
+__all__ = ["write_report", "render_markdown", "register_section", "SECTIONS", "ReportError"]
 
 
 _CSS = """
@@ -30,7 +41,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin:0; font:15px/1.55 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color:var(--fg); background:var(--bg); }
 header { padding:28px 40px 18px; border-bottom:1px solid var(--line); background:var(--soft); }
-header h1 { margin:0 0 4px; font-size:26px; }
+header h1 { margin:0 0 4px; font-size:28px; }
 header p { margin:0; color:var(--muted); }
 main { max-width:1180px; margin:0 auto; padding:8px 40px 60px; }
 nav { margin:18px 0 8px; padding:12px 18px; background:var(--soft); border:1px solid var(--line); border-radius:8px; }
@@ -38,29 +49,164 @@ nav ul { margin:4px 0; padding-left:20px; }
 nav a { color:var(--accent); text-decoration:none; }
 section.run { margin:34px 0; padding-top:8px; border-top:3px solid var(--accent); }
 section.run section.run { margin:24px 0 12px 0; padding-left:18px; border-top:1px solid var(--line); border-left:3px solid var(--line); }
-h2.run-title { font-size:22px; margin:10px 0 2px; }
-h3.run-title, h4.run-title, h5.run-title { margin:12px 0 2px; }
+/* every heading is larger than the 15px body text, and each level smaller than the one above */
+h2.run-title { font-size:25px; margin:10px 0 2px; }
+h3.run-title { font-size:21px; margin:12px 0 2px; }
+h4.run-title { font-size:19px; margin:12px 0 2px; }
+h5.run-title, h6.run-title { font-size:17px; margin:12px 0 2px; }
+.md h1, .md h2, .md h3 { font-size:17px; margin:14px 0 6px; }
+.md h4, .md h5, .md h6 { font-size:16px; margin:12px 0 6px; }
 .path { color:var(--muted); font:12px ui-monospace, SFMono-Regular, Menlo, monospace; margin-bottom:10px; word-break:break-all; }
-table { border-collapse:collapse; margin:10px 0 18px; font-size:13.5px; display:block; overflow-x:auto; max-width:100%; }
+.scroll { overflow-x:auto; max-width:100%; margin:10px 0 18px; }
+table { border-collapse:collapse; font-size:13.5px; }
 th, td { border:1px solid var(--line); padding:5px 10px; text-align:left; vertical-align:top; }
 th { background:var(--soft); font-weight:600; }
 tr:nth-child(even) td { background:#fbfcfd; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 table.config td:first-child { font-weight:600; white-space:nowrap; }
 .figures { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
-figure { margin:14px 0 22px; flex:0 1 530px; min-width:0; max-width:100%; }
-figure.wide { flex-basis:100%; }
+figure { margin:14px 0 22px; min-width:0; max-width:100%; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:white; }
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
-.md h1 { font-size:19px; } .md h2 { font-size:17px; } .md h3 { font-size:15px; }
 code { font:12.5px ui-monospace, SFMono-Regular, Menlo, monospace; background:var(--soft); padding:1px 4px; border-radius:4px; }
 details { margin:8px 0 14px; } summary { cursor:pointer; color:var(--accent); }
 pre { background:var(--soft); padding:12px; border-radius:6px; overflow-x:auto; font-size:12px; max-height:480px; }
 .empty { color:var(--muted); font-style:italic; }
+a.caveat { font-size:12px; color:var(--accent); text-decoration:none; white-space:nowrap; }
+p.caveats { color:var(--muted); font-size:13px; }
+ol.caveats li { margin:4px 0; }
+@page { size:A4; margin:12mm; }
+@media print {
+  body { font-size:10.5px; }
+  header { padding:0 0 6px; background:none; }
+  header h1 { font-size:20px; }
+  main { max-width:none; padding:0; }
+  nav { padding:4px 8px; font-size:9.5px; }
+  nav ul { columns:3; }
+  section.run { margin:12px 0; }
+  section.run section.run { margin:8px 0 4px; padding-left:8px; }
+  h2.run-title { font-size:17px; } h3.run-title { font-size:15px; }
+  h4.run-title, h5.run-title, h6.run-title { font-size:13px; }
+  .md h1, .md h2, .md h3, .md h4, .md h5, .md h6 { font-size:12px; margin:6px 0 3px; }
+  .path, details, figcaption { display:none; }
+  .scroll { overflow:visible; margin:4px 0 8px; }
+  table { font-size:8.5px; width:100%; }
+  th, td { padding:1px 4px; word-break:break-word; }
+  td.num { white-space:normal; }
+  .figures { gap:6px; }
+  figure { margin:4px 0; break-inside:avoid; }
+  figure img { max-height:62mm; width:auto !important; border:none; }
+  h2, h3, h4, h5, h6 { break-after:avoid; }
+}
 """
 
 _MAX_JSON_CHARS = 30_000
 _CSV_PREVIEW_ROWS = 12
+
+
+# ---------------------------------------------------------------- reading order (hooks)
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """Where a kind of run sits in a report and what its heading says."""
+
+    rank: int
+    title: str
+
+
+# Keyed by a run's command (first word of ``config.json``'s ``command``) or, for folders
+# without a config, by the folder name up to its first "-". Lower rank = earlier.
+SECTIONS: dict[str, Section] = {
+    "experiment": Section(0, "Summary"),
+    "summary": Section(0, "Summary"),
+    "banks": Section(10, "Data"),
+    "audit": Section(15, "Data audit"),
+    "train": Section(20, "Heads: training"),
+    "evaluate": Section(30, "Heads: test rows"),
+    "leaderboard": Section(35, "Leaderboard"),
+    "protocol": Section(40, "Protocols"),
+    "loeo": Section(40, "Protocols: leave-one-engine-out"),
+    "robustness": Section(50, "Robustness"),
+    "ood": Section(60, "Out-of-distribution (new engines)"),
+    "neighbours": Section(70, "Neighbours"),
+    "clusters": Section(71, "Engine clusters"),
+    "map": Section(72, "Map"),
+    "query": Section(73, "Nearest neighbours of given images"),
+    "leaks": Section(74, "Near-duplicate leaks"),
+}
+_OTHER = Section(90, "")
+
+
+def register_section(key: str, *, rank: int, title: str) -> None:
+    """Place runs of command (or folder) ``key`` at ``rank`` under heading ``title``.
+
+    Ranks in use: 0 summary, 10-19 data and audit, 20-39 heads, 40-49 protocols,
+    50 robustness, 60 OOD, 70-79 neighbours, 90 anything unregistered.
+    """
+    SECTIONS[key] = Section(rank, title)
+
+
+def _section_of(path: Path, command: str | None) -> tuple[Section, str]:
+    """(section, key) of a run folder from its command, else from its folder name."""
+    for key in (path.name, (command or "").split(" ")[0], path.name.split("-")[0]):
+        if key in SECTIONS:
+            return SECTIONS[key], key
+    return _OTHER, ""
+
+
+def _command_of(path: Path) -> str | None:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("command") if isinstance(cfg, dict) else None
+
+
+def _reading_order(paths: Sequence[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: (_section_of(p, _command_of(p))[0].rank, p.name))
+
+
+# ---------------------------------------------------------------- caveats, once each
+_NUMBERS = re.compile(r"'[^']*'|\d+(?:\.\d+)?%?")
+
+
+class Caveats:
+    """Collects caveat sentences; the same sentence (up to numbers and quoted names)
+    raised in many places becomes one numbered item that each place links to."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+
+    def add(self, text: str, *, where: str) -> str:
+        """Record ``text`` raised in section ``where``; returns the link to its item."""
+        key = _NUMBERS.sub("#", text.strip().rstrip("."))
+        item = self.items.setdefault(
+            key, {"n": len(self.items) + 1, "text": text.strip(), "where": [], "count": 0}
+        )
+        item["count"] += 1
+        if where not in item["where"]:
+            item["where"].append(where)
+        return f'<a class="caveat" href="#caveat-{item["n"]}">[caveat {item["n"]}]</a>'
+
+    def html(self) -> str:
+        if not self.items:
+            return ""
+        lis = []
+        for it in self.items.values():
+            more = it["count"] - 1
+            seen = (
+                f" <em>(raised {it['count']} times, with other numbers or names where they "
+                f"differ; in: {html.escape(', '.join(it['where'][:6]))}"
+                + (" ..." if len(it["where"]) > 6 else "")
+                + ")</em>"
+                if more
+                else f" <em>(in: {html.escape(it['where'][0])})</em>"
+            )
+            lis.append(f'<li id="caveat-{it["n"]}">{_inline(it["text"])}{seen}</li>')
+        return (
+            '<section class="run" id="caveats"><h2 class="run-title">Caveats</h2>'
+            "<p>Every caveat the runs raised, once each: read the numbers they qualify with "
+            'them in mind.</p><ol class="caveats">' + "".join(lis) + "</ol></section>"
+        )
 
 
 def _inline(text: str) -> str:
@@ -75,7 +221,7 @@ def _is_num(cell: str) -> bool:
     return bool(re.fullmatch(r"[-+]?[\d.,]+%?(e[-+]?\d+)?", cell.strip()))
 
 
-def _table(lines: list[str]) -> str:
+def _table(lines: list[str], *, caveats: Caveats | None = None, where: str = "") -> str:
     def cells(line: str) -> list[str]:
         line = line.strip()
         if line.startswith("|"):
@@ -90,26 +236,36 @@ def _table(lines: list[str]) -> str:
         for x in lines[1:]
         if not re.fullmatch(r"\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?", x.strip())
     ]
+    warn_cols = {i for i, c in enumerate(head) if c.lower() in ("warning", "warnings", "caveat")}
+
+    def cell(i: int, c: str) -> str:
+        if i in warn_cols and caveats is not None and c.strip():
+            return f"<td>{caveats.add(c, where=where)}</td>"
+        return f'<td class="num">{_inline(c)}</td>' if _is_num(c) else f"<td>{_inline(c)}</td>"
+
     out = [
-        "<table>",
+        '<div class="scroll"><table>',
         "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead>",
         "<tbody>",
     ]
     for row in body:
-        tds = "".join(
-            f'<td class="num">{_inline(c)}</td>' if _is_num(c) else f"<td>{_inline(c)}</td>"
-            for c in row
-        )
-        out.append(f"<tr>{tds}</tr>")
-    out.append("</tbody></table>")
+        out.append("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>")
+    out.append("</tbody></table></div>")
     return "\n".join(out)
 
 
-def render_markdown(text: str, *, heading_offset: int = 0) -> str:
-    """The Markdown our run folders write (headings, tables, lists, paragraphs) as HTML."""
+def render_markdown(
+    text: str, *, heading_offset: int = 0, caveats: Caveats | None = None, where: str = ""
+) -> str:
+    """The Markdown our run folders write (headings, tables, lists, paragraphs) as HTML.
+
+    With ``caveats``, lists under a "Notes"/"Caveats" heading and table ``warning``
+    cells go into that collector; their place shows links to the collected items.
+    """
     out: list[str] = []
     lines = text.splitlines()
     i = 0
+    heading = ""
     while i < len(lines):
         line = lines[i]
         if not line.strip():
@@ -118,20 +274,28 @@ def render_markdown(text: str, *, heading_offset: int = 0) -> str:
         m = re.match(r"(#{1,6})\s+(.*)", line)
         if m:
             level = min(6, len(m.group(1)) + heading_offset)
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
+            heading = m.group(2)
+            if caveats is not None and _is_caveat_heading(heading):
+                i += 1  # the list that follows is collected; its heading goes with it
+                continue
+            out.append(f"<h{level}>{_inline(heading)}</h{level}>")
             i += 1
         elif line.lstrip().startswith("|"):
             block = []
             while i < len(lines) and lines[i].lstrip().startswith("|"):
                 block.append(lines[i])
                 i += 1
-            out.append(_table(block))
+            out.append(_table(block, caveats=caveats, where=where))
         elif re.match(r"\s*[-*]\s+", line):
             items = []
             while i < len(lines) and re.match(r"\s*[-*]\s+", lines[i]):
                 items.append(re.sub(r"^\s*[-*]\s+", "", lines[i]))
                 i += 1
-            out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in items) + "</ul>")
+            if caveats is not None and _is_caveat_heading(heading):
+                links = " ".join(caveats.add(x, where=where) for x in items)
+                out.append(f'<p class="caveats">Caveats: {links}</p>')
+            else:
+                out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in items) + "</ul>")
         elif line.startswith("```"):
             i += 1
             block = []
@@ -153,6 +317,10 @@ def render_markdown(text: str, *, heading_offset: int = 0) -> str:
     return "\n".join(out)
 
 
+def _is_caveat_heading(heading: str) -> bool:
+    return bool(re.match(r"(notes?|caveats?)\b", heading.strip(), re.IGNORECASE))
+
+
 def _config_table(cfg: dict[str, Any]) -> str:
     rows = []
     for k, v in cfg.items():
@@ -163,7 +331,11 @@ def _config_table(cfg: dict[str, Any]) -> str:
             if len(v) > 400:
                 v = v[:400] + " ..."
         rows.append(f"<tr><td>{html.escape(str(k))}</td><td>{_inline(str(v))}</td></tr>")
-    return '<table class="config"><tbody>' + "".join(rows) + "</tbody></table>"
+    return (
+        '<div class="scroll"><table class="config"><tbody>'
+        + "".join(rows)
+        + "</tbody></table></div>"
+    )
 
 
 def _csv_preview(path: Path) -> str:
@@ -225,8 +397,44 @@ def _slug(path: Path, used: set[str]) -> str:
     return slug
 
 
+def _title(path: Path, command: str | None, *, parent_key: str) -> tuple[str, str]:
+    """(heading, key): a section's heading from its kind, its folder name when that adds
+    something (``evaluate/linear`` -> ``linear`` under "Heads: test rows")."""
+    section, key = _section_of(path, command)
+    name = path.name
+    if key and key == parent_key:  # e.g. a head's folder inside evaluate/
+        return name, key
+    if section.title and name in (key, "run", "run-small") or name.startswith(f"{key}-2"):
+        return section.title, key
+    if section.title:
+        return f"{section.title}: {name}", key
+    return name + (f" ({command})" if command and command != name else ""), key
+
+
+def _figure(png: Path) -> str:
+    raw = png.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
+    # PNG header: width and height are big-endian ints at bytes 16-24; shown at the
+    # size it was drawn (DPI pixels per inch, 96 CSS pixels per inch)
+    width = int.from_bytes(raw[16:20], "big") if len(raw) > 24 else 0
+    style = f' style="width:{round(width * 96 / DPI)}px"' if width else ""
+    return (
+        f'<figure><img alt="{html.escape(png.stem)}"{style} '
+        f'src="data:image/png;base64,{data}"><figcaption>{html.escape(png.name)}</figcaption>'
+        "</figure>"
+    )
+
+
 def _run_section(
-    path: Path, *, level: int, used: set[str], toc: list[tuple[int, str, str]], depth: int = 0
+    path: Path,
+    *,
+    level: int,
+    used: set[str],
+    toc: list[tuple[int, str, str]],
+    caveats: Caveats,
+    depth: int = 0,
+    parent_key: str = "",
+    trail: str = "",
 ) -> str:
     slug = _slug(path, used)
     cfg: dict[str, Any] = {}
@@ -235,8 +443,9 @@ def _run_section(
             cfg = json.loads((path / "config.json").read_text())
         except json.JSONDecodeError as exc:
             cfg = {"error": f"config.json is not valid JSON ({exc})"}
-    command = cfg.get("command")
-    title = path.name + (f" - {command}" if command else "")
+    command = cfg.get("command") if isinstance(cfg.get("command"), str) else None
+    title, key = _title(path, command, parent_key=parent_key)
+    where = f"{trail} / {title}" if trail and depth > 1 else title
     toc.append((level, slug, title))
     h = min(level + 1, 6)
     parts = [
@@ -249,22 +458,12 @@ def _run_section(
         parts.append(
             "<details><summary>configuration</summary>" + _config_table(cfg) + "</details>"
         )
-    for md in sorted(path.glob("*.md")):
-        parts.append(f'<div class="md">{render_markdown(md.read_text(), heading_offset=h)}</div>')
+    # a note (e.g. the demo's disclaimer) first, then the other Markdown files
+    for md in sorted(path.glob("*.md"), key=lambda p: (p.name != "NOTE.md", p.name)):
+        body = render_markdown(md.read_text(), heading_offset=h, caveats=caveats, where=where)
+        parts.append(f'<div class="md">{body}</div>')
         shown = True
-    figures = []
-    for png in sorted(path.glob("*.png")):
-        raw = png.read_bytes()
-        data = base64.b64encode(raw).decode("ascii")
-        # PNG header: width and height are big-endian ints at bytes 16-24
-        wide = len(raw) > 24 and int.from_bytes(raw[16:20], "big") > 1.8 * max(
-            1, int.from_bytes(raw[20:24], "big")
-        )
-        cls = ' class="wide"' if wide else ""
-        figures.append(
-            f'<figure{cls}><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
-        )
+    figures = [_figure(png) for png in sorted(path.glob("*.png"))]
     if figures:
         parts.append('<div class="figures">' + "".join(figures) + "</div>")
         shown = True
@@ -281,14 +480,24 @@ def _run_section(
             f"<details><summary>metrics.json</summary><pre>{html.escape(text)}</pre></details>"
         )
     if depth < 6:
-        for sub in sorted(
+        subs = [
             p
             for p in path.iterdir()
             if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr")
-        ):
+        ]
+        for sub in _reading_order(subs):
             if _has_content(sub):
                 parts.append(
-                    _run_section(sub, level=level + 1, used=used, toc=toc, depth=depth + 1)
+                    _run_section(
+                        sub,
+                        level=level + 1,
+                        used=used,
+                        toc=toc,
+                        caveats=caveats,
+                        depth=depth + 1,
+                        parent_key=key,
+                        trail=where,
+                    )
                 )
     parts.append("</section>")
     return "\n".join(parts)
@@ -349,9 +558,16 @@ def write_report(
             raise ReportError(
                 f"{str(d)!r} holds no config.json, metrics.json, *.md or *.png (nor sub-folders with them); is it a run folder?"
             )
+    check_output_file(out, overwrite=overwrite)  # refuse before the work, not after
     used: set[str] = set()
     toc: list[tuple[int, str, str]] = []
-    sections = [_run_section(d, level=1, used=used, toc=toc) for d in dirs]
+    caveats = Caveats()
+    sections = [
+        _run_section(d, level=1, used=used, toc=toc, caveats=caveats) for d in _reading_order(dirs)
+    ]
+    if caveats.items:
+        sections.append(caveats.html())
+        toc.append((1, "caveats", f"Caveats ({len(caveats.items)})"))
     toc_html = ["<nav><strong>Contents</strong><ul>"]
     for level, slug, name in toc:
         toc_html.append(

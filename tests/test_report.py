@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from facebank.analysis.report import ReportError, render_markdown, write_report
 from facebank.embed.runs import markdown_table, start_run, write_json
-from typer.testing import CliRunner
 
 
 class _Collect(HTMLParser):
@@ -157,3 +160,121 @@ def test_report_never_replaces_a_page_silently(tmp_path):
     with pytest.raises(RunFolderError, match="already exists.*--overwrite"):
         write_report([run], out=page)
     assert write_report([run], out=page, overwrite=True) == page
+
+
+# ---------------------------------------------------------------- reading order, caveats, print
+def _exp_tree(root):
+    """An experiment folder laid out as run_experiment writes it (alphabetical != reading)."""
+    exp = _run(root / "exp", "experiment", png=False)
+    for sub, command in [
+        ("train/linear", "train"),
+        ("evaluate/linear", "evaluate"),
+        ("evaluate/mlp", "evaluate"),
+        ("loeo", "protocol loeo"),
+        ("robustness/linear", "robustness"),
+        ("ood", "ood"),
+        ("neighbours/clusters", "neighbours clusters"),
+    ]:
+        run = _run(exp / sub, command, png=False)
+        (run / "metrics.md").write_text(
+            "# Result\n\n"
+            + markdown_table(
+                [
+                    {
+                        "engine": "tiny",
+                        "n": 3,
+                        "warning": "only 3 images: the rate moves in "
+                        "steps of 33%; read the interval",
+                    },
+                    {
+                        "engine": "small",
+                        "n": 5,
+                        "warning": "only 5 images: the rate moves in "
+                        "steps of 20%; read the interval",
+                    },
+                ]
+            )
+            + "\n## Notes\n\n- calibrating at fpr=0.005 with only 45 reals\n"
+        )
+    return exp
+
+
+def test_sections_come_in_reading_order_with_plain_labels(tmp_path):
+    exp = _exp_tree(tmp_path)
+    page = write_report([exp], out=tmp_path / "r.html").read_text()
+    labels = re.findall(r'<li style="[^"]*"><a href="#[^"]+">([^<]+)</a>', page)
+    order = [
+        "Summary: exp",
+        "Heads: training",
+        "linear",
+        "Heads: test rows",
+        "linear",
+        "mlp",
+        "Protocols: leave-one-engine-out",
+        "Robustness",
+        "linear",
+        "Out-of-distribution (new engines)",
+        "Neighbours",
+        "Engine clusters",
+    ]
+    assert labels[: len(order)] == order
+    assert not [x for x in labels if " - " in x]  # no "ood - ood"
+
+
+def test_repeated_caveats_are_listed_once_and_linked(tmp_path):
+    exp = _exp_tree(tmp_path)
+    page = write_report([exp], out=tmp_path / "r.html").read_text()
+    # 7 sub-runs x 2 small-sample cells + 7 notes: two items, not 21 repeats
+    items = re.findall(r'<li id="caveat-(\d+)">', page)
+    assert len(items) == 2
+    assert page.count("moves in steps") == 1 and page.count("calibrating at fpr") == 1
+    assert "raised 14 times" in page and "raised 7 times" in page
+    assert page.count('href="#caveat-1"') == 14
+    assert "Heads: test rows / mlp" in page  # where each was raised, unambiguous
+
+
+def test_headings_are_larger_than_the_text():
+    from facebank.analysis.report import _CSS
+
+    screen = _CSS.split("@media print")[0]
+    body = float(re.search(r"body \{[^}]*font:(\d+(?:\.\d+)?)px", screen).group(1))
+    sizes = [
+        float(x) for x in re.findall(r"h[1-6][^{}]*\{[^}]*font-size:(\d+(?:\.\d+)?)px", screen)
+    ]
+    assert sizes and min(sizes) > body
+
+
+def test_figures_are_shown_at_the_size_they_were_drawn(tmp_path):
+    run = _run(tmp_path / "a", "evaluate")  # roc.png: 2 in x 1.5 in at 40 dpi = 80 px
+    page = write_report([run], out=tmp_path / "r.html").read_text()
+    assert 'style="width:51px"' in page  # 80 px * 96 / 150
+
+
+def _wide_run(root):
+    run = root / "wide"
+    start_run(run, command="evaluate", config={})
+    row = {f"column number {i}": f"value-{i}-of-a-long-row" for i in range(14)}
+    row["last"] = "ENDOFTHEWIDEROW"
+    (run / "metrics.md").write_text("# Wide\n\n" + markdown_table([row]))
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="chromium is not installed")
+def test_report_prints_in_headless_chromium_without_clipping(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).parent / "benchmarks" / "check_report.py"
+    spec = importlib.util.spec_from_file_location("check_report", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    check = mod.check
+
+    run = _wide_run(tmp_path)
+    page = write_report([run, _exp_tree(tmp_path)], out=tmp_path / "r.html")
+    got = check(page, tmp_path / "check")
+    assert got["pages"] >= 1 and got["pdf_bytes"] > 1000
+    if got["clipped"] is not None:  # pdftotext present
+        assert got["clipped"] == [], got["clipped"]
+    for shot in got["screenshots"]:
+        assert Path(shot).stat().st_size > 5000
