@@ -32,6 +32,7 @@ __all__ = [
     "SmallSampleWarning",
     "EngineOverlapWarning",
     "TestOnlyBackboneWarning",
+    "UnmatchedRowsWarning",
 ]
 
 
@@ -142,3 +143,7 @@ class TestOnlyBackboneWarning(FacebankWarning):
     """A backbone with seeded random weights (``tiny-*``) was used: for tests only."""
 
     __test__ = False  # not a pytest test class, despite its name
+
+
+class UnmatchedRowsWarning(FacebankWarning):
+    """Banks joined by image sha256 had rows without a partner in every bank (left out)."""

@@ -67,6 +67,13 @@ _REGISTRY: dict[str, HeadInfo] = {
             "FAISS k-nearest-neighbour vote (cosine on L2-normalised features)",
             "baseline",
         ),
+        HeadInfo(
+            "fusion",
+            "facebank.heads.fusion",
+            "FusionHead",
+            "one head per backbone of joined banks; mean/max logit or a stacker fit on val rows",
+            "ClipBased, CO-SPY",
+        ),
     )
 }
 

@@ -23,11 +23,14 @@ from sklearn.metrics import roc_auc_score
 
 from facebank.embed import FeatureBank, assign_splits, has_splits
 from facebank.embed.bank import open_banks
+from facebank.embed.compat import same_backbone
 from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
+from facebank.embed.multi import join_banks
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from .base import BaseHead
 from .calibration import calibrate_head
+from .fusion import FusionHead
 from .registry import create_head, head_info
 
 __all__ = ["TrainResult", "train_run", "resolve_splits"]
@@ -53,7 +56,11 @@ class TrainResult:
 
 def _open_banks(banks: Sequence[Any]):
     opened = open_banks(banks, what="bank")
-    return opened[0] if len(opened) == 1 else FeatureBank.concat(opened)
+    if len(opened) == 1:
+        return opened[0]
+    if all(same_backbone(opened[0].backbone, b.backbone) for b in opened[1:]):
+        return FeatureBank.concat(opened)
+    return join_banks(opened)  # several backbones: features side by side, rows by sha256
 
 
 def resolve_splits(bank: Any, *, seed: int) -> tuple[np.ndarray, str]:
@@ -136,7 +143,12 @@ def train_run(
 
     X_tr = bank.load_features(tr)
     t0 = time.perf_counter()
-    est.fit(X_tr, labels[tr], engines=np.asarray(bank.engines)[tr])
+    fit_kw: dict[str, Any] = {}
+    if isinstance(est, FusionHead):  # members per backbone; the stacker fits on val rows
+        if est.columns is None and hasattr(bank, "columns"):
+            est.set_params(columns=tuple(bank.columns))
+        fit_kw = {"X_val": bank.load_features(va), "y_val": labels[va]}
+    est.fit(X_tr, labels[tr], engines=np.asarray(bank.engines)[tr], **fit_kw)
     train_seconds = time.perf_counter() - t0
     del X_tr
     X_va = bank.load_features(va)

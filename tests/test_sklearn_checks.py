@@ -27,6 +27,7 @@ FAST = {
     "prototype": {"max_steps": 20, "embed_dim": 4},
     "wide-mlp": {"width": 32, "max_steps": 20, "lr": 3e-2},
     "knn": {"k": 5},
+    "fusion": {"rule": "stack"},
 }
 
 _CONVENTION = (
