@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from facebank.embed import assign_splits, has_splits
 
 ENGINES = np.array(["real"] * 200 + ["sdxl"] * 100 + ["tiny"] * 3)
@@ -44,3 +45,70 @@ def test_has_splits():
     assert has_splits(np.array(["train", "test"]))
     assert not has_splits(np.array(["", ""]))
     assert not has_splits(np.array(["train", "train"]))
+
+
+def _reference_assign(engines, sha256, seed, fractions=(0.70, 0.15, 0.15)):
+    """The per-row Python definition the vectorised assign_splits must reproduce."""
+    import hashlib
+
+    out = np.empty(engines.shape, dtype="<U5")
+    for engine in np.unique(engines):
+        rows = np.flatnonzero(engines == engine)
+        key = lambda s: hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest()  # noqa: E731
+        uniq = sorted(set(sha256[rows].tolist()), key=key)
+        n = len(uniq)
+        n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+        if n >= 3:
+            n_train = min(max(n_train, 1), n - 2)
+            n_val = min(max(n_val, 1), n - n_train - 1)
+        where = {
+            s: "train" if i < n_train else ("val" if i < n_train + n_val else "test")
+            for i, s in enumerate(uniq)
+        }
+        out[rows] = [where[s] for s in sha256[rows]]
+    return out
+
+
+def test_vectorised_split_equals_the_per_row_definition():
+    for seed in (0, 7):
+        assert np.array_equal(
+            assign_splits(ENGINES, SHA, seed=seed), _reference_assign(ENGINES, SHA, seed)
+        )
+
+
+def test_groups_never_straddle_splits_and_rows_without_group_split_as_before():
+    rng = np.random.default_rng(1)
+    n = 600
+    engines = np.where(rng.random(n) < 0.5, "real", "gan")
+    sha = np.array([f"{i:064x}" for i in range(n)])
+    # 30 identities of ~10 photos among the reals, no group elsewhere
+    groups = np.where(
+        engines == "real", np.char.add("person", (rng.integers(0, 30, n)).astype(str)), ""
+    )
+    splits = assign_splits(engines, sha, seed=0, groups=groups)
+    for g in np.unique(groups[groups != ""]):
+        assert len(set(splits[groups == g].tolist())) == 1, g
+    # every split still gets real groups, and the AI rows split exactly as without groups
+    assert set(splits[engines == "real"].tolist()) == {"train", "val", "test"}
+    gan = engines == "gan"
+    assert np.array_equal(splits[gan], assign_splits(engines[gan], sha[gan], seed=0))
+    # seeded: another seed moves groups
+    assert (assign_splits(engines, sha, seed=1, groups=groups) != splits).any()
+
+
+def test_a_group_spanning_engines_lands_in_one_split():
+    engines = np.array(["real"] * 5 + ["gan"] * 2 + ["gan"] * 20)
+    sha = np.array([f"s{i}" for i in range(27)])
+    groups = np.array(["tom"] * 7 + [""] * 20)
+    splits = assign_splits(engines, sha, seed=0, groups=groups)
+    assert len(set(splits[:7].tolist())) == 1
+
+
+def test_group_by_folder_level():
+    from facebank.embed.splits import parse_group_by
+
+    paths = np.array(["real/lfw/bush/1.jpg", "real/lfw/blair/2.jpg", "gan/x.png"])
+    assert parse_group_by("level:2", paths).tolist() == ["bush", "blair", ""]
+    assert parse_group_by("level:1", paths).tolist() == ["lfw", "lfw", ""]
+    with pytest.raises(ValueError, match="level:K"):
+        parse_group_by("depth=2", paths)
