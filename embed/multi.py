@@ -1,4 +1,7 @@
-"""Several backbones over one dataset: banks joined side by side by image content.
+"""Several backbones over one dataset: embedded with one decode, joined by image content.
+
+:func:`embed_source_multi` decodes each image once and embeds it with every backbone
+(one bank per backbone), reusing the runner's load -> compute -> write steps.
 
 :func:`join_banks` matches the rows of banks embedded by *different* backbones (or layer
 taps) from the same images by ``sha256`` of the file bytes, and serves their features
@@ -15,8 +18,11 @@ member specs, so a head trained on joined banks refuses any other combination.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,12 +30,32 @@ from typing import Any
 
 import numpy as np
 
+from ._types import Device
 from .bank import FeatureBank
 from .compat import backbone_id, same_backbone
+from .datasets import scan_source
 from .errors import BankError, FacebankError, UnmatchedRowsWarning
+from .runner import (
+    BankState,
+    EmbedSummary,
+    RowWriter,
+    _auto_workers,
+    _Encoder,
+    _Files,
+    _flush_rows,
+    _ImageDataset,
+    _input_side,
+    _loader,
+    _make_backbone,
+    _progress,
+    interruptible,
+    open_bank_for,
+    plan_batches,
+)
 from .spec import BackboneSpec, as_spec
+from .views import parse_view
 
-__all__ = ["JoinedBank", "join_banks", "joined_spec"]
+__all__ = ["JoinedBank", "embed_source_multi", "join_banks", "joined_spec"]
 
 
 def joined_spec(specs: Sequence[Any]) -> BackboneSpec:
@@ -219,3 +245,173 @@ def join_banks(banks: Sequence[Any], *, warn: bool = True) -> JoinedBank:
         columns.append((start, start + int(m.dim)))
         start += int(m.dim)
     return JoinedBank(members=members, rows=rows, columns=columns, unmatched=unmatched)
+
+
+# ---------------------------------------------------------------- one decode, several backbones
+class _Transforms:
+    """Apply each backbone's own transform to one decoded image: a tuple of tensors."""
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, img: Any) -> tuple[Any, ...]:
+        return tuple(t(img) for t in self.transforms)
+
+
+def _collate_multi(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
+    import torch
+
+    ok = [b for b in batch if b[2] is not None]
+    k = len(ok[0][2]) if ok else 0
+    return {
+        "index": [b[0] for b in ok],
+        "sha": [b[1] for b in ok],
+        "x": [torch.stack([b[2][j] for b in ok]) for j in range(k)] if ok else None,
+        "meta": [b[4] for b in ok],
+        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
+    }
+
+
+def embed_source_multi(
+    source: str | os.PathLike,
+    *,
+    backbones: Sequence[str],
+    outs: Sequence[str | os.PathLike],
+    view: str = "original",
+    device: Device = "auto",
+    layer: str = "final",
+    real_names: Sequence[str] = ("real",),
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    progress: bool = True,
+    dtype: str = "float16",
+) -> list[EmbedSummary]:
+    """Embed SOURCE with several backbones, decoding each image once, into one bank each.
+
+    Each worker reads, hashes and decodes a file once, applies the view once, then each
+    backbone's own transform; the main process encodes the batch with every backbone and
+    appends to every bank. Each bank resumes on its own (an image already in bank ``k``
+    is not appended to it again), with the runner's commit, duplicate and failure rules.
+
+    Args:
+        source: As in :func:`~facebank.embed.runner.embed_source`.
+        backbones: Registry names, one per bank (at least one).
+        outs: Bank folders, aligned with ``backbones``.
+        view: One view for every backbone.
+        device, layer, real_names, batch_size, num_workers, progress, dtype: As in
+            ``embed_source`` (``layer`` applies to every backbone).
+
+    Returns:
+        One :class:`~facebank.embed.runner.EmbedSummary` per backbone, in order.
+
+    Raises:
+        FacebankError: ``backbones`` and ``outs`` differ in length, or repeat a name.
+        Any error of ``embed_source`` (weights missing: no bank is touched).
+    """
+    t0 = time.perf_counter()
+    if len(backbones) != len(outs) or not backbones:
+        raise FacebankError(
+            f"give one --out per backbone: {len(backbones)} backbone(s), {len(outs)} bank(s)"
+        )
+    if len(set(backbones)) != len(backbones) or len({str(o) for o in outs}) != len(outs):
+        raise FacebankError(f"backbones {list(backbones)} and their banks must not repeat")
+    src = scan_source(source, real_names=real_names)
+    vw = parse_view(view)
+    # every backbone first: missing weights fail before any bank is created or touched
+    bbs = [
+        _make_backbone(name, device=device, weights=None, image_size=None, layer=layer)
+        for name in backbones
+    ]
+    with contextlib.ExitStack() as stack:
+        banks = []
+        for name, out, bb in zip(backbones, outs, bbs, strict=True):
+            bank = open_bank_for(
+                out, spec=dict(bb.spec), backbone=name, view=vw.name, src=src, source=source,
+                dtype=dtype,
+            )  # fmt: skip
+            stack.callback(bank.close)
+            stack.enter_context(interruptible(bank))
+            banks.append(bank)
+        states = [BankState.load(b) for b in banks]
+        # an image is decoded when any bank still lacks it
+        common = set.intersection(*(s.present for s in states))
+        batches, skipped = plan_batches(src.items, common, batch_size)
+        todo = [
+            {i for b in batches for i in b if src.items[i].path not in s.present} for s in states
+        ]
+        encoders = [_Encoder(bb, compile=False, batch_size=batch_size) for bb in bbs]
+        dev = encoders[0].device.type
+        workers = _auto_workers(dev) if num_workers is None else int(num_workers)
+        dataset = _ImageDataset(
+            _Files(src.items),
+            view=vw,
+            transform=_Transforms([bb.transform for bb in bbs]),
+            draft_size=vw.draft_size(max(_input_side(bb.spec) for bb in bbs)),
+        )
+        flush = _flush_rows(None, batch_size)
+        writers = [
+            RowWriter(b, s, ignored=src.ignored, flush_rows=flush)
+            for b, s in zip(banks, states, strict=True)
+        ]
+        locks = [getattr(b, "_lock", None) for b in banks]
+        loader = _loader(
+            dataset,
+            batches,
+            num_workers=min(workers, len(batches)),
+            pin=dev == "cuda",
+            close_fds=tuple(lk.fileno() for lk in locks if lk is not None and lk.held),
+            collate=_collate_multi,
+        )
+        total = sum(len(b) for b in batches)
+        description = f"embed {'+'.join(backbones)} \\[{vw.name}]"
+        t_loop = time.perf_counter()
+        with _progress(progress, total, description) as bar:
+            task = bar.add_task(description, total=total) if bar is not None else None
+            for batch in loader:
+                for k, writer in enumerate(writers):
+                    for index, _sha, reason in batch["failed"]:
+                        if index in todo[k]:
+                            writer.fail(src.items[index], reason)
+                    if batch["x"] is None:
+                        continue
+                    keep = [j for j, i in enumerate(batch["index"]) if i in todo[k]]
+                    if not keep:
+                        continue
+                    X = encoders[k](
+                        batch["x"][k][keep] if len(keep) < len(batch["index"]) else batch["x"][k]
+                    )
+                    writer.take(
+                        [src.items[batch["index"][j]] for j in keep],
+                        [batch["sha"][j] for j in keep],
+                        X,
+                        [batch["meta"][j] for j in keep],
+                    )
+                if bar is not None:
+                    bar.advance(task, len(batch["index"]) + len(batch["failed"]))
+                if any(w.due() for w in writers):
+                    for w in writers:
+                        w.flush()
+            for w in writers:
+                w.flush()
+        for w in writers:
+            w.warn_cross_duplicates(stacklevel=3)
+        t_end = time.perf_counter()
+        loop = t_end - t_loop
+        return [
+            EmbedSummary(
+                embedded=w.embedded,
+                skipped_present=len(src.items) - len(todo[k]),
+                duplicates=w.duplicate_count,
+                failed=w.run_failed,
+                seconds=t_end - t0,
+                images_per_s=w.processed / loop if loop > 0 else 0.0,
+                out=b.path,
+                rows=len(b),
+                ignored=list(src.ignored),
+                cross_duplicates=w.cross,
+                device=str(encoders[k].device),
+                backbone=backbone_id(bbs[k].spec),
+                view=vw.name,
+            )
+            for k, (w, b) in enumerate(zip(writers, banks, strict=True))
+        ]

@@ -242,6 +242,7 @@ def _loader(
     num_workers: int,
     pin: bool,
     close_fds: tuple[int, ...] = (),
+    collate: Callable[[list[Any]], dict[str, Any]] = _collate,
 ) -> Iterator[dict[str, Any]]:
     from torch.utils.data import DataLoader
 
@@ -258,7 +259,7 @@ def _loader(
             dataset,
             batch_sampler=batches,
             num_workers=num_workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             pin_memory=pin,
             **kw,
         )
