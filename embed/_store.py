@@ -21,7 +21,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,20 @@ class Location:
             return (self.local / key).read_bytes()
         return bytes(self.fs.cat_file(self._key(key)))
 
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        """Several objects at once (concurrent requests on an object store)."""
+        if self.local is not None:
+            return [(self.local / k).read_bytes() for k in keys]
+        paths = [self._key(k) for k in keys]
+        got = self.fs.cat(paths, on_error="return")
+        out = []
+        for p in paths:
+            value = got.get(p)
+            if value is None or isinstance(value, BaseException):
+                raise FileNotFoundError(p) if not isinstance(value, OSError) else value
+            out.append(bytes(value))
+        return out
+
     def read_json(self, key: str) -> Any:
         """Raises FileNotFoundError (absent) or ValueError (not JSON)."""
         return json.loads(self.read_bytes(key).decode("utf-8"))
@@ -214,6 +229,24 @@ class Location:
         except FileNotFoundError:
             return []
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def find(self, key: str) -> set[str]:
+        """Keys of every object below ``key`` (relative to this location; recursive)."""
+        if self.local is not None:
+            base = self.local / key
+            if not base.is_dir():
+                return set()
+            out = set()
+            for root, _dirs, files in os.walk(base):
+                rel = Path(root).relative_to(self.local).as_posix()
+                out.update(f"{rel}/{f}" for f in files)
+            return out
+        prefix = self.root + "/"
+        try:
+            found = self.fs.find(self._key(key))
+        except FileNotFoundError:
+            return set()
+        return {str(f)[len(prefix) :] for f in found if str(f).startswith(prefix)}
 
     def remove(self, key: str = "") -> None:
         """Delete an object or a whole prefix (missing is fine)."""
@@ -401,10 +434,24 @@ class Store:
 
     def children(self) -> dict[str, dict[str, Any]]:
         """Each array's own ``zarr.json`` (cached: only the shape changes, set on commit)."""
-        for key in self.array_names:
-            if key not in self._children:
-                self._children[key] = self.loc.read_json(f"{key}/zarr.json")
+        todo = [k for k in self.array_names if k not in self._children]
+        if todo:
+            docs = self.loc.read_many([f"{k}/zarr.json" for k in todo])
+            for key, raw in zip(todo, docs, strict=True):
+                self._children[key] = json.loads(raw.decode("utf-8"))
         return self._children
+
+    def each_array(self, fn: Callable[[str], None]) -> None:
+        """``fn(name)`` for every array; concurrently on an object store, where each call
+        waits on the network, in turn on a local disk."""
+        if self.loc.local is not None:
+            for key in self.array_names:
+                fn(key)
+            return
+        for key in self.array_names:
+            self.array(key)  # open the handles here, one at a time
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(fn, self.array_names))
 
     @property
     def features(self) -> zarr.Array:
@@ -461,7 +508,11 @@ def check_attrs(loc: Location, attrs: Mapping[str, Any]) -> None:
 
 
 def check_arrays(store: Store) -> None:
-    missing = [k for k in store.array_names if not store.loc.is_file(f"{k}/zarr.json")]
+    if store.loc.local is not None:
+        missing = [k for k in store.array_names if not store.loc.is_file(f"{k}/zarr.json")]
+    else:  # one listing instead of a request per array
+        names = set(store.loc.list())
+        missing = [k for k in store.array_names if k not in names]
     if missing:
         raise BankError(
             f"bank {store.loc.url!r} lacks arrays {missing}; check it with "

@@ -987,20 +987,19 @@ def _write_rows(store: Store, start: int, X: np.ndarray, cols: Mapping[str, np.n
     if not n:
         return
     stop = start + n
-    # every chunk below count exists, even all-fill ones, so that `verify` can tell a
-    # lost chunk from one zarr chose not to write
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        # grow a whole chunk (or shard) at a time (few metadata rewrites); rows past
-        # count stay invisible and close() trims them
-        step = store.write_rows
-        capacity = -(-stop // step) * step
-        for key in store.array_names:
-            arr = store.array(key)
-            if arr.shape[0] < stop:
-                arr.resize((capacity, *arr.shape[1:]))
-        store.features[start:stop] = X.astype(store.features.dtype, copy=False)
-        for key in store.column_names:
-            store.array(key)[start:stop] = cols[key]
+    # grow a whole chunk (or shard) at a time (few metadata rewrites); rows past count
+    # stay invisible and close() trims them
+    step = store.write_rows
+    capacity = -(-stop // step) * step
+    values = {"features": X.astype(store.features.dtype, copy=False), **cols}
+
+    def write(key: str) -> None:
+        arr = store.array(key)
+        if arr.shape[0] < stop:
+            arr.resize((capacity, *arr.shape[1:]))
+        arr[start:stop] = values[key]
+
+    store.each_array(write)
 
 
 def _store_name(store: Store) -> str:

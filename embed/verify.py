@@ -178,6 +178,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
                 f"array {key!r} is missing or its zarr.json is unreadable ({type(exc).__name__})"
             )
     consolidated = ((doc.get("consolidated_metadata") or {}).get("metadata")) or {}
+    beyond: dict[int, list[str]] = {}
     for key, arr in arrays.items():
         want_ndim = 2 if key == "features" else 1
         if arr.ndim != want_ndim:
@@ -186,10 +187,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
         if arr.shape[0] < count:
             rep.problems.append(f"count={count} but array {key!r} has only {arr.shape[0]} rows")
         elif arr.shape[0] > count:
-            rep.notes.append(
-                f"array {key!r} holds {arr.shape[0] - count} uncommitted rows beyond count "
-                "(an interrupted embed; rerunning it resumes and overwrites them)"
-            )
+            beyond.setdefault(arr.shape[0] - count, []).append(key)
         names = arr.metadata.dimension_names
         if not names or names[0] != "row":
             rep.problems.append(
@@ -201,6 +199,12 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
                 f"consolidated metadata gives {key!r} {(c.get('shape') or ['?'])[0]} rows but "
                 f"count is {count} (plain zarr/xarray readers will see that many)"
             )
+    for extra, keys in beyond.items():
+        rep.notes.append(
+            f"{len(keys)} array(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}) "
+            f"hold {extra} uncommitted rows beyond count (an interrupted embed, or rows "
+            "allocated ahead; rerunning it resumes and overwrites them)"
+        )
     if "features" in arrays:
         f = arrays["features"]
         if bb.get("dim") is not None and f.ndim == 2 and f.shape[1] != bb.get("dim"):
@@ -225,13 +229,14 @@ def missing_objects(loc: Location, arrays: Mapping[str, zarr.Array], count: int)
     """Stored objects (chunks, or shards when sharded) below ``count`` that do not exist."""
     missing: list[str] = []
     for key, arr in arrays.items():
+        present = loc.find(f"{key}/c")  # one listing per array, not one request per chunk
         shards = getattr(arr, "shards", None)
         block = tuple(shards) if shards else tuple(arr.chunks)
         cols = -(-arr.shape[1] // block[1]) if arr.ndim == 2 else 0
         for i in range(-(-count // block[0])):
             for idx in [(i, j) for j in range(cols)] if arr.ndim == 2 else [(i,)]:
                 name = f"{key}/c/{'/'.join(map(str, idx))}"
-                if not loc.is_file(name):
+                if name not in present:
                     missing.append(name)
     return missing
 
