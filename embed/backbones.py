@@ -16,6 +16,7 @@ ever used by the ``test_only`` entries, and then on purpose (seeded, recorded as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -591,12 +592,23 @@ def build_backbone(
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
     layer: Layer = "final",
+    random_weights: bool = False,
 ) -> Backbone:
     """Build the backbone an entry describes (:func:`create_backbone` by name is the usual way).
 
     Tests use it with tiny same-architecture entries (``model_kwargs``) so the real
     loading code of every family runs without any download.
+
+    Args:
+        random_weights: Seeded random weights instead of the entry's own (speed
+            benchmarks on machines without the weights); the spec says
+            ``test_only=True`` and ``weights_sha256=None``, so such features never pass
+            for pretrained ones.
     """
+    if random_weights:
+        if weights is not None:
+            raise FacebankError("give weights=PATH or random_weights=True, not both")
+        info = dataclasses.replace(info, source="seeded", test_only=True)
     import torch
 
     if layer not in LAYERS:
