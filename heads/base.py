@@ -133,13 +133,16 @@ def check_labels(
             f"{owner} requires y to be passed, but the target y is None; give one label per "
             f"row: {_VALID_LABELS}"
         )
-    y = np.asarray(y)
+    return _check_label_array(np.asarray(y), n_rows)
+
+
+def _check_label_array(y: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim == 2 and y.shape[1] == 1:
         warnings.warn(
             "A column-vector y was passed when a 1d array was expected; ravelled to shape "
             f"({y.shape[0]},)",
             DataConversionWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         y = y.ravel()
     if y.ndim != 1 or y.shape[0] != n_rows:
@@ -173,7 +176,7 @@ def check_labels(
         warnings.warn(
             f"{int((~keep).sum())} row(s) labelled -1 (unknown) were left out of training",
             UnknownLabelWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     y = y[keep]
     present = set(np.unique(y).tolist())
@@ -249,25 +252,26 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         Returns:
             self, fitted; ``threshold_`` is the head's natural threshold until ``calibrate``.
         """
-        X = check_features(X, owner=type(self).__name__)
-        y, keep = check_labels(y, X.shape[0], owner=type(self).__name__)
+        Xc = check_features(X, owner=type(self).__name__)
+        yc, keep = check_labels(y, Xc.shape[0], owner=type(self).__name__)
         if not keep.all():  # a boolean index copies X even when it keeps every row
-            X = X[keep]
+            Xc = Xc[keep]
+        eng = None
         if engines is not None:
-            engines = np.asarray(engines, dtype=str)
-            if engines.shape[0] != keep.shape[0]:
+            eng = np.asarray(engines, dtype=str)
+            if eng.shape[0] != keep.shape[0]:
                 raise DataError(
-                    f"engines has {engines.shape[0]} entries but X has {keep.shape[0]} rows"
+                    f"engines has {eng.shape[0]} entries but X has {keep.shape[0]} rows"
                 )
-            engines = engines[keep]
-        self.n_features_in_ = int(X.shape[1])
+            eng = eng[keep]
+        self.n_features_in_ = int(Xc.shape[1])
         self.classes_ = np.array([0, 1])
         with self._seeded():
-            self._fit(X, y, engines)
+            self._fit(Xc, yc, eng)
         self.threshold_ = float(self._default_threshold)
-        self.calibration_ = None
+        self.calibration_: dict[str, Any] | None = None
         self.score_calibration_ = None  # heads.calibration.calibrate_head, on val rows
-        self.n_train_ = int(X.shape[0])
+        self.n_train_ = int(Xc.shape[0])
         return self
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
@@ -376,7 +380,7 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         bank_digest: str | None = None,
         metrics: dict | None = None,
     ) -> Path:
-        """Write ``head.json`` + ``weights.safetensors`` into folder ``path`` (heads.persistence)."""
+        """Write ``head.json`` + ``weights.safetensors`` into folder ``path`` (see persistence)."""
         from .persistence import save_head
 
         return save_head(self, path, backbone=backbone, bank_digest=bank_digest, metrics=metrics)

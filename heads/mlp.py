@@ -94,7 +94,7 @@ def parse_loss(loss: str) -> list[str]:
 
 
 def make_loss(loss: str, *, alpha: float, gamma: float, weights: tuple[float, float]):
-    """A callable ``(logits, y) -> scalar``; the ``auc`` term is weighted by ``gamma`` when summed."""
+    """A callable ``(logits, y) -> scalar``; the ``auc`` term weighs ``gamma`` in the sum."""
     terms = parse_loss(loss)
 
     def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,13 +116,19 @@ def make_loss(loss: str, *, alpha: float, gamma: float, weights: tuple[float, fl
 
 
 def augment_gaussian(x: torch.Tensor, *, beta: float) -> torch.Tensor:
-    """``x + beta * eta``, ``eta_i ~ N(0, sigma_i^2 I)``, ``sigma_i ~ U(0, 1)`` per row (torch RNG)."""
+    """``x + beta * eta``, ``eta_i ~ N(0, sigma_i^2 I)``, ``sigma_i ~ U(0, 1)`` per row.
+
+    Draws from torch's global RNG (seeded by the head's fit).
+    """
     sigma = torch.rand(x.shape[0], 1, device=x.device, dtype=x.dtype)
     return x + beta * sigma * torch.randn_like(x)
 
 
 class Standardize(nn.Module):
     """``(x - mean) / std`` with buffers fitted on the training rows."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -152,6 +158,7 @@ def train_logit_model(
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_name = cfg.optimizer.lower()
+    base: torch.optim.Optimizer
     if opt_name == "adamw":
         base = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif opt_name == "adam":
@@ -176,7 +183,7 @@ def train_logit_model(
         if cfg.schedule == "cosine"
         else None
     )
-    opt = SAM(base, rho=cfg.sam_rho) if cfg.sam else base
+    sam = SAM(base, rho=cfg.sam_rho) if cfg.sam else None
     gen = torch.Generator().manual_seed(int(seed))
     model.train()
     step, losses = 0, []
@@ -196,12 +203,12 @@ def train_logit_model(
                 loss.backward()
                 return loss
 
-            if cfg.sam:
-                loss = opt.step(closure)
+            if sam is not None:
+                loss = sam.step(closure)
             else:
-                opt.zero_grad(set_to_none=True)
+                base.zero_grad(set_to_none=True)
                 loss = closure()
-                opt.step()
+                base.step()
             if sched is not None:
                 sched.step()
             losses.append(float(loss.detach()))

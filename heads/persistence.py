@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from facebank.embed._types import PathLike
 from facebank.embed.compat import require_same_backbone
 from facebank.embed.errors import HeadError, UnknownNameError
 from facebank.embed.images import sha256_file
@@ -47,7 +48,7 @@ def _jsonable(obj: Any) -> Any:
 
 def save_head(
     head: BaseHead,
-    path: str | Path,
+    path: PathLike,
     *,
     backbone: dict | None = None,
     bank_digest: str | None = None,
@@ -97,7 +98,7 @@ def save_head(
     return path
 
 
-def load_head(path: str | Path) -> BaseHead:
+def load_head(path: PathLike) -> BaseHead:
     """Load a head saved by :func:`save_head` (or a ``facebank train`` run folder).
 
     Raises:
@@ -138,7 +139,7 @@ def load_head(path: str | Path) -> BaseHead:
         head = create_head(doc["name"], **_params_from_json(doc["params"]))
         head.n_features_in_ = int(doc["n_features_in"])
         head.classes_ = np.array([0, 1])
-        head.n_train_ = doc.get("n_train")
+        head.n_train_ = doc.get("n_train")  # type: ignore[assignment]  # None in old heads
         head._set_state(tensors, doc.get("state") or {})
     except UnknownNameError as exc:
         raise HeadError(f"{str(jpath)!r} names a head this facebank does not have: {exc}") from None

@@ -1,4 +1,4 @@
-"""``prototype``: learned isotropic Gaussian prototypes per class (after TrueFake, arXiv 2504.20658).
+"""``prototype``: learned isotropic Gaussian prototypes per class (after TrueFake, 2504.20658).
 
 Density model (a true log-likelihood of the input features, in nats):
 
@@ -7,7 +7,8 @@ Density model (a true log-likelihood of the input features, in nats):
                                                projection: the sign-fixed QR factor of an
                                                unconstrained matrix, PCA-initialised) or
                                                W = I (``embedding="identity"``)
-    log p(x | c) = logsumexp_k [ log pi_ck - d/2 log(2 pi sigma_ck^2) - ||z - mu_ck||^2 / (2 sigma_ck^2) ]
+    log p(x | c) = logsumexp_k [ log pi_ck - d/2 log(2 pi sigma_ck^2)
+                                 - ||z - mu_ck||^2 / (2 sigma_ck^2) ]
                    - (D - d)/2 log(2 pi tau^2) - ||r||^2 / (2 tau^2)
                    - sum_j log s_j
 
@@ -53,6 +54,10 @@ _INIT_ROWS = 8192
 
 
 class _ProtoModel(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+    log_prior: torch.Tensor
+
     def __init__(self, dim: int, embed_dim: int | None, k: int) -> None:
         super().__init__()
         self.dim = dim
@@ -94,6 +99,7 @@ class _ProtoModel(nn.Module):
 
     def projection(self) -> torch.Tensor:
         """(d, D) orthonormal rows spanning the same space as ``proj`` (sign-fixed QR)."""
+        assert self.proj is not None, "callers check proj (embedding='learned')"
         q, r = torch.linalg.qr(self.proj.T)
         sign = torch.sign(torch.diagonal(r))
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
@@ -273,7 +279,10 @@ class PrototypeHead(BaseHead):
         return -self.score_samples(X)
 
     def outlier_decision_function(self, X: Any) -> np.ndarray:
-        """(n_samples,) ``score_samples(X) - offset_``: negative = outlier (EllipticEnvelope's decision_function)."""
+        """(n_samples,) ``score_samples(X) - offset_``: negative = outlier.
+
+        EllipticEnvelope's ``decision_function`` convention.
+        """
         return self.score_samples(X) - self.offset_
 
     def _get_state(self):

@@ -50,7 +50,8 @@ _REGISTRY: dict[str, HeadInfo] = {
             "prototype",
             "facebank.heads.prototype",
             "PrototypeHead",
-            "learned isotropic Gaussian prototypes per class; log-likelihood classifier + OOD score",
+            "learned isotropic Gaussian prototypes per class; log-likelihood classifier "
+            "+ OOD score",
             "TrueFake arXiv 2504.20658",
         ),
         HeadInfo(

@@ -1,4 +1,4 @@
-"""Sharpness-aware minimisation (Foret et al. 2020; 2505.02182 Eq. 4-5) around any torch optimiser."""
+"""Sharpness-aware minimisation (Foret et al. 2020; 2505.02182 Eq. 4-5) around a torch optimiser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["SAM"]
 
 
 class SAM:
-    """Wraps a torch optimiser: each step ascends to ``theta + rho * g / ||g||`` and descends from there.
+    """Wraps a torch optimiser: each step ascends to ``theta + rho * g / ||g||``, then descends.
 
     ``step(closure)``: ``closure()`` must zero nothing itself, compute the loss and call
     ``backward``. SAM calls it twice: at ``theta`` (to get ``g``) and at the perturbed point;
@@ -40,10 +40,11 @@ class SAM:
         loss = closure()
         params = self._params()
         with torch.no_grad():
-            norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2) if params else None
+            grads = [p.grad for p in params if p.grad is not None]  # _params keeps those
+            norm = torch.norm(torch.stack([g.norm(2) for g in grads]), 2) if grads else 0.0
             saved = [p.detach().clone() for p in params]  # exact restore, not p - e
-            for p in params:
-                p.add_(p.grad * (self.rho / (norm + 1e-12)))
+            for p, g in zip(params, grads, strict=True):
+                p.add_(g * (self.rho / (norm + 1e-12)))
         self.zero_grad()
         closure()
         with torch.no_grad():

@@ -38,7 +38,7 @@ __all__ = ["TrainResult", "train_run", "resolve_splits"]
 
 @dataclass
 class TrainResult:
-    """What ``train_run`` made. ``val_*`` figures are on the val split (see the module docstring)."""
+    """What ``train_run`` made. ``val_*`` figures are on the val split (module docstring)."""
 
     head: BaseHead
     run_dir: Path
