@@ -18,6 +18,11 @@ from facebank.embed.errors import EmbedInterrupted
 from ._common import make_console
 
 
+class _Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class _BankDtype(str, Enum):
     float16 = "float16"
     float32 = "float32"
@@ -61,9 +66,41 @@ def embed_cmd(
         typer.Option(
             "--workers",
             min=0,
-            help="Decoding processes (default: automatic; 0 = in the main process).",
+            help="Local: decoding processes (default automatic; 0 = in the main process). "
+            "Ray: encoder actors (default one per GPU, else 1).",
         ),
     ] = None,
+    engine: Annotated[
+        _Engine,
+        typer.Option(
+            "--engine",
+            help="local (this machine, the default) or ray (a Ray cluster; partitioned writes, "
+            "needs pip install 'facebank[ray]').",
+        ),
+    ] = _Engine.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster: auto (a running one) or ray://HOST:10001; default: start a local one.",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-worker",
+            min=0,
+            help="Ray: GPUs per encoder actor (default 1 where the cluster has GPUs, else 0).",
+        ),
+    ] = None,
+    partition_rows: Annotated[
+        int,
+        typer.Option(
+            "--partition-rows",
+            min=1,
+            help="Ray: images per partition, the unit of commit and resume.",
+        ),
+    ] = 4096,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -126,24 +163,48 @@ def embed_cmd(
     err = make_console(stderr=True)
     with warnings.catch_warnings(record=True) as caught, _interrupt_exits(err):
         warnings.simplefilter("always", DuplicateImageWarning)
-        summary = embed_source(
-            source,
-            backbone=backbone,
-            out=out,
-            view=view,
-            device=device,
-            weights=weights,
-            image_size=image_size,
-            layer=layer,
-            real_names=tuple(real) if real else ("real",),
-            batch_size=batch_size,
-            num_workers=workers,
-            compile=compile_,
-            progress=progress,
-            dtype=dtype.value,
-            flush_rows=flush_rows,
-            chunk_rows=chunk_rows,
-        )
+        if engine is _Engine.ray:
+            from facebank.embed.ray_engine import RayOptions, embed_source_ray
+
+            summary = embed_source_ray(
+                source,
+                backbone=backbone,
+                out=out,
+                view=view,
+                weights=weights,
+                image_size=image_size,
+                layer=layer,
+                real_names=tuple(real) if real else ("real",),
+                batch_size=batch_size,
+                progress=progress,
+                dtype=dtype.value,
+                chunk_rows=chunk_rows,
+                ray_options=RayOptions(
+                    address=address,
+                    workers=workers or None,
+                    gpus_per_worker=gpus_per_worker,
+                    partition_rows=partition_rows,
+                ),
+            )
+        else:
+            summary = embed_source(
+                source,
+                backbone=backbone,
+                out=out,
+                view=view,
+                device=device,
+                weights=weights,
+                image_size=image_size,
+                layer=layer,
+                real_names=tuple(real) if real else ("real",),
+                batch_size=batch_size,
+                num_workers=workers,
+                compile=compile_,
+                progress=progress,
+                dtype=dtype.value,
+                flush_rows=flush_rows,
+                chunk_rows=chunk_rows,
+            )
     _print_embed_summary(summary)
     for w in caught:
         if issubclass(w.category, DuplicateImageWarning):

@@ -31,6 +31,8 @@ def test_embed_benchmark_tiny():
     assert set(fig["decode"]) == {"256"}
     for key in ("draft_resize_images_per_cpu_s", "full_resize_images_per_s_wall"):
         assert fig["decode"]["256"][key] > 0
+    meta = fig["metadata"]["256"]
+    assert meta["metadata_ms_per_image"] > 0 and "pct_of_embed_tiny-cnn" in meta
     e2e = fig["end_to_end"]["tiny-cnn"]["256"]
     assert e2e["embedded"] == fig["images_per_size"] == 12 and e2e["failed"] == 0
     assert e2e["images_per_s"] > 0

@@ -15,6 +15,9 @@ Measures, on generated photo-like JPEGs (smooth random content + grain, quality 
   plus a full-resolution decode for comparison.
 - ``end_to_end``: :func:`embed.embed_source` (DataLoader workers, backbone, bank
   writes) in images/s of the embedding loop, per backbone and image size.
+- ``metadata``: the CPU cost per image of capturing the acquisition metadata
+  (:mod:`embed.metadata`) in the decode the worker does anyway, against the decode
+  alone and against each backbone's end-to-end time per image.
 - ``bank_read``: a synthetic bank of ``--bank-rows`` x ``--dim`` float16 rows read back
   with ``load_features`` (stored dtype, and float32 conversion) and ``iter_features``,
   in GB/s of stored bytes (warm page cache: the case of a bank read repeatedly).
@@ -59,8 +62,9 @@ def make_jpegs(folder: Path, *, n: int, size: int, seed: int = 0) -> list[Path]:
 
 
 def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dict:
-    from facebank.embed.images import load_image
     from PIL import Image
+
+    from facebank.embed.images import load_image
 
     def resize(img):
         w, h = img.size
@@ -82,6 +86,48 @@ def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dic
         out[f"{label}_images_per_cpu_s"] = round(statistics.median(cpu), 1)
         out[f"{label}_images_per_s_wall"] = round(statistics.median(wall), 1)
     return out
+
+
+def bench_metadata(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dict:
+    """CPU time per image of the metadata capture, against the worker's decode.
+
+    The capture is timed on its own (``header_metadata`` on the opened file, then
+    ``finish_metadata`` on the loaded image - exactly what
+    :func:`load_image_and_metadata` adds to :func:`load_image`), because the
+    difference of two whole-decode timings drowns a 0.05 ms step in machine noise.
+    Per CPU-second of this process (robust to other load).
+    """
+    from PIL import Image
+
+    from facebank.embed.images import load_image
+    from facebank.embed.metadata import finish_metadata, header_metadata
+
+    for p in paths:
+        p.read_bytes()
+    decode, capture = [], []
+    for _ in range(repeats):
+        c = time.process_time()
+        for p in paths:
+            load_image(p, draft_size=side)
+        decode.append((time.process_time() - c) / len(paths) * 1e3)
+        spent = 0.0
+        for p in paths:
+            with Image.open(p) as img:
+                c = time.process_time()
+                meta = header_metadata(img, file_bytes=p.stat().st_size)
+                spent += time.process_time() - c
+                img.draft("RGB", (side, side))
+                img.load()
+                c = time.process_time()
+                finish_metadata(meta, img)
+                spent += time.process_time() - c
+        capture.append(spent / len(paths) * 1e3)
+    a, m = statistics.median(decode), statistics.median(capture)
+    return {
+        "decode_ms_per_image": round(a, 3),
+        "metadata_ms_per_image": round(m, 4),
+        "metadata_pct_of_decode": round(100 * m / a, 2),
+    }
 
 
 def bench_end_to_end(
@@ -114,6 +160,7 @@ def bench_end_to_end(
 
 def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict:
     import numpy as np
+
     from facebank.embed import FeatureBank
     from facebank.testing import synthetic_backbone
 
@@ -162,6 +209,7 @@ def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict
 
 def machine(device: str) -> dict:
     import torch
+
     from facebank.embed.devices import resolve_device
 
     dev = torch.device(resolve_device(device))
@@ -191,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--bank-rows", type=int, default=262144)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--parts", default="decode,e2e,bank", help="which measurements to run")
+    ap.add_argument("--parts", default="decode,metadata,e2e,bank", help="which measurements to run")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if args.tiny:
@@ -204,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["workers"] = "auto" if args.workers is None else args.workers
     result["batch_size"] = args.batch_size
     decode: dict = {}
+    meta: dict = {}
     e2e: dict = {}
     with tempfile.TemporaryDirectory(prefix="facebank-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
             paths = make_jpegs(src, n=args.images, size=size)
             if "decode" in parts:
                 decode[str(size)] = bench_decode(paths, repeats=args.repeats)
+            if "metadata" in parts:
+                meta[str(size)] = bench_metadata(paths, repeats=max(3, args.repeats))
             for name in args.backbones.split(",") if "e2e" in parts else ():
                 e2e.setdefault(name, {})[str(size)] = bench_end_to_end(
                     src,
@@ -224,6 +275,16 @@ def main(argv: list[str] | None = None) -> dict:
         result["images_per_size"] = args.images
         result["decode"] = decode
         result["end_to_end"] = e2e
+        # the capture's CPU cost against each backbone's end-to-end time per image (wall,
+        # every worker together): the share of embed time metadata adds at most
+        for size, m in meta.items():
+            for name, runs in e2e.items():
+                if size in runs and runs[size]["images_per_s"] > 0:
+                    per_image_ms = 1e3 / runs[size]["images_per_s"]
+                    m[f"pct_of_embed_{name}"] = round(
+                        100 * m["metadata_ms_per_image"] / per_image_ms, 2
+                    )
+        result["metadata"] = meta
         if "bank" in parts:
             result["bank_read"] = bench_bank_read(
                 tmp, rows=args.bank_rows, dim=args.dim, repeats=args.repeats

@@ -1,0 +1,550 @@
+"""The Ray Data engine: the embedding runner spread over a Ray cluster, into a partitioned bank.
+
+``facebank embed SOURCE --backbone B --out BANK --engine ray`` runs the same work as
+:func:`embed.runner.embed_source` as a Ray Data pipeline::
+
+    listed items (folder or manifest)          driver: scan_source, fixed partitions
+      -> map_batches(_decode_batch)            CPU tasks: read, sha256, decode (+ metadata),
+                                               view, the backbone's transform
+      -> map_batches(_EncodeBatches)           actor pool: the model loaded once per actor,
+                                               one GPU per actor where the cluster has GPUs
+      -> iter_batches (in order)               driver: dedupe by sha256, write_partition
+      -> consolidate                           driver: one table for zarr/xarray readers
+
+Decisions:
+
+- **Partitions** are fixed slices of the ordered item list (partition ``k`` = items
+  ``k*R .. k*R+R-1``), so a resumed run (same arguments) skips the partitions already
+  committed (:func:`embed.partitions.committed_partitions`) and redoes the rest; each
+  partition is committed atomically on its own (a single marker object), so a run
+  killed anywhere loses at most the partitions in flight and never duplicates a row.
+- **Order and duplicates**: Ray Data runs with ``preserve_order``, so rows reach the
+  driver in item order and the duplicate policy is the local runner's (the first
+  path with a given sha256 is kept; later copies are recorded in ``duplicates``, and
+  copies across engines or splits warn). The final bank equals the local runner's
+  (same rows in the same order, features equal up to float rounding of batch
+  composition).
+- **Writes** go through the driver: it holds the bank's writer lock and writes each
+  partition as it completes (features of ``R`` rows are a few MB; the driver is not
+  the bottleneck below ~10^4 images/s). Workers could write partitions themselves -
+  the partition protocol allows any writer - once dedupe moves to consolidation.
+- **Faults**: encoder actors are restarted and their batches retried by Ray Data
+  (``max_restarts=-1``); a killed driver leaves committed partitions that the same
+  command resumes from. Failed images are recorded per partition (as the local
+  runner records them); a committed partition is not redone, so its failures are
+  retried by the local runner (``--engine local``) or a new bank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
+from .compat import backbone_id
+from .datasets import ImageItem, scan_source
+from .errors import FacebankError
+from .metadata import METADATA_SCHEMA, metadata_columns
+from .partitions import committed_partitions, consolidate, write_partition
+from .runner import (
+    BankState,
+    EmbedSummary,
+    EncodedImages,
+    RowWriter,
+    _input_side,
+    _make_backbone,
+    _progress,
+    interruptible,
+    load_one,
+    open_bank_for,
+)
+
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "RayOptions",
+    "embed_source_ray",
+    "encode_images_ray",
+    "import_ray",
+    "ray_cluster",
+]
+
+RAY_INSTALL_HINT = "pip install 'facebank[ray]'  (Ray Data: pip install 'ray[data]')"
+# 4096 rows x 1,280 dims x 2 bytes = 10 MB of features per partition: a few objects
+# on a store, seconds of work per GPU, and a killed run redoes little.
+DEFAULT_PARTITION_ROWS = 4096
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is a separate extra
+    except ImportError:
+        raise FacebankError(
+            f"--engine ray needs Ray Data, which is not installed; install it with {RAY_INSTALL_HINT}"
+            ", or use the default --engine local"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray run goes.
+
+    Attributes:
+        address: ``None`` starts a local cluster for this run (or uses the one this
+            process already initialised); ``"auto"`` joins a running cluster;
+            ``"ray://host:10001"`` a remote one through Ray Client.
+        workers: encoder actors; default one per GPU of the cluster (GPU clusters),
+            else 1.
+        gpus_per_worker: GPUs per encoder actor; default 1 where the cluster has GPUs,
+            else 0 (CPU actors).
+        partition_rows: items per partition (the unit of commit and of resume).
+        consolidate: move the partitions into the bank's own arrays at the end, so
+            plain zarr/xarray readers see every row; ``False`` leaves them as
+            partitions (``FeatureBank`` reads them all the same; a later
+            ``FeatureBank.open(bank, mode="a")`` or ``partitions.consolidate`` merges
+            them), which saves rewriting every feature once on very large banks.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    partition_rows: int = DEFAULT_PARTITION_ROWS
+    consolidate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise FacebankError(f"--workers {self.workers!r} is not valid; give 1 or more")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise FacebankError(
+                f"--gpus-per-worker {self.gpus_per_worker!r} is not valid; give 0 or more"
+            )
+        if self.partition_rows < 1:
+            raise FacebankError(
+                f"--partition-rows {self.partition_rows!r} is not valid; give 1 or more"
+            )
+
+
+# ---------------------------------------------------------------- CPU tasks
+def _decode_batch(
+    batch: dict[str, np.ndarray], *, view: Any, transform: Any, draft_size: int | None
+) -> dict[str, np.ndarray]:
+    """Ray task: files -> sha256, transformed pixels, metadata (failures as reasons)."""
+    n = len(batch["index"])
+    sha: list[str] = []
+    reason: list[str] = []
+    tensors: list[Any] = []
+    metas: list[dict[str, Any]] = []
+    for file in batch["file"]:
+        digest, x, why, meta = load_one(
+            str(file), view=view, transform=transform, draft_size=draft_size
+        )
+        sha.append(digest or "")
+        reason.append(why or "")
+        tensors.append(x)
+        metas.append(meta or {})
+    shape = next((tuple(x.shape) for x in tensors if x is not None), (3, 1, 1))
+    pixels = np.zeros((n, *shape), dtype=np.float32)
+    for j, x in enumerate(tensors):
+        if x is not None:
+            pixels[j] = x.numpy()
+    out = {
+        "index": np.asarray(batch["index"]),
+        "sha": np.asarray(sha),
+        "reason": np.asarray(reason),
+    }
+    out["pixels"] = pixels
+    for key, col in metadata_columns(metas).items():
+        out[f"meta_{key}"] = col
+    return out
+
+
+# ---------------------------------------------------------------- encoder actors
+class _EncodeBatches:
+    """Ray actor: the backbone loaded once, then pixels -> features batch after batch."""
+
+    def __init__(self, spec: dict[str, Any], weights: str | None, device: str) -> None:
+        import torch
+
+        from .backbones import backbone_from_spec
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.backbone = backbone_from_spec(spec, device=device, weights=weights)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        ok = batch["reason"] == ""
+        dim = int(self.backbone.dim)
+        features = np.zeros((len(ok), dim), dtype=np.float32)
+        if ok.any():
+            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+            with torch.inference_mode():
+                out = self.backbone.encode(x.to(self.backbone.device))
+            features[ok] = out.float().cpu().numpy()
+        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["features"] = features
+        return result
+
+
+def resolve_workers(ray: Any, opts: RayOptions) -> tuple[int, float, str]:
+    """``(encoder actors, GPUs per actor, actor device)`` for the connected cluster."""
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    gpus = opts.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus > 0 else 0.0
+    if gpus > cluster_gpus:
+        raise FacebankError(
+            f"--gpus-per-worker {gpus:g} but the Ray cluster has {cluster_gpus:g} GPU(s); "
+            "give --gpus-per-worker 0 to encode on CPUs, or connect to a cluster with GPUs"
+        )
+    workers = opts.workers or (max(1, int(cluster_gpus // gpus)) if gpus > 0 else 1)
+    return workers, float(gpus), "cuda" if gpus > 0 else "cpu"
+
+
+def build_dataset(
+    ray: Any,
+    files: Sequence[str],
+    *,
+    ids: Sequence[int],
+    backbone: Any,
+    view: Any,
+    weights: Any,
+    device: str,
+    workers: int,
+    gpus: float,
+    batch_size: int,
+    actor: type = _EncodeBatches,
+    actor_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """The Ray Data pipeline files -> decode tasks -> encoder actors, in input order.
+
+    Returns a ``ray.data.Dataset`` whose batches hold ``index`` (from ``ids``), ``sha``,
+    ``reason`` ("" when embedded), ``features`` ``(n, dim)`` and ``meta_<column>``.
+    """
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    rows = [{"index": int(i), "file": str(f)} for i, f in zip(ids, files, strict=True)]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    ds = ds.map_batches(
+        _decode_batch,
+        fn_kwargs={
+            "view": view,
+            "transform": backbone.transform,
+            "draft_size": view.draft_size(_input_side(backbone.spec)),
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        # on a CPU-only cluster this matches the encoders' resources, so Ray Data
+        # fuses decoding into the encoder actors (no pixels through the object
+        # store); with GPUs the two stay apart: CPU tasks feed the GPU actors
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        actor,
+        fn_constructor_kwargs={
+            "spec": dict(backbone.spec),
+            "weights": str(weights) if weights is not None else None,
+            "device": device,
+            **(actor_kwargs or {}),
+        },
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus,
+        num_cpus=1 if gpus == 0 else 0.5,  # (the GPU actor's host side is light)
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
+    return ds
+
+
+# ---------------------------------------------------------------- driver
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class _PartitionWriter(RowWriter):
+    """The local runner's write step, committing one partition per flush."""
+
+    def __init__(self, bank: FeatureBank, state: BankState) -> None:
+        super().__init__(bank, state, flush_rows=1 << 62, flush_seconds=float("inf"))
+        self.part_failures: list[dict[str, str]] = []
+        self.part_dups_start = len(state.duplicates)
+        self.partitions_written = 0
+        self.write_seconds = 0.0
+
+    def fail(self, item: ImageItem, reason: str) -> None:
+        super().fail(item, reason)
+        self.part_failures.append({"path": item.path, "reason": reason})
+
+    def commit_partition(self, index: int) -> None:
+        t = time.perf_counter()
+        items = self.pending_items
+        n = len(items)
+        X = np.concatenate(self.pending_X) if n else np.zeros((0, self.bank.dim), np.float32)
+        columns = {
+            "label": np.asarray([it.label for it in items], dtype=np.int8),
+            "engine": np.asarray([it.engine for it in items], dtype=str),
+            "path": np.asarray([it.path for it in items], dtype=str),
+            "split": np.asarray([it.split for it in items], dtype=str),
+            "sha256": np.asarray(self.pending_sha, dtype=str),
+            **metadata_columns(self.pending_meta),
+        }
+        attrs = {
+            "failures": self.part_failures,
+            "duplicates": self.state.duplicates[self.part_dups_start :],
+        }
+        write_partition(self.bank, index, features=X, columns=columns, attrs=attrs)
+        self.embedded += n
+        self.pending_items, self.pending_sha, self.pending_meta, self.pending_X = [], [], [], []
+        self.part_failures = []
+        self.part_dups_start = len(self.state.duplicates)
+        self.partitions_written += 1
+        self.write_seconds += time.perf_counter() - t
+
+
+def plan_partitions(
+    items: Sequence[ImageItem], present: set[str], done: set[int], rows: int
+) -> tuple[list[tuple[int, list[int]]], int]:
+    """Fixed partitions of the ordered items, without the committed ones.
+
+    Returns:
+        ``([(partition index, item indices to embed)], items skipped)``; a partition
+        whose items are all in the bank already (appended by the local runner) is left
+        out.
+    """
+    todo: list[tuple[int, list[int]]] = []
+    skipped = 0
+    for k, a in enumerate(range(0, len(items), rows)):
+        stop = min(a + rows, len(items))
+        if k in done:
+            skipped += stop - a
+            continue
+        left = [i for i in range(a, stop) if items[i].path not in present]
+        skipped += stop - a - len(left)
+        if left:
+            todo.append((k, left))
+    return todo, skipped
+
+
+@contextlib.contextmanager
+def ray_cluster(ray: Any, address: str | None) -> Iterator[None]:
+    """Connect to (or start) a cluster; shut down only one this call started."""
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a new local cluster"
+        raise FacebankError(
+            f"cannot reach Ray cluster {where!r} ({type(exc).__name__}: {str(exc)[:160]}); "
+            "give --address auto for a running cluster, ray://HOST:10001 for a remote one, "
+            "or leave it out to start a local one"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def embed_source_ray(
+    source: str | os.PathLike,
+    *,
+    backbone: str,
+    out: str | os.PathLike,
+    view: str = "original",
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    layer: str = "final",
+    real_names: Sequence[str] = ("real",),
+    batch_size: int = 64,
+    progress: bool = True,
+    dtype: str = "float16",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ray_options: RayOptions | None = None,
+) -> EmbedSummary:
+    """:func:`embed.runner.embed_source` on a Ray cluster (see the module docstring).
+
+    Args:
+        source, backbone, out, view, weights, image_size, layer, real_names, batch_size,
+        progress, dtype, chunk_rows: as for :func:`~embed.runner.embed_source`.
+        ray_options: cluster address, encoder actors, GPUs per actor, partition size.
+
+    Returns:
+        An :class:`~embed.runner.EmbedSummary`; ``device`` names the actors' device.
+
+    Raises:
+        FacebankError: Ray is not installed, or the cluster cannot be reached (before
+        any work). The errors of :func:`~embed.runner.embed_source`.
+        EmbedInterrupted: SIGINT/SIGTERM; committed partitions are kept.
+    """
+    from .views import parse_view
+
+    opts = ray_options or RayOptions()
+    ray = import_ray()
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
+    src = scan_source(source, real_names=real_names)
+    vw = parse_view(view)
+    # on the driver only for its spec, transform and the weights check (before any bank)
+    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=image_size, layer=layer)
+    spec = dict(bb.spec)
+    with ray_cluster(ray, opts.address):
+        bank = open_bank_for(
+            out, spec=spec, backbone=backbone, view=vw.name, src=src, source=source,
+            dtype=dtype, chunk_rows=chunk_rows,
+        )  # fmt: skip
+        try:
+            with interruptible(bank):
+                return _run_ray(ray, src, bank, bb, vw, opts, batch_size, progress, weights, t0)
+        finally:
+            bank.close()
+
+
+def _run_ray(
+    ray: Any,
+    src: Any,
+    bank: FeatureBank,
+    bb: Any,
+    vw: Any,
+    opts: RayOptions,
+    batch_size: int,
+    progress: bool,
+    weights: Any,
+    t0: float,
+) -> EmbedSummary:
+    items = src.items
+    state = BankState.load(bank)
+    plan, skipped = plan_partitions(
+        items, state.present, committed_partitions(bank), opts.partition_rows
+    )
+    total = sum(len(ix) for _, ix in plan)
+    workers, gpus, device = resolve_workers(ray, opts)
+    writer = _PartitionWriter(bank, state)
+    part_of = {i: k for k, ix in plan for i in ix}
+    t_loop = time.perf_counter()
+    if plan:
+        ds = build_dataset(
+            ray,
+            [items[i].file for _, ix in plan for i in ix],
+            ids=[i for _, ix in plan for i in ix],
+            backbone=bb,
+            view=vw,
+            weights=weights,
+            device=device,
+            workers=workers,
+            gpus=gpus,
+            batch_size=batch_size,
+        )
+        description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}] on Ray"
+        current: int | None = None
+        with _progress(progress, total, description) as bar:
+            task = bar.add_task(description, total=total) if bar is not None else None
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for j, index in enumerate(batch["index"].tolist()):
+                    k = part_of[index]
+                    if current is not None and k != current:
+                        writer.commit_partition(current)
+                    current = k
+                    item = items[index]
+                    reason = str(batch["reason"][j])
+                    if reason:
+                        writer.fail(item, reason)
+                        continue
+                    meta = {key: _py(batch[f"meta_{key}"][j]) for key in METADATA_SCHEMA}
+                    writer.take(
+                        [item], [str(batch["sha"][j])], batch["features"][j : j + 1], [meta]
+                    )
+                if bar is not None:
+                    bar.advance(task, len(batch["index"]))
+            if current is not None:
+                writer.commit_partition(current)
+    bank.update_attrs({"ignored": [{"path": p, "reason": r} for p, r in src.ignored]})
+    if opts.consolidate:
+        consolidate(bank)
+    writer.warn_cross_duplicates(stacklevel=4)
+    t_end = time.perf_counter()
+    loop = t_end - t_loop
+    return EmbedSummary(
+        embedded=writer.embedded,
+        skipped_present=skipped,
+        duplicates=writer.duplicate_count,
+        failed=writer.run_failed,
+        seconds=t_end - t0,
+        images_per_s=writer.processed / loop if loop > 0 else 0.0,
+        out=bank.path,
+        rows=len(bank),
+        ignored=list(src.ignored),
+        cross_duplicates=writer.cross,
+        device=f"ray:{workers}x{device}",
+        backbone=backbone_id(bb.spec),
+        view=vw.name,
+    )
+
+
+def encode_images_ray(
+    paths: Sequence[str | os.PathLike],
+    *,
+    backbone: Any,
+    view: str = "original",
+    device: str = "auto",
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    ray_options: RayOptions | None = None,
+) -> EncodedImages:
+    """:func:`embed.runner.encode_images` on a Ray cluster (same arguments and result).
+
+    ``device`` is decided by the cluster (GPU actors where it has GPUs) and is accepted
+    only for the common signature, so ``heads.scoring.score_run(encode=...)`` can take
+    this function. Call it inside :func:`ray_cluster` to reuse one cluster across calls.
+
+    Returns:
+        :class:`~embed.runner.EncodedImages` in input order; unreadable files are
+        ``failures``.
+    """
+    from .views import parse_view
+
+    del device  # the actors' device follows the cluster's GPUs
+    opts = ray_options or RayOptions()
+    ray = import_ray()
+    vw = parse_view(view)
+    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
+    files = [str(p) for p in paths]
+    with ray_cluster(ray, opts.address):
+        workers, gpus, dev = resolve_workers(ray, opts)
+        ds = build_dataset(
+            ray, files, ids=range(len(files)), backbone=bb, view=vw, weights=weights,
+            device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
+        )  # fmt: skip
+        feats: list[np.ndarray] = []
+        ok: list[str] = []
+        shas: list[str] = []
+        failures: list[tuple[str, str]] = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy") if files else ():
+            good = batch["reason"] == ""
+            for i, why in zip(batch["index"][~good].tolist(), batch["reason"][~good], strict=True):
+                failures.append((files[i], str(why)))
+            feats.append(batch["features"][good])
+            ok.extend(files[i] for i in batch["index"][good].tolist())
+            shas.extend(str(h) for h in batch["sha"][good])
+    X = (
+        np.concatenate(feats).astype(np.float32)
+        if feats
+        else np.zeros((0, int(bb.dim)), np.float32)
+    )
+    return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)

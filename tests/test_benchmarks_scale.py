@@ -1,0 +1,29 @@
+"""tests/benchmarks/bench_scale.py --tiny runs and prints one JSON line of figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "benchmarks" / "bench_scale.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scale_benchmark_tiny():
+    pytest.importorskip("ray.data")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=580
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, out.stdout
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "scale" and fig["tiny"] is True
+    for run in ("local", "ray_1", "ray_2"):
+        assert fig[run]["images_per_s"] > 0 and fig[run]["rows"] == 16
+    assert fig["ratio_ray2_vs_local"] > 0 and fig["partition"]["write_s"] > 0

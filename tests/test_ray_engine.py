@@ -1,0 +1,228 @@
+"""The Ray Data engine on a local cluster: same bank as the local runner, resume, actor loss."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facebank.embed import FeatureBank, embed_source
+from facebank.embed.errors import FacebankError
+
+FAST = dict(batch_size=4, progress=False)
+
+
+def test_without_ray_the_error_says_how_to_install(monkeypatch):
+    from facebank.embed import ray_engine
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(FacebankError, match=r"pip install 'facebank\[ray\]'"):
+        ray_engine.import_ray()
+
+
+def test_cli_engine_ray_without_ray_is_one_line_with_the_install(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    src = _source(tmp_path / "src", n=2)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    args = ["embed", str(src), "--backbone", "tiny-cnn", "--out", str(tmp_path / "b.zarr")]
+    res = CliRunner().invoke(app, [*args, "--engine", "ray", "--no-progress"])
+    assert res.exit_code == 1 and "pip install 'facebank[ray]'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "b.zarr").exists()
+
+
+def test_options_are_checked_before_any_work():
+    from facebank.embed.ray_engine import RayOptions
+
+    with pytest.raises(FacebankError, match="--partition-rows 0"):
+        RayOptions(partition_rows=0)
+    with pytest.raises(FacebankError, match="--workers 0"):
+        RayOptions(workers=0)
+
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local two-CPU Ray cluster for this module (no dashboard; stopped at the end)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _source(root, n=8):
+    """n images per engine, a corrupt file and a cross-engine duplicate."""
+    rng = np.random.default_rng(0)
+    for engine in ("real", "sdxl"):
+        (root / engine).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            px = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(px).save(root / engine / f"{i:03d}.jpg", quality=85)
+    (root / "sdxl" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    shutil.copy(root / "real" / "001.jpg", root / "sdxl" / "zz_copy.jpg")
+    return root
+
+
+def _local(src, out):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        embed_source(src, backbone="tiny-cnn", out=out, num_workers=0, **FAST)
+    return FeatureBank.open(out)
+
+
+def _assert_same_bank(a: FeatureBank, b: FeatureBank) -> None:
+    assert a.paths.tolist() == b.paths.tolist()
+    assert a.sha256.tolist() == b.sha256.tolist()
+    assert a.labels.tolist() == b.labels.tolist()
+    np.testing.assert_allclose(a.load_features(), b.load_features(), rtol=2e-3, atol=2e-3)
+    assert {d["path"]: d["duplicate_of"] for d in a.duplicates} == {
+        d["path"]: d["duplicate_of"] for d in b.duplicates
+    }
+    assert [f["path"] for f in a.failures] == [f["path"] for f in b.failures]
+    for key in ("file_format", "width", "jpeg_quality", "meta_error"):
+        assert a.column(key).tolist() == b.column(key).tolist()
+
+
+def _ray_embed(src, out, **opts):
+    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return embed_source_ray(
+            src, backbone="tiny-cnn", out=out, ray_options=RayOptions(**opts), **FAST
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_bank_equals_the_local_runners(tmp_path, cluster):
+    src = _source(tmp_path / "src")
+    local = _local(src, tmp_path / "local.zarr")
+    s = _ray_embed(src, tmp_path / "ray.zarr", partition_rows=5)
+    assert (s.embedded, s.duplicates, [p for p, _ in s.failed]) == (16, 1, ["sdxl/bad.jpg"])
+    assert s.device.startswith("ray:1x")
+    bank = FeatureBank.open(tmp_path / "ray.zarr")
+    _assert_same_bank(bank, local)
+    # consolidated: plain zarr sees every row
+    import zarr
+
+    assert zarr.open_group(tmp_path / "ray.zarr", mode="r")["features"].shape[0] == 16
+    again = _ray_embed(src, tmp_path / "ray.zarr", partition_rows=5)
+    assert (again.embedded, again.skipped_present) == (0, 18)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_run_killed_between_partitions_resumes_to_the_same_bank(tmp_path, cluster, monkeypatch):
+    from facebank.embed import ray_engine
+    from facebank.embed.partitions import committed_partitions
+
+    src = _source(tmp_path / "src")
+    local = _local(src, tmp_path / "local.zarr")
+    real_write = ray_engine.write_partition
+    calls = []
+
+    def dying_write(bank, index, **kw):
+        if len(calls) == 2:
+            raise RuntimeError("node lost")
+        calls.append(index)
+        real_write(bank, index, **kw)
+
+    monkeypatch.setattr(ray_engine, "write_partition", dying_write)
+    with pytest.raises(RuntimeError, match="node lost"):
+        _ray_embed(src, tmp_path / "ray.zarr", partition_rows=4)
+    assert committed_partitions(tmp_path / "ray.zarr") == {0, 1}
+    monkeypatch.setattr(ray_engine, "write_partition", real_write)
+    s = _ray_embed(src, tmp_path / "ray.zarr", partition_rows=4)
+    assert s.skipped_present == 8
+    _assert_same_bank(FeatureBank.open(tmp_path / "ray.zarr"), local)
+
+
+def _encoder_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"_EncodeBatches" in fh.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds actors through /proc")
+def test_kill_9_of_an_encoder_actor_mid_run_loses_no_row(tmp_path, cluster):
+    from facebank.embed.partitions import committed_partitions
+
+    src = _source(tmp_path / "src", n=30)
+    local = _local(src, tmp_path / "local.zarr")
+    out = tmp_path / "ray.zarr"
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = _ray_embed(src, out, partition_rows=4)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 240
+    while thread.is_alive() and time.monotonic() < deadline and killed is None:
+        time.sleep(0.2)
+        pids = _encoder_pids()
+        try:
+            started = (out / "zarr.json").is_file() and committed_partitions(out)
+        except Exception:  # noqa: BLE001 - the bank is being created
+            started = False
+        if pids and started:
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert killed is not None, "the run ended before an encoder could be killed"
+    if "error" in result:  # Ray gave up on the lost actor: the same command resumes
+        _ray_embed(src, out, partition_rows=4)
+    _assert_same_bank(FeatureBank.open(out), local)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
+    from facebank.heads import train_run
+    from facebank.heads.ray_scoring import score_images_ray
+    from facebank.heads.scoring import score_run
+
+    src = _source(tmp_path / "src", n=20)
+    bank = _local(src, tmp_path / "local.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train_run([bank], head="linear", params={}, out=tmp_path / "run", seed=0, fpr=0.05)
+        local = score_run(run.run_dir, inputs=[src], out=tmp_path / "local.csv", batch_size=4)
+        remote = score_images_ray(run.run_dir, [src], out=tmp_path / "ray.csv", batch_size=4)
+    assert remote.paths == local.paths and len(remote.paths) == 41  # 40 + the copy
+    np.testing.assert_allclose(remote.scores, local.scores, rtol=1e-3, atol=1e-3)
+    assert remote.decisions.tolist() == local.decisions.tolist()
+    assert [p for p, _ in remote.failures] == [p for p, _ in local.failures]
+    assert (tmp_path / "ray.csv").read_text().splitlines()[0] == (
+        (tmp_path / "local.csv").read_text().splitlines()[0]
+    )
