@@ -11,11 +11,9 @@ see ``auto_factory``). The chosen index is kept as ``factory_`` / ``nprobe_``. T
 saved as FAISS's own serialised bytes (a data format, not code) inside
 ``weights.safetensors``.
 
-Large query batches against an IVF index are searched list by list
-(:func:`ivf_search_batched`): each inverted list is compared with all the queries that
-probe it in one BLAS product, instead of every query reading its lists on its own - the
-same neighbours, 5x faster for 10,000 queries at nprobe 16 of 256 lists on a 2-core CPU
-(FAISS's ``contrib.big_batch_search`` does the same for billion-scale batches).
+Large query batches against an IVF index go through FAISS's ``contrib.big_batch_search``
+(``facebank.heads._faiss.search``): each inverted list is compared with all the queries
+that probe it in one BLAS product, instead of every query reading its lists on its own.
 
 ``decision_function`` = ``log((a + 0.5) / (r + 0.5))`` where ``a`` and ``r`` are the
 (weighted) numbers of AI and real neighbours: a smoothed vote log-odds, 0 at a tie.
@@ -27,11 +25,14 @@ squared distance (l2): higher = more normal; ``ood_score = -score_samples``;
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
-from facebank.embed.errors import DataError
 
+from facebank.embed.errors import DataError, HeadError, UnknownNameError
+
+from ._faiss import build_index, search, set_knobs, train_sample_rows
 from .base import BaseHead
 
 __all__ = ["KNNHead"]
@@ -42,8 +43,6 @@ _OFFSET_ROWS = 512
 _TRAIN_PER_LIST = 64
 # factory="auto": exact search below this many training rows, IVF above.
 AUTO_EXACT_ROWS = 50_000
-# The list-by-list IVF search pays off once the lists are read by several queries each.
-_BATCHED_QUERIES_PER_LIST = 8
 
 
 def auto_factory(n_rows: int) -> tuple[str, int | None]:
@@ -59,55 +58,6 @@ def auto_factory(n_rows: int) -> tuple[str, int | None]:
         return "Flat", None
     nlist = 2 ** round(np.log2(np.sqrt(n_rows)))
     return f"IVF{nlist},Flat", nlist // 4
-
-
-def search_cpu(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search(X, k)`` on a CPU index, list by list (:func:`ivf_search_batched`)
-    for an ``IndexIVFFlat`` whose lists would each be read by several of the queries."""
-    import faiss
-
-    ivf = faiss.downcast_index(index)
-    if (
-        type(ivf) is faiss.IndexIVFFlat
-        and len(X) * ivf.nprobe >= _BATCHED_QUERIES_PER_LIST * ivf.nlist
-    ):
-        return ivf_search_batched(ivf, X, k)
-    return index.search(X, k)
-
-
-def ivf_search_batched(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search(X, k)`` for an ``IndexIVFFlat``, computed inverted list by list.
-
-    FAISS's IVF search scans, for every query, its ``nprobe`` lists - each list is read
-    from memory once per query that probes it. Here the queries are bucketed by the lists
-    they probe and each list meets all its queries in one ``faiss.knn`` call (a BLAS
-    product), with a :class:`faiss.ResultHeap` keeping every query's best ``k``. Same lists,
-    same exact distances, so the same neighbours (up to float rounding and the order of
-    ties); rows an approximate search cannot fill get ``-1`` as in FAISS.
-    """
-    import faiss
-    from faiss.contrib.inspect_tools import get_invlist
-
-    ivf = faiss.downcast_index(index)
-    nq, d = X.shape
-    nprobe, nlist = int(ivf.nprobe), int(ivf.nlist)
-    _, assign = ivf.quantizer.search(X, nprobe)
-    flat = assign.ravel()
-    order = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[order], np.arange(nlist + 1))  # -1 (no list) sorts first, skipped
-    query_of = order // nprobe
-    heap = faiss.ResultHeap(nq, k, keep_max=ivf.metric_type == faiss.METRIC_INNER_PRODUCT)
-    for lst in range(nlist):
-        a, b = int(bounds[lst]), int(bounds[lst + 1])
-        if a == b or ivf.invlists.list_size(lst) == 0:
-            continue
-        ids, codes = get_invlist(ivf.invlists, lst)
-        xb = codes.view(np.float32).reshape(len(ids), d)
-        q = query_of[a:b]
-        D, I = faiss.knn(X[q], xb, min(k, len(ids)), metric=ivf.metric_type)  # noqa: E741
-        heap.add_result_subset(q, D, ids[I])
-    heap.finalize()
-    return heap.D, heap.I
 
 
 class KNNHead(BaseHead):
@@ -161,33 +111,21 @@ class KNNHead(BaseHead):
         return np.ascontiguousarray(X, dtype=np.float32)
 
     def _make_index(self, dim: int, n_rows: int):
-        import faiss
-
         if self.metric not in ("cosine", "l2"):
             raise DataError(f"metric={self.metric!r} is not 'cosine' or 'l2'")
-        mt = faiss.METRIC_INNER_PRODUCT if self.metric == "cosine" else faiss.METRIC_L2
         factory, self.nprobe_ = str(self.factory), self.nprobe
         if factory == "auto":
             factory, auto_nprobe = auto_factory(n_rows)
             self.nprobe_ = self.nprobe if self.nprobe is not None else auto_nprobe
         self.factory_ = factory
         try:
-            return faiss.index_factory(dim, factory, mt)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-            raise DataError(
-                f"FAISS factory string {self.factory!r} is not valid ({first}); use e.g. "
-                "'auto', 'Flat', 'IVF256,Flat' or 'HNSW32'"
-            ) from None
+            return build_index(dim, factory, self.metric)
+        except UnknownNameError as exc:  # a head's parameters are data errors, as in fit()
+            raise DataError(f"invalid knn factory string: {exc}; or 'auto'") from None
 
     def _tune(self, index) -> None:
-        import faiss
-
-        base = faiss.downcast_index(index)
-        if self.nprobe_ is not None and hasattr(base, "nprobe"):
-            base.nprobe = int(self.nprobe_)
-        if self.ef_search is not None and hasattr(base, "hnsw"):
-            base.hnsw.efSearch = int(self.ef_search)
+        # not strict: factory="auto" may pick Flat, which has no nprobe
+        set_knobs(index, nprobe=self.nprobe_, ef_search=self.ef_search, strict=False)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: Any) -> None:
         if int(self.k) < 1:
@@ -216,17 +154,13 @@ class KNNHead(BaseHead):
         """Train an IVF/PQ index on a seeded sample of ``_TRAIN_PER_LIST`` rows per list."""
         import faiss
 
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:  # not an IVF (e.g. PQ, or a pre-transform alone)
-            ivf = None
+        with contextlib.suppress(RuntimeError):  # not an IVF (e.g. PQ alone): nothing to seed
+            faiss.extract_index_ivf(index).cp.seed = int(self.seed)
+        size = train_sample_rows(index, len(Xp), per_list=_TRAIN_PER_LIST, minimum=0)
         rows = Xp
-        if ivf is not None:
-            ivf.cp.seed = int(self.seed)
-            size = _TRAIN_PER_LIST * int(ivf.nlist)
-            if len(Xp) > size:  # k-means on a sample: 4x faster than FAISS's own 256 per list
-                rng = np.random.default_rng(int(self.seed))
-                rows = Xp[np.sort(rng.choice(len(Xp), size=size, replace=False))]
+        if len(Xp) > size:  # k-means on a sample: 4x faster than FAISS's own 256 per list
+            rng = np.random.default_rng(int(self.seed))
+            rows = Xp[np.sort(rng.choice(len(Xp), size=size, replace=False))]
         index.train(rows)
 
     def _search(self, Xp: np.ndarray, k: int):
@@ -237,8 +171,8 @@ class KNNHead(BaseHead):
             if getattr(self, "_gpu_index", None) is None:
                 self._gpu_res = faiss.StandardGpuResources()
                 self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-            return self._gpu_index.search(Xp, k)
-        return search_cpu(index, Xp, k)
+            return search(self._gpu_index, Xp, k, metric=self.metric)
+        return search(index, Xp, k, metric=self.metric)
 
     def _normality(self, sims: np.ndarray) -> float:
         if sims.size == 0:
@@ -299,8 +233,6 @@ class KNNHead(BaseHead):
                 np.ascontiguousarray(tensors["index"], dtype=np.uint8)
             )
         except RuntimeError as exc:
-            from facebank.embed.errors import HeadError
-
             raise HeadError(
                 f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head"
             ) from None

@@ -7,6 +7,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from sklearn.neighbors import NearestNeighbors
+
 from facebank.analysis import plots
 from facebank.analysis.neighbours import (
     NeighbourIndex,
@@ -25,7 +27,6 @@ from facebank.embed.errors import (
     ImageDecodeError,
     UnknownNameError,
 )
-from sklearn.neighbors import NearestNeighbors
 
 # Tiny synthetic data: Gaussian clusters per engine, 16-d.
 ENGINES = ("real", "sdxl", "stylegan2")
@@ -166,7 +167,7 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
     # (4 blocks, the last one short), so the bank is read once, for the add; other
     # indexes stream the bank a second time for the self-search (IVF with every list
     # probed is exact)
-    import facebank.analysis.neighbours as nb
+    import facebank.analysis.neighbours.index as nb
 
     monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 32)
     seen = []
@@ -205,7 +206,7 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 @pytest.mark.parametrize("exclude_self", [True, False])
 def test_symmetric_block_self_knn_equals_sklearn_brute(monkeypatch, metric, exclude_self):
-    import facebank.analysis.neighbours as nb
+    import facebank.analysis.neighbours.index as nb
 
     monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 40)  # blocks of 40, 40, 40 and 30 rows
     X = np.random.default_rng(4).standard_normal((150, 12)).astype(np.float32) * 3 + 1
@@ -598,8 +599,9 @@ def test_confusion_heatmap_and_map_scatter(bank):
 @pytest.fixture(scope="module")
 def image_bank(tmp_path_factory):
     """Six real PNGs embedded by the test-only ``tiny-cnn`` backbone into a bank."""
-    from facebank.embed import create_backbone, encode_images
     from PIL import Image
+
+    from facebank.embed import create_backbone, encode_images
 
     root = tmp_path_factory.mktemp("imgbank")
     src = root / "src"

@@ -1,0 +1,80 @@
+"""Forensics: which banked images is a verdict resting on? Writing a query's neighbours.
+
+``NeighbourIndex.query`` / ``query_rows`` return the records; :class:`QueryResult` holds
+them with the run's configuration and writes ``neighbours.csv``, ``neighbours.md``,
+``metrics.json`` and ``grid.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facebank.embed.runs import markdown_table, start_run, write_json
+
+from .index import NeighbourRecord
+
+__all__ = ["QueryResult", "write_query"]
+
+_CSV_COLUMNS = [
+    "query",
+    "rank",
+    "similarity",
+    "distance",
+    "engine",
+    "label",
+    "split",
+    "bank",
+    "row",
+    "path",
+    "sha256",
+    "image_path",
+    "query_image",
+]
+
+
+@dataclass
+class QueryResult:
+    """Each query's neighbours (one list of :class:`NeighbourRecord` per query, nearest
+    first) and the configuration recorded with them."""
+
+    records: list[list[NeighbourRecord]]
+    config: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for recs in self.records for r in recs]
+
+    def write(self, out: str | Path) -> Path:
+        """Write config.json, metrics.json, neighbours.csv, neighbours.md and grid.png."""
+        from .. import _plots_neighbours as plots
+        from ..plots import save_figure
+
+        run = start_run(out, command="neighbours query", config=dict(self.config))
+        flat = self.rows()
+        with open(run / "neighbours.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(flat)
+        (run / "neighbours.md").write_text(
+            markdown_table(
+                flat, ["query", "rank", "similarity", "engine", "label", "split", "path"], digits=4
+            )
+        )
+        write_json(run / "metrics.json", {"queries": len(self.records), "neighbours": flat})
+        save_figure(plots.neighbour_grid(self.records), run / "grid.png")
+        self.run_dir = run
+        return run
+
+
+def write_query(
+    records: list[list[NeighbourRecord]],
+    *,
+    out: str | Path,
+    config: Mapping[str, Any],
+) -> Path:
+    """Write forensics results: neighbours.csv, neighbours.md and grid.png in a run folder."""
+    return QueryResult(records=records, config=dict(config)).write(out)
