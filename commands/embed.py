@@ -32,8 +32,9 @@ def embed_cmd(
     source: Annotated[
         Path,
         typer.Argument(
-            help="Image folder SOURCE/<engine>/**/image (optionally SOURCE/{train,val,test}/<engine>/...) "
-            "or a CSV manifest with columns path,label,engine[,split]."
+            help="Image folder SOURCE/<engine>/**/image (optionally "
+            "SOURCE/{train,val,test}/<engine>/...) or a CSV manifest with columns "
+            "path,label,engine[,split]."
         ),
     ],
     backbone: Annotated[
@@ -44,15 +45,17 @@ def embed_cmd(
         typer.Option(
             "--out",
             "-o",
-            help="Bank folder NAME.zarr. Created if absent; if present (same backbone and view) only "
-            "images not yet in it are embedded - rerun the same command to resume a killed run.",
+            help="Bank folder NAME.zarr. Created if absent; if present (same backbone and view) "
+            "only images not yet in it are embedded - rerun the same command to resume a "
+            "killed run.",
         ),
     ],
     view: Annotated[
         str,
         typer.Option(
             "--view",
-            help="Transform before the backbone: original, jpeg:q=Q, resize:N, hflip, vflip, or a+b.",
+            help="Transform before the backbone: original, jpeg:q=Q, resize:N, hflip, vflip, "
+            "or a+b.",
         ),
     ] = "original",
     device: Annotated[
@@ -82,7 +85,8 @@ def embed_cmd(
         str | None,
         typer.Option(
             "--address",
-            help="Ray cluster: auto (a running one) or ray://HOST:10001; default: start a local one.",
+            help="Ray cluster: auto (a running one) or ray://HOST:10001; default: start a "
+            "local one.",
         ),
     ] = None,
     gpus_per_worker: Annotated[
@@ -112,7 +116,8 @@ def embed_cmd(
         typer.Option(
             "--image-size",
             min=8,
-            help="Backbone input side in pixels, where the backbone allows it (e.g. efficientnet-b1 512).",
+            help="Backbone input side in pixels, where the backbone allows it "
+            "(e.g. efficientnet-b1 512).",
         ),
     ] = None,
     layer: Annotated[

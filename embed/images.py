@@ -163,7 +163,7 @@ def _load(
         raise ImageDecodeError("unreadable file (permission denied)") from None
     except MemoryError:
         raise ImageDecodeError("out of memory while decoding") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason, not a crash
+    except Exception as exc:  # any decoder failure is a reason, not a crash
         raise ImageDecodeError(_reason(exc)) from None
 
 
@@ -197,14 +197,14 @@ def _decode(
         finish_metadata(meta, img)  # before exif_transpose, which drops the orientation tag
     try:
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a large image
-    except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not lose the image
+    except Exception as exc:  # a broken EXIF block must not lose the image
         _log.debug("ignoring unreadable EXIF orientation: %s", exc)
     # The pixels are in memory now; leaving Image.open's context closes only the file.
     return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB (alpha over white, high bit depths scaled); RGB passes through."""
+    """Any PIL mode -> RGB (alpha over white, high bit depths scaled); RGB passes through."""
     mode = img.mode
     if mode in _ALPHA_MODES:
         return _over_white(img.convert("RGBA"))
@@ -222,7 +222,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(grey, mode="L").convert("RGB")
     try:
         return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ImageDecodeError(f"unsupported image mode {mode!r} ({exc})") from None
 
 

@@ -201,22 +201,22 @@ def header_metadata(img: Image.Image, *, file_bytes: int) -> dict[str, Any]:
     meta["pil_mode"] = str(img.mode)
     try:
         meta["bits_per_channel"] = _bits_per_channel(img)
-    except Exception as exc:  # noqa: BLE001 - one unreadable property, row kept
+    except Exception as exc:  # one unreadable property, row kept
         errors.append(f"bits_per_channel: {_short(exc)}")
     try:
         # cheap for every format: the frame count is in the header, or one frame
         # header is skipped (GIF); the image is back on frame 0 afterwards
         meta["animated"] = bool(getattr(img, "is_animated", False))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # a bad file is recorded, never raised
         errors.append(f"animated: {_short(exc)}")
     if img.format == "JPEG":
         try:
             meta["jpeg_quality"] = jpeg_quality(getattr(img, "quantization", None) or {})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"jpeg_quality: {_short(exc)}")
         try:
             meta["jpeg_subsampling"] = jpeg_subsampling(list(getattr(img, "layer", [])))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"jpeg_subsampling: {_short(exc)}")
     meta["meta_error"] = "; ".join(errors)
     return meta
@@ -236,7 +236,7 @@ def finish_metadata(meta: dict[str, Any], img: Image.Image) -> dict[str, Any]:
     if meta.get("file_format") == "PNG":
         try:
             meta["has_png_text"] = bool(getattr(img, "text", None))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"has_png_text: {_short(exc)}")
     meta["meta_error"] = "; ".join(errors)
     return meta
@@ -275,7 +275,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 return meta
             img.load()
             finish_metadata(meta, img)
-    except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never raised
+    except Exception as exc:
         meta["meta_error"] = "; ".join(e for e in (meta["meta_error"], _short(exc)) if e)
     return meta
 

@@ -84,11 +84,11 @@ def import_ray() -> Any:
     """``ray`` with Ray Data, or a one-line error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the Data library is a separate extra
+        import ray.data  # the Data library is a separate extra
     except ImportError:
         raise FacebankError(
-            f"--engine ray needs Ray Data, which is not installed; install it with {RAY_INSTALL_HINT}"
-            ", or use the default --engine local"
+            "--engine ray needs Ray Data, which is not installed; install it with "
+            f"{RAY_INSTALL_HINT}, or use the default --engine local"
         ) from None
     return ray
 

@@ -164,7 +164,7 @@ def load_one(
         x = transform(img)
     except ImageDecodeError as exc:
         return sha, None, str(exc), None
-    except Exception as exc:  # noqa: BLE001 - a bad file is a reason, never a crash
+    except Exception as exc:  # a bad file is a reason, never a crash
         return sha, None, f"{type(exc).__name__}: {str(exc)[:160]}", None
     return sha, x, None, meta
 
