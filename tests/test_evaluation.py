@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 from facebank.analysis.evaluation import evaluate
 from facebank.embed.errors import BackboneMismatchError, DataError
 from typer.testing import CliRunner

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 from facebank.analysis.ood import fpr_at_tpr, ood
 from facebank.embed.errors import DataError
 from sklearn.metrics import roc_curve

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 from facebank.analysis.protocols import in_engine, leave_one_engine_out
 from facebank.embed.errors import BackboneMismatchError, DataError
 from facebank.embed.splits import assign_splits

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 from facebank.analysis.robustness import robustness, view_family
 from facebank.embed.errors import DataError
 from typer.testing import CliRunner

@@ -235,7 +235,7 @@ def test_head_weights_follow_the_umask_like_every_other_file(tmp_path):
 # ---------------------------------------------------------------- the rule through the CLI
 @pytest.fixture(scope="module")
 def cli_bank(tmp_path_factory):
-    from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
 
     root = tmp_path_factory.mktemp("cli-runs")
     data = synthetic_arrays({"real": 300, "sdxl": 200, "tiny": 4}, dim=16, seed=3)

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
     from facebank.analysis.metrics import binary_metrics
     from facebank.analysis.protocols import leave_one_engine_out
 

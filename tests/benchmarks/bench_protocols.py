@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from facebank.analysis._evalsynth import synthetic_arrays, write_synthetic_bank
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
     from facebank.analysis.fewshot import few_shot
 
     if args.tiny:
