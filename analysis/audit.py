@@ -12,7 +12,7 @@ quality and subsampling) three questions, on the same train/val/test rows a run 
    its bootstrap interval, TPR at that threshold with the FPR it realised - side by side
    with each head's.
 2. **Where the files cannot tell.** Every labelled row gets a cross-validated metadata
-   probability (``CV_FOLDS`` stratified folds: each row is scored by a model that never saw
+   probability (5 stratified folds, 3 above 100k rows: each row is scored by a model that never saw
    it). Test rows whose probability lies inside ``band`` (default 0.05-0.95) are the rows
    where the files do not give the answer away; each head's AUC on them is the number
    that says whether it learned faces. Too few such rows is said, with the counts.
@@ -98,12 +98,13 @@ BAND = (0.05, 0.95)
 # An AUC on fewer rows of either class is noise with an interval wider than its meaning.
 MIN_ROWS_PER_CLASS = 5
 CV_FOLDS = 5
-# A dozen columns saturate a boosted model long before this; it bounds an audit of
-# 1M rows to seconds (each fit sees a stratified sample of at most this many rows).
-MAX_FIT_ROWS = 100_000
-# Numeric properties with more distinct values are binned at train-row quantiles for
-# their "alone" AUC (a lookup table of the AI share per bin).
-_ALONE_BINS = 32
+# Above this many labelled rows, 3 folds: each model still sees hundreds of thousands
+# of rows, and two fewer fits keep an audit of 1M rows within seconds.
+CV_FOLDS_LARGE_FROM = 100_000
+# Numeric properties with more distinct values are binned at train-row quantiles (the
+# model's columns and each property's "alone" lookup table): 32 bins resolve the size and
+# quality steps that matter while keeping a 1M-row bank to tens of thousands of vectors.
+_BINS = 32
 _PROPERTIES = tuple(k for k in METADATA_SCHEMA if k != "meta_error")
 _GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _N_BOOT = 500
@@ -162,7 +163,7 @@ class AuditResult:
         return int(self.uncertain.get("n", 0))
 
     def metrics(self) -> dict[str, Any]:
-        """The ``{"audit": {...}}`` block of ``metrics.json`` (keys documented in docs/confounds.md)."""
+        """The ``{"audit": {...}}`` block of ``metrics.json`` (keys: docs/confounds.md)."""
         return {
             "audit": {
                 "verdict": self.verdict,
@@ -191,6 +192,21 @@ class AuditResult:
             }
         }
 
+    def summary(self) -> dict[str, Any]:
+        """The headline keys (what an experiment's ``metrics.json`` carries under ``audit``)."""
+        m = self.metrics()["audit"]
+        keep = ("verdict", "reason", "carriers", "metadata_auc", "metadata_auc_ci")
+        return {
+            **{k: m[k] for k in keep},
+            "sentence": self.summary_sentence(),
+            "metadata_tpr": self.metadata_model.get("tpr"),
+            "metadata_fpr": self.metadata_model.get("fpr"),
+            "uncertain_rows": self.uncertain_rows,
+            "uncertain": self.uncertain,
+            "heads": self.heads,
+            "run_dir": self.run_dir,
+        }
+
     def summary_sentence(self) -> str:
         """One plain sentence for the top of a report or terminal summary."""
         auc = _fmt(self.metadata_auc)
@@ -206,9 +222,11 @@ class AuditResult:
                 f"({', '.join(self.carriers) or 'together'}); compare each head's AUC on the "
                 "rows where the files cannot tell with its overall AUC."
             )
+        ci = self.metadata_model.get("auc_ci") or (None, None)
         return (
-            f"No metadata shortcut found: file properties alone reach AUC {auc}, close to "
-            "chance; only the recorded properties were tried."
+            f"No metadata shortcut found: file properties alone reach test AUC "
+            f"{_fmt_ci(self.metadata_auc, ci)}, not clearly above chance (rule: lower bound "
+            f"> {PARTLY_LO}); only the recorded properties were tried."
         )
 
     def head_rows(self) -> list[dict[str, Any]]:
@@ -397,32 +415,73 @@ def audit_verdict(
 # ----------------------------------------------------------------------------- features
 
 
-def _design(meta: Mapping[str, np.ndarray], labelled: np.ndarray) -> tuple[np.ndarray, list, list]:
-    """Metadata -> ``(X (n, k) float64, names, categorical mask)``; constants left out.
+@dataclasses.dataclass
+class _Encoded:
+    """Every property as small integer codes, and the rows' distinct code vectors.
 
-    Strings become category codes (sorted values), booleans 0/1, numbers stay numbers
-    with the schema's "missing" value (-1 / NaN) as NaN, which the trees route on their own.
+    Numbers are binned at ``_BINS`` train-row quantiles (exact values when they have no
+    more), code 0 = missing (-1/NaN: not read, or not applicable such as the JPEG quality
+    of a PNG); strings and flags are category codes. Rows with the same code vector get
+    the same prediction from any model of these codes, so models are fitted on the
+    distinct vectors weighted by their counts per class and predict each vector once:
+    a 1M-row bank holds a few thousand distinct vectors.
     """
-    cols, names, cats = [], [], []
+
+    codes: dict[str, np.ndarray]  # property -> (n,) int codes
+    distinct: dict[str, int]  # property -> distinct values among labelled rows
+    names: list[str]  # the model's columns: non-constant properties
+    cats: list[bool]  # per model column: a category (no order)
+    U: np.ndarray  # (n_vectors, k) distinct code vectors of the model's columns
+    row_vector: np.ndarray  # (n,) index into U of each row
+
+
+def _bin_codes(v: np.ndarray, train: np.ndarray) -> np.ndarray:
+    x = v.astype(np.float64)
+    x = np.where(x < 0, np.nan, x)
+    finite = x[train & np.isfinite(x)]
+    uniq = np.unique(finite)
+    if uniq.size > _BINS:
+        edges = np.unique(np.quantile(finite, np.linspace(0, 1, _BINS + 1)[1:-1]))
+    else:
+        edges = (uniq[:-1] + uniq[1:]) / 2 if uniq.size > 1 else np.zeros(0)
+    codes = np.searchsorted(edges, np.nan_to_num(x, nan=-np.inf)) + 1
+    return np.where(np.isfinite(x), codes, 0).astype(np.int64)
+
+
+def _encode(meta: Mapping[str, np.ndarray], labelled: np.ndarray, train: np.ndarray) -> _Encoded:
+    codes, distinct = {}, {}
+    names, cats = [], []
     for key in _PROPERTIES:
         v = np.asarray(meta[key])
         kind = METADATA_SCHEMA[key]
-        if kind == "str":
-            _, codes = np.unique(v.astype(str), return_inverse=True)
-            col = codes.astype(np.float64)
-        elif kind == "bool":
-            col = v.astype(np.float64)
+        if kind in ("str", "bool"):
+            values, c = np.unique(v, return_inverse=True)
+            c = c.ravel().astype(np.int64)
+            distinct[key] = int(np.unique(c[labelled]).size)
         else:
-            col = v.astype(np.float64)
-            col[col < 0] = np.nan  # -1 = not read / not applicable (jpeg_quality of a PNG)
-        lab = col[labelled]
-        if lab.size and np.all((lab == lab[0]) | (np.isnan(lab) & np.isnan(lab[0]))):
-            continue  # constant: no information, reported as such per property
-        cols.append(col)
-        names.append(key)
-        cats.append(kind == "str")
-    X = np.column_stack(cols) if cols else np.zeros((labelled.size, 0))
-    return X, names, cats
+            c = _bin_codes(v, train)
+            lab = v[labelled].astype(np.float64)
+            lab = np.where(lab < 0, -1.0, np.nan_to_num(lab, nan=-1.0))
+            distinct[key] = int(np.unique(lab).size)
+        codes[key] = c
+        if distinct[key] > 1 and np.unique(c[labelled]).size > 1:
+            names.append(key)
+            cats.append(kind == "str")
+    if names:
+        M = np.column_stack([codes[k] for k in names])
+        # one int64 key per row when the code space fits, else a row-wise unique
+        radix = M.max(axis=0) + 1
+        if float(np.prod(radix.astype(np.float64))) < 2.0**62:
+            key = np.zeros(M.shape[0], dtype=np.int64)
+            for j in range(M.shape[1]):
+                key = key * radix[j] + M[:, j]
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        else:
+            _, first, inverse = np.unique(M, axis=0, return_index=True, return_inverse=True)
+        U, row_vector = M[first], inverse.ravel()
+    else:
+        U, row_vector = np.zeros((1, 0), np.int64), np.zeros(labelled.size, np.int64)
+    return _Encoded(codes, distinct, names, cats, U, row_vector)
 
 
 def _model(cats: list[bool], n_fit: int, seed: int) -> HistGradientBoostingClassifier:
@@ -431,67 +490,54 @@ def _model(cats: list[bool], n_fit: int, seed: int) -> HistGradientBoostingClass
         # each costs ~10 ms even on 50 rows
         max_iter=50,
         early_stopping=False,  # deterministic: no random validation carve-out
-        # a few dozen rows (tests, tiny engines) must still be able to split
+        # a few dozen vectors (tests, tiny engines) must still be able to split
         min_samples_leaf=int(max(1, min(20, n_fit // 20))),
         categorical_features=np.asarray(cats, dtype=bool) if any(cats) else None,
         random_state=seed,
     )
 
 
-def _cap(rows: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most ``MAX_FIT_ROWS`` of ``rows``, stratified by label."""
-    if rows.size <= MAX_FIT_ROWS:
-        return rows
-    keep = []
-    for c in (0, 1):
-        rc = rows[y[rows] == c]
-        k = int(round(MAX_FIT_ROWS * rc.size / rows.size))
-        keep.append(rng.choice(rc, size=min(k, rc.size), replace=False))
-    return np.sort(np.concatenate(keep))
+def _fit(
+    enc: _Encoded, y: np.ndarray, rows: np.ndarray, seed: int, predict: np.ndarray | None = None
+) -> np.ndarray:
+    """Fit on ``rows`` (as weighted distinct vectors); the AI probability of each vector
+    (NaN for vectors not among ``predict`` rows' vectors, when given)."""
+    nu = enc.U.shape[0]
+    w = np.bincount(enc.row_vector[rows] * 2 + y[rows], minlength=2 * nu).reshape(nu, 2)
+    vec, cls = np.nonzero(w)
+    model = _model(enc.cats, vec.size, seed)
+    model.fit(enc.U[vec], cls, sample_weight=w[vec, cls].astype(np.float64))
+    if predict is None:
+        return model.predict_proba(enc.U)[:, 1]
+    need = np.unique(enc.row_vector[predict])
+    out = np.full(nu, np.nan)
+    out[need] = model.predict_proba(enc.U[need])[:, 1]
+    return out
 
 
-def _fit_predict(X, y, fit_rows, pred_rows, cats, seed, rng) -> np.ndarray:
-    fit_rows = _cap(fit_rows, y, rng)
-    model = _model(cats, fit_rows.size, seed).fit(X[fit_rows], y[fit_rows])
-    return model.predict_proba(X[pred_rows])[:, 1]
-
-
-def _cross_val_proba(X, y, labelled, cats, seed, rng, notes) -> np.ndarray:
+def _cross_val_proba(enc, y, labelled, seed, notes) -> np.ndarray:
     """Out-of-fold metadata probability of every labelled row (NaN elsewhere)."""
     p = np.full(y.size, np.nan)
     rows = np.flatnonzero(labelled)
     counts = np.bincount(y[rows], minlength=2)
-    folds = int(min(CV_FOLDS, counts.min()))
-    if folds < 2 or X.shape[1] == 0:
-        why = "no property varies" if X.shape[1] == 0 else f"class counts {counts.tolist()}"
-        if X.shape[1] == 0:
+    folds = int(min(CV_FOLDS if rows.size < CV_FOLDS_LARGE_FROM else 3, counts.min()))
+    if folds < 2 or not enc.names:
+        why = "no property varies" if not enc.names else f"class counts {counts.tolist()}"
+        if not enc.names:
             p[rows] = counts[1] / counts.sum()  # nothing to learn from: the base rate
         notes.append(f"cross-validated metadata probabilities: {why}")
         return p
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit, held in skf.split(rows, y[rows]):
-        p[rows[held]] = _fit_predict(X, y, rows[fit], rows[held], cats, seed, rng)
+        p[rows[held]] = _fit(enc, y, rows[fit], seed, rows[held])[enc.row_vector[rows[held]]]
     return p
 
 
 # ----------------------------------------------------------------------------- properties
 
 
-def _alone_scores(v: np.ndarray, kind: str, y: np.ndarray, train: np.ndarray) -> np.ndarray:
+def _alone_scores(codes: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
     """Each row's score from one property: the AI share of its value (bin) among train rows."""
-    if kind in ("str", "bool"):
-        _, codes = np.unique(v.astype(str), return_inverse=True)
-    else:
-        x = v.astype(np.float64)
-        x = np.where(x < 0, np.nan, x)
-        finite = x[train & np.isfinite(x)]
-        uniq = np.unique(finite)
-        if uniq.size > _ALONE_BINS:
-            edges = np.unique(np.quantile(finite, np.linspace(0, 1, _ALONE_BINS + 1)[1:-1]))
-        else:
-            edges = (uniq[:-1] + uniq[1:]) / 2 if uniq.size > 1 else np.zeros(0)
-        codes = np.searchsorted(edges, np.nan_to_num(x, nan=-np.inf))
-        codes = np.where(np.isfinite(x), codes + 1, 0)  # bin 0: missing
     k = int(codes.max()) + 1 if codes.size else 1
     pos = np.bincount(codes[train], weights=(y[train] == 1).astype(float), minlength=k)
     tot = np.bincount(codes[train], minlength=k).astype(float)
@@ -500,13 +546,11 @@ def _alone_scores(v: np.ndarray, kind: str, y: np.ndarray, train: np.ndarray) ->
     return share[codes]
 
 
-def _properties(meta, y, train, test, labelled, seed) -> list[dict[str, Any]]:
+def _properties(enc: _Encoded, y, train, test, seed) -> list[dict[str, Any]]:
     out = []
     for key in _PROPERTIES:
-        v = np.asarray(meta[key])
         kind = METADATA_SCHEMA[key]
-        lab = v[labelled]
-        distinct = int(np.unique(lab.astype(str) if kind == "str" else lab).size)
+        distinct = enc.distinct[key]
         row: dict[str, Any] = {
             "name": key,
             "kind": {"str": "category", "bool": "flag"}.get(kind, "number"),
@@ -517,7 +561,7 @@ def _properties(meta, y, train, test, labelled, seed) -> list[dict[str, Any]]:
             "carrier": False,
         }
         if not row["constant"] and _both(y[test]):
-            s = _alone_scores(v, kind, y, train)
+            s = _alone_scores(enc.codes[key], y, train)
             bm = binary_metrics(y[test], s[test], n_boot=_N_BOOT, seed=seed)
             row["auc_alone"] = float(bm.auc)
             row["auc_ci"] = list(bm.ci.get("auc", (None, None)))
@@ -605,7 +649,8 @@ def straddling_groups(groups: np.ndarray, splits: np.ndarray) -> list[dict[str, 
 
 
 def _run_head_dirs(run: Path) -> list[tuple[str, Path]]:
-    """``[(name, head run folder)]``: the run itself, or each ``train/<head>`` of an experiment."""
+    """``[(name, head run folder)]``: the run itself, or each ``train/<head>`` of an experiment
+    (the heads its ``config.json`` lists, not the helper heads of its OOD step)."""
     if (run / "head.json").is_file():
         doc = json.loads((run / "head.json").read_text())
         return [(str(doc.get("name", run.name)), run)]
@@ -613,6 +658,12 @@ def _run_head_dirs(run: Path) -> list[tuple[str, Path]]:
     found = (
         sorted(d for d in train.iterdir() if (d / "head.json").is_file()) if train.is_dir() else []
     )
+    try:
+        listed = json.loads((run / "config.json").read_text()).get("heads")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if isinstance(listed, list):
+        found = [d for d in found if d.name in listed]
     if not found:
         raise HeadError(
             f"--run {str(run)!r} holds no head: give a `facebank train` run folder (head.json, "
@@ -659,6 +710,7 @@ def audit(
     banks: Any,
     *,
     run: str | Path | None = None,
+    head_runs: Mapping[str, str | Path] | None = None,
     scores: Mapping[str, tuple[np.ndarray, float]] | None = None,
     metadata: Mapping[str, np.ndarray] | None = None,
     groups: np.ndarray | None = None,
@@ -678,6 +730,8 @@ def audit(
         banks: feature banks (or paths) carrying acquisition metadata (format 2).
         run: a ``facebank train`` run folder or a ``facebank experiment`` folder; its
             heads are scored on the test rows next to the baseline.
+        head_runs: more heads as ``{name: train run folder}`` (the first folder's
+            ``splits.csv`` sets the splits when ``run`` is not given).
         scores: extra heads as ``{name: ((n_rows,) scores, threshold)}`` (higher = AI).
         metadata: ``{column: (n_rows,) array}`` instead of the banks' own columns.
         groups: ``(n_rows,)`` group per row; groups straddling splits are listed.
@@ -728,6 +782,8 @@ def audit(
     head_dirs: list[tuple[str, Path]] = []
     if run is not None:
         head_dirs = _run_head_dirs(Path(run))
+    head_dirs += [(str(k), Path(v)) for k, v in (head_runs or {}).items()]
+    if head_dirs:
         split_of = read_splits_csv(head_dirs[0][1] / "splits.csv")
         splits = np.array([split_of.get(s, "") for s in sha.tolist()], dtype="<U5")
         splits_source = f"{head_dirs[0][1] / 'splits.csv'}"
@@ -743,8 +799,7 @@ def audit(
             f"the audit needs test rows of both classes; test has {int((y[test] == 0).sum())} "
             f"real and {int((y[test] == 1).sum())} AI rows (splits from {splits_source})"
         )
-    rng = np.random.default_rng(seed)
-    X, names, cats = _design(meta, labelled)
+    enc = _encode(meta, labelled, train)
     err = np.asarray(meta.get("meta_error", np.full(n, "")), dtype=str)
     if (err[labelled] != "").any():
         notes.append(
@@ -755,22 +810,22 @@ def audit(
     # Threads: a dozen columns give OpenMP little to share, and on a loaded machine its
     # spin-waiting made two threads 20x slower than one (measured); one thread is steady.
     with threadpool_limits(limits=1, user_api="openmp"):
-        model: dict[str, Any] = {"features": names, "fit_rows": 0, "fpr_target": fpr}
-        if X.shape[1] == 0 or not _both(y[train]) or not (y[val] == 0).any():
+        model: dict[str, Any] = {"features": enc.names, "fit_rows": 0, "fpr_target": fpr}
+        if not enc.names or not _both(y[train]) or not (y[val] == 0).any():
             why = (
                 "no metadata property varies"
-                if X.shape[1] == 0
+                if not enc.names
                 else "train rows lack a class or validation has no reals"
             )
             notes.append(f"metadata-only baseline not fitted: {why}")
-            model.update(auc=0.5 if X.shape[1] == 0 else None, auc_ci=None, tpr=None, fpr=None)
+            model.update(auc=0.5 if not enc.names else None, auc_ci=None, tpr=None, fpr=None)
         else:
-            fit_rows = _cap(np.flatnonzero(train), y, rng)
-            clf = _model(cats, fit_rows.size, seed).fit(X[fit_rows], y[fit_rows])
+            fit_rows = np.flatnonzero(train)
             val_real = np.flatnonzero(val & (y == 0))
-            thr = threshold_at_fpr(clf.predict_proba(X[val_real])[:, 1], fpr)
             test_rows = np.flatnonzero(test)
-            s_test = clf.predict_proba(X[test_rows])[:, 1]
+            p_vec = _fit(enc, y, fit_rows, seed, np.concatenate([val_real, test_rows]))
+            thr = threshold_at_fpr(p_vec[enc.row_vector[val_real]], fpr)
+            s_test = p_vec[enc.row_vector[test_rows]]
             bm = binary_metrics(y[test_rows], s_test, threshold=thr, n_boot=_N_BOOT, seed=seed)
             model.update(
                 auc=float(bm.auc),
@@ -781,8 +836,9 @@ def audit(
                 n_real=bm.n_real,
                 n_fake=bm.n_fake,
                 fit_rows=int(fit_rows.size),
+                distinct_vectors=int(enc.U.shape[0]),
             )
-        propensity = _cross_val_proba(X, y, labelled, cats, seed, rng, notes)
+        propensity = _cross_val_proba(enc, y, labelled, seed, notes)
 
     uncertain = (propensity >= lo_b) & (propensity <= hi_b)
     ut = test & uncertain
@@ -817,7 +873,7 @@ def audit(
             raise DataError(f"scores of {name!r} have shape {s.shape}; give one per bank row ({n})")
         heads[name] = _head_metrics(name, s, float(thr), y, test, uncertain, seed)
 
-    properties = _properties(meta, y, train, test, labelled, seed)
+    properties = _properties(enc, y, train, test, seed)
     verdict, carriers = audit_verdict(model.get("auc"), model.get("auc_ci"), properties)
     for p in properties:
         p["carrier"] = p["name"] in carriers
@@ -861,8 +917,8 @@ def _reason(verdict, model, carriers, properties, heads, unc) -> str:
     )
     if verdict == "no metadata shortcut found":
         text += (
-            f", within reach of chance (rule: its 95% lower bound must exceed {PARTLY_LO} to "
-            "count); no recorded property carries the label."
+            f", not clearly above chance (rule: its 95% lower bound must exceed {PARTLY_LO} "
+            "to count); no recorded property carries the label."
         )
     else:
         named = ", ".join(f"{c} (alone {_fmt(alone.get(c))})" for c in carriers)

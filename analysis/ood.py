@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,40 @@ from ._evalcommon import (
 )
 from .metrics import binary_metrics, proportion_interval, threshold_at_fpr
 
-__all__ = ["OodResult", "ood", "fpr_at_tpr", "score_meaning"]
+__all__ = ["OodResult", "ood", "fpr_at_tpr", "score_meaning", "default_new_engine", "MIN_NEW_ROWS"]
+
+# An AUROC or a flag rate on fewer images is an anecdote: 20 gives a flag-rate interval
+# about +-20 points wide, the widest worth printing as a result.
+MIN_NEW_ROWS = 20
+
+
+def default_new_engine(
+    engines: Mapping[str, int], ai: Sequence[str], *, min_rows: int = MIN_NEW_ROWS
+) -> tuple[str | None, str]:
+    """The AI engine to hold out as "new" when none is named: ``(engine | None, why)``.
+
+    The smallest AI engine with at least ``min_rows`` images (all of them are the OOD
+    test rows; ties: first by name), so that the rest keeps as much training data as
+    possible while the rate measured on the new engine is still a rate. ``None`` when
+    no engine has that many, or when holding it out would leave no known AI engine;
+    ``why`` then says so, in words fit for a "skipped" line.
+
+    Args:
+        engines: images per engine (reals included; only ``ai`` are considered).
+        ai: the AI-generated engines.
+        min_rows: fewest images a held-out engine must have.
+    """
+    big = sorted((n, e) for e in ai if (n := int(engines.get(e, 0))) >= min_rows)
+    if not big:
+        sizes = ", ".join(f"{e} ({int(engines.get(e, 0))})" for e in sorted(ai))
+        return None, (
+            f"no AI engine has the {min_rows} images a new-engine rate needs ({sizes}); "
+            "name one with --new-engine to run it anyway"
+        )
+    if len(ai) < 2:
+        return None, "a new-engine test needs a second AI engine to stay known"
+    n, engine = big[0]
+    return engine, f"{engine}: the smallest AI engine with at least {min_rows} images ({n})"
 
 
 def fpr_at_tpr(y: Any, scores: Any, tpr: float = 0.95) -> float:

@@ -150,3 +150,23 @@ def test_ood_scores_csv_has_one_row_per_image_and_consistent_flags(setup, tmp_pa
         if abs(score - res.threshold) > 1e-7 * max(1.0, abs(res.threshold)):
             assert int(r["flagged"]) == int(score > res.threshold)
     assert sum(int(r["flagged"]) for r in rows) > 0
+
+
+def test_default_new_engine_is_the_smallest_with_enough_images():
+    from facebank.analysis.ood import default_new_engine
+
+    counts = {"real": 300, "pggan": 2, "sd15": 3, "dalle3": 10, "sdxl": 18, "flux": 22, "sd21": 100}
+    ai = [e for e in counts if e != "real"]
+    engine, why = default_new_engine(counts, ai)
+    assert engine == "flux" and "22" in why
+    # ties go to the first name
+    assert default_new_engine({"b": 25, "a": 25}, ["a", "b"])[0] == "a"
+
+
+def test_default_new_engine_skips_with_a_reason_when_every_engine_is_tiny():
+    from facebank.analysis.ood import default_new_engine
+
+    engine, why = default_new_engine({"real": 50, "gan": 2, "sd": 5}, ["gan", "sd"])
+    assert engine is None
+    assert "gan (2)" in why and "sd (5)" in why and "--new-engine" in why
+    assert default_new_engine({"real": 50, "gan": 40}, ["gan"])[0] is None
