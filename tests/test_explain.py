@@ -138,3 +138,24 @@ def test_cli_explains_images_and_bank_rows(tmp_path):
     assert len(pngs) == 3 and "features-row3.png" in pngs
     res = CliRunner().invoke(app, ["explain", "--head", str(tmp_path / "run")])
     assert res.exit_code == 1 and "nothing to explain" in res.output
+
+
+@pytest.mark.slow
+def test_benchmark_tiny_prints_one_json_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "benchmarks" / "bench_explain.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--steps", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = [x for x in out.stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, out.stdout
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "explain" and fig["backbone"] == "tiny-cnn"
+    assert fig["ig_s"] > 0 and fig["ig_both_s"] > 0
