@@ -1,6 +1,6 @@
 """Detection metrics at the operating point that matters, with bootstrap intervals.
 
-Conventions (see DESIGN.md): ``y`` is 1 for AI-generated (positive), 0 for real;
+Conventions (see docs/design.md): ``y`` is 1 for AI-generated (positive), 0 for real;
 scores are "higher = more likely AI-generated"; an image is **flagged as AI when its
 score is strictly greater than the threshold** (``score > threshold``).
 

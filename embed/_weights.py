@@ -1,6 +1,6 @@
 """Weights files: reading state dicts safely, the Hugging Face hub cache, content hashes.
 
-Resolution order (DESIGN.md): an explicit ``weights=PATH`` wins; else the library's own
+Resolution order (docs/design.md): an explicit ``weights=PATH`` wins; else the library's own
 cache (the Hugging Face hub cache that open_clip and timm download into); else the
 library's own download. Nothing here ever falls back to random weights.
 """

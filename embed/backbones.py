@@ -5,7 +5,7 @@ entry is a small frozen :class:`BackboneInfo`; feature size and preprocessing ar
 from the loaded model (open_clip's preprocess config, timm's
 ``resolve_model_data_config``), never typed in here.
 
-Weights (DESIGN.md): ``weights=PATH`` wins; else the library's own cache (the Hugging
+Weights (docs/design.md): ``weights=PATH`` wins; else the library's own cache (the Hugging
 Face hub cache open_clip and timm use); else the library's own download. When none
 works, :class:`~embed.errors.WeightsUnavailableError` names the backbone, the file
 expected and the two fixes - before anything touches a bank. Random weights are only

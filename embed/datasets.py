@@ -1,6 +1,6 @@
 """Dataset input: turn a SOURCE (image folder or CSV manifest) into an ordered list of images.
 
-Two forms (DESIGN.md "Dataset input"):
+Two forms (docs/design.md "Dataset input"):
 
 - a **folder** ``SOURCE/<engine>/**/<image>``; the folder ``real`` (and any named in
   ``real_names``) holds real faces (label 0), every other engine folder is

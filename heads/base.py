@@ -1,6 +1,6 @@
 """The shared base of every head: input checks, thresholds, device and seed handling.
 
-Conventions (DESIGN.md "Labels and conventions"): label 1 = AI-generated, 0 = real,
+Conventions (docs/design.md "Labels and conventions"): label 1 = AI-generated, 0 = real,
 -1 = unknown; ``decision_function`` is "higher = more likely AI-generated" for every
 head. Rows labelled -1 are dropped from training with an ``UnknownLabelWarning`` (they carry no
 supervision); any other label outside {0, 1} is a ``DataError``.

@@ -43,7 +43,7 @@ SPEC_KEYS = {
     "std", "l2_normalised", "resize_mode", "interpolation", "crop_pct", "layer", "blocks",
     "test_only",
 }  # fmt: skip
-# What DESIGN.md promises for each real backbone (checked against the library's config).
+# What docs/design.md promises for each real backbone (checked against the library's config).
 CONTRACT = {
     "clip-vit-l-14": (768, 224),
     "efficientnet-b1": (1280, 240),
