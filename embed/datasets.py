@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -294,16 +295,19 @@ def _scan_manifest(csv_path: Path) -> Source:
             ) from None
         if split not in ("", *SPLITS):
             raise SourceError(
-                f"{where}: split {split!r} is not valid; use one of {list(SPLITS)} or leave it empty"
+                f"{where}: split {split!r} is not valid; use one of {list(SPLITS)} or leave it "
+                "empty"
             )
-        pure = PurePosixPath(raw_path.replace("\\", "/"))
-        stored = pure.as_posix()  # ImageItem.file joins it to root (absolute: kept)
-        if stored in seen:
+        # normalised ("a/../b.png" -> "b.png"); ImageItem.file joins it to root, an
+        # absolute path or one leading outside the manifest's folder is kept as written
+        stored = posixpath.normpath(PurePosixPath(raw_path.replace("\\", "/")).as_posix())
+        same_file = posixpath.normpath(posixpath.join(root.as_posix(), stored))
+        if same_file in seen:
             raise SourceError(
-                f"{where}: path {stored!r} is listed again (first on line {seen[stored]}); "
-                "list each image once"
+                f"{where}: path {raw_path!r} is listed again (the same file as line "
+                f"{seen[same_file]}); list each image once"
             )
-        seen[stored] = lineno
+        seen[same_file] = lineno
         items.append(ImageItem(stored, label, engine, split, root_text))
     if not items:
         raise SourceError(

@@ -277,6 +277,14 @@ def _command_of(path: Path) -> str | None:
     return doc.get("command") if isinstance(doc, dict) else None
 
 
+def _unwritable(out: Path, exc: OSError) -> RunFolderError:
+    return RunFolderError(
+        f"cannot write the run folder {str(out)!r}: {exc.strerror or exc} "
+        f"({exc.filename or out}); give an --out on a writable disk with free space "
+        "(leave --out away for runs/ under the current folder)"
+    )
+
+
 def check_out(out: str | Path, *, command: str, overwrite: bool, resume: bool = False) -> None:
     """Refuse ``out`` now, before any work, where :func:`start_run` would refuse it later.
 
@@ -354,12 +362,15 @@ def start_run(
     session = _SESSION.get()
     if overwrite is None:
         overwrite = session.overwrite if session is not None else False
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        out.mkdir()
-        created = True
-    except FileExistsError:
-        created = False
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir()
+            created = True
+        except FileExistsError:
+            created = False
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     fd = _lock(out) if out.is_dir() else None
     try:
         state, aside = _claim(out, command=command, overwrite=overwrite, resume=resume)
@@ -375,11 +386,13 @@ def start_run(
                 **dict(config),
             },
         )
-    except BaseException:
+    except BaseException as exc:
         if fd is not None:
             os.close(fd)
         if created:
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _unwritable(out, exc) from None
         raise
     if session is None:
         os.close(fd)
