@@ -66,7 +66,7 @@ MAP_METHODS = ("pca",)
 OOD_FLAG_FPR = 0.05
 _MAX_NOTES = 12  # caveats listed in summary.md; the sub-runs keep their own notes
 # Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
-_STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours")
+_STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours", "few-shot", "chrono")
 
 
 @dataclass
@@ -107,6 +107,7 @@ class ExperimentResult:
     ood: dict[str, Any] | None = None
     neighbours: dict[str, Any] | None = None
     new_engine: str | None = None
+    protocols: dict[str, Any] | None = None  # optional few-shot / chrono: {name: summary}
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -241,6 +242,7 @@ class ExperimentResult:
             "ood": self.ood,
             "neighbours": self.neighbours,
             "new_engine": self.new_engine,
+            "protocols": self.protocols,
             "skipped": self.skipped,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -446,6 +448,7 @@ def run_experiment(
     image_size: int | None = None,
     real_names: Sequence[str] = ("real",),
     note: str | None = None,
+    protocols: Sequence[str] = (),
 ) -> ExperimentResult:
     """Run the whole workbench on one dataset and write ``out/report.html``.
 
@@ -501,6 +504,7 @@ def run_experiment(
     backbone_info(backbone)  # UnknownNameError with the list, before any work
     view_names = _canonical_views(views)
     head_names = _check_heads(heads)
+    protocols = _check_protocols(protocols)
     _, ai = _survey(source, real_names)
     if new_engine is not None:
         new_engine = new_engine.lower()
@@ -526,6 +530,7 @@ def run_experiment(
         "fpr": FPR,
         "threshold_split": "val (reals only)",
         "test_split": "test",
+        "protocols": list(protocols),
     }
     fresh = not run_dir.exists()
     # resume: an earlier experiment in run_dir keeps its banks; anything else is refused
@@ -546,6 +551,7 @@ def run_experiment(
             progress=progress,
             note=note,
             start=start,
+            protocols=protocols,
         )
     except Exception:
         if fresh and not any(p.is_file() for p in run_dir.rglob("*") if p.name != "config.json"):
@@ -569,12 +575,14 @@ def _run_steps(
     progress: bool,
     note: str | None,
     start: float,
+    protocols: Sequence[str] = (),
 ) -> ExperimentResult:
     _clear_previous_steps(run_dir)
     if note:
         (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
 
-    n_steps = len(view_names) + len(head_names) + 5  # + loeo, robustness, ood, neighbours, report
+    # + loeo, robustness, ood, neighbours, report and the optional protocols
+    n_steps = len(view_names) + len(head_names) + 5 + len(protocols)
     steps = _Steps(n_steps, progress=progress)
     bank_paths, banks, embedding = _embed_all(
         source,
@@ -618,6 +626,7 @@ def _run_steps(
         warnings.simplefilter("always")
         _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
         _loeo(result, original, ai, seed=seed, steps=steps)
+        _protocols(result, original, ai, protocols, seed=seed, steps=steps)
         _robustness(result, banks, seed=seed, steps=steps)
         _ood(result, original, ai, new_engine, seed=seed, steps=steps)
         _neighbours(result, original, seed=seed, steps=steps)
@@ -801,3 +810,41 @@ def _neighbours(result, original, *, seed, steps) -> None:
             "run_dir": cl.run_dir,
             "map_dir": map_dir,
         }
+
+
+OPTIONAL_PROTOCOLS = ("few-shot", "chrono")
+
+
+def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(protocols) - set(OPTIONAL_PROTOCOLS))
+    if unknown:
+        raise UnknownNameError(
+            f"--protocols {unknown} are not known; valid: {', '.join(OPTIONAL_PROTOCOLS)}"
+        )
+    return tuple(dict.fromkeys(protocols))
+
+
+def _protocols(result, original, ai, protocols, *, seed, steps) -> None:
+    """Optional protocols (``protocols=("few-shot", "chrono")``) with ``linear``."""
+    from facebank.embed.errors import DataError
+
+    from .chrono import chronological
+    from .fewshot import few_shot
+
+    for name in protocols:
+        with steps.step(name, f"protocol [bold]{name}[/] with [bold]linear[/]"):
+            if len(ai) < 2:
+                result.skipped[name] = f"needs at least two AI engines, the dataset has {ai}"
+                continue
+            out = result.run_dir / name
+            try:
+                if name == "few-shot":
+                    r = few_shot([original], head="linear", seed=seed, fpr=FPR, out=out)
+                    summary = {"average": r.average, "stopped": r.stopped, "run_dir": r.run_dir}
+                else:
+                    r = chronological([original], head="linear", seed=seed, fpr=FPR, out=out)
+                    summary = {"table": r.table, "dates": r.dates, "run_dir": r.run_dir}
+            except DataError as exc:  # e.g. engines without a release date
+                result.skipped[name] = str(exc)
+                continue
+            result.protocols = {**(result.protocols or {}), name: summary}

@@ -125,6 +125,10 @@ SECTIONS: dict[str, Section] = {
     "leaderboard": Section(35, "Leaderboard"),
     "protocol": Section(40, "Protocols"),
     "loeo": Section(40, "Protocols: leave-one-engine-out"),
+    # few-shot curves, chronological windows and explanations (analysis.fewshot/chrono/explain)
+    "few-shot": Section(41, "Protocols: few-shot curves"),
+    "chrono": Section(42, "Protocols: chronological windows"),
+    "explain": Section(75, "Explanations (integrated gradients)"),
     "robustness": Section(50, "Robustness"),
     "ood": Section(60, "Out-of-distribution (new engines)"),
     "neighbours": Section(70, "Neighbours"),

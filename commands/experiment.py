@@ -73,6 +73,13 @@ def experiment(
         int | None,
         typer.Option(help="Backbone input side where allowed (e.g. 512 for efficientnet-b1)."),
     ] = None,
+    protocols: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--protocols",
+            help="Optional protocols with linear: few-shot, chrono (comma-separated or repeated).",
+        ),
+    ] = None,
 ) -> None:
     """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
@@ -91,6 +98,7 @@ def experiment(
         image_size=image_size,
         real_names=tuple(real or ("real",)),
         progress=True,
+        protocols=split_list(protocols, ()),
     )
     _print_experiment(result)
 

@@ -121,3 +121,31 @@ def test_cli_uses_the_shipped_dates_and_writes_a_run(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "range over draws" in res.output and (tmp_path / "f" / "few_shot.png").is_file()
+
+
+def test_experiment_rejects_an_unknown_protocol_before_any_work(tmp_path):
+    from facebank.analysis.experiment import run_experiment
+    from facebank.embed.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="valid: few-shot, chrono"):
+        run_experiment(
+            tmp_path / "none", backbone="tiny-cnn", out=tmp_path / "x", protocols=["nope"]
+        )
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_experiment_step_runs_both_protocols_or_says_why_not(bank, tmp_path):
+    from types import SimpleNamespace
+
+    from facebank.analysis.experiment import _protocols, _Steps
+    from facebank.analysis.report import write_report
+
+    result = SimpleNamespace(run_dir=tmp_path, skipped={}, protocols=None)
+    steps = _Steps(2, progress=False)
+    _protocols(result, bank, ["old", "mid", "new"], ("few-shot", "chrono"), seed=0, steps=steps)
+    # old/mid/new have no shipped release date: chrono is skipped with the engines named
+    assert "few-shot" in result.protocols and (tmp_path / "few-shot" / "few_shot.png").is_file()
+    assert "have no release date" in result.skipped["chrono"]
+    page = write_report([tmp_path / "few-shot"], out=tmp_path / "r.html").read_text()
+    assert "Protocols: few-shot curves" in page and "few_shot" in page
