@@ -221,7 +221,7 @@ def bank_export_cmd(
     ] = False,
     storage_options: StorageOptionsOption = None,
 ) -> None:
-    """Write a bank in clip-retrieval's layout: img_emb/img_emb_N.npy + metadata/metadata_N.parquet."""
+    """Write a bank as clip-retrieval does: img_emb/img_emb_N.npy, metadata/metadata_N.parquet."""
     from facebank.embed.export import export_bank
 
     files = export_bank(

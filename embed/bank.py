@@ -292,6 +292,7 @@ class FeatureBank:
         dtype: str = "float16",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         shard_rows: int | None = None,
+        compression: str = "lz4",
         overwrite: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> FeatureBank:
@@ -307,6 +308,8 @@ class FeatureBank:
             shard_rows: rows per shard (zarr v3 sharding codec, a multiple of
                 ``chunk_rows``): one object per shard instead of one per chunk, for large
                 banks on object stores. None: unsharded.
+            compression: ``"lz4"`` (features padding a small bank's last chunk cost
+                nothing) or ``"none"`` (raw features: fastest reads of large banks).
             overwrite: replace an existing bank at ``path``.
             storage_options: fsspec options of a URL (endpoint, credentials); never recorded.
 
@@ -326,6 +329,8 @@ class FeatureBank:
             )
         if dtype not in ("float16", "float32"):
             raise BankError(f"dtype {dtype!r} is not valid; use one of ['float16', 'float32']")
+        if compression not in ("lz4", "none"):
+            raise BankError(f"compression {compression!r} is not valid; use 'lz4' or 'none'")
         loc.check_reachable()
         attrs = {
             "backbone": json.loads(json.dumps(dict(backbone))),
@@ -344,6 +349,7 @@ class FeatureBank:
             "dtype": dtype,
             "chunk_rows": int(chunk_rows),
             "shard_rows": int(shard_rows) if shard_rows else None,
+            "compression": compression,
         }
         if loc.local is None:
             return cls._create_remote(loc, attrs, layout, overwrite=overwrite)
@@ -923,12 +929,18 @@ def _build(
     dtype: str,
     chunk_rows: int,
     shard_rows: int | None,
+    compression: str,
 ) -> None:
     """Write an empty bank's arrays, then its group zarr.json with ``facebank_format``."""
     group = zarr.create_group(store=loc.zarr_store(read_only=False), attributes=attrs)
-    columns = (*CORE_COLUMNS, *METADATA_SCHEMA)
     create_arrays(
-        group, dim=dim, dtype=dtype, columns=columns, chunk_rows=chunk_rows, shard_rows=shard_rows
+        group,
+        dim=dim,
+        dtype=dtype,
+        columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
+        chunk_rows=chunk_rows,
+        shard_rows=shard_rows,
+        compression=compression,
     )
     ensure_partitions_group(loc)
     store = Store(loc, group, writable=True)

@@ -26,6 +26,7 @@ right away; plain ``zarr.open_group`` / ``xarray.open_zarr`` see them after
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -149,6 +150,7 @@ def write_partition(
         dtype=str(feature_meta["data_type"]),
         columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
         chunk_rows=max(n, 1),  # one object per array: a partition is a few objects
+        compression="lz4" if "blosc" in json.dumps(feature_meta.get("codecs")) else "none",
         rows=n,  # its final shape at once: no resize requests
     )
     store = Store(ploc, group, writable=True)

@@ -158,7 +158,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
     bb = attrs.get("backbone") if isinstance(attrs.get("backbone"), dict) else {}
     try:
         group = zarr.open_group(loc.zarr_store(read_only=True), mode="r", use_consolidated=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
+    except Exception as exc:  # any failure to open is the finding
         rep.problems.append(f"zarr cannot open the group ({type(exc).__name__}: {exc})")
         return None
     metadata_cols = [k for k in METADATA_SCHEMA if k in (attrs.get("columns") or ())]
@@ -173,7 +173,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
     for key in ("features", *CORE_COLUMNS, *metadata_cols):
         try:
             arrays[key] = group[key]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep.problems.append(
                 f"array {key!r} is missing or its zarr.json is unreadable ({type(exc).__name__})"
             )
@@ -254,12 +254,12 @@ def _check_values(
         try:
             raw = arrays[key][:count] if count else np.zeros(0)
             values[key] = np.asarray(raw, np.int8) if key == "label" else as_str_array(raw)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
     for key in set(arrays) - {"features", *CORE_COLUMNS}:
         try:
             _ = arrays[key][:count] if count else None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
     bad_rows: list[int] = []
     try:
@@ -268,7 +268,7 @@ def _check_values(
         for a in range(0, count, step):
             X = np.asarray(feats[a : min(a + step, count)])
             bad_rows.extend((a + np.flatnonzero(~np.isfinite(X).all(axis=1))).tolist())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         rep.problems.append(f"array 'features' has a corrupt chunk ({type(exc).__name__}: {exc})")
     if bad_rows:
         rep.problems.append(

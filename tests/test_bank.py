@@ -249,7 +249,8 @@ def test_second_writer_is_refused_and_lock_dies_with_its_process(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from embed import FeatureBank; import time; b = FeatureBank.open({str(path)!r}, mode='a');"
+            "from facebank.embed import FeatureBank; import time; "
+            f"b = FeatureBank.open({str(path)!r}, mode='a'); "
             "print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
