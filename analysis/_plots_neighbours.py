@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed.images import load_image
+
 __all__ = ["neighbour_grid", "confusion_heatmap", "purity_plot", "embedding_scatter"]
 
 _LABEL_NAMES = {1: "AI", 0: "real", -1: "?"}
@@ -27,21 +29,10 @@ def _tile(path: str | None, size: int) -> np.ndarray | None:
     if not path or not Path(path).is_file():
         return None
     try:
-        try:
-            from facebank.embed import load_image
-        except ImportError:  # the decoder of issue 2 not landed: plain PIL
-            load_image = None
-        if load_image is not None:
-            img = load_image(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        img = img.copy()
+        img = load_image(path).copy()
         img.thumbnail((size, size))
         return np.asarray(img)
-    except Exception:  # noqa: BLE001 - any undecodable file becomes a placeholder tile
+    except Exception:  # any undecodable file becomes a placeholder tile
         return None
 
 
