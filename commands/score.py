@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._common import show_progress, split_list
+
+
+class _Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 def score_cmd(
@@ -54,24 +60,45 @@ def score_cmd(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images per forward pass when embedding.")
     ] = 32,
+    engine: Annotated[
+        _Engine,
+        typer.Option(
+            "--engine",
+            help="local (this machine, the default) or ray (images embedded on a Ray cluster; "
+            "needs pip install 'facebank[ray]').",
+        ),
+    ] = _Engine.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="Ray cluster: auto (a running one) or ray://HOST:10001; default: start a "
+            "local one.",
+        ),
+    ] = None,
 ) -> None:
-    """Score banks or images: raw score (higher = AI-generated), calibrated probability, decision and verdict.
+    """Score banks or images: raw score (higher = AI), calibrated probability, decision, verdict.
 
     Exits 1 when nothing could be scored; with some failures it exits 0 and lists them.
     """
     from facebank.heads import score_run
 
-    res = score_run(
-        head,
-        inputs=[str(p) for p in inputs],
-        out=out,
-        views=list(split_list(views, ())),
-        prevalence=prevalence,
-        weights=weights,
-        device=device,
-        batch_size=batch_size,
-        progress=show_progress(),
-    )
+    common = {
+        "inputs": [str(p) for p in inputs],
+        "out": out,
+        "views": list(split_list(views, ())),
+        "prevalence": prevalence,
+        "weights": weights,
+        "batch_size": batch_size,
+        "progress": show_progress(),
+    }
+    if engine is _Engine.ray:
+        from facebank.embed.ray_engine import RayOptions
+        from facebank.heads.ray_scoring import score_images_ray
+
+        res = score_images_ray(head, ray_options=RayOptions(address=address), **common)
+    else:
+        res = score_run(head, device=device, **common)
     for path, reason in res.failures:
         typer.echo(f"failed: {path}: {reason}", err=True)
     if res.ignored:

@@ -165,3 +165,13 @@ def test_a_view_that_flips_the_decision_is_unsure(image_run, tmp_path):
     assert rows[0]["verdict"] == "unsure"
     assert {rows[0]["decision[original]"], rows[0]["decision[vflip]"]} == {"0", "1"}
     assert float(rows[0]["score[vflip]"]) == pytest.approx(s_flip)
+
+
+def test_engine_ray_goes_through_the_ray_scorer(bank_run, tmp_path, monkeypatch):
+    import sys
+
+    bank, run = bank_run
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray: one line saying how to install it
+    res = invoke("score", bank.path, "--head", run, "--engine", "ray", "--out", tmp_path / "s.csv")
+    assert res.exit_code == 1 and "pip install 'facebank[ray]'" in res.output
+    assert not (tmp_path / "s.csv").exists()
