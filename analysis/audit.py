@@ -59,6 +59,7 @@ from threadpoolctl import threadpool_limits
 from facebank.embed.errors import BankError, DataError, HeadError
 from facebank.embed.metadata import METADATA_SCHEMA
 from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.embed.splits import parse_group_by
 from facebank.heads.training import resolve_splits
 
 from ._evalcommon import (
@@ -714,6 +715,7 @@ def audit(
     scores: Mapping[str, tuple[np.ndarray, float]] | None = None,
     metadata: Mapping[str, np.ndarray] | None = None,
     groups: np.ndarray | None = None,
+    group_by: str | None = None,
     band: tuple[float, float] = BAND,
     fpr: float = 0.005,
     seed: int = 0,
@@ -735,6 +737,8 @@ def audit(
         scores: extra heads as ``{name: ((n_rows,) scores, threshold)}`` (higher = AI).
         metadata: ``{column: (n_rows,) array}`` instead of the banks' own columns.
         groups: ``(n_rows,)`` group per row; groups straddling splits are listed.
+        group_by: ``"level:K"``: the K-th folder of each stored path is its group
+            (``embed.splits.parse_group_by``); used when ``groups`` is not given.
         band: the cross-validated metadata probability band of "files cannot tell".
         fpr: false-positive rate at which thresholds are set on validation reals.
         seed: seeds the folds, subsamples, bootstraps and (without ``run``) the split.
@@ -878,6 +882,11 @@ def audit(
     for p in properties:
         p["carrier"] = p["name"] in carriers
     reason = _reason(verdict, model, carriers, properties, heads, unc)
+    if groups is None and group_by:
+        try:
+            groups = parse_group_by(group_by, np.asarray(bank.paths, dtype=str))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     straddling = straddling_groups(groups, splits) if groups is not None else []
     if straddling:
         notes.append(

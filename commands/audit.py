@@ -36,11 +36,19 @@ def audit_cmd(
         float, typer.Option("--fpr", help="FPR at which thresholds are set on validation reals.")
     ] = 0.005,
     seed: Annotated[int, typer.Option("--seed", help="Seeds folds, bootstraps and the split.")] = 0,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="level:K - the K-th folder of each stored path is its group (identity, "
+            "source); groups with rows in more than one split are listed.",
+        ),
+    ] = None,
 ) -> None:
-    """Metadata-only baseline, heads' AUC where the files cannot tell, per-property table, verdict."""
+    """Could the files, not the faces, give the answer? Metadata baseline, heads, verdict."""
     from facebank.analysis.audit import audit
 
-    res = audit(banks, run=run, band=band, fpr=fpr, seed=seed)
+    res = audit(banks, run=run, band=band, fpr=fpr, seed=seed, group_by=group_by)
     run_dir = res.write(
         default_out("audit", out),
         config={
@@ -49,6 +57,7 @@ def audit_cmd(
             "band": list(band),
             "fpr": fpr,
             "seed": seed,
+            "group_by": group_by,
             "splits": res.splits_source,
             "threshold_split": "val (reals only)",
             "test_split": "test",

@@ -220,3 +220,14 @@ def test_cli_audit_of_a_bank_without_metadata_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "arrays.zarr")])
     assert result.exit_code == 1
     assert "backfill" in result.output and "Traceback" not in result.output
+
+
+def test_group_by_folder_level_lists_groups_straddling_splits(confounded):
+    bank, pixel = confounded
+    # paths are <engine>/<file>: level 0 makes each engine one group, which straddles splits
+    res = audit(bank, scores={"pixels": (pixel, 0.0)}, group_by="level:0")
+    names = {g["group"] for g in res.straddling_groups}
+    assert names == {"real", "gan"}
+    assert any("more than one split" in n for n in res.notes)
+    with pytest.raises(DataError, match="level:K"):
+        audit(bank, group_by="person")
