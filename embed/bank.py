@@ -478,8 +478,15 @@ class FeatureBank:
         )
         X = np.asarray(features)
         start, stop = store.count, store.count + X.shape[0]
-        _write_rows(store, start, X, cols)
-        self._commit(store, stop, attrs)
+        try:
+            _write_rows(store, start, X, cols)
+            self._commit(store, stop, attrs)
+        except OSError as exc:  # disk full, permissions, a store gone away
+            raise BankError(
+                f"writing bank {self.url!r} failed ({exc.strerror or exc}); its "
+                f"{store.count:,} committed rows are safe - free space (or fix the store) and "
+                "rerun the same command to resume"
+            ) from exc
         for key, col in cols.items():
             if key in store._columns:
                 store._columns[key] = np.concatenate([store._columns[key], col])
@@ -553,6 +560,8 @@ class FeatureBank:
                 if arr.shape[0] != store.count:
                     arr.resize((store.count, *arr.shape[1:]))
             write_group_json(store.loc, store.attrs, store.children())
+        except OSError:
+            pass  # (a full disk) the last commit stands; rows past count stay invisible
         finally:
             lock.release()
             store.writable = False

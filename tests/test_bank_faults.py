@@ -90,12 +90,13 @@ def test_full_disk_during_appends_leaves_a_bank_that_verifies_and_resumes(tmp_pa
         path = mnt / "b.zarr"
         committed = 0
         bank = FeatureBank.create(path, backbone=synthetic_backbone(256), chunk_rows=64)
-        with bank, pytest.raises(OSError):
+        with bank, pytest.raises(BankError, match=r"committed rows are safe.*rerun") as err:
             for step in range(1000):
                 X = RNG.normal(size=(64, 256)).astype(np.float32)
                 bank.append(X, **_rows(64, start=64 * step))
                 committed = len(bank)
-        assert committed > 0
+        assert committed > 0 and isinstance(err.value.__cause__, OSError)
+        assert f"{committed:,} committed rows" in str(err.value)
         rep = verify_bank(path)
         assert rep.ok, rep.problems
         assert rep.rows == committed
@@ -123,3 +124,43 @@ def test_lease_lock_refuses_a_second_writer_and_expires(tmp_path):
     stale = LeaseLock(loc, ttl_s=-1).acquire()  # a killed writer's lease, already expired
     assert stale.held
     LeaseLock(loc).acquire().release()  # taken over
+
+
+@pytest.mark.slow
+def test_embed_refuses_to_append_to_a_damaged_bank(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    (tmp_path / "src" / "real").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (16, 16), (i * 90, 0, 0)).save(tmp_path / "src" / "real" / f"{i}.jpg")
+    runner = CliRunner()
+    for damage in ("chunk", "zarr.json"):
+        out = tmp_path / f"{damage}.zarr"
+        X = RNG.normal(size=(40, D)).astype(np.float32)
+        write_bank(out, X, chunk_rows=16, labels=[0] * 40, engines="real")
+        if damage == "chunk":
+            (out / "label" / "c" / "1").unlink()
+        else:
+            (out / "zarr.json").write_text("{")
+        res = runner.invoke(
+            app,
+            [
+                "embed",
+                str(tmp_path / "src"),
+                "-b",
+                "tiny-cnn",
+                "-o",
+                str(out),
+                "--workers",
+                "0",
+                "--no-progress",
+            ],
+        )
+        assert res.exit_code == 1, res.output
+        assert "Traceback" not in res.output
+        want = "lost 1 stored chunk" if damage == "chunk" else "not a readable feature bank"
+        assert want in res.output
+        assert "facebank bank verify" in res.output or damage == "zarr.json"
