@@ -34,6 +34,7 @@ def synthetic_arrays(
     signal: float = 2.0,
     spread: float = 2.0,
     offset: float = 0.0,
+    sha_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Features (n, dim) float32, labels, engines, sha256 for ``{engine: n_rows}``.
 
@@ -42,7 +43,8 @@ def synthetic_arrays(
     detector can learn and carry to unseen engines) and an engine-specific direction
     ``v_e`` (what it cannot). ``offset`` moves every row along one common direction, like
     real backbone features that are not centred on the origin (so cosine similarity is
-    meaningful).
+    meaningful). ``sha_prefix`` names rows ``f"{sha_prefix}{i}"`` instead of the seeded
+    default, so that banks of one seed can hold different images.
     """
     rng = np.random.default_rng(seed)
     u = rng.normal(size=dim)
@@ -62,7 +64,10 @@ def synthetic_arrays(
     X = (np.concatenate(feats) + offset * w / np.linalg.norm(w)).astype(np.float32)
     names = np.array(names)
     labels = (names != "real").astype(np.int8)
-    sha = np.array([f"{seed:04d}{i:012x}" for i in range(len(names))])
+    if sha_prefix is None:
+        sha = np.array([f"{seed:04d}{i:012x}" for i in range(len(names))])
+    else:
+        sha = np.array([f"{sha_prefix}{i}" for i in range(len(names))])
     return {"X": X, "labels": labels, "engines": names, "sha256": sha, "u": u}
 
 

@@ -1,6 +1,39 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules.
 
+Data builders live in :mod:`facebank.testing` (importable by benchmarks and examples
+too); the fixtures here put them on ``tmp_path``.
+"""
+
+import numpy as np
 import pytest
+
+from facebank.testing import synthetic_arrays, write_synthetic_bank
+
+
+@pytest.fixture
+def synthetic_bank(tmp_path):
+    """Factory writing a bank of Gaussian clusters per engine under ``tmp_path``.
+
+    ``synthetic_bank({"real": 30, "sdxl": 30}, name="b.zarr", dim=16, seed=0,
+    sha_prefix=None, **write_kw)`` returns the ``FeatureBank``; ``write_kw`` goes to
+    :func:`facebank.testing.write_synthetic_bank` (``view``, ``rows``, ``backbone``...).
+    """
+
+    def make(engines, *, name, dim=16, seed=0, sha_prefix=None, **write_kw):
+        data = synthetic_arrays(engines, dim=dim, seed=seed, sha_prefix=sha_prefix)
+        return write_synthetic_bank(tmp_path / name, data, **write_kw)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def two_classes():
+    """Tiny, easy head data: ``(X (240, 16) float32, y (240,) int64)``, class 1 shifted by 0.9."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((240, 16)).astype(np.float32)
+    y = (rng.random(240) < 0.5).astype(np.int64)
+    X[y == 1] += 0.9
+    return X, y
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
-from facebank.testing import synthetic_arrays, write_synthetic_bank
+from typer.testing import CliRunner
+
 from facebank.analysis.evaluation import evaluate
 from facebank.embed.errors import BackboneMismatchError, DataError
-from typer.testing import CliRunner
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -115,17 +116,13 @@ def test_small_engine_is_reported_with_a_warning_and_a_wide_interval(trained):
     assert ev.n_excluded == {"train": 0, "val": 0}
 
 
-def test_bank_without_reals_is_an_error_not_a_number(trained, tmp_path):
-    d = synthetic_arrays({"sdxl": 30}, dim=24, seed=3)
-    d["sha256"] = np.array([f"f-{i}" for i in range(30)])
-    write_synthetic_bank(tmp_path / "fakes.zarr", d)
+def test_bank_without_reals_is_an_error_not_a_number(trained, synthetic_bank):
+    fakes = synthetic_bank({"sdxl": 30}, name="fakes.zarr", dim=24, seed=3, sha_prefix="f-")
     with pytest.raises(DataError, match="no real images"):
-        evaluate(trained["run"], [tmp_path / "fakes.zarr"], n_boot=0)
-    d = synthetic_arrays({"real": 30}, dim=24, seed=3)
-    d["sha256"] = np.array([f"r-{i}" for i in range(30)])
-    write_synthetic_bank(tmp_path / "reals.zarr", d)
+        evaluate(trained["run"], [fakes.path], n_boot=0)
+    reals = synthetic_bank({"real": 30}, name="reals.zarr", dim=24, seed=3, sha_prefix="r-")
     with pytest.raises(DataError, match="no AI images"):
-        evaluate(trained["run"], [tmp_path / "reals.zarr"], n_boot=0)
+        evaluate(trained["run"], [reals.path], n_boot=0)
 
 
 def test_only_train_rows_left_is_an_error_that_counts_exclusions(trained, tmp_path):

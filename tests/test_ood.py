@@ -6,11 +6,12 @@ import csv
 
 import numpy as np
 import pytest
-from facebank.testing import synthetic_arrays, write_synthetic_bank
-from facebank.analysis.ood import fpr_at_tpr, ood
-from facebank.embed.errors import DataError
 from sklearn.metrics import roc_curve
 from typer.testing import CliRunner
+
+from facebank.analysis.ood import fpr_at_tpr, ood
+from facebank.embed.errors import DataError
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
@@ -97,7 +98,7 @@ def test_ood_separates_a_far_new_engine(setup, head, tmp_path):
     ).read_text()
 
 
-def test_ood_bad_input(setup, tmp_path):
+def test_ood_bad_input(setup, synthetic_bank):
     root = setup["root"]
     run = setup["runs"]["linear"]
     with (
@@ -105,11 +106,9 @@ def test_ood_bad_input(setup, tmp_path):
         pytest.warns(UserWarning, match="not new"),
     ):
         ood(run, known=[root / "known.zarr"], new=[root / "known.zarr"], n_boot=0)
-    d = synthetic_arrays({"sdxl": 20}, dim=16, seed=11)
-    d["sha256"] = np.array([f"s{i}" for i in range(20)])
-    write_synthetic_bank(tmp_path / "sdxl.zarr", d)
+    sdxl = synthetic_bank({"sdxl": 20}, name="sdxl.zarr", dim=16, seed=11, sha_prefix="s")
     with pytest.warns(UserWarning, match="not new"):
-        ood(run, known=[root / "known.zarr"], new=[tmp_path / "sdxl.zarr"], n_boot=0)
+        ood(run, known=[root / "known.zarr"], new=[sdxl.path], n_boot=0)
 
 
 def test_ood_cli(setup, tmp_path):

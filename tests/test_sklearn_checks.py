@@ -63,14 +63,13 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 @pytest.mark.parametrize("name", ["linear", "knn"])
-def test_convention_checks_fail_on_labels_only(name):
+def test_convention_checks_fail_on_labels_only(name, two_classes):
     """The same data the expected failures use trains once its labels follow the convention."""
-    rng = np.random.default_rng(0)
-    X = rng.uniform(size=(20, 3))
-    y_other = np.where(rng.random(20) < 0.5, 1, 2)  # what the checks give
+    X, y = two_classes
+    y_other = y + 1  # {1, 2}: what the checks give
     with pytest.raises(DataError, match=r"label\(s\) \[2\]; valid labels are 1 \(AI"):
         _head(name).fit(X, y_other)
     with pytest.raises(DataError, match="Unknown label type"):
         _head(name).fit(X, np.where(y_other == 1, "one", "two"))
     head = _head(name).fit(X, y_other - 1)  # {1, 2} -> {0, 1}
-    assert head.predict(X).shape == (20,)
+    assert head.predict(X).shape == (len(X),)
