@@ -1,0 +1,381 @@
+"""Several backbones in one experiment, and the backbone x head leaderboard.
+
+:func:`run_backbone_comparison` embeds SOURCE once per view with every backbone (each
+image decoded once: :func:`facebank.embed.multi.embed_source_multi`), runs the full
+single-backbone experiment for each backbone on those banks (heads, leave-one-engine-out,
+robustness, OOD, neighbours, audit), trains fused heads on the backbones together -
+feature level (each head on the joined features) and score level (a ``fusion`` head
+stacking one member per backbone) - and puts a leaderboard at the top of the report.
+
+Which split chose what: every head is fitted on ``train`` rows, its threshold set on
+``val`` reals at FPR 0.5 % (the stacker of a fusion head is fitted on ``val`` rows too);
+every leaderboard figure comes from ``test`` rows. Per row: AUC with its bootstrap 95 %
+interval; TPR at the frozen threshold with its interval, beside the FPR realised on the
+same test reals; the out-of-engine TPR of leave-one-engine-out (run with the ``linear``
+head, so shown on linear rows); the AUC of the same head on the ``normalise`` view when
+that view was embedded.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facebank.embed.backbones import backbone_info
+from facebank.embed.bank import FeatureBank
+from facebank.embed.errors import DataError
+from facebank.embed.multi import embed_source_multi, join_banks
+from facebank.embed.runs import fmt_value, markdown_table, start_run, write_json
+from facebank.heads import load_head, train_run
+from facebank.heads.training import resolve_splits
+
+from .experiment import (
+    DEFAULT_HEADS,
+    DEFAULT_VIEWS,
+    FPR,
+    ExperimentResult,
+    _canonical_views,
+    _check_heads,
+    _view_slug,
+    run_experiment,
+)
+from .metrics import binary_metrics
+from .report import write_report
+
+__all__ = ["LeaderboardRow", "Comparison", "leaderboard_row", "run_backbone_comparison"]
+
+FUSED_FEATURES = "joined features"
+FUSED_STACK = "fusion (stack)"
+
+
+@dataclass
+class LeaderboardRow:
+    """One backbone (or fusion) x head cell of the leaderboard, on test rows.
+
+    Attributes:
+        backbone: A backbone name, or ``"A+B (joined features)"`` / ``"A+B (fusion (stack))"``.
+        head: The head's registry name.
+        auc, auc_ci: Test AUC and its bootstrap 95 % interval.
+        tpr, tpr_ci: TPR at the threshold chosen on validation reals (target FPR 0.5 %).
+        fpr: The FPR realised by that threshold on the test reals.
+        out_of_engine_tpr, out_of_engine_fpr: Leave-one-engine-out average (linear rows).
+        auc_normalised: Test AUC of the same head on the ``normalise`` view.
+        n_test: Test rows.
+        run_dir: The training run.
+    """
+
+    backbone: str
+    head: str
+    auc: float | None
+    auc_ci: tuple[float, float] | None
+    tpr: float | None
+    tpr_ci: tuple[float, float] | None
+    fpr: float | None
+    n_test: int
+    run_dir: str
+    out_of_engine_tpr: float | None = None
+    out_of_engine_fpr: float | None = None
+    auc_normalised: float | None = None
+    fused: bool = False
+
+    def cells(self) -> dict[str, str]:
+        def ci(v: Any, lo_hi: Any, pct: bool) -> str:
+            if v is None:
+                return "n/a"
+            f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: fmt_value(x, digits=3))
+            if not lo_hi or lo_hi[0] is None:
+                return f(v)
+            return f"{f(v)} [{f(lo_hi[0])}, {f(lo_hi[1])}]"
+
+        ooe = "n/a (runs with linear)" if self.head != "linear" else "n/a (skipped)"
+        if self.fused:
+            ooe = "n/a (not run on fused rows)"
+        if self.out_of_engine_tpr is not None:
+            ooe = f"{100 * self.out_of_engine_tpr:.1f}%"
+            if self.out_of_engine_fpr is not None:
+                ooe += f" at FPR {100 * self.out_of_engine_fpr:.2f}%"
+        return {
+            "backbone": self.backbone,
+            "head": self.head,
+            "AUC [95% CI]": ci(self.auc, self.auc_ci, pct=False),
+            f"TPR at val-chosen {FPR:.1%} FPR [95% CI]": ci(self.tpr, self.tpr_ci, pct=True),
+            "FPR realised (test)": "n/a" if self.fpr is None else f"{100 * self.fpr:.2f}%",
+            "out-of-engine TPR (LOEO)": ooe,
+            "AUC normalised view": "n/a (no normalise view)"
+            if self.auc_normalised is None
+            else fmt_value(self.auc_normalised, digits=3),
+            "test rows": str(self.n_test),
+        }
+
+
+def leaderboard_row(
+    run_dir: str | Path, bank: Any, *, backbone: str, head: str, seed: int = 0, fused: bool = False
+) -> LeaderboardRow:
+    """Score the test rows of ``bank`` (a bank or a joined bank) with the head in ``run_dir``.
+
+    Test rows are the bank's ``test`` split as ``train_run`` resolved it (same seed), so
+    no row the head was fitted or thresholded on is scored.
+    """
+    est = load_head(run_dir)
+    splits, _ = resolve_splits(bank, seed=seed)
+    labels = np.asarray(bank.labels).astype(np.int64)
+    rows = np.flatnonzero((splits == "test") & (labels >= 0))
+    y = labels[rows]
+    if rows.size == 0 or len(np.unique(y)) < 2:
+        raise DataError(
+            f"bank {str(bank.path)!r} has {rows.size} labelled test rows of "
+            f"{len(np.unique(y))} class(es); the leaderboard needs reals and AI images in test"
+        )
+    s = est.decision_function(bank.load_features(rows))
+    m = binary_metrics(y, s, threshold=float(est.threshold_), seed=seed)
+    return LeaderboardRow(
+        backbone=backbone,
+        head=head,
+        auc=m.auc,
+        auc_ci=m.ci.get("auc"),
+        tpr=m.recall,
+        tpr_ci=m.ci.get("recall"),
+        fpr=m.fpr,
+        n_test=int(rows.size),
+        run_dir=str(run_dir),
+        fused=fused,
+    )
+
+
+@dataclass
+class Comparison:
+    """What :func:`run_backbone_comparison` did: the leaderboard and each backbone's run.
+
+    Attributes:
+        run_dir: The comparison folder; ``report`` its ``report.html``.
+        backbones: The backbones, in the order given.
+        rows: The leaderboard, single-backbone rows then fused rows.
+        experiments: Each backbone's :class:`ExperimentResult` (its own sub-folder).
+        embedding: ``{view: {backbone: {embedded, failed, seconds}}}``.
+        seconds: Wall time per step and ``total``.
+        notes: Caveats (unmatched rows, skipped fusions).
+    """
+
+    run_dir: Path
+    report: Path | None
+    backbones: list[str]
+    rows: list[LeaderboardRow]
+    experiments: dict[str, ExperimentResult]
+    embedding: dict[str, dict[str, dict[str, Any]]]
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        """The leaderboard as Markdown (top of ``summary.md``)."""
+        return "\n".join(
+            [
+                "### Leaderboard: backbone x head (test rows)\n",
+                f"Heads fitted on train, thresholds on validation reals at FPR {FPR:.1%} "
+                "(the fusion stacker on validation rows); every figure on test rows. "
+                "Fused rows use all backbones together.\n",
+                markdown_table([r.cells() for r in self.rows]),
+                "".join(f"- {n}\n" for n in self.notes),
+            ]
+        )
+
+    def rich_tables(self) -> list[Any]:
+        from rich.table import Table
+
+        t = Table(
+            title=f"leaderboard: backbone x head on test rows (threshold set on validation "
+            f"reals at FPR {FPR:.1%}; TPR beside the FPR realised)"
+        )
+        cells = [r.cells() for r in self.rows]
+        for col in cells[0] if cells else ():
+            t.add_column(col, justify="left" if col in ("backbone", "head") else "right")
+        for c in cells:
+            t.add_row(*c.values())
+        return [t]
+
+    def to_dict(self) -> dict[str, Any]:
+        by: dict[str, dict[str, Any]] = {}
+        for r in self.rows:
+            by.setdefault(r.backbone, {})[r.head] = {
+                k: v for k, v in r.__dict__.items() if k not in ("backbone", "head")
+            }
+        return {
+            "backbones": self.backbones,
+            "results": by,
+            "fpr": FPR,
+            "embedding": self.embedding,
+            "experiments": {b: str(e.run_dir) for b, e in self.experiments.items()},
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "which_split": {
+                "fit": "train",
+                "threshold": "val reals",
+                "stacker": "val",
+                "metrics": "test",
+            },
+        }
+
+
+def run_backbone_comparison(
+    source: str | Path,
+    *,
+    backbones: Sequence[str],
+    out: str | Path,
+    views: Sequence[str] = DEFAULT_VIEWS,
+    heads: Sequence[str] = DEFAULT_HEADS,
+    new_engine: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    real_names: Sequence[str] = ("real",),
+) -> Comparison:
+    """Run the experiment with several backbones and write the leaderboard and one report.
+
+    Layout: ``out/<backbone>/`` is each backbone's experiment (banks in
+    ``out/<backbone>/banks``), ``out/fusion/`` the fused heads, ``out/leaderboard/`` the
+    table, ``out/metrics.json`` the results keyed by backbone and head.
+
+    Args:
+        source: As in :func:`~facebank.analysis.experiment.run_experiment`.
+        backbones: At least two registered backbone names.
+        out, views, heads, new_engine, device, seed, progress, real_names: As in
+            ``run_experiment`` (the same for every backbone).
+
+    Raises:
+        DataError: Fewer than two backbones, or a name repeated.
+        UnknownNameError: An unknown backbone, view or head (before any work).
+    """
+    names = list(dict.fromkeys(backbones))
+    if len(names) < 2 or len(names) != len(backbones):
+        raise DataError(
+            f"a backbone comparison needs at least two different backbones, got {list(backbones)}"
+        )
+    for name in names:
+        backbone_info(name)  # UnknownNameError with the valid names, before any work
+    view_names = _canonical_views(views)
+    head_names = _check_heads(heads)
+    run_dir = start_run(
+        out,
+        command="experiment",
+        config={
+            "source": str(source),
+            "backbones": names,
+            "views": view_names,
+            "heads": head_names,
+            "seed": seed,
+            "fpr": FPR,
+            "threshold_split": "val (reals only)",
+            "test_split": "test",
+        },
+        resume=True,
+    )
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    embedding: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        # each backbone's folder is its experiment run, resumed below once its banks are
+        # complete (the run-folder rule resumes a run of the same command only)
+        sub = run_dir / name
+        (sub / "banks").mkdir(parents=True, exist_ok=True)
+        if not (sub / "config.json").is_file():
+            write_json(sub / "config.json", {"command": "experiment", "backbone": name})
+    for view in view_names:
+        t = time.perf_counter()
+        outs = [run_dir / name / "banks" / f"{_view_slug(view)}.zarr" for name in names]
+        res = embed_source_multi(
+            source, backbones=names, outs=outs, view=view, device=device,
+            real_names=real_names, progress=progress,
+        )  # fmt: skip
+        embedding[view] = {
+            n: {"embedded": s.embedded, "failed": len(s.failed), "seconds": round(s.seconds, 2)}
+            for n, s in zip(names, res, strict=True)
+        }
+        seconds[f"embed {view}"] = round(time.perf_counter() - t, 2)
+
+    experiments: dict[str, ExperimentResult] = {}
+    for name in names:  # banks are complete: each run only loads its model and resumes
+        t = time.perf_counter()
+        experiments[name] = run_experiment(
+            source, backbone=name, out=run_dir / name, views=views, heads=head_names,
+            new_engine=new_engine, device=device, seed=seed, progress=progress,
+            real_names=real_names,
+        )  # fmt: skip
+        seconds[f"experiment {name}"] = round(time.perf_counter() - t, 2)
+
+    notes: list[str] = []
+    rows: list[LeaderboardRow] = []
+    originals = [FeatureBank.open(run_dir / n / "banks" / "original.zarr") for n in names]
+    for name, bank in zip(names, originals, strict=True):
+        exp = experiments[name]
+        for head in head_names:
+            row = leaderboard_row(
+                exp.run_dir / "train" / head, bank, backbone=name, head=head, seed=seed
+            )
+            if head == "linear" and exp.loeo:
+                row.out_of_engine_tpr = exp.loeo.get("out_of_engine_tpr")
+                row.out_of_engine_fpr = exp.loeo.get("fpr_test_reals")
+            if exp.normalised:
+                row.auc_normalised = (exp.normalised["heads"].get(head) or {}).get("auc")
+            rows.append(row)
+
+    t = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        joined = join_banks(originals)
+        label = "+".join(names)
+        for head in head_names:
+            for kind, train_head, params in (
+                (FUSED_FEATURES, head, {}),
+                (FUSED_STACK, "fusion", {"rule": "stack", "head": head}),
+            ):
+                slug = "features" if kind == FUSED_FEATURES else "stack"
+                tr = train_run(
+                    originals, head=train_head, params=params,
+                    out=run_dir / "fusion" / slug / head, seed=seed, fpr=FPR,
+                )  # fmt: skip
+                rows.append(
+                    leaderboard_row(
+                        tr.run_dir,
+                        joined,
+                        backbone=f"{label} ({kind})",
+                        head=head,
+                        seed=seed,
+                        fused=True,
+                    )  # fmt: skip
+                )
+    notes.extend(dict.fromkeys(str(w.message) for w in caught))
+    seconds["fusion"] = round(time.perf_counter() - t, 2)
+
+    result = Comparison(
+        run_dir=run_dir,
+        report=None,
+        backbones=names,
+        rows=rows,
+        experiments=experiments,
+        embedding=embedding,
+        seconds=seconds,
+        notes=notes[:20],
+    )
+    board = start_run(
+        run_dir / "leaderboard", command="leaderboard", config={"backbones": names}, resume=True
+    )
+    write_json(board / "metrics.json", result.to_dict())
+    (board / "metrics.md").write_text(result.markdown())
+    (run_dir / "summary.md").write_text(
+        result.markdown()
+        + "\n".join(f"\n#### {n}\n\n{e.markdown()}" for n, e in experiments.items())
+    )
+    result.report = write_report(
+        [run_dir],
+        out=run_dir / "report.html",
+        title=f"facebank experiment: {', '.join(names)} on {Path(source).name}",
+        overwrite=True,
+    )
+    result.seconds["total"] = round(time.perf_counter() - start, 2)
+    write_json(run_dir / "metrics.json", result.to_dict())
+    return result
