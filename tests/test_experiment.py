@@ -28,7 +28,7 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-VIEWS = ("vflip",)
+VIEWS = ("normalise:size=64", "vflip")
 HEADS = ("linear", "prototype")
 N = 56
 
@@ -43,8 +43,16 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp-run") / "run"
+    # named: no engine of this small set has the 20 images the default new engine needs
     result = run_experiment(
-        dataset, backbone=BACKBONE, out=out, views=VIEWS, heads=HEADS, device="cpu", progress=False
+        dataset,
+        backbone=BACKBONE,
+        out=out,
+        views=VIEWS,
+        heads=HEADS,
+        new_engine="denoise-renoise",
+        device="cpu",
+        progress=False,
     )
     return result
 
@@ -61,7 +69,7 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
     r = first_run
     run = r.run_dir
     assert r.report == run / "report.html" and r.report.stat().st_size > 10_000
-    assert set(r.banks) == {"original", "vflip"}
+    assert set(r.banks) == {"original", "normalise:size=64,q=90", "vflip"}
     assert r.banks["vflip"] == run / "banks" / "vflip.zarr"
     assert r.engines["real"] == N and sum(n for e, n in r.engines.items() if e != "real") == N
     assert list(r.heads) == list(HEADS)
@@ -69,7 +77,7 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
         assert (run / "train" / name / "head.json").is_file()
         assert (run / "evaluate" / name / "metrics.json").is_file()
         assert 0.0 <= h["auc"] <= 1.0 and h["threshold"] is not None
-    assert r.new_engine == "denoise-renoise"  # the smallest AI engine
+    assert r.new_engine == "denoise-renoise"
     assert r.ood is not None and 0.0 <= r.ood["auroc"] <= 1.0
     assert (run / "train" / "prototype-without-denoise-renoise" / "head.json").is_file()
     # the OOD head never saw the new engine
@@ -77,16 +85,24 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
     assert "denoise-renoise" not in splits
     assert r.loeo is not None and len(r.loeo["per_engine"]) == 4
     assert set(r.robustness) == set(HEADS)
-    assert set(r.robustness["linear"]) == {"original", "vflip"}
+    assert set(r.robustness["linear"]) == set(r.banks)
+    # the confounds audit and the normalised control ran, with the heads trained here
+    assert (run / "audit" / "metrics.json").is_file()
+    assert r.audit["verdict"] in ("confounded", "partly confounded", "no metadata shortcut found")
+    assert set(r.audit["heads"]) == set(HEADS)
+    assert set(r.normalised["heads"]) == set(HEADS)
+    assert (run / "normalised" / "train" / "linear" / "head.json").is_file()
     assert r.neighbours is not None and (run / "neighbours" / "clusters" / "metrics.json").is_file()
     assert r.skipped == {}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["heads"]["linear"]["auc"] == pytest.approx(r.heads["linear"]["auc"])
     assert metrics["fpr"] == 0.005
     config = json.loads((run / "config.json").read_text())
-    assert config["command"] == "experiment" and config["views"] == ["original", "vflip"]
+    assert config["command"] == "experiment"
+    assert config["views"] == ["original", "normalise:size=64,q=90", "vflip"]
+    assert metrics["audit"]["verdict"] == r.audit["verdict"]
     html = r.report.read_text()
-    for text in ("Experiment summary", "linear", "prototype", "denoise-renoise"):
+    for text in ("Experiment summary", "linear", "prototype", "denoise-renoise", "Confounds"):
         assert text in html
 
 
@@ -130,7 +146,12 @@ def test_one_ai_engine_skips_loeo_and_ood_with_a_reason(dataset, tmp_path):
     assert "two AI engines" in r.skipped["ood"]
     assert "robustness" in r.skipped
     metrics = json.loads((r.run_dir / "metrics.json").read_text())
-    assert set(metrics["skipped"]) == {"leave-one-engine-out", "ood", "robustness"}
+    assert set(metrics["skipped"]) == {
+        "leave-one-engine-out",
+        "ood",
+        "robustness",
+        "normalised control",
+    }
     assert "two AI engines" in r.report.read_text()
     assert r.heads["linear"]["auc"] is not None
 
@@ -224,7 +245,7 @@ def test_a_failed_experiment_leaves_no_folder(dataset, tmp_path):
 
 @pytest.mark.skipif(torch_cuda(), reason="this machine has CUDA")
 def test_an_absent_device_is_refused_before_any_work(dataset, tmp_path):
-    with pytest.raises(FacebankError, match="CUDA is not available"):
+    with pytest.raises(FacebankError, match="device .cuda."):
         run_experiment(dataset, backbone=BACKBONE, out=tmp_path / "run", device="cuda")
     assert not (tmp_path / "run").exists()
 
