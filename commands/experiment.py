@@ -29,8 +29,13 @@ def experiment(
         ),
     ],
     backbone: Annotated[
-        str, typer.Option(help="Backbone (see `facebank backbones`).")
-    ] = "clip-vit-l-14",
+        list[str] | None,
+        typer.Option(
+            help="Backbone (see `facebank backbones`); repeat or comma-separate for several: "
+            "each image is decoded once, every head trains on every backbone and on the "
+            "backbones fused, and a backbone x head leaderboard heads the report.",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -85,9 +90,39 @@ def experiment(
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
     from facebank.analysis.experiment import DEFAULT_HEADS, DEFAULT_VIEWS, run_experiment
 
+    backbones = split_list(backbone, ("clip-vit-l-14",))
+    if not backbones:
+        raise typer.BadParameter("give at least one --backbone (see `facebank backbones`)")
+    if len(backbones) > 1:
+        from facebank.analysis.leaderboard import run_backbone_comparison
+
+        if weights is not None or image_size is not None:
+            raise typer.BadParameter(
+                "--weights and --image-size apply to one backbone; drop them when comparing "
+                "several backbones (each uses its own weights and input size)"
+            )
+        comparison = run_backbone_comparison(
+            source,
+            backbones=backbones,
+            out=default_out("experiment", out),
+            views=split_list(views, DEFAULT_VIEWS),
+            heads=split_list(heads, DEFAULT_HEADS),
+            new_engine=new_engine,
+            device=device,
+            seed=seed,
+            real_names=tuple(real or ("real",)),
+            progress=True,
+        )
+        from rich.console import Console
+
+        console = Console()
+        for table in comparison.rich_tables():
+            console.print(table)
+        console.print(f"report: [bold]{comparison.report}[/]  (run folder {comparison.run_dir})")
+        return
     result = run_experiment(
         source,
-        backbone=backbone,
+        backbone=backbones[0],
         out=default_out("experiment", out),
         views=split_list(views, DEFAULT_VIEWS),
         heads=split_list(heads, DEFAULT_HEADS),

@@ -89,3 +89,18 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         LeaderboardRow("a", "linear", None, None, None, None, None, 0, "").cells()["AUC [95% CI]"]
         == "n/a"
     )
+
+
+def test_cli_several_backbones_refuse_one_backbone_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    res = CliRunner().invoke(
+        app,
+        ["experiment", str(tmp_path), "--backbone", "tiny-cnn,tiny-vit", "--weights", str(weights)],
+    )
+    assert res.exit_code != 0 and "apply to one backbone" in res.output
+    assert not any(tmp_path.glob("runs"))
