@@ -5,7 +5,10 @@ from facebank.embed.runs import markdown_table, read_json, start_run, write_json
 # `robustness` and `ood` are functions of the same-named modules (analysis.robustness.robustness,
 # analysis.ood.ood); they are not re-exported here so the modules are not shadowed.
 # isort: split
+from .chrono import ChronoResult, chronological
 from .evaluation import Evaluation, evaluate
+from .explain import explain_features, explain_images
+from .fewshot import FewShotResult, few_shot
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table, threshold_at_fpr, tpr_at_fpr
 from .ood import OodResult, fpr_at_tpr
 from .protocols import InEngineResult, LoeoResult, in_engine, leave_one_engine_out
@@ -41,6 +44,12 @@ __all__ = [
     "LoeoResult",
     "in_engine",
     "leave_one_engine_out",
+    "FewShotResult",
+    "few_shot",
+    "ChronoResult",
+    "chronological",
+    "explain_images",
+    "explain_features",
     "RobustnessResult",
     "OodResult",
     "fpr_at_tpr",
