@@ -48,6 +48,7 @@ from .errors import (
     FacebankError,
 )
 from .metadata import metadata_columns
+from .views import FACE_FOUND
 
 __all__ = [
     "EmbedSummary",
@@ -161,6 +162,8 @@ def load_one(
     try:
         img, meta = load_image_and_metadata(file, draft_size=draft_size)
         img = view(img)
+        if FACE_FOUND in img.info:  # a face view: was a face found? (recorded per row)
+            meta[FACE_FOUND] = bool(img.info[FACE_FOUND])
         x = transform(img)
     except ImageDecodeError as exc:
         return sha, None, str(exc), None
@@ -479,6 +482,8 @@ def embed_source(
         out, spec=dict(bb.spec), backbone=backbone, view=vw.name, src=src, source=source,
         dtype=dtype, chunk_rows=chunk_rows,
     )  # fmt: skip
+    if vw.provenance():  # e.g. the face detector and its version
+        bank.update_attrs({"view_provenance": vw.provenance()})
     try:
         with interruptible(bank):
             return _run(
@@ -683,6 +688,8 @@ class RowWriter:
         self.bank = bank
         self.state = state
         self.ignored = [{"path": p, "reason": r} for p, r in ignored]
+        # a face view's rows kept uncropped because no face was found (bank attribute)
+        self.no_face: list[str] = list(bank.meta.get("face_not_found") or [])
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.storage = bank.storage_dtype
@@ -732,6 +739,8 @@ class RowWriter:
             self.pending_items.append(item)
             self.pending_sha.append(digest)
             self.pending_meta.append(meta[j] if meta[j] is not None else {})
+            if meta[j] is not None and meta[j].get(FACE_FOUND) is False:
+                self.no_face.append(item.path)
         if rows:
             self.pending_X.append(X[rows])
 
@@ -769,6 +778,7 @@ class RowWriter:
             "failures": [{"path": p, "reason": r} for p, r in self.state.failures.items()],
             "duplicates": self.state.duplicates,
             "ignored": self.ignored,
+            **({"face_not_found": self.no_face} if self.no_face else {}),
         }
 
     def flush(self) -> None:

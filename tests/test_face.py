@@ -78,3 +78,23 @@ def test_detector_info_names_the_cascade_and_version():
     info = detector_info()
     assert "haarcascade_frontalface_default" in info["detector"]
     assert info["version"].split(".")[0] == "4"
+
+
+@pytest.mark.slow  # embeds three images with the test backbone (~5-10 s with torch import)
+def test_embedding_with_the_face_view_records_detector_and_rows_without_a_face(tmp_path):
+    from facebank.embed import FeatureBank, embed_source
+
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "gan").mkdir()
+    _astronaut().save(src / "real" / "astronaut.png")
+    _grace_hopper().save(src / "real" / "grace.jpg")
+    rng = np.random.default_rng(0)
+    tex = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).resize((256, 256))
+    tex.save(src / "gan" / "texture.png")
+    embed_source(src, backbone="tiny-cnn", out=tmp_path / "face.zarr", view="face", device="cpu")
+    bank = FeatureBank.open(tmp_path / "face.zarr")
+    assert len(bank) == 3  # kept uncropped, not dropped
+    assert bank.meta["face_not_found"] == ["gan/texture.png"]
+    det = bank.meta["view_provenance"]["face_detector"]
+    assert "haarcascade_frontalface_default" in det["detector"] and det["version"].startswith("4.")
