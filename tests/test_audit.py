@@ -1,4 +1,4 @@
-"""analysis.audit: metadata shortcuts are named on a confounded dataset and not invented on a control."""
+"""analysis.audit: metadata shortcuts are named on a confounded set, not invented on a control."""
 
 from __future__ import annotations
 
@@ -231,3 +231,25 @@ def test_group_by_folder_level_lists_groups_straddling_splits(confounded):
     assert any("more than one split" in n for n in res.notes)
     with pytest.raises(DataError, match="level:K"):
         audit(bank, group_by="person")
+
+
+def test_realfaces_script_skips_cleanly_when_the_data_is_absent(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "examples" / "realfaces_audit.py"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--data",
+            str(tmp_path / "absent"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "skipped: realfaces not found" in out.stderr
+    assert not (tmp_path / "r").exists()
