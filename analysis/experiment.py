@@ -54,7 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VIEWS = ("jpeg:q=50", "resize:128", "vflip")
+# normalise first: the laundering control (every image the same format, size and encoder)
+DEFAULT_VIEWS = ("normalise", "jpeg:q=50", "resize:128", "vflip")
 DEFAULT_HEADS = ("linear", "mlp", "prototype")
 # The operating point of arXiv 2311.08577: 0.5 % of real faces flagged.
 FPR = 0.005
@@ -66,7 +67,10 @@ MAP_METHODS = ("pca",)
 OOD_FLAG_FPR = 0.05
 _MAX_NOTES = 12  # caveats listed in summary.md; the sub-runs keep their own notes
 # Sub-run folders this module owns inside RUN_DIR and rewrites on every run.
-_STEP_DIRS = ("train", "evaluate", "loeo", "robustness", "ood", "neighbours", "few-shot", "chrono")
+_STEP_DIRS = (
+    *("train", "evaluate", "loeo", "robustness", "ood", "neighbours", "audit", "normalised"),
+    *("few-shot", "chrono"),
+)
 
 
 @dataclass
@@ -89,6 +93,10 @@ class ExperimentResult:
         ood: the held-out engine's OOD summary (None when skipped).
         neighbours: clustering summary (purity, NMI, ARI) and the map path.
         new_engine: the engine held out for OOD.
+        audit: the confounds audit's headline (``analysis.audit.AuditResult.summary``):
+            verdict, metadata-only AUC, each head's AUC where the files cannot tell.
+        normalised: ``{"view": name, "heads": {head: {...}}}``: each head trained and
+            tested on the ``normalise`` view (None when skipped).
         skipped: ``{step: reason}`` for every step that did not run.
         seconds: wall time per step and ``total``.
         notes: caveats worth reading next to the numbers.
@@ -107,6 +115,8 @@ class ExperimentResult:
     ood: dict[str, Any] | None = None
     neighbours: dict[str, Any] | None = None
     new_engine: str | None = None
+    audit: dict[str, Any] | None = None
+    normalised: dict[str, Any] | None = None
     protocols: dict[str, Any] | None = None  # optional few-shot / chrono: {name: summary}
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -121,6 +131,7 @@ class ExperimentResult:
                 "AUC [95% CI]": _with_ci(h.get("auc"), h.get("auc_lo"), h.get("auc_hi")),
                 "TPR (test)": _pct(h.get("tpr")),
                 f"FPR (test; target {FPR:.1%})": _pct(h.get("fpr"), digits=2),
+                **_confound_cells(self, name),
                 "train s": fmt_value(h.get("train_seconds"), digits=2),
             }
             for name, h in self.heads.items()
@@ -190,6 +201,7 @@ class ExperimentResult:
         return "\n".join(
             [
                 "### Experiment summary\n",
+                _confound_markdown(self),
                 f"Backbone `{self.backbone}` on `{self.source}`; engines: "
                 + ", ".join(f"{e} ({n})" for e, n in self.engines.items())
                 + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; metrics on test rows.\n",
@@ -206,7 +218,7 @@ class ExperimentResult:
         """The summary as ``rich`` tables for the terminal (heads, then the other steps)."""
         from rich.table import Table
 
-        out = []
+        out = _confound_rich(self)
         t = Table(
             title=f"{self.backbone} on {self.source}: each head's threshold set for FPR "
             f"{FPR:.1%} on validation reals; TPR and FPR realised on the test rows"
@@ -242,6 +254,8 @@ class ExperimentResult:
             "ood": self.ood,
             "neighbours": self.neighbours,
             "new_engine": self.new_engine,
+            "audit": self.audit,
+            "normalised": self.normalised,
             "protocols": self.protocols,
             "skipped": self.skipped,
             "seconds": self.seconds,
@@ -428,11 +442,6 @@ def _head_summary(tr: Any, ev: Any) -> dict[str, Any]:
     }
 
 
-def _default_new_engine(engines: dict[str, int], ai: Sequence[str]) -> str:
-    """The AI engine with the fewest images (ties: first by name)."""
-    return min(ai, key=lambda e: (engines.get(e, 0), e))
-
-
 def run_experiment(
     source: str | Path,
     *,
@@ -473,8 +482,9 @@ def run_experiment(
         out: the run folder; created if missing, reused (banks resumed) if present.
         views: degraded views to embed besides ``original`` (``embed.parse_view`` forms).
         heads: heads to train and evaluate (``facebank heads``).
-        new_engine: the AI engine held out as "new" for OOD; default the AI engine with
-            the fewest images.
+        new_engine: the AI engine held out as "new" for OOD; default the smallest AI
+            engine with at least 20 images (``analysis.ood.default_new_engine``; the step
+            is skipped with its reason when none has).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; used for embedding.
         weights: a checkpoint file for the backbone (overrides the library cache).
         seed: seeds splits (when the source has none), head training and bootstraps.
@@ -581,8 +591,8 @@ def _run_steps(
     if note:
         (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
 
-    # + loeo, robustness, ood, neighbours, report and the optional protocols
-    n_steps = len(view_names) + len(head_names) + 5 + len(protocols)
+    # + normalised control, audit, loeo, robustness, ood, neighbours, report
+    n_steps = len(view_names) + len(head_names) + 7 + len(protocols)
     steps = _Steps(n_steps, progress=progress)
     bank_paths, banks, embedding = _embed_all(
         source,
@@ -625,6 +635,8 @@ def _run_steps(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
+        _normalised_control(result, banks, head_names, seed=seed, steps=steps)
+        _audit(result, original, seed=seed, steps=steps)
         _loeo(result, original, ai, seed=seed, steps=steps)
         _protocols(result, original, ai, protocols, seed=seed, steps=steps)
         _robustness(result, banks, seed=seed, steps=steps)
@@ -749,9 +761,14 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
             return
         from facebank.heads import train_run
 
-        from .ood import ood
+        from .ood import default_new_engine, ood
 
-        new = new_engine or _default_new_engine(result.engines, ai)
+        new = new_engine
+        if new is None:
+            new, why = default_new_engine(result.engines, ai)
+            if new is None:
+                result.skipped["ood"] = why
+                return
         result.new_engine = new
         known_engines = [e for e in result.engines if e != new]
         known = original.select(engines=known_engines)
@@ -810,6 +827,127 @@ def _neighbours(result, original, *, seed, steps) -> None:
             "run_dir": cl.run_dir,
             "map_dir": map_dir,
         }
+
+
+# ----------------------------------------------------------------------------- confounds
+
+
+def _normalised_control(result, banks, head_names, *, seed, steps) -> None:
+    """Each head trained and tested on the ``normalise`` view (same images, same splits)."""
+    view = next((v for v in banks if v.startswith("normalise")), None)
+    with steps.step("normalised", f"laundering control: heads on [bold]{view or 'normalise'}[/]"):
+        if view is None:
+            result.skipped["normalised control"] = (
+                "no normalise view was asked for; add --views normalise to see each head "
+                "trained and tested with format, size and encoding made identical"
+            )
+            return
+        from facebank.heads import train_run
+
+        from .evaluation import evaluate
+
+        result.normalised = {"view": view, "heads": {}}
+        for name in head_names:
+            tr = train_run(
+                [banks[view]],
+                head=name,
+                params={},
+                out=result.run_dir / "normalised" / "train" / name,
+                seed=seed,
+                fpr=FPR,
+            )
+            ev = evaluate(
+                tr.run_dir,
+                [banks[view]],
+                out=result.run_dir / "normalised" / "evaluate" / name,
+                seed=seed,
+            )
+            result.normalised["heads"][name] = _head_summary(tr, ev)
+
+
+def _audit(result, original, *, seed, steps) -> None:
+    """The confounds audit on the original bank, with the heads trained on it."""
+    with steps.step("audit", "audit: could the files, not the faces, give the answer?"):
+        from facebank.embed.errors import FacebankError
+
+        from .audit import audit
+
+        try:
+            res = audit(
+                [original],
+                head_runs={name: h["run_dir"] for name, h in result.heads.items()},
+                fpr=FPR,
+                seed=seed,
+            )
+        except FacebankError as exc:  # e.g. a bank without metadata, no test rows of a class
+            result.skipped["audit"] = str(exc)
+            return
+        res.write(
+            result.run_dir / "audit",
+            config={"banks": [str(result.banks["original"])], "heads": list(result.heads)},
+        )
+        result.audit = res.summary()
+        if res.verdict != "no metadata shortcut found":
+            result.notes.insert(0, res.summary_sentence())
+
+
+def _confound_cells(result: ExperimentResult, head: str) -> dict[str, str]:
+    """The heads table's columns from the audit and the normalised control."""
+    cells: dict[str, str] = {}
+    if result.normalised:
+        n = result.normalised["heads"].get(head, {})
+        cells["AUC normalised"] = _with_ci(n.get("auc"), n.get("auc_lo"), n.get("auc_hi"))
+    if result.audit:
+        a = result.audit["heads"].get(head, {})
+        ci = a.get("uncertain_auc_ci") or (None, None)
+        cells["AUC where files cannot tell"] = (
+            _with_ci(a.get("uncertain_auc"), ci[0], ci[1])
+            if a.get("uncertain_auc") is not None
+            else "too few rows"
+        )
+    return cells
+
+
+def _confound_lines(result: ExperimentResult) -> list[str]:
+    """Plain sentences: the verdict first, then what the heads' three AUCs mean."""
+    a = result.audit
+    if not a:
+        why = result.skipped.get("audit")
+        return [f"Confounds audit skipped: {why}"] if why else []
+    u = a["uncertain"]
+    lines = [
+        a["sentence"],
+        f"Metadata-only baseline (file properties, no pixels): test AUC "
+        f"{_with_ci(a['metadata_auc'], *(a['metadata_auc_ci'] or (None, None)))}, TPR "
+        f"{_pct(a['metadata_tpr'])} at FPR {_pct(a['metadata_fpr'], digits=2)} "
+        f"(threshold on validation reals).",
+        f"'Where files cannot tell' = the {u['n']} test rows ({u['n_real']} real, "
+        f"{u['n_fake']} AI) on which that baseline's cross-validated probability is within "
+        f"{u['band'][0]:.2f}-{u['band'][1]:.2f}"
+        + (f" ({u['note']})" if u.get("note") else "")
+        + ". A head whose AUC holds there (and on the normalised view) is reading the faces; "
+        "one that falls towards 0.5 was reading the files.",
+    ]
+    return lines
+
+
+def _confound_markdown(result: ExperimentResult) -> str:
+    lines = _confound_lines(result)
+    if not lines:
+        return ""
+    verdict = (result.audit or {}).get("verdict", "not run")
+    return f"**Confounds: {verdict}.** " + "\n\n".join(lines) + "\n"
+
+
+def _confound_rich(result: ExperimentResult) -> list[Any]:
+    from rich.panel import Panel
+
+    lines = _confound_lines(result)
+    if not lines:
+        return []
+    verdict = (result.audit or {}).get("verdict", "not run")
+    style = "bold red" if verdict == "confounded" else "bold"
+    return [Panel("\n".join(lines), title=f"confounds: {verdict}", title_align="left", style=style)]
 
 
 OPTIONAL_PROTOCOLS = ("few-shot", "chrono")
