@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._types import Device
-from .errors import FacebankError
+from .errors import FacebankError, UnknownNameError
 
 __all__ = ["DEVICES", "resolve_device"]
 
@@ -41,7 +41,8 @@ def resolve_device(
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (``torch.device(...)`` accepts it).
 
     Raises:
-        FacebankError: An unknown device, or a GPU asked for but not available.
+        UnknownNameError: An unknown device (the valid ones are named).
+        FacebankError: A GPU asked for but not available.
     """
     available = gpu_available or _torch_cuda
     text = str(device).strip().lower()
@@ -51,7 +52,7 @@ def resolve_device(
         text = "cuda"
     index = text[5:] if text.startswith("cuda:") else "0"
     if text not in ("cpu", "mps", "cuda") and not (text.startswith("cuda:") and index.isdigit()):
-        raise FacebankError(f"unknown device {str(device)!r}; valid: {DEVICES}")
+        raise UnknownNameError(f"unknown device {str(device)!r}; valid: {DEVICES}")
     if text.startswith("cuda") and not available():
         raise FacebankError(f"device {str(device)!r} asked for but no GPU is available; {gpu_fix}")
     return text

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facebank.embed.errors import DataError, FacebankError, UnknownNameError
+from facebank.embed.devices import resolve_device
+from facebank.embed.errors import DataError, UnknownNameError
 
 __all__ = [
     "METRICS",
@@ -62,20 +63,15 @@ def resolve_faiss_device(device: str) -> str:
 
     ``"cuda"`` / ``"cuda:N"`` without a GPU-enabled faiss is an error naming the fix.
     """
-    dev = str(device).lower()
-    if dev == "auto":
-        return "cuda:0" if gpu_available() else "cpu"
-    if dev == "cpu":
-        return "cpu"
-    if dev in ("cuda", "gpu") or dev.startswith("cuda:"):
-        if not gpu_available():
-            raise FacebankError(
-                f"device={device!r} asks for FAISS on a GPU, but this faiss build has no GPU "
-                "support or sees no GPU; install faiss-gpu (pip install 'facebank[gpu]') on a "
-                "CUDA machine, or use device='cpu'"
-            )
-        return "cuda:0" if dev in ("cuda", "gpu") else dev
-    raise UnknownNameError(f"unknown device {device!r}; valid: {_DEVICES}")
+    if str(device).strip().lower() == "mps":
+        raise UnknownNameError(f"unknown FAISS device {device!r}; valid: {_DEVICES}")
+    dev = resolve_device(
+        device,
+        gpu_available=gpu_available,
+        gpu_fix="this faiss build has no GPU support or sees no GPU: install faiss-gpu "
+        "(pip install 'facebank[gpu]') on a CUDA machine, or use device='cpu'",
+    )
+    return "cuda:0" if dev == "cuda" else dev
 
 
 def _faiss_metric(metric: str) -> int:
