@@ -3,12 +3,12 @@
 
 One place for what both need from FAISS: the device an index lives on, building an index
 from a factory string with a clear error, runtime knobs, and the CPU search that sends big
-query batches against an IVF index through FAISS's own ``contrib.big_batch_search``.
+query batches against an IVF-Flat index through FAISS's own ``contrib.big_batch_search``.
 
 Cosine similarity is an inner product of L2-normalised rows. IVF indexes that encode
 *residuals* (``IVF...,PQ...``, ``IVF...,SQ8``) are built with the L2 metric instead: on unit
-vectors ``|q - x|^2 = 2 - 2 cos(q, x)``, so the ranking is the same, and FAISS's residual
-encoding and ``big_batch_search``'s residual handling are exact for L2 only. :func:`search`
+vectors ``|q - x|^2 = 2 - 2 cos(q, x)``, so the ranking is the same, and residual codes
+(and ``big_batch_search``'s handling of them) are exact for L2 only. :func:`search`
 converts such distances back (``cos = 1 - d / 2``), so callers always see similarities.
 faiss is imported inside the functions: importing facebank never loads it.
 """
@@ -191,11 +191,11 @@ def _big_batch_applies(index: Any, nq: int) -> bool:
     import faiss
 
     ivf = faiss.downcast_index(index)
-    return type(ivf) in (
-        faiss.IndexIVFFlat,
-        faiss.IndexIVFPQ,
-        faiss.IndexIVFScalarQuantizer,
-    ) and nq * int(ivf.nprobe) >= _BIG_BATCH_QUERIES_PER_LIST * int(ivf.nlist)
+    # IVF-Flat only: big_batch_search decodes PQ/SQ lists to floats and multiplies them,
+    # while FAISS's own PQ search reads one table entry per code byte (cheaper per row)
+    return type(ivf) is faiss.IndexIVFFlat and nq * int(ivf.nprobe) >= (
+        _BIG_BATCH_QUERIES_PER_LIST * int(ivf.nlist)
+    )
 
 
 def _knn_clipped(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[Any, Any]:
@@ -209,10 +209,10 @@ def _knn_clipped(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[A
 def search(index: Any, X: np.ndarray, k: int, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """``(D, I)`` of the ``k`` nearest rows for queries ``X`` (float32, prepared).
 
-    On the CPU, a batch that reads each IVF list several times goes through
-    ``faiss.contrib.big_batch_search`` (each list meets all its queries in one BLAS
-    product; same lists, exact distances to the stored codes, so the same neighbours up to
-    float rounding). ``D`` is a cosine similarity (descending) for ``metric="cosine"``,
+    On the CPU, a batch that reads each list of an IVF-Flat index several times goes
+    through ``faiss.contrib.big_batch_search`` (each list meets all its queries in one BLAS
+    product; same lists, exact distances, so the same neighbours up to float rounding).
+    ``D`` is a cosine similarity (descending) for ``metric="cosine"``,
     a squared L2 distance (ascending) for ``"l2"``; ``I`` is ``-1`` where an approximate
     index found fewer than ``k`` rows.
     """

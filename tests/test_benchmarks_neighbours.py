@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,30 @@ def test_neighbours_benchmark_tiny(tmp_path):
         if name != "Flat":
             assert med["recall_at_k"] == 1.0  # 16 lists, all probed: exact
     assert (tmp_path / "b.zarr" / "zarr.json").is_file()
+
+
+@pytest.mark.slow
+def test_ivfpq_benchmark_tiny(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_ivfpq.py", "--tiny", "--work", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # FAISS's OpenMP threads spin while they wait: on a busy shared CPU one thread is
+        # faster for these tiny sizes
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "neighbours.ivfpq"
+    assert (fig["rows"], fig["dim"], fig["queries"], fig["factory"]) == (8000, 32, 300, "IVF32,PQ8")
+    assert fig["build_s"] > 0 and fig["exact_s"] > 0
+    assert fig["build_peak_rss_mb"] >= fig["rss_before_build_mb"] > 0
+    recalls = [s["recall_at_10"] for s in fig["searches"]]
+    assert [s["nprobe"] for s in fig["searches"]] == [4, 32]
+    assert 0.3 < recalls[0] <= recalls[1] <= 1.0  # more lists probed, never fewer found
+    # 4x the rows: the build streams chunks, so its peak grows by far less than 4x
+    assert fig["build_peak_rss_mb_4x_rows"] < 1.5 * fig["build_peak_rss_mb"]

@@ -41,8 +41,9 @@ def _peak_rss_mb() -> float:
 
 
 def make_bank(path: Path, *, rows: int, dim: int, engines: int, seed: int, chunk: int) -> None:
-    """A bank of Gaussian clusters (one per engine) written chunk by chunk (low memory)."""  # noqa: D401
+    """A bank of Gaussian clusters (one per engine) written chunk by chunk (low memory)."""
     import numpy as np
+
     from facebank.embed import FeatureBank
     from facebank.testing import synthetic_backbone
 
@@ -81,6 +82,7 @@ def measure(args: argparse.Namespace) -> dict:
     """One measured run (in its own process)."""
     import faiss
     import numpy as np
+
     from facebank.analysis.neighbours import NeighbourIndex
     from facebank.embed import FeatureBank
 
