@@ -14,18 +14,21 @@ A view string is one operation or several joined by ``+`` and applied left to ri
                                view degrades, it never upsamples)
 ``hflip``                      mirror left-right
 ``vflip``                      mirror top-bottom
-``normalise[:size=N,q=Q]``     the laundering control: RGB, shorter side scaled to N (up
+``normalise[:size=N:q=Q]``     the laundering control: RGB, shorter side scaled to N (up
                                *or* down, one resampler: bicubic), centre-cropped to NxN,
                                re-encoded as JPEG quality Q (4:2:0) in memory. Every image
                                of both classes leaves with the same format, size, mode and
                                encoder, whatever it arrived as. Defaults N=256, Q=90.
-``face[:margin=M,missing=X]``  crop to the largest face found by OpenCV's pretrained
+``face[:margin=M:missing=X]``  crop to the largest face found by OpenCV's pretrained
                                frontal-face Haar cascade (:mod:`embed.face`), grown by M of
                                the face's size on every side (default 0.25). An image
                                without a face is kept uncropped and flagged
                                (``missing=keep``, the default) or becomes a recorded
                                failure (``missing=skip``).
 =============================  ==========================================================
+
+Parameters are joined by ``:`` (``normalise:size=128:q=75``); ``,`` is accepted too, but
+command lines split lists of views on commas, so names use ``:``.
 
 Views act on the full decoded image (after EXIF orientation, before the backbone's own
 resize/crop/normalise). :meth:`View.draft_size` says whether a JPEG may be decoded in
@@ -55,8 +58,8 @@ VIEW_FORMS = (
     "resize:N (N >= 8)",
     "hflip",
     "vflip",
-    "normalise[:size=N,q=Q] (N >= 8, Q in 1..100)",
-    "face[:margin=M,missing=keep|skip] (M in 0..2)",
+    "normalise[:size=N:q=Q] (N >= 8, Q in 1..100)",
+    "face[:margin=M:missing=keep|skip] (M in 0..2)",
 )
 #: key of ``Image.info`` where a ``face`` view records whether it found a face
 FACE_FOUND = "facebank_face_found"
@@ -104,7 +107,7 @@ class _Normalise:
 
     @property
     def name(self) -> str:
-        return f"normalise:size={self.size},q={self.quality}"
+        return f"normalise:size={self.size}:q={self.quality}"
 
     def __call__(self, img: Image.Image) -> Image.Image:
         img = img.convert("RGB")
@@ -126,7 +129,7 @@ class _Face:
 
     @property
     def name(self) -> str:
-        return f"face:margin={self.margin:g}" + (",missing=skip" if self.skip_missing else "")
+        return f"face:margin={self.margin:g}" + (":missing=skip" if self.skip_missing else "")
 
     def __call__(self, img: Image.Image) -> Image.Image:
         from .face import crop_face, detector_info, largest_face
@@ -278,7 +281,7 @@ def parse_view(text: str | View) -> View:
 
 def _params(text: object, kind: str, args: str, valid: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for item in filter(None, (a.strip() for a in args.split(","))):
+    for item in filter(None, (a.strip() for a in re.split(r"[:,]", args))):
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in valid or key.strip() in out:
             raise UnknownNameError(

@@ -71,7 +71,7 @@ def main() -> int:
         manifest,
         backbone="efficientnet-lite1",
         out=args.out,
-        views=("normalise:size=256,q=90",),
+        views=("normalise:size=256:q=90",),
         heads=tuple(h for h in args.heads.split(",") if h),
         device=args.device,
         progress=True,

@@ -69,7 +69,7 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
     r = first_run
     run = r.run_dir
     assert r.report == run / "report.html" and r.report.stat().st_size > 10_000
-    assert set(r.banks) == {"original", "normalise:size=64,q=90", "vflip"}
+    assert set(r.banks) == {"original", "normalise:size=64:q=90", "vflip"}
     assert r.banks["vflip"] == run / "banks" / "vflip.zarr"
     assert r.engines["real"] == N and sum(n for e, n in r.engines.items() if e != "real") == N
     assert list(r.heads) == list(HEADS)
@@ -99,7 +99,7 @@ def test_experiment_writes_every_step(first_run: ExperimentResult):
     assert metrics["fpr"] == 0.005
     config = json.loads((run / "config.json").read_text())
     assert config["command"] == "experiment"
-    assert config["views"] == ["original", "normalise:size=64,q=90", "vflip"]
+    assert config["views"] == ["original", "normalise:size=64:q=90", "vflip"]
     assert metrics["audit"]["verdict"] == r.audit["verdict"]
     html = r.report.read_text()
     for text in ("Experiment summary", "linear", "prototype", "denoise-renoise", "Confounds"):

@@ -37,12 +37,12 @@ VALID = [
     (" resize:256 + jpeg:q=75 ", "resize:256+jpeg:q=75"),
     ("original+hflip", "hflip"),
     ("hflip+vflip+jpeg:q=90", "hflip+vflip+jpeg:q=90"),
-    ("normalise", "normalise:size=256,q=90"),
-    ("normalize:q=80", "normalise:size=256,q=80"),
-    ("normalise:q=75,size=128", "normalise:size=128,q=75"),
+    ("normalise", "normalise:size=256:q=90"),
+    ("normalize:q=80", "normalise:size=256:q=80"),
+    ("normalise:q=75,size=128", "normalise:size=128:q=75"),
     ("face", "face:margin=0.25"),
-    ("face:margin=0.1,missing=skip", "face:margin=0.1,missing=skip"),
-    ("face+normalise:size=64", "face:margin=0.25+normalise:size=64,q=90"),
+    ("face:margin=0.1:missing=skip", "face:margin=0.1:missing=skip"),
+    ("face+normalise:size=64", "face:margin=0.25+normalise:size=64:q=90"),
 ]
 
 
@@ -205,7 +205,7 @@ def test_normalise_makes_format_size_and_mode_identical():
         Image.fromarray(arr).convert(mode).save(buf, format=fmt)
         buf.seek(0)
         inputs.append(Image.open(buf))
-    view = parse_view("normalise:size=64,q=85")
+    view = parse_view("normalise:size=64:q=85")
     outs = [view(img) for img in inputs]
     decoded = []
     for out in outs:
@@ -220,7 +220,7 @@ def test_normalise_makes_format_size_and_mode_identical():
 
 def test_normalise_upsamples_small_images_and_centre_crops():
     img = _photo(32, 64)
-    out = parse_view("normalise:size=48,q=95")(img)
+    out = parse_view("normalise:size=48:q=95")(img)
     assert out.size == (48, 48)
     # centre crop: the middle row of the output matches the middle of the upscaled input
     up = img.resize((48, 96), Image.Resampling.BICUBIC).crop((0, 24, 48, 72))
