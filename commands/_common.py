@@ -101,7 +101,12 @@ def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
                 check_output_file(out, overwrite=overwrite)
             elif out is not None:  # refuse before any work, not after it
                 check_out(out, command=name, overwrite=overwrite, resume=name in _RESUMES)
-            return callback(*args, **kwargs)
+            status = callback(*args, **kwargs)
+        # a command that completed its run but reports a finding through its exit code
+        # (neighbours leaks: 2) returns the code, so the session keeps the run folder
+        if isinstance(status, int) and not isinstance(status, bool) and status:
+            raise typer.Exit(status)
+        return status
 
     return run
 

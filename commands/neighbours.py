@@ -58,7 +58,8 @@ def neighbours_clusters(
     nprobe: _NbNprobe = None,
     ef_search: _NbEf = None,
 ) -> None:
-    """Do engines cluster? kNN purity per engine, neighbour-engine confusion, silhouette, k-means NMI/ARI."""
+    """Do engines cluster? kNN purity per engine, neighbour-engine confusion, silhouette,
+    k-means NMI/ARI."""
     from facebank.analysis.neighbours import engine_clusters
 
     result = engine_clusters(
@@ -102,10 +103,11 @@ def neighbours_query(
     ] = None,
 ) -> None:
     """Forensics: each query's nearest banked images (table, neighbours.csv, grid.png)."""
-    from facebank.analysis.neighbours import NeighbourIndex, write_query
-    from facebank.embed.errors import DataError
     from rich.console import Console
     from rich.table import Table
+
+    from facebank.analysis.neighbours import NeighbourIndex, write_query
+    from facebank.embed.errors import DataError
 
     if bool(images) == bool(rows):
         raise DataError("give query IMAGE files or --rows 3,17 (exactly one of the two)")
@@ -170,13 +172,23 @@ def neighbours_leaks(
         typer.Option(help="Cosine similarity at or above which two images are near-duplicates."),
     ] = 0.95,
     k: _NbK = 10,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Training run folder: check the splits its splits.csv lists (matched by "
+            "sha256) instead of the banks' own split column.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
     factory: _NbFactory = "Flat",
     device: _NbDevice = "auto",
-) -> None:
+    nprobe: _NbNprobe = None,
+) -> int:
     """Near-duplicates (cosine) and exact duplicates (sha256) across splits and banks.
 
-    Exit code 2 when a train/test pair is found, so it can gate an experiment.
+    Exit code 2 when a train/test pair is found, so it can gate an experiment. Without
+    split information (no split column, no --run) it says that no split pair was checked.
     """
     from facebank.analysis.neighbours import find_leaks
 
@@ -184,19 +196,26 @@ def neighbours_leaks(
         [str(b) for b in banks],
         threshold=threshold,
         k=k,
+        splits=run,
         factory=factory,
         device=device,
+        nprobe=nprobe,
         out=default_out("neighbours-leaks", out),
         progress=show_progress(),
     )
     typer.echo(result.markdown())
     typer.echo(f"{len(result.pairs)} pairs; wrote {result.run_dir / 'pairs.csv'}")
+    if not result.split_checked:
+        typer.echo(f"warning: {result.split_note}", err=True)
+    if result.groups:
+        typer.echo(f"{len(result.groups)} group(s) lie in more than one split", err=True)
     if result.has_train_test_leak:
         typer.echo(
             f"leak: {result.train_test} train/test pair(s) at cosine >= {threshold} or same sha256",
             err=True,
         )
-        raise typer.Exit(2)
+        return 2
+    return 0
 
 
 @app.command("map")
