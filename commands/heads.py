@@ -12,7 +12,11 @@ from ._common import default_out, parse_params
 
 def train_cmd(
     banks: Annotated[
-        list[Path], typer.Argument(help="Feature banks (NAME.zarr) of one backbone; concatenated.")
+        list[Path],
+        typer.Argument(
+            help="Feature banks (NAME.zarr): one backbone's are concatenated; banks of several "
+            "backbones over the same images are joined side by side (rows matched by sha256)."
+        ),
     ],
     head: Annotated[
         str, typer.Option("--head", help="Head name (see `facebank heads`).")
@@ -45,12 +49,23 @@ def train_cmd(
             "default runs/train-<date>-<time>.",
         ),
     ] = None,
+    blocks: Annotated[
+        str | None,
+        typer.Option(
+            "--blocks",
+            help="Banks embedded with --layer blocks: train on some blocks only, e.g. -1 (the "
+            "last), 20:24 (a range) or all.",
+        ),
+    ] = None,
 ) -> None:
     """Train a head on the train split, set its threshold on validation reals, report val figures."""
+    from facebank.embed.bank import open_banks
+    from facebank.embed.multi import select_blocks
     from facebank.heads import train_run
 
+    opened = [select_blocks(b, blocks) for b in open_banks([str(b) for b in banks])]
     res = train_run(
-        [str(b) for b in banks],
+        opened,
         head=head,
         params=parse_params(param),
         out=default_out("train", out),

@@ -55,7 +55,14 @@ from .runner import (
 from .spec import BackboneSpec, as_spec
 from .views import parse_view
 
-__all__ = ["JoinedBank", "embed_source_multi", "join_banks", "joined_spec"]
+__all__ = [
+    "BlockView",
+    "JoinedBank",
+    "embed_source_multi",
+    "join_banks",
+    "joined_spec",
+    "select_blocks",
+]
 
 
 def joined_spec(specs: Sequence[Any]) -> BackboneSpec:
@@ -415,3 +422,58 @@ def embed_source_multi(
             )
             for k, (w, b) in enumerate(zip(writers, banks, strict=True))
         ]
+
+
+# ---------------------------------------------------------------- block taps: some blocks
+class BlockView:
+    """A bank of ``layer="blocks"`` features seen through some of its blocks.
+
+    Everything is the bank's except the features (their block columns only) and the
+    backbone spec (``BackboneSpec.select_blocks``: the block range is part of the
+    identity, so a head trained on blocks 20:24 refuses the full bank and block 23 alone).
+    """
+
+    def __init__(self, bank: Any, blocks: int | slice | str) -> None:
+        spec = as_spec(bank.backbone)
+        self.bank = bank
+        self.columns = spec.block_columns(blocks)
+        self.spec = spec.select_blocks(blocks)
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    def __getattr__(self, name: str) -> Any:  # labels, engines, paths, splits, sha256...
+        return getattr(self.bank, name)
+
+    @property
+    def backbone(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.bank.digest}:{self.columns.start}:{self.columns.stop}".encode())
+        return h.hexdigest()
+
+    def load_features(
+        self, rows: Sequence[int] | np.ndarray | None = None, *, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """``(n, dim)`` features of the selected blocks (all rows when None)."""
+        return np.ascontiguousarray(self.bank.load_features(rows, dtype=dtype)[:, self.columns])
+
+
+def select_blocks(bank: Any, blocks: int | slice | str | None) -> Any:
+    """``bank`` seen through some of its blocks (``"-1"``, ``"20:24"``, ``7``); ``None``/``"all"``
+    returns the bank itself.
+
+    Raises:
+        FacebankError: The bank was not tapped at ``blocks``, or the selection is out of
+            range (the valid range is named).
+    """
+    if blocks is None or blocks == "all":
+        return bank
+    return BlockView(bank, blocks)

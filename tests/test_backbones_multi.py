@@ -69,3 +69,28 @@ def test_bad_arguments(source, tmp_path):
         embed_source_multi(
             source, backbones=["tiny-cnn", "tiny-cnn"], outs=[tmp_path / "a", tmp_path / "b"], **KW
         )
+
+
+def test_block_views_train_on_some_blocks_and_keep_their_identity(source, tmp_path):
+    from facebank.embed.errors import BackboneMismatchError
+    from facebank.embed.multi import select_blocks
+    from facebank.heads import train_run
+    from facebank.heads.persistence import check_backbone
+
+    embed_source(source, backbone="tiny-vit", out=tmp_path / "b", layer="blocks", **KW)
+    bank = FeatureBank.open(tmp_path / "b")
+    assert bank.backbone["layer"] == "blocks" and bank.backbone["blocks"] == [0, 2]
+    last = select_blocks(bank, "-1")
+    width = bank.dim // 2
+    assert last.dim == width and last.backbone["blocks"] == [1, 2]
+    assert np.array_equal(last.load_features([0, 3]), bank.load_features([0, 3])[:, width:])
+    assert select_blocks(bank, "all") is bank
+    with pytest.raises(FacebankError, match="blocks '5' is not valid"):
+        select_blocks(bank, "5")
+    res = train_run([last], head="linear", out=tmp_path / "run")
+    assert res.head.n_features_in_ == width
+    with pytest.raises(BackboneMismatchError, match="blocks"):
+        check_backbone(res.head, bank.backbone, what="the full bank")
+    with pytest.raises(BackboneMismatchError):
+        check_backbone(res.head, select_blocks(bank, 0).backbone, what="block 0")
+    check_backbone(res.head, last.backbone, what="block 1")
