@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import BackboneMismatchError
-from .spec import BackboneSpec, SpecLike, as_spec
+from .spec import SpecLike, as_spec
 
 __all__ = ["backbone_id", "same_backbone", "require_same_backbone", "require_one_backbone"]
 
@@ -77,11 +77,3 @@ def require_one_backbone(
             first.backbone, other.backbone, a_name=label(first), b_name=label(other)
         )
     return first.backbone
-
-
-def spec_of(obj: Any) -> BackboneSpec:
-    """The :class:`BackboneSpec` of a bank, a backbone, a head's stored spec, or a spec."""
-    spec = getattr(obj, "backbone", None) if not hasattr(obj, "keys") else obj
-    if spec is None:
-        spec = getattr(obj, "spec", None)
-    return as_spec(spec)
