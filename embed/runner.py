@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import signal
 import time
 import warnings
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ._store import Location, is_bank
 from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
 from .compat import backbone_id, require_same_backbone
 from .datasets import ImageItem, Source, scan_source
@@ -64,6 +66,7 @@ _log = logging.getLogger(__name__)
 # much work, while each commit (6 small JSON files + the open chunks) stays cheap.
 DEFAULT_FLUSH_ROWS = 2048
 DEFAULT_FLUSH_SECONDS = 10.0
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # Environment override of the flush size (used by the resume tests to commit often).
 FLUSH_ROWS_ENV = "FACEBANK_EMBED_FLUSH_ROWS"
 
@@ -375,29 +378,37 @@ def open_bank_for(
     source: str | os.PathLike,
     dtype: str = "float16",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> FeatureBank:
-    """The bank ``out`` opened for writing: created, or reopened after checking that it
-    holds the same backbone and view (every engine writes through this).
+    """The bank ``out`` (a folder or an fsspec URL) opened for writing: created, or
+    reopened after checking that it holds the same backbone and view (every engine
+    writes through this).
 
     Raises:
         BankError: ``out`` is a file. BackboneMismatchError: another backbone or view.
         BankLockedError: another process is writing ``out``.
     """
-    out_path = Path(out)
-    if out_path.exists() and not out_path.is_dir():
-        raise BankError(f"--out {str(out_path)!r} exists and is not a bank folder")
-    if (out_path / "zarr.json").is_file():
-        bank = FeatureBank.open(out_path, mode="a")
+    text = os.fspath(out)
+    if _URL.match(text):  # an fsspec URL (s3://, gs://, memory://, file://)
+        exists = is_bank(Location(text, storage_options=storage_options))
+        out_path: Any = text
+    else:
+        out_path = Path(text)
+        if out_path.exists() and not out_path.is_dir():
+            raise BankError(f"--out {text!r} exists and is not a bank folder")
+        exists = (out_path / "zarr.json").is_file()
+    if exists:
+        bank = FeatureBank.open(out_path, mode="a", storage_options=storage_options)
         try:
             require_same_backbone(
                 bank.backbone,
                 spec,
-                a_name=f"bank {str(out_path)!r}",
+                a_name=f"bank {text!r}",
                 b_name=f"--backbone {backbone}",
             )
             if bank.view != view:
                 raise BackboneMismatchError(
-                    f"bank {str(out_path)!r} holds view {bank.view!r} but --view is {view!r}; "
+                    f"bank {text!r} holds view {bank.view!r} but --view is {view!r}; "
                     "a bank holds one view - use another --out for this view"
                 )
         except BaseException:
@@ -413,6 +424,7 @@ def open_bank_for(
             dtype=dtype,
             chunk_rows=chunk_rows,
             overwrite=False,
+            storage_options=storage_options,
         )
     return bank
 
@@ -579,7 +591,10 @@ def _run(
         batches,
         num_workers=min(workers, len(batches)),
         pin=encoder.device.type == "cuda",
-        close_fds=(lock.fileno(),) if lock is not None and lock.held else (),
+        # (a local flock has a descriptor to keep out of the workers; a lease has none)
+        close_fds=(lock.fileno(),)
+        if getattr(lock, "held", False) and hasattr(lock, "fileno")
+        else (),
     )
     # (escaped: rich would take "[original]" for a markup tag)
     description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"

@@ -158,3 +158,17 @@ def test_interrupt_says_what_is_safe_and_how_to_resume(tmp_path, signum, code):
     assert done.returncode == 0, done.stderr
     bank = FeatureBank.open(out)
     assert len(bank) == n and len(set(bank.paths.tolist())) == n
+
+
+def test_the_bank_may_be_an_fsspec_url(tmp_path):
+    for i in range(3):
+        (tmp_path / "src" / "real").mkdir(parents=True, exist_ok=True)
+        _jpeg(str(tmp_path / "src" / "real" / f"{i}.jpg"), seed=i)
+    url = f"memory://{tmp_path.name}/b.zarr"
+    s = embed_source(tmp_path / "src", backbone="tiny-cnn", out=url, **FAST)
+    assert s.embedded == 3
+    again = embed_source(tmp_path / "src", backbone="tiny-cnn", out=url, **FAST)
+    assert (again.embedded, again.skipped_present) == (0, 3)
+    bank = FeatureBank.open(url)
+    assert bank.paths.tolist() == ["real/0.jpg", "real/1.jpg", "real/2.jpg"]
+    assert not (tmp_path / "memory:").exists()
