@@ -175,3 +175,43 @@ def test_engine_ray_goes_through_the_ray_scorer(bank_run, tmp_path, monkeypatch)
     res = invoke("score", bank.path, "--head", run, "--engine", "ray", "--out", tmp_path / "s.csv")
     assert res.exit_code == 1 and "pip install 'facebank[ray]'" in res.output
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_long_work_is_embedded_in_blocks_behind_a_progress_bar(bank_run, tmp_path):
+    """With a progress bar, images go through the encoder in blocks (the bar advances per block)."""
+    from types import SimpleNamespace
+
+    from facebank.heads import scoring
+
+    _, run = bank_run
+    head = load_head(run)
+    head.backbone_ = {"name": "fake"}
+    files = [str(tmp_path / f"{i}.png") for i in range(600)]
+    calls = []
+
+    def fake_encode(paths, *, backbone, view, device, weights, batch_size):
+        calls.append((view, len(paths)))
+        X = np.zeros((len(paths), head.n_features_in_), np.float32)
+        X[:, 0] = [int(p.rsplit("/", 1)[1].split(".")[0]) % 7 - 3 for p in paths]
+        if view == "hflip":
+            X[:, 0] *= -1  # this view flips the synthetic score's sign
+        return SimpleNamespace(features=X, paths=list(paths), failures=[])
+
+    res = scoring.score_run(
+        head,
+        images=files,
+        views=["hflip"],
+        progress=True,
+        encode=fake_encode,
+        out=tmp_path / "s.csv",
+    )
+    assert calls == [("original", 256), ("original", 256), ("original", 88)] + [
+        ("hflip", 256),
+        ("hflip", 256),
+        ("hflip", 88),
+    ]
+    assert res.n_scored == 600 and res.paths == files
+    # where the sign flip crosses the threshold the verdict is unsure, never ai or real
+    crosses = (res.view_scores[:, 0] > res.threshold) != (res.view_scores[:, 1] > res.threshold)
+    assert crosses.any() and (res.verdicts[crosses] == "unsure").all()
+    assert (res.verdicts[~crosses] != "unsure").all()
