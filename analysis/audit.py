@@ -467,7 +467,8 @@ def _encode(meta: Mapping[str, np.ndarray], labelled: np.ndarray, train: np.ndar
         codes[key] = c
         if distinct[key] > 1 and np.unique(c[labelled]).size > 1:
             names.append(key)
-            cats.append(kind == "str")
+            # the trees take at most 255 categories; more (never seen in practice) as codes
+            cats.append(kind == "str" and int(c.max()) < 250)
     if names:
         M = np.column_stack([codes[k] for k in names])
         # one int64 key per row when the code space fits, else a row-wise unique
