@@ -15,7 +15,7 @@ from rich.console import Console
 
 from facebank.embed.errors import EmbedInterrupted
 
-from ._common import make_console
+from ._common import StorageOptionsOption, make_console, parse_storage_options
 
 
 class _Engine(str, Enum):
@@ -41,7 +41,7 @@ def embed_cmd(
         str, typer.Option("--backbone", "-b", help="Backbone name (see `facebank backbones`).")
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
             "--out",
             "-o",
@@ -105,6 +105,7 @@ def embed_cmd(
             help="Ray: images per partition, the unit of commit and resume.",
         ),
     ] = 4096,
+    storage_options: StorageOptionsOption = None,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -184,6 +185,7 @@ def embed_cmd(
                 progress=progress,
                 dtype=dtype.value,
                 chunk_rows=chunk_rows,
+                storage_options=parse_storage_options(storage_options),
                 ray_options=RayOptions(
                     address=address,
                     workers=workers or None,
@@ -209,6 +211,7 @@ def embed_cmd(
                 dtype=dtype.value,
                 flush_rows=flush_rows,
                 chunk_rows=chunk_rows,
+                storage_options=parse_storage_options(storage_options),
             )
     _print_embed_summary(summary)
     for w in caught:

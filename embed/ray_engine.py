@@ -375,13 +375,15 @@ def embed_source_ray(
     progress: bool = True,
     dtype: str = "float16",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    storage_options: dict[str, Any] | None = None,
     ray_options: RayOptions | None = None,
 ) -> EmbedSummary:
     """:func:`embed.runner.embed_source` on a Ray cluster (see the module docstring).
 
     Args:
         source, backbone, out, view, weights, image_size, layer, real_names, batch_size,
-        progress, dtype, chunk_rows: as for :func:`~embed.runner.embed_source`.
+        progress, dtype, chunk_rows, storage_options: as for
+        :func:`~embed.runner.embed_source`.
         ray_options: cluster address, encoder actors, GPUs per actor, partition size.
 
     Returns:
@@ -407,7 +409,7 @@ def embed_source_ray(
     with ray_cluster(ray, opts.address):
         bank = open_bank_for(
             out, spec=spec, backbone=backbone, view=vw.name, src=src, source=source,
-            dtype=dtype, chunk_rows=chunk_rows,
+            dtype=dtype, chunk_rows=chunk_rows, storage_options=storage_options,
         )  # fmt: skip
         try:
             with interruptible(bank):

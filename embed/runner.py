@@ -447,6 +447,7 @@ def embed_source(
     dtype: str = "float16",
     flush_rows: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> EmbedSummary:
     """Embed every image of SOURCE into the bank ``out`` (created, resumed or appended).
 
@@ -470,6 +471,8 @@ def embed_source(
         flush_rows: commit at least every this many rows (default 2048, or
             ``$FACEBANK_EMBED_FLUSH_ROWS``); commits also happen every 10 s.
         chunk_rows: rows per stored chunk of a new bank.
+        storage_options: fsspec options when ``out`` is a URL (endpoint, credentials;
+            never recorded).
 
     Returns:
         An :class:`EmbedSummary`.
@@ -492,7 +495,7 @@ def embed_source(
     )
     bank = open_bank_for(
         out, spec=dict(bb.spec), backbone=backbone, view=vw.name, src=src, source=source,
-        dtype=dtype, chunk_rows=chunk_rows,
+        dtype=dtype, chunk_rows=chunk_rows, storage_options=storage_options,
     )  # fmt: skip
     if vw.provenance():  # e.g. the face detector and its version
         bank.update_attrs({"view_provenance": vw.provenance()})
