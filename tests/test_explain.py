@@ -57,6 +57,10 @@ def test_ig_attributions_sum_to_the_score_difference(setup, tmp_path):
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(m["explanations"]) == 2 and "delta" in m["explanations"][0]
     assert "convergence delta" in (tmp_path / "run" / "explain.md").read_text()
+    from facebank.analysis.report import write_report
+
+    page = write_report([tmp_path / "run"], out=tmp_path / "r.html").read_text()
+    assert "Explanations (integrated gradients)" in page
 
 
 def test_undecodable_image_is_a_failure_not_a_crash(setup, tmp_path):

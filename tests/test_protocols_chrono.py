@@ -50,6 +50,10 @@ def test_trained_on_the_past_catches_a_similar_successor_not_a_new_kind(bank, tm
     assert m["protocol"] == "chrono" and len(m["cells"]) == 6
     assert "Per cut-off" in (tmp_path / "run" / "chrono.md").read_text()
     assert (tmp_path / "run" / "chrono.png").stat().st_size > 1000
+    from facebank.analysis.report import write_report
+
+    page = write_report([tmp_path / "run"], out=tmp_path / "r.html").read_text()
+    assert "Protocols" in page and "<figcaption>chrono.png</figcaption>" in page
 
 
 def test_engines_without_a_date_are_named(bank, tmp_path):
