@@ -49,7 +49,8 @@ def synthetic_arrays(
     rng = np.random.default_rng(seed)
     u = rng.normal(size=dim)
     u /= np.linalg.norm(u)
-    names, feats = [], []
+    name_list: list[str] = []
+    feats = []
     for e, n in engines.items():
         if e == "real":
             centre = np.zeros(dim)
@@ -59,10 +60,10 @@ def synthetic_arrays(
             v /= np.linalg.norm(v)
             centre = signal * u + spread * v
         feats.append(centre + rng.normal(size=(n, dim)))
-        names += [e] * n
+        name_list += [e] * n
     w = rng.normal(size=dim)
     X = (np.concatenate(feats) + offset * w / np.linalg.norm(w)).astype(np.float32)
-    names = np.array(names)
+    names = np.array(name_list)
     labels = (names != "real").astype(np.int8)
     if sha_prefix is None:
         sha = np.array([f"{seed:04d}{i:012x}" for i in range(len(names))])
