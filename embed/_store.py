@@ -30,6 +30,7 @@ import fsspec
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.buffer import default_buffer_prototype
 
 from .errors import BankError
 from .metadata import METADATA_SCHEMA, MISSING
@@ -166,15 +167,22 @@ class Location:
         return self.url
 
     # ------------------------------------------------------------------ objects
+    def _fresh(self, key: str) -> str:
+        # zarr writes through its own (async) filesystem object, so this one's cached
+        # listings may predate those writes: never answer from them
+        path = self._key(key)
+        self.fs.invalidate_cache(path)
+        return path
+
     def exists(self, key: str = "") -> bool:
         if self.local is not None:
             return (self.local / key).exists() if key else self.local.exists()
-        return bool(self.fs.exists(self._key(key)))
+        return bool(self.fs.exists(self._fresh(key)))
 
     def is_file(self, key: str) -> bool:
         if self.local is not None:
             return (self.local / key).is_file()
-        return bool(self.fs.isfile(self._key(key)))
+        return bool(self.fs.isfile(self._fresh(key)))
 
     def read_bytes(self, key: str) -> bytes:
         """Raises FileNotFoundError when the object does not exist."""
@@ -243,7 +251,7 @@ class Location:
             return out
         prefix = self.root + "/"
         try:
-            found = self.fs.find(self._key(key))
+            found = self.fs.find(self._fresh(key))
         except FileNotFoundError:
             return set()
         return {str(f)[len(prefix) :] for f in found if str(f).startswith(prefix)}
@@ -343,7 +351,8 @@ def create_arrays(
     rows: int = 0,
     features: bool = True,
     compression: str = "lz4",
-) -> None:
+    concurrent: bool = False,
+) -> dict[str, zarr.Array]:
     """The bank's arrays in ``group``: ``features`` (unless False) and one per row column.
 
     ``compression="lz4"`` (blosc-lz4 + byte shuffle) on features: real features barely
@@ -351,6 +360,10 @@ def create_arrays(
     400-row bank used to take a whole 8192-row chunk, 20x its features). It costs
     reads: 1.24 vs 1.92 GB per CPU-second for float16 (``docs/bank-format.md``);
     ``"none"`` stores features raw for banks read far more often than they are small.
+    ``concurrent``: create the arrays in parallel (an object store's round trips).
+
+    Returns:
+        The new arrays' handles by name.
     """
     if compression not in ("lz4", "none"):
         raise BankError(f"compression {compression!r} is not valid; use 'lz4' or 'none'")
@@ -362,9 +375,9 @@ def create_arrays(
             return {"chunks": (chunk_rows, *tail), "shards": (shard_rows, *tail)}
         return {"chunks": (chunk_rows, *tail)}
 
+    specs: dict[str, dict[str, Any]] = {}
     if features:
-        group.create_array(
-            "features",
+        specs["features"] = dict(
             shape=(rows, int(dim)),
             dtype=dtype,
             compressors=(
@@ -381,8 +394,7 @@ def create_arrays(
         fill: dict[str, Any] = {}
         if kind != "str":
             fill["fill_value"] = column_missing(col)
-        group.create_array(
-            col,
+        specs[col] = dict(
             shape=(rows,),
             dtype=str if kind == "str" else kind,
             dimension_names=("row",),
@@ -390,19 +402,45 @@ def create_arrays(
             **chunking(),
         )
 
+    def make(name: str) -> zarr.Array:
+        # the handle writes every chunk, even an all-fill one (see Store.array)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            return group.create_array(name, **specs[name])
+
+    if not concurrent:
+        return {name: make(name) for name in specs}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # object stores: requests overlap
+        return dict(zip(specs, pool.map(make, specs), strict=True))
+
+
+def array_doc(arr: zarr.Array) -> dict[str, Any]:
+    """An array's ``zarr.json`` document, as zarr writes it, from its handle."""
+    raw = arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"]
+    return json.loads(raw.to_bytes())
+
 
 class Store:
     """One bank group (the bank itself, or one partition): its arrays, count and columns."""
 
-    def __init__(self, loc: Location, group: zarr.Group, *, writable: bool) -> None:
+    def __init__(
+        self,
+        loc: Location,
+        group: zarr.Group,
+        *,
+        writable: bool,
+        arrays: Mapping[str, zarr.Array] | None = None,
+    ) -> None:
         self.loc = loc
         self.group = group
         self.writable = writable
         self.attrs: dict[str, Any] = copy.deepcopy(dict(group.attrs))
         self.count = int(self.attrs.get("count", 0))
         self._columns: dict[str, np.ndarray] = {}
-        self._arrays: dict[str, zarr.Array] = {}
-        self._children: dict[str, dict[str, Any]] = {}
+        # handles just made by create_arrays: no metadata round trip to open them again
+        self._arrays: dict[str, zarr.Array] = dict(arrays or {})
+        self._children: dict[str, dict[str, Any]] = {
+            k: array_doc(a) for k, a in self._arrays.items()
+        }
 
     @classmethod
     def open(cls, loc: Location, *, writable: bool = False) -> Store:
@@ -457,8 +495,6 @@ class Store:
             for key in self.array_names:
                 fn(key)
             return
-        for key in self.array_names:
-            self.array(key)  # open the handles here, one at a time
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(fn, self.array_names))
 

@@ -419,8 +419,7 @@ class FeatureBank:
             for name in loc.list():
                 if name != "facebank.lease":
                     loc.remove(name)
-            _build(loc, attrs, **layout)
-            store = Store.open(loc, writable=True)
+            store = _build(loc, attrs, **layout)
         except BaseException:
             lock.release()
             raise
@@ -529,6 +528,8 @@ class FeatureBank:
         moved = 0
         for index, part in pending_partitions(store.loc, store.attrs):
             n = part.count
+            if n:  # read every column up front: concurrent requests on an object store
+                part.each_array(lambda key, p=part: None if key == "features" else p.column(key))
             cols = {k: part.column(k) for k in part.column_names}
             for key in store.column_names:
                 if key not in cols:
@@ -939,10 +940,10 @@ def _build(
     chunk_rows: int,
     shard_rows: int | None,
     compression: str,
-) -> None:
+) -> Store:
     """Write an empty bank's arrays, then its group zarr.json with ``facebank_format``."""
     group = zarr.create_group(store=loc.zarr_store(read_only=False), attributes=attrs)
-    create_arrays(
+    arrays = create_arrays(
         group,
         dim=dim,
         dtype=dtype,
@@ -950,11 +951,14 @@ def _build(
         chunk_rows=chunk_rows,
         shard_rows=shard_rows,
         compression=compression,
+        concurrent=not loc.is_local,
     )
     ensure_partitions_group(loc)
-    store = Store(loc, group, writable=True)
+    store = Store(loc, group, writable=True, arrays=arrays)
     attrs["facebank_format"] = FORMAT_VERSION
     write_group_json(loc, attrs, store.children())
+    store.attrs = json.loads(json.dumps(attrs))
+    return store
 
 
 def _row_columns(

@@ -144,7 +144,7 @@ def write_partition(
     group = zarr.create_group(
         store=ploc.zarr_store(read_only=False), attributes={"columns": list(METADATA_SCHEMA)}
     )
-    create_arrays(
+    arrays = create_arrays(
         group,
         dim=dim,
         dtype=str(feature_meta["data_type"]),
@@ -152,8 +152,9 @@ def write_partition(
         chunk_rows=max(n, 1),  # one object per array: a partition is a few objects
         compression="lz4" if "blosc" in json.dumps(feature_meta.get("codecs")) else "none",
         rows=n,  # its final shape at once: no resize requests
+        concurrent=not loc.is_local,
     )
-    store = Store(ploc, group, writable=True)
+    store = Store(ploc, group, writable=True, arrays=arrays)
     _write_rows(store, 0, X, cols)
     pattrs = {
         "facebank_partition": index,
