@@ -37,18 +37,41 @@ __all__ = ["write_report", "render_markdown", "register_section", "SECTIONS", "R
 
 
 _CSS = """
-:root { --fg:#1f2328; --muted:#57606a; --line:#d0d7de; --bg:#ffffff; --soft:#f6f8fa; --accent:#0969da; }
+:root {
+  --fg:#1f2328;
+  --muted:#57606a;
+  --line:#d0d7de;
+  --bg:#ffffff;
+  --soft:#f6f8fa;
+  --accent:#0969da;
+}
 * { box-sizing: border-box; }
-body { margin:0; font:15px/1.55 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color:var(--fg); background:var(--bg); }
+body {
+  margin:0;
+  font:15px/1.55 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+  color:var(--fg);
+  background:var(--bg);
+}
 header { padding:28px 40px 18px; border-bottom:1px solid var(--line); background:var(--soft); }
 header h1 { margin:0 0 4px; font-size:28px; }
 header p { margin:0; color:var(--muted); }
 main { max-width:1180px; margin:0 auto; padding:8px 40px 60px; }
-nav { margin:18px 0 8px; padding:12px 18px; background:var(--soft); border:1px solid var(--line); border-radius:8px; }
+nav {
+  margin:18px 0 8px;
+  padding:12px 18px;
+  background:var(--soft);
+  border:1px solid var(--line);
+  border-radius:8px;
+}
 nav ul { margin:4px 0; padding-left:20px; }
 nav a { color:var(--accent); text-decoration:none; }
 section.run { margin:34px 0; padding-top:8px; border-top:3px solid var(--accent); }
-section.run section.run { margin:24px 0 12px 0; padding-left:18px; border-top:1px solid var(--line); border-left:3px solid var(--line); }
+section.run section.run {
+  margin:24px 0 12px 0;
+  padding-left:18px;
+  border-top:1px solid var(--line);
+  border-left:3px solid var(--line);
+}
 /* every heading is larger than the 15px body text, and each level smaller than the one above */
 h2.run-title { font-size:25px; margin:10px 0 2px; }
 h3.run-title { font-size:21px; margin:12px 0 2px; }
@@ -56,7 +79,12 @@ h4.run-title { font-size:19px; margin:12px 0 2px; }
 h5.run-title, h6.run-title { font-size:17px; margin:12px 0 2px; }
 .md h1, .md h2, .md h3 { font-size:17px; margin:14px 0 6px; }
 .md h4, .md h5, .md h6 { font-size:16px; margin:12px 0 6px; }
-.path { color:var(--muted); font:12px ui-monospace, SFMono-Regular, Menlo, monospace; margin-bottom:10px; word-break:break-all; }
+.path {
+  color:var(--muted);
+  font:12px ui-monospace, SFMono-Regular, Menlo, monospace;
+  margin-bottom:10px;
+  word-break:break-all;
+}
 .scroll { overflow-x:auto; max-width:100%; margin:10px 0 18px; }
 table { border-collapse:collapse; font-size:13.5px; }
 th, td { border:1px solid var(--line); padding:5px 10px; text-align:left; vertical-align:top; }
@@ -66,11 +94,29 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap
 table.config td:first-child { font-weight:600; white-space:nowrap; }
 .figures { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
 figure { margin:14px 0 22px; min-width:0; max-width:100%; }
-figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:white; }
+figure img {
+  max-width:100%;
+  height:auto;
+  border:1px solid var(--line);
+  border-radius:6px;
+  background:white;
+}
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
-code { font:12.5px ui-monospace, SFMono-Regular, Menlo, monospace; background:var(--soft); padding:1px 4px; border-radius:4px; }
+code {
+  font:12.5px ui-monospace, SFMono-Regular, Menlo, monospace;
+  background:var(--soft);
+  padding:1px 4px;
+  border-radius:4px;
+}
 details { margin:8px 0 14px; } summary { cursor:pointer; color:var(--accent); }
-pre { background:var(--soft); padding:12px; border-radius:6px; overflow-x:auto; font-size:12px; max-height:480px; }
+pre {
+  background:var(--soft);
+  padding:12px;
+  border-radius:6px;
+  overflow-x:auto;
+  font-size:12px;
+  max-height:480px;
+}
 .empty { color:var(--muted); font-style:italic; }
 a.caveat { font-size:12px; color:var(--accent); text-decoration:none; white-space:nowrap; }
 p.caveats { color:var(--muted); font-size:13px; }
@@ -95,7 +141,14 @@ ol.caveats li { margin:4px 0; }
   td.num { white-space:normal; }
   .figures { gap:6px; }
   figure { margin:4px 0; break-inside:avoid; }
-  figure img { max-height:62mm; width:auto !important; border:none; }
+  figure { flex:0 0 auto; }
+  figure img {
+    max-height:42mm;
+    max-width:100%;
+    width:auto !important;
+    height:auto;
+    border:none;
+  }
   h2, h3, h4, h5, h6 { break-after:avoid; }
 }
 """
@@ -130,6 +183,7 @@ SECTIONS: dict[str, Section] = {
     "chrono": Section(42, "Protocols: chronological windows"),
     "explain": Section(75, "Explanations (integrated gradients)"),
     "robustness": Section(50, "Robustness"),
+    "normalised": Section(55, "Control: heads on format-normalised images"),
     "ood": Section(60, "Out-of-distribution (new engines)"),
     "neighbours": Section(70, "Neighbours"),
     "clusters": Section(71, "Engine clusters"),
@@ -270,6 +324,7 @@ def render_markdown(
     lines = text.splitlines()
     i = 0
     heading = ""
+    in_detail = False
     while i < len(lines):
         line = lines[i]
         if not line.strip():
@@ -279,6 +334,14 @@ def render_markdown(
         if m:
             level = min(6, len(m.group(1)) + heading_offset)
             heading = m.group(2)
+            if in_detail:
+                out.append("</details>")
+                in_detail = False
+            if _is_detail_heading(heading):  # reference tables: collapsed, left out of print
+                out.append(f"<details><summary>{_inline(heading)}</summary>")
+                in_detail = True
+                i += 1
+                continue
             if caveats is not None and _is_caveat_heading(heading):
                 i += 1  # the list that follows is collected; its heading goes with it
                 continue
@@ -296,7 +359,7 @@ def render_markdown(
                 items.append(re.sub(r"^\s*[-*]\s+", "", lines[i]))
                 i += 1
             if caveats is not None and _is_caveat_heading(heading):
-                links = " ".join(caveats.add(x, where=where) for x in items)
+                links = " ".join(dict.fromkeys(caveats.add(x, where=where) for x in items))
                 out.append(f'<p class="caveats">Caveats: {links}</p>')
             else:
                 out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in items) + "</ul>")
@@ -318,7 +381,14 @@ def render_markdown(
                 para.append(lines[i].strip())
                 i += 1
             out.append(f"<p>{_inline(' '.join(para))}</p>")
+    if in_detail:
+        out.append("</details>")
     return "\n".join(out)
+
+
+def _is_detail_heading(heading: str) -> bool:
+    """Headings of reference material a reader opens on demand ("All metrics ...")."""
+    return bool(re.match(r"all metrics\b|.*\(detail\)$", heading.strip(), re.IGNORECASE))
 
 
 def _is_caveat_heading(heading: str) -> bool:
@@ -355,7 +425,8 @@ def _csv_preview(path: Path) -> str:
         return ""
     head, body = rows[0], rows[1:]
     out = [
-        f"<details><summary>{html.escape(path.name)} ({max(n - 1, 0)} rows; first {len(body)} shown)</summary><table>"
+        f"<details><summary>{html.escape(path.name)} ({max(n - 1, 0)} rows; "
+        f"first {len(body)} shown)</summary><table>"
     ]
     out.append(
         "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"
@@ -514,7 +585,8 @@ def _metrics_table(obj: Any) -> str:
     if not rows:
         return ""
     body = "".join(
-        f'<tr><td>{html.escape(str(k))}</td><td class="num">{html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))}</td></tr>'
+        f"<tr><td>{html.escape(str(k))}</td>"
+        f'<td class="num">{html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))}</td></tr>'
         for k, v in rows
     )
     return (
@@ -556,11 +628,13 @@ def write_report(
     for d in dirs:
         if not d.is_dir():
             raise ReportError(
-                f"run folder {str(d)!r} does not exist; pass a folder written by a facebank command (--out)"
+                f"run folder {str(d)!r} does not exist; pass a folder written by a facebank "
+                "command (--out)"
             )
         if not _has_content(d):
             raise ReportError(
-                f"{str(d)!r} holds no config.json, metrics.json, *.md or *.png (nor sub-folders with them); is it a run folder?"
+                f"{str(d)!r} holds no config.json, metrics.json, *.md or *.png (nor sub-folders "
+                "with them); is it a run folder?"
             )
     check_output_file(out, overwrite=overwrite)  # refuse before the work, not after
     used: set[str] = set()
@@ -575,10 +649,16 @@ def write_report(
     toc_html = ["<nav><strong>Contents</strong><ul>"]
     for level, slug, name in toc:
         toc_html.append(
-            f'<li style="margin-left:{(level - 1) * 18}px"><a href="#{slug}">{html.escape(name)}</a></li>'
+            f'<li style="margin-left:{(level - 1) * 18}px">'
+            f'<a href="#{slug}">{html.escape(name)}</a></li>'
         )
     toc_html.append("</ul></nav>")
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"<header><h1>{html.escape(title)}</h1><p>{len(dirs)} run folder(s), {len(toc)} "
+        f"section(s) - generated {created} by facebank. Label 1 = AI-generated; flagged = "
+        "score &gt; threshold; thresholds set on validation reals.</p></header>"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -588,7 +668,7 @@ def write_report(
 <style>{_CSS}</style>
 </head>
 <body>
-<header><h1>{html.escape(title)}</h1><p>{len(dirs)} run folder(s), {len(toc)} section(s) - generated {created} by facebank. Label 1 = AI-generated; flagged = score &gt; threshold; thresholds set on validation reals.</p></header>
+{header}
 <main>
 {"".join(toc_html)}
 {"".join(sections)}

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from facebank.embed.errors import DataError
+from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._evalcommon import (
     bank_label,
@@ -26,7 +28,6 @@ from ._evalcommon import (
     score_rows,
 )
 from .metrics import binary_metrics, per_engine_table, proportion_interval
-from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["RobustnessResult", "robustness", "view_family"]
 
@@ -224,10 +225,28 @@ def robustness(
     return res
 
 
+def _per_engine_by_view(per_engine: dict[str, list[dict[str, Any]]]) -> str:
+    """One table: a row per engine, a column per view (rate [interval]), the caveat once."""
+    views = list(per_engine)
+    table: dict[str, dict[str, Any]] = {}
+    for view, rows in per_engine.items():
+        for r in rows:
+            row = table.setdefault(
+                r["engine"],
+                {"engine": r["engine"], "class": "AI" if r["label"] == 1 else "real", "n": r["n"]},
+            )
+            row[view] = f"{r['metric'].upper()} {fmt_ci(r['rate'], r['ci_low'], r['ci_high'])}"
+            if r.get("warning"):
+                row["warning"] = r["warning"]
+    return markdown_table(
+        [{**r, "warning": r.get("warning", "")} for r in table.values()],
+        ["engine", "class", "n", *views, "warning"],
+    )
+
+
 def _write(
     res: RobustnessResult, rh: Any, out: Path, *, n_boot: int, seed: int, base_view: str
 ) -> Path:
-    from .evaluation import per_engine_markdown
     from .plots import robustness_figure, save_figure
 
     run = start_run(
@@ -264,8 +283,11 @@ def _write(
         f"in every view ({res.n_excluded} train/val images of the run excluded).\n\n"
     )
     text += md_section("Per view", markdown_table(table))
-    for view, rows in res.per_engine.items():
-        text += md_section(f"Per engine, view {view}", per_engine_markdown(rows, view=view))
+    if res.per_engine:
+        text += md_section(
+            "Per engine at the threshold (TPR of AI engines, FPR of reals; 95% intervals)",
+            _per_engine_by_view(res.per_engine),
+        )
     if res.notes:
         text += md_section("Notes", "\n".join(f"- {n}" for n in res.notes))
     (run / "robustness.md").write_text(text)

@@ -278,3 +278,11 @@ def test_report_prints_in_headless_chromium_without_clipping(tmp_path):
         assert got["clipped"] == [], got["clipped"]
     for shot in got["screenshots"]:
         assert Path(shot).stat().st_size > 5000
+
+
+def test_reference_tables_are_collapsed_and_left_out_of_print():
+    page = render_markdown(
+        "## Summary\n\n| a |\n|---|\n| 1 |\n\n## All metrics (bootstrap)\n\n| m |\n|---|\n| 2 |\n"
+    )
+    assert "<details><summary>All metrics (bootstrap)</summary>" in page
+    assert page.index("<details>") > page.index(">1<") and page.rstrip().endswith("</details>")
