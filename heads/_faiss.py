@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import Metric
 from facebank.embed.devices import resolve_device
 from facebank.embed.errors import DataError, UnknownNameError
 
@@ -37,7 +38,6 @@ __all__ = [
     "train_sample_rows",
 ]
 
-Metric = Literal["cosine", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "l2")
 _DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 # big_batch_search pays off once each inverted list is read by several queries of a batch:
