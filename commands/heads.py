@@ -57,6 +57,14 @@ def train_cmd(
             "last), 20:24 (a range) or all.",
         ),
     ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="level:K - keep each group (the K-th folder of the stored paths: an "
+            "identity, a source) in one split, for banks without a split column.",
+        ),
+    ] = None,
 ) -> None:
     """Train a head on the train split, set its threshold on validation reals, report val figures."""
     from facebank.embed.bank import open_banks
@@ -71,6 +79,7 @@ def train_cmd(
         out=default_out("train", out),
         seed=seed,
         fpr=fpr,
+        group_by=group_by,
     )
     auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
     tpr = "n/a" if res.val_tpr_at_fpr is None else f"{res.val_tpr_at_fpr:.1%}"

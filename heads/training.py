@@ -63,15 +63,29 @@ def _open_banks(banks: Sequence[Any]):
     return join_banks(opened)  # several backbones: features side by side, rows by sha256
 
 
-def resolve_splits(bank: Any, *, seed: int) -> tuple[np.ndarray, str]:
+def resolve_splits(
+    bank: Any, *, seed: int, group_by: str | None = None
+) -> tuple[np.ndarray, str]:
     """``(splits (n,), source)``: the bank's split column when it has one, else a seeded split.
 
     Rows of a split-carrying bank whose split is empty are left out of training and
-    calibration (split ``""``).
+    calibration (split ``""``). ``group_by="level:K"`` keeps every row whose stored path
+    has the same K-th folder (an identity, a source) in one split
+    (``embed.splits.parse_group_by``).
     """
     splits = np.asarray(bank.splits, dtype=str)
     if has_splits(splits):
         return splits, "bank split column"
+    if group_by:
+        from facebank.embed.splits import parse_group_by
+
+        try:
+            groups = parse_group_by(group_by, np.asarray(bank.paths, dtype=str))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        return assign_splits(
+            bank.engines, bank.sha256, seed=seed, groups=groups
+        ), f"assign_splits(seed={seed}) stratified by engine, grouped by {group_by}"
     return assign_splits(
         bank.engines, bank.sha256, seed=seed
     ), f"assign_splits(seed={seed}) stratified by engine"
@@ -90,6 +104,7 @@ def train_run(
     out: str | Path,
     seed: int = 0,
     fpr: float = 0.005,
+    group_by: str | None = None,
 ) -> TrainResult:
     """Train head ``head`` on the train split of ``banks`` and write a run folder.
 
@@ -101,6 +116,8 @@ def train_run(
             ``metrics.json``, ``metrics.md``, ``splits.csv`` (sha256,path,engine,label,split).
         seed: seeds the split (when the bank has none) and the head.
         fpr: target false-positive rate on val reals for ``threshold_``.
+        group_by: ``"level:K"``: a bank without a split column is split keeping each
+            group (the K-th folder of the stored paths) in one split.
 
     Returns:
         TrainResult. Rows labelled -1 (unknown) are kept in ``splits.csv`` but used
@@ -113,7 +130,7 @@ def train_run(
         raise DataError(
             f"bank {bank.name!r} has no rows; embed images into it first (facebank embed)"
         )
-    splits, split_source = resolve_splits(bank, seed=seed)
+    splits, split_source = resolve_splits(bank, seed=seed, group_by=group_by)
     labels = np.asarray(bank.labels).astype(np.int64)
     known = labels != -1
     if (~known).any():

@@ -112,3 +112,36 @@ def test_group_by_folder_level():
     assert parse_group_by("level:1", paths).tolist() == ["lfw", "lfw", ""]
     with pytest.raises(ValueError, match="level:K"):
         parse_group_by("depth=2", paths)
+
+
+def test_train_run_group_by_keeps_each_folder_group_in_one_split(tmp_path):
+    import csv
+
+    from facebank.embed import write_bank
+    from facebank.heads import train_run
+
+    rng = np.random.default_rng(0)
+    n = 240
+    engines = np.where(np.arange(n) < n // 2, "real", "gan")
+    people = rng.integers(0, 12, n)
+    paths = np.array(
+        [
+            f"{e}/p{k}/{i}.png" if e == "real" else f"{e}/{i}.png"
+            for i, (e, k) in enumerate(zip(engines, people, strict=True))
+        ]
+    )
+    X = rng.normal(size=(n, 4)).astype(np.float32) + (engines == "gan")[:, None]
+    bank = write_bank(
+        tmp_path / "b.zarr", X, labels=(engines == "gan").astype(int), engines=engines, paths=paths
+    )
+    res = train_run([bank], head="linear", out=tmp_path / "run", group_by="level:1")
+    assert "grouped by level:1" in res.split_source
+    with open(tmp_path / "run" / "splits.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    split_of_person: dict[str, set] = {}
+    for r in rows:
+        parts = r["path"].split("/")
+        if parts[0] == "real":
+            split_of_person.setdefault(parts[1], set()).add(r["split"])
+    assert len(split_of_person) == 12
+    assert all(len(s) == 1 for s in split_of_person.values())
