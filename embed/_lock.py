@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -81,9 +82,11 @@ class LeaseLock:
     Object stores have no ``flock`` and no atomic rename, so the lock is one small
     JSON object, ``BANK/facebank.lease``: ``{"owner", "host", "pid", "expires"}``. A
     writer takes it when it is absent, expired or its own, renews it on every commit
-    and deletes it on close. A writer killed without closing blocks others only until
-    the lease expires (``ttl_s``). Two writers racing for an absent lease both write;
-    each reads it back and only the one whose owner id is there proceeds.
+    and from a background thread every ``ttl_s / 3`` (a driver that waits on its
+    workers for hours commits nothing meanwhile), and deletes it on close. A writer
+    killed without closing blocks others only until the lease expires (``ttl_s``).
+    Two writers racing for an absent lease both write; each reads it back and only the
+    one whose owner id is there proceeds.
     """
 
     KEY = "facebank.lease"
@@ -93,6 +96,8 @@ class LeaseLock:
         self.ttl_s = float(ttl_s)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held = False
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def _current(self) -> dict[str, Any] | None:
         try:
@@ -139,7 +144,18 @@ class LeaseLock:
         if doc is None or doc.get("owner") != self.owner:
             self._refuse(doc or {})
         self._held = True
+        if self.ttl_s > 0:
+            self._stop.clear()
+            self._keeper = threading.Thread(target=self._keep, name="facebank-lease", daemon=True)
+            self._keeper.start()
         return self
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except Exception:  # a store hiccup: the next beat (or commit) renews
+                continue
 
     def renew(self) -> None:
         """Push the expiry forward (called on every commit)."""
@@ -147,6 +163,10 @@ class LeaseLock:
             self._write()
 
     def release(self) -> None:
+        self._stop.set()
+        if self._keeper is not None and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=30)  # a renewal in flight lands before the delete
+            self._keeper = None
         if self._held:
             self._held = False
             doc = self._current()

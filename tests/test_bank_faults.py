@@ -124,6 +124,14 @@ def test_lease_lock_refuses_a_second_writer_and_expires(tmp_path):
     stale = LeaseLock(loc, ttl_s=-1).acquire()  # a killed writer's lease, already expired
     assert stale.held
     LeaseLock(loc).acquire().release()  # taken over
+    # a holder that commits nothing still keeps its lease alive
+    import time
+
+    quiet = LeaseLock(loc, ttl_s=0.6).acquire()
+    time.sleep(1.5)
+    with pytest.raises(BankLockedError):
+        LeaseLock(loc).acquire()
+    quiet.release()
 
 
 @pytest.mark.slow
