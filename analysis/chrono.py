@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -42,7 +43,7 @@ Window = Literal["release", "year"]
 
 
 def read_engine_dates(path: str | Path) -> dict[str, _dt.date]:
-    """Read an ``engine,date`` table (extra columns ignored; a manifest with a ``date`` column works).
+    """Read an ``engine,date`` table (extra columns ignored: a manifest with ``date`` works).
 
     Engine names are lower-cased; ISO dates (``2023-07-26``; ``2023-07`` and ``2023``
     are read as the first day). Rows of one engine must agree.
@@ -150,7 +151,8 @@ def _resolve_dates(
     missing = [e for e in ai if e not in table]
     if missing:
         raise DataError(
-            f"engines {missing} have no release date (looked in: {', '.join(source) or 'nothing'}); "
+            f"engines {missing} have no release date "
+            f"(looked in: {', '.join(source) or 'nothing'}); "
             "give --engine-dates CSV with columns engine,date listing them (ISO dates), "
             "or a manifest with a date column"
         )
@@ -171,7 +173,7 @@ def _windows(dates: dict[str, _dt.date], window: Window) -> list[dict[str, Any]]
 
 
 def chronological(
-    banks: Any,
+    banks: BanksLike,
     *,
     engine_dates: str | Path | Mapping[str, Any] | None = None,
     shipped_dates: bool = True,

@@ -209,7 +209,8 @@ def explain_images(
     if backbone is None:
         if not spec:
             raise HeadError(
-                "this head was saved without a backbone spec, so images cannot be explained through "
+                "this head was saved without a backbone spec, so images cannot be explained "
+                "through "
                 "it; use explain_features on bank rows, or re-train with `facebank train` on a bank"
             )
         from facebank.embed import backbone_from_spec

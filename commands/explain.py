@@ -1,4 +1,4 @@
-"""``facebank explain``: integrated-gradient heatmaps of images, feature attributions of bank rows."""
+"""``facebank explain``: integrated-gradient heatmaps of images, feature attributions of rows."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def explain_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu (default), auto or cuda.")] = "cpu",
     out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
 ) -> None:
-    """Explain a head's score: IG heatmaps over images (PNG) and feature attributions of bank rows."""
+    """Explain a head's score: IG heatmaps over images (PNG), feature attributions of bank rows."""
     from facebank.analysis.explain import (
         BASELINES,
         explain_features,
@@ -79,7 +79,8 @@ def explain_cmd(
             typer.echo(f"failed: {path}: {reason}", err=True)
         for r in res:
             typer.echo(
-                f"{Path(r.path).name} [{r.baseline}]: score {r.score:.4g} (baseline {r.baseline_score:.4g}), "
+                f"{Path(r.path).name} [{r.baseline}]: score {r.score:.4g} "
+                f"(baseline {r.baseline_score:.4g}), "
                 f"attributions sum {r.attribution_sum:.4g}, convergence delta {r.delta:.2g}, "
                 f"{r.seconds:.1f} s -> {r.png}"
             )

@@ -1,4 +1,4 @@
-"""``facebank protocol``: train/test protocols (in-engine, leave-one-engine-out, few-shot, chrono)."""
+"""``facebank protocol``: train/test protocols (in-engine, loeo, few-shot, chrono)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def protocol_cmd(
     ] = _Window.release,
     out: Annotated[Path | None, typer.Option("--out", help=OUT_HELP)] = None,
 ) -> None:
-    """Train/test protocols: in-engine, leave-one-engine-out, few-shot curves, chronological windows."""
+    """Train/test protocols: in-engine, leave-one-engine-out, few-shot, chronological windows."""
     from facebank.analysis.protocols import in_engine, leave_one_engine_out
 
     params = parse_params(param)
@@ -85,7 +85,8 @@ def protocol_cmd(
         res = in_engine(banks, head=head, params=params, seed=seed, fpr=fpr, out=out, n_boot=n_boot)
         m = res.metrics
         typer.echo(
-            f"in-engine {head}: threshold {res.threshold:.4g} from {res.n_val_reals} val reals; test n={res.n_test}"
+            f"in-engine {head}: threshold {res.threshold:.4g} from {res.n_val_reals} val reals; "
+            f"test n={res.n_test}"
         )
         typer.echo(f"TPR {m.recall:.1%}  FPR {m.fpr:.2%}  AUC {m.auc:.4f}")
         for r in res.per_engine:

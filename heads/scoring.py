@@ -155,7 +155,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
     """
     if not inputs:
         raise DataError(
-            "nothing to score; give feature banks (NAME.zarr), image files, folders or CSV manifests"
+            "nothing to score; give feature banks (NAME.zarr), image files, folders or CSV "
+            "manifests"
         )
     found = ScoreInputs()
     for item in inputs:
@@ -166,7 +167,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
             images = _walk_images(p, found.ignored)
             if not images:
                 raise DataError(
-                    f"folder {str(p)!r} holds no image files and is not a feature bank (no zarr.json); "
+                    f"folder {str(p)!r} holds no image files and is not a feature bank "
+                    "(no zarr.json); "
                     "give a folder of images, a bank made by `facebank embed`, or image files"
                 )
             found.images.extend(images)

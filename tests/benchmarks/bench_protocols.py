@@ -28,8 +28,8 @@ def main() -> None:
 
     import torch
 
-    from facebank.testing import synthetic_arrays, write_synthetic_bank
     from facebank.analysis.fewshot import few_shot
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
 
     if args.tiny:
         n_engines, n_rows, dim, shots, draws = 3, 3_000, 16, (0, 5, 20), 2
