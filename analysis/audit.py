@@ -56,6 +56,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import BankError, DataError, HeadError
 from facebank.embed.metadata import METADATA_SCHEMA
 from facebank.embed.runs import markdown_table, start_run, write_json
@@ -709,7 +710,7 @@ def _head_metrics(
 
 
 def audit(
-    banks: Any,
+    banks: BanksLike,
     *,
     run: str | Path | None = None,
     head_runs: Mapping[str, str | Path] | None = None,

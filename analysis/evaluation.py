@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -100,7 +101,7 @@ def per_engine_markdown(rows: Sequence[dict[str, Any]], *, view: str | None = No
 
 def evaluate(
     head_dir_or_head: Any,
-    banks: Any,
+    banks: BanksLike,
     *,
     out: str | Path | None = None,
     n_boot: int = 1000,

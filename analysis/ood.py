@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError, EngineOverlapWarning, HeadError
 from facebank.embed.runs import markdown_table, start_run, write_json
 from facebank.embed.splits import has_splits
@@ -169,8 +170,8 @@ def score_meaning(method: str) -> str:
 def ood(
     head_dir: Any,
     *,
-    known: Any,
-    new: Any,
+    known: BanksLike,
+    new: BanksLike,
     out: str | Path | None = None,
     k: int = 10,
     flag_fpr: float = 0.05,

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError, SmallSampleWarning
+from facebank.embed.runs import markdown_table, start_run, write_json
 from facebank.embed.splits import assign_splits, has_splits
 
 from ._evalcommon import bank_label, fmt_ci, md_section, open_banks, require_one_backbone
 from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table, proportion_interval
-from facebank.embed.runs import markdown_table, start_run, write_json
 
 __all__ = ["InEngineResult", "LoeoResult", "in_engine", "leave_one_engine_out", "PROTOCOLS"]
 
@@ -126,7 +128,7 @@ class InEngineResult:
 
 
 def in_engine(
-    banks: Any,
+    banks: BanksLike,
     *,
     head: str = "linear",
     params: Mapping[str, Any] | None = None,
@@ -274,7 +276,7 @@ class LoeoResult:
 
 
 def leave_one_engine_out(
-    banks: Any,
+    banks: BanksLike,
     *,
     head: str = "linear",
     params: Mapping[str, Any] | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -86,7 +87,7 @@ class RobustnessResult:
 
 def robustness(
     head_dir: Any,
-    banks: Any,
+    banks: BanksLike,
     *,
     out: str | Path | None = None,
     n_boot: int = 1000,

@@ -7,12 +7,13 @@ functions validate their input and raise ``FacebankError`` with the valid values
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, TypeAlias, Union
 
 if TYPE_CHECKING:
     from .bank import FeatureBank
 
-__all__ = ["PathLike", "BankLike", "Device", "Metric"]
+__all__ = ["PathLike", "BankLike", "BanksLike", "Device", "Metric"]
 
 #: A file or folder path as users give it.
 PathLike: TypeAlias = Union[str, "os.PathLike[str]"]
@@ -27,3 +28,6 @@ Device: TypeAlias = Literal["auto", "cpu", "cuda", "mps"] | str
 #: How feature vectors are compared: cosine similarity (on L2-normalised rows) or
 #: squared Euclidean distance.
 Metric: TypeAlias = Literal["cosine", "l2"]
+
+#: One bank or several, each open or a path: what the analyses take as ``banks``.
+BanksLike: TypeAlias = BankLike | Sequence[BankLike]

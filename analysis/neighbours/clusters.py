@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._source import sample_rows
@@ -164,7 +165,7 @@ def _bootstrap_mean(
 
 
 def engine_clusters(
-    banks: Any,
+    banks: BanksLike,
     *,
     k: int = 10,
     n_boot: int = 1000,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -201,7 +202,7 @@ def read_run_splits(run_dir: str | Path) -> dict[str, dict[str, str]]:
 
 
 def find_leaks(
-    banks: Any,
+    banks: BanksLike,
     *,
     threshold: float = 0.95,
     k: int = 10,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError, UnknownNameError
 from facebank.embed.runs import start_run, write_json
 
@@ -54,7 +55,7 @@ _MAP_METHODS = ("pca", "tsne")
 
 
 def embedding_map(
-    banks: Any,
+    banks: BanksLike,
     *,
     method: str = "pca",
     max_points: int = 5000,
@@ -156,7 +157,7 @@ class MapResult:
 
 
 def embedding_maps(
-    banks: Any,
+    banks: BanksLike,
     *,
     methods: Sequence[str] = ("pca", "tsne"),
     max_points: int = 5000,
@@ -173,7 +174,7 @@ def embedding_maps(
 
 
 def write_maps(
-    banks: Any,
+    banks: BanksLike,
     *,
     out: str | Path,
     methods: Sequence[str] = ("pca", "tsne"),
