@@ -43,7 +43,7 @@ Window = Literal["release", "year"]
 
 
 def read_engine_dates(path: str | Path) -> dict[str, _dt.date]:
-    """Read an ``engine,date`` table (extra columns ignored; a manifest with a ``date`` column works).
+    """Read an ``engine,date`` table (extra columns ignored: a manifest with ``date`` works).
 
     Engine names are lower-cased; ISO dates (``2023-07-26``; ``2023-07`` and ``2023``
     are read as the first day). Rows of one engine must agree.
@@ -151,7 +151,8 @@ def _resolve_dates(
     missing = [e for e in ai if e not in table]
     if missing:
         raise DataError(
-            f"engines {missing} have no release date (looked in: {', '.join(source) or 'nothing'}); "
+            f"engines {missing} have no release date "
+            f"(looked in: {', '.join(source) or 'nothing'}); "
             "give --engine-dates CSV with columns engine,date listing them (ISO dates), "
             "or a manifest with a date column"
         )

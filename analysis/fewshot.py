@@ -124,7 +124,8 @@ def few_shot(
     ai = sorted(set(d.engines[d.y == 1].tolist()))
     if len(ai) < 2:
         raise DataError(
-            f"few-shot curves need at least 2 AI engines, the banks have {ai}; add banks of more engines"
+            f"few-shot curves need at least 2 AI engines, the banks have {ai}; "
+            "add banks of more engines"
         )
     held = list(engines) if engines else ai
     unknown = sorted(set(held) - set(ai))
@@ -156,16 +157,25 @@ def few_shot(
                     "give it test rows or leave it out with engines=[...]"
                 )
             base = np.flatnonzero(tr & (d.engines != e))
+            # training rows = base rows then the k drawn rows, in one buffer per engine: a
+            # draw overwrites k rows and each fit takes a prefix (a view), instead of
+            # gathering all ~n rows again for each of the engine's fits
+            nb = base.size
+            bx = np.empty((nb + pool.size, d.X.shape[1]), dtype=d.X.dtype)
+            bx[:nb] = d.X[base]
+            by, be = np.r_[d.y[base], d.y[pool]], np.r_[d.engines[base], d.engines[pool]]
             if fits[e][-1:] != ks[-1:]:
                 stopped[e] = (
-                    f"{e} has {pool.size} train images: its curve stops at k={max(fits[e], default=0)} "
-                    f"(asked up to k={ks[-1]})"
+                    f"{e} has {pool.size} train images: its curve stops at "
+                    f"k={max(fits[e], default=0)} (asked up to k={ks[-1]})"
                 )
             for k in fits[e]:
                 for draw in range(1 if k == 0 else draws):
                     rng = np.random.default_rng([seed, ei, k, draw])
-                    rows = np.r_[base, rng.choice(pool, size=k, replace=False)] if k else base
-                    est = _fit(head, params, d.X[rows], d.y[rows], d.engines[rows], X_va_real, fpr)
+                    if k:
+                        bx[nb : nb + k] = d.X[rng.choice(pool, size=k, replace=False)]
+                    n = nb + k  # the pool's rows share E's label and engine name
+                    est = _fit(head, params, bx[:n], by[:n], be[:n], X_va_real, fpr)
                     s_e = _scores(est, d.X[test_e])
                     s_r = _scores(est, d.X[te_real])
                     hit = int((s_e > est.threshold_).sum())
