@@ -85,11 +85,16 @@ def load_run_head(head_or_dir: Any) -> RunHead:
         head, run_dir, split_of = head_or_dir, None, None
     if not hasattr(head, "threshold_"):
         raise HeadError(
-            f"head {head!r} is not fitted (no threshold_); fit and calibrate it, or pass a run folder"
+            f"head {head!r} is not fitted (no threshold_); fit and calibrate it, or pass a run "
+            "folder"
         )
     cal = getattr(head, "calibration_", None)
     if cal:
-        source = f"validation reals of the training run (split {cal.get('split', 'val')!r}, target FPR {cal.get('fpr')}, n_reals {cal.get('n_reals')})"
+        source = (
+            "validation reals of the training run "
+            f"(split {cal.get('split', 'val')!r}, target FPR {cal.get('fpr')}, "
+            f"n_reals {cal.get('n_reals')})"
+        )
     else:
         source = "head default (not calibrated on validation reals)"
     return RunHead(
@@ -111,7 +116,8 @@ def check_head_backbone(head: Any, bank: Any) -> None:
     n = getattr(head, "n_features_in_", None)
     if n is not None and int(n) != int(bank.dim):
         raise DataError(
-            f"the head takes {n}-d features but bank {bank_label(bank)} is {bank.dim}-d ({backbone_id(bank.backbone)}); "
+            f"the head takes {n}-d features but bank {bank_label(bank)} is {bank.dim}-d "
+            f"({backbone_id(bank.backbone)}); "
             "score a bank embedded with the head's backbone"
         )
 

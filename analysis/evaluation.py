@@ -177,8 +177,10 @@ def evaluate(
             else "AI images (label 1): TPR is undefined"
         )
         raise DataError(
-            f"after leaving out {excluded} train/val rows of the run, {n_unknown} unlabelled and {n_dup} repeated rows, "
-            f"the banks {[bank_label(b) for b in banks]} have {n_real} reals and {n_fake} AI images - no {missing}; "
+            f"after leaving out {excluded} train/val rows of the run, {n_unknown} unlabelled and "
+            f"{n_dup} repeated rows, "
+            f"the banks {[bank_label(b) for b in banks]} have {n_real} reals and {n_fake} AI "
+            f"images - no {missing}; "
             "add a bank holding held-out (test) images of the missing class"
         )
 
@@ -264,7 +266,10 @@ def _write_run(
         for r in m.table_rows()
     ]
     text = "# Evaluation\n\n"
-    text += f"Threshold {result.threshold:.6g} chosen on {result.threshold_source}; flagged = score > threshold.\n\n"
+    text += (
+        f"Threshold {result.threshold:.6g} chosen on {result.threshold_source}; "
+        "flagged = score > threshold.\n\n"
+    )
     text += md_section("Summary", summary)
     text += md_section(
         "Per engine at the threshold", per_engine_markdown(result.per_engine, view=view)

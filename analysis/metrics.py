@@ -67,12 +67,14 @@ def _check_scores(y: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
         raise DataError(
-            f"labels {y.shape} and scores {s.shape} have different lengths; pass one score per label"
+            f"labels {y.shape} and scores {s.shape} have different lengths; pass one score per "
+            "label"
         )
     if s.size and not np.isfinite(s).all():
         bad = int((~np.isfinite(s)).sum())
         raise DataError(
-            f"{bad} scores are NaN or infinite; metrics need finite scores - check the head's output"
+            f"{bad} scores are NaN or infinite; metrics need finite scores - check the head's "
+            "output"
         )
     bad_labels = set(np.unique(y).tolist()) - {0, 1}
     if bad_labels:
@@ -88,7 +90,8 @@ def _require_both_classes(y: np.ndarray, what: str = "the scores given") -> None
     n_fake = int((y == 1).sum())
     if n_real == 0:
         raise DataError(
-            f"{what} contain no real images (label 0) and {n_fake} AI images: FPR, AUC and thresholds "
+            f"{what} contain no real images (label 0) and {n_fake} AI images: FPR, AUC and "
+            "thresholds "
             "are undefined; add real images (e.g. the bank's test reals) to evaluate"
         )
     if n_fake == 0:
@@ -510,7 +513,10 @@ def per_engine_table(
             lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
         warning = ""
         if n < SMALL_GROUP:
-            warning = f"only {n} image{'s' if n != 1 else ''}: the rate moves in steps of {1 / n:.0%}; read the interval"
+            warning = (
+                f"only {n} image{'s' if n != 1 else ''}: the rate moves in steps of "
+                f"{1 / n:.0%}; read the interval"
+            )
             warnings.warn(f"engine {eng!r} has {warning}", SmallSampleWarning, stacklevel=2)
         rows.append(
             {

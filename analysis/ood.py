@@ -216,7 +216,8 @@ def ood(
         split = np.concatenate([np.asarray(b.splits, dtype=str) for b in known_banks])
         if not has_splits(split):
             raise HeadError(
-                "ood needs to know which known images are train/val/test: pass a run folder with splits.csv, or banks with a split column"
+                "ood needs to know which known images are train/val/test: pass a run folder with "
+                "splits.csv, or banks with a split column"
             )
         split_source = "the known banks' split column"
     known_eng = np.concatenate([np.asarray(b.engines, dtype=str) for b in known_banks])
@@ -230,7 +231,8 @@ def ood(
     sha_new = set(np.concatenate([np.asarray(b.sha256, dtype=str) for b in new_banks]).tolist())
     if sha_new & set(sha.tolist()):
         raise DataError(
-            f"{len(sha_new & set(sha.tolist()))} images are in both the --known and the --new banks; pass disjoint banks"
+            f"{len(sha_new & set(sha.tolist()))} images are in both the --known and the --new "
+            "banks; pass disjoint banks"
         )
 
     X_known = np.concatenate([b.load_features() for b in known_banks])
@@ -242,7 +244,8 @@ def ood(
         train = split == "train"
         if train.sum() == 0:
             raise DataError(
-                "no known image is in the run's train split: the kNN reference set is empty; pass the banks the head was trained on as --known"
+                "no known image is in the run's train split: the kNN reference set is empty; pass "
+                "the banks the head was trained on as --known"
             )
         method = f"knn:k={min(k, int(train.sum()))}"
         score_fn = _knn_scorer(X_known[train], k)
@@ -252,11 +255,13 @@ def ood(
     val, test = split == "val", split == "test"
     if val.sum() == 0:
         raise DataError(
-            "no known-engine validation images: the flag threshold cannot be set; pass the banks the head was trained on as --known"
+            "no known-engine validation images: the flag threshold cannot be set; pass the banks "
+            "the head was trained on as --known"
         )
     if test.sum() == 0:
         raise DataError(
-            "no known-engine test images (every known image was used for train/val): AUROC needs held-out known images"
+            "no known-engine test images (every known image was used for train/val): AUROC needs "
+            "held-out known images"
         )
     threshold = threshold_at_fpr(s_known[val], flag_fpr)
     known_flag = float((s_known[test] > threshold).mean())
@@ -347,14 +352,17 @@ def ood(
                 "n": r["n"],
                 "AUROC": f"{r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]",
                 "FPR at 95% TPR": f"{r['fpr_at_95tpr']:.1%}",
-                "flagged": f"{r['flag_rate']:.1%} [{r['flag_rate_ci'][0]:.1%}, {r['flag_rate_ci'][1]:.1%}]",
+                "flagged": (
+                    f"{r['flag_rate']:.1%} [{r['flag_rate_ci'][0]:.1%}, {r['flag_rate_ci'][1]:.1%}]"
+                ),
             }
             for r in per_engine
         ]
         text = "# Out-of-distribution: new engines vs known engines\n\n"
         text += (
             f"Score: {method}, {score_meaning(method)}. Flag threshold {threshold:.4g} set on "
-            f"{res.n_known_val} known-engine validation images ({split_source}) to flag {flag_fpr:.0%} of them; "
+            f"{res.n_known_val} known-engine validation images ({split_source}) to flag "
+            f"{flag_fpr:.0%} of them; "
             f"on {res.n_known_test} known-engine test images it flags {known_flag:.1%}.\n\n"
         )
         text += md_section("Per new engine (vs known-engine test images)", markdown_table(table))

@@ -49,7 +49,8 @@ def _load(banks: Any, seed: int) -> _Data:
     views = sorted({b.view for b in banks})
     if len(views) > 1:
         raise DataError(
-            f"protocol banks have different views {views}; a protocol trains and tests on one view - "
+            f"protocol banks have different views {views}; a protocol trains and tests on one view "
+            "- "
             "pass banks of one view (use `facebank robustness` to compare views)"
         )
     X = np.concatenate([b.load_features() for b in banks]).astype(np.float32, copy=False)
@@ -83,11 +84,13 @@ def _fit(head: str, params: Mapping[str, Any] | None, X, y, engines, X_val_real,
     if (y == 0).sum() == 0 or (y == 1).sum() == 0:
         raise DataError(
             f"the training rows hold {(y == 0).sum()} reals and {(y == 1).sum()} AI images; "
-            "a head needs both - the protocol needs reals and at least two AI engines in the train split"
+            "a head needs both - the protocol needs reals and at least two AI engines in the train "
+            "split"
         )
     if len(X_val_real) == 0:
         raise DataError(
-            "no real images in the validation split: the threshold at a fixed FPR cannot be set; add val reals"
+            "no real images in the validation split: the threshold at a fixed FPR cannot be set; "
+            "add val reals"
         )
     est = create_head(head, **dict(params or {}))
     est.fit(X, y, engines=engines)
@@ -194,7 +197,11 @@ def in_engine(
             },
         )
         text = f"# In-engine protocol ({head}, view {', '.join(d.views)})\n\n"
-        text += f"Trained on the train split of every engine; threshold {res.threshold:.4g} set on {res.n_val_reals} validation reals at FPR {fpr_label(fpr)}; tested on {res.n_test} test rows. Splits: {d.split_source}.\n\n"
+        text += (
+            f"Trained on the train split of every engine; threshold {res.threshold:.4g} set on "
+            f"{res.n_val_reals} validation reals at FPR {fpr_label(fpr)}; tested on "
+            f"{res.n_test} test rows. Splits: {d.split_source}.\n\n"
+        )
         text += md_section(
             "Test split per engine", per_engine_markdown(rows, view=", ".join(d.views))
         )
@@ -312,7 +319,8 @@ def leave_one_engine_out(
     ai = sorted(set(d.engines[d.y == 1].tolist()))
     if len(ai) < 2:
         raise DataError(
-            f"leave-one-engine-out needs at least 2 AI engines, the banks have {ai}; add banks of more engines"
+            f"leave-one-engine-out needs at least 2 AI engines, the banks have {ai}; add banks of "
+            "more engines"
         )
     held = list(engines) if engines else ai
     unknown = sorted(set(held) - set(ai))
@@ -328,7 +336,8 @@ def leave_one_engine_out(
     small = [e for e in ai if (te & (d.engines == e)).sum() < 10]
     if small:
         warnings.warn(
-            f"engines {small} have fewer than 10 test rows: their in-engine TPR moves in steps >= 10%",
+            f"engines {small} have fewer than 10 test rows: their in-engine TPR moves in steps >= "
+            "10%",
             SmallSampleWarning,
             stacklevel=2,
         )
@@ -443,8 +452,10 @@ def _write_loeo(res: LoeoResult, d: _Data, out: Path) -> Path:
     )
     text = f"# Leave-one-engine-out ({res.head}, view {', '.join(d.views)})\n\n"
     text += (
-        f"TPR at a threshold set on validation reals for FPR {fpr_label(res.fpr)} (as in 2311.08577). In-engine: head trained on "
-        "every engine, tested on the engine's test rows. Out-of-engine: head trained without the engine, tested on all its rows; "
+        f"TPR at a threshold set on validation reals for FPR {fpr_label(res.fpr)} (as in "
+        "2311.08577). In-engine: head trained on "
+        "every engine, tested on the engine's test rows. Out-of-engine: head trained without the "
+        "engine, tested on all its rows; "
         f"FPR on the test reals. Splits: {d.split_source}. Intervals: exact binomial 95%.\n\n"
     )
     text += md_section("In-engine vs out-of-engine TPR", markdown_table(rows))

@@ -152,7 +152,8 @@ def robustness(
     ref = sorted(common)
     if not ref:
         raise DataError(
-            f"no image (sha256) is present in every bank {[bank_label(b) for b in banks]}; give banks embedded from the same source"
+            f"no image (sha256) is present in every bank {[bank_label(b) for b in banks]}; give "
+            "banks embedded from the same source"
         )
     ref_arr = np.array(ref, dtype=str)
     used = rh.used_for_fitting(ref_arr)
@@ -167,7 +168,8 @@ def robustness(
     ref_arr, y, engines = ref_arr[keep], y[keep], engines[keep]
     if (y == 0).sum() == 0 or (y == 1).sum() == 0:
         raise DataError(
-            f"the matched held-out images hold {(y == 0).sum()} reals and {(y == 1).sum()} AI images "
+            f"the matched held-out images hold {(y == 0).sum()} reals and {(y == 1).sum()} AI "
+            "images "
             f"({n_excluded} train/val images excluded); robustness needs both to report TPR and FPR"
         )
 
@@ -177,7 +179,8 @@ def robustness(
         lab_b = np.asarray(b.labels, dtype=np.int64)[rows]
         if not np.array_equal(lab_b, y):
             raise DataError(
-                f"bank {bank_label(b)} labels the same images differently from {bank_label(base_bank)}; the banks are not views of one source"
+                f"bank {bank_label(b)} labels the same images differently from "
+                f"{bank_label(base_bank)}; the banks are not views of one source"
             )
         s = score_rows(rh.head, b, rows)
         scores[b.view] = s
@@ -280,7 +283,8 @@ def _write(
     ]
     text = "# Robustness across views\n\n"
     text += (
-        f"One head, threshold {res.threshold:.4g} frozen ({res.threshold_source}); {res.n_matched} images matched by sha256 "
+        f"One head, threshold {res.threshold:.4g} frozen ({res.threshold_source}); {res.n_matched} "
+        "images matched by sha256 "
         f"in every view ({res.n_excluded} train/val images of the run excluded).\n\n"
     )
     text += md_section("Per view", markdown_table(table))

@@ -30,7 +30,8 @@ def evaluate_cmd(
     res = evaluate(head, banks, out=default_out("evaluate", out), n_boot=n_boot, seed=seed)
     m = res.metrics
     typer.echo(
-        f"{res.n_rows} rows ({m.n_real} real, {m.n_fake} AI; {sum(res.n_excluded.values())} train/val rows of the run excluded), "
+        f"{res.n_rows} rows ({m.n_real} real, {m.n_fake} AI; {sum(res.n_excluded.values())} "
+        "train/val rows of the run excluded), "
         f"view {', '.join(sorted(set(res.views)))}"
     )
     typer.echo(f"threshold {res.threshold:.4g} ({res.threshold_source})")
@@ -40,7 +41,8 @@ def evaluate_cmd(
     for r in res.per_engine:
         warn = "  ! small sample (see the warning above)" if r["warning"] else ""
         typer.echo(
-            f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]  n={r['n']}{warn}"
+            f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%} [{r['ci_low']:.1%}, "
+            f"{r['ci_high']:.1%}]  n={r['n']}{warn}"
         )
     typer.echo(f"run folder: {res.run_dir}")
 

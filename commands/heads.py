@@ -66,7 +66,7 @@ def train_cmd(
         ),
     ] = None,
 ) -> None:
-    """Train a head on the train split, set its threshold on validation reals, report val figures."""
+    """Train a head on the train split; threshold on validation reals; report val figures."""
     from facebank.embed.bank import open_banks
     from facebank.embed.multi import select_blocks
     from facebank.heads import train_run
@@ -84,10 +84,12 @@ def train_cmd(
     auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
     tpr = "n/a" if res.val_tpr_at_fpr is None else f"{res.val_tpr_at_fpr:.1%}"
     typer.echo(
-        f"head {head}: trained on {res.n_train} rows in {res.train_seconds:.2f} s (splits: {res.split_source})"
+        f"head {head}: trained on {res.n_train} rows in {res.train_seconds:.2f} s (splits: "
+        f"{res.split_source})"
     )
     typer.echo(
-        f"val ({res.n_val} rows): AUC {auc}  TPR@{fpr:.2%}FPR {tpr}  threshold {res.threshold:.4g} (val reals)"
+        f"val ({res.n_val} rows): AUC {auc}  TPR@{fpr:.2%}FPR {tpr}  threshold {res.threshold:.4g} "
+        "(val reals)"
     )
     typer.echo(f"run folder: {res.run_dir}")
 

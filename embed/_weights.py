@@ -65,7 +65,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj: object = load_file(str(p), device="cpu")
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise many different types
+    except Exception as exc:  # corrupt files raise many different types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise FacebankError(
             f"cannot read weights file {str(path)!r} ({type(exc).__name__}: {first}); it must be "
@@ -83,7 +83,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ):
         raise FacebankError(
             f"weights file {str(path)!r} does not hold a state dict of tensors (found "
-            f"{type(obj).__name__}); save one with safetensors.torch.save_file(model.state_dict(), PATH)"
+            f"{type(obj).__name__}); save one with "
+            "safetensors.torch.save_file(model.state_dict(), PATH)"
         )
     sd = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in sd):
@@ -166,7 +167,7 @@ def hub_offline() -> bool:
         from huggingface_hub import constants
 
         return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -178,7 +179,7 @@ def hub_cached_file(repo_id: str, filenames: Sequence[str]) -> Path | None:
     for name in filenames:
         try:
             found = try_to_load_from_cache(repo_id, name, cache_dir=str(cache))
-        except Exception:  # noqa: BLE001 - a malformed cache counts as not cached
+        except Exception:  # a malformed cache counts as not cached
             found = None
         if isinstance(found, str) and os.path.isfile(found):
             return Path(found)
@@ -212,7 +213,7 @@ def hub_weights(repo_id: str, filenames: Sequence[str], *, backbone: str, what: 
             except LocalEntryNotFoundError as exc:  # the connection failed: no use trying more
                 errors.append(f"{name}: {type(exc).__name__}")
                 break
-            except Exception as exc:  # noqa: BLE001 - HTTP errors of many kinds (404, auth...)
+            except Exception as exc:  # HTTP errors of many kinds (404, auth...)
                 errors.append(f"{name}: {type(exc).__name__}")
         why = "the download failed (" + "; ".join(errors) + ")"
     raise WeightsUnavailableError(
@@ -240,7 +241,7 @@ def _hub_unreachable(timeout: float = 5.0) -> str | None:
         from huggingface_hub import constants
 
         endpoint = urlparse(constants.ENDPOINT)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)

@@ -333,7 +333,7 @@ def _describe_all(names: list[str]) -> dict[str, dict[str, Any]]:
             try:
                 cached[name] = _REGISTRY[name].describe()
                 changed = True
-            except Exception as exc:  # noqa: BLE001 - a listing must not die on one entry
+            except Exception as exc:  # a listing must not die on one entry
                 _log.warning("cannot describe backbone %r: %s", name, exc)
                 out[name] = {"dim": None, "input_size": None, "layers": []}
                 continue

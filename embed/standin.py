@@ -122,7 +122,8 @@ def standin_sources() -> dict[str, Path]:
             raise DataError(
                 f"the stand-in dataset needs {src.filename!r} from the {src.package} package, "
                 f"but {str(path)!r} does not exist; reinstall it "
-                f"(`pip install --force-reinstall {'scikit-image' if src.package == 'skimage' else src.package}`)"
+                "(`pip install --force-reinstall "
+                f"{'scikit-image' if src.package == 'skimage' else src.package}`)"
             )
         out[src.name] = path
     return out

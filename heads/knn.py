@@ -234,7 +234,8 @@ class KNNHead(BaseHead):
             )
         except RuntimeError as exc:
             raise HeadError(
-                f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train the head"
+                f"the stored FAISS index cannot be read ({str(exc).splitlines()[-1]}); re-train "
+                "the head"
             ) from None
         self.factory_ = str(meta.get("factory", self.factory))
         self.nprobe_ = meta.get("nprobe", self.nprobe)

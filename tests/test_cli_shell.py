@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
+from typer.testing import CliRunner
+
 import facebank.cli as cli
 from facebank.embed.errors import BankError
-from typer.testing import CliRunner
 
 
 def test_help_lists_command_groups():

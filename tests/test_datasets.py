@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from facebank.embed import SourceError, scan_source
 
 

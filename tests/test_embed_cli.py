@@ -1,4 +1,4 @@
-"""`facebank embed`, `bank info`, `bank verify` end to end: layouts, bad files, resume after kill -9."""
+"""`facebank embed`, `bank info`, `bank verify` end to end: layouts, bad files, resume."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pytest
 import xarray as xr
 import zarr
 from _imagecorpus import make_image_corpus
-from facebank.cli import app
-from facebank.embed import FeatureBank, sha256_file
 from PIL import Image
 from typer.testing import CliRunner
+
+from facebank.cli import app
+from facebank.embed import FeatureBank, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -5,11 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
-from facebank.embed.errors import DataError, UnknownNameError
-from facebank.heads import create_head, head_params, list_heads, load_head
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
+
+from facebank.embed.errors import DataError, UnknownNameError
+from facebank.heads import create_head, head_params, list_heads, load_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,15 +1,16 @@
-"""Each head's own behaviour: linear vs sklearn, the mlp recipe's parts, prototype likelihood/OOD, knn."""
+"""Each head's own behaviour: linear vs sklearn, the mlp recipe, prototype likelihood/OOD, knn."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
 from facebank.embed.errors import DataError
 from facebank.heads import create_head, threshold_at_fpr
 from facebank.heads.mlp import MLPHead, augment_gaussian
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from facebank.embed.errors import BackboneMismatchError, HeadError
 from facebank.heads import check_backbone, create_head, load_head
 

@@ -12,6 +12,8 @@ import pytest
 
 # tests/ is on sys.path under pytest's default (prepend) import mode
 from _imagecorpus import Expected, make_image_corpus
+from PIL import Image
+
 from facebank.embed.errors import FacebankError, ImageDecodeError
 from facebank.embed.images import (
     IMAGE_EXTENSIONS,
@@ -20,7 +22,6 @@ from facebank.embed.images import (
     load_image,
     sha256_file,
 )
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

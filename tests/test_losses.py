@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from facebank.heads import losses as L
 from facebank.heads.sam import SAM
 

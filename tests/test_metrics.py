@@ -25,7 +25,7 @@ RNG = np.random.default_rng(0)
 
 
 def _cases():
-    """(name, y, scores): random, heavy ties, all-equal, single positive, single negative, perfect."""
+    """(name, y, scores): random, heavy ties, all-equal, one positive, one negative, perfect."""
     out = []
     for i in range(25):
         n = int(RNG.integers(2, 80))

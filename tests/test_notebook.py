@@ -22,9 +22,10 @@ def test_notebook_is_committed_without_outputs():
 @pytest.mark.slow
 def test_forensics_notebook_executes_on_a_tiny_bank(tmp_path, monkeypatch):
     import nbformat
-    from facebank.embed import write_bank
     from nbclient import NotebookClient
     from PIL import Image
+
+    from facebank.embed import write_bank
 
     rng = np.random.default_rng(0)
     engines = np.repeat(["real", "sdxl", "stylegan2"], 20)

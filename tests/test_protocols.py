@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from facebank.testing import synthetic_arrays, write_synthetic_bank
+from typer.testing import CliRunner
+
 from facebank.analysis.protocols import in_engine, leave_one_engine_out
 from facebank.embed.errors import BackboneMismatchError, DataError
 from facebank.embed.splits import assign_splits
-from typer.testing import CliRunner
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")

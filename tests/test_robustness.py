@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from facebank.testing import synthetic_arrays, write_synthetic_bank
+from typer.testing import CliRunner
+
 from facebank.analysis.robustness import robustness, view_family
 from facebank.embed.errors import DataError
-from typer.testing import CliRunner
+from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
 pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")

@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from facebank.embed import (
     BackboneMismatchError,
     BankLockedError,
@@ -18,7 +20,6 @@ from facebank.embed import (
     encode_images,
     sha256_file,
 )
-from PIL import Image
 
 ENGINES = ("real", "sdxl", "stylegan2")
 FAST = dict(batch_size=4, num_workers=0, progress=False)

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from facebank.embed.errors import DataError
 from facebank.embed.standin import (
     _GRID,
@@ -17,7 +19,6 @@ from facebank.embed.standin import (
     make_standin_dataset,
     standin_sources,
 )
-from PIL import Image
 
 N = 40  # per class: real 40, AI 40 over four engines (12/12/10/6)
 

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from facebank.cli import app
 from facebank.embed import write_bank
 from facebank.embed.errors import BackboneMismatchError, DataError
 from facebank.heads import load_head, score_run, train_run
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,8 +176,9 @@ def test_heads_lists_every_head_with_parameters():
 @pytest.mark.slow
 def test_score_images_embeds_with_the_heads_backbone(tmp_path):
     """End to end on a test-only backbone: embed a folder, train, score loose files (one broken)."""
-    from facebank.embed import embed_source
     from PIL import Image
+
+    from facebank.embed import embed_source
 
     rng = np.random.default_rng(0)
     src = tmp_path / "src"

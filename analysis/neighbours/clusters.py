@@ -78,7 +78,8 @@ class ClusterResult:
     def markdown(self) -> str:
         """Per-engine purity table plus the clustering summary, as Markdown."""
         lines = [
-            f"### kNN engine purity (k={self.k}, {self.factory}, {self.metric}, {self.n_rows} rows)\n",
+            f"### kNN engine purity (k={self.k}, {self.factory}, {self.metric}, {self.n_rows} "
+            "rows)\n",
             markdown_table(self.purity, ["engine", "n", "purity", "lo", "hi", "chance"]),
             "",
             markdown_table(

@@ -28,9 +28,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from facebank.testing import synthetic_arrays, write_synthetic_bank
+
     from facebank.analysis.metrics import binary_metrics
     from facebank.analysis.protocols import leave_one_engine_out
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
 
     n_scores, n_boot = (20_000, 100) if args.tiny else (1_000_000, 1000)
     n_engines, n_rows, dim = (3, 3_000, 32) if args.tiny else (10, 100_000, 768)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                 warmup=args.warmup,
                 batches=args.batches,
             )
-        except Exception as exc:  # noqa: BLE001 - one backbone must not lose the others' figures
+        except Exception as exc:  # one backbone must not lose the others' figures
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     figures = {
         "benchmark": "backbones_gpu",

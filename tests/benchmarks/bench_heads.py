@@ -5,8 +5,9 @@ bank, converted to float32 at the head boundary as ``FeatureBank.load_features``
 fit seconds and held-out AUC of every head, next to sklearn ``LogisticRegression``
 (lbfgs, its defaults) on the same data in the same run; ``knn`` also fit + predict on
 10,000 queries (``knn`` = its default ``factory="auto"``, an IVF above 50k rows, with
-recall@10 against ``knn-exact`` = ``factory="Flat"`` on 1,000 of the queries). Targets on a 2-core CPU at 100k x 768: linear <= 3 s and no slower than
-sklearn, mlp (defaults) <= 15 s, prototype <= 10 s, knn fit+predict 10k queries <= 10 s.
+recall@10 against ``knn-exact`` = ``factory="Flat"`` on 1,000 of the queries). Targets on
+a 2-core CPU at 100k x 768: linear <= 3 s and no slower than sklearn, mlp (defaults)
+<= 15 s, prototype <= 10 s, knn fit+predict 10k queries <= 10 s.
 Device: cuda when available (``--device``), else CPU. One-time import/warm-up costs are
 paid by a warm-up fit on 256 rows before anything is timed.
 
@@ -89,10 +90,11 @@ def main() -> None:
         threadpool_limits(args.threads)
 
     import torch
-    from facebank.heads import create_head
-    from facebank.heads.base import resolve_device
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+
+    from facebank.heads import create_head
+    from facebank.heads.base import resolve_device
 
     device = resolve_device(args.device)
     dim = 64 if args.tiny else DIM
@@ -189,7 +191,10 @@ def main() -> None:
             "prototype": 10.0,
             "knn_fit_predict_10k": 10.0,
         },
-        "note": "knn = factory 'auto' (the default: Flat below 50k rows, else IVF, nprobe nlist/4); knn-exact = 'Flat'",
+        "note": (
+            "knn = factory 'auto' (the default: Flat below 50k rows, else IVF, "
+            "nprobe nlist/4); knn-exact = 'Flat'"
+        ),
         "results": results,
     }
     print(json.dumps(out))
