@@ -134,6 +134,7 @@ ol.caveats li { margin:4px 0; }
   h2.run-title { font-size:17px; } h3.run-title { font-size:15px; }
   h4.run-title, h5.run-title, h6.run-title { font-size:13px; }
   .md h1, .md h2, .md h3, .md h4, .md h5, .md h6 { font-size:12px; margin:6px 0 3px; }
+  a.caveat, p.caveats { font-size:8.5px; }
   .path, details, figcaption { display:none; }
   .scroll { overflow:visible; margin:4px 0 8px; }
   table { font-size:8.5px; width:100%; }

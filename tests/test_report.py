@@ -286,3 +286,32 @@ def test_reference_tables_are_collapsed_and_left_out_of_print():
     )
     assert "<details><summary>All metrics (bootstrap)</summary>" in page
     assert page.index("<details>") > page.index(">1<") and page.rstrip().endswith("</details>")
+
+
+def test_one_figure_style_fonts_by_role_and_legends_outside_the_data(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from facebank.analysis._plotstyle import FONT_SIZES, apply_style, save_figure
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, size in ((a, 22), (b, 5)):  # two authors, two ideas of a font size
+        ax.plot([0, 1], [0, 1], label="sdxl")
+        ax.set_title("t", fontsize=size)
+        ax.set_xlabel("x", fontsize=size)
+        ax.text(0.5, 0.5, "cell", fontsize=size)
+        ax.legend(loc="best", fontsize=size)
+    apply_style(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in (a, b):
+        assert ax.title.get_fontsize() == FONT_SIZES["title"]
+        assert ax.xaxis.label.get_fontsize() == FONT_SIZES["label"]
+        assert ax.texts[0].get_fontsize() in FONT_SIZES["text"]
+        leg = ax.get_legend()
+        assert leg.get_texts()[0].get_fontsize() == FONT_SIZES["legend"]
+        assert leg.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    save_figure(fig, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
