@@ -46,6 +46,7 @@ import numpy as np
 from facebank.embed import FeatureBank, encode_images, scan_source
 from facebank.embed.errors import CalibrationWarning, DataError, HeadError
 from facebank.embed.images import is_image_path
+from facebank.embed.runs import write_json
 from facebank.embed.views import parse_view
 
 from .base import BaseHead
@@ -126,6 +127,23 @@ class ScoreResult:
 
     def verdict_counts(self) -> dict[str, int]:
         return {v: int((self.verdicts == v).sum()) for v in VERDICTS}
+
+    def summary(self) -> dict[str, Any]:
+        """What is not per image (written beside the CSV as ``NAME.summary.json``)."""
+        return {
+            "csv": self.out,
+            "n_scored": self.n_scored,
+            "n_failed": len(self.failures),
+            "verdicts": self.verdict_counts(),
+            "views": self.views,
+            "threshold": self.threshold,
+            "threshold_source": "the head's, chosen on validation reals",
+            "operating_points": self.operating_points,
+            "prevalence": self.prevalence,
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "n_ignored": len(self.ignored),
+            "warnings": self.warnings,
+        }
 
 
 def _is_bank(path: Path) -> bool:
@@ -388,7 +406,7 @@ def score_run(
         )
     points = _operating_points(cal, prevalence)
     _write_csv(out, paths, S, view_dec, view_names, proba, verdict, p_prev)
-    return ScoreResult(
+    res = ScoreResult(
         out=str(out),
         paths=paths,
         scores=scores,
@@ -404,6 +422,15 @@ def score_run(
         ignored=found.ignored,
         warnings=notes,
     )
+    if str(out) != "-":
+        write_json(summary_path(out), res.summary())
+    return res
+
+
+def summary_path(out: str | Path) -> Path:
+    """``scores.csv`` -> ``scores.summary.json``: the non-per-image figures of a score run."""
+    p = Path(out)
+    return p.with_name(p.stem + ".summary.json")
 
 
 def _calibration(head: BaseHead, notes: list[str]) -> ScoreCalibration | None:

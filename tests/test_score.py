@@ -89,6 +89,12 @@ def test_bank_scores_carry_a_calibrated_probability(bank_run, tmp_path):
     for fpr in ("0.1%", "0.5%", "1.0%"):
         assert f"threshold at FPR {fpr} (val reals)" in res.output
     assert "precision" in res.output and "if 1.00% are AI" in res.output
+    import json
+
+    summary = json.loads((tmp_path / "s.summary.json").read_text())
+    assert [p["fpr"] for p in summary["operating_points"]] == [0.001, 0.005, 0.01]
+    assert all(0 <= p["precision_at_prevalence"] <= 1 for p in summary["operating_points"])
+    assert summary["n_scored"] == len(bank) and summary["prevalence"] == 0.01
 
 
 def test_few_validation_rows_warn_in_score(bank_run, tmp_path):
