@@ -66,6 +66,18 @@ def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
+def _query_caption(r: Any) -> str:
+    """ "query", the query's file name (never cut: the end of the name is kept), and what
+    the query is (a banked row's number and engine)."""
+    file = getattr(r, "query_file", None) or r.query_image
+    if not file:
+        return "query\n" + "\n".join(textwrap.wrap(_short(r.query, 44), 22)[:2])
+    lines = ["query", _short(Path(str(file)).name)]
+    if str(r.query).startswith("row "):  # "row 17 (sdxl: sdxl/17.png)": keep "row 17 (sdxl)"
+        lines.append(_short(str(r.query).split(":")[0] + ")"))
+    return "\n".join(lines)
+
+
 def neighbour_grid(
     records_or_result: Any,
     *,
@@ -115,7 +127,7 @@ def neighbour_grid(
         _draw_tile(
             axes[qi, 0],
             _tile(first.query_image, tile_size),
-            "query\n" + "\n".join(textwrap.wrap(_short(first.query, 44), 22)[:2]),
+            _query_caption(first),
             edge="black",
         )
         for j in range(1, ncols):
@@ -131,6 +143,8 @@ def neighbour_grid(
                 f"#{r.rank} {score}\n{r.engine or '-'} ({_LABEL_NAMES.get(r.label, r.label)})"
                 f"\n{_short(r.path)}"
             )
+            if getattr(r, "self_match", ""):
+                caption = f"{r.self_match.upper()}\n{caption}"
             _draw_tile(ax, _tile(r.image_path, tile_size), caption, edge=colours.get(r.engine))
     if title:
         fig.suptitle(title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -104,7 +104,6 @@ def neighbours_query(
 ) -> None:
     """Forensics: each query's nearest banked images (table, neighbours.csv, grid.png)."""
     from rich.console import Console
-    from rich.table import Table
 
     from facebank.analysis.neighbours import NeighbourIndex, write_query
     from facebank.embed.errors import DataError
@@ -144,24 +143,51 @@ def neighbours_query(
     )
     console = Console()
     for recs in records:
-        table = Table(title=f"query: {recs[0].query}" if recs else "query", title_justify="left")
-        for col in (
-            "rank",
-            "similarity" if metric == Metric.cosine else "sq. distance",
-            "engine",
-            "label",
-            "split",
-            "bank",
-            "path",
-        ):
-            table.add_column(col, overflow="fold")
-        for r in recs:
-            score = r.similarity if r.similarity is not None else r.distance
-            table.add_row(
-                str(r.rank), f"{score:.4f}", r.engine, str(r.label), r.split or "-", r.bank, r.path
-            )
-        console.print(table)
+        console.print(_neighbour_table(recs, width=console.width, cosine=metric == Metric.cosine))
     typer.echo(f"wrote {run}")
+
+
+def _left_cut(text: str, width: int) -> str:
+    """``text`` cut to ``width`` from the left, so a path keeps its file name."""
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
+
+
+_LABELS = {1: "AI", 0: "real", -1: "?"}
+
+
+def _neighbour_table(recs: list, *, width: int, cosine: bool) -> Any:
+    """One query's neighbours as a rich table that fits ``width`` columns without wrapping
+    a word: every cell stays on one line, and paths are cut from the left to the room left.
+    A neighbour that is the query itself is marked ``*`` beside its rank, explained below."""
+    from rich.table import Table
+
+    first = recs[0] if recs else None
+    title = "query" if first is None else _left_cut(f"query: {first.query}", width)
+    reasons = sorted({r.self_match for r in recs if r.self_match})
+    caption = (
+        "* the query itself (" + ", ".join(reasons) + ")" if reasons else None
+    )  # words wrap at spaces, never inside one
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    cols: dict[str, list[str]] = {
+        "#": [f"{r.rank}*" if r.self_match else str(r.rank) for r in recs],
+        "similarity" if cosine else "sq. dist": [
+            f"{r.similarity if r.similarity is not None else r.distance:.4f}" for r in recs
+        ],
+        "engine": [r.engine or "-" for r in recs],
+        "label": [_LABELS.get(r.label, str(r.label)) for r in recs],
+        "split": [r.split or "-" for r in recs],
+    }
+    if len({r.bank for r in recs}) > 1:
+        cols["bank"] = [r.bank for r in recs]
+    used = sum(max(len(name), *(len(v) for v in vals)) for name, vals in cols.items())
+    # each column pads one space a side and draws one border; one more closes the row
+    room = max(12, width - used - 3 * (len(cols) + 1) - 1)
+    cols["path"] = [_left_cut(r.path, room) for r in recs]
+    for name in cols:
+        table.add_column(name, no_wrap=True, overflow="ellipsis")
+    for i in range(len(recs)):
+        table.add_row(*(cols[name][i] for name in cols))
+    return table
 
 
 @app.command("leaks")

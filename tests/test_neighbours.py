@@ -1,15 +1,16 @@
 # ruff: noqa: E741  (FAISS convention: results are named D, I)
-"""analysis.neighbours: exactness against sklearn, streaming, knobs, clusters, leaks, maps, plots."""
+"""analysis.neighbours: exactness against sklearn, streaming, knobs, clusters, leaks, maps."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from facebank.analysis import plots
+from facebank.analysis import _plots_neighbours, plots
 from facebank.analysis.neighbours import (
     NeighbourIndex,
     NeighbourRecord,
@@ -624,6 +625,7 @@ def image_bank(tmp_path_factory):
         labels=[int(e != "real") for e in engines],
         engines=engines,
         paths=rel,
+        sha256=[hashlib.sha256((src / p).read_bytes()).hexdigest() for p in rel],
         backbone=spec,
         source=str(src),
     )
@@ -638,6 +640,22 @@ def test_query_image_files_are_embedded_with_the_banks_backbone(image_bank, tmp_
     top = recs[0][0]
     assert top.row == 4 and top.similarity == pytest.approx(1.0, abs=1e-3)
     assert top.query == str(src / rel[4]) and top.image_path == str(src / rel[4])
+    # the suspect file is in the bank: its own row is flagged, the next neighbour is not
+    assert top.self_match == "same file" and recs[0][1].self_match == ""
+    assert top.query_file == str(src / rel[4])
+    # a re-encoded copy (other bytes, same pixels) is flagged by its features
+    copy = tmp_path / "copy.png"
+    from PIL import Image
+
+    Image.open(src / rel[4]).save(copy, optimize=True, compress_level=1)
+    assert copy.read_bytes() != (src / rel[4]).read_bytes()
+    again = index.query([str(copy)], 2, device="cpu")[0][0]
+    assert again.row == 4 and again.self_match == "same features"
+    # the grid captions the query with its file name, whatever the length of its path
+    caption = _plots_neighbours._query_caption(top)
+    assert caption.splitlines()[:2] == ["query", "4.png"]
+    long = dataclasses.replace(top, query_file="/a/very/long/folder/" * 4 + "suspect_face.png")
+    assert "suspect_face.png" in _plots_neighbours._query_caption(long).splitlines()[1]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(ImageDecodeError, match=r"query image '.*broken\.jpg' could not be decoded"):

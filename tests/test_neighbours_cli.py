@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from facebank.cli import app
 from facebank.embed import write_bank
-from typer.testing import CliRunner
 
 runner = CliRunner()
 ENGINES = ("real", "sdxl", "stylegan2")
@@ -144,3 +145,33 @@ def test_map_pca_with_subsample(tmp_path):
     assert metrics["pca"]["points"] == 50 and metrics["pca"]["subsampled"] is True
     res = run("map", bank.path, "--method", "umap", "--out", out)
     assert res.exit_code == 2 and "umap" in res.output  # typer rejects the choice
+
+
+def test_query_table_fits_80_columns_and_flags_self_matches(tmp_path):
+    bank = make_bank(tmp_path / "faces.zarr", leak=True)  # rows 0 and 1: identical features
+    long = [
+        f"datasets/faces-in-the-wild/{e}/subfolder/img_{i:04d}_name.png"
+        for i, e in enumerate(np.repeat(ENGINES, 30))
+    ]
+    bank = write_bank(
+        tmp_path / "long.zarr",
+        bank.load_features(),
+        labels=bank.labels,
+        engines=bank.engines,
+        splits=bank.splits,
+        sha256=bank.sha256,
+        paths=long,
+    )
+    res = run("query", "--bank", bank.path, "--rows", "0", "-k", 3, "--out", tmp_path / "q")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, res.output
+    table = "\n".join(lines)
+    for word in ("similarity", "engine", "img_0001_name.png", "the query itself (same features)"):
+        assert word in table, word  # whole words: nothing wrapped mid-word
+    row1 = next(line for line in lines if "img_0001_name.png" in line)
+    assert "1*" in row1 and "1.0000" in row1  # the self-match is marked
+    others = [ln for ln in lines if ln.startswith("│") and "img_0001" not in ln]
+    assert len(others) == 2 and not any("*" in line for line in others)
+    csv_rows = list(csv.DictReader((tmp_path / "q" / "neighbours.csv").open()))
+    assert csv_rows[0]["path"] == long[1]  # full paths in the CSV

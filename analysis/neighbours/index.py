@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -63,6 +65,10 @@ _READ_ROWS = 8192
 # Exact self-search block: three 3072 x 3072 float32 buffers (36 MB each) at a time;
 # sgemm runs as fast at 3072 as at 4096 on a 2-core AVX2 CPU.
 _SELF_BLOCK_ROWS = 3072
+# A neighbour this close is the query itself (its own row, or the same pixels): float32
+# cosine of a unit vector with itself is 1 within ~1e-6.
+_SAME_FEATURES = 1.0 - 1e-5
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,12 @@ class NeighbourRecord:
         distance: ``1 - similarity`` for cosine, squared Euclidean distance for l2.
         path, engine, label, split, sha256, bank: the neighbour's bank metadata.
         image_path: the neighbour's image file when it exists here, else ``None``.
+        query_file: the query's file (the image given, or a banked row's path), else
+            ``None`` (feature queries).
+        self_match: why the neighbour is the query itself, ``""`` when it is not:
+            ``"same file"`` (same sha256 as the query's file) or ``"same features"``
+            (identical after normalisation: a re-encoded copy of the same pixels, or the
+            query's own row).
     """
 
     query: str
@@ -95,6 +107,8 @@ class NeighbourRecord:
     sha256: str
     bank: str
     image_path: str | None
+    query_file: str | None = None
+    self_match: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -545,11 +559,12 @@ class NeighbourIndex:
             images = [None] * len(X)
         else:
             paths = [str(p) for p in queries]
-            X = self._embed_images(paths, device=device, weights=weights)
+            X = self.embed_images(paths, device=device, weights=weights)
             labels = list(names) if names is not None else paths
             images = paths
         D, I = self.search(X, k)
-        return self._records(D, I, labels, images)
+        shas = [_file_sha256(p) if p else "" for p in images]
+        return self._records(D, I, labels, images, files=images, shas=shas)
 
     def query_rows(
         self, rows: Sequence[int], k: int = 10, *, exclude_self: bool = True
@@ -571,9 +586,16 @@ class NeighbourIndex:
             D, I = drop_self(D, I, np.asarray(rows))
         labels = [f"row {r} ({self.rows.engine[r]}: {self.rows.path[r]})" for r in rows]
         images = [_str_or_none(self.rows.image_path(r)) for r in rows]
-        return self._records(D, I, labels, images)
+        files = [str(self.rows.path[r]) for r in rows]
+        shas = [str(self.rows.sha256[r]) for r in rows]
+        return self._records(D, I, labels, images, files=files, shas=shas)
 
-    def _embed_images(self, paths: list[str], *, device: str, weights: str | None) -> np.ndarray:
+    def embed_images(
+        self, paths: Sequence[str | Path], *, device: str = "auto", weights: str | None = None
+    ) -> np.ndarray:
+        """Features ``(n, D)`` of image files, embedded with the banks' backbone and view
+        (what :meth:`query` searches with; e.g. to score the same images with a head)."""
+        paths = [str(p) for p in paths]
         if not paths:
             raise DataError("no query images given; pass image files or use --rows")
         for p in paths:
@@ -608,15 +630,31 @@ class NeighbourIndex:
         return np.asarray(enc.features, dtype=np.float32)
 
     def _records(
-        self, D: np.ndarray, I: np.ndarray, labels: Sequence[str], images: Sequence[str | None]
+        self,
+        D: np.ndarray,
+        I: np.ndarray,
+        labels: Sequence[str],
+        images: Sequence[str | None],
+        *,
+        files: Sequence[str | None] | None = None,
+        shas: Sequence[str] | None = None,
     ) -> list[list[NeighbourRecord]]:
         out = []
+        files = files if files is not None else [None] * len(labels)
+        shas = shas if shas is not None else [""] * len(labels)
         for q, (drow, irow) in enumerate(zip(D, I, strict=False)):
             recs = []
             for rank, (d, i) in enumerate(zip(drow, irow, strict=False), start=1):
                 if i < 0:
                     continue
                 sim = float(d) if self.metric == "cosine" else None
+                sha = str(self.rows.sha256[i])
+                if shas[q] and _SHA256.fullmatch(shas[q]) and sha.lower() == shas[q].lower():
+                    match = "same file"
+                elif (sim is not None and sim >= _SAME_FEATURES) or (sim is None and d <= 0):
+                    match = "same features"
+                else:
+                    match = ""
                 recs.append(
                     NeighbourRecord(
                         query=str(labels[q]),
@@ -633,6 +671,8 @@ class NeighbourIndex:
                         sha256=str(self.rows.sha256[i]),
                         bank=str(self.rows.bank[i]),
                         image_path=_str_or_none(self.rows.image_path(int(i))),
+                        query_file=files[q],
+                        self_match=match,
                     )
                 )
             out.append(recs)
@@ -649,6 +689,14 @@ class NeighbourIndex:
 
 def _str_or_none(p: Path | None) -> str | None:
     return None if p is None else str(p)
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _transpose(

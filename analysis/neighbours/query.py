@@ -31,8 +31,10 @@ _CSV_COLUMNS = [
     "row",
     "path",
     "sha256",
+    "self_match",
     "image_path",
     "query_image",
+    "query_file",
 ]
 
 
@@ -61,7 +63,9 @@ class QueryResult:
             w.writerows(flat)
         (run / "neighbours.md").write_text(
             markdown_table(
-                flat, ["query", "rank", "similarity", "engine", "label", "split", "path"], digits=4
+                flat,
+                ["query", "rank", "similarity", "engine", "label", "split", "self_match", "path"],
+                digits=4,
             )
         )
         write_json(run / "metrics.json", {"queries": len(self.records), "neighbours": flat})
