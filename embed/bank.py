@@ -155,7 +155,7 @@ class _LazyFeatures:
         else:
             rows = np.arange(n)[np.asarray(rows_key)]
         out = self._bank.load_features(rows)
-        return out[(slice(None), *cols)] if cols else out
+        return out[(slice(None),) + tuple(cols)] if cols else out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._bank.load_features()
