@@ -458,6 +458,7 @@ def run_experiment(
     real_names: Sequence[str] = ("real",),
     note: str | None = None,
     protocols: Sequence[str] = (),
+    group_by: str | None = None,
 ) -> ExperimentResult:
     """Run the whole workbench on one dataset and write ``out/report.html``.
 
@@ -494,6 +495,9 @@ def run_experiment(
         real_names: engine folder names that hold real images.
         note: Markdown written to ``out/NOTE.md`` and shown at the top of the report
             (the demo says there that its data is simulated).
+        group_by: ``"level:K"``: the heads' splits keep each group (the K-th folder of
+            the stored paths: an identity, a source) in one split, and the audit lists
+            groups that straddle splits (sources without a split column only).
 
     Returns:
         An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.
@@ -541,6 +545,7 @@ def run_experiment(
         "threshold_split": "val (reals only)",
         "test_split": "test",
         "protocols": list(protocols),
+        "group_by": group_by,
     }
     fresh = not run_dir.exists()
     # resume: an earlier experiment in run_dir keeps its banks; anything else is refused
@@ -562,6 +567,7 @@ def run_experiment(
             note=note,
             start=start,
             protocols=protocols,
+            group_by=group_by,
         )
     except Exception:
         if fresh and not any(p.is_file() for p in run_dir.rglob("*") if p.name != "config.json"):
@@ -586,6 +592,7 @@ def _run_steps(
     note: str | None,
     start: float,
     protocols: Sequence[str] = (),
+    group_by: str | None = None,
 ) -> ExperimentResult:
     _clear_previous_steps(run_dir)
     if note:
@@ -634,9 +641,10 @@ def _run_steps(
     # them once each into the summary instead of flooding the terminal.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _train_and_evaluate(result, banks, head_names, seed=seed, steps=steps)
-        _normalised_control(result, banks, head_names, seed=seed, steps=steps)
-        _audit(result, original, seed=seed, steps=steps)
+        grouping = {"seed": seed, "steps": steps, "group_by": group_by}
+        _train_and_evaluate(result, banks, head_names, **grouping)
+        _normalised_control(result, banks, head_names, **grouping)
+        _audit(result, original, **grouping)
         _loeo(result, original, ai, seed=seed, steps=steps)
         _protocols(result, original, ai, protocols, seed=seed, steps=steps)
         _robustness(result, banks, seed=seed, steps=steps)
@@ -676,7 +684,7 @@ def _record_warnings(result: ExperimentResult, caught: list, steps: _Steps) -> N
     )
 
 
-def _train_and_evaluate(result, banks, head_names, *, seed, steps) -> None:
+def _train_and_evaluate(result, banks, head_names, *, seed, steps, group_by=None) -> None:
     from facebank.heads import train_run
 
     from .evaluation import evaluate
@@ -691,6 +699,7 @@ def _train_and_evaluate(result, banks, head_names, *, seed, steps) -> None:
                 out=result.run_dir / "train" / name,
                 seed=seed,
                 fpr=FPR,
+                group_by=group_by,
             )
             ev = evaluate(tr.run_dir, [original], out=result.run_dir / "evaluate" / name, seed=seed)
         result.heads[name] = _head_summary(tr, ev)
@@ -832,7 +841,7 @@ def _neighbours(result, original, *, seed, steps) -> None:
 # ----------------------------------------------------------------------------- confounds
 
 
-def _normalised_control(result, banks, head_names, *, seed, steps) -> None:
+def _normalised_control(result, banks, head_names, *, seed, steps, group_by=None) -> None:
     """Each head trained and tested on the ``normalise`` view (same images, same splits)."""
     view = next((v for v in banks if v.startswith("normalise")), None)
     with steps.step("normalised", f"laundering control: heads on [bold]{view or 'normalise'}[/]"):
@@ -855,6 +864,7 @@ def _normalised_control(result, banks, head_names, *, seed, steps) -> None:
                 out=result.run_dir / "normalised" / "train" / name,
                 seed=seed,
                 fpr=FPR,
+                group_by=group_by,
             )
             ev = evaluate(
                 tr.run_dir,
@@ -865,7 +875,7 @@ def _normalised_control(result, banks, head_names, *, seed, steps) -> None:
             result.normalised["heads"][name] = _head_summary(tr, ev)
 
 
-def _audit(result, original, *, seed, steps) -> None:
+def _audit(result, original, *, seed, steps, group_by=None) -> None:
     """The confounds audit on the original bank, with the heads trained on it."""
     with steps.step("audit", "audit: could the files, not the faces, give the answer?"):
         from facebank.embed.errors import FacebankError
@@ -876,6 +886,7 @@ def _audit(result, original, *, seed, steps) -> None:
             res = audit(
                 [original],
                 head_runs={name: h["run_dir"] for name, h in result.heads.items()},
+                group_by=group_by,
                 fpr=FPR,
                 seed=seed,
             )

@@ -85,6 +85,14 @@ def experiment(
             help="Optional protocols with linear: few-shot, chrono (comma-separated or repeated).",
         ),
     ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="level:K - keep each group (the K-th folder of the image paths: an identity, "
+            "a source) in one split; the audit lists groups straddling splits.",
+        ),
+    ] = None,
 ) -> None:
     """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
@@ -134,6 +142,7 @@ def experiment(
         real_names=tuple(real or ("real",)),
         progress=True,
         protocols=split_list(protocols, ()),
+        group_by=group_by,
     )
     _print_experiment(result)
 
