@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from facebank.embed.errors import DataError, HeadError, ImageDecodeError
+from facebank.embed.errors import DataError, FacebankWarning, HeadError, ImageDecodeError
 from facebank.embed.images import load_image
 from facebank.embed.runs import markdown_table, start_run, write_json
 
@@ -272,6 +273,16 @@ def explain_images(
             with torch.no_grad():
                 s, s0 = float(forward(x)[0]), float(forward(base)[0])
             a = attr[0].detach().cpu().float().numpy()
+            d = float(delta.reshape(-1)[0])
+            if abs(d) > 0.1 * abs(s - s0) + 1e-6:
+                warnings.warn(
+                    f"integrated gradients of {Path(path).name} ({b} baseline) did not converge: "
+                    f"convergence delta {d:.3g} against a score change of {s - s0:.3g}; the map "
+                    f"is unreliable - raise n_steps (now {n_steps}, --steps) or use the blur "
+                    "baseline",
+                    FacebankWarning,
+                    stacklevel=2,
+                )
             results.append(
                 ImageExplanation(
                     path=str(path),
@@ -279,7 +290,7 @@ def explain_images(
                     score=s,
                     baseline_score=s0,
                     attribution_sum=float(a.astype(np.float64).sum()),
-                    delta=float(delta.reshape(-1)[0]),
+                    delta=d,
                     heatmap=np.abs(a.sum(axis=0)),
                     image=seen,
                     attributions=a,

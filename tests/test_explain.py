@@ -163,3 +163,18 @@ def test_benchmark_tiny_prints_one_json_line():
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "explain" and fig["backbone"] == "tiny-cnn"
     assert fig["ig_s"] > 0 and fig["ig_both_s"] > 0
+
+
+def test_too_few_steps_warn_that_the_map_did_not_converge(setup):
+    from facebank.embed.errors import FacebankWarning
+
+    bb, head, files, _ = setup
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res, _ = explain_images(files[:1], head, backbone=bb, n_steps=2, baselines=("black",))
+    r = res[0]
+    converged = abs(r.delta) <= 0.1 * abs(r.score - r.baseline_score) + 1e-6
+    warned = [w for w in caught if issubclass(w.category, FacebankWarning)]
+    assert bool(warned) == (not converged)
+    if warned:
+        assert "did not converge" in str(warned[0].message)
