@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from facebank.embed import FeatureBank, encode_images, scan_source
+from facebank.embed._types import BankLike, Device
 from facebank.embed.errors import CalibrationWarning, DataError, HeadError
 from facebank.embed.images import is_image_path
 from facebank.embed.runs import write_json
@@ -304,13 +305,13 @@ def score_run(
     head_dir: str | Path | BaseHead,
     *,
     inputs: Sequence[str | os.PathLike] | None = None,
-    bank: Any = None,
+    bank: BankLike | None = None,
     images: Sequence[str | os.PathLike] | None = None,
     out: str | Path = "-",
     views: Sequence[str] | None = None,
     prevalence: float | None = None,
     weights: str | Path | None = None,
-    device: str = "auto",
+    device: Device = "auto",
     batch_size: int = 32,
     progress: bool = False,
     encode: Callable[..., Any] | None = None,
@@ -338,7 +339,7 @@ def score_run(
     Returns:
         ``ScoreResult``; failures are listed there, not in the CSV.
     """
-    given = list(inputs or [])
+    given: list[Any] = list(inputs or [])  # paths and open banks
     if bank is not None:
         given.append(bank)
     given.extend(images or [])

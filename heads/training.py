@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from facebank.embed import FeatureBank, assign_splits, has_splits
+from facebank.embed._types import BankLike
 from facebank.embed.bank import open_banks
 from facebank.embed.compat import same_backbone
 from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
@@ -54,7 +55,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _open_banks(banks: Sequence[Any]):
+def _open_banks(banks: Sequence[BankLike]) -> Any:
     opened = open_banks(banks, what="bank")
     if len(opened) == 1:
         return opened[0]
@@ -63,9 +64,7 @@ def _open_banks(banks: Sequence[Any]):
     return join_banks(opened)  # several backbones: features side by side, rows by sha256
 
 
-def resolve_splits(
-    bank: Any, *, seed: int, group_by: str | None = None
-) -> tuple[np.ndarray, str]:
+def resolve_splits(bank: Any, *, seed: int, group_by: str | None = None) -> tuple[np.ndarray, str]:
     """``(splits (n,), source)``: the bank's split column when it has one, else a seeded split.
 
     Rows of a split-carrying bank whose split is empty are left out of training and
@@ -97,7 +96,7 @@ def _tpr_at_threshold(scores: np.ndarray, y: np.ndarray, t: float) -> float | No
 
 
 def train_run(
-    banks: Sequence[Any],
+    banks: Sequence[BankLike],
     *,
     head: str,
     params: dict | None = None,
