@@ -371,14 +371,15 @@ def _figure(res: ChronoResult):
             v = res.matrix[i, j]
             txt = "" if np.isnan(v) else f"{v:.0%}"
             style = "normal" if res.trained_mask[i, j] else "italic"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w", style=style)
+            ink = "black" if not np.isnan(v) and v > 0.6 else "white"  # viridis is light at 1
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color=ink, style=style)
     ax.set_xticks(range(n_eng), [f"{e}\n{res.dates[e]}" for e in res.engines], fontsize=7)
     ax.set_yticks(range(n_cut), [f"up to {r['cutoff']}" for r in res.table], fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     # cells left of the staircase were trained on; right of it are the future
     for i in range(n_cut):
         j = int(res.trained_mask[i].sum())
-        ax.plot([j - 0.5, j - 0.5], [i - 0.5, i + 0.5], color="white", lw=2)
+        ax.plot([j - 0.5, j - 0.5], [i - 0.5, i + 0.5], color="red", lw=2)
     ax.set_title(
         f"TPR at FPR {fpr_label(res.fpr)}: trained up to a cut-off (rows), tested on each engine"
     )

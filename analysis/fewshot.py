@@ -350,6 +350,8 @@ def _figure(res: FewShotResult):
         [r["k"] for r in avg], [r["tpr_mean"] for r in avg], color="black", lw=2.2, label="average"
     )
     ax.set_xscale("symlog", linthresh=max(1, min([k for k in res.shots if k > 0], default=1)))
+    ax.set_xticks(res.shots, [str(k) for k in res.shots])
+    ax.minorticks_off()
     ax.set_xlabel("k: images of the held-out engine in training")
     ax.set_ylabel(f"TPR at FPR {fpr_label(res.fpr)}")
     ax.set_ylim(0, 1.02)
