@@ -233,7 +233,7 @@ class BackboneSpec(Mapping[str, Any]):
                 f"blocks to select ({blocks!r}); embed with --layer blocks"
             )
         n, w = self.n_blocks, self.block_dim
-        sel = blocks
+        sel: int | slice | str | None = blocks
         if isinstance(sel, str):
             text = sel.strip()
             if text in ("", "all"):
