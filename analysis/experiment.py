@@ -204,7 +204,8 @@ class ExperimentResult:
                 _confound_markdown(self),
                 f"Backbone `{self.backbone}` on `{self.source}`; engines: "
                 + ", ".join(f"{e} ({n})" for e, n in self.engines.items())
-                + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; metrics on test rows.\n",
+                + f". Thresholds chosen on validation reals at FPR {FPR:.1%}; "
+                "metrics on test rows.\n",
                 markdown_table(self.head_rows()),
                 markdown_table(self.key_rows()) if self.key_rows() else "",
                 "#### Embedding\n",

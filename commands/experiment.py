@@ -158,9 +158,10 @@ def demo(
 ) -> None:
     """Offline demo: a stand-in dataset from photos bundled with matplotlib/scikit-image
     (simulated artifacts, not real AI faces), then `facebank experiment` with efficientnet-lite1."""
-    from facebank.analysis.demo import demo_note, run_demo
     from rich.console import Console
     from rich.markdown import Markdown
+
+    from facebank.analysis.demo import demo_note, run_demo
 
     Console(stderr=True).print(Markdown(demo_note()))
     result = run_demo(out, small=small, device=device, progress=True)
