@@ -285,13 +285,20 @@ def _unwritable(out: Path, exc: OSError) -> RunFolderError:
     )
 
 
-def check_out(out: str | Path, *, command: str, overwrite: bool, resume: bool = False) -> None:
+def check_out(
+    out: str | Path, *, command: str, overwrite: bool | None = None, resume: bool = False
+) -> None:
     """Refuse ``out`` now, before any work, where :func:`start_run` would refuse it later.
+
+    ``overwrite=None`` takes the session's ``--overwrite`` (False outside a session).
 
     Raises:
         RunFolderError: as :func:`start_run` would (nothing is created or changed).
     """
     out = Path(out)
+    if overwrite is None:
+        session = _SESSION.get()
+        overwrite = session.overwrite if session is not None else False
     if not out.exists() or out.is_dir() and not any(out.iterdir()):
         return
     previous = _command_of(out) if out.is_dir() else None

@@ -27,7 +27,7 @@ from facebank.embed.bank import open_banks
 from facebank.embed.compat import same_backbone
 from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
 from facebank.embed.multi import join_banks
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.embed.runs import check_out, markdown_table, start_run, write_json
 
 from .base import BaseHead
 from .calibration import calibrate_head
@@ -123,6 +123,7 @@ def train_run(
         neither for fitting nor for calibration/metrics.
     """
     head_info(head)  # unknown name -> the list of valid ones, before any reading
+    check_out(out, command="train")  # an existing run is refused before training, not after
     params = dict(params or {})
     bank = _open_banks(banks)
     if len(bank) == 0:

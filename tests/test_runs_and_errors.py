@@ -312,3 +312,12 @@ def test_cli_evaluate_warns_once_in_one_line_and_keeps_it(cli_bank, tmp_path, mo
     bad = _cli("evaluate", cli_bank, "--head", run, "--out", tmp_path / "ev2", "--n-boot", "0")
     assert bad.exit_code == 1 and "no space left" in _stderr(bad)
     assert not (tmp_path / "ev2").exists()
+
+
+def test_train_run_refuses_an_existing_run_before_training(cli_bank, tmp_path, monkeypatch):
+    from facebank.heads import train_run, training
+
+    out = _run(tmp_path / "r")  # an earlier run
+    monkeypatch.setattr(training, "create_head", lambda *a, **k: pytest.fail("trained anyway"))
+    with pytest.raises(RunFolderError, match="already holds a `train` run"):
+        train_run([cli_bank], head="linear", out=out)
