@@ -189,7 +189,7 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise DataError(
             f"--storage-options must be a JSON object, not {type(value).__name__}; e.g. "
-            '\'{"anon": true}\''
+            "'{\"anon\": true}'"
         )
     return value
 
