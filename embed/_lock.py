@@ -135,14 +135,17 @@ class LeaseLock:
         if self._held:
             return self
         doc = self._current()
-        live = doc is not None and float(doc.get("expires", 0)) > time.time()
-        if live and doc.get("owner") != self.owner:
+        if (
+            doc is not None
+            and float(doc.get("expires", 0)) > time.time()
+            and doc.get("owner") != self.owner
+        ):
             self._refuse(doc)
         self._write()
         time.sleep(0.05)  # let a racing writer's PUT land before reading back
         doc = self._current()
         if doc is None or doc.get("owner") != self.owner:
-            self._refuse(doc or {})
+            self._refuse(doc if doc is not None else {})
         self._held = True
         if self.ttl_s > 0:
             self._stop.clear()

@@ -244,7 +244,7 @@ class Location:
             base = self.local / key
             if not base.is_dir():
                 return set()
-            out = set()
+            out: set[str] = set()
             for root, _dirs, files in os.walk(base):
                 rel = Path(root).relative_to(self.local).as_posix()
                 out.update(f"{rel}/{f}" for f in files)
@@ -325,11 +325,11 @@ def write_group_json(
     time), but readers never see uncommitted rows.
     """
     count = int(attrs.get("count", 0))
-    meta = {}
+    meta: dict[str, dict[str, Any]] = {}
     for key, child in children.items():
-        child = copy.deepcopy(dict(child))
-        child["shape"] = [count, *child["shape"][1:]]
-        meta[key] = child
+        doc_ = copy.deepcopy(dict(child))
+        doc_["shape"] = [count, *doc_["shape"][1:]]
+        meta[key] = doc_
     doc = {
         "zarr_format": 3,
         "node_type": "group",
@@ -476,7 +476,10 @@ class Store:
         # so that `verify` can tell a lost chunk from one zarr chose not to write.
         if key not in self._arrays:
             with zarr.config.set({"array.write_empty_chunks": True}):
-                self._arrays[key] = self.group[key]
+                node = self.group[key]
+            if not isinstance(node, zarr.Array):
+                raise BankError(f"{self.loc.url!r}: {key!r} is a group, not an array")
+            self._arrays[key] = node
         return self._arrays[key]
 
     def children(self) -> dict[str, dict[str, Any]]:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._lock import BankLock, writer_lock
+from ._lock import BankLock, LeaseLock, writer_lock
 from ._store import (
     CORE_COLUMNS,
     DEFAULT_CHUNK_ROWS,
@@ -191,6 +191,7 @@ class FeatureBank:
         self._name = name
         self._view = view
         self._digest: str | None = None
+        self._lock: BankLock | LeaseLock | None = None  # held while open for writing
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -344,7 +345,7 @@ class FeatureBank:
             "failures": [],
             "duplicates": [],
         }
-        layout = {
+        layout: dict[str, Any] = {
             "dim": int(dim),
             "dtype": dtype,
             "chunk_rows": int(chunk_rows),
@@ -359,8 +360,10 @@ class FeatureBank:
         if p.exists() and any(p.iterdir()):
             old = read_group_attrs(loc) if is_bank(loc) else None
             # an interrupted create() of an older facebank never committed a row: redo it
-            incomplete = old is not None and old.get("facebank_format") is None
-            if not overwrite and not (incomplete and not old.get("count")):
+            incomplete = (
+                old is not None and old.get("facebank_format") is None and not old.get("count")
+            )
+            if not overwrite and not incomplete:
                 what = "a feature bank" if old is not None else "a non-empty folder"
                 raise BankError(
                     f"{str(p)!r} already exists and is {what}; pass overwrite=True "
@@ -529,7 +532,12 @@ class FeatureBank:
         for index, part in pending_partitions(store.loc, store.attrs):
             n = part.count
             if n:  # read every column up front: concurrent requests on an object store
-                part.each_array(lambda key, p=part: None if key == "features" else p.column(key))
+
+                def read(key: str, part: Store = part) -> None:
+                    if key != "features":
+                        part.column(key)
+
+                part.each_array(read)
             cols = {k: part.column(k) for k in part.column_names}
             for key in store.column_names:
                 if key not in cols:

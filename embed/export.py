@@ -194,15 +194,16 @@ def import_bank(
             paths = (
                 table.get("path") or table.get("image_path") or [f"{n}-{i}" for i in range(rows)]
             )
-            core = {
-                "labels": table.get("label") or [-1 if label is None else int(label)] * rows,
-                "engines": table.get("engine") or [engine or "unknown"] * rows,
-                "paths": paths,
-                "splits": table.get("split") or [""] * rows,
-                "sha256": table.get("sha256") or [""] * rows,
-            }
             extra = {k: np.asarray(table[k]) for k in METADATA_SCHEMA if k in table}
-            bank.append(X, **core, columns=extra)
+            bank.append(
+                X,
+                labels=table.get("label") or [-1 if label is None else int(label)] * rows,
+                engines=table.get("engine") or [engine or "unknown"] * rows,
+                paths=paths,
+                splits=table.get("split") or [""] * rows,
+                sha256=table.get("sha256") or [""] * rows,
+                columns=extra,
+            )
         bank.update_attrs(
             {k: sidecar[k] for k in ("failures", "duplicates") if isinstance(sidecar.get(k), list)}
         )
@@ -339,5 +340,6 @@ def _write_columns(store: Store, cols: Mapping[str, np.ndarray], *, create: bool
         )
     with zarr.config.set({"array.write_empty_chunks": True}):
         for k in METADATA_SCHEMA:
-            if count:
-                group[k][:count] = as_column(k, cols[k], count)
+            arr = group[k]
+            if count and isinstance(arr, zarr.Array):
+                arr[:count] = as_column(k, cols[k], count)

@@ -155,7 +155,8 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
     if not isinstance(count, int) or count < 0:
         rep.problems.append(f"attribute count={count!r} is not a non-negative integer")
         return None
-    bb = attrs.get("backbone") if isinstance(attrs.get("backbone"), dict) else {}
+    backbone = attrs.get("backbone")
+    bb: dict[str, Any] = backbone if isinstance(backbone, dict) else {}
     try:
         group = zarr.open_group(loc.zarr_store(read_only=True), mode="r", use_consolidated=False)
     except Exception as exc:  # any failure to open is the finding
@@ -172,7 +173,10 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
     arrays: dict[str, zarr.Array] = {}
     for key in ("features", *CORE_COLUMNS, *metadata_cols):
         try:
-            arrays[key] = group[key]
+            node = group[key]
+            if not isinstance(node, zarr.Array):
+                raise TypeError(f"{key!r} is a group")
+            arrays[key] = node
         except Exception as exc:
             rep.problems.append(
                 f"array {key!r} is missing or its zarr.json is unreadable ({type(exc).__name__})"
@@ -188,7 +192,7 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
             rep.problems.append(f"count={count} but array {key!r} has only {arr.shape[0]} rows")
         elif arr.shape[0] > count:
             beyond.setdefault(arr.shape[0] - count, []).append(key)
-        names = arr.metadata.dimension_names
+        names = getattr(arr.metadata, "dimension_names", None)
         if not names or names[0] != "row":
             rep.problems.append(
                 f"array {key!r} has dimension_names {names!r}, expected ('row', ...)"
