@@ -87,9 +87,11 @@ def train_cmd(
         f"head {head}: trained on {res.n_train} rows in {res.train_seconds:.2f} s (splits: "
         f"{res.split_source})"
     )
+    val_fpr = res.metrics.get("val_fpr")
+    realised = "n/a" if val_fpr is None else f"{val_fpr:.2%}"
     typer.echo(
-        f"val ({res.n_val} rows): AUC {auc}  TPR@{fpr:.2%}FPR {tpr}  threshold {res.threshold:.4g} "
-        "(val reals)"
+        f"val ({res.n_val} rows): AUC {auc}  TPR {tpr} at FPR {realised} (target {fpr:.2%})  "
+        f"threshold {res.threshold:.4g} (set on val reals)"
     )
     typer.echo(f"run folder: {res.run_dir}")
 

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -321,3 +322,11 @@ def test_train_run_refuses_an_existing_run_before_training(cli_bank, tmp_path, m
     monkeypatch.setattr(training, "create_head", lambda *a, **k: pytest.fail("trained anyway"))
     with pytest.raises(RunFolderError, match="already holds a `train` run"):
         train_run([cli_bank], head="linear", out=out)
+
+
+@pytest.mark.slow
+def test_cli_train_prints_the_tpr_beside_the_fpr_it_realised(cli_bank, tmp_path):
+    res = _cli("train", cli_bank, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("val ("))
+    assert re.search(r"TPR \d+\.\d% at FPR \d+\.\d\d% \(target 0\.50%\)", line), line

@@ -50,7 +50,7 @@ def invoke(*args):
 def test_train_writes_a_complete_run_folder(bank, tmp_path):
     res = invoke("train", bank.path, "--head", "linear", "--seed", "3", "--out", tmp_path / "run")
     assert res.exit_code == 0, res.output
-    assert "AUC" in res.output and "TPR@0.50%FPR" in res.output and "trained on" in res.output
+    assert "AUC" in res.output and "(target 0.50%)" in res.output and "trained on" in res.output
     run = tmp_path / "run"
     for f in (
         "head.json",
