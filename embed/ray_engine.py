@@ -13,11 +13,13 @@
 
 Decisions:
 
-- **Partitions** are fixed slices of the ordered item list (partition ``k`` = items
-  ``k*R .. k*R+R-1``), so a resumed run (same arguments) skips the partitions already
-  committed (:func:`embed.partitions.committed_partitions`) and redoes the rest; each
-  partition is committed atomically on its own (a single marker object), so a run
-  killed anywhere loses at most the partitions in flight and never duplicates a row.
+- **Partitions** are slices of ``R`` items, in input order, of what the bank does not
+  hold yet, numbered after the committed ones
+  (:func:`embed.partitions.committed_partitions`); each is committed atomically on
+  its own (a single marker object). A resumed run (same arguments) therefore redoes
+  only what no committed partition holds - the rest of a killed run, files that
+  failed, files added since - so a run killed anywhere loses at most the partitions
+  in flight and never duplicates a row.
 - **Order and duplicates**: Ray Data runs with ``preserve_order``, so rows reach the
   driver in item order and the duplicate policy is the local runner's (the first
   path with a given sha256 is kept; later copies are recorded in ``duplicates``, and
@@ -30,9 +32,8 @@ Decisions:
   the partition protocol allows any writer - once dedupe moves to consolidation.
 - **Faults**: encoder actors are restarted and their batches retried by Ray Data
   (``max_restarts=-1``); a killed driver leaves committed partitions that the same
-  command resumes from. Failed images are recorded per partition (as the local
-  runner records them); a committed partition is not redone, so its failures are
-  retried by the local runner (``--engine local``) or a new bank.
+  command resumes from. Failed images are recorded and retried on every run, as the
+  local runner does (the bank keeps one record per path that still fails).
 """
 
 from __future__ import annotations
@@ -314,25 +315,21 @@ class _PartitionWriter(RowWriter):
 def plan_partitions(
     items: Sequence[ImageItem], present: set[str], done: set[int], rows: int
 ) -> tuple[list[tuple[int, list[int]]], int]:
-    """Fixed partitions of the ordered items, without the committed ones.
+    """Partitions of the items the bank does not hold yet, numbered after the committed ones.
+
+    What is left (not embedded, not a recorded duplicate: new files, files that failed,
+    the rest of a killed run) is cut in input order into partitions of ``rows`` items,
+    indexed from ``max(done) + 1``, so they are read after every committed partition
+    - the local runner's append order - and a file added to SOURCE later is never
+    hidden inside an old partition's range.
 
     Returns:
-        ``([(partition index, item indices to embed)], items skipped)``; a partition
-        whose items are all in the bank already (appended by the local runner) is left
-        out.
+        ``([(partition index, item indices to embed)], items skipped as present)``.
     """
-    todo: list[tuple[int, list[int]]] = []
-    skipped = 0
-    for k, a in enumerate(range(0, len(items), rows)):
-        stop = min(a + rows, len(items))
-        if k in done:
-            skipped += stop - a
-            continue
-        left = [i for i in range(a, stop) if items[i].path not in present]
-        skipped += stop - a - len(left)
-        if left:
-            todo.append((k, left))
-    return todo, skipped
+    left = [i for i, it in enumerate(items) if it.path not in present]
+    start = max(done) + 1 if done else 0
+    todo = [(start + k, left[a : a + rows]) for k, a in enumerate(range(0, len(left), rows))]
+    return todo, len(items) - len(left)
 
 
 @contextlib.contextmanager
@@ -479,6 +476,11 @@ def _run_ray(
     bank.update_attrs({"ignored": [{"path": p, "reason": r} for p, r in src.ignored]})
     if opts.consolidate:
         consolidate(bank)
+    # one record per path that is still failing (retried ones that failed again were
+    # recorded again by their new partition; ones that now succeeded are dropped)
+    held = set(bank.paths.tolist())
+    still = {f["path"]: f for f in bank.failures if f["path"] not in held}
+    bank.update_attrs({"failures": list(still.values())})
     writer.warn_cross_duplicates(stacklevel=4)
     t_end = time.perf_counter()
     loop = t_end - t_loop

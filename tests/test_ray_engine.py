@@ -122,7 +122,16 @@ def test_ray_bank_equals_the_local_runners(tmp_path, cluster):
 
     assert zarr.open_group(tmp_path / "ray.zarr", mode="r")["features"].shape[0] == 16
     again = _ray_embed(src, tmp_path / "ray.zarr", partition_rows=5)
-    assert (again.embedded, again.skipped_present) == (0, 18)
+    # the failed file is retried (and fails again: still one record); nothing else redone
+    assert (again.embedded, again.skipped_present, len(again.failed)) == (0, 17, 1)
+    assert [f["path"] for f in FeatureBank.open(tmp_path / "ray.zarr").failures] == ["sdxl/bad.jpg"]
+    # a file added later sorts inside a committed partition's range: still embedded
+    shutil.copy(src / "sdxl" / "003.jpg", src / "real" / "000a.jpg")
+    Image.new("RGB", (24, 24), (9, 99, 199)).save(src / "real" / "000b.jpg")
+    more = _ray_embed(src, tmp_path / "ray.zarr", partition_rows=5)
+    assert (more.embedded, more.duplicates) == (1, 1)
+    bank = FeatureBank.open(tmp_path / "ray.zarr")
+    assert len(bank) == 17 and bank.paths.tolist()[-1] == "real/000b.jpg"
 
 
 @pytest.mark.slow
