@@ -99,12 +99,13 @@ def protocol_cmd(
         res = leave_one_engine_out(
             banks, head=head, params=params, seed=seed, fpr=fpr, out=out, progress=True
         )
-        typer.echo(f"{'engine':<16} {'in-engine':>10} {'out-of-engine':>14}")
-        for r in res.table:
-            typer.echo(f"{r['engine']:<16} {r['tpr_in']:>10.1%} {r['tpr_out']:>14.1%}")
-        typer.echo(
-            f"{'average':<16} {res.average['tpr_in']:>10.1%} {res.average['tpr_out']:>14.1%}"
-        )
+        typer.echo(f"TPR at FPR {fpr:.1%} (val reals); test FPR = the same threshold on test reals")
+        typer.echo(f"{'engine':<16} {'in-engine':>10} {'out-of-engine':>14} {'test FPR':>9}")
+        for r in [*res.table, {"engine": "average", **res.average}]:
+            typer.echo(
+                f"{r['engine']:<16} {r['tpr_in']:>10.1%} {r['tpr_out']:>14.1%} "
+                f"{r['fpr_test_reals']:>9.2%}"
+            )
     typer.echo(f"run folder: {res.run_dir}")
 
 
