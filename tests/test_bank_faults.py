@@ -172,3 +172,29 @@ def test_embed_refuses_to_append_to_a_damaged_bank(tmp_path):
         want = "lost 1 stored chunk" if damage == "chunk" else "not a readable feature bank"
         assert want in res.output
         assert "facebank bank verify" in res.output or damage == "zarr.json"
+    # a read-only output folder: one line, nothing written
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    mounted = not subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True
+    ).returncode
+    if mounted:
+        try:
+            res = runner.invoke(
+                app,
+                [
+                    "embed",
+                    str(tmp_path / "src"),
+                    "-b",
+                    "tiny-cnn",
+                    "-o",
+                    str(mnt / "b.zarr"),
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                ],
+            )
+            assert res.exit_code == 1 and "not writable" in res.output, res.output
+            assert "Traceback" not in res.output and not any(mnt.iterdir())
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
