@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -169,13 +171,13 @@ class LinearHead(BaseHead):
         b = float(self.intercept_[0])
         return predict_chunks(lambda t: t @ w + b, X, device)
 
-    def _get_state(self):
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"coef": self.coef_, "intercept": self.intercept_}, {
             "n_iter": self.n_iter_,
             "n_iter_warm": self.n_iter_warm_,
         }
 
-    def _set_state(self, tensors, meta):
+    def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.coef_ = np.asarray(tensors["coef"], dtype=np.float64)
         self.intercept_ = np.asarray(tensors["intercept"], dtype=np.float64)
         self.n_iter_ = int(meta.get("n_iter", 0))

@@ -351,17 +351,17 @@ class MLPHead(BaseHead):
         self.model_.cpu()
         return out
 
-    def _get_state(self):
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return state_to_numpy(self.model_), {
             "config": self.config_,
             "class_weights": self.class_weights_,
             "train_log": self.train_log_,
         }
 
-    def _set_state(self, tensors, meta):
+    def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         model = self._build(self.n_features_in_)
         numpy_to_state(model, tensors)
         self.model_ = model.eval()
-        self.config_ = meta.get("config")
-        self.class_weights_ = meta.get("class_weights")
-        self.train_log_ = meta.get("train_log")
+        self.config_ = meta.get("config", {})
+        self.class_weights_ = meta.get("class_weights", [])
+        self.train_log_ = meta.get("train_log", {})

@@ -285,11 +285,11 @@ class PrototypeHead(BaseHead):
         """
         return self.score_samples(X) - self.offset_
 
-    def _get_state(self):
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         sd = {k: v.detach().cpu().numpy() for k, v in self.model_.state_dict().items()}
         return sd, {"offset": self.offset_, "n_steps": self.n_steps_}
 
-    def _set_state(self, tensors, meta):
+    def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         model = self._build(self.n_features_in_)
         model.load_state_dict(
             {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True

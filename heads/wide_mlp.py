@@ -119,12 +119,12 @@ class WideMLPHead(BaseHead):
     # same scoring path as the mlp: standardise, forward in chunks on the device, logits out
     _decision = MLPHead._decision
 
-    def _get_state(self):
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return state_to_numpy(self.model_), {"train_log": self.train_log_, "config": self.config_}
 
-    def _set_state(self, tensors, meta):
+    def _set_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         model = self._build(self.n_features_in_)
         numpy_to_state(model, tensors)
         self.model_ = model.eval()
-        self.train_log_ = meta.get("train_log")
-        self.config_ = meta.get("config")
+        self.train_log_ = meta.get("train_log", {})
+        self.config_ = meta.get("config", {})
