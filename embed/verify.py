@@ -22,10 +22,12 @@ from ._store import (
     PARTITIONS,
     READABLE_FORMATS,
     Location,
+    Store,
     absorbed,
     as_str_array,
     attempt_key,
     partition_markers,
+    pending_partitions,
 )
 from .errors import BankError
 from .metadata import METADATA_SCHEMA
@@ -113,6 +115,8 @@ def verify_bank(
             )
         if n is not None:
             rep.rows += n
+    if not rep.problems:
+        _check_paths_across_partitions(loc, attrs, rep, max_listed=max_listed)
     if any(not name.endswith(".json") for name in loc.list(PARTITIONS)):
         committed = set(partition_markers(loc)) | done
         loose = [
@@ -127,6 +131,23 @@ def verify_bank(
                 f"redone by a resumed run): {loose[:max_listed]}"
             )
     return rep
+
+
+def _check_paths_across_partitions(
+    loc: Location, attrs: Mapping[str, Any], rep: BankReport, *, max_listed: int
+) -> None:
+    """A path stored by the bank and a committed partition, or by two partitions."""
+    parts = pending_partitions(loc, attrs)
+    if not parts:
+        return
+    top = Store.open(loc)
+    paths = [top.column("path"), *(part.column("path") for _, part in parts)]
+    uniq, counts = np.unique(np.concatenate(paths), return_counts=True)
+    if (counts > 1).any():
+        rep.problems.append(
+            f"{int((counts > 1).sum())} path(s) stored in more than one partition: "
+            f"{uniq[counts > 1][:max_listed].tolist()}"
+        )
 
 
 def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool) -> int | None:

@@ -194,3 +194,11 @@ def test_append_takes_metadata_columns_and_v1_banks_say_backfill(tmp_path):
         old.metadata()
     with pytest.raises(BankError, match="facebank bank backfill"):
         FeatureBank.open(tmp_path / "m.zarr", mode="a")
+
+
+def test_verify_finds_a_path_in_two_partitions(bank, tmp_path):
+    X, cols = _part(0, n=5)
+    write_partition(tmp_path / "p.zarr", 0, features=X, columns=cols)
+    write_partition(tmp_path / "p.zarr", 1, features=X, columns=cols)  # the same rows again
+    rep = verify_bank(tmp_path / "p.zarr")
+    assert not rep.ok and "5 path(s) stored in more than one partition" in rep.problems[0]
