@@ -105,3 +105,39 @@ def test_relative_imports_resolve_to_absolute_names(tmp_path):
 def test_no_module_imports_a_higher_layer(path):
     bad = _violations(path)
     assert not bad, "a lower layer imports a higher one:\n" + "\n".join(bad)
+
+
+def _class_bases(node: ast.ClassDef) -> list[str]:
+    return [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases]
+
+
+def test_exception_and_warning_classes_live_in_the_errors_module():
+    """One errors module: no other module defines a public exception or warning class."""
+    suffixes = ("Error", "Exception", "Warning", "Interrupt", "Interrupted")
+    stray = []
+    for path in _package_modules():
+        if path == ROOT / "embed" / "errors.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ClassDef)
+                and not node.name.startswith("_")  # private control flow never reaches users
+                and any(b.endswith(suffixes) for b in _class_bases(node))
+            ):
+                stray.append(f"{path.relative_to(ROOT)}:{node.lineno} class {node.name}")
+    assert not stray, "define these in embed/errors.py and re-export them:\n" + "\n".join(stray)
+
+
+def test_errors_and_warnings_derive_from_the_two_bases():
+    import facebank.embed.errors as errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type)]
+    assert set(errors.__all__) == {c.__name__ for c in classes}
+    for c in classes:
+        if issubclass(c, Warning):
+            assert issubclass(c, errors.FacebankWarning), c
+        elif issubclass(c, Exception):
+            assert issubclass(c, errors.FacebankError), c
+        else:  # an interruption (KeyboardInterrupt) must not be swallowed as an error
+            assert issubclass(c, KeyboardInterrupt), c
