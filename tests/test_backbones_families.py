@@ -73,7 +73,13 @@ def test_every_timm_hub_entry_has_a_tiny_twin():
     assert set(TIMM_HUB) == set(TINY_TIMM)
 
 
-@pytest.mark.parametrize("name", sorted(TINY_TIMM))
+# full-size EfficientNet-B1 (7.8M parameters) takes several seconds on a shared CPU
+_FAMILIES = [
+    pytest.param(n, marks=pytest.mark.slow) if not TINY_TIMM[n] else n for n in sorted(TINY_TIMM)
+]
+
+
+@pytest.mark.parametrize("name", _FAMILIES)
 def test_timm_family_loads_weights_and_matches_the_library(name, tmp_path):
     info, reference, path = _saved(name, tmp_path)
     b = build_backbone(info, device="cpu", weights=path)
