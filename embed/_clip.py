@@ -127,7 +127,7 @@ def describe(info: BackboneInfo) -> dict[str, Any]:
     from open_clip.transform import PreprocessCfg
 
     _ensure_config(info.model)
-    cfg = open_clip.get_model_config(info.model)
+    cfg = {**open_clip.get_model_config(info.model), **dict(info.model_kwargs)}
     vision = cfg["vision_cfg"]
     size = vision["image_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -176,7 +176,7 @@ def build(
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(info.seed)
         model, _, transform = open_clip.create_model_and_transforms(
-            info.model, pretrained=None, **kwargs
+            info.model, pretrained=None, **kwargs, **dict(info.model_kwargs)
         )
     visual = model.visual
     if weights_path is not None:
@@ -196,7 +196,9 @@ def build(
     pcfg = visual.preprocess_cfg
     meta: dict[str, Any] = {
         "dim": int(visual.output_dim),
-        "layers": _taps(open_clip.get_model_config(info.model)["vision_cfg"]),
+        "layers": _taps(
+            {**open_clip.get_model_config(info.model), **dict(info.model_kwargs)}["vision_cfg"]
+        ),
         "input_size": [3, int(h), int(w)],
         "mean": [float(v) for v in pcfg["mean"]],
         "std": [float(v) for v in pcfg["std"]],

@@ -182,3 +182,42 @@ def test_spec_round_trip_and_old_banks():
     assert squash.same_space(squash.replace(resize_mode=None))  # unrecorded: not compared
     with pytest.raises(FacebankError, match="lacks name"):
         BackboneSpec.from_dict({"dim": 3})
+
+
+# tiny same-architecture twin of every open_clip ViT entry: its real tag (QuickGELU and
+# preprocessing of OpenAI / CommonPool / DataComp), a 2-block vision tower
+_TINY_CLIP = (
+    (
+        "vision_cfg",
+        {"image_size": 28, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14},
+    ),
+    ("text_cfg", {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}),
+    ("embed_dim", 16),
+)
+
+
+@pytest.mark.parametrize("name", [n for n in OPEN_CLIP if backbone_info(n).pretrained])
+def test_open_clip_family_loads_weights_and_matches_the_library(name, tmp_path):
+    import open_clip
+
+    info = dataclasses.replace(backbone_info(name), model_kwargs=_TINY_CLIP)
+    tag = open_clip.get_pretrained_cfg(info.model, info.pretrained)
+    reference = open_clip.create_model(
+        info.model, pretrained=None, force_quick_gelu=bool(tag.get("quick_gelu")),
+        **dict(_TINY_CLIP),
+    )  # fmt: skip
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(5)
+        for p in reference.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    b = build_backbone(info, device="cpu", weights=path)
+    assert b.spec.mean == tuple(tag["mean"]) and b.spec.resize_mode == tag["resize_mode"]
+    assert b.spec.input_size == (3, 28, 28) and b.dim == 16
+    x = torch.stack([b.transform(_image()), b.transform(_image(90))])
+    with torch.inference_mode():
+        expected = reference.eval().encode_image(x, normalize=True)
+    assert torch.allclose(b.encode(x), expected, atol=1e-5)
+    pen = build_backbone(info, device="cpu", weights=path, layer="penultimate")
+    assert pen.dim == 64 and not torch.allclose(pen.encode(x)[:, :16], b.encode(x))
