@@ -272,7 +272,7 @@ def test_device_is_chosen_at_construction_not_import(bank):
     has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     assert NeighbourIndex(bank, device="auto").device == ("cuda:0" if has_gpu else "cpu")
     assert NeighbourIndex(bank, device="cpu").device == "cpu"
-    with pytest.raises(UnknownNameError, match="'tpu'.*'auto', 'cpu'"):
+    with pytest.raises(UnknownNameError, match="'tpu'; valid: auto, cpu"):
         NeighbourIndex(bank, device="tpu")
     if not has_gpu:
         with pytest.raises(FacebankError, match="faiss-gpu"):
