@@ -13,7 +13,9 @@ saved as FAISS's own serialised bytes (a data format, not code) inside
 
 Large query batches against an IVF index go through FAISS's ``contrib.big_batch_search``
 (``facebank.heads._faiss.search``): each inverted list is compared with all the queries
-that probe it in one BLAS product, instead of every query reading its lists on its own.
+that probe it in one BLAS product, instead of every query reading its lists on its own
+(13x faster for 10,000 queries at nprobe 16 of 256 lists on 100k x 768 rows; the same
+neighbours; docs/neighbours.md).
 
 ``decision_function`` = ``log((a + 0.5) / (r + 0.5))`` where ``a`` and ``r`` are the
 (weighted) numbers of AI and real neighbours: a smoothed vote log-odds, 0 at a tie.
