@@ -13,6 +13,8 @@ import logging
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
 from facebank.commands import (
     analysis,
     audit,
@@ -20,15 +22,14 @@ from facebank.commands import (
     bank,
     embed,
     experiment,
+    explain,
     heads,
     neighbours,
-    explain,
     protocol,
     score,
 )
 from facebank.commands._common import install_run_sessions
 from facebank.embed.errors import FacebankError
-from typer.core import TyperGroup
 
 __all__ = ["app", "main"]
 
@@ -92,8 +93,8 @@ app.command("ood")(analysis.ood_cmd)
 app.command("audit")(audit.audit_cmd)
 app.add_typer(neighbours.app, name="neighbours")
 app.command("report")(analysis.report_cmd)
-
 app.command("explain")(explain.explain_cmd)
+
 
 def main() -> None:
     """Console-script entry point (``facebank``)."""
