@@ -36,3 +36,18 @@ def test_library_error_becomes_one_line_and_exit_1():
 def test_python_cli_py_runs_as_a_script():
     out = subprocess.run([sys.executable, "cli.py", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "neighbours" in out.stdout
+
+
+def test_cli_import_leaves_heavy_libraries_for_the_command_that_needs_them():
+    # `facebank --help` and every command's option parsing must not pay for zarr, torch or
+    # faiss: facebank.embed resolves its exports lazily (PEP 562).
+    code = (
+        "import sys, facebank.cli, facebank.embed; "
+        "from facebank.embed import DataError; "
+        "print(sorted(m for m in ('zarr', 'torch', 'faiss', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import facebank.embed as e; print(e.FeatureBank.__module__, 'scan_source' in dir(e))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["facebank.embed.bank", "True"]
