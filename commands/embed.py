@@ -30,11 +30,12 @@ class _BankDtype(str, Enum):
 
 def embed_cmd(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Image folder SOURCE/<engine>/**/image (optionally "
             "SOURCE/{train,val,test}/<engine>/...) or a CSV manifest with columns "
-            "path,label,engine[,split]."
+            "path,label,engine[,split]; local, or an fsspec URL such as s3://bucket/faces "
+            "(see --storage-options)."
         ),
     ],
     backbone: Annotated[

@@ -29,10 +29,12 @@ from __future__ import annotations
 import csv
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+from . import _remote
 from .errors import SourceError
 from .splits import SPLITS
 
@@ -132,13 +134,14 @@ class Source:
     """A scanned SOURCE.
 
     Attributes:
-        root: folder paths are relative to (the SOURCE folder, or the manifest's folder).
+        root: folder paths are relative to (the SOURCE folder, or the manifest's folder;
+            a URL ``str`` for a SOURCE on a store).
         kind: ``"folder"`` or ``"manifest"``.
         items: images in processing order.
         ignored: ``(path, reason)`` of files that were not taken as images.
     """
 
-    root: Path
+    root: Path | str
     kind: str
     items: list[ImageItem]
     ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -163,23 +166,35 @@ def _image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS
 
 
-def scan_source(source: str | os.PathLike, *, real_names: Iterable[str] = ("real",)) -> Source:
+def scan_source(
+    source: str | os.PathLike,
+    *,
+    real_names: Iterable[str] = ("real",),
+    storage_options: Mapping[str, Any] | None = None,
+) -> Source:
     """List the images of a SOURCE folder or CSV manifest, in a deterministic order.
 
     Args:
-        source: a folder ``SOURCE/[split/]<engine>/**/image`` or a ``.csv`` manifest.
+        source: a folder ``SOURCE/[split/]<engine>/**/image`` or a ``.csv`` manifest,
+            local or at an fsspec URL (``s3://bucket/faces``; :mod:`embed._remote`).
         real_names: engine folder names that hold real images (label 0); case-insensitive.
+        storage_options: fsspec options for a URL (endpoint, credentials; never recorded).
 
     Returns:
         A :class:`Source` with at least one item.
 
     Raises:
-        SourceError: missing source, bad layout or manifest, or no images at all.
+        SourceError: missing source, bad layout or manifest, no images at all, or an
+        unreachable store.
     """
     src = Path(source)
     reals = {r.strip().lower() for r in real_names if r.strip()}
     if not reals:
         raise SourceError("real_names is empty; name at least one real folder, e.g. --real real")
+    if _remote.is_url(source):
+        return _remote.scan_store_source(
+            os.fspath(source), reals=reals, storage_options=storage_options
+        )
     if not src.exists():
         raise SourceError(
             f"source {str(src)!r} does not exist; give a folder laid out SOURCE/<engine>/... "

@@ -27,6 +27,7 @@ traceback, never a partial image). Decisions where the design contract is silent
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -104,12 +105,14 @@ def load_image(
 
 
 def load_image_and_metadata(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     *,
     draft_size: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[Image.Image, dict[str, Any]]:
     """:func:`load_image` plus the file's acquisition metadata, from the same single decode.
+
+    ``path`` may also be the file's bytes (an object read from a store).
 
     The metadata (:data:`embed.metadata.METADATA_SCHEMA`) is read from the header
     before draft mode changes the decoded size and mode, and from the loaded image
@@ -128,28 +131,33 @@ def load_image_and_metadata(
 
 
 def _load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     *,
     draft_size: int | None,
     max_pixels: int,
     metadata: dict[str, Any] | None,
 ) -> Image.Image:
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except OSError as exc:
-        raise ImageDecodeError(f"unreadable file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise ImageDecodeError("is a directory, not an image file")
+    source: Path | io.BytesIO
+    if isinstance(path, bytes):  # an object already read from a store
+        size = len(path)
+        source = io.BytesIO(path)
+    else:
+        source = Path(path)
+        try:
+            size = source.stat().st_size
+        except FileNotFoundError:
+            raise ImageDecodeError("file not found") from None
+        except OSError as exc:
+            raise ImageDecodeError(f"unreadable file ({exc.strerror or exc})") from None
+        if source.is_dir():
+            raise ImageDecodeError("is a directory, not an image file")
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # PIL's own bomb check warns (or raises) with its global limit; ours is explicit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if metadata is not None:
                     metadata.update(header_metadata(img, file_bytes=size))
                 return _decode(img, draft_size=draft_size, max_pixels=max_pixels, meta=metadata)

@@ -135,9 +135,15 @@ class RayOptions:
 
 # ---------------------------------------------------------------- CPU tasks
 def _decode_batch(
-    batch: dict[str, np.ndarray], *, view: Any, transform: Any, draft_size: int | None
+    batch: dict[str, np.ndarray],
+    *,
+    view: Any,
+    transform: Any,
+    draft_size: int | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Ray task: files -> sha256, transformed pixels, metadata (failures as reasons)."""
+    """Ray task: files (paths or store URLs) -> sha256, transformed pixels, metadata
+    (failures as reasons)."""
     n = len(batch["index"])
     sha: list[str] = []
     reason: list[str] = []
@@ -145,7 +151,11 @@ def _decode_batch(
     metas: list[dict[str, Any]] = []
     for file in batch["file"]:
         digest, x, why, meta = load_one(
-            str(file), view=view, transform=transform, draft_size=draft_size
+            str(file),
+            view=view,
+            transform=transform,
+            draft_size=draft_size,
+            storage_options=storage_options,
         )
         sha.append(digest or "")
         reason.append(why or "")
@@ -225,6 +235,7 @@ def build_dataset(
     batch_size: int,
     actor: type = _EncodeBatches,
     actor_kwargs: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """The Ray Data pipeline files -> decode tasks -> encoder actors, in input order.
 
@@ -242,6 +253,8 @@ def build_dataset(
             "view": view,
             "transform": backbone.transform,
             "draft_size": view.draft_size(_input_side(backbone.spec)),
+            # (for a SOURCE on a store: travels with the task, is never logged)
+            "storage_options": storage_options,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -398,7 +411,7 @@ def embed_source_ray(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
-    src = scan_source(source, real_names=real_names)
+    src = scan_source(source, real_names=real_names, storage_options=storage_options)
     vw = parse_view(view)
     # on the driver only for its spec, transform and the weights check (before any bank)
     bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=image_size, layer=layer)
@@ -410,7 +423,10 @@ def embed_source_ray(
         )  # fmt: skip
         try:
             with interruptible(bank):
-                return _run_ray(ray, src, bank, bb, vw, opts, batch_size, progress, weights, t0)
+                return _run_ray(
+                    ray, src, bank, bb, vw, opts, batch_size, progress, weights, t0,
+                    storage_options=storage_options,
+                )  # fmt: skip
         finally:
             bank.close()
 
@@ -426,6 +442,8 @@ def _run_ray(
     progress: bool,
     weights: Any,
     t0: float,
+    *,
+    storage_options: dict[str, Any] | None = None,
 ) -> EmbedSummary:
     items = src.items
     state = BankState.load(bank)
@@ -449,6 +467,7 @@ def _run_ray(
             workers=workers,
             gpus=gpus,
             batch_size=batch_size,
+            storage_options=storage_options,
         )
         description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}] on Ray"
         current: int | None = None

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._store import Location, is_bank
+from ._store import Location, is_bank, redact
 from .bank import DEFAULT_CHUNK_ROWS, FeatureBank
 from .compat import backbone_id, require_same_backbone
 from .datasets import ImageItem, Source, scan_source
@@ -140,22 +140,36 @@ class _Files:
 
 
 def load_one(
-    file: str, *, view: Any, transform: Callable, draft_size: int | None
+    file: str,
+    *,
+    view: Any,
+    transform: Callable,
+    draft_size: int | None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[str | None, Any, str | None, dict[str, Any] | None]:
     """Read, hash, decode, apply the view and the transform to one file.
 
     The per-image work of every engine (DataLoader workers here, Ray tasks in
-    :mod:`embed.ray_engine`). Never raises for a bad file.
+    :mod:`embed.ray_engine`). Never raises for a bad file. ``file`` may be an fsspec
+    URL (a SOURCE on a store): its bytes are read once, with ``storage_options``.
 
     Returns:
         ``(sha256 | None, tensor | None, reason | None, metadata | None)``: a tensor and
         its metadata row, or the reason it could not be had.
     """
+    import hashlib
+
+    from ._remote import is_url, read_url
     from .errors import ImageDecodeError
     from .images import load_image_and_metadata, sha256_file
 
+    data: str | bytes = file
     try:
-        sha = sha256_file(file)
+        if is_url(file):
+            data = read_url(file, storage_options=storage_options)
+            sha = hashlib.sha256(data).hexdigest()
+        else:
+            sha = sha256_file(file)
     except FileNotFoundError:
         return None, None, "file not found", None
     except IsADirectoryError:
@@ -163,7 +177,7 @@ def load_one(
     except OSError as exc:
         return None, None, f"unreadable file ({exc.strerror or exc})", None
     try:
-        img, meta = load_image_and_metadata(file, draft_size=draft_size)
+        img, meta = load_image_and_metadata(data, draft_size=draft_size)
         img = view(img)
         if FACE_FOUND in img.info:  # a face view: was a face found? (recorded per row)
             meta[FACE_FOUND] = bool(img.info[FACE_FOUND])
@@ -182,19 +196,30 @@ class _ImageDataset:
     """
 
     def __init__(
-        self, files: Sequence[str], *, view: Any, transform: Callable, draft_size: int | None
+        self,
+        files: Sequence[str],
+        *,
+        view: Any,
+        transform: Callable,
+        draft_size: int | None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.files = files
         self.view = view
         self.transform = transform
         self.draft_size = draft_size
+        self.storage_options = storage_options
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, str | None, Any, str | None, Any]:
         sha, x, reason, meta = load_one(
-            self.files[index], view=self.view, transform=self.transform, draft_size=self.draft_size
+            self.files[index],
+            view=self.view,
+            transform=self.transform,
+            draft_size=self.draft_size,
+            storage_options=self.storage_options,
         )
         return index, sha, x, reason, meta
 
@@ -415,7 +440,12 @@ def open_bank_for(
             bank.close()
             raise
     else:
-        src_text = str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
+        if isinstance(src.root, str):  # a SOURCE on a store: its URL, credentials stripped
+            src_text = redact(os.fspath(source).rstrip("/"))
+        else:
+            src_text = (
+                str(src.root / Path(source).name) if src.kind == "manifest" else str(src.root)
+            )
         bank = FeatureBank.create(
             out_path,
             backbone=spec,
@@ -471,8 +501,8 @@ def embed_source(
         flush_rows: commit at least every this many rows (default 2048, or
             ``$FACEBANK_EMBED_FLUSH_ROWS``); commits also happen every 10 s.
         chunk_rows: rows per stored chunk of a new bank.
-        storage_options: fsspec options when ``out`` is a URL (endpoint, credentials;
-            never recorded).
+        storage_options: fsspec options when ``source`` or ``out`` is a URL (endpoint,
+            credentials; never recorded).
 
     Returns:
         An :class:`EmbedSummary`.
@@ -487,7 +517,7 @@ def embed_source(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
-    src = scan_source(source, real_names=real_names)
+    src = scan_source(source, real_names=real_names, storage_options=storage_options)
     vw = parse_view(view)
     # the backbone first: missing weights must fail before the bank is created or touched
     bb = _make_backbone(
@@ -512,6 +542,7 @@ def embed_source(
                 progress=progress,
                 flush_rows=_flush_rows(flush_rows, batch_size),
                 t0=t0,
+                storage_options=storage_options,
             )
     finally:
         bank.close()
@@ -574,6 +605,7 @@ def _run(
     progress: bool,
     flush_rows: int,
     t0: float,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> EmbedSummary:
     """load (what the bank holds, what is left) -> compute (decode, encode) -> write (commit)."""
     state = BankState.load(bank)
@@ -586,6 +618,7 @@ def _run(
         view=vw,
         transform=bb.transform,
         draft_size=vw.draft_size(_input_side(bb.spec)),
+        storage_options=storage_options,  # a SOURCE on a store
     )
     writer = RowWriter(bank, state, ignored=src.ignored, flush_rows=flush_rows)
     lock = getattr(bank, "_lock", None)

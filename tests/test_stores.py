@@ -92,3 +92,109 @@ def test_memory_store_round_trip_and_credentials_stripped_from_urls():
     assert "hunter2" not in json.dumps(r.meta)
     with pytest.raises(BankError, match="does not exist"):
         FeatureBank.open(f"memory://facebank-{uuid.uuid4().hex[:8]}/none.zarr")
+
+
+# ---------------------------------------------------------------- SOURCE on a store
+def _face_folder(root, *, n=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for split in ("train", "test"):
+        for engine in ("real", "sdxl"):
+            d = root / split / engine
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                Image.fromarray(px).save(d / f"{i}.jpg", quality=90)
+    (root / "train" / "sdxl" / "caption.txt").write_text("a face")
+    (root / "train" / "sdxl" / "bad.png").write_bytes(b"not a png")
+
+
+def _embed_cli(*args):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    return CliRunner().invoke(
+        app, ["embed", *map(str, args), "--workers", "0", "--no-progress"], catch_exceptions=False
+    )
+
+
+@pytest.mark.slow
+def test_embed_a_source_folder_and_manifest_on_s3_equals_the_local_source(tmp_path, s3_bucket):
+    import s3fs
+
+    local = tmp_path / "faces"
+    _face_folder(local)
+    (local / "faces.csv").write_text(
+        "path,label,engine,split\ntrain/real/0.jpg,0,real,train\ntest/sdxl/1.jpg,1,sdxl,test\n"
+        "train/real/missing.jpg,0,real,train\n"
+    )
+    fs = s3fs.S3FileSystem()
+    fs.put(str(local), f"{s3_bucket}/faces", recursive=True)
+    ref, got = tmp_path / "ref.zarr", tmp_path / "got.zarr"
+    assert _embed_cli(local, "--backbone", "tiny-cnn", "--out", ref).exit_code == 0
+    res = _embed_cli(f"{s3_bucket}/faces", "--backbone", "tiny-cnn", "--out", got)
+    assert res.exit_code == 0, res.output
+    a, b = FeatureBank.open(ref), FeatureBank.open(got)
+    assert len(b) == len(a) == 12
+    assert b.paths.tolist() == a.paths.tolist() and b.sha256.tolist() == a.sha256.tolist()
+    assert b.splits.tolist() == a.splits.tolist() and b.labels.tolist() == a.labels.tolist()
+    np.testing.assert_array_equal(b.load_features(), a.load_features())
+    assert b.column("width").tolist() == a.column("width").tolist()
+    assert [f["path"] for f in b.failures] == ["train/sdxl/bad.png"]
+    assert b.meta["source"] == f"{s3_bucket}/faces"
+    assert "testing-secret" not in json.dumps(b.meta)
+    # a manifest on the store: paths relative to its folder there; a missing one fails
+    man = tmp_path / "man.zarr"
+    res = _embed_cli(f"{s3_bucket}/faces/faces.csv", "--backbone", "tiny-cnn", "--out", man)
+    assert res.exit_code == 0, res.output
+    m = FeatureBank.open(man)
+    assert m.paths.tolist() == ["train/real/0.jpg", "test/sdxl/1.jpg"]
+    assert [f["reason"] for f in m.failures] == ["file not found"]
+    assert m.sha256[0] == a.sha256[a.paths.tolist().index("train/real/0.jpg")]
+
+
+def test_unreachable_source_store_is_one_line_before_any_work(tmp_path, s3_endpoint):
+    opts = json.dumps(
+        {
+            "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        }
+    )
+    out = tmp_path / "b.zarr"
+    res = _embed_cli(
+        "s3://nowhere/faces", "--backbone", "tiny-cnn", "--out", out, "--storage-options", opts
+    )
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "unreachable" in lines[0] and "source store" in lines[0]
+    assert "testing-secret" not in res.output and not out.exists()
+
+
+def test_source_on_a_memory_store_follows_the_folder_rules():
+    import fsspec
+
+    from facebank.embed import SourceError, scan_source
+
+    root = f"memory://src-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    for key in ("train/real/a.png", "train/SDXL/b.jpg", "val/real/c.png", "train/real/n.txt",
+                "train/.cache/x.png", "val/loose.png"):  # fmt: skip
+        fs.pipe(f"{root}/{key}", b"x")
+    src = scan_source(root)
+    assert [(it.path, it.engine, it.label, it.split) for it in src.items] == [
+        ("train/SDXL/b.jpg", "sdxl", 1, "train"),
+        ("train/real/a.png", "real", 0, "train"),
+        ("val/real/c.png", "real", 0, "val"),
+    ]
+    assert src.items[0].file == f"{root}/train/SDXL/b.jpg" and src.root == root
+    assert dict(src.ignored) == {
+        "train/real/n.txt": "not an image extension (.txt)",
+        "val/loose.png": "not inside an engine folder (SOURCE/<engine>/...)",
+    }
+    fs.pipe(f"{root}/sdxl/d.png", b"x")
+    with pytest.raises(SourceError, match="mixes split folders"):
+        scan_source(root)
+    with pytest.raises(SourceError, match="does not exist"):
+        scan_source(f"{root}-none")
