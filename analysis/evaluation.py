@@ -14,6 +14,7 @@ import numpy as np
 
 from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
+from facebank.embed.multi import banks_for_spec
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._evalcommon import (
@@ -119,7 +120,11 @@ def evaluate(
     Args:
         head_dir_or_head: a run folder from ``train_run`` / ``facebank train`` or a fitted head
             (then no rows are excluded - the caller vouches they are held out).
-        banks: one or more banks (paths or ``FeatureBank``) of the head's backbone.
+        banks: one or more banks (paths or ``FeatureBank``) of the head's backbone; for a
+            head trained on several backbones (feature-level or ``fusion``), banks of
+            each of them over the same images (joined by sha256; rows missing from some
+            bank are left out with an ``UnmatchedRowsWarning``); for a head trained on
+            some blocks of a ``--layer blocks`` bank, such banks (the blocks are selected).
         out: run folder to write (config.json, metrics.json, metrics.md, per_engine.csv,
             scores.csv, roc.png, det.png, per_engine.png); ``None`` writes nothing.
         n_boot: bootstrap resamples for the overall intervals.
@@ -133,7 +138,13 @@ def evaluate(
         DataError: no reals or no AI images left to evaluate.
     """
     rh = load_run_head(head_dir_or_head)
-    banks = open_banks(banks)
+    # a fusion / joined-features head: banks of its backbones, joined by image sha256;
+    # a head of some blocks: --layer blocks banks seen through that range
+    banks = banks_for_spec(
+        getattr(rh.head, "backbone_", None),
+        open_banks(banks),
+        what=f"the head {str(rh.run_dir) if rh.run_dir else rh.head.name!r}",
+    )
     require_one_backbone(banks)
     for b in banks:
         check_head_backbone(rh.head, b)

@@ -24,7 +24,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +32,19 @@ import numpy as np
 
 from ._types import Device
 from .bank import FeatureBank
-from .compat import backbone_id, same_backbone
+from .compat import backbone_id, require_same_backbone, same_backbone
 from .datasets import scan_source
-from .errors import BankError, FacebankError, UnmatchedRowsWarning
+from .errors import (
+    BackboneMismatchError,
+    BankError,
+    FacebankError,
+    TestOnlyBackboneWarning,
+    UnmatchedRowsWarning,
+)
 from .runner import (
     BankState,
     EmbedSummary,
+    EncodedImages,
     RowWriter,
     _auto_workers,
     _Encoder,
@@ -48,6 +55,7 @@ from .runner import (
     _loader,
     _make_backbone,
     _progress,
+    encode_images,
     interruptible,
     open_bank_for,
     plan_batches,
@@ -58,9 +66,12 @@ from .views import parse_view
 __all__ = [
     "BlockView",
     "JoinedBank",
+    "banks_for_spec",
     "embed_source_multi",
+    "encode_images_for",
     "join_banks",
     "joined_spec",
+    "member_specs",
     "select_blocks",
 ]
 
@@ -108,7 +119,13 @@ class JoinedBank:
 
     @property
     def backbone(self) -> dict[str, Any]:
-        return joined_spec(self.member_specs).to_dict()
+        """The joined spec, plus ``members``: each member's own spec, in column order.
+
+        ``members`` is what lets a head trained on this join embed images later
+        (:func:`encode_images_for`); the identity check reads the joined fields only
+        (``weights_sha256`` digests the member specs).
+        """
+        return {**joined_spec(self.member_specs).to_dict(), "members": self.member_specs}
 
     @property
     def dim(self) -> int:
@@ -169,6 +186,13 @@ class JoinedBank:
             m.load_features(self.rows[idx, k], dtype=dtype) for k, m in enumerate(self.members)
         ]
         return np.concatenate(parts, axis=1)
+
+    def iter_features(self, *, chunk_rows: int | None = None, dtype: Any = np.float32) -> Any:
+        """``(start, stop, X)`` over the joined rows in order; ``X`` is ``(stop - start, dim)``."""
+        step = int(chunk_rows or 4096)
+        for a in range(0, len(self), step):
+            b = min(a + step, len(self))
+            yield a, b, self.load_features(np.arange(a, b), dtype=dtype)
 
     def member_features(self, k: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of member ``k`` alone for joined rows (all when None)."""
@@ -465,6 +489,11 @@ class BlockView:
         """``(n, dim)`` features of the selected blocks (all rows when None)."""
         return np.ascontiguousarray(self.bank.load_features(rows, dtype=dtype)[:, self.columns])
 
+    def iter_features(self, *, chunk_rows: int | None = None, dtype: Any = np.float32) -> Any:
+        """The bank's :meth:`~FeatureBank.iter_features`, selected blocks only."""
+        for a, b, X in self.bank.iter_features(chunk_rows=chunk_rows, dtype=dtype):
+            yield a, b, np.ascontiguousarray(X[:, self.columns])
+
 
 def select_blocks(bank: Any, blocks: int | slice | str | None) -> Any:
     """``bank`` seen through some of its blocks (``"-1"``, ``"20:24"``, ``7``); ``None``/``"all"``
@@ -477,3 +506,209 @@ def select_blocks(bank: Any, blocks: int | slice | str | None) -> Any:
     if blocks is None or blocks == "all":
         return bank
     return BlockView(bank, blocks)
+
+
+# ---------------------------------------------------------------- a head's feature space
+def member_specs(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The backbone specs whose features, side by side, make ``spec``'s features.
+
+    A joined spec (``library="joined"``, written by :attr:`JoinedBank.backbone`) lists
+    its members; any other spec is its own one member.
+
+    Raises:
+        FacebankError: A joined spec stored without its members (written before they
+            were kept).
+    """
+    if as_spec(spec).library != "joined":
+        return [dict(spec)]
+    members = spec.get("members")
+    if not members:
+        raise FacebankError(
+            f"the joined backbone {spec.get('name')!r} was stored without its member specs, "
+            "so its features cannot be rebuilt from banks or images; re-train the head with "
+            "`facebank train BANK_A BANK_B ...`"
+        )
+    return [dict(m) for m in members]
+
+
+def _fit_bank(spec: Mapping[str, Any], bank: Any) -> Any | None:
+    """``bank`` as the features ``spec`` names (itself, or some of its blocks), or None."""
+    want, have = as_spec(spec), as_spec(bank.backbone)
+    if want.same_space(have):
+        return bank
+    if want.layer == "blocks" and have.layer == "blocks" and want.blocks and have.blocks:
+        (f, s), (f0, s0) = want.blocks, have.blocks
+        if f0 <= f < s <= s0 and want.block_dim == have.block_dim:
+            view = BlockView(bank, slice(f - f0, s - f0))
+            if want.same_space(view.spec):
+                return view
+    return None
+
+
+def banks_for_spec(spec: Mapping[str, Any] | None, banks: Sequence[Any], *, what: str) -> list[Any]:
+    """Present ``banks`` as the feature space ``spec`` (a head's) was trained on.
+
+    - a joined spec (feature-level or score-level fusion): each bank is matched to one
+      member backbone (a ``--layer blocks`` bank through the member's block range), and
+      the banks are joined by image sha256 (:func:`join_banks`, columns in the member
+      order; rows lacking a partner are left out with an ``UnmatchedRowsWarning``);
+    - a block range (``layer="blocks"``): a ``blocks`` bank of the same backbone is
+      seen through that range (:class:`BlockView`);
+    - anything else: the banks as given.
+
+    A bank of another backbone is left for the caller's identity check (which names both)
+    in the last two cases; in the first it is refused here.
+
+    Args:
+        spec: The head's stored backbone spec (``None``: banks returned as given).
+        banks: Open banks.
+        what: How the head is named in errors.
+
+    Raises:
+        BackboneMismatchError: A bank matching no member of a joined spec, or a member
+            with no bank (both are named).
+    """
+    banks = list(banks)
+    if not spec or not banks:
+        return banks
+    if as_spec(spec).library != "joined":
+        return [_fit_bank(spec, b) or b for b in banks]
+    members = member_specs(spec)
+    names = ", ".join(backbone_id(m) for m in members)
+    placed: list[tuple[int, Any]] = []
+    for bank in banks:
+        for k, m in enumerate(members):
+            fitted = _fit_bank(m, bank)
+            if fitted is not None:
+                placed.append((k, fitted))
+                break
+        else:
+            raise BackboneMismatchError(
+                f"{what} was trained on the backbones {names} together, but bank "
+                f"{str(bank.path)!r} uses {backbone_id(bank.backbone)}; give banks of those "
+                "backbones (the same --layer and preprocessing), one or more per backbone"
+            )
+    missing = [backbone_id(m) for k, m in enumerate(members) if k not in {p[0] for p in placed}]
+    if missing:
+        raise BackboneMismatchError(
+            f"{what} was trained on the backbones {names} together, but no bank given uses "
+            f"{', '.join(missing)}; give a bank of every one of them over the same images"
+        )
+    placed.sort(key=lambda p: p[0])  # join_banks orders the columns by first appearance
+    return [join_banks([b for _, b in placed])]
+
+
+def _backbone_for(spec: Mapping[str, Any], *, device: Device, weights: Any) -> tuple[Any, slice]:
+    """The backbone making ``spec``'s features, and the columns of its output to keep."""
+    from . import backbones as _bb  # torch and model zoos, imported when images are embedded
+
+    want = as_spec(spec)
+    if want.layer != "blocks" or not want.blocks:
+        return _bb.backbone_from_spec(want, device=device, weights=weights), slice(None)
+    # a block range: tap every block, keep the range (and check it is the same space)
+    info = _bb.backbone_info(want.name)
+    image_size = int(want.input_size[-1]) if info.library == "timm" and want.input_size else None
+    with warnings.catch_warnings():
+        if info.test_only:
+            warnings.simplefilter("ignore", TestOnlyBackboneWarning)
+        bb = _bb.build_backbone(
+            info, device=device, weights=weights, image_size=image_size, layer="blocks"
+        )
+    full = as_spec(bb.spec)
+    f0, s0 = full.blocks or (0, 0)
+    f, s = want.blocks
+    if not f0 <= f < s <= s0:
+        raise BackboneMismatchError(
+            f"the stored spec {backbone_id(want)} asks for blocks {f}:{s}, but the recreated "
+            f"backbone taps blocks {f0}:{s0}; re-embed or re-train with this backbone"
+        )
+    sel = slice(f - f0, s - f0)
+    require_same_backbone(
+        want, full.select_blocks(sel), a_name="the stored spec", b_name="the recreated backbone"
+    )
+    return bb, full.block_columns(sel)
+
+
+def encode_images_for(
+    paths: Sequence[str | os.PathLike],
+    *,
+    backbone: str | Mapping[str, Any],
+    view: str = "original",
+    device: Device = "auto",
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> EncodedImages:
+    """:func:`~facebank.embed.runner.encode_images` for any head's spec.
+
+    A joined spec embeds every image with each member backbone, **decoding it once**
+    (each backbone's own transform on the one decoded image), and puts the features
+    side by side in the member order; a block range taps every block and keeps the
+    range. Other specs and registry names go to ``encode_images`` unchanged.
+
+    Args:
+        paths, view, device, batch_size, num_workers: As in ``encode_images``.
+        backbone: A registry name or a stored spec (a head's ``backbone_``).
+        weights: A weights file; only for a spec of one backbone (several backbones
+            resolve their weights from their libraries' caches).
+
+    Returns:
+        ``EncodedImages`` with ``features`` ``(n_ok, spec dim)`` float32.
+
+    Raises:
+        FacebankError: ``weights`` given for several backbones; any error of building
+            a backbone (weights missing: nothing is embedded).
+    """
+    kw = {"view": view, "device": device, "batch_size": batch_size, "num_workers": num_workers}
+    if isinstance(backbone, str):
+        return encode_images(paths, backbone=backbone, weights=weights, **kw)
+    members = member_specs(backbone)
+    if len(members) == 1 and as_spec(members[0]).layer != "blocks":
+        return encode_images(paths, backbone=dict(members[0]), weights=weights, **kw)
+    if weights is not None and len(members) > 1:
+        raise FacebankError(
+            f"--weights names one file, but this head needs {len(members)} backbones "
+            f"({', '.join(backbone_id(m) for m in members)}); leave --weights out and put each "
+            "backbone's weights in its library's cache"
+        )
+    built = [_backbone_for(m, device=device, weights=weights) for m in members]
+    encoders = [_Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
+    vw = parse_view(view)
+    files = [str(p) for p in paths]
+    dataset = _ImageDataset(
+        files,
+        view=vw,
+        transform=_Transforms([bb.transform for bb, _ in built]),
+        draft_size=vw.draft_size(max(_input_side(bb.spec) for bb, _ in built)),
+    )
+    batches = [
+        list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
+    ]
+    feats: list[np.ndarray] = []
+    ok: list[str] = []
+    shas: list[str] = []
+    failures: list[tuple[str, str]] = []
+    workers = min(int(num_workers), len(batches))
+    for batch in _loader(dataset, batches, num_workers=workers, pin=False, collate=_collate_multi):
+        failures.extend((files[i], str(reason)) for i, _sha, reason in batch["failed"])
+        if batch["x"] is None:
+            continue
+        feats.append(
+            np.concatenate(
+                [
+                    enc(x)[:, cols]
+                    for enc, x, (_, cols) in zip(encoders, batch["x"], built, strict=True)
+                ],
+                axis=1,
+            )
+        )
+        ok.extend(files[i] for i in batch["index"])
+        shas.extend(batch["sha"])
+    dim = int(as_spec(backbone).dim)
+    X = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
+    if X.shape[1] != dim:
+        raise BackboneMismatchError(
+            f"the rebuilt backbones give {X.shape[1]}-d features but the spec "
+            f"{backbone_id(backbone)} is {dim}-d; re-train the head"
+        )
+    return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)

@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed import FeatureBank, encode_images, scan_source
+from facebank.embed import FeatureBank, scan_source
 from facebank.embed._types import BankLike, Device
 from facebank.embed.errors import CalibrationWarning, DataError, HeadError
 from facebank.embed.images import is_image_path
+from facebank.embed.multi import banks_for_spec, encode_images_for
 from facebank.embed.runs import write_json
 from facebank.embed.views import parse_view
 
@@ -333,7 +334,8 @@ def score_run(
             and the precision of each operating point.
         weights, device, batch_size: for embedding images (as ``facebank embed``).
         progress: show a progress bar on stderr while embedding.
-        encode: the embedding function (default ``embed.encode_images``); another
+        encode: the embedding function (default ``embed.multi.encode_images_for``: every
+            backbone a fusion head needs, each image decoded once); another
             engine with the same signature may be given.
 
     Returns:
@@ -363,6 +365,13 @@ def score_run(
             "one view each; score image files or folders with --views, or drop --views"
         )
 
+    # a fusion / joined-features head takes banks of its backbones joined by sha256; a
+    # head of some blocks takes a --layer blocks bank through that range
+    bank_objs = banks_for_spec(
+        getattr(head, "backbone_", None),
+        bank_objs,
+        what=f"head {getattr(head, 'path_', None) or head.name}",
+    )
     paths: list[str] = []
     blocks: list[np.ndarray] = []
     for b in bank_objs:
@@ -387,7 +396,7 @@ def score_run(
             device=device,
             batch_size=batch_size,
             progress=progress,
-            encode=encode or encode_images,
+            encode=encode or encode_images_for,
         )
         paths.extend(ok)
         blocks.append(S)
