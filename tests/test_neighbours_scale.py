@@ -226,3 +226,95 @@ def test_exact_duplicates_are_found_by_full_sha256(tmp_path):
     res = find_leaks(bank, threshold=1.0, k=1)
     exact = [(p["row_a"], p["row_b"]) for p in res.pairs if p["kind"] == "exact"]
     assert exact == [(2, 5)]
+
+
+# ------------------------------------------------------------------ chunked row columns
+
+
+def test_bank_iter_columns_streams_every_partition_and_subsets(tmp_path):
+    from facebank.embed import FeatureBank, write_partition
+    from facebank.testing import synthetic_backbone
+
+    path = tmp_path / "p.zarr"
+    FeatureBank.create(path, backbone=synthetic_backbone(4), chunk_rows=8).close()
+    for i, n in ((1, 11), (0, 7)):  # committed out of order, never consolidated
+        write_partition(
+            path,
+            i,
+            features=np.zeros((n, 4), np.float32),
+            columns={
+                "label": np.full(n, i),
+                "engine": np.full(n, f"e{i}"),
+                "path": np.array([f"p{i}/{j}.png" for j in range(n)]),
+                "sha256": np.array([sha(100 * i + j) for j in range(n)]),
+            },
+        )
+    bank = FeatureBank.open(path)
+    chunks = list(bank.iter_columns(["path", "label"], chunk_rows=5))
+    assert [(a, b) for a, b, _ in chunks] == [(0, 5), (5, 7), (7, 12), (12, 17), (17, 18)]
+    np.testing.assert_array_equal(np.concatenate([c["path"] for *_, c in chunks]), bank.paths)
+    np.testing.assert_array_equal(np.concatenate([c["label"] for *_, c in chunks]), bank.labels)
+    sub = bank.select(rows=[16, 2, 8])
+    got = [c["sha256"] for *_, c in sub.iter_columns(["sha256"], chunk_rows=10)]
+    np.testing.assert_array_equal(np.concatenate(got), bank.sha256[[16, 2, 8]])
+    with pytest.raises(Exception, match="not a bank column; valid"):
+        next(bank.iter_columns(["nope"]))
+
+
+@pytest.mark.parametrize("analysis", ["clusters", "leaks"])
+def test_clusters_and_leaks_never_read_a_whole_column(tmp_path, monkeypatch, analysis):
+    from facebank.embed import FeatureBank
+
+    X, engines = clustered(n_per=50)
+    X[8] = X[3]  # train and test: a near pair
+    shas = [sha(i) for i in range(len(X))]
+    shas[120] = shas[5]
+    bank = make_bank(tmp_path / "b.zarr", X, engines, splits=["train", "test"] * 75, shas=shas)
+    run = find_leaks if analysis == "leaks" else engine_clusters
+    kwargs = {"threshold": 0.99, "k": 3} if analysis == "leaks" else {"k": 3, "n_boot": 20}
+    ref = run(FeatureBank.open(bank.path), **kwargs)
+
+    def whole(self):
+        raise AssertionError("a whole row column was read")
+
+    for prop in ("paths", "engines", "splits", "sha256", "labels"):
+        monkeypatch.setattr(FeatureBank, prop, property(whole))
+    got = run(FeatureBank.open(bank.path), chunk_rows=32, **kwargs)
+    if analysis == "leaks":
+        assert got.pairs == ref.pairs and {p["kind"] for p in got.pairs} == {"near", "exact"}
+    else:
+        assert got.purity == ref.purity and got.kmeans == ref.kmeans
+
+
+def test_large_bank_purity_uses_running_sums_with_the_same_means(tmp_path, monkeypatch):
+    import facebank.analysis.neighbours.clusters as clusters
+
+    X, engines = clustered(n_per=100)
+    engines[::7] = "real"  # uneven engines, purities neither 0 nor 1
+    index = NeighbourIndex(make_bank(tmp_path / "b.zarr", X, engines), factory="Flat")
+    ref = engine_clusters(index, k=5, n_boot=200)
+    monkeypatch.setattr(clusters, "_BOOTSTRAP_MAX", 10)  # this bank counts as "large"
+    got = engine_clusters(index, k=5, n_boot=200)
+    for a, b in zip(got.purity, ref.purity, strict=True):
+        assert a["purity"] == pytest.approx(b["purity"]) and a["n"] == b["n"]
+        # normal interval of the mean: centred, about as wide as the bootstrap's
+        assert (a["lo"] + a["hi"]) / 2 == pytest.approx(a["purity"])
+        assert 0.5 < (a["hi"] - a["lo"]) / max(b["hi"] - b["lo"], 1e-9) < 2.0
+    assert got.overall["micro"] == pytest.approx(ref.overall["micro"])
+    assert got.overall["micro_lo"] < got.overall["micro"] < got.overall["micro_hi"]
+
+
+def test_nmi_and_ari_from_the_contingency_table_equal_sklearn():
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from facebank.analysis.neighbours.clusters import _ari, _nmi
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        y = rng.integers(0, 4, 500)
+        c = np.where(rng.random(500) < 0.6, y, rng.integers(0, 5, 500))
+        table = np.zeros((4, 5), dtype=np.int64)
+        np.add.at(table, (y, c), 1)
+        assert _nmi(table) == pytest.approx(normalized_mutual_info_score(y, c))
+        assert _ari(table) == pytest.approx(adjusted_rand_score(y, c))
+    assert _ari(np.diag([3, 4])) == 1.0 and _nmi(np.array([[5]])) == 1.0

@@ -116,6 +116,9 @@ def _open_banks(data: Any) -> list[Any]:
 
 
 # columns a bank exposes as properties, by IndexRows field name
+# Rows of metadata read at a time: a chunk of 64-character sha256 strings as numpy <U64
+# is 256 bytes a row, 16 MB at 65,536 rows.
+_COLUMN_ROWS = 65536
 _BANK_COLUMNS = {
     "path": "paths",
     "engine": "engines",
@@ -208,30 +211,77 @@ class _Source:
             return np.asarray(names, dtype=object)
         return np.full(len(b), str(b.name), dtype=object)
 
+    def iter_columns(
+        self, names: Sequence[str], *, chunk_rows: int = _COLUMN_ROWS
+    ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Row columns in row order, ``chunk_rows`` at a time, over every bank (and every
+        partition of a bank): ``(start, stop, {name: (stop - start,) array})``.
+
+        ``names`` are bank columns (``path``, ``engine``, ``label``, ``split``, ``sha256``,
+        ``group``...) or ``bank_id``. Memory is one chunk of each column, never a whole one,
+        so this is what the analyses that must scale to 10^7 rows read metadata with.
+        """
+        if self._rows is not None or self.array is not None:
+            for start in range(0, len(self), chunk_rows):
+                stop = min(start + chunk_rows, len(self))
+                yield start, stop, {n: self._row_field(n)[start:stop] for n in names}
+            return
+        stored = [n for n in names if n != "bank_id"]  # the bank's own column names
+        for i, (off, bank) in enumerate(zip(self.offsets[:-1], self.banks, strict=False)):
+            for start, stop, out in bank.iter_columns(stored, chunk_rows=chunk_rows):
+                if "bank_id" in names:
+                    out["bank_id"] = np.full(stop - start, i, dtype=np.int32)
+                yield int(off + start), int(off + stop), out
+
+    def _row_field(self, name: str) -> np.ndarray:
+        return self.rows.bank_id if name == "bank_id" else getattr(self.rows, name)
+
+    def take(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Columns ``names`` (and ``bank``, the bank's name) of the given global rows only.
+
+        Only the bank chunks that hold those rows are read (``FeatureBank.select`` +
+        ``iter_columns``). Returns ``{name: (len(rows),) array}`` in the order of ``rows``.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._rows is not None or self.array is not None:
+            return {n: np.asarray(self._row_field(n))[rows] for n in (*names, "bank")}
+        out = {n: np.empty(len(rows), dtype=object) for n in (*names, "bank")}
+        bank_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for b in np.unique(bank_of):
+            sel = np.flatnonzero(bank_of == b)
+            local = rows[sel] - self.offsets[b]
+            order = np.argsort(local, kind="stable")
+            subset = self.banks[b].select(rows=local[order])
+            pos = sel[order]
+            for start, stop, cols in subset.iter_columns(names, chunk_rows=_COLUMN_ROWS):
+                for n in names:
+                    out[n][pos[start:stop]] = cols[n]
+            names_of = getattr(subset, "bank_names", None)
+            out["bank"][pos] = (
+                names_of if names_of is not None else np.full(len(pos), str(self.banks[b].name))
+            )
+        return out
+
     def codes(self, name: str) -> tuple[np.ndarray, list[str]]:
         """One metadata column as ``(codes, vocabulary)``: ``vocabulary[codes[i]]`` is row i's.
 
-        Read bank by bank, so only one bank's strings are alive at a time; codes are the
-        smallest integer type that fits (a byte a row for engines and splits).
-        ``name`` is ``"engine"``, ``"split"``, ``"label"`` or ``"bank_id"``.
+        Read chunk by chunk (``iter_columns``), so only one chunk of strings is alive at a
+        time; codes are the smallest integer type that fits (a byte a row for engines and
+        splits). ``name`` is ``"engine"``, ``"split"``, ``"label"`` or ``"bank_id"``.
         """
-        if self._rows is not None or self.array is not None:
-            values = self.rows.bank_id if name == "bank_id" else getattr(self.rows, name)
-            vocab, inv = np.unique(np.asarray(values).astype(str), return_inverse=True)
-            return _small(inv), [str(v) for v in vocab]
-        if name == "bank_id":
-            return _small(np.repeat(np.arange(len(self.banks)), np.diff(self.offsets))), [
-                str(i) for i in range(len(self.banks))
-            ]
-        vocab: dict[str, int] = {}
-        parts = []
-        for b in self.banks:
-            values = np.asarray(getattr(b, _BANK_COLUMNS[name])).astype(str)
-            local, inv = np.unique(values, return_inverse=True)
-            remap = np.array([vocab.setdefault(str(v), len(vocab)) for v in local], np.int64)
-            parts.append(remap[inv])
-            del values
-        return _small(np.concatenate(parts)), list(vocab)
+        codes, vocabs = self.encode([name])
+        return codes[name], vocabs[name]
+
+    def encode(
+        self, names: Sequence[str], *, chunk_rows: int = _COLUMN_ROWS
+    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """Several columns as codes and vocabularies in ONE streamed pass (see :meth:`codes`)."""
+        coders = {name: Encoder(len(self), numeric=name == "bank_id") for name in names}
+        for start, stop, cols in self.iter_columns(names, chunk_rows=chunk_rows):
+            for name in names:
+                coders[name].add(start, stop, cols[name])
+        done = {name: coders[name].finish() for name in names}
+        return {k: v[0] for k, v in done.items()}, {k: v[1] for k, v in done.items()}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -281,6 +331,31 @@ class _Source:
             X = self.banks[b].load_features(rows=local[order], dtype=np.float32)
             out[sel[order]] = X
         return out
+
+
+class Encoder:
+    """Strings of ``n`` rows, given chunk by chunk, as small integer codes + a vocabulary.
+
+    ``finish()`` returns ``(codes, vocabulary)`` with the vocabulary sorted as
+    ``np.unique`` sorts it (numerically with ``numeric``), codes the smallest int type.
+    """
+
+    def __init__(self, n: int, *, numeric: bool = False) -> None:
+        self.codes = np.zeros(n, dtype=np.int32)
+        self.seen: dict[str, int] = {}
+        self.numeric = numeric
+
+    def add(self, start: int, stop: int, values: np.ndarray) -> None:
+        local, inv = np.unique(np.asarray(values).astype(str), return_inverse=True)
+        remap = np.array([self.seen.setdefault(str(v), len(self.seen)) for v in local], np.int32)
+        self.codes[start:stop] = remap[inv.reshape(-1)]
+
+    def finish(self) -> tuple[np.ndarray, list[str]]:
+        words = sorted(self.seen, key=lambda w: (int(w) if self.numeric else 0, w))
+        order = np.zeros(max(len(words), 1), dtype=np.int32)
+        for new, w in enumerate(words):
+            order[self.seen[w]] = new
+        return _small(order[self.codes]), words
 
 
 def _small(codes: np.ndarray) -> np.ndarray:

@@ -23,8 +23,9 @@ import numpy as np
 from facebank.embed._types import BanksLike
 from facebank.embed.runs import markdown_table, start_run, write_json
 
+from ._scan import NeighbourScan
 from ._source import sample_rows
-from .index import DEFAULT_CHUNK_ROWS, NeighbourIndex
+from .index import DEFAULT_CHUNK_ROWS
 
 __all__ = ["ClusterResult", "engine_clusters"]
 
@@ -206,71 +207,66 @@ def engine_clusters(
         A :class:`ClusterResult`.
     """
     import faiss
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+    from sklearn.metrics import silhouette_score
 
-    index = (
-        banks
-        if isinstance(banks, NeighbourIndex)
-        else NeighbourIndex(
-            banks,
-            factory=factory,
-            metric=metric,
-            device=device,
-            nprobe=nprobe,
-            ef_search=ef_search,
-            chunk_rows=chunk_rows,
-            seed=seed,
-            progress=progress,
-        )
+    scan = NeighbourScan(
+        banks,
+        columns=["engine"],
+        factory=factory,
+        metric=metric,
+        device=device,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        chunk_rows=chunk_rows,
+        seed=seed,
+        progress=progress,
     )
+    index = scan.index
     rng = np.random.default_rng(seed)
-    codes, vocab = index._source.codes("engine")
+    codes, vocab = scan.codes["engine"], scan.vocab["engine"]
     names = sorted(vocab, key=lambda e: (e != "real", e))  # real first
     remap = np.array([names.index(v) for v in vocab], dtype=np.int64)
-    y = remap[codes].astype(codes.dtype)
+    y = remap[codes].astype(codes.dtype)  # the one per-row array: a byte a row
     del codes
     n, E = len(y), len(names)
 
-    # one pass over the self-search: purity per row and the confusion counts
-    same = np.empty(n, dtype=np.float32)
+    # one pass over the self-search: per-engine purity and the confusion counts
+    purity = _PurityStats(E, keep_values=n <= _BOOTSTRAP_MAX)
     counts = np.zeros((E, E), dtype=np.int64)
     k = index._check_k(k, exclude_self=True)
-    for start, stop, _, I in index.iter_self_knn(k):
+    for start, stop, _, I in scan.neighbours(k):
         valid = I >= 0
         nb = np.where(valid, y[np.clip(I, 0, None)], -1)
         own = y[start:stop, None]
-        same[start:stop] = (nb == own).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        same = (nb == own).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        purity.add(y[start:stop], same)
         np.add.at(counts, (np.broadcast_to(own, nb.shape)[valid], nb[valid]), 1)
     confusion = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
 
     per_engine = []
-    engine_values = []
     for e, name in enumerate(names):
-        vals = same[y == e]
-        lo, hi = _bootstrap_mean(vals, n_boot=n_boot, rng=rng)
+        lo, hi = purity.interval(e, n_boot=n_boot, rng=rng)
         per_engine.append(
             {
                 "engine": name,
-                "n": int(len(vals)),
-                "purity": float(vals.mean()),
+                "n": purity.count(e),
+                "purity": purity.mean(e),
                 "lo": lo,
                 "hi": hi,
-                "chance": (len(vals) - 1) / max(n - 1, 1),
+                "chance": (purity.count(e) - 1) / max(n - 1, 1),
             }
         )
-        engine_values.append(vals)
-    micro_lo, micro_hi = _bootstrap_mean(same, n_boot=n_boot, rng=rng)
-    macro = float(np.mean([v.mean() for v in engine_values]))
-    macro_lo, macro_hi = _macro_interval(engine_values, macro, n_boot=n_boot, rng=rng)
+    micro_lo, micro_hi = purity.interval(None, n_boot=n_boot, rng=rng)
+    macro = float(np.mean([purity.mean(e) for e in range(E)]))
+    macro_lo, macro_hi = purity.macro_interval(macro, n_boot=n_boot, rng=rng)
     overall = {
-        "micro": float(same.mean()),
+        "micro": purity.mean(None),
         "micro_lo": micro_lo,
         "micro_hi": micro_hi,
         "macro": macro,
         "macro_lo": macro_lo,
         "macro_hi": macro_hi,
     }
-    del engine_values
 
     silhouette, sil_n = None, 0
     if 2 <= E < n:
@@ -297,15 +293,12 @@ def engine_clusters(
         )
         kmeans.train(Xk)
         del Xk
-        assign = np.empty(n, dtype=np.int64)
+        # engine x cluster counts, filled chunk by chunk: NMI and ARI are functions of it
+        table = np.zeros((E, n_clusters), dtype=np.int64)
         for start, stop, X in index._prepared_chunks("k-means"):
             _, a = kmeans.index.search(X, 1)
-            assign[start:stop] = a[:, 0]
-        km.update(
-            nmi=float(normalized_mutual_info_score(y, assign)),
-            ari=float(adjusted_rand_score(y, assign)),
-            train_rows=int(len(sub)),
-        )
+            np.add.at(table, (y[start:stop], a[:, 0]), 1)
+        km.update(nmi=_nmi(table), ari=_ari(table), train_rows=int(len(sub)))
 
     result = ClusterResult(
         engines=names,
@@ -335,22 +328,114 @@ def engine_clusters(
     return result
 
 
-def _macro_interval(
-    values: list[np.ndarray], macro: float, *, n_boot: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """95% interval of the mean over engines of each engine's mean purity: images resampled
-    within each engine (bootstrap), or the normal interval for large engines."""
-    if n_boot <= 0:
-        return (math.nan, math.nan)
-    if sum(len(v) for v in values) > _BOOTSTRAP_MAX:
-        var = sum(float(v.var(ddof=1)) / len(v) if len(v) > 1 else 0.0 for v in values)
-        se = math.sqrt(var) / len(values)
-        return macro - 1.959964 * se, macro + 1.959964 * se
-    boot = np.mean(
-        [
-            [v[rng.integers(0, len(v), len(v))].mean() for v in values]
-            for _ in range(min(n_boot, 200))
-        ],
-        axis=1,
-    )
-    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+class _PurityStats:
+    """Per-engine purity values folded in chunk by chunk.
+
+    Up to ``_BOOTSTRAP_MAX`` rows the values are kept (4 bytes a row, 800 KB at most) for
+    the bootstrap; above it only each engine's count, sum and sum of squares are, and the
+    intervals are the normal intervals of the means - memory independent of the rows.
+    """
+
+    def __init__(self, n_engines: int, *, keep_values: bool) -> None:
+        self.n = np.zeros(n_engines, dtype=np.int64)
+        self.sum = np.zeros(n_engines)
+        self.sq = np.zeros(n_engines)
+        self.values: list[list[np.ndarray]] | None = (
+            [[] for _ in range(n_engines)] if keep_values else None
+        )
+
+    def add(self, engines: np.ndarray, values: np.ndarray) -> None:
+        E = len(self.n)
+        self.n += np.bincount(engines, minlength=E)
+        self.sum += np.bincount(engines, weights=values, minlength=E)
+        self.sq += np.bincount(engines, weights=values * values, minlength=E)
+        if self.values is not None:
+            for e in np.unique(engines):
+                self.values[int(e)].append(values[engines == e].astype(np.float32))
+
+    def _values(self, e: int | None) -> np.ndarray:
+        assert self.values is not None
+        parts = [v for vs in self.values for v in vs] if e is None else self.values[e]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def count(self, e: int | None) -> int:
+        return int(self.n.sum() if e is None else self.n[e])
+
+    def mean(self, e: int | None) -> float:
+        m = self.count(e)
+        total = float(self.sum.sum() if e is None else self.sum[e])
+        return total / m if m else math.nan
+
+    def _var(self, e: int | None) -> float:
+        """Sample variance (ddof=1) from the sums."""
+        m = self.count(e)
+        if m < 2:
+            return 0.0
+        sq = float(self.sq.sum() if e is None else self.sq[e])
+        return max(sq - m * self.mean(e) ** 2, 0.0) / (m - 1)
+
+    def interval(
+        self, e: int | None, *, n_boot: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
+        """95% interval of the mean purity of engine ``e`` (``None``: all rows)."""
+        if self.values is not None:
+            return _bootstrap_mean(self._values(e), n_boot=n_boot, rng=rng)
+        m = self.count(e)
+        if m == 0 or n_boot <= 0:
+            return (math.nan, math.nan)
+        se = math.sqrt(self._var(e) / m)
+        return self.mean(e) - 1.959964 * se, self.mean(e) + 1.959964 * se
+
+    def macro_interval(
+        self, macro: float, *, n_boot: int, rng: np.random.Generator
+    ) -> tuple[float, float]:
+        """95% interval of the mean over engines of each engine's mean purity: images
+        resampled within each engine (bootstrap), or the normal interval for large banks."""
+        if n_boot <= 0:
+            return (math.nan, math.nan)
+        E = len(self.n)
+        if self.values is None:
+            var = sum(self._var(e) / self.count(e) for e in range(E) if self.count(e) > 1)
+            se = math.sqrt(var) / E
+            return macro - 1.959964 * se, macro + 1.959964 * se
+        values = [self._values(e) for e in range(E)]
+        boot = np.mean(
+            [
+                [v[rng.integers(0, len(v), len(v))].mean() for v in values]
+                for _ in range(min(n_boot, 200))
+            ],
+            axis=1,
+        )
+        return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _nmi(table: np.ndarray) -> float:
+    """Normalised mutual information (arithmetic mean of the entropies, sklearn's default)
+    of the two labelings counted in ``table`` (true x predicted)."""
+    from sklearn.metrics import mutual_info_score
+
+    h_true, h_pred = _entropy(table.sum(axis=1)), _entropy(table.sum(axis=0))
+    if h_true == 0 and h_pred == 0:  # one class and one cluster: identical labelings
+        return 1.0
+    mi = float(mutual_info_score(None, None, contingency=table))
+    return mi / max((h_true + h_pred) / 2, np.finfo(float).eps)
+
+
+def _ari(table: np.ndarray) -> float:
+    """Adjusted Rand index from the contingency table (sklearn's pair-confusion formula,
+    in Python integers: at 10^7 rows the products overflow int64)."""
+    n = int(table.sum())
+    sum_sq = int((table.astype(object) ** 2).sum())
+    rows, cols = table.sum(axis=1).astype(object), table.sum(axis=0).astype(object)
+    tp = sum_sq - n
+    fp = int((table.astype(object) @ cols).sum()) - sum_sq
+    fn = int((table.T.astype(object) @ rows).sum()) - sum_sq
+    tn = n * n - fp - fn - sum_sq
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))

@@ -31,7 +31,9 @@ from facebank.embed._types import BanksLike
 from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
-from .index import DEFAULT_CHUNK_ROWS, NeighbourIndex
+from ._scan import NeighbourScan
+from ._source import Encoder
+from .index import DEFAULT_CHUNK_ROWS
 
 __all__ = ["LeakResult", "find_leaks", "read_run_splits"]
 
@@ -239,50 +241,57 @@ def find_leaks(
         raise DataError(
             f"threshold={threshold} is not a cosine similarity; use a value in [-1, 1], e.g. 0.95"
         )
-    index = (
-        banks
-        if isinstance(banks, NeighbourIndex)
-        else NeighbourIndex(
-            banks,
-            factory=factory,
-            metric="cosine",
-            device=device,
-            nprobe=nprobe,
-            ef_search=ef_search,
-            chunk_rows=chunk_rows,
-            progress=progress,
-        )
+    table = read_run_splits(splits) if splits is not None else None  # bad folder: fail first
+    scan = NeighbourScan(
+        banks,
+        columns=["bank_id"] if splits is not None else ["bank_id", "split"],
+        factory=factory,
+        metric="cosine",
+        device=device,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        chunk_rows=chunk_rows,
+        progress=progress,
     )
+    index, source = scan.index, scan.source
     if index.metric != "cosine":
         raise DataError("find_leaks needs a cosine index (metric='cosine')")
-    source = index._source
     n = len(source)
-    hashes = _sha_prefixes(source)  # (n,) uint64, 0 where a row has no content hash
-    split_code, split_vocab, group_code, group_vocab, split_source = _row_splits(source, splits)
-    bank_code, _ = source.codes("bank_id")
+    # one streamed pass over sha256: 8-byte prefixes (0 = no content hash) and, with a
+    # run folder, each row's split and group from its splits.csv
+    hashes, split_code, split_vocab, group_code, group_vocab, split_source = _hash_pass(
+        scan, table, splits
+    )
+    bank_code = scan.codes["bank_id"]
     has_split = np.array([s != "" for s in split_vocab])[split_code]
     split_checked = bool(has_split.any())
     # a leak joins two rows of different "sides" (bank, split)
-    side = bank_code.astype(np.int64) * (len(split_vocab) + 1) + split_code
+    side = (bank_code.astype(np.int32) * (len(split_vocab) + 1) + split_code).astype(np.int32)
 
-    found: dict[tuple[int, int], tuple[str, float]] = {}
+    # candidate pairs as compact arrays (20 bytes each), deduplicated once at the end
+    found_a, found_b, found_s = [], [], []
     k = min(int(k), n - 1) if n > 1 else 0
     if k >= 1:
-        for start, _stop, D, I in index.iter_self_knn(k):
+        for start, _stop, D, I in scan.neighbours(k):
             qi, kj = np.nonzero((D >= threshold) & (I >= 0))
             a, b, sims = qi + start, I[qi, kj], D[qi, kj]
             cross = side[a] != side[b]
-            for x, y, s in zip(a[cross], b[cross], sims[cross], strict=False):
-                key = (int(min(x, y)), int(max(x, y)))
-                found[key] = ("near", max(float(s), found.get(key, ("", -2.0))[1]))
+            found_a.append(np.minimum(a, b)[cross])
+            found_b.append(np.maximum(a, b)[cross])
+            found_s.append(sims[cross].astype(np.float32))
+    near = _unique_pairs(found_a, found_b, found_s)
+    del found_a, found_b, found_s
 
+    found: dict[tuple[int, int], tuple[str, float]] = {
+        (int(x), int(y)): ("near", float(v)) for x, y, v in zip(*near, strict=True)
+    }
     exact = _exact_pairs(source, hashes, side)
     if exact:
         ea = np.array([p[0] for p in exact])
         eb = np.array([p[1] for p in exact])
         Xa, Xb = index._prepare(index.load_rows(ea)), index._prepare(index.load_rows(eb))
-        for x, y, s in zip(ea, eb, (Xa * Xb).sum(axis=1), strict=False):
-            found[(int(x), int(y))] = ("exact", float(s))
+        for x, y, v in zip(ea, eb, (Xa * Xb).sum(axis=1), strict=False):
+            found[(int(x), int(y))] = ("exact", float(v))
 
     pairs = _describe(source, sorted(found.items()), split_code, split_vocab)
     tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -320,39 +329,28 @@ def find_leaks(
     return result
 
 
-def _sha_prefixes(source: Any) -> np.ndarray:
-    """Each row's sha256 as its first 8 bytes (uint64), 0 where the row has no content hash
-    (synthetic banks carry row ids there). Read bank by bank."""
-    parts = []
-    for values in _iter_column(source, "sha256"):
-        out = np.zeros(len(values), dtype=np.uint64)
-        for i, h in enumerate(values):
-            h = str(h)
-            if len(h) == 64 and _SHA256.fullmatch(h):
-                out[i] = int(h[:16], 16) or 1
-        parts.append(out)
-    return np.concatenate(parts)
+def _unique_pairs(
+    a: list[np.ndarray], b: list[np.ndarray], s: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs found from both sides once each, with the higher similarity, sorted by rows."""
+    if not a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    A, B, S = np.concatenate(a), np.concatenate(b), np.concatenate(s)
+    order = np.lexsort((-S, B, A))  # by row a, row b, then highest similarity first
+    A, B, S = A[order], B[order], S[order]
+    first = np.ones(len(A), dtype=bool)
+    first[1:] = (A[1:] != A[:-1]) | (B[1:] != B[:-1])
+    return A[first], B[first], S[first]
 
 
-def _iter_column(source: Any, name: str):
-    if source.array is not None or source._rows is not None:
-        yield np.asarray(getattr(source.rows, name))
-        return
-    attr = {"sha256": "sha256", "path": "paths", "group": "groups"}[name]
-    for b in source.banks:
-        yield np.asarray(getattr(b, attr))
-
-
-def _full_hashes(source: Any, rows: np.ndarray) -> dict[int, str]:
-    """The full sha256 of the given rows (read from their banks only)."""
-    out: dict[int, str] = {}
-    if source.array is not None or source._rows is not None:
-        return {int(r): str(source.rows.sha256[r]).lower() for r in rows}
-    bank_of = np.searchsorted(source.offsets, rows, side="right") - 1
-    for b in np.unique(bank_of):
-        values = np.asarray(source.banks[b].sha256)
-        for r in rows[bank_of == b]:
-            out[int(r)] = str(values[r - source.offsets[b]]).lower()
+def _sha_prefix(values: np.ndarray) -> np.ndarray:
+    """Each sha256 as its first 8 bytes (uint64), 0 where a value is not a content hash
+    (synthetic banks carry row ids there)."""
+    out = np.zeros(len(values), dtype=np.uint64)
+    for i, h in enumerate(values):
+        h = str(h)
+        if len(h) == 64 and _SHA256.fullmatch(h):
+            out[i] = int(h[:16], 16) or 1
     return out
 
 
@@ -368,10 +366,11 @@ def _exact_pairs(source: Any, hashes: np.ndarray, side: np.ndarray) -> list[tupl
     cand = order[dup]
     if not len(cand):
         return []
-    full = _full_hashes(source, cand)  # a shared 8-byte prefix is confirmed on all 32 bytes
+    cand = np.sort(cand)
+    full = source.take(cand, ["sha256"])["sha256"]  # a shared prefix confirmed on all 32 bytes
     by_sha: dict[str, list[int]] = defaultdict(list)
-    for r in sorted(full):
-        by_sha[full[r]].append(r)
+    for r, h in zip(cand, full, strict=True):
+        by_sha[str(h).lower()].append(int(r))
     pairs = []
     for members in by_sha.values():
         for ai in range(len(members)):
@@ -382,39 +381,48 @@ def _exact_pairs(source: Any, hashes: np.ndarray, side: np.ndarray) -> list[tupl
     return pairs
 
 
-def _row_splits(
-    source: Any, run: str | Path | None
-) -> tuple[np.ndarray, list[str], np.ndarray | None, list[str], str]:
-    """``(split_code, split_vocab, group_code, group_vocab, split_source)``; ``""`` in a
-    vocabulary means no split / no group; ``group_code`` is ``None`` without groups."""
-    if run is None:
-        split_code, split_vocab = source.codes("split")
+def _hash_pass(
+    scan: NeighbourScan, table: dict[str, dict[str, str]] | None, run: str | Path | None
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, list[str], str]:
+    """``(hashes, split_code, split_vocab, group_code, group_vocab, split_source)`` from one
+    streamed pass over the sha256 column; ``""`` in a vocabulary means no split / no group;
+    ``group_code`` is ``None`` without groups."""
+    source = scan.source
+    n = len(source)
+    has_groups = table is not None and any(v["group"] for v in table.values())
+    # the banks' own group column (a manifest's) when the run's splits.csv has none
+    bank_groups = (
+        not has_groups
+        and source.array is None
+        and all(getattr(b, "groups", None) is not None for b in source.banks)
+    )
+    names = ["sha256", "group"] if bank_groups else ["sha256"]
+    hashes = np.zeros(n, dtype=np.uint64)
+    splits_of, groups_of = Encoder(n), Encoder(n)
+    for start, stop, cols in source.iter_columns(names):
+        values = cols["sha256"]
+        hashes[start:stop] = _sha_prefix(values)
+        if table is not None:
+            got = [table.get(str(h).lower()) for h in values]
+            splits_of.add(start, stop, np.array([g["split"] if g else "" for g in got]))
+            if has_groups:
+                groups_of.add(start, stop, np.array([g["group"] if g else "" for g in got]))
+        if bank_groups:
+            groups_of.add(start, stop, cols["group"])
+    group_code, group_vocab = groups_of.finish() if has_groups or bank_groups else (None, [])
+    if group_code is not None and not any(group_vocab):  # no row has a group
         group_code, group_vocab = None, []
-        if source.array is None and all(
-            getattr(b, "groups", None) is not None for b in source.banks
-        ):
-            group_code, group_vocab = _encode(
-                np.concatenate([np.asarray(v).astype(str) for v in _iter_column(source, "group")])
-            )
-        return split_code, split_vocab, group_code, group_vocab, "bank"
-    table = read_run_splits(run)
-    has_groups = any(v["group"] for v in table.values())
-    split_parts, group_parts = [], []
-    for values in _iter_column(source, "sha256"):
-        got = [table.get(str(h).lower()) for h in values]
-        split_parts.append(np.array([g["split"] if g else "" for g in got], dtype=object))
-        if has_groups:
-            group_parts.append(np.array([g["group"] if g else "" for g in got], dtype=object))
-    split_code, split_vocab = _encode(np.concatenate(split_parts).astype(str))
-    group_code, group_vocab = (None, [])
-    if has_groups:
-        group_code, group_vocab = _encode(np.concatenate(group_parts).astype(str))
-    return split_code, split_vocab, group_code, group_vocab, str(Path(run) / "splits.csv")
-
-
-def _encode(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    vocab, inv = np.unique(values, return_inverse=True)
-    return inv.astype(np.int32), [str(v) for v in vocab]
+    if table is None:
+        return (
+            hashes,
+            scan.codes["split"],
+            scan.vocab["split"],
+            group_code,
+            group_vocab,
+            "bank",
+        )
+    split_code, split_vocab = splits_of.finish()
+    return hashes, split_code, split_vocab, group_code, group_vocab, str(Path(run) / "splits.csv")
 
 
 def _straddling_groups(
@@ -449,8 +457,16 @@ def _describe(
     split_vocab: list[str],
 ) -> list[dict[str, Any]]:
     """Pair dicts with both rows' bank, split, engine and path (read for those rows only)."""
-    rows = sorted({r for (x, y), _ in items for r in (x, y)})
-    meta = _row_meta(source, np.asarray(rows, dtype=np.int64))
+    rows = np.array(sorted({r for (x, y), _ in items for r in (x, y)}), dtype=np.int64)
+    got = source.take(rows, ["engine", "path"]) if len(rows) else {}
+    meta = {
+        int(r): {
+            "bank": str(got["bank"][i]),
+            "engine": str(got["engine"][i]),
+            "path": str(got["path"][i]),
+        }
+        for i, r in enumerate(rows)
+    }
     pairs = []
     for (x, y), (kind, s) in items:
         pairs.append(
@@ -470,28 +486,3 @@ def _describe(
             }
         )
     return pairs
-
-
-def _row_meta(source: Any, rows: np.ndarray) -> dict[int, dict[str, str]]:
-    if not len(rows):
-        return {}
-    if source.array is not None or source._rows is not None:
-        r = source.rows
-        return {
-            int(i): {"bank": str(r.bank[i]), "engine": str(r.engine[i]), "path": str(r.path[i])}
-            for i in rows
-        }
-    out: dict[int, dict[str, str]] = {}
-    bank_of = np.searchsorted(source.offsets, rows, side="right") - 1
-    for b in np.unique(bank_of):
-        bank = source.banks[b]
-        local = rows[bank_of == b] - source.offsets[b]
-        engines, paths = np.asarray(bank.engines), np.asarray(bank.paths)
-        names = source._bank_names(int(b))
-        for g, li in zip(rows[bank_of == b], local, strict=True):
-            out[int(g)] = {
-                "bank": str(names[li]),
-                "engine": str(engines[li]),
-                "path": str(paths[li]),
-            }
-    return out
