@@ -8,12 +8,22 @@ from typing import Annotated
 
 import typer
 
-from ._common import show_progress, split_list
+from ._common import (
+    StorageOptionsOption,
+    parse_storage_options,
+    show_progress,
+    split_list,
+)
 
 
 class _Engine(str, Enum):
     local = "local"
     ray = "ray"
+
+
+class _Format(str, Enum):
+    parquet = "parquet"
+    csv = "csv"
 
 
 def score_cmd(
@@ -25,13 +35,20 @@ def score_cmd(
         ),
     ],
     head: Annotated[
-        Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")
+        str,
+        typer.Option(
+            "--head",
+            help="Run folder of a trained head (facebank train --out); local or an fsspec URL "
+            "such as s3://bucket/runs/linear.",
+        ),
     ],
     out: Annotated[
         str,
         typer.Option(
             "--out",
-            help="CSV to write (path,score,decision,probability,verdict,...); '-' = stdout.",
+            help="CSV to write (path,score,decision,probability,verdict,...); '-' = stdout. "
+            "With --engine ray: a folder (local or URL) of partitions "
+            "scores/part-NNNNN.parquet (or .csv), resumable.",
         ),
     ] = "-",
     views: Annotated[
@@ -76,6 +93,20 @@ def score_cmd(
             "local one.",
         ),
     ] = None,
+    format_: Annotated[
+        _Format,
+        typer.Option("--format", help="With --engine ray and --out DIR: partition file format."),
+    ] = _Format.parquet,
+    partition_rows: Annotated[
+        int,
+        typer.Option(
+            "--partition-rows",
+            min=1,
+            help="With --engine ray and --out DIR: images per partition (unit of commit and "
+            "resume).",
+        ),
+    ] = 16384,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Score banks or images: raw score (higher = AI), calibrated probability, decision, verdict.
 
@@ -92,6 +123,12 @@ def score_cmd(
         "batch_size": batch_size,
         "progress": show_progress(),
     }
+    if engine is _Engine.ray and out != "-":
+        _score_partitioned(
+            head, common, fmt=format_.value, partition_rows=partition_rows, address=address,
+            storage_options=parse_storage_options(storage_options),
+        )  # fmt: skip
+        return
     if engine is _Engine.ray:
         from facebank.embed.ray_engine import RayOptions
         from facebank.heads.ray_scoring import score_images_ray
@@ -129,4 +166,45 @@ def score_cmd(
             "check the failures above",
             err=True,
         )
+        raise typer.Exit(1)
+
+
+def _score_partitioned(
+    head: str,
+    common: dict,
+    *,
+    fmt: str,
+    partition_rows: int,
+    address: str | None,
+    storage_options: dict | None,
+) -> None:
+    """``--engine ray --out DIR``: partitions under DIR, then one summary line."""
+    from facebank.embed.ray_engine import RayOptions
+    from facebank.heads.ray_scoring import score_partitioned
+
+    res = score_partitioned(
+        head,
+        common["inputs"],
+        out=common["out"],
+        fmt=fmt,
+        partition_rows=partition_rows,
+        views=common["views"],
+        prevalence=common["prevalence"],
+        weights=common["weights"],
+        batch_size=common["batch_size"],
+        progress=common["progress"],
+        ray_options=RayOptions(address=address),
+        storage_options=storage_options,
+    )
+    for path, reason in res.failures:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    verdict = ", ".join(f"{res.verdicts.get(v, 0)} {v}" for v in ("ai", "real", "unsure"))
+    typer.echo(
+        f"scored {res.n_scored}: {verdict} (threshold {res.threshold:.4g}, chosen on val "
+        f"reals); {len(res.failures)} failed; {len(res.files)} partitions in {res.out} "
+        f"({res.written} written now, {res.skipped} committed before)",
+        err=True,
+    )
+    if res.n_scored == 0:
+        typer.echo("error: nothing could be scored; check the failures above", err=True)
         raise typer.Exit(1)

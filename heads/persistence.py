@@ -13,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save_file
 
+from facebank.embed._store import redact
 from facebank.embed._types import PathLike
 from facebank.embed.compat import require_same_backbone
-from facebank.embed.errors import HeadError, UnknownNameError
+from facebank.embed.errors import FacebankError, HeadError, UnknownNameError
 from facebank.embed.images import sha256_file
 from facebank.embed.runs import to_jsonable
 
@@ -98,64 +101,110 @@ def save_head(
     return path
 
 
-def load_head(path: PathLike) -> BaseHead:
+def load_head(path: PathLike, *, storage_options: Mapping[str, Any] | None = None) -> BaseHead:
     """Load a head saved by :func:`save_head` (or a ``facebank train`` run folder).
+
+    Args:
+        path: the head directory or run folder; local, or an fsspec URL
+            (``s3://bucket/runs/linear``), read with ``storage_options`` (never recorded).
 
     Raises:
         HeadError: missing directory/file, unreadable or modified ``head.json``, weights
-            whose sha256 does not match, or arrays that do not fit the head.
+            whose sha256 does not match, or arrays that do not fit the head; an
+            unreachable store (one line, before anything is read).
     """
-    path = Path(path)
     fix = "re-train it with `facebank train` or point --head at a run folder that holds head.json"
-    if not path.is_dir():
-        raise HeadError(f"head directory {str(path)!r} does not exist; {fix}")
-    jpath = path / _JSON
-    if not jpath.is_file():
-        raise HeadError(f"{str(jpath)!r} is missing, so {str(path)!r} is not a saved head; {fix}")
+    files = _HeadFiles(path, storage_options=storage_options, fix=fix)
+    jpath = files.show(_JSON)
     try:
-        doc = json.loads(jpath.read_text())
+        raw = files.read(_JSON)
+    except FileNotFoundError:
+        raise HeadError(
+            f"{jpath!r} is missing, so {files.shown!r} is not a saved head; {fix}"
+        ) from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HeadError(
-            f"{str(jpath)!r} is not valid JSON ({exc}); the head was damaged - {fix}"
+            f"{jpath!r} is not valid JSON ({exc}); the head was damaged - {fix}"
         ) from None
     if not isinstance(doc, dict) or doc.get("facebank_head") != HEAD_FORMAT:
-        raise HeadError(f"{str(jpath)!r} is not a facebank head (format {HEAD_FORMAT}); {fix}")
+        raise HeadError(f"{jpath!r} is not a facebank head (format {HEAD_FORMAT}); {fix}")
     stored = doc.pop("json_sha256", None)
     if stored != _canonical(doc):
         raise HeadError(
-            f"{str(jpath)!r} was modified after it was saved (json_sha256 does not match); "
+            f"{jpath!r} was modified after it was saved (json_sha256 does not match); "
             f"restore the original or {fix}"
         )
-    wpath = path / str(doc.get("weights_file", _WEIGHTS))
-    if not wpath.is_file():
-        raise HeadError(f"{str(wpath)!r} is missing from the head directory; {fix}")
-    if sha256_file(wpath) != doc.get("weights_sha256"):
+    wname = str(doc.get("weights_file", _WEIGHTS))
+    wpath = files.show(wname)
+    try:
+        wbytes = files.read(wname)
+    except FileNotFoundError:
+        raise HeadError(f"{wpath!r} is missing from the head directory; {fix}") from None
+    if hashlib.sha256(wbytes).hexdigest() != doc.get("weights_sha256"):
         raise HeadError(
-            f"{str(wpath)!r} does not match the sha256 recorded in head.json (tampered or "
+            f"{wpath!r} does not match the sha256 recorded in head.json (tampered or "
             f"truncated); restore the original or {fix}"
         )
     try:
-        tensors = load_file(str(wpath))
+        tensors = load_safetensors(wbytes)
         head = create_head(doc["name"], **_params_from_json(doc["params"]))
         head.n_features_in_ = int(doc["n_features_in"])
         head.classes_ = np.array([0, 1])
         head.n_train_ = doc.get("n_train")  # type: ignore[assignment]  # None in old heads
         head._set_state(tensors, doc.get("state") or {})
     except UnknownNameError as exc:
-        raise HeadError(f"{str(jpath)!r} names a head this facebank does not have: {exc}") from None
+        raise HeadError(f"{jpath!r} names a head this facebank does not have: {exc}") from None
     except (SafetensorError, KeyError, RuntimeError, ValueError, TypeError) as exc:
         if isinstance(exc, HeadError):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HeadError(f"head in {str(path)!r} cannot be rebuilt ({msg}); {fix}") from None
+        raise HeadError(f"head in {files.shown!r} cannot be rebuilt ({msg}); {fix}") from None
     head.threshold_ = float(doc["threshold"])
     head.calibration_ = doc.get("calibration")
     head.score_calibration_ = doc.get("score_calibration")
     head.backbone_ = doc.get("backbone")
     head.bank_digest_ = doc.get("bank_digest")
     head.metrics_ = doc.get("metrics") or {}
-    head.path_ = str(path)
+    head.path_ = files.shown
     return head
+
+
+class _HeadFiles:
+    """The files of a head directory, local or at an fsspec URL (read whole: a few MB)."""
+
+    def __init__(self, path: PathLike, *, storage_options: Mapping[str, Any] | None, fix: str):
+        from facebank.embed._remote import is_url
+        from facebank.embed._store import Location
+
+        self.url = is_url(path)
+        if self.url:
+            try:
+                self.loc = Location(os.fspath(path), storage_options=storage_options)
+                self.loc.check_reachable()
+            except FacebankError as exc:  # the store's own one-line reason
+                raise HeadError(f"head {redact(os.fspath(path))!r}: {exc}") from None
+            self.shown = self.loc.url
+            if not self.loc.exists():
+                raise HeadError(f"head directory {self.shown!r} does not exist; {fix}")
+        else:
+            self.local = Path(path)
+            self.shown = str(self.local)
+            if not self.local.is_dir():
+                raise HeadError(f"head directory {self.shown!r} does not exist; {fix}")
+
+    def show(self, name: str) -> str:
+        return f"{self.shown}/{name}" if self.url else str(self.local / name)
+
+    def read(self, name: str) -> bytes:
+        """Raises FileNotFoundError when the file is absent."""
+        if self.url:
+            return self.loc.read_bytes(name)
+        p = self.local / name
+        if not p.is_file():
+            raise FileNotFoundError(str(p))
+        return p.read_bytes()
 
 
 def _params_from_json(params: dict) -> dict:

@@ -235,3 +235,15 @@ def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
     assert (tmp_path / "ray.csv").read_text().splitlines()[0] == (
         (tmp_path / "local.csv").read_text().splitlines()[0]
     )
+    # partitioned output on the cluster: parquet parts holding the same rows
+    from facebank.heads.ray_scoring import read_scores, score_partitioned
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = score_partitioned(
+            run.run_dir, [src], out=tmp_path / "scores", partition_rows=16, batch_size=4
+        )
+    assert parts.files == [f"scores/part-0000{k}.parquet" for k in range(3)]
+    table = read_scores(tmp_path / "scores")
+    assert table["path"].to_pylist() == local.paths
+    np.testing.assert_allclose(table["score"].to_numpy(), local.scores, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,122 @@
+"""Partitioned score output (``score --engine ray --out DIR``): commit, resume, columns, stores."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facebank.embed import FeatureBank, embed_source, encode_images
+from facebank.embed.errors import DataError
+from facebank.heads.ray_scoring import read_scores, score_partitioned
+from facebank.heads.scoring import score_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A folder of 2 x 7 images, one corrupt file, and a linear head trained on them."""
+    from facebank.heads import train_run
+
+    root = tmp_path_factory.mktemp("score")
+    src = root / "src"
+    rng = np.random.default_rng(0)
+    for engine in ("real", "sdxl"):
+        (src / engine).mkdir(parents=True)
+        for i in range(7):
+            px = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(px).save(src / engine / f"{i:03d}.jpg", quality=85)
+    (src / "sdxl" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        embed_source(src, backbone="tiny-cnn", out=root / "b.zarr", num_workers=0, progress=False)
+        run = train_run(
+            [FeatureBank.open(root / "b.zarr")], head="linear", params={}, out=root / "run",
+            seed=0, fpr=0.05,
+        )  # fmt: skip
+    return src, run.run_dir
+
+
+def _score(head, src, out, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return score_partitioned(head, [src], out=out, encode=encode_images, batch_size=4, **kw)
+
+
+def test_partitions_hold_the_local_csv_rows_and_a_resume_redoes_only_uncommitted(tmp_path, trained):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    src, run = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = score_run(run, inputs=[src], out=tmp_path / "local.csv", batch_size=4)
+    out = tmp_path / "scores"
+    res = _score(run, src, out, partition_rows=4)  # 15 images -> 4 partitions
+    assert res.files == [f"scores/part-0000{k}.parquet" for k in range(4)]
+    assert (res.written, res.skipped, res.n_scored) == (4, 0, 14)
+    assert [p for p, _ in res.failures] == [str(src / "sdxl" / "bad.jpg")]
+    table = read_scores(out)
+    ref = pacsv.read_csv(tmp_path / "local.csv")
+    assert table.column_names == ref.column_names  # the local engine's columns
+    assert table["path"].to_pylist() == local.paths
+    np.testing.assert_allclose(table["score"].to_numpy(), local.scores, rtol=1e-6)
+    assert table["decision"].to_pylist() == local.decisions.tolist()
+    assert table["verdict"].to_pylist() == local.verdicts.tolist()
+    assert str(pq.read_schema(out / res.files[0]).field("decision").type) == "int64"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_scored"] == 14 and sum(summary["verdicts"].values()) == 14
+    # a run killed after partition 2's file but before its marker: only 2 and 3 redone
+    for k in (2, 3):
+        (out / "scores" / "_committed" / f"part-0000{k}.parquet.json").unlink()
+    (out / "scores" / "part-00003.parquet").unlink()
+    again = _score(run, src, out, partition_rows=4)
+    assert (again.written, again.skipped, again.n_scored) == (2, 2, 14)
+    assert read_scores(out)["path"].to_pylist() == local.paths
+    with pytest.raises(DataError, match="another run"):
+        _score(run, src, out, partition_rows=5)
+
+
+def test_csv_partitions_are_the_local_csv_split_in_slices(tmp_path, trained):
+    src, run = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score_run(run, inputs=[src], out=tmp_path / "local.csv", batch_size=4)
+    res = _score(run, src, tmp_path / "scores", partition_rows=8, fmt="csv")
+    lines = (tmp_path / "local.csv").read_text().splitlines()
+    got = [(tmp_path / "scores" / f).read_text().splitlines() for f in res.files]
+    assert all(g[0] == lines[0] for g in got)
+    assert [row for g in got for row in g[1:]] == lines[1:]
+    with pytest.raises(DataError, match="format"):
+        _score(run, src, tmp_path / "x", fmt="json")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        _score(run, src, tmp_path / "busy")
+
+
+@pytest.mark.slow
+def test_head_and_partitioned_scores_on_s3(tmp_path, trained, s3_bucket):
+    import s3fs
+
+    from facebank.heads import load_head
+
+    src, run = trained
+    fs = s3fs.S3FileSystem()
+    fs.put(str(run), f"{s3_bucket}/runs/linear", recursive=True)
+    head = load_head(f"{s3_bucket}/runs/linear")
+    assert head.path_ == f"{s3_bucket}/runs/linear"
+    res = _score(f"{s3_bucket}/runs/linear", src, f"{s3_bucket}/scores", partition_rows=8)
+    assert res.n_scored == 14 and len(res.files) == 2
+    table = read_scores(f"{s3_bucket}/scores")
+    _score(run, src, tmp_path / "ref", partition_rows=8)
+    assert table["path"].to_pylist() == read_scores(tmp_path / "ref")["path"].to_pylist()
+    assert "testing-secret" not in fs.cat_file(f"{s3_bucket}/scores/score.json").decode()
+    from facebank.embed.errors import HeadError
+
+    with pytest.raises(HeadError, match="does not exist"):
+        load_head(f"{s3_bucket}/runs/none")
