@@ -37,6 +37,7 @@ import zarr
 
 from ._store import (
     CORE_COLUMNS,
+    DEFAULT_CHUNK_ROWS,
     FORMAT_VERSION,
     Location,
     Store,
@@ -56,9 +57,39 @@ from .bank import FeatureBank, _row_columns, _write_rows
 from .errors import BankError
 from .metadata import METADATA_SCHEMA
 
-__all__ = ["write_partition", "committed_partitions", "consolidate"]
+__all__ = [
+    "write_partition",
+    "committed_partitions",
+    "consolidate",
+    "auto_shard_rows",
+]
 
 BankLike = FeatureBank | str | os.PathLike
+
+
+def auto_shard_rows(rows: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int | None:
+    """The sharding rule of partitioned banks (``docs/bank-format.md``, "Chunks, shards").
+
+    Pieces of more than ``chunk_rows`` rows (a partition, or one consolidation step
+    of a bank written in such partitions) are stored as one shard per array with
+    ``chunk_rows``-row chunks inside: one object per array and piece, and a reader
+    fetches one chunk of it through the shard index. Smaller pieces stay unsharded
+    (a shard index would be overhead, and a plain chunk is one object already).
+
+    Returns:
+        ``rows`` rounded up to a multiple of ``chunk_rows``, or ``None`` (unsharded).
+    """
+    if rows <= chunk_rows:
+        return None
+    return -(-int(rows) // int(chunk_rows)) * int(chunk_rows)
+
+
+def partition_layout(n: int) -> dict[str, int | None]:
+    """``create_arrays`` chunking of a partition of ``n`` rows: one object per array."""
+    shard = auto_shard_rows(n)
+    if shard is None:
+        return {"chunk_rows": max(n, 1), "shard_rows": None}
+    return {"chunk_rows": DEFAULT_CHUNK_ROWS, "shard_rows": shard}
 
 
 def _location(bank: BankLike, storage_options: Mapping[str, Any] | None) -> Location:
@@ -149,7 +180,7 @@ def write_partition(
         dim=dim,
         dtype=str(feature_meta["data_type"]),
         columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
-        chunk_rows=max(n, 1),  # one object per array: a partition is a few objects
+        **partition_layout(n),  # one object per array: a partition is a few objects
         compression="lz4" if "blosc" in json.dumps(feature_meta.get("codecs")) else "none",
         rows=n,  # its final shape at once: no resize requests
         concurrent=not loc.is_local,

@@ -52,7 +52,7 @@ from .compat import backbone_id
 from .datasets import ImageItem, scan_source
 from .errors import FacebankError
 from .metadata import METADATA_SCHEMA, metadata_columns
-from .partitions import committed_partitions, consolidate, write_partition
+from .partitions import auto_shard_rows, committed_partitions, consolidate, write_partition
 from .runner import (
     BankState,
     EmbedSummary,
@@ -420,6 +420,9 @@ def embed_source_ray(
         bank = open_bank_for(
             out, spec=spec, backbone=backbone, view=vw.name, src=src, source=source,
             dtype=dtype, chunk_rows=chunk_rows, storage_options=storage_options,
+            # large partitions: a sharded bank, so consolidation writes one object per
+            # array and partition (docs/bank-format.md "Chunks, shards and size")
+            shard_rows=auto_shard_rows(opts.partition_rows, chunk_rows),
         )  # fmt: skip
         try:
             with interruptible(bank):

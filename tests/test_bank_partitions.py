@@ -202,3 +202,54 @@ def test_verify_finds_a_path_in_two_partitions(bank, tmp_path):
     write_partition(tmp_path / "p.zarr", 1, features=X, columns=cols)  # the same rows again
     rep = verify_bank(tmp_path / "p.zarr")
     assert not rep.ok and "5 path(s) stored in more than one partition" in rep.problems[0]
+
+
+# ---------------------------------------------------------------- sharding rule and size
+def _disk_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_the_sharding_rule_rounds_large_pieces_up_and_leaves_small_ones_plain():
+    from facebank.embed.partitions import auto_shard_rows
+
+    assert auto_shard_rows(400) is None and auto_shard_rows(8192) is None
+    assert auto_shard_rows(8193) == 16384 and auto_shard_rows(65536) == 65536
+    assert auto_shard_rows(100, chunk_rows=16) == 112
+
+
+def test_a_large_partition_is_one_sharded_object_per_array_and_reads_by_chunk(tmp_path):
+    n = 9000  # > 8192 rows: sharded, one object per array
+    path = tmp_path / "big.zarr"
+    with FeatureBank.create(path, backbone=synthetic_backbone(D)):
+        pass
+    X, cols = _part(0, n=n)
+    write_partition(path, 0, features=X, columns=cols)
+    (folder,) = [p for p in (path / "_partitions").iterdir() if p.is_dir()]
+    feats = zarr.open_array(folder / "features", mode="r")
+    assert feats.shards == (16384, D) and feats.chunks == (8192, D)
+    assert sorted(p.name for p in (folder / "features").rglob("*") if p.is_file()) == [
+        "0",
+        "zarr.json",
+    ]
+    np.testing.assert_allclose(feats[8190:8200], X[8190:8200], atol=2e-3, rtol=1e-3)
+    assert FeatureBank.open(path).paths[-1] == f"part0/img{n - 1}.png"
+
+
+def test_a_400_row_bank_costs_a_small_multiple_of_its_features(tmp_path):
+    """The issue's case: a 400-row x 1280 float16 bank took 21 MB for 1 MB of features."""
+    from facebank.embed import write_bank
+
+    dim, n = 1280, 400
+    X = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    path = tmp_path / "small.zarr"
+    write_bank(path, X, labels=np.zeros(n, int), engines="real")
+    features = n * dim * 2
+    assert _disk_bytes(path) < 1.5 * features  # measured 1.12x (docs/bank-format.md)
+    # the same rows as one committed partition, before consolidation
+    ppath = tmp_path / "part.zarr"
+    with FeatureBank.create(ppath, backbone=synthetic_backbone(dim)):
+        pass
+    bank = FeatureBank.open(path)
+    cols = {k: bank.column(k) for k in ("label", "engine", "path", "sha256")}
+    write_partition(ppath, 0, features=bank.load_features(), columns=cols)
+    assert _disk_bytes(ppath) < 1.5 * features
