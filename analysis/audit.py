@@ -60,7 +60,7 @@ from facebank.embed._types import BanksLike
 from facebank.embed.errors import BankError, DataError, HeadError
 from facebank.embed.metadata import METADATA_SCHEMA
 from facebank.embed.runs import markdown_table, start_run, write_json
-from facebank.embed.splits import parse_group_by
+from facebank.embed.splits import resolve_groups
 from facebank.heads.training import resolve_splits
 
 from ._evalcommon import (
@@ -739,8 +739,10 @@ def audit(
         scores: extra heads as ``{name: ((n_rows,) scores, threshold)}`` (higher = AI).
         metadata: ``{column: (n_rows,) array}`` instead of the banks' own columns.
         groups: ``(n_rows,)`` group per row; groups straddling splits are listed.
-        group_by: ``"level:K"``: the K-th folder of each stored path is its group
-            (``embed.splits.parse_group_by``); used when ``groups`` is not given.
+        group_by: used when ``groups`` is not given (``embed.splits.resolve_groups``):
+            ``None`` - the banks' ``group`` column (a manifest's) when rows carry one;
+            ``"level:K"`` - the K-th folder of each stored path; a column name; ``"none"``.
+            Without ``run``, the seeded split is grouped the same way, as training's is.
         band: the cross-validated metadata probability band of "files cannot tell".
         fpr: false-positive rate at which thresholds are set on validation reals.
         seed: seeds the folds, subsamples, bootstraps and (without ``run``) the split.
@@ -797,7 +799,7 @@ def audit(
         if unseen:
             notes.append(f"{unseen} labelled rows are not in the run's splits.csv: left out")
     else:
-        splits, splits_source = resolve_splits(bank, seed=seed)
+        splits, splits_source = resolve_splits(bank, seed=seed, group_by=group_by)
         splits = np.asarray(splits, dtype=str)
     train, val, test = (labelled & (splits == s) for s in ("train", "val", "test"))
     if not _both(y[test]):
@@ -884,11 +886,8 @@ def audit(
     for p in properties:
         p["carrier"] = p["name"] in carriers
     reason = _reason(verdict, model, carriers, properties, heads, unc)
-    if groups is None and group_by:
-        try:
-            groups = parse_group_by(group_by, np.asarray(bank.paths, dtype=str))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+    if groups is None:
+        groups, _ = resolve_groups(bank, group_by)
     straddling = straddling_groups(groups, splits) if groups is not None else []
     if straddling:
         notes.append(

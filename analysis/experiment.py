@@ -496,9 +496,11 @@ def run_experiment(
         real_names: engine folder names that hold real images.
         note: Markdown written to ``out/NOTE.md`` and shown at the top of the report
             (the demo says there that its data is simulated).
-        group_by: ``"level:K"``: the heads' splits keep each group (the K-th folder of
-            the stored paths: an identity, a source) in one split, and the audit lists
-            groups that straddle splits (sources without a split column only).
+        group_by: the heads' splits keep each group in one split, and the audit lists
+            groups that straddle splits (sources without a split column only):
+            ``"level:K"`` (the K-th folder of the stored paths), a bank column (``group``,
+            the default when the manifest had one), or ``"none"``
+            (``embed.splits.resolve_groups``).
 
     Returns:
         An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.

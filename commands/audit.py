@@ -40,8 +40,9 @@ def audit_cmd(
         str | None,
         typer.Option(
             "--group-by",
-            help="level:K - the K-th folder of each stored path is its group (identity, "
-            "source); groups with rows in more than one split are listed.",
+            help="Groups (identity, source): level:K (the K-th folder of each stored path), "
+            "a bank column (group, the default when the manifest had one), or none; groups "
+            "with rows in more than one split are listed.",
         ),
     ] = None,
 ) -> None:

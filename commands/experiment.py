@@ -89,8 +89,9 @@ def experiment(
         str | None,
         typer.Option(
             "--group-by",
-            help="level:K - keep each group (the K-th folder of the image paths: an identity, "
-            "a source) in one split; the audit lists groups straddling splits.",
+            help="Keep each group (an identity, a source) in one split: level:K (the K-th "
+            "folder of the image paths), a bank column (group: the default when the manifest "
+            "had one), or none; the audit lists groups straddling splits.",
         ),
     ] = None,
 ) -> None:

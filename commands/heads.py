@@ -61,8 +61,9 @@ def train_cmd(
         str | None,
         typer.Option(
             "--group-by",
-            help="level:K - keep each group (the K-th folder of the stored paths: an "
-            "identity, a source) in one split, for banks without a split column.",
+            help="Keep each group (an identity, a source) in one split, for banks without a "
+            "split column: level:K (the K-th folder of the stored paths), a bank column "
+            "(group: the default when the manifest had one), or none.",
         ),
     ] = None,
 ) -> None:

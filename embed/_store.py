@@ -33,13 +33,14 @@ import zarr.codecs
 from zarr.core.buffer import default_buffer_prototype
 
 from .errors import BankError
-from .metadata import METADATA_SCHEMA, MISSING
+from .metadata import METADATA_SCHEMA, MISSING, ROW_SCHEMA
 
 __all__ = [
     "FORMAT_VERSION",
     "READABLE_FORMATS",
     "DEFAULT_CHUNK_ROWS",
     "CORE_COLUMNS",
+    "EXTRA_COLUMNS",
     "PARTITIONS",
     "Location",
     "column_dtype",
@@ -51,6 +52,9 @@ READABLE_FORMATS = (1, 2)
 # small enough that rewriting the partial last chunk on every flush stays cheap.
 DEFAULT_CHUNK_ROWS = 8192
 CORE_COLUMNS = ("label", "engine", "path", "split", "sha256")
+#: the other row columns a bank made now stores: acquisition metadata, then the row
+#: columns that are not file properties (``group``, ``face_found``: ``ROW_SCHEMA``)
+EXTRA_COLUMNS = (*METADATA_SCHEMA, *ROW_SCHEMA)
 #: folder (prefix) holding the independently committed partitions of a bank
 PARTITIONS = "_partitions"
 _DTYPES = ("float16", "float32")
@@ -64,9 +68,9 @@ def column_dtype(name: str) -> str:
     if name in CORE_COLUMNS:
         return "str"
     try:
-        return METADATA_SCHEMA[name]
+        return {**METADATA_SCHEMA, **ROW_SCHEMA}[name]
     except KeyError:
-        valid = [*CORE_COLUMNS, *METADATA_SCHEMA]
+        valid = [*CORE_COLUMNS, *EXTRA_COLUMNS]
         raise BankError(f"column {name!r} is not a bank column; valid: {valid}") from None
 
 
@@ -463,7 +467,7 @@ class Store:
     @property
     def column_names(self) -> tuple[str, ...]:
         """Row columns this store holds (format 1: the core ones only)."""
-        extra = tuple(k for k in METADATA_SCHEMA if k in self.attrs.get("columns", ()))
+        extra = tuple(k for k in EXTRA_COLUMNS if k in self.attrs.get("columns", ()))
         return (*CORE_COLUMNS, *extra)
 
     @property
@@ -521,6 +525,10 @@ class Store:
 
     def column(self, name: str) -> np.ndarray:
         if name not in self._columns:
+            if name in ROW_SCHEMA and name not in self.column_names:
+                # a bank from before the column: every row has no group / no face view
+                self._columns[name] = as_column(name, None, self.count)
+                return self._columns[name]
             if name not in self.column_names:
                 raise BankError(f"bank {self.loc.url!r} has no column {name!r}")
             raw = self.array(name)[: self.count] if self.count else np.zeros(0)

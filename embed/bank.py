@@ -50,6 +50,7 @@ from ._lock import BankLock, LeaseLock, writer_lock
 from ._store import (
     CORE_COLUMNS,
     DEFAULT_CHUNK_ROWS,
+    EXTRA_COLUMNS,
     FORMAT_VERSION,
     Location,
     Store,
@@ -74,7 +75,7 @@ from ._store import (
 )
 from .compat import backbone_id, require_one_backbone
 from .errors import BackboneMismatchError, BankError
-from .metadata import METADATA_SCHEMA
+from .metadata import METADATA_SCHEMA, ROW_SCHEMA
 from .runs import package_versions
 from .verify import missing_objects
 
@@ -340,7 +341,7 @@ class FeatureBank:
             "versions": package_versions(extra=_BANK_VERSIONS),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "count": 0,
-            "columns": list(METADATA_SCHEMA),
+            "columns": list(EXTRA_COLUMNS),
             "partitions": {},
             "failures": [],
             "duplicates": [],
@@ -678,7 +679,8 @@ class FeatureBank:
     def _column(self, name: str) -> np.ndarray:
         parts = []
         for store, rows in self._segments:
-            self._require_column(store, name)
+            if name not in ROW_SCHEMA:  # (a bank from before a ROW_SCHEMA column reads "none")
+                self._require_column(store, name)
             col = store.column(name)
             parts.append(col if rows is None else col[rows])
         if len(parts) == 1:
@@ -732,6 +734,25 @@ class FeatureBank:
     @property
     def sha256(self) -> np.ndarray:
         return self._column("sha256")
+
+    @property
+    def groups(self) -> np.ndarray:
+        """``(n_rows,)`` group of each row (a manifest's ``group`` column: identity,
+        source...); ``""`` = none, which is every row of a bank from before the column."""
+        return self._column("group")
+
+    @property
+    def face_found(self) -> np.ndarray:
+        """``(n_rows,)`` int8: 1 = the ``face`` view found a face, 0 = it did not (row kept
+        uncropped), -1 = not a face view. Banks from before the column get it from their
+        ``face_not_found`` attribute (paths of rows without a face)."""
+        parts = []
+        for store, rows in self._segments:
+            col = store.column("face_found")
+            if "face_found" not in store.column_names:
+                col = _face_found_from_attrs(store)
+            parts.append(col if rows is None else col[rows])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int8)
 
     @property
     def bank_names(self) -> np.ndarray:
@@ -840,13 +861,17 @@ class FeatureBank:
         offset = 0
         for store, rows in self._segments:
             for name in names:
-                self._require_column(store, name)
+                if name not in ROW_SCHEMA:  # (from before a ROW_SCHEMA column: "none")
+                    self._require_column(store, name)
             step = int(chunk_rows or store.chunk_rows)
             n = store.count if rows is None else len(rows)
             for a in range(0, n, step):
                 b = min(a + step, n)
                 cols = {}
                 for name, kind in kinds.items():
+                    if name not in store.column_names:  # a ROW_SCHEMA column, not stored
+                        cols[name] = as_column(name, None, b - a)
+                        continue
                     arr = store.array(name)
                     raw = arr[a:b] if rows is None else gather(arr, rows[a:b])
                     cols[name] = (
@@ -971,6 +996,17 @@ class FeatureBank:
         return self._digest
 
 
+def _face_found_from_attrs(store: Store) -> np.ndarray:
+    """``face_found`` of a bank written before the column: 0 for the paths its
+    ``face_not_found`` attribute lists, 1 for the other rows of a face view, else -1."""
+    ops = str(store.attrs.get("view", "original")).split("+")
+    if not any(op.split(":")[0] == "face" for op in ops):
+        return np.full(store.count, -1, dtype=np.int8)
+    missing = set(store.attrs.get("face_not_found") or ())
+    paths = store.column("path")
+    return np.where(np.isin(paths, list(missing)), 0, 1).astype(np.int8)
+
+
 def _redacted_source(source: str | os.PathLike) -> str:
     text = os.fspath(source)
     return redact(text) if "://" in text else text
@@ -992,7 +1028,7 @@ def _build(
         group,
         dim=dim,
         dtype=dtype,
-        columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
+        columns=(*CORE_COLUMNS, *EXTRA_COLUMNS),
         chunk_rows=chunk_rows,
         shard_rows=shard_rows,
         compression=compression,
@@ -1023,18 +1059,20 @@ def _row_columns(
         )
     n = X.shape[0]
     extra = dict(columns or {})
-    unknown = sorted(set(extra) - set(METADATA_SCHEMA))
+    unknown = sorted(set(extra) - set(EXTRA_COLUMNS))
     if unknown:
         raise BankError(
-            f"columns {unknown} are not acquisition metadata columns; valid: "
-            f"{list(METADATA_SCHEMA)} (label, engine, path, split, sha256 are arguments)"
+            f"columns {unknown} are not acquisition metadata columns (nor group, face_found); "
+            "valid: "
+            f"{list(EXTRA_COLUMNS)} (label, engine, path, split, sha256 are arguments)"
         )
     cols = {"label": np.asarray(core["label"])}
     for key in CORE_COLUMNS[1:]:
         cols[key] = np.asarray(core[key], dtype=str)
-    for key in METADATA_SCHEMA:
+    for key in EXTRA_COLUMNS:
         cols[key] = as_column(key, extra.get(key), n)
-    if not extra:  # nothing read from the files: say so, and `bank backfill` reads them later
+    # nothing read from the files: say so, and `bank backfill` reads them later
+    if not set(extra) & set(METADATA_SCHEMA):
         cols["meta_error"] = np.full(n, NOT_RECORDED, dtype=object).astype(str)
     for key, col in cols.items():
         if col.shape != (n,):

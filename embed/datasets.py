@@ -6,9 +6,11 @@ Two forms (docs/design.md "Dataset input"):
   ``real_names``) holds real faces (label 0), every other engine folder is
   AI-generated (label 1). An optional split level above the engines,
   ``SOURCE/{train,val,test}/<engine>/...``, fills the ``split`` column.
-- a **CSV manifest** with a header row and columns ``path,label,engine[,split]``;
+- a **CSV manifest** with a header row and columns ``path,label,engine[,split][,group]``;
   ``path`` is relative to the CSV's folder (absolute paths are kept as given),
-  ``label`` is 1 (AI-generated), 0 (real) or -1 (unknown).
+  ``label`` is 1 (AI-generated), 0 (real) or -1 (unknown), ``group`` names what rows
+  belong together (an identity, a source, a camera): stored per row in the bank, and
+  seeded splits keep every group inside one split (``embed.splits``).
 
 Decisions where the contract is silent:
 
@@ -48,7 +50,7 @@ __all__ = [
     "decode_path",
 ]
 
-MANIFEST_COLUMNS = ("path", "label", "engine", "split")
+MANIFEST_COLUMNS = ("path", "label", "engine", "split", "group")
 _REQUIRED = ("path", "label", "engine")
 
 
@@ -64,6 +66,7 @@ class ImageItem:
         split: ``"train"``, ``"val"``, ``"test"`` or ``""``.
         root: the folder ``path`` is relative to (one string shared by every item, so a
             listing holds each path once; :attr:`file` is built when it is read).
+        group: the manifest's ``group`` (identity, source...) or ``""`` (none).
     """
 
     path: str
@@ -71,6 +74,7 @@ class ImageItem:
     engine: str
     split: str = ""
     root: str = ""
+    group: str = ""
 
     @property
     def file(self) -> str:
@@ -279,7 +283,7 @@ def _scan_manifest(csv_path: Path) -> Source:
             if missing:
                 raise SourceError(
                     f"manifest {str(csv_path)!r} lacks columns {missing} (has {header}); "
-                    "the header must be path,label,engine[,split]"
+                    "the header must be path,label,engine[,split][,group]"
                 )
             reader.fieldnames = header
             rows = list(reader)
@@ -295,6 +299,7 @@ def _scan_manifest(csv_path: Path) -> Source:
         engine = (row.get("engine") or "").strip().lower()
         raw_label = (row.get("label") or "").strip()
         split = (row.get("split") or "").strip().lower()
+        group = (row.get("group") or "").strip()  # names are kept as written: case is identity
         if not raw_path:
             raise SourceError(f"{where}: empty path; every row needs a path to an image")
         if not engine:
@@ -323,7 +328,7 @@ def _scan_manifest(csv_path: Path) -> Source:
                 f"{seen[same_file]}); list each image once"
             )
         seen[same_file] = lineno
-        items.append(ImageItem(stored, label, engine, split, root_text))
+        items.append(ImageItem(stored, label, engine, split, root_text, group))
     if not items:
         raise SourceError(
             f"manifest {str(csv_path)!r} has a header but no rows; add lines path,label,engine"

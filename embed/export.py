@@ -42,7 +42,7 @@ from ._store import (
 from .bank import FeatureBank
 from .errors import BankError
 from .images import sha256_file
-from .metadata import METADATA_SCHEMA, read_metadata
+from .metadata import METADATA_SCHEMA, ROW_SCHEMA, read_metadata
 
 __all__ = ["export_bank", "import_bank", "backfill_metadata", "BackfillReport"]
 
@@ -310,7 +310,9 @@ def backfill_metadata(
             if progress is not None:
                 progress(done, len(todo))
         _write_columns(store, cols, create=upgrade)
-        new = {**store.attrs, "facebank_format": FORMAT_VERSION, "columns": list(METADATA_SCHEMA)}
+        kept = [k for k in ROW_SCHEMA if k in store.column_names]  # group, face_found
+        columns = [*METADATA_SCHEMA, *kept]
+        new = {**store.attrs, "facebank_format": FORMAT_VERSION, "columns": columns}
         store.attrs = new
         store._children.clear()
         write_group_json(loc, new, store.children())

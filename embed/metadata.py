@@ -35,6 +35,7 @@ from PIL import Image
 
 __all__ = [
     "METADATA_SCHEMA",
+    "ROW_SCHEMA",
     "MISSING",
     "empty_metadata",
     "header_metadata",
@@ -63,9 +64,19 @@ METADATA_SCHEMA: dict[str, str] = {
     "meta_error": "str",  # "" when every property was read; else why not (row kept)
 }
 
+#: per-row columns that are *not* file properties (the audit never uses them as such):
+#: column -> dtype. Banks made since they exist store them; a bank without one (format
+#: 1, or format 2 from before) reads every row as the MISSING value: no group, and
+#: "not a face view".
+ROW_SCHEMA: dict[str, str] = {
+    "group": "str",  # the manifest's group column (identity, source, camera); "" = none
+    "face_found": "int8",  # face view: 1 = face found, 0 = none (kept uncropped); -1 = no face view
+}
+
 #: value stored when a property could not be read (per dtype kind)
 MISSING: dict[str, object] = {
     "str": "",
+    "int8": -1,
     "int16": -1,
     "int32": -1,
     "int64": -1,
@@ -281,12 +292,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def metadata_columns(rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Rows of metadata -> one ``(n,)`` array per :data:`METADATA_SCHEMA` column, typed.
+    """Rows of metadata -> one ``(n,)`` array per :data:`METADATA_SCHEMA` column and
+    ``face_found`` (what the decode and the view said about each row), typed.
 
     String columns are ``<U`` arrays; a missing key takes its :data:`MISSING` value.
     """
     out: dict[str, np.ndarray] = {}
-    for key, dtype in METADATA_SCHEMA.items():
+    for key, dtype in (*METADATA_SCHEMA.items(), ("face_found", ROW_SCHEMA["face_found"])):
         values = [row.get(key, MISSING[dtype]) for row in rows]
         out[key] = np.asarray(values, dtype=str if dtype == "str" else dtype)
         if dtype == "str" and not values:

@@ -38,6 +38,7 @@ import zarr
 from ._store import (
     CORE_COLUMNS,
     DEFAULT_CHUNK_ROWS,
+    EXTRA_COLUMNS,
     FORMAT_VERSION,
     Location,
     Store,
@@ -173,13 +174,13 @@ def write_partition(
     ploc = loc.child(attempt_key(index, attempt))
     ensure_partitions_group(loc)
     group = zarr.create_group(
-        store=ploc.zarr_store(read_only=False), attributes={"columns": list(METADATA_SCHEMA)}
+        store=ploc.zarr_store(read_only=False), attributes={"columns": list(EXTRA_COLUMNS)}
     )
     arrays = create_arrays(
         group,
         dim=dim,
         dtype=str(feature_meta["data_type"]),
-        columns=(*CORE_COLUMNS, *METADATA_SCHEMA),
+        columns=(*CORE_COLUMNS, *EXTRA_COLUMNS),
         **partition_layout(n),  # one object per array: a partition is a few objects
         compression="lz4" if "blosc" in json.dumps(feature_meta.get("codecs")) else "none",
         rows=n,  # its final shape at once: no resize requests
@@ -192,7 +193,7 @@ def write_partition(
         "count": n,
         "backbone": top["backbone"],
         "view": top.get("view", "original"),
-        "columns": list(METADATA_SCHEMA),
+        "columns": list(EXTRA_COLUMNS),
         "failures": extra_attrs.get("failures", []),
         "duplicates": extra_attrs.get("duplicates", []),
     }

@@ -311,6 +311,7 @@ class _PartitionWriter(RowWriter):
             "split": np.asarray([it.split for it in items], dtype=str),
             "sha256": np.asarray(self.pending_sha, dtype=str),
             **metadata_columns(self.pending_meta),
+            "group": np.asarray([it.group for it in items], dtype=str),
         }
         attrs = {
             "failures": self.part_failures,
@@ -487,7 +488,10 @@ def _run_ray(
                     if reason:
                         writer.fail(item, reason)
                         continue
-                    meta = {key: _py(batch[f"meta_{key}"][j]) for key in METADATA_SCHEMA}
+                    meta = {
+                        key: _py(batch[f"meta_{key}"][j])
+                        for key in (*METADATA_SCHEMA, "face_found")
+                    }
                     writer.take(
                         [item], [str(batch["sha"][j])], batch["features"][j : j + 1], [meta]
                     )

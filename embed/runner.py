@@ -179,8 +179,8 @@ def load_one(
     try:
         img, meta = load_image_and_metadata(data, draft_size=draft_size)
         img = view(img)
-        if FACE_FOUND in img.info:  # a face view: was a face found? (recorded per row)
-            meta[FACE_FOUND] = bool(img.info[FACE_FOUND])
+        if FACE_FOUND in img.info:  # a face view: was a face found? (column face_found)
+            meta["face_found"] = int(bool(img.info[FACE_FOUND]))
         x = transform(img)
     except ImageDecodeError as exc:
         return sha, None, str(exc), None
@@ -741,8 +741,13 @@ class RowWriter:
         self.bank = bank
         self.state = state
         self.ignored = [{"path": p, "reason": r} for p, r in ignored]
-        # a face view's rows kept uncropped because no face was found (bank attribute)
-        self.no_face: list[str] = list(bank.meta.get("face_not_found") or [])
+        # a face view's rows kept uncropped because no face was found: the face_found
+        # column; a bank from before it keeps its face_not_found attribute up to date
+        self.no_face: list[str] | None = (
+            None
+            if "face_found" in (bank.meta.get("columns") or ())
+            else list(bank.meta.get("face_not_found") or [])
+        )
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.storage = bank.storage_dtype
@@ -792,7 +797,7 @@ class RowWriter:
             self.pending_items.append(item)
             self.pending_sha.append(digest)
             self.pending_meta.append(meta[j] if meta[j] is not None else {})
-            if meta[j] is not None and meta[j].get(FACE_FOUND) is False:
+            if self.no_face is not None and meta[j] is not None and meta[j].get("face_found") == 0:
                 self.no_face.append(item.path)
         if rows:
             self.pending_X.append(X[rows])
@@ -831,7 +836,7 @@ class RowWriter:
             "failures": [{"path": p, "reason": r} for p, r in self.state.failures.items()],
             "duplicates": self.state.duplicates,
             "ignored": self.ignored,
-            **({"face_not_found": self.no_face} if self.no_face else {}),
+            **({"face_not_found": self.no_face} if self.no_face else {}),  # (old banks only)
         }
 
     def flush(self) -> None:
@@ -847,7 +852,10 @@ class RowWriter:
             splits=[it.split for it in items],
             sha256=self.pending_sha,
             attrs=self.attrs(),
-            columns=metadata_columns(self.pending_meta),
+            columns={
+                **metadata_columns(self.pending_meta),
+                "group": np.asarray([it.group for it in items], dtype=str),
+            },
         )
         self.embedded += n
         self.pending_items, self.pending_sha, self.pending_meta, self.pending_X = [], [], [], []

@@ -12,15 +12,28 @@ column, or ``--group-by``), the unit that is assigned is the group: every row of
 lands in the same split, ranked by a seeded hash of the group name within the engine
 that holds most of its rows. Rows without a group are their own unit (by sha256).
 Fractions then count units, not rows, so split sizes in rows follow the group sizes.
+:func:`resolve_groups` turns ``--group-by`` (or its absence) into one group per row: a
+bank whose rows carry a ``group`` (from a manifest) is grouped by it unless told
+``--group-by none``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SPLITS", "DEFAULT_FRACTIONS", "assign_splits", "has_splits", "parse_group_by"]
+from .errors import DataError
+
+__all__ = [
+    "SPLITS",
+    "DEFAULT_FRACTIONS",
+    "assign_splits",
+    "has_splits",
+    "parse_group_by",
+    "resolve_groups",
+]
 
 SPLITS = ("train", "val", "test")
 # 70/15/15: val must hold enough reals that a 0.5% FPR threshold is not one image.
@@ -129,7 +142,7 @@ def parse_group_by(spec: str, paths: np.ndarray) -> np.ndarray:
     """
     kind, _, value = spec.partition(":")
     if kind != "level" or not value.isdigit():
-        raise ValueError(
+        raise DataError(
             f"--group-by {spec!r} is not valid; give a manifest column name (e.g. group) or "
             "a folder level as level:K (level:1 = the folder inside each engine folder)"
         )
@@ -139,3 +152,55 @@ def parse_group_by(spec: str, paths: np.ndarray) -> np.ndarray:
         parts = p.split("/")[:-1]  # folders only, not the file name
         out.append(parts[k] if k < len(parts) else "")
     return np.asarray(out, dtype=str)
+
+
+def resolve_groups(bank: Any, group_by: str | None = None) -> tuple[np.ndarray | None, str]:
+    """One group per row of ``bank`` from ``--group-by``, or ``None`` for no groups.
+
+    Args:
+        bank: a bank (``FeatureBank`` or a concat of them): its ``paths`` and columns.
+        group_by: ``None`` - the bank's ``group`` column when any row has one (a manifest
+            with a ``group`` column), else no groups; ``"none"`` - no groups even then;
+            ``"level:K"`` - the K-th folder of each stored path (:func:`parse_group_by`);
+            a column name - that string column of the bank (``group``, or another one it
+            stores, e.g. ``engine``).
+
+    Returns:
+        ``((n_rows,) groups with "" = no group, or None; what they came from, in words)``.
+
+    Raises:
+        DataError: a ``group_by`` that is none of these (the valid forms listed).
+    """
+    if group_by is not None and group_by.strip().lower() == "none":
+        return None, ""
+    if group_by is None or group_by == "group":
+        groups = _bank_groups(bank)
+        if groups is None or not (groups != "").any():
+            if group_by is None:
+                return None, ""
+            raise DataError(
+                "--group-by group: no row of the bank has a group; give a manifest with a "
+                "group column (path,label,engine,split,group) and embed again, or use a "
+                "folder level such as --group-by level:1"
+            )
+        return groups, "the bank's group column"
+    if group_by.startswith("level:") or ":" in group_by:
+        return parse_group_by(group_by, np.asarray(bank.paths, dtype=str)), group_by
+    from ._store import column_dtype  # (the bank's column list lives with the store)
+
+    try:
+        kind = column_dtype(group_by)
+    except ValueError:
+        kind = ""
+    if kind != "str":
+        raise DataError(
+            f"--group-by {group_by!r} is not valid; give a folder level as level:K, 'group' "
+            "(a manifest's group column), another string column of the bank (engine, "
+            "file_format...), or 'none'"
+        )
+    return np.asarray(bank.column(group_by), dtype=str), f"the bank's {group_by} column"
+
+
+def _bank_groups(bank: Any) -> np.ndarray | None:
+    groups = getattr(bank, "groups", None)
+    return None if groups is None else np.asarray(groups, dtype=str)

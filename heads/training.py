@@ -68,23 +68,20 @@ def resolve_splits(bank: Any, *, seed: int, group_by: str | None = None) -> tupl
     """``(splits (n,), source)``: the bank's split column when it has one, else a seeded split.
 
     Rows of a split-carrying bank whose split is empty are left out of training and
-    calibration (split ``""``). ``group_by="level:K"`` keeps every row whose stored path
-    has the same K-th folder (an identity, a source) in one split
-    (``embed.splits.parse_group_by``).
+    calibration (split ``""``). The seeded split keeps every row of a group in one split:
+    the bank's ``group`` column by default (a manifest's), or ``group_by`` (``"level:K"``,
+    a column name, ``"none"``: ``embed.splits.resolve_groups``).
     """
     splits = np.asarray(bank.splits, dtype=str)
     if has_splits(splits):
         return splits, "bank split column"
-    if group_by:
-        from facebank.embed.splits import parse_group_by
+    from facebank.embed.splits import resolve_groups
 
-        try:
-            groups = parse_group_by(group_by, np.asarray(bank.paths, dtype=str))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+    groups, grouped_by = resolve_groups(bank, group_by)
+    if groups is not None:
         return assign_splits(
             bank.engines, bank.sha256, seed=seed, groups=groups
-        ), f"assign_splits(seed={seed}) stratified by engine, grouped by {group_by}"
+        ), f"assign_splits(seed={seed}) stratified by engine, grouped by {grouped_by}"
     return assign_splits(
         bank.engines, bank.sha256, seed=seed
     ), f"assign_splits(seed={seed}) stratified by engine"
@@ -259,13 +256,17 @@ def train_run(
 def _write_splits(path: Path, bank: Any, labels: np.ndarray, splits: np.ndarray) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["sha256", "path", "engine", "label", "split"])
+        # group: what `neighbours leaks --run` and `audit --run` check for straddling
+        w.writerow(["sha256", "path", "engine", "label", "split", "group"])
+        groups = getattr(bank, "groups", None)
+        n = len(labels)
         for row in zip(
             np.asarray(bank.sha256, dtype=str),
             np.asarray(bank.paths, dtype=str),
             np.asarray(bank.engines, dtype=str),
             labels.tolist(),
             splits.tolist(),
+            np.asarray(groups, dtype=str) if groups is not None else np.full(n, ""),
             strict=True,
         ):
             w.writerow(row)

@@ -222,15 +222,45 @@ def test_cli_audit_of_a_bank_without_metadata_is_one_line(tmp_path):
     assert "backfill" in result.output and "Traceback" not in result.output
 
 
-def test_group_by_folder_level_lists_groups_straddling_splits(confounded):
+def test_group_by_folder_level_lists_groups_straddling_the_runs_splits(confounded, tmp_path):
+    from facebank.heads import train_run
+
     bank, pixel = confounded
-    # paths are <engine>/<file>: level 0 makes each engine one group, which straddles splits
-    res = audit(bank, scores={"pixels": (pixel, 0.0)}, group_by="level:0")
+    run = train_run([bank], head="linear", out=tmp_path / "run", seed=0).run_dir
+    # paths are <engine>/<file>: level 0 makes each engine one group, which straddles the
+    # run's (ungrouped) splits
+    res = audit(bank, run=run, group_by="level:0")
     names = {g["group"] for g in res.straddling_groups}
     assert names == {"real", "gan"}
     assert any("more than one split" in n for n in res.notes)
     with pytest.raises(DataError, match="level:K"):
         audit(bank, group_by="person")
+
+
+def test_without_a_run_the_split_is_grouped_as_training_would_group_it(tmp_path):
+    """Audit without ``run`` splits like ``facebank train --group-by``: groups stay whole."""
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.arange(n) % 2
+    paths = [f"{'real' if v == 0 else 'gan'}/p{i % 10}/{i}.png" for i, v in enumerate(y)]
+    meta = {
+        "file_format": np.where(rng.random(n) < 0.5, "PNG", "JPEG"),
+        "width": rng.integers(100, 110, n),
+    }
+    cols = metadata_columns([{k: v[i].item() for k, v in meta.items()} for i in range(n)])
+    bank = FeatureBank.create(tmp_path / "g.zarr", backbone=synthetic_backbone(4))
+    bank.append(
+        rng.normal(size=(n, 4)).astype(np.float32),
+        labels=y,
+        engines=np.where(y == 0, "real", "gan"),
+        paths=paths,
+        splits=[""] * n,
+        sha256=[f"{i:064x}" for i in range(n)],
+        columns=cols,
+    )
+    bank.close()
+    res = audit(FeatureBank.open(tmp_path / "g.zarr"), group_by="level:1")
+    assert res.straddling_groups == [] and "grouped by level:1" in res.splits_source
 
 
 def test_realfaces_script_skips_cleanly_when_the_data_is_absent(tmp_path):

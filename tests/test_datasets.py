@@ -138,3 +138,11 @@ def test_manifest_errors_name_the_line_and_the_fix(tmp_path, body, match):
     csv.write_text(body)
     with pytest.raises(SourceError, match=match):
         scan_source(csv)
+
+
+def test_manifest_group_column_is_read_per_row_as_written(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label,engine,group\na.jpg,0,real,George_Bush\nb.png,1,gan,\n")
+    items = scan_source(csv).items
+    # kept as written (case is part of an identity); an empty cell is no group
+    assert [(it.path, it.group) for it in items] == [("a.jpg", "George_Bush"), ("b.png", "")]

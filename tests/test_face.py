@@ -95,6 +95,74 @@ def test_embedding_with_the_face_view_records_detector_and_rows_without_a_face(t
     embed_source(src, backbone="tiny-cnn", out=tmp_path / "face.zarr", view="face", device="cpu")
     bank = FeatureBank.open(tmp_path / "face.zarr")
     assert len(bank) == 3  # kept uncropped, not dropped
-    assert bank.meta["face_not_found"] == ["gan/texture.png"]
+    found = dict(zip(bank.paths.tolist(), bank.face_found.tolist(), strict=True))
+    assert found == {"gan/texture.png": 0, "real/astronaut.png": 1, "real/grace.jpg": 1}
+    assert "face_not_found" not in bank.meta  # a row column now, not an attribute list
+    # a plain bank column: zarr and xarray read it without facebank
+    import xarray as xr
+    import zarr
+
+    z = zarr.open_group(str(tmp_path / "face.zarr"), mode="r")
+    assert z["face_found"].metadata.dimension_names == ("row",)
+    ds = xr.open_zarr(tmp_path / "face.zarr", consolidated=False)
+    assert (
+        dict(zip(ds["path"].values.tolist(), ds["face_found"].values.tolist(), strict=True))
+        == found
+    )
     det = bank.meta["view_provenance"]["face_detector"]
     assert "haarcascade_frontalface_default" in det["detector"] and det["version"].startswith("4.")
+
+
+@pytest.mark.slow  # embeds three images with the test backbone (~5-10 s with torch import)
+def test_face_view_with_missing_skip_records_the_reason_and_keeps_the_faces(tmp_path):
+    """``face:missing=skip`` end to end: real photographs are embedded (face_found = 1), a
+    noise image becomes a recorded failure naming the detector, not a row."""
+    from facebank.embed import FeatureBank, embed_source
+
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "gan").mkdir()
+    _astronaut().save(src / "real" / "astronaut.png")
+    _grace_hopper().save(src / "real" / "grace.jpg")
+    rng = np.random.default_rng(1)
+    noise = Image.fromarray((rng.random((200, 200, 3)) * 255).astype(np.uint8))
+    noise.save(src / "gan" / "noise.png")
+    embed_source(
+        src, backbone="tiny-cnn", out=tmp_path / "f.zarr", view="face:missing=skip", device="cpu"
+    )
+    bank = FeatureBank.open(tmp_path / "f.zarr")
+    assert sorted(bank.paths.tolist()) == ["real/astronaut.png", "real/grace.jpg"]
+    assert bank.face_found.tolist() == [1, 1]
+    (fail,) = bank.failures
+    assert fail["path"] == "gan/noise.png"
+    assert "no face found" in fail["reason"] and "haarcascade_frontalface_default" in fail["reason"]
+
+
+def test_face_found_of_a_bank_from_before_the_column_comes_from_its_attribute(tmp_path):
+    """Banks written before ``face_found`` was a column listed the rows without a face in
+    the ``face_not_found`` attribute; they still read as a per-row flag."""
+    from facebank.embed import FeatureBank
+    from facebank.testing import synthetic_backbone
+
+    bank = FeatureBank.create(tmp_path / "old.zarr", backbone=synthetic_backbone(4), view="face")
+    bank.append(
+        np.zeros((3, 4), np.float32),
+        labels=[0, 1, 1],
+        engines=["real", "gan", "gan"],
+        paths=["real/a.png", "gan/b.png", "gan/c.png"],
+        splits=["", "", ""],
+        sha256=["a", "b", "c"],
+    )
+    # what an older facebank wrote: no face_found column, the attribute list instead
+    columns = [c for c in bank.meta["columns"] if c != "face_found"]
+    bank.update_attrs({"columns": columns, "face_not_found": ["gan/b.png"]})
+    bank.close()
+    old = FeatureBank.open(tmp_path / "old.zarr")
+    assert old.face_found.tolist() == [1, 0, 1]
+    plain = FeatureBank.create(tmp_path / "plain.zarr", backbone=synthetic_backbone(4))
+    plain.append(
+        np.zeros((1, 4), np.float32), labels=[0], engines=["real"], paths=["a"], splits=[""],
+        sha256=["a"],
+    )  # fmt: skip
+    plain.close()
+    assert FeatureBank.open(tmp_path / "plain.zarr").face_found.tolist() == [-1]

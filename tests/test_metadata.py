@@ -125,9 +125,11 @@ def test_unreadable_files_and_properties_are_recorded_not_raised(tmp_path):
 
 
 def test_metadata_columns_are_typed_per_schema():
-    rows = [{"width": 3, "file_format": "PNG"}, {}]
+    rows = [{"width": 3, "file_format": "PNG", "face_found": 0}, {}]
     cols = metadata_columns(rows)
-    assert set(cols) == set(METADATA_SCHEMA)
+    assert set(cols) == {*METADATA_SCHEMA, "face_found"}
+    # a face view's flag travels with the metadata rows; rows of other views: -1
+    assert cols["face_found"].dtype == np.int8 and cols["face_found"].tolist() == [0, -1]
     for key, dtype in METADATA_SCHEMA.items():
         assert cols[key].shape == (2,)
         assert cols[key].dtype.kind == "U" if dtype == "str" else cols[key].dtype == np.dtype(dtype)

@@ -145,3 +145,99 @@ def test_train_run_group_by_keeps_each_folder_group_in_one_split(tmp_path):
             split_of_person.setdefault(parts[1], set()).add(r["split"])
     assert len(split_of_person) == 12
     assert all(len(s) == 1 for s in split_of_person.values())
+
+
+def test_resolve_groups_forms_and_errors(tmp_path):
+    from facebank.embed import write_bank
+    from facebank.embed.errors import DataError
+    from facebank.embed.splits import resolve_groups
+
+    bank = write_bank(
+        tmp_path / "b.zarr",
+        np.zeros((3, 2), np.float32),
+        labels=[0, 0, 1],
+        engines=["real", "real", "gan"],
+        paths=["real/bush/1.jpg", "real/blair/2.jpg", "gan/3.png"],
+    )
+    # no group column values: no groups by default, a clear error when asked for
+    assert resolve_groups(bank) == (None, "")
+    with pytest.raises(DataError, match="no row of the bank has a group"):
+        resolve_groups(bank, "group")
+    groups, source = resolve_groups(bank, "level:1")
+    assert groups.tolist() == ["bush", "blair", ""] and source == "level:1"
+    groups, source = resolve_groups(bank, "engine")
+    assert groups.tolist() == ["real", "real", "gan"] and "engine column" in source
+    assert resolve_groups(bank, "none") == (None, "")
+    for bad in ("person", "label", "width"):  # unknown, or not a string column
+        with pytest.raises(DataError, match="level:K"):
+            resolve_groups(bank, bad)
+
+
+def _manifest_with_groups(root, rng, *, people=8, photos=5, fakes=40):
+    """A manifest source: reals of ``people`` identities (``group`` column), fakes without."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    lines = ["path,label,engine,group"]
+    k = 0
+    for label, engine, n in ((0, "real", people * photos), (1, "gan", fakes)):
+        for i in range(n):
+            a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(a).resize((48, 48), Image.Resampling.BICUBIC)
+            name = f"img/{k:03d}.{'jpg' if label == 0 else 'png'}"
+            img.save(root / name)
+            group = f"person{i // photos}" if label == 0 else ""
+            lines.append(f"{name},{label},{engine},{group}")
+            k += 1
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    return root / "m.csv"
+
+
+@pytest.mark.slow  # embeds 80 small images with the test backbone, trains twice, audits
+def test_manifest_group_column_is_stored_keeps_splits_whole_and_audit_lists_straddlers(tmp_path):
+    """Manifest ``group`` -> bank column (plain zarr too) -> seeded splits never straddle
+    -> a run split *without* groups has straddling groups, which audit and leaks list."""
+    import csv
+
+    import zarr
+
+    from facebank.analysis.audit import audit
+    from facebank.analysis.neighbours.leaks import find_leaks
+    from facebank.embed import FeatureBank, embed_source
+    from facebank.heads import train_run
+
+    manifest = _manifest_with_groups(tmp_path / "src", np.random.default_rng(0))
+    embed_source(manifest, backbone="tiny-cnn", out=tmp_path / "b.zarr", device="cpu")
+    bank = FeatureBank.open(tmp_path / "b.zarr")
+    by_path = dict(zip(bank.paths.tolist(), bank.groups.tolist(), strict=True))
+    assert by_path["img/000.jpg"] == "person0" and by_path["img/039.jpg"] == "person7"
+    assert by_path["img/040.png"] == ""
+    z = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    assert z["group"].metadata.dimension_names == ("row",)
+
+    def split_sets(run_dir):
+        with open(run_dir / "splits.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        per: dict[str, set] = {}
+        for r in rows:
+            if r["group"]:
+                per.setdefault(r["group"], set()).add(r["split"])
+        return per
+
+    # default: the bank's group column keeps each person inside one split
+    grouped = train_run([bank], head="linear", out=tmp_path / "grouped", seed=0)
+    assert "grouped by the bank's group column" in grouped.split_source
+    per = split_sets(tmp_path / "grouped")
+    assert len(per) == 8 and all(len(s) == 1 for s in per.values())
+    assert audit(bank, run=tmp_path / "grouped").straddling_groups == []
+
+    # a split made without groups: people straddle it, and both checks say which
+    loose = train_run([bank], head="linear", out=tmp_path / "loose", seed=0, group_by="none")
+    assert "grouped" not in loose.split_source
+    straddling = {g for g, s in split_sets(tmp_path / "loose").items() if len(s) > 1}
+    assert straddling  # 8 people of 5 photos over 70/15/15: some straddle
+    res = audit(bank, run=tmp_path / "loose")
+    assert {g["group"] for g in res.straddling_groups} == straddling
+    assert any("more than one split" in n for n in res.notes)
+    leaks = find_leaks(bank, splits=tmp_path / "loose", device="cpu")
+    assert {g["group"] for g in leaks.groups} == straddling
