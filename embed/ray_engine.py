@@ -57,6 +57,7 @@ from .runner import (
     BankState,
     EmbedSummary,
     EncodedImages,
+    LoopClock,
     RowWriter,
     _input_side,
     _make_backbone,
@@ -459,6 +460,7 @@ def _run_ray(
     writer = _PartitionWriter(bank, state)
     part_of = {i: k for k, ix in plan for i in ix}
     t_loop = time.perf_counter()
+    clock = LoopClock()
     if plan:
         ds = build_dataset(
             ray,
@@ -495,6 +497,7 @@ def _run_ray(
                     writer.take(
                         [item], [str(batch["sha"][j])], batch["features"][j : j + 1], [meta]
                     )
+                clock.tick(len(batch["index"]))
                 if bar is not None:
                     bar.advance(task, len(batch["index"]))
             if current is not None:
@@ -524,6 +527,8 @@ def _run_ray(
         device=f"ray:{workers}x{device}",
         backbone=backbone_id(bb.spec),
         view=vw.name,
+        first_batch_s=clock.first_batch_s,
+        steady_images_per_s=clock.steady_images_per_s,
     )
 
 

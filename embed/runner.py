@@ -91,6 +91,12 @@ class EmbedSummary:
         device: the torch device used.
         backbone: the backbone's display identity.
         view: the canonical view.
+        first_batch_s: seconds from the loop's start to the first batch in hand (decode
+            workers or Ray actors starting, the model loading on each actor, the first
+            decode): the start-up cost, paid once per run.
+        steady_images_per_s: images per second after the first batch up to the last
+            one (start-up and the final commit or consolidation excluded); 0 with one
+            batch.
     """
 
     embedded: int
@@ -106,6 +112,36 @@ class EmbedSummary:
     device: str = ""
     backbone: str = ""
     view: str = "original"
+    first_batch_s: float = 0.0
+    steady_images_per_s: float = 0.0
+
+
+class LoopClock:
+    """Start-up vs steady state of an embedding loop (:class:`EmbedSummary`'s two figures)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: float | None = None
+        self.last = self.t0
+        self.after_first = 0
+
+    def tick(self, n: int) -> None:
+        """A batch of ``n`` images was taken (encoded, failed or deduplicated)."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        else:
+            self.after_first += n
+        self.last = now
+
+    @property
+    def first_batch_s(self) -> float:
+        return (self.first or self.t0) - self.t0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        span = self.last - (self.first or self.last)
+        return self.after_first / span if span > 0 else 0.0
 
 
 @dataclass
@@ -637,6 +673,7 @@ def _run(
     # (escaped: rich would take "[original]" for a markup tag)
     description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"
     t_loop = time.perf_counter()
+    clock = LoopClock()
     with _progress(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
         for batch in loader:
@@ -645,6 +682,7 @@ def _run(
             if batch["x"] is not None:
                 X = encoder(batch["x"])
                 writer.take([src.items[i] for i in batch["index"]], batch["sha"], X, batch["meta"])
+            clock.tick(len(batch["index"]) + len(batch["failed"]))
             if bar is not None:
                 bar.advance(task, len(batch["index"]) + len(batch["failed"]))
             if writer.due():
@@ -667,6 +705,8 @@ def _run(
         device=str(encoder.device),
         backbone=backbone_id(bb.spec),
         view=vw.name,
+        first_batch_s=clock.first_batch_s,
+        steady_images_per_s=clock.steady_images_per_s,
     )
 
 

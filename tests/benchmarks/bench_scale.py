@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_scale.py                 # real faces, efficientnet-lite1
     python tests/benchmarks/bench_scale.py --images 762 --repeats 3
+    python tests/benchmarks/bench_scale.py --images 512 --partition-rows 128 --repeats 3  # lead
     python tests/benchmarks/bench_scale.py --tiny          # seconds-scale CI run
 
 Measures, on the same images (``--source``, default ``../shared/realfaces``; the
@@ -14,7 +15,13 @@ folder is absent or with ``--tiny``):
   of ``num_cpus=2`` with 1 and 2 encoder actors, in images/s of the driver's loop
   (first batch requested to last partition committed; actor start and model loads
   included), plus the wall time with cluster start;
+- per engine also ``first_batch_s`` (loop start to the first batch in hand: decode
+  workers or actors starting, model loads, the first decode - paid once per run) and
+  ``steady_images_per_s`` (after the first batch, up to the last; start-up and the
+  final commit/consolidation excluded);
 - ``ratio_ray2_vs_local``: the target is >= 0.85 (Ray within 15% of local at 2 workers);
+  ``steady_ratio_ray2_vs_local`` the same on steady-state rates (what a long run
+  converges to, start-up amortised);
 - ``partition``: the cost of one partition commit (``write_partition`` of
   ``--partition-rows`` rows of the backbone's width, then its share of
   ``consolidate``), the per-partition overhead of the partitioned bank.
@@ -73,7 +80,13 @@ def _local(source: Path, out: Path, backbone: str, batch_size: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     s = embed_source(source, backbone=backbone, out=out, batch_size=batch_size, progress=False)
-    return {"images_per_s": s.images_per_s, "wall_s": time.perf_counter() - t, "rows": s.rows}
+    return {
+        "images_per_s": s.images_per_s,
+        "steady_images_per_s": s.steady_images_per_s,
+        "first_batch_s": s.first_batch_s,
+        "wall_s": time.perf_counter() - t,
+        "rows": s.rows,
+    }
 
 
 def _ray(source: Path, out: Path, backbone: str, batch_size: int, workers: int, rows: int) -> dict:
@@ -98,6 +111,8 @@ def _ray(source: Path, out: Path, backbone: str, batch_size: int, workers: int, 
         ray.shutdown()
     return {
         "images_per_s": s.images_per_s,
+        "steady_images_per_s": s.steady_images_per_s,
+        "first_batch_s": s.first_batch_s,
         "wall_s": time.perf_counter() - t,
         "cluster_start_s": started,
         "rows": s.rows,
@@ -192,6 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["ratio_ray1_vs_local"] = round(
             result["ray_1"]["images_per_s"] / result["local"]["images_per_s"], 3
         )
+        # start-up (actors, model loads, first decode) apart: what a long run converges to
+        local_steady = result["local"]["steady_images_per_s"]
+        for w in (1, 2):
+            steady = result[f"ray_{w}"]["steady_images_per_s"]
+            result[f"steady_ratio_ray{w}_vs_local"] = (
+                round(steady / local_steady, 3) if local_steady > 0 else None
+            )
         dim = 1280 if args.backbone == "efficientnet-lite1" else 64
         result["partition"] = _partition_cost(
             tmp, rows=args.partition_rows, dim=dim, repeats=max(3, args.repeats)
