@@ -26,7 +26,14 @@ import typer
 from rich.console import Console
 
 from facebank.embed.errors import DataError
-from facebank.embed.runs import check_out, check_output_file, new_run_dir, run_session
+from facebank.embed.runs import (
+    check_out,
+    check_output_file,
+    new_run_dir,
+    remote_run,
+    run_session,
+    run_url,
+)
 
 __all__ = [
     "Metric",
@@ -90,7 +97,21 @@ def _overwrite_option() -> Any:
 
 def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
     @functools.wraps(callback)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def outer(*args: Any, **kwargs: Any) -> Any:
+        overwrite = bool(kwargs.get("overwrite", False)) if has_out else False
+        url = run_url(kwargs.get("out")) if has_out and name not in _FILE_OUTPUT else None
+        if url is not None:  # a run folder on a store: staged here, uploaded on success
+            with remote_run(url, command=name, overwrite=overwrite) as staging:
+                status = session({**kwargs, "out": staging}, args)
+        else:
+            status = session(kwargs, args)
+        # a command that completed its run but reports a finding through its exit code
+        # (neighbours leaks: 2) returns the code, so the session keeps the run folder
+        if isinstance(status, int) and not isinstance(status, bool) and status:
+            raise typer.Exit(status)
+        return status
+
+    def session(kwargs: dict[str, Any], args: tuple[Any, ...]) -> Any:
         overwrite = bool(kwargs.pop("overwrite", False)) if has_out else False
         ctx = _current_context()
         verbose = bool(ctx is not None and ctx.find_root().params.get("verbose"))
@@ -101,14 +122,9 @@ def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
                 check_output_file(out, overwrite=overwrite)
             elif out is not None:  # refuse before any work, not after it
                 check_out(out, command=name, overwrite=overwrite, resume=name in _RESUMES)
-            status = callback(*args, **kwargs)
-        # a command that completed its run but reports a finding through its exit code
-        # (neighbours leaks: 2) returns the code, so the session keeps the run folder
-        if isinstance(status, int) and not isinstance(status, bool) and status:
-            raise typer.Exit(status)
-        return status
+            return callback(*args, **kwargs)
 
-    return run
+    return outer
 
 
 def _current_context() -> Any:

@@ -33,6 +33,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,6 +57,8 @@ __all__ = [
     "to_jsonable",
     "markdown_table",
     "fmt_value",
+    "run_url",
+    "remote_run",
 ]
 
 CONFIG = "config.json"
@@ -480,3 +483,93 @@ def markdown_table(
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- run folders on stores
+_COLLAPSED_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/([^/].*)$")
+
+
+def run_url(out: Any) -> str | None:
+    """The fsspec URL an ``--out`` names, or ``None`` for a local folder.
+
+    typer/click turn ``s3://bucket/run`` given to a ``Path`` option into
+    ``s3:/bucket/run``; that form is read back as the URL when its protocol is one
+    fsspec knows (a local folder literally named ``s3:`` is not supported).
+    """
+    from ._remote import is_url
+
+    if out is None:
+        return None
+    text = os.fspath(out)
+    if is_url(text):
+        return text
+    m = _COLLAPSED_URL.match(text)
+    if m and isinstance(out, Path):
+        import fsspec
+
+        if m.group(1).lower() in fsspec.available_protocols() and m.group(1) not in (
+            "file",
+            "local",
+        ):
+            return f"{m.group(1)}://{m.group(2)}"
+    return None
+
+
+@contextlib.contextmanager
+def remote_run(
+    url: str,
+    *,
+    command: str,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[Path]:
+    """A run folder at an fsspec URL: written in a local staging folder, uploaded on success.
+
+    Before any work the store must answer, and ``url`` must hold nothing, or (with
+    ``overwrite``) a facebank run folder. The command writes into the yielded local
+    folder; when it succeeds every file is uploaded (one object each) with
+    ``config.json`` last, so a folder that holds ``config.json`` is complete; the old
+    run's objects are removed first when overwriting. A failed command uploads nothing.
+    Resuming a run on a store is not supported (the staging folder starts empty).
+
+    Raises:
+        RunFolderError: unreachable store, or ``url`` holds something that may not be
+            replaced.
+    """
+    import tempfile
+
+    from ._store import Location
+    from .errors import BankError
+
+    try:
+        loc = Location(url, storage_options=storage_options)
+        loc.check_reachable()
+    except BankError as exc:
+        raise RunFolderError(f"run folder: {exc}") from None
+    held = loc.list()
+    if held:
+        try:
+            previous = loc.read_json(CONFIG).get("command")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous is None:
+            raise RunFolderError(
+                f"--out {loc.url!r} is not empty and is not a facebank run folder (no {CONFIG}); "
+                "facebank never replaces it, even with --overwrite: give a new or empty prefix"
+            )
+        if not overwrite:
+            raise RunFolderError(
+                f"--out {loc.url!r} already holds a `{previous}` run; nothing was written. Give "
+                "a new --out, or add --overwrite to replace that run"
+            )
+    with tempfile.TemporaryDirectory(prefix="facebank-run-") as tmp:
+        staging = Path(tmp) / loc.name
+        yield staging
+        files = sorted(
+            (p for p in staging.rglob("*") if p.is_file()),
+            key=lambda p: (p.relative_to(staging).as_posix() == CONFIG, str(p)),
+        )
+        if held:
+            loc.remove()
+        for p in files:
+            loc.write_bytes(p.relative_to(staging).as_posix(), p.read_bytes())

@@ -198,3 +198,43 @@ def test_source_on_a_memory_store_follows_the_folder_rules():
         scan_source(root)
     with pytest.raises(SourceError, match="does not exist"):
         scan_source(f"{root}-none")
+
+
+# ---------------------------------------------------------------- run folders on a store
+@pytest.mark.slow
+def test_train_writes_its_run_folder_to_s3_and_score_reads_the_head_from_there(tmp_path, s3_bucket):
+    import s3fs
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+    from facebank.embed import write_bank
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    X = rng.normal(size=(200, D)).astype(np.float32) + y[:, None]
+    bank = write_bank(
+        tmp_path / "b.zarr", X, labels=y, engines=np.where(y, "sdxl", "real"),
+        sha256=[f"{i:064x}" for i in range(200)],
+    )  # fmt: skip
+    url = f"{s3_bucket}/runs/linear"
+    cli = CliRunner()
+    res = cli.invoke(app, ["train", str(bank.path), "--head", "linear", "--out", url])
+    assert res.exit_code == 0, res.output
+    fs = s3fs.S3FileSystem()
+    held = {p.rsplit("/", 1)[-1] for p in fs.find(url)}
+    assert {"config.json", "metrics.json", "head.json", "weights.safetensors"} <= held
+    assert "testing-secret" not in fs.cat_file(f"{url}/config.json").decode()
+    # the run folder rule holds on the store: a second train is refused before any work
+    res = cli.invoke(app, ["train", str(bank.path), "--head", "linear", "--out", url])
+    assert res.exit_code == 1 and "already holds a `train` run" in res.output
+    res = cli.invoke(app, ["train", str(bank.path), "--head", "mlp", "--out", url, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(fs.cat_file(f"{url}/head.json"))["name"] == "mlp"
+    # score with the head on the store; the CSV matches a local copy's
+    fs.get(url, str(tmp_path / "local-run"), recursive=True)
+    for head, csv in ((url, "a.csv"), (tmp_path / "local-run", "b.csv")):
+        res = cli.invoke(
+            app, ["score", str(bank.path), "--head", str(head), "--out", str(tmp_path / csv)]
+        )
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
