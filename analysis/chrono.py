@@ -31,8 +31,8 @@ from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._evalcommon import md_section
-from .metrics import fpr_label, proportion_interval
-from .protocols import _Data, _fit, _load, _scores
+from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
+from .metrics import fpr_label
 
 __all__ = ["ChronoResult", "chronological", "read_engine_dates", "SHIPPED_ENGINE_DATES"]
 
@@ -205,8 +205,8 @@ def chronological(
             two windows, or no test reals.
     """
     t0 = time.perf_counter()
-    d = _load(banks, seed)
-    ai = sorted(set(d.engines[d.y == 1].tolist()))
+    d = load_protocol_data(banks, seed)
+    ai = d.ai_engines
     dates, date_source = _resolve_dates(ai, engine_dates, shipped_dates)
     wins = _windows(dates, window)
     if len(wins) < 2:
@@ -215,13 +215,11 @@ def chronological(
             "the chronological protocol needs engines of at least two release dates"
         )
     order = [e for w in wins for e in w["engines"]]
-    tr, te = d.splits == "train", d.splits == "test"
-    va_real = (d.splits == "val") & (d.y == 0)
-    te_real = te & (d.y == 0)
-    if te_real.sum() == 0:
-        raise DataError(
-            "no real images in the test split: the test FPR is undefined; add test reals"
-        )
+    d.require_test_reals("the test FPR")
+    tr, te = d.train, d.test
+    # a trained engine is rated on its test rows, a later one on all its rows
+    X_test = {e: d.X[te & (d.engines == e)] for e in order}
+    X_all = {e: d.X[d.engines == e] for e in order}
 
     from rich.progress import Progress
 
@@ -230,31 +228,34 @@ def chronological(
     trained_mask = np.zeros((n_cut, len(order)), dtype=bool)
     table: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
+    previous = None  # each cut-off's fit starts from the one before (heads with warm_start)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("chronological", total=n_cut)
         for i in range(n_cut):
             past = [e for w in wins[: i + 1] for e in w["engines"]]
             nxt = wins[i + 1]["engines"]
             fit_rows = tr & ((d.y == 0) | np.isin(d.engines, past))
-            est = _fit(
-                head, params, d.X[fit_rows], d.y[fit_rows], d.engines[fit_rows], d.X[va_real], fpr
+            fitted = train_and_test(
+                d,
+                *d.rows(fit_rows),
+                head=head,
+                params=params,
+                fpr=fpr,
+                warm_from=previous,
             )
-            s_real = _scores(est, d.X[te_real])
+            previous = fitted.estimator
             for j, e in enumerate(order):
                 trained = e in past
-                sel = (d.engines == e) & (te if trained else True)
-                s = _scores(est, d.X[sel])
-                hit = int((s > est.threshold_).sum())
-                tpr = hit / s.size if s.size else float("nan")
-                matrix[i, j] = tpr
+                r = fitted.rate(X_test[e] if trained else X_all[e])
+                matrix[i, j] = r.rate
                 trained_mask[i, j] = trained
                 cells.append(
                     {
                         "cutoff": wins[i]["window"],
                         "engine": e,
-                        "tpr": tpr,
-                        "n": int(s.size),
-                        "ci": list(proportion_interval(hit, int(s.size))),
+                        "tpr": r.rate,
+                        "n": r.n,
+                        "ci": list(r.ci),
                         "trained": trained,
                         "rows": "test split" if trained else "all rows",
                     }
@@ -270,9 +271,9 @@ def chronological(
                     "tpr_next": float(np.nanmean([matrix[i, col[e]] for e in nxt])),
                     "tpr_future": float(np.nanmean([matrix[i, col[e]] for e in future])),
                     "tpr_past": float(np.nanmean([matrix[i, col[e]] for e in past])),
-                    "fpr_test_reals": float((s_real > est.threshold_).mean()),
-                    "n_test_reals": int(s_real.size),
-                    "threshold": float(est.threshold_),
+                    "fpr_test_reals": fitted.fpr_test_reals,
+                    "n_test_reals": fitted.n_test_reals,
+                    "threshold": fitted.threshold,
                 }
             )
             bar.advance(task)
@@ -297,7 +298,7 @@ def chronological(
     return res
 
 
-def _write(res: ChronoResult, d: _Data, out: str | Path, date_source: str) -> Path:
+def _write(res: ChronoResult, d: ProtocolData, out: str | Path, date_source: str) -> Path:
     from .plots import save_figure
 
     run = start_run(

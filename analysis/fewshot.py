@@ -20,7 +20,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,12 +29,14 @@ from facebank.embed.errors import DataError
 from facebank.embed.runs import markdown_table, start_run, write_json
 
 from ._evalcommon import md_section
+from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
 from .metrics import fpr_label, proportion_interval
-from .protocols import _Data, _fit, _load, _scores
 
-__all__ = ["FewShotResult", "few_shot", "DEFAULT_SHOTS"]
+__all__ = ["FewShotResult", "few_shot", "DEFAULT_SHOTS", "ShotWeight"]
 
 DEFAULT_SHOTS = (0, 5, 10, 20, 50, 100)
+
+ShotWeight = Literal["none", "balanced"]
 
 
 @dataclasses.dataclass
@@ -43,14 +45,16 @@ class FewShotResult:
 
     Attributes:
         points: one dict per fit: ``engine``, ``k``, ``draw``, ``tpr`` (on E's test rows),
-            ``n_detected``, ``n_test``, ``fpr_test_reals``, ``threshold``.
+            ``n_detected``, ``n_test``, ``fpr_test_reals``, ``threshold``, ``shot_weight``
+            (the weight of each of the k images in the loss; 1 unweighted).
         curve: one dict per (engine, k): ``tpr_mean``, ``tpr_min``, ``tpr_max`` (range
             over draws), ``tpr_std``, ``n_draws``, ``fpr_test_reals`` (mean), ``n_test``,
             ``tpr_ci`` (Clopper-Pearson 95% of the pooled draws).
         average: one dict per k: ``tpr_mean`` over the engines that reached k, ``engines``.
         stopped: engine -> sentence, for engines whose train split ran out before the
             largest k.
-        engines, shots, draws, head, params, seed, fpr, split_source: what was run.
+        engines, shots, draws, shot_weight, head, params, seed, fpr, split_source: what
+            was run.
     """
 
     points: list[dict[str, Any]]
@@ -60,6 +64,7 @@ class FewShotResult:
     engines: list[str]
     shots: list[int]
     draws: int
+    shot_weight: str
     head: str
     params: dict[str, Any]
     seed: int
@@ -88,6 +93,23 @@ def _check_shots(shots: Sequence[int], draws: int) -> list[int]:
     return ks
 
 
+def _head_params(head: str) -> dict[str, Any]:
+    from facebank.heads import create_head
+
+    return create_head(head).get_params()
+
+
+def _check_shot_weight(shot_weight: str, head: str) -> ShotWeight:
+    if shot_weight not in ("none", "balanced"):
+        raise DataError(f"shot_weight={shot_weight!r} is not known; valid: 'none', 'balanced'")
+    if shot_weight == "balanced" and "engine_weight" not in _head_params(head):
+        raise DataError(
+            f"shot_weight='balanced' needs a head with an engine_weight parameter; {head!r} has "
+            "none - use head 'linear', or shot_weight='none'"
+        )
+    return shot_weight  # type: ignore[return-value]
+
+
 def few_shot(
     banks: BanksLike,
     *,
@@ -95,6 +117,7 @@ def few_shot(
     params: Mapping[str, Any] | None = None,
     shots: Sequence[int] = DEFAULT_SHOTS,
     draws: int = 3,
+    shot_weight: ShotWeight = "none",
     seed: int = 0,
     fpr: float = 0.005,
     engines: Sequence[str] | None = None,
@@ -109,6 +132,10 @@ def few_shot(
         head: head name; params: its keyword parameters (used as given).
         shots: the k values (images of the held-out engine added to training).
         draws: seeded draws of k images per point (k = 0 is fitted once).
+        shot_weight: ``"none"``: each of the k images weighs as much as any training
+            row; ``"balanced"``: the k images together weigh as much as the train rows of
+            an average other AI engine (each ``mean n_train(other engines) / k``; heads
+            with an ``engine_weight`` parameter, i.e. ``linear``).
         seed: split seed (banks without a split column) and the draws' seed.
         fpr: target FPR on validation reals.
         engines: hold out only these AI engines (default: every AI engine).
@@ -120,38 +147,32 @@ def few_shot(
     """
     t0 = time.perf_counter()
     ks = _check_shots(shots, draws)
-    d = _load(banks, seed)
-    ai = sorted(set(d.engines[d.y == 1].tolist()))
-    if len(ai) < 2:
-        raise DataError(
-            f"few-shot curves need at least 2 AI engines, the banks have {ai}; "
-            "add banks of more engines"
-        )
-    held = list(engines) if engines else ai
-    unknown = sorted(set(held) - set(ai))
-    if unknown:
-        raise DataError(f"engines {unknown} are not AI engines of these banks; valid: {ai}")
-    tr, te = d.splits == "train", d.splits == "test"
-    va_real = (d.splits == "val") & (d.y == 0)
-    te_real = te & (d.y == 0)
-    if te_real.sum() == 0:
-        raise DataError(
-            "no real images in the test split: the test FPR is undefined; add test reals"
-        )
-    X_va_real = d.X[va_real]
+    weighting = _check_shot_weight(shot_weight, head)
+    d = load_protocol_data(banks, seed)
+    held = d.held_engines(engines, protocol="few-shot curves")
+    d.require_test_reals("the test FPR")
+    tr, te = d.train, d.test
+    n_train_of = {e: int((tr & (d.engines == e)).sum()) for e in d.ai_engines}
 
     from rich.progress import Progress
 
     points: list[dict[str, Any]] = []
     stopped: dict[str, str] = {}
-    fits = {e: [k for k in ks if k <= int((tr & (d.engines == e)).sum())] for e in held}
+    shot_weights: dict[str, float] = {}
+    fits = {e: [k for k in ks if k <= n_train_of[e]] for e in held}
     total = sum(1 + draws * sum(k > 0 for k in f) for f in fits.values())
+    # every fit starts from a related solution (heads with warm_start): each engine's k = 0
+    # fit from the all-engines fit, each k > 0 fit from its engine's k = 0 fit - the same
+    # minimisers to the head's tolerance, a few iterations instead of a cold start each
+    start = None
+    if fits and "warm_start" in _head_params(head):
+        start = train_and_test(d, *d.rows(tr), head=head, params=params, fpr=fpr).estimator
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("few-shot", total=total)
         for ei, e in enumerate(held):
             pool = np.flatnonzero(tr & (d.engines == e))
-            test_e = te & (d.engines == e)
-            if test_e.sum() == 0:
+            X_test_e = d.X[te & (d.engines == e)]
+            if len(X_test_e) == 0:
                 raise DataError(
                     f"engine {e!r} has no rows in the test split, so its TPR cannot be measured; "
                     "give it test rows or leave it out with engines=[...]"
@@ -169,27 +190,45 @@ def few_shot(
                     f"{e} has {pool.size} train images: its curve stops at "
                     f"k={max(fits[e], default=0)} (asked up to k={ks[-1]})"
                 )
+            others = [n_train_of[f] for f in d.ai_engines if f != e]
+            engine_share = float(np.mean(others))  # train rows of an average other engine
+            k0 = start
             for k in fits[e]:
+                fit_params = dict(params or {})
+                if weighting == "balanced" and k:
+                    # E's k images together weigh as much as an average other engine's rows
+                    fit_params["engine_weight"] = {e: engine_share / k}
+                    shot_weights[f"{e}@{k}"] = engine_share / k
                 for draw in range(1 if k == 0 else draws):
                     rng = np.random.default_rng([seed, ei, k, draw])
                     if k:
                         bx[nb : nb + k] = d.X[rng.choice(pool, size=k, replace=False)]
                     n = nb + k  # the pool's rows share E's label and engine name
-                    est = _fit(head, params, bx[:n], by[:n], be[:n], X_va_real, fpr)
-                    s_e = _scores(est, d.X[test_e])
-                    s_r = _scores(est, d.X[te_real])
-                    hit = int((s_e > est.threshold_).sum())
+                    fitted = train_and_test(
+                        d,
+                        bx[:n],
+                        by[:n],
+                        be[:n],
+                        head=head,
+                        params=fit_params,
+                        fpr=fpr,
+                        warm_from=k0 if k else start,
+                    )
+                    if k == 0:
+                        k0 = fitted.estimator
+                    hit = fitted.rate(X_test_e)
                     points.append(
                         {
                             "engine": e,
                             "k": k,
                             "draw": draw,
-                            "tpr": hit / s_e.size,
-                            "n_detected": hit,
-                            "n_test": int(s_e.size),
-                            "fpr_test_reals": float((s_r > est.threshold_).mean()),
-                            "n_test_reals": int(s_r.size),
-                            "threshold": float(est.threshold_),
+                            "tpr": hit.rate,
+                            "n_detected": hit.hits,
+                            "n_test": hit.n,
+                            "fpr_test_reals": fitted.fpr_test_reals,
+                            "n_test_reals": fitted.n_test_reals,
+                            "threshold": fitted.threshold,
+                            "shot_weight": fit_params.get("engine_weight", {}).get(e, 1.0),
                         }
                     )
                     bar.advance(task)
@@ -202,6 +241,7 @@ def few_shot(
         engines=held,
         shots=ks,
         draws=int(draws),
+        shot_weight=weighting,
         head=head,
         params=dict(params or {}),
         seed=seed,
@@ -212,6 +252,12 @@ def few_shot(
     if out is not None:
         res.run_dir = _write(res, d, out)
     return res
+
+
+def _weight_words(shot_weight: str) -> str:
+    if shot_weight == "balanced":
+        return "the k images together weigh as much as an average other engine's train rows"
+    return "the k images unweighted, each one training row among all the others"
 
 
 def _curve(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -259,7 +305,7 @@ def _average(curve: list[dict[str, Any]], ks: list[int], held: list[str]) -> lis
     return out
 
 
-def _write(res: FewShotResult, d: _Data, out: str | Path) -> Path:
+def _write(res: FewShotResult, d: ProtocolData, out: str | Path) -> Path:
     from .plots import save_figure
 
     run = start_run(
@@ -272,6 +318,7 @@ def _write(res: FewShotResult, d: _Data, out: str | Path) -> Path:
             "params": res.params,
             "shots": res.shots,
             "draws": res.draws,
+            "shot_weight": res.shot_weight,
             "seed": res.seed,
             "fpr": res.fpr,
             "engines": res.engines,
@@ -297,7 +344,8 @@ def _write(res: FewShotResult, d: _Data, out: str | Path) -> Path:
     text = f"# Few-shot curves ({res.head}, view {', '.join(d.views)})\n\n"
     text += (
         f"For each AI engine: trained on every other engine's train split plus k of its own train "
-        f"images ({res.draws} seeded draws per k), threshold on validation reals at FPR {fl}, "
+        f"images ({res.draws} seeded draws per k; {_weight_words(res.shot_weight)}), "
+        f"threshold on validation reals at FPR {fl}, "
         f"TPR on its test rows and FPR on the test reals. Interval: range over draws. "
         f"Splits: {res.split_source}.\n\n"
     )
@@ -355,7 +403,8 @@ def _figure(res: FewShotResult):
     ax.set_xlabel("k: images of the held-out engine in training")
     ax.set_ylabel(f"TPR at FPR {fpr_label(res.fpr)}")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"few-shot curves ({res.head}); band = range over {res.draws} draws")
+    weight = ", k images weighted as an engine" if res.shot_weight == "balanced" else ""
+    ax.set_title(f"few-shot curves ({res.head}{weight}); band = range over {res.draws} draws")
     ax.spines["top"].set_visible(False)
     ax.spines["right"].set_visible(False)
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

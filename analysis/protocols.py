@@ -19,87 +19,16 @@ from typing import Any
 import numpy as np
 
 from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError, SmallSampleWarning
+from facebank.embed.errors import SmallSampleWarning
 from facebank.embed.runs import markdown_table, start_run, write_json
-from facebank.embed.splits import assign_splits, has_splits
 
-from ._evalcommon import bank_label, fmt_ci, md_section, open_banks, require_one_backbone
-from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table, proportion_interval
+from ._evalcommon import fmt_ci, md_section
+from ._protocol_core import ProtocolData, load_protocol_data, rate_of, train_and_test
+from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table
 
 __all__ = ["InEngineResult", "LoeoResult", "in_engine", "leave_one_engine_out", "PROTOCOLS"]
 
 PROTOCOLS = ("in-engine", "loeo")
-
-
-@dataclasses.dataclass
-class _Data:
-    X: np.ndarray
-    y: np.ndarray
-    engines: np.ndarray
-    splits: np.ndarray
-    split_source: str
-    banks: list[str]
-    views: list[str]
-    backbone: dict
-
-
-def _load(banks: Any, seed: int) -> _Data:
-    banks = open_banks(banks)
-    backbone = require_one_backbone(banks)
-    views = sorted({b.view for b in banks})
-    if len(views) > 1:
-        raise DataError(
-            f"protocol banks have different views {views}; a protocol trains and tests on one view "
-            "- "
-            "pass banks of one view (use `facebank robustness` to compare views)"
-        )
-    X = np.concatenate([b.load_features() for b in banks]).astype(np.float32, copy=False)
-    y = np.concatenate([np.asarray(b.labels, dtype=np.int64) for b in banks])
-    engines = np.concatenate([np.asarray(b.engines, dtype=str) for b in banks])
-    sha = np.concatenate([np.asarray(b.sha256, dtype=str) for b in banks])
-    given = np.concatenate([np.asarray(b.splits, dtype=str) for b in banks])
-    if has_splits(given):
-        splits, source = given, "the banks' split column"
-    else:
-        splits, source = (
-            assign_splits(engines, sha, seed=seed),
-            f"assign_splits(seed={seed}), stratified by engine",
-        )
-    keep = y != -1
-    return _Data(
-        X[keep],
-        y[keep],
-        engines[keep],
-        splits[keep],
-        source,
-        [bank_label(b) for b in banks],
-        views,
-        backbone,
-    )
-
-
-def _fit(head: str, params: Mapping[str, Any] | None, X, y, engines, X_val_real, fpr: float) -> Any:
-    from facebank.heads import create_head
-
-    if (y == 0).sum() == 0 or (y == 1).sum() == 0:
-        raise DataError(
-            f"the training rows hold {(y == 0).sum()} reals and {(y == 1).sum()} AI images; "
-            "a head needs both - the protocol needs reals and at least two AI engines in the train "
-            "split"
-        )
-    if len(X_val_real) == 0:
-        raise DataError(
-            "no real images in the validation split: the threshold at a fixed FPR cannot be set; "
-            "add val reals"
-        )
-    est = create_head(head, **dict(params or {}))
-    est.fit(X, y, engines=engines)
-    est.calibrate(X_val_real, fpr=fpr)
-    return est
-
-
-def _scores(est: Any, X: np.ndarray) -> np.ndarray:
-    return np.asarray(est.decision_function(X), dtype=np.float64) if len(X) else np.zeros(0)
 
 
 @dataclasses.dataclass
@@ -159,18 +88,18 @@ def in_engine(
         ``InEngineResult``.
     """
     t0 = time.perf_counter()
-    d = _load(banks, seed)
-    tr, va, te = (d.splits == "train"), (d.splits == "val") & (d.y == 0), (d.splits == "test")
-    est = _fit(head, params, d.X[tr], d.y[tr], d.engines[tr], d.X[va], fpr)
-    s = _scores(est, d.X[te])
-    metrics = binary_metrics(d.y[te], s, threshold=est.threshold_, n_boot=n_boot, seed=seed)
-    rows = per_engine_table(d.y[te], s, d.engines[te], threshold=est.threshold_)
+    d = load_protocol_data(banks, seed)
+    tr, te = d.train, d.test
+    fitted = train_and_test(d, *d.rows(tr), head=head, params=params, fpr=fpr)
+    s = fitted.scores(d.X[te])
+    metrics = binary_metrics(d.y[te], s, threshold=fitted.threshold, n_boot=n_boot, seed=seed)
+    rows = per_engine_table(d.y[te], s, d.engines[te], threshold=fitted.threshold)
     res = InEngineResult(
         metrics=metrics,
         per_engine=rows,
-        threshold=float(est.threshold_),
+        threshold=fitted.threshold,
         n_train=int(tr.sum()),
-        n_val_reals=int(va.sum()),
+        n_val_reals=int(d.val_real.sum()),
         n_test=int(te.sum()),
         head=head,
         params=dict(params or {}),
@@ -222,7 +151,7 @@ def in_engine(
     return res
 
 
-def _config(res: Any, d: _Data) -> dict[str, Any]:
+def _config(res: Any, d: ProtocolData) -> dict[str, Any]:
     return {
         "banks": d.banks,
         "views": d.views,
@@ -315,24 +244,11 @@ def leave_one_engine_out(
         ``LoeoResult``.
     """
     t0 = time.perf_counter()
-    d = _load(banks, seed)
-    ai = sorted(set(d.engines[d.y == 1].tolist()))
-    if len(ai) < 2:
-        raise DataError(
-            f"leave-one-engine-out needs at least 2 AI engines, the banks have {ai}; add banks of "
-            "more engines"
-        )
-    held = list(engines) if engines else ai
-    unknown = sorted(set(held) - set(ai))
-    if unknown:
-        raise DataError(f"engines {unknown} are not AI engines of these banks; valid: {ai}")
-    tr, te = d.splits == "train", d.splits == "test"
-    va_real = (d.splits == "val") & (d.y == 0)
-    te_real = te & (d.y == 0)
-    if te_real.sum() == 0:
-        raise DataError(
-            "no real images in the test split: out-of-engine FPR is undefined; add test reals"
-        )
+    d = load_protocol_data(banks, seed)
+    held = d.held_engines(engines, protocol="leave-one-engine-out")
+    ai = d.ai_engines
+    d.require_test_reals("out-of-engine FPR")
+    tr, te = d.train, d.test
     small = [e for e in ai if (te & (d.engines == e)).sum() < 10]
     if small:
         warnings.warn(
@@ -341,21 +257,12 @@ def leave_one_engine_out(
             SmallSampleWarning,
             stacklevel=2,
         )
-
-    def tpr_on(est, sel):
-        s = _scores(est, d.X[sel])
-        return (
-            float((s > est.threshold_).mean()) if s.size else float("nan"),
-            int((s > est.threshold_).sum()),
-            int(s.size),
-        )
+    X_test = {e: d.X[te & (d.engines == e)] for e in ai}
 
     matrix = np.full((len(held) + 1, len(ai)), np.nan)
-    est_in = _fit(head, params, d.X[tr], d.y[tr], d.engines[tr], d.X[va_real], fpr)
-    tpr_in = {}
-    for j, e in enumerate(ai):
-        tpr_in[e] = tpr_on(est_in, te & (d.engines == e))
-        matrix[0, j] = tpr_in[e][0]
+    fit_in = train_and_test(d, *d.rows(tr), head=head, params=params, fpr=fpr)
+    rate_in = {e: fit_in.rate(X_test[e]) for e in ai}
+    matrix[0] = [rate_in[e].rate for e in ai]
 
     from rich.progress import Progress
 
@@ -364,33 +271,34 @@ def leave_one_engine_out(
         task = bar.add_task("leave-one-engine-out", total=len(held))
         for i, e in enumerate(held, start=1):
             fit_rows = tr & (d.engines != e)
-            est = _fit(
-                head, params, d.X[fit_rows], d.y[fit_rows], d.engines[fit_rows], d.X[va_real], fpr
+            fitted = train_and_test(
+                d,
+                *d.rows(fit_rows),
+                head=head,
+                params=params,
+                fpr=fpr,
+                warm_from=fit_in.estimator,
             )
-            out_sel = d.engines == e
-            s_out = _scores(est, d.X[out_sel])
-            s_real = _scores(est, d.X[te_real])
-            k_out = int((s_out > est.threshold_).sum())
-            for j, f in enumerate(ai):
-                matrix[i, j] = (
-                    k_out / s_out.size if f == e else tpr_on(est, te & (d.engines == f))[0]
-                )
+            s_out = fitted.scores(d.X[d.engines == e])
+            r_out = rate_of(s_out, fitted.threshold)
+            matrix[i] = [r_out.rate if f == e else fitted.rate(X_test[f]).rate for f in ai]
+            s_real = fitted.test_real_scores
             y_auc = np.r_[np.zeros(s_real.size, dtype=int), np.ones(s_out.size, dtype=int)]
             auc = binary_metrics(y_auc, np.r_[s_real, s_out], n_boot=0).auc
-            t_in, k_in, n_in = tpr_in[e]
+            r_in = rate_in[e]
             table.append(
                 {
                     "engine": e,
-                    "n_in": n_in,
-                    "tpr_in": t_in,
-                    "tpr_in_ci": list(proportion_interval(k_in, n_in)),
-                    "n_out": int(s_out.size),
-                    "tpr_out": k_out / s_out.size,
-                    "tpr_out_ci": list(proportion_interval(k_out, int(s_out.size))),
-                    "drop": t_in - k_out / s_out.size,
-                    "fpr_test_reals": float((s_real > est.threshold_).mean()),
+                    "n_in": r_in.n,
+                    "tpr_in": r_in.rate,
+                    "tpr_in_ci": list(r_in.ci),
+                    "n_out": r_out.n,
+                    "tpr_out": r_out.rate,
+                    "tpr_out_ci": list(r_out.ci),
+                    "drop": r_in.rate - r_out.rate,
+                    "fpr_test_reals": fitted.fpr_test_reals,
                     "auc_out": auc,
-                    "threshold": float(est.threshold_),
+                    "threshold": fitted.threshold,
                 }
             )
             bar.advance(task)
@@ -418,7 +326,7 @@ def leave_one_engine_out(
     return res
 
 
-def _write_loeo(res: LoeoResult, d: _Data, out: Path) -> Path:
+def _write_loeo(res: LoeoResult, d: ProtocolData, out: Path) -> Path:
     from .plots import loeo_heatmap, save_figure
 
     run = start_run(out, command="protocol loeo", config=_config(res, d))

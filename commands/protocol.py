@@ -18,6 +18,11 @@ class _Protocol(str, Enum):
     chrono = "chrono"
 
 
+class _ShotWeight(str, Enum):
+    none = "none"
+    balanced = "balanced"
+
+
 class _Window(str, Enum):
     release = "release"
     year = "year"
@@ -63,6 +68,14 @@ def protocol_cmd(
     draws: Annotated[
         int, typer.Option("--draws", help="few-shot: seeded draws of k images per point.")
     ] = 3,
+    shot_weight: Annotated[
+        _ShotWeight,
+        typer.Option(
+            "--shot-weight",
+            help="few-shot: none (each of the k images weighs one training row) or balanced "
+            "(together they weigh as much as an average other engine's train rows; linear).",
+        ),
+    ] = _ShotWeight.none,
     engine_dates: Annotated[
         Path | None,
         typer.Option(
@@ -92,7 +105,7 @@ def protocol_cmd(
         for r in res.per_engine:
             typer.echo(f"  {r['engine']:<16} {r['metric'].upper()} {r['rate']:7.1%}  n={r['n']}")
     elif protocol is _Protocol.few_shot:
-        res = _few_shot(banks, head, params, seed, fpr, shots, draws, out)
+        res = _few_shot(banks, head, params, seed, fpr, shots, draws, shot_weight.value, out)
     elif protocol is _Protocol.chrono:
         res = _chrono(banks, head, params, seed, fpr, engine_dates, window, out)
     else:
@@ -109,7 +122,7 @@ def protocol_cmd(
     typer.echo(f"run folder: {res.run_dir}")
 
 
-def _few_shot(banks, head, params, seed, fpr, shots, draws, out):
+def _few_shot(banks, head, params, seed, fpr, shots, draws, shot_weight, out):
     from facebank.analysis.fewshot import DEFAULT_SHOTS, few_shot
 
     ks = split_list(shots, [str(k) for k in DEFAULT_SHOTS])
@@ -119,12 +132,16 @@ def _few_shot(banks, head, params, seed, fpr, shots, draws, out):
         params=params,
         shots=ks,
         draws=draws,
+        shot_weight=shot_weight,
         seed=seed,
         fpr=fpr,
         out=out,
         progress=show_progress(),
     )
-    typer.echo(f"few-shot {head}: TPR at FPR {fpr:.1%} (val reals), mean over {draws} draws")
+    typer.echo(
+        f"few-shot {head}: TPR at FPR {fpr:.1%} (val reals), mean over {draws} draws, "
+        f"shot weight {shot_weight}"
+    )
     typer.echo(f"{'k':>5} {'mean TPR':>9} {'range over draws':>18} {'test FPR':>9} {'engines':>8}")
     for r in res.average:
         typer.echo(

@@ -13,6 +13,10 @@ from facebank.embed.errors import DataError
 from ._torch import as_tensor, predict_chunks
 from .base import BaseHead
 
+# Rows per block of the loss pass: 1024 x 768 float32 is 3 MB, a block stays in cache
+# between X @ w and X^T r (measured fastest among 512-8192 at 66,000 x 768).
+_BLOCK_ROWS = 1024
+
 
 def _preconditioner(Xs: torch.Tensor, *, n: int, C: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, L)`` with ``L L^T`` the sample covariance plus the regulariser's share.
@@ -52,6 +56,13 @@ class LinearHead(BaseHead):
     and its minimiser alone but makes it nearly isotropic, so L-BFGS needs ~5 full-data
     iterations where it needed ~25 on raw embedding features.
 
+    ``warm_start=True`` follows scikit-learn's convention: a second ``fit`` starts from
+    the previous fit's ``coef_`` and ``intercept_`` (and keeps its whitening, which
+    changes the coordinates, not the minimiser) and skips the subsample stage. A fit on
+    rows that differ a little from the previous ones (a protocol adding k images of one
+    engine) then needs a few full-data iterations instead of a fresh start's preconditioner
+    and ~10 iterations; it stops at the same ``tol``.
+
     Args:
         C: inverse regularisation strength, as in sklearn (1.0 = sklearn's default).
         max_iter: L-BFGS iterations (sklearn's default is 100).
@@ -61,12 +72,18 @@ class LinearHead(BaseHead):
         warm_start_rows: subsample size of the warm-up stage (0 disables it).
         class_weight: ``None``, ``"balanced"`` (weights n / (2 n_c), as sklearn) or a
             dict ``{0: w_real, 1: w_ai}`` (a missing class weighs 1).
+        engine_weight: ``None`` or a dict ``{engine: w}``: rows of that engine (the
+            ``engines`` given to ``fit``) weigh ``w`` in the loss, times their class
+            weight (the few-shot protocol's ``shot_weight="balanced"``).
+        warm_start: reuse the previous fit's solution as the starting point.
         dtype: ``"float32"`` (fast) or ``"float64"``.
         device: ``"auto"`` (cuda if present), ``"cpu"`` or ``"cuda"``.
         seed: unused by the (deterministic) optimiser; kept for a uniform interface.
     """
 
     name = "linear"
+    #: ``(mean, L)`` of the last fit's whitening, reused by ``warm_start`` (not persisted).
+    _whitening: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -76,6 +93,8 @@ class LinearHead(BaseHead):
         tol: float = 1e-4,
         warm_start_rows: int = 16384,
         class_weight: str | dict[int, float] | None = None,
+        engine_weight: dict[str, float] | None = None,
+        warm_start: bool = False,
         dtype: str = "float32",
         device: Device = "auto",
         seed: int = 0,
@@ -85,6 +104,8 @@ class LinearHead(BaseHead):
         self.tol = tol
         self.warm_start_rows = warm_start_rows
         self.class_weight = class_weight
+        self.engine_weight = engine_weight
+        self.warm_start = warm_start
         self.dtype = dtype
         self.device = device
         self.seed = seed
@@ -105,27 +126,70 @@ class LinearHead(BaseHead):
             "weights keyed by label, e.g. {0: 1.0, 1: 2.0}"
         )
 
+    def _engine_weights(self, engines: np.ndarray | None, n: int) -> np.ndarray:
+        """(n_samples,) float64 multipliers from ``engine_weight`` (ones without it)."""
+        ew = self.engine_weight
+        out = np.ones(n)
+        if ew is None:
+            return out
+        if not isinstance(ew, dict) or not all(
+            np.isfinite(float(w)) and float(w) > 0 for w in ew.values()
+        ):
+            raise DataError(
+                f"engine_weight={ew!r} is not valid; use None or a dict of positive weights "
+                "keyed by engine name, e.g. {'sdxl': 40.0}"
+            )
+        if engines is None:
+            raise DataError(
+                "engine_weight needs the rows' engine names: call fit(X, y, engines=...)"
+            )
+        for e, w in ew.items():
+            out[engines == e] = float(w)
+        return out
+
+    def _previous_solution(self, n_features: int) -> tuple[np.ndarray, float] | None:
+        """``(w, b)`` of the previous fit when ``warm_start`` can use it."""
+        if not self.warm_start or getattr(self, "_whitening", None) is None:
+            return None
+        coef = getattr(self, "coef_", None)
+        if coef is None or coef.shape != (1, n_features):
+            return None
+        return coef[0], float(self.intercept_[0])
+
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
         device = self._device()
         dt = torch.float64 if self.dtype == "float64" else torch.float32
         Xt = as_tensor(X, device).to(dt)
         s = torch.from_numpy(np.where(y == 1, 1.0, -1.0)).to(device=device, dtype=dt)
         n = X.shape[0]
-        sw = torch.from_numpy(self._sample_weights(y)).to(device=device, dtype=dt)
+        weights = self._sample_weights(y) * self._engine_weights(engines, n)
+        sw = torch.from_numpy(weights).to(device=device, dtype=dt)
+        previous = self._previous_solution(X.shape[1])
         m = int(self.warm_start_rows)
-        warm = 0 < m and 2 * m < n
+        warm = previous is None and 0 < m and 2 * m < n
         if warm:
             gen = torch.Generator().manual_seed(int(self.seed))
             idx = torch.randperm(n, generator=gen)[:m].to(device)
-        mean, chol = _preconditioner(Xt[idx] if warm else Xt, n=n, C=float(self.C))
+        if previous is None:
+            mean, chol = _preconditioner(Xt[idx] if warm else Xt, n=n, C=float(self.C))
+        else:
+            mean, chol = self._whitening
+            mean, chol = mean.to(device=device, dtype=dt), chol.to(device=device, dtype=dt)
+        self._whitening = (mean, chol)
         # w = L^-T v and b = c - mean.w: L-BFGS sees whitened features (v, c), where the
         # objective is close to isotropic; the objective and its minimiser are unchanged.
-        v = torch.zeros(X.shape[1], device=device, dtype=dt, requires_grad=True)
-        c = torch.zeros(1, device=device, dtype=dt, requires_grad=True)
+        v = torch.zeros(X.shape[1], device=device, dtype=dt)
+        c = torch.zeros(1, device=device, dtype=dt)
+        if previous is not None:
+            w0 = torch.from_numpy(previous[0]).to(device=device, dtype=dt)
+            v = chol.T @ w0
+            c = c + previous[1] + mean @ w0
+        v.requires_grad_(True)
+        c.requires_grad_(True)
 
         def unwhiten() -> tuple[torch.Tensor, torch.Tensor]:
-            w = torch.linalg.solve_triangular(chol.T, v[:, None], upper=True)[:, 0]
-            return w, c - mean @ w
+            w = torch.linalg.solve_triangular(chol.T, v.detach()[:, None], upper=True)[:, 0]
+            return w, c.detach() - mean @ w
 
         opt = torch.optim.LBFGS(
             [v, c],
@@ -139,28 +203,55 @@ class LinearHead(BaseHead):
         state = opt.state[v]
         self.n_iter_warm_ = 0
         if warm:
-            opt.step(self._closure(opt, unwhiten, Xt[idx], s[idx], sw[idx] * (n / m), n))
+            opt.step(self._closure(v, c, mean, chol, Xt[idx], s[idx], sw[idx] * (n / m), n))
             self.n_iter_warm_ = int(state["n_iter"])
             # Keep the curvature pairs learnt on the sample (an unbiased estimate of the
             # full objective's) but not the pair that would straddle the switch: t = 0
             # makes the first full-data step skip its memory update.
             state["t"] = 0.0
-        opt.step(self._closure(opt, unwhiten, Xt, s, sw, n))
+        opt.step(self._closure(v, c, mean, chol, Xt, s, sw, n))
         self.n_iter_ = int(state["n_iter"]) - self.n_iter_warm_
         w, b = unwhiten()
-        self.coef_ = w.detach().cpu().double().numpy()[None, :]
-        self.intercept_ = b.detach().cpu().double().numpy()
+        self.coef_ = w.cpu().double().numpy()[None, :]
+        self.intercept_ = b.cpu().double().numpy()
 
-    def _closure(self, opt, unwhiten, Xt, s, sw, n):
-        """The scaled objective on rows ``Xt`` with signs ``s`` and sample weights ``sw``."""
+    def _closure(self, v, c, mean, chol, Xt, s, sw, n):
+        """The scaled objective on rows ``Xt`` (signs ``s``, sample weights ``sw``) and its
+        gradient in the whitened parameters ``(v, c)``, written into ``v.grad``, ``c.grad``.
+
+        The gradient is written by hand rather than by autograd so that one pass over
+        ``Xt`` in row blocks gives both ``z = X w`` and ``X^T r`` while a block is still
+        in cache: autograd reads the whole matrix twice, and on a CPU this loss is bound
+        by memory bandwidth (about 3x faster at 66,000 x 768).
+        """
         C = float(self.C)
 
+        @torch.no_grad()
         def closure() -> torch.Tensor:
-            opt.zero_grad()
-            w, b = unwhiten()
-            z = Xt @ w + b
-            loss = (C * (sw * torch.nn.functional.softplus(-s * z)).sum() + 0.5 * (w @ w)) / n
-            loss.backward()
+            w = torch.linalg.solve_triangular(chol.T, v[:, None], upper=True)[:, 0]
+            b = c - mean @ w
+            gw = torch.zeros_like(w)
+            gb = torch.zeros_like(c)
+            loss = torch.zeros_like(c)
+            for i in range(0, Xt.shape[0], _BLOCK_ROWS):
+                Xb, sb, wb = (
+                    Xt[i : i + _BLOCK_ROWS],
+                    s[i : i + _BLOCK_ROWS],
+                    sw[i : i + _BLOCK_ROWS],
+                )
+                margin = -sb * (Xb @ w + b)
+                loss += (wb * torch.nn.functional.softplus(margin)).sum()
+                r = -(wb * sb) * torch.sigmoid(margin)  # d/dz of wb * softplus(-sb * z)
+                gw.addmv_(Xb.T, r)
+                gb += r.sum()
+            loss = (C * loss + 0.5 * (w @ w)) / n
+            gw = (C * gw + w) / n
+            gb = C * gb / n
+            # chain rule through w = L^-T v, b = c - mean.w
+            v.grad = torch.linalg.solve_triangular(chol, (gw - mean * gb)[:, None], upper=False)[
+                :, 0
+            ]
+            c.grad = gb
             return loss
 
         return closure

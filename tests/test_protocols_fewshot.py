@@ -85,6 +85,23 @@ def test_an_engine_with_few_images_stops_and_says_so(tmp_path):
     assert res.average[-1]["k"] == 10
 
 
+def test_balanced_shot_weight_lifts_the_curve_of_an_engine_learnable_only_from_its_images(
+    tmp_path,
+):
+    bank = make_bank(tmp_path / "b.zarr")
+    kw = {"shots": (0, 5), "draws": 2, "engines": ["odd"]}
+    plain = few_shot(bank, shot_weight="none", **kw)
+    weighted = few_shot(bank, shot_weight="balanced", **kw)
+    # k = 0 has no image to weigh: the same fit
+    assert plain.curve_of("odd")[1][0] == weighted.curve_of("odd")[1][0] < 0.1
+    # 5 images weighed as one engine's ~210 train rows teach the head far more than 5 rows
+    assert weighted.curve_of("odd")[1][1] > plain.curve_of("odd")[1][1] + 0.2
+    at5 = [p for p in weighted.points if p["k"] == 5]
+    others = [int(0.7 * 300)] * 3  # a, b, c: ~70% of 300 rows in train
+    assert all(p["shot_weight"] == pytest.approx(np.mean(others) / 5, rel=0.1) for p in at5)
+    assert {p["shot_weight"] for p in plain.points} == {1.0} and weighted.shot_weight == "balanced"
+
+
 def test_bad_input(tmp_path):
     bank = make_bank(tmp_path / "b.zarr")
     with pytest.raises(DataError, match="not AI engines"):
@@ -93,6 +110,10 @@ def test_bad_input(tmp_path):
         few_shot(bank, shots=(-1, 5))
     with pytest.raises(DataError, match="draws"):
         few_shot(bank, draws=0)
+    with pytest.raises(DataError, match="valid: 'none', 'balanced'"):
+        few_shot(bank, shot_weight="heavy")
+    with pytest.raises(DataError, match="needs a head with an engine_weight parameter"):
+        few_shot(bank, head="mlp", shot_weight="balanced")
 
 
 @pytest.mark.slow
