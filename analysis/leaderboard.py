@@ -11,9 +11,10 @@ Which split chose what: every head is fitted on ``train`` rows, its threshold se
 ``val`` reals at FPR 0.5 % (the stacker of a fusion head is fitted on ``val`` rows too);
 every leaderboard figure comes from ``test`` rows. Per row: AUC with its bootstrap 95 %
 interval; TPR at the frozen threshold with its interval, beside the FPR realised on the
-same test reals; the out-of-engine TPR of leave-one-engine-out (run with the ``linear``
-head, so shown on linear rows); the AUC of the same head on the ``normalise`` view when
-that view was embedded.
+same test reals; the out-of-engine TPR of leave-one-engine-out for that very row
+(:func:`out_of_engine`: the row's head - or, for a fused row, every member head and the
+stacker - refitted once per AI engine without it), beside its FPR on test reals; the AUC
+of the same head on the ``normalise`` view when that view was embedded.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from facebank.embed.bank import FeatureBank
 from facebank.embed.errors import DataError
 from facebank.embed.multi import embed_source_multi, join_banks
 from facebank.embed.runs import fmt_value, markdown_table, start_run, write_json
-from facebank.heads import load_head, train_run
+from facebank.heads import create_head, head_params, load_head, train_run
+from facebank.heads.fusion import FusionHead
 from facebank.heads.training import resolve_splits
 
 from .experiment import (
@@ -48,7 +50,14 @@ from .experiment import (
 from .metrics import binary_metrics
 from .report import write_report
 
-__all__ = ["LeaderboardRow", "Comparison", "leaderboard_row", "run_backbone_comparison"]
+__all__ = [
+    "LeaderboardRow",
+    "Comparison",
+    "OutOfEngine",
+    "leaderboard_row",
+    "out_of_engine",
+    "run_backbone_comparison",
+]
 
 FUSED_FEATURES = "joined features"
 FUSED_STACK = "fusion (stack)"
@@ -64,7 +73,10 @@ class LeaderboardRow:
         auc, auc_ci: Test AUC and its bootstrap 95 % interval.
         tpr, tpr_ci: TPR at the threshold chosen on validation reals (target FPR 0.5 %).
         fpr: The FPR realised by that threshold on the test reals.
-        out_of_engine_tpr, out_of_engine_fpr: Leave-one-engine-out average (linear rows).
+        out_of_engine_tpr, out_of_engine_tpr_ci, out_of_engine_fpr: Leave-one-engine-out
+            of this row (:func:`out_of_engine`): the TPR averaged over held-out engines
+            with its bootstrap 95 % interval, and the FPR on test reals averaged alike.
+        out_of_engine_note: Why there is no out-of-engine TPR (e.g. one AI engine).
         auc_normalised: Test AUC of the same head on the ``normalise`` view.
         n_test: Test rows.
         run_dir: The training run.
@@ -81,6 +93,8 @@ class LeaderboardRow:
     run_dir: str
     out_of_engine_tpr: float | None = None
     out_of_engine_fpr: float | None = None
+    out_of_engine_tpr_ci: tuple[float, float] | None = None
+    out_of_engine_note: str | None = None
     auc_normalised: float | None = None
     fused: bool = False
 
@@ -93,11 +107,9 @@ class LeaderboardRow:
                 return f(v)
             return f"{f(v)} [{f(lo_hi[0])}, {f(lo_hi[1])}]"
 
-        ooe = "n/a (runs with linear)" if self.head != "linear" else "n/a (skipped)"
-        if self.fused:
-            ooe = "n/a (not run on fused rows)"
+        ooe = f"n/a ({self.out_of_engine_note or 'not run'})"
         if self.out_of_engine_tpr is not None:
-            ooe = f"{100 * self.out_of_engine_tpr:.1f}%"
+            ooe = ci(self.out_of_engine_tpr, self.out_of_engine_tpr_ci, pct=True)
             if self.out_of_engine_fpr is not None:
                 ooe += f" at FPR {100 * self.out_of_engine_fpr:.2f}%"
         return {
@@ -149,6 +161,152 @@ def leaderboard_row(
 
 
 @dataclass
+class OutOfEngine:
+    """Leave-one-engine-out of one leaderboard row (:func:`out_of_engine`).
+
+    Attributes:
+        tpr: Out-of-engine TPR averaged over the held-out AI engines (each weighs the same).
+        tpr_ci: Its bootstrap 95 % interval (rows resampled within each engine).
+        fpr: FPR on the test reals, averaged over the refits; ``fpr_ci`` its interval.
+        per_engine: ``{engine: {"tpr", "n", "fpr", "threshold"}}`` for each held-out engine.
+        seconds: Wall time of the refits.
+    """
+
+    tpr: float
+    tpr_ci: tuple[float, float]
+    fpr: float
+    fpr_ci: tuple[float, float]
+    per_engine: dict[str, dict[str, float]]
+    seconds: float
+
+
+def _fit_row_head(
+    head: str, params: dict[str, Any] | None, *, fused: bool, columns: Any, seed: int
+) -> Any:
+    """An unfitted head as ``train_run`` builds it for this leaderboard row."""
+    if fused:
+        return FusionHead(rule="stack", head=head, head_params=params, columns=columns, seed=seed)
+    kw = dict(params or {})
+    if "seed" in head_params(head):
+        kw.setdefault("seed", seed)
+    return create_head(head, **kw)
+
+
+def out_of_engine(
+    bank: Any,
+    *,
+    head: str,
+    params: dict[str, Any] | None = None,
+    fused: bool = False,
+    seed: int = 0,
+    fpr: float = FPR,
+    n_boot: int = 1000,
+) -> OutOfEngine:
+    """Leave-one-engine-out for one leaderboard row: how the row's head does on an unseen engine.
+
+    For each AI engine E: the head is fitted on the ``train`` rows of every other engine
+    and the train reals; for a fused row (``fused=True``: a ``fusion`` head, rule
+    ``stack``, one ``head`` member per backbone block of a joined bank) every member is
+    fitted on those rows and the stacker on the ``val`` rows without E. The threshold is
+    set on ``val`` reals at ``fpr``. The out-of-engine TPR is measured on **all** rows of
+    E (none was seen in fitting or thresholding), the FPR on the ``test`` reals. The
+    splits are the ones ``train_run`` resolved for this bank (same ``seed``), so the test
+    reals are the leaderboard's. No hyperparameter is searched.
+
+    Args:
+        bank: A bank, or a joined bank (feature-level and fused rows).
+        head: The row's head (for a fused row: the member head).
+        params: Its parameters (as the leaderboard trained it: none).
+        fused: Refit a ``fusion`` stack of ``head`` members over ``bank.columns``.
+        seed: Split seed (banks without a split column) and head seed.
+        fpr: Target FPR on validation reals.
+        n_boot: Bootstrap resamples for the intervals.
+
+    Returns:
+        :class:`OutOfEngine`.
+
+    Raises:
+        DataError: Fewer than two AI engines, or no validation or test reals.
+    """
+    t0 = time.perf_counter()
+    splits, _ = resolve_splits(bank, seed=seed)
+    y = np.asarray(bank.labels).astype(np.int64)
+    engines = np.asarray(bank.engines, dtype=str)
+    ai = sorted(set(engines[y == 1].tolist()))
+    test_real = (splits == "test") & (y == 0)
+    val_real = (splits == "val") & (y == 0)
+    if len(ai) < 2 or not test_real.any() or not val_real.any():
+        raise DataError(
+            f"leave-one-engine-out needs at least two AI engines and validation and test reals; "
+            f"bank {str(bank.path)!r} has {len(ai)} AI engine(s), {int(val_real.sum())} "
+            f"validation and {int(test_real.sum())} test reals"
+        )
+    X = bank.load_features()
+    columns = getattr(bank, "columns", None)
+    known = y >= 0
+    per_engine: dict[str, dict[str, float]] = {}
+    hits: list[np.ndarray] = []
+    real_hits: list[np.ndarray] = []
+    for e in ai:
+        others = engines != e
+        fit = (splits == "train") & known & others
+        est = _fit_row_head(head, params, fused=fused, columns=columns, seed=seed)
+        kw: dict[str, Any] = {}
+        if fused:
+            val = (splits == "val") & known & others
+            kw = {"X_val": X[val], "y_val": y[val]}
+        est.fit(X[fit], y[fit], engines=engines[fit], **kw)
+        est.calibrate(X[val_real], fpr=fpr)
+        thr = float(est.threshold_)
+        h = est.decision_function(X[engines == e]) > thr
+        r = est.decision_function(X[test_real]) > thr
+        hits.append(h)
+        real_hits.append(r)
+        per_engine[e] = {
+            "tpr": float(h.mean()),
+            "n": int(h.size),
+            "fpr": float(r.mean()),
+            "threshold": thr,
+        }
+    tpr = float(np.mean([h.mean() for h in hits]))
+    fpr_mean = float(np.mean([r.mean() for r in real_hits]))
+    rng = np.random.default_rng(seed)
+    n_real = int(test_real.sum())
+    boot_t, boot_f = np.empty(n_boot), np.empty(n_boot)
+    R = np.stack(real_hits)  # (n_engines, n_test_reals): the same reals for every refit
+    for b in range(n_boot):
+        boot_t[b] = np.mean([h[rng.integers(0, h.size, h.size)].mean() for h in hits])
+        boot_f[b] = R[:, rng.integers(0, n_real, n_real)].mean()
+    return OutOfEngine(
+        tpr=tpr,
+        tpr_ci=_interval(boot_t, tpr),
+        fpr=fpr_mean,
+        fpr_ci=_interval(boot_f, fpr_mean),
+        per_engine=per_engine,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _interval(boot: np.ndarray, value: float) -> tuple[float, float]:
+    """Percentile 95 % interval of bootstrap values (the value itself without resamples)."""
+    if not boot.size:
+        return (value, value)
+    return (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+
+
+def _add_out_of_engine(row: LeaderboardRow, bank: Any, *, fused: bool, seed: int) -> float:
+    """Fill ``row``'s out-of-engine cells; returns the seconds spent."""
+    try:
+        res = out_of_engine(bank, head=row.head, fused=fused, seed=seed)
+    except DataError as exc:
+        row.out_of_engine_note = str(exc).split(";")[0]
+        return 0.0
+    row.out_of_engine_tpr, row.out_of_engine_tpr_ci = res.tpr, res.tpr_ci
+    row.out_of_engine_fpr = res.fpr
+    return res.seconds
+
+
+@dataclass
 class Comparison:
     """What :func:`run_backbone_comparison` did: the leaderboard and each backbone's run.
 
@@ -178,7 +336,10 @@ class Comparison:
                 "### Leaderboard: backbone x head (test rows)\n",
                 f"Heads fitted on train, thresholds on validation reals at FPR {FPR:.1%} "
                 "(the fusion stacker on validation rows); every figure on test rows. "
-                "Fused rows use all backbones together.\n",
+                "Fused rows use all backbones together. Out-of-engine TPR: each row's head "
+                "(a fused row's member heads and stacker) refitted once per AI engine "
+                "without it, that engine's rows scored, averaged over engines with a "
+                "bootstrap 95% interval, beside the FPR on test reals.\n",
                 markdown_table([r.cells() for r in self.rows]),
                 "".join(f"- {n}\n" for n in self.notes),
             ]
@@ -316,9 +477,8 @@ def run_backbone_comparison(
             row = leaderboard_row(
                 exp.run_dir / "train" / head, bank, backbone=name, head=head, seed=seed
             )
-            if head == "linear" and exp.loeo:
-                row.out_of_engine_tpr = exp.loeo.get("out_of_engine_tpr")
-                row.out_of_engine_fpr = exp.loeo.get("fpr_test_reals")
+            loeo_s = _add_out_of_engine(row, bank, fused=False, seed=seed)
+            seconds[f"out-of-engine {name} {head}"] = round(loeo_s, 2)
             if exp.normalised:
                 row.auc_normalised = (exp.normalised["heads"].get(head) or {}).get("auc")
             rows.append(row)
@@ -338,16 +498,13 @@ def run_backbone_comparison(
                     originals, head=train_head, params=params,
                     out=run_dir / "fusion" / slug / head, seed=seed, fpr=FPR,
                 )  # fmt: skip
-                rows.append(
-                    leaderboard_row(
-                        tr.run_dir,
-                        joined,
-                        backbone=f"{label} ({kind})",
-                        head=head,
-                        seed=seed,
-                        fused=True,
-                    )  # fmt: skip
-                )
+                row = leaderboard_row(
+                    tr.run_dir, joined, backbone=f"{label} ({kind})", head=head, seed=seed,
+                    fused=True,
+                )  # fmt: skip
+                loeo_s = _add_out_of_engine(row, joined, fused=kind == FUSED_STACK, seed=seed)
+                seconds[f"out-of-engine {slug} {head}"] = round(loeo_s, 2)
+                rows.append(row)
     notes.extend(dict.fromkeys(str(w.message) for w in caught))
     seconds["fusion"] = round(time.perf_counter() - t, 2)
 

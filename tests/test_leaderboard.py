@@ -15,10 +15,12 @@ from facebank.analysis.leaderboard import (
     Comparison,
     LeaderboardRow,
     leaderboard_row,
+    out_of_engine,
     run_backbone_comparison,
 )
 from facebank.embed.bank import FeatureBank, write_bank
 from facebank.embed.errors import DataError, UnknownNameError
+from facebank.embed.multi import join_banks
 from facebank.embed.standin import make_standin_dataset
 from facebank.heads import train_run
 
@@ -53,8 +55,14 @@ def test_comparison_keys_results_by_backbone_and_head(comparison):
     summary = (run / "summary.md").read_text()
     assert summary.startswith("### Leaderboard") and "TPR at val-chosen 0.5% FPR" in summary
     assert (run / "report.html").is_file() and (run / "leaderboard" / "metrics.json").is_file()
-    linear = next(r for r in comparison.rows if r.backbone == "tiny-cnn")
-    assert linear.out_of_engine_tpr is not None  # leave-one-engine-out ran with linear
+    # leave-one-engine-out on every backbone x head row, fused rows included
+    assert len(comparison.rows) == 4  # two backbones, joined features, fusion stack
+    for r in comparison.rows:
+        assert r.out_of_engine_tpr is not None and r.out_of_engine_fpr is not None, r
+        lo, hi = r.out_of_engine_tpr_ci
+        assert lo <= r.out_of_engine_tpr <= hi
+        assert " at FPR " in r.cells()["out-of-engine TPR (LOEO)"]
+    assert "out-of-engine stack linear" in comparison.seconds
 
 
 def test_leaderboard_row_scores_test_rows_only(tmp_path):
@@ -104,3 +112,55 @@ def test_cli_several_backbones_refuse_one_backbone_options(tmp_path):
     )
     assert res.exit_code != 0 and "apply to one backbone" in res.output
     assert not any(tmp_path.glob("runs"))
+
+
+# Three AI engines: "a" and "b" move feature 0, "c" moves feature 1 only. A head that
+# never saw "c" has no reason to look at feature 1, so "c" is missed out of engine.
+N_REAL, N_AI = 120, 60
+ENGINES = np.array(["real"] * N_REAL + ["a"] * N_AI + ["b"] * N_AI + ["c"] * N_AI)
+LABELS = (ENGINES != "real").astype(np.int8)
+SHA = np.array([f"{i:064x}" for i in range(ENGINES.size)])
+SPLITS = np.array(["train", "train", "val", "test"] * (ENGINES.size // 4))
+
+
+def _engine_bank(path, *, shift: float, dim: int, name: str):
+    rng = np.random.default_rng(dim)
+    X = rng.normal(size=(ENGINES.size, dim)).astype(np.float32)
+    X[np.isin(ENGINES, ["a", "b"]), 0] += shift
+    X[ENGINES == "c", 1] += shift
+    spec = {"name": name, "library": "timm", "model": name, "pretrained": "x", "dim": dim}
+    return write_bank(
+        path, X, labels=LABELS, engines=ENGINES, sha256=SHA, splits=SPLITS, backbone=spec
+    )
+
+
+def test_out_of_engine_misses_the_engine_left_out_of_training(tmp_path):
+    bank = _engine_bank(tmp_path / "a.zarr", shift=5.0, dim=6, name="bb-a")
+    res = out_of_engine(bank, head="linear", n_boot=200)
+    assert set(res.per_engine) == {"a", "b", "c"}
+    assert res.per_engine["c"]["n"] == N_AI  # every row of the held-out engine is scored
+    assert res.per_engine["a"]["tpr"] > 0.9 and res.per_engine["c"]["tpr"] < 0.3
+    assert res.tpr_ci[0] <= res.tpr <= res.tpr_ci[1] and 0.0 <= res.fpr <= 0.1
+    # the same head trained on every engine finds "c" (so the miss is the leaving out)
+    train_run([bank], head="linear", out=tmp_path / "run")
+    row = leaderboard_row(tmp_path / "run", bank, backbone="bb-a", head="linear")
+    assert row.tpr > 0.9
+
+
+def test_out_of_engine_of_a_fused_row_refits_members_and_stacker(tmp_path):
+    a = _engine_bank(tmp_path / "a.zarr", shift=5.0, dim=6, name="bb-a")
+    b = _engine_bank(tmp_path / "b.zarr", shift=5.0, dim=4, name="bb-b")
+    joined = join_banks([a, b])
+    res = out_of_engine(joined, head="linear", fused=True, n_boot=100)
+    assert set(res.per_engine) == {"a", "b", "c"}
+    assert res.per_engine["a"]["tpr"] > 0.9 and res.per_engine["c"]["tpr"] < 0.3
+    mlp = out_of_engine(a, head="mlp", n_boot=0)
+    assert mlp.tpr_ci == (mlp.tpr, mlp.tpr) and set(mlp.per_engine) == {"a", "b", "c"}
+
+
+def test_out_of_engine_needs_two_ai_engines(tmp_path):
+    one = _engine_bank(tmp_path / "a.zarr", shift=5.0, dim=6, name="bb-a").select(
+        rows=np.flatnonzero(np.isin(ENGINES, ["real", "a"]))
+    )
+    with pytest.raises(DataError, match="at least two AI engines"):
+        out_of_engine(one, head="linear")
