@@ -3,13 +3,16 @@
 :func:`embed_source_multi` decodes each image once and embeds it with every backbone
 (one bank per backbone), reusing the runner's load -> compute -> write steps.
 
-:func:`join_banks` matches the rows of banks embedded by *different* backbones (or layer
-taps) from the same images by ``sha256`` of the file bytes, and serves their features
-side by side as one bank-like object (:class:`JoinedBank`): a head trained on it is a
+:func:`join_banks` matches the rows of banks embedded by *different* backbones from the
+same images by ``sha256`` of the file bytes, and serves their features side by side as
+one bank-like object (:class:`JoinedBank`): a head trained on it is a
 feature-level fusion. Rows present in some banks only are left out and reported (a
 :class:`~facebank.embed.errors.UnmatchedRowsWarning` and ``JoinedBank.unmatched``); rows
 whose label, engine or split disagree between banks are an error. Banks of one backbone
 given together are concatenated first (several datasets of one backbone).
+
+Banks of one backbone whose layer taps or preprocessing differ are not joined (an error
+naming both banks): a tap is part of a bank's identity, and such banks never mix silently.
 
 The joined identity is a :class:`~facebank.embed.spec.BackboneSpec` with library
 ``"joined"`` whose model names every member and whose ``weights_sha256`` digests the
@@ -224,10 +227,24 @@ def join_banks(banks: Sequence[Any], *, warn: bool = True) -> JoinedBank:
         A :class:`JoinedBank` in the order of the first bank's rows.
 
     Raises:
+        BackboneMismatchError: Banks of one backbone with different layer taps or
+            preprocessing (both are named): they are one backbone, not two to fuse.
         FacebankError: Fewer than two backbones, banks of different views, no row shared
             by every bank, or shared rows whose label, engine or split disagree.
     """
     members = _group_by_backbone(list(banks))
+    for i, m in enumerate(members):  # one backbone's banks of two taps/preprocessings
+        for other in members[i + 1 :]:
+            a, b = as_spec(m.backbone), as_spec(other.backbone)
+            if (a.name, a.library, a.model, a.pretrained) == (
+                b.name,
+                b.library,
+                b.model,
+                b.pretrained,
+            ):
+                require_same_backbone(
+                    a, b, a_name=f"bank {str(m.path)!r}", b_name=f"bank {str(other.path)!r}"
+                )
     if len(members) < 2:
         raise FacebankError(
             f"join_banks needs banks of at least two backbones; all {len(banks)} share "

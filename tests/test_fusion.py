@@ -97,6 +97,18 @@ def test_join_reports_unmatched_rows_and_refuses_disjoint_banks(banks, tmp_path)
         join_banks([a, relabelled])
     with pytest.raises(FacebankError, match="at least two backbones"):
         join_banks([a, a])
+    # one backbone, two preprocessings: not two backbones to fuse - both banks named
+    squash = write_bank(
+        tmp_path / "squash.zarr", RNG.normal(size=(N, 8)), labels=LABELS, engines=ENGINES,
+        sha256=SHA, splits=SPLITS, backbone={**_spec("bb-a", 8), "resize_mode": "squash"},
+    )  # fmt: skip
+    crop = write_bank(
+        tmp_path / "crop.zarr", RNG.normal(size=(N, 8)), labels=LABELS, engines=ENGINES,
+        sha256=SHA, splits=SPLITS, backbone={**_spec("bb-a", 8), "resize_mode": "shortest"},
+    )  # fmt: skip
+    with pytest.raises(BackboneMismatchError, match="resize_mode: 'squash' != 'shortest'") as e:
+        join_banks([squash, crop])
+    assert "squash.zarr" in str(e.value) and "crop.zarr" in str(e.value)
 
 
 @pytest.mark.parametrize("rule", ["mean", "max", "stack"])

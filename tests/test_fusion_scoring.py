@@ -9,6 +9,7 @@ random weights) run on a small stand-in dataset: the numbers are not judged.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,8 @@ def test_evaluate_joins_or_selects_the_banks_the_head_needs(setup, tmp_path):
         (setup.block_run, [setup.vit_blocks]),
     ):
         res = evaluate(run, banks, n_boot=0)
-        splits = [r.split(",") for r in (run / "splits.csv").read_text().splitlines()[1:]]
-        n_test = sum(1 for r in splits if r[-1] == "test")
+        with open(run / "splits.csv", newline="") as fh:
+            n_test = sum(1 for r in csv.DictReader(fh) if r["split"] == "test")
         assert res.n_rows == n_test and sum(res.n_excluded.values()) == 32 - n_test
         assert 0.0 <= res.metrics.auc <= 1.0
 
@@ -136,6 +137,14 @@ def test_a_fusion_head_refuses_banks_of_other_backbones(setup, tmp_path):
         score_run(setup.fusion_run, inputs=[setup.cnn, setup.vit_blocks], out=tmp_path / "y.csv")
     with pytest.raises(BackboneMismatchError, match="trained on the backbones"):
         evaluate(setup.joined_run, [setup.cnn, setup.vit_blocks], n_boot=0)
+
+
+def test_one_backbone_of_two_taps_is_refused_naming_both_banks(setup, tmp_path):
+    with pytest.raises(BackboneMismatchError) as e:
+        train_run([setup.vit, setup.vit_blocks], head="linear", out=tmp_path / "run")
+    msg = str(e.value)
+    assert str(setup.vit) in msg and str(setup.vit_blocks) in msg and "layer" in msg
+    assert not (tmp_path / "run").exists()
 
 
 def test_banks_for_spec_leaves_single_backbone_heads_alone(setup):
