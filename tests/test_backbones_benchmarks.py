@@ -33,6 +33,9 @@ def test_backbones_benchmark_tiny():
     assert set(fig["single_s"]) == {"tiny-cnn", "tiny-vit"} and fig["together_s"] > 0
     slowest = max(fig["single_s"].values())
     assert fig["ratio_to_slowest_single"] == pytest.approx(fig["together_s"] / slowest, rel=0.01)
+    fastest = min(fig["single_s"].values())
+    assert fig["ratio_to_fastest_single"] == pytest.approx(fig["together_s"] / fastest, rel=0.01)
+    assert fig["ratio_to_separate_runs"] <= fig["ratio_to_slowest_single"]
     assert fig["decode_s_per_image"] > 0 and fig["machine"]["device"] == "cpu"
 
 

@@ -1,9 +1,13 @@
 """Benchmark: several backbones in one embedding (one decode) against one backbone alone.
 
-    python tests/benchmarks/bench_backbones.py            # efficientnet-lite1 + tiny-vit,
-                                                          # 256 JPEGs of 512 px, CPU, median of 3
-    python tests/benchmarks/bench_backbones.py --backbones efficientnet-lite0,efficientnet-lite1
+    python tests/benchmarks/bench_backbones.py            # efficientnet-lite0 + lite1 (real
+                                                          # weights), 256 JPEGs of 512 px, CPU,
+                                                          # median of 3
+    python tests/benchmarks/bench_backbones.py --backbones efficientnet-lite1,tiny-vit
     python tests/benchmarks/bench_backbones.py --tiny     # seconds, for CI
+
+The default pair is two backbones of similar cost: with a nearly free second backbone
+(``tiny-vit``) the ratio says little about what decoding once saves.
 
 For each backbone: :func:`embed.embed_source` alone into a fresh bank; then
 :func:`embed.multi.embed_source_multi` with all of them (each image read, hashed and
@@ -11,7 +15,8 @@ decoded once). Times are wall seconds of the whole call (scan, model load, decod
 encode, bank writes), medians of ``--repeats``. Figures:
 
 - ``ratio_to_slowest_single``: several backbones together / the slowest one alone
-  (the target is < 1.6 for two backbones);
+  (the target is < 1.6 for two backbones); ``ratio_to_fastest_single`` the same against
+  the fastest one (the stricter reading);
 - ``ratio_to_separate_runs``: together / the sum of the separate runs;
 - ``decode_s_per_image``: one process decoding (draft mode) and resizing, per image -
   the work that decoding once saves.
@@ -88,7 +93,9 @@ def run(args: argparse.Namespace) -> dict:
             "single_s": {n: round(v, 3) for n, v in med.items()},
             "together_s": round(multi, 3),
             "ratio_to_slowest_single": round(multi / max(med.values()), 3),
+            "ratio_to_fastest_single": round(multi / min(med.values()), 3),
             "ratio_to_separate_runs": round(multi / sum(med.values()), 3),
+            "target_ratio": 1.6,
             "decode_s_per_image": round(_decode_seconds(files[: min(64, len(files))], 224), 5),
             "machine": machine(args.device),
         }
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="seconds-long CI run")
-    ap.add_argument("--backbones", default="efficientnet-lite1,tiny-vit")
+    ap.add_argument("--backbones", default="efficientnet-lite0,efficientnet-lite1")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--size", type=int, default=512, help="JPEG side in pixels")
     ap.add_argument("--batch-size", type=int, default=32)
