@@ -13,7 +13,10 @@ from ._common import OUT_HELP, default_out
 def evaluate_cmd(
     banks: Annotated[
         list[Path],
-        typer.Argument(help="Feature banks (NAME.zarr) to evaluate on, same backbone as the head."),
+        typer.Argument(
+            help="Feature banks (NAME.zarr) to evaluate on, of the head's backbone (for a head "
+            "of several backbones: banks of each, joined by image sha256)."
+        ),
     ],
     head: Annotated[
         Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")

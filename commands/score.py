@@ -31,7 +31,8 @@ def score_cmd(
         list[Path],
         typer.Argument(
             help="Feature banks (NAME.zarr), image files, folders of images, or CSV manifests "
-            "(path,label,engine[,split]); images are embedded with the head's backbone."
+            "(path,label,engine[,split]); images are embedded with the head's backbone(s), "
+            "banks of a head of several backbones are joined by image sha256."
         ),
     ],
     head: Annotated[
