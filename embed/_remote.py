@@ -39,7 +39,7 @@ _LOCAL_PROTOCOLS = ("file", "local")
 def is_url(text: str | os.PathLike) -> bool:
     """True for an fsspec URL on a store other than the local disk (``file://`` is local)."""
     m = _URL.match(os.fspath(text))
-    return bool(m) and m.group(0)[:-3].lower() not in _LOCAL_PROTOCOLS
+    return m is not None and m.group(0)[:-3].lower() not in _LOCAL_PROTOCOLS
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:

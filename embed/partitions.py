@@ -30,7 +30,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -85,12 +85,19 @@ def auto_shard_rows(rows: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int | No
     return -(-int(rows) // int(chunk_rows)) * int(chunk_rows)
 
 
-def partition_layout(n: int) -> dict[str, int | None]:
-    """``create_arrays`` chunking of a partition of ``n`` rows: one object per array."""
+class PartitionLayout(NamedTuple):
+    """``create_arrays`` chunking of one partition."""
+
+    chunk_rows: int
+    shard_rows: int | None
+
+
+def partition_layout(n: int) -> PartitionLayout:
+    """The chunking of a partition of ``n`` rows: one object per array."""
     shard = auto_shard_rows(n)
     if shard is None:
-        return {"chunk_rows": max(n, 1), "shard_rows": None}
-    return {"chunk_rows": DEFAULT_CHUNK_ROWS, "shard_rows": shard}
+        return PartitionLayout(max(n, 1), None)
+    return PartitionLayout(DEFAULT_CHUNK_ROWS, shard)
 
 
 def _location(bank: BankLike, storage_options: Mapping[str, Any] | None) -> Location:
@@ -176,12 +183,15 @@ def write_partition(
     group = zarr.create_group(
         store=ploc.zarr_store(read_only=False), attributes={"columns": list(EXTRA_COLUMNS)}
     )
+    layout = partition_layout(n)
     arrays = create_arrays(
         group,
         dim=dim,
         dtype=str(feature_meta["data_type"]),
         columns=(*CORE_COLUMNS, *EXTRA_COLUMNS),
-        **partition_layout(n),  # one object per array: a partition is a few objects
+        # one object per array (sharded above 8192 rows): a partition is a few objects
+        chunk_rows=layout.chunk_rows,
+        shard_rows=layout.shard_rows,
         compression="lz4" if "blosc" in json.dumps(feature_meta.get("codecs")) else "none",
         rows=n,  # its final shape at once: no resize requests
         concurrent=not loc.is_local,
