@@ -73,6 +73,7 @@ __all__ = [
     "embed_source_ray",
     "encode_images_ray",
     "import_ray",
+    "iter_encoded_ray",
     "ray_cluster",
 ]
 
@@ -532,6 +533,54 @@ def _run_ray(
     )
 
 
+def iter_encoded_ray(
+    paths: Sequence[str | os.PathLike],
+    *,
+    backbone: Any,
+    view: str = "original",
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    ray_options: RayOptions | None = None,
+) -> Iterator[tuple[list[int], EncodedImages]]:
+    """Features of ``paths`` streamed batch by batch, in input order, from ONE pipeline.
+
+    The encoder actors start (and load the model) once for the whole list, however
+    long; the caller cuts the stream where it likes (``heads.ray_scoring`` cuts it
+    into output partitions). Must be consumed inside :func:`ray_cluster`.
+
+    Yields:
+        ``(positions, encoded)``: the input positions this batch covers (embedded or
+        failed, ascending) and their :class:`~embed.runner.EncodedImages`.
+    """
+    from .views import parse_view
+
+    opts = ray_options or RayOptions()
+    ray = import_ray()
+    vw = parse_view(view)
+    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
+    files = [str(p) for p in paths]
+    if not files:
+        return
+    workers, gpus, dev = resolve_workers(ray, opts)
+    ds = build_dataset(
+        ray, files, ids=range(len(files)), backbone=bb, view=vw, weights=weights,
+        device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
+    )  # fmt: skip
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        good = batch["reason"] == ""
+        failures = [
+            (files[i], str(why))
+            for i, why in zip(batch["index"][~good].tolist(), batch["reason"][~good], strict=True)
+        ]
+        enc = EncodedImages(
+            features=np.asarray(batch["features"][good], dtype=np.float32),
+            paths=[files[i] for i in batch["index"][good].tolist()],
+            failures=failures,
+            sha256=[str(h) for h in batch["sha"][good]],
+        )
+        yield sorted(batch["index"].tolist()), enc
+
+
 def encode_images_ray(
     paths: Sequence[str | os.PathLike],
     *,
@@ -552,34 +601,25 @@ def encode_images_ray(
         :class:`~embed.runner.EncodedImages` in input order; unreadable files are
         ``failures``.
     """
-    from .views import parse_view
-
     del device  # the actors' device follows the cluster's GPUs
     opts = ray_options or RayOptions()
     ray = import_ray()
-    vw = parse_view(view)
-    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
-    files = [str(p) for p in paths]
+    parts: list[EncodedImages] = []
+    dim = 0
     with ray_cluster(ray, opts.address):
-        workers, gpus, dev = resolve_workers(ray, opts)
-        ds = build_dataset(
-            ray, files, ids=range(len(files)), backbone=bb, view=vw, weights=weights,
-            device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
-        )  # fmt: skip
-        feats: list[np.ndarray] = []
-        ok: list[str] = []
-        shas: list[str] = []
-        failures: list[tuple[str, str]] = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy") if files else ():
-            good = batch["reason"] == ""
-            for i, why in zip(batch["index"][~good].tolist(), batch["reason"][~good], strict=True):
-                failures.append((files[i], str(why)))
-            feats.append(batch["features"][good])
-            ok.extend(files[i] for i in batch["index"][good].tolist())
-            shas.extend(str(h) for h in batch["sha"][good])
-    X = (
-        np.concatenate(feats).astype(np.float32)
-        if feats
-        else np.zeros((0, int(bb.dim)), np.float32)
+        for _, enc in iter_encoded_ray(
+            paths, backbone=backbone, view=view, weights=weights, batch_size=batch_size,
+            ray_options=opts,
+        ):  # fmt: skip
+            parts.append(enc)
+            dim = enc.features.shape[1]
+    if not dim:  # nothing embedded: the width from the backbone itself
+        dim = int(_make_backbone(backbone, device="cpu", weights=weights, image_size=None).dim)
+    return EncodedImages(
+        features=np.concatenate([p.features for p in parts] or [np.zeros((0, dim))]).astype(
+            np.float32
+        ),
+        paths=[q for p in parts for q in p.paths],
+        failures=[f for p in parts for f in p.failures],
+        sha256=[h for p in parts for h in p.sha256],
     )
-    return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)

@@ -25,6 +25,9 @@ Two outputs:
   file without a marker (a run killed mid-partition) is rewritten, never read. The
   same command on the same ``OUT`` skips committed partitions; ``OUT`` holding a
   different scoring (another head, other inputs, views or partition size) is refused.
+  All images left are embedded by one Ray pipeline (the encoder actors start once per
+  run), cut into partitions on the driver; with extra ``views`` each partition and
+  view runs its own pipeline.
   Columns are ``score_run``'s CSV columns, typed in parquet (``path``, ``verdict``:
   string; ``score``, ``probability``...: float64, empty = null; ``decision``: int64).
 """
@@ -37,14 +40,24 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from facebank.embed._store import Location
 from facebank.embed.errors import DataError
-from facebank.embed.ray_engine import RayOptions, encode_images_ray, import_ray, ray_cluster
+from facebank.embed.ray_engine import (
+    RayOptions,
+    encode_images_ray,
+    import_ray,
+    iter_encoded_ray,
+    ray_cluster,
+)
+from facebank.embed.runner import EncodedImages
+from facebank.embed.views import parse_view
 
 from .base import BaseHead
 from .persistence import load_head
@@ -61,8 +74,8 @@ __all__ = [
 
 SCORE_FORMATS = ("parquet", "csv")
 # 16,384 images a partition: minutes of work on one CPU actor, seconds on a GPU, and a
-# killed run redoes little; each partition restarts the encoder actors (model load),
-# so far smaller partitions would spend their time loading models.
+# killed run redoes little; each partition's commit is a few objects. (With --views
+# each partition and view restarts the encoder actors, a model load each.)
 DEFAULT_SCORE_PARTITION_ROWS = 16384
 _CONFIG = "score.json"
 _SUMMARY = "summary.json"
@@ -324,11 +337,67 @@ def score_partitioned(
         opts = ray_options or RayOptions()
         ray = import_ray()
         with ray_cluster(ray, opts.address):
-            run_all(functools.partial(encode_images_ray, ray_options=opts))
+            if {parse_view(v).name for v in views or []} <= {"original"}:
+                # one pipeline over every image left: the actors start once per run
+                files = [str(f) for k in todo if plan[k][0] == "images" for f in plan[k][1]]
+                spec = getattr(head, "backbone_", None)
+                run_all(
+                    _Stream(
+                        iter_encoded_ray(
+                            files, backbone=spec, weights=weights, batch_size=batch_size,
+                            ray_options=opts,
+                        ) if files and spec else iter(()),
+                        files,
+                    )
+                )  # fmt: skip
+            else:  # one pipeline per partition and view
+                run_all(functools.partial(encode_images_ray, ray_options=opts))
     result = _gather(loc, fmt, len(plan), n_ignored, prevalence)
     result.written, result.skipped = len(todo), len(plan) - len(todo)
     loc.write_json(_SUMMARY, result.summary())
     return result
+
+
+class _Stream:
+    """``score_run``'s ``encode``, served in order from one running pipeline.
+
+    ``score_run`` asks for each partition's images in turn; the answer is cut from
+    :func:`~embed.ray_engine.iter_encoded_ray` over all of them, so the encoder actors
+    start once per run instead of once per partition.
+    """
+
+    def __init__(self, batches: Iterator[tuple[list[int], EncodedImages]], files: list[str]):
+        self.batches = batches
+        self.files = files
+        self.pos = 0
+        self.held: dict[int, tuple[str, Any, str] | tuple[str, str]] = {}
+
+    def __call__(self, part: Sequence[str], *, view: str, **_: Any) -> EncodedImages:
+        n = len(part)
+        want = self.files[self.pos : self.pos + n]
+        if view != "original" or [str(p) for p in part] != want:
+            raise RuntimeError("partitioned scoring asked for images out of order")  # a bug
+        while any(i not in self.held for i in range(self.pos, self.pos + n)):
+            positions, enc = next(self.batches)
+            by_path = {p: j for j, p in enumerate(enc.paths)}
+            failed = dict(enc.failures)
+            for i in positions:
+                f = self.files[i]
+                if f in failed:
+                    self.held[i] = (f, failed[f])
+                else:
+                    j = by_path[f]
+                    self.held[i] = (f, enc.features[j], enc.sha256[j])
+        rows = [self.held.pop(i) for i in range(self.pos, self.pos + n)]
+        self.pos += n
+        ok = [r for r in rows if len(r) == 3]
+        dim = next((len(r[1]) for r in ok), 0)
+        return EncodedImages(
+            features=np.stack([r[1] for r in ok]) if ok else np.zeros((0, dim), np.float32),
+            paths=[r[0] for r in ok],
+            failures=[(r[0], r[1]) for r in rows if len(r) == 2],
+            sha256=[r[2] for r in ok],
+        )
 
 
 def _gather(

@@ -120,3 +120,30 @@ def test_head_and_partitioned_scores_on_s3(tmp_path, trained, s3_bucket):
 
     with pytest.raises(HeadError, match="does not exist"):
         load_head(f"{s3_bucket}/runs/none")
+
+
+def test_one_stream_cut_into_partitions_scores_like_one_call_per_partition(tmp_path, trained):
+    """The Ray path's stream (batches of 3) served to partitions of 4: same rows."""
+    from facebank.heads import load_head
+    from facebank.heads.ray_scoring import _Stream
+    from facebank.heads.scoring import collect_inputs
+
+    src, run = trained
+    files = collect_inputs([src]).images
+    spec = load_head(run).backbone_
+
+    def batches():
+        for a in range(0, len(files), 3):
+            chunk = files[a : a + 3]
+            yield list(range(a, a + len(chunk))), encode_images(chunk, backbone=spec)
+
+    ref = _score(run, src, tmp_path / "ref", partition_rows=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = score_partitioned(
+            run, [src], out=tmp_path / "got", partition_rows=4, encode=_Stream(batches(), files)
+        )
+    assert got.files == ref.files and got.failures == ref.failures
+    a, b = read_scores(tmp_path / "ref"), read_scores(tmp_path / "got")
+    assert a["path"].to_pylist() == b["path"].to_pylist()
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=1e-5)
