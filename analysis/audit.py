@@ -287,6 +287,8 @@ class AuditResult:
                     or "-",
                     "grayscale": d["grayscale"],
                     "bytes/pixel median": d["bytes_per_pixel_median"],
+                    # a face view: the share of rows where the detector found a face
+                    **({"face found": d["face_found"]} if d.get("face_found") is not None else {}),
                 }
             )
         return rows
@@ -586,7 +588,9 @@ def _quantiles(x: np.ndarray) -> list[int]:
     return [int(round(v)) for v in np.quantile(x, [0.05, 0.5, 0.95])] if x.size else []
 
 
-def _summary(meta: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, Any]:
+def _summary(
+    meta: Mapping[str, np.ndarray], rows: np.ndarray, face_found: np.ndarray | None = None
+) -> dict[str, Any]:
     fmt = np.asarray(meta["file_format"]).astype(str)[rows]
     names, counts = np.unique(np.where(fmt == "", "unknown", fmt), return_counts=True)
     order = np.argsort(-counts, kind="stable")
@@ -605,17 +609,27 @@ def _summary(meta: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, Any]
         "jpeg_quality_q": _quantiles(q),
         "grayscale": float(np.isin(mode, list(_GRAYSCALE_MODES)).mean()) if rows.size else None,
         "bytes_per_pixel_median": float(np.median(bpp)) if bpp.size else None,
+        "face_found": _face_share(face_found, rows),
     }
 
 
-def _distributions(meta, labels, engines) -> dict[str, dict[str, dict[str, Any]]]:
+def _face_share(face_found: np.ndarray | None, rows: np.ndarray) -> float | None:
+    """Share of ``rows`` of a face view where a face was found (None: not a face view)."""
+    if face_found is None:
+        return None
+    f = face_found[rows]
+    f = f[f >= 0]
+    return float((f == 1).mean()) if f.size else None
+
+
+def _distributions(meta, labels, engines, face_found=None) -> dict[str, dict[str, dict[str, Any]]]:
     by_class = {
-        name: _summary(meta, np.flatnonzero(labels == c))
+        name: _summary(meta, np.flatnonzero(labels == c), face_found)
         for c, name in ((0, "real"), (1, "AI-generated"))
         if (labels == c).any()
     }
     by_engine = {
-        str(e): _summary(meta, np.flatnonzero(engines == e))
+        str(e): _summary(meta, np.flatnonzero(engines == e), face_found)
         for e in np.unique(engines[labels >= 0]).tolist()
     }
     return {"class": by_class, "engine": by_engine}
@@ -894,6 +908,22 @@ def audit(
     if groups is None:
         groups, _ = resolve_groups(bank, group_by)
     straddling = straddling_groups(groups, splits) if groups is not None else []
+    face_found = getattr(bank, "face_found", None)
+    if face_found is not None:
+        face_found = np.asarray(face_found, dtype=np.int8)
+        if not (face_found >= 0).any():
+            face_found = None  # not a face view
+        elif (face_found[labelled] == 0).any():
+            missed = face_found[labelled] == 0
+            by_class = ", ".join(
+                f"{int((missed & (y[labelled] == c)).sum())} {name}"
+                for c, name in ((0, "real"), (1, "AI"))
+            )
+            notes.append(
+                f"{int(missed.sum())} of {int((face_found[labelled] >= 0).sum())} rows: no face "
+                f"found by the face view ({by_class}), kept uncropped; a class difference in "
+                "this share is itself a shortcut (see 'face found' per class and engine)"
+            )
     if straddling:
         notes.append(
             f"{len(straddling)} groups have rows in more than one split: the same identity or "
@@ -907,7 +937,7 @@ def audit(
         heads=heads,
         uncertain=unc,
         properties=properties,
-        distributions=_distributions(meta, y, engines),
+        distributions=_distributions(meta, y, engines, face_found),
         straddling_groups=straddling,
         splits={s: int((labelled & (splits == s)).sum()) for s in ("train", "val", "test")},
         splits_source=splits_source,

@@ -283,3 +283,81 @@ def test_realfaces_script_skips_cleanly_when_the_data_is_absent(tmp_path):
     )
     assert out.returncode == 0 and "skipped: realfaces not found" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_rows_without_a_face_are_counted_and_shown_per_class(tmp_path):
+    """A face view's misses (face_found = 0) are counted in the notes and shown per class
+    and engine; other views show no such column."""
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.arange(n) % 2
+    cols = metadata_columns(
+        [
+            {"file_format": "PNG" if rng.random() < 0.5 else "JPEG", "width": 100 + i % 7}
+            for i in range(n)
+        ]
+    )
+    i = np.arange(n)
+    # 10 reals (of the first 20 rows) and 30 fakes (rows 100-159) without a face
+    cols["face_found"] = np.ones(n, np.int8)
+    cols["face_found"][(i < 20) & (y == 0)] = 0
+    cols["face_found"][(i >= 100) & (i < 160) & (y == 1)] = 0
+    bank = FeatureBank.create(tmp_path / "f.zarr", backbone=synthetic_backbone(4), view="face")
+    bank.append(
+        rng.normal(size=(n, 4)).astype(np.float32),
+        labels=y,
+        engines=np.where(y == 0, "real", "gan"),
+        paths=[f"p{i}" for i in range(n)],
+        splits=[""] * n,
+        sha256=[f"{i:064x}" for i in range(n)],
+        columns=cols,
+    )
+    bank.close()
+    res = audit(FeatureBank.open(tmp_path / "f.zarr"))
+    missed_real = int(((cols["face_found"] == 0) & (y == 0)).sum())
+    missed_fake = int(((cols["face_found"] == 0) & (y == 1)).sum())
+    assert (missed_real, missed_fake) == (10, 30)
+    (note,) = [t for t in res.notes if "no face found" in t]
+    assert note.startswith("40 of 200 rows") and "10 real, 30 AI" in note
+    d = res.distributions["class"]
+    assert d["real"]["face_found"] == 0.9 and d["AI-generated"]["face_found"] == 0.7
+    assert res.distribution_rows("engine")[0]["face found"] in (0.7, 0.9)
+    assert "face found" in res.markdown()
+
+
+def test_a_format_1_bank_is_refused_with_the_backfill_command(tmp_path):
+    import zarr
+
+    from facebank.embed import write_bank
+
+    write_bank(
+        tmp_path / "v1.zarr",
+        np.zeros((4, 2), np.float32),
+        labels=[0, 0, 1, 1],
+        engines=["real", "real", "gan", "gan"],
+        splits=["train", "test", "train", "test"],
+    )
+    # what a version-1 bank looks like: format 1, no metadata columns listed
+    g = zarr.open_group(str(tmp_path / "v1.zarr"), mode="r+")
+    attrs = dict(g.attrs)
+    attrs["facebank_format"], attrs["columns"] = 1, []
+    g.attrs.put(attrs)
+    with pytest.raises(BankError, match=r"format 1.*facebank bank backfill"):
+        audit(FeatureBank.open(tmp_path / "v1.zarr"))
+
+
+def test_rows_whose_metadata_could_not_be_read_are_kept_and_counted(confounded, tmp_path):
+    """A property that could not be read is MISSING with its reason in meta_error: the row
+    stays in the audit (its split, its test score) and the notes count it."""
+    bank, pixel = confounded
+    meta = bank.metadata()
+    broken = np.arange(len(bank)) % 10 == 0
+    meta["jpeg_quality"] = np.where(broken, -1, meta["jpeg_quality"])
+    meta["meta_error"] = np.where(broken, "jpeg_quality: ValueError: no table 0", "")
+    full = audit(bank, scores={"pixels": (pixel, 0.0)})
+    res = audit(bank, metadata=meta, scores={"pixels": (pixel, 0.0)})
+    assert res.splits == full.splits  # no row dropped
+    assert res.heads["pixels"]["auc"] == full.heads["pixels"]["auc"]
+    (note,) = [t for t in res.notes if "could not be read" in t]
+    assert note.startswith(f"{int(broken.sum())} rows")
+    assert res.verdict == "confounded"  # format and size still carry the label
