@@ -258,7 +258,7 @@ def out_of_engine(
         est.fit(X[fit], y[fit], engines=engines[fit], **kw)
         est.calibrate(X[val_real], fpr=fpr)
         thr = float(est.threshold_)
-        h = est.decision_function(X[engines == e]) > thr
+        h = est.decision_function(X[(engines == e) & (y == 1)]) > thr
         r = est.decision_function(X[test_real]) > thr
         hits.append(h)
         real_hits.append(r)
