@@ -28,10 +28,11 @@ class _Format(str, Enum):
 
 def score_cmd(
     inputs: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             help="Feature banks (NAME.zarr), image files, folders of images, or CSV manifests "
-            "(path,label,engine[,split]); images are embedded with the head's backbone(s), "
+            "(path,label,engine[,split]), local or at fsspec URLs (s3://bucket/photos); "
+            "images are embedded with the head's backbone(s), "
             "banks of a head of several backbones are joined by image sha256."
         ),
     ],
@@ -48,8 +49,8 @@ def score_cmd(
         typer.Option(
             "--out",
             help="CSV to write (path,score,decision,probability,verdict,...); '-' = stdout. "
-            "With --engine ray: a folder (local or URL) of partitions "
-            "scores/part-NNNNN.parquet (or .csv), resumable.",
+            "With --engine ray, a name not ending in .csv is a folder (local or URL) of "
+            "resumable partitions scores/part-NNNNN.parquet (or .csv, see --format).",
         ),
     ] = "-",
     views: Annotated[
@@ -124,7 +125,7 @@ def score_cmd(
         "batch_size": batch_size,
         "progress": show_progress(),
     }
-    if engine is _Engine.ray and out != "-":
+    if engine is _Engine.ray and out != "-" and not out.lower().endswith(".csv"):
         _score_partitioned(
             head, common, fmt=format_.value, partition_rows=partition_rows, address=address,
             storage_options=parse_storage_options(storage_options),

@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import BankError, SourceError
 
-__all__ = ["is_url", "read_url", "scan_store_source"]
+__all__ = ["is_url", "read_url", "scan_store_source", "store_inputs"]
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -176,3 +176,60 @@ def _layout(url: str, shown: str, rel: list[str], reals: set[str]) -> Any:
             f"(e.g. SOURCE/real/001.jpg, SOURCE/sdxl/001.png) with extensions {sorted(exts)}"
         )
     return Source(root=url, kind="folder", items=items, ignored=ignored)
+
+
+def store_inputs(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """What a scoring input at a URL is: a bank, a manifest's images, a folder's images,
+    or one image (``facebank score s3://bucket/photos ...``).
+
+    A folder is walked recursively (objects sorted by key, hidden ones skipped, other
+    extensions listed as ignored), as a local input folder is.
+
+    Returns:
+        ``(kind, items, ignored)``: kind ``"bank"`` (items = ``[url]``) or ``"images"``
+        (items = image URLs in order); ``ignored`` = ``(url, reason)``.
+
+    Raises:
+        SourceError: unreachable store, or nothing at ``url``.
+    """
+    from ._store import redact
+    from .images import is_image_path
+
+    url = url.rstrip("/")
+    fs, root = _reachable(url, storage_options)
+    if fs.isfile(f"{root}/zarr.json"):
+        return "bank", [url], []
+    try:
+        info = fs.info(root)
+    except FileNotFoundError:
+        if is_image_path(url):  # a missing image is a failure of its own, as locally
+            return "images", [url], []
+        raise SourceError(
+            f"input {redact(url)!r} does not exist on its store; give banks, images, "
+            "folders of images or CSV manifests"
+        ) from None
+    if info.get("type") == "file":
+        if root.lower().endswith(".csv"):
+            src = scan_store_source(url, reals={"real"}, storage_options=storage_options)
+            return "images", [it.file for it in src.items], []
+        return "images", [url], []
+    prefix = root.rstrip("/") + "/"
+    images: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    for key in sorted(str(k) for k in fs.find(root, withdirs=False)):
+        rel = key[len(prefix) :] if key.startswith(prefix) else key
+        if not rel or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        full = f"{url}/{rel}"
+        if is_image_path(rel):
+            images.append(full)
+        else:
+            ignored.append((full, "not an image file extension"))
+    if not images:
+        raise SourceError(
+            f"folder {redact(url)!r} holds no image files and is not a feature bank (no "
+            "zarr.json); give a folder of images, a bank made by `facebank embed`, or images"
+        )
+    return "images", images, ignored

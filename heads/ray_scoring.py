@@ -264,6 +264,7 @@ def score_partitioned(
         raise DataError(f"--format {fmt!r} is not valid; use one of {list(SCORE_FORMATS)}")
     if partition_rows < 1:
         raise DataError(f"--partition-rows {partition_rows!r} is not valid; give 1 or more")
+    ray = import_ray() if encode is None else None  # (missing Ray: one line, before any work)
     loc = Location(out, storage_options=storage_options)
     loc.check_reachable()  # one line before any work
     head = (
@@ -335,7 +336,6 @@ def score_partitioned(
         run_all(encode)
     elif todo:
         opts = ray_options or RayOptions()
-        ray = import_ray()
         with ray_cluster(ray, opts.address):
             if {parse_view(v).name for v in views or []} <= {"original"}:
                 # one pipeline over every image left: the actors start once per run

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from facebank.embed import FeatureBank, scan_source
+from facebank.embed._remote import is_url, store_inputs
 from facebank.embed._types import BankLike, Device
 from facebank.embed.errors import CalibrationWarning, DataError, HeadError
 from facebank.embed.images import is_image_path
@@ -168,7 +169,8 @@ def _walk_images(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
-    """Sort inputs into banks and image files (folders walked, manifests read).
+    """Sort inputs into banks and image files (folders walked, manifests read); an
+    input at an fsspec URL (``s3://bucket/photos``) is listed on its store.
 
     Raises:
         DataError: an input that does not exist, or no input at all.
@@ -180,6 +182,11 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
         )
     found = ScoreInputs()
     for item in inputs:
+        if is_url(item):  # a bank, manifest, folder or image on a store
+            kind, got, ignored = store_inputs(os.fspath(item))
+            (found.banks if kind == "bank" else found.images).extend(got)
+            found.ignored.extend(ignored)
+            continue
         p = Path(item)
         if _is_bank(p):
             found.banks.append(str(p))

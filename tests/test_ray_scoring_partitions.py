@@ -147,3 +147,25 @@ def test_one_stream_cut_into_partitions_scores_like_one_call_per_partition(tmp_p
     a, b = read_scores(tmp_path / "ref"), read_scores(tmp_path / "got")
     assert a["path"].to_pylist() == b["path"].to_pylist()
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_score_images_on_s3_equals_scoring_the_local_copy(tmp_path, trained, s3_bucket):
+    import s3fs
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    src, run = trained
+    s3fs.S3FileSystem().put(str(src), f"{s3_bucket}/photos", recursive=True)
+    cli = CliRunner()
+    for inp, csv in ((str(src), "a.csv"), (f"{s3_bucket}/photos", "b.csv")):
+        res = cli.invoke(app, ["score", inp, "--head", str(run), "--out", str(tmp_path / csv)])
+        assert res.exit_code == 0, res.output
+        assert "failed: " in res.output and "bad.jpg" in res.output
+    a = [ln.split(",") for ln in (tmp_path / "a.csv").read_text().splitlines()]
+    b = [ln.split(",") for ln in (tmp_path / "b.csv").read_text().splitlines()]
+    assert [r[1:] for r in a] == [r[1:] for r in b] and len(a) == 15  # header + 14
+    assert b[1][0] == f"{s3_bucket}/photos/real/000.jpg"
+    res = cli.invoke(app, ["score", f"{s3_bucket}/none", "--head", str(run)])
+    assert res.exit_code == 1 and "does not exist" in res.output
