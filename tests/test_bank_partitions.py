@@ -233,6 +233,10 @@ def test_a_large_partition_is_one_sharded_object_per_array_and_reads_by_chunk(tm
     ]
     np.testing.assert_allclose(feats[8190:8200], X[8190:8200], atol=2e-3, rtol=1e-3)
     assert FeatureBank.open(path).paths[-1] == f"part0/img{n - 1}.png"
+    assert verify_bank(path).ok
+    with FeatureBank.open(path, mode="a") as b:  # consolidates into the bank's own arrays
+        assert len(b) == n
+    assert verify_bank(path).ok and zarr.open_group(path, mode="r")["features"].shape == (n, D)
 
 
 def test_a_400_row_bank_costs_a_small_multiple_of_its_features(tmp_path):

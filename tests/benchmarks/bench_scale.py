@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--partition-rows", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--engines",
+        default="local,ray_1,ray_2",
+        help="comma-separated subset of local,ray_1,ray_2 (local is always run)",
+    )
     args = ap.parse_args(argv)
     if args.tiny:
         args.images, args.backbone, args.batch_size, args.partition_rows = 16, "tiny-cnn", 8, 8
@@ -180,10 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             source = _generated(tmp / "gen", args.images)
             result["images"] = f"{args.images} generated 256 px JPEGs"
-        runs: dict[str, list[dict]] = {"local": [], "ray_1": [], "ray_2": []}
+        chosen = {e.strip() for e in args.engines.split(",")} | {"local"}
+        workers = [w for w in (1, 2) if f"ray_{w}" in chosen]
+        runs: dict[str, list[dict]] = {"local": [], **{f"ray_{w}": [] for w in workers}}
         for _ in range(args.repeats):
             runs["local"].append(_local(source, tmp / "l.zarr", args.backbone, args.batch_size))
-            for w in (1, 2):
+            for w in workers:
                 runs[f"ray_{w}"].append(
                     _ray(
                         source,
@@ -201,15 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
                 if key != "rows"
             }
             result[name]["rows"] = got[0]["rows"]
-        result["ratio_ray2_vs_local"] = round(
-            result["ray_2"]["images_per_s"] / result["local"]["images_per_s"], 3
-        )
-        result["ratio_ray1_vs_local"] = round(
-            result["ray_1"]["images_per_s"] / result["local"]["images_per_s"], 3
-        )
         # start-up (actors, model loads, first decode) apart: what a long run converges to
         local_steady = result["local"]["steady_images_per_s"]
-        for w in (1, 2):
+        for w in workers:
+            result[f"ratio_ray{w}_vs_local"] = round(
+                result[f"ray_{w}"]["images_per_s"] / result["local"]["images_per_s"], 3
+            )
             steady = result[f"ray_{w}"]["steady_images_per_s"]
             result[f"steady_ratio_ray{w}_vs_local"] = (
                 round(steady / local_steady, 3) if local_steady > 0 else None
