@@ -81,6 +81,47 @@ def neighbours_clusters(
     typer.echo(f"wrote {result.run_dir}")
 
 
+@app.command("index")
+def neighbours_index(
+    banks: _NbBanks,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)] = None,
+    factory: _NbFactory = "Flat",
+    metric: Annotated[Metric, typer.Option(help="Neighbour metric.")] = Metric.cosine,
+    device: _NbDevice = "auto",
+    nprobe: _NbNprobe = None,
+    on_disk: Annotated[
+        bool,
+        typer.Option(
+            "--on-disk",
+            help="IVF indexes: add rows partition by partition and keep the inverted lists "
+            "in index/index.ivfdata (FAISS OnDiskInvertedLists, memory-mapped when read).",
+        ),
+    ] = False,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read (and, with --on-disk, added) at a time.")
+    ] = 65536,
+    seed: Annotated[int, typer.Option(help="Seeds the training sample and k-means.")] = 0,
+) -> None:
+    """Build a FAISS index over the banks and write it (index/index.faiss)."""
+    from facebank.analysis.neighbours import write_index
+
+    made = write_index(
+        [str(b) for b in banks],
+        out=default_out("neighbours-index", out),
+        factory=factory,
+        metric=metric.value,
+        device=device,
+        nprobe=nprobe,
+        on_disk=on_disk,
+        chunk_rows=chunk_rows,
+        seed=seed,
+        progress=show_progress(),
+    )
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in made.files.items())
+    typer.echo(f"{made.ntotal} rows, {factory}, built in {made.build_s:.1f} s: {sizes}")
+    typer.echo(f"wrote {made.index_file}")
+
+
 @app.command("query")
 def neighbours_query(
     bank: Annotated[

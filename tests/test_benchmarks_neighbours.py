@@ -72,3 +72,31 @@ def test_ivfpq_benchmark_tiny(tmp_path):
     assert 0.3 < recalls[0] <= recalls[1] <= 1.0  # more lists probed, never fewer found
     # 4x the rows: the build streams chunks, so its peak grows by far less than 4x
     assert fig["build_peak_rss_mb_4x_rows"] < 1.5 * fig["build_peak_rss_mb"]
+
+
+@pytest.mark.slow
+def test_neighbours_scale_benchmark_tiny():
+    res = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_neighbours.py", "--scale", "--tiny"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "neighbours.scale" and fig["rows"] == [20_000, 100_000]
+    leaks = fig["runs"]["leaks"]
+    # every 1000th row copies the file of the row before it, in the other split
+    assert [leaks[n]["train_test"] for n in ("20000", "100000")] == [20, 100]
+    for analysis, grew in fig["growth"].items():
+        by_size = fig["runs"][analysis]
+        assert all(r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 for r in by_size.values())
+        # 80k more rows: reading a single string column whole would add more than this
+        assert grew["peak_over_baseline_growth_mb"] < grew["one_whole_sha256_column_mb"], (
+            analysis,
+            grew,
+        )

@@ -71,8 +71,9 @@ def test_ivfpq_on_disk_finds_what_the_in_memory_index_finds(tmp_path):
     np.testing.assert_array_equal(I1, I2)  # same training seed, same codes, same lists
     np.testing.assert_allclose(D1, D2, atol=1e-6)
     assert (np.diff(D1, axis=1) <= 1e-6).all() and D1.max() <= 1.0 + 1e-5  # similarities
-    # the on-disk index reads back with faiss alone (its lists memory-mapped)
-    back = faiss.read_index(str(tmp_path / "ix" / "index.faiss"), faiss.IO_FLAG_MMAP)
+    # the on-disk index reads back with faiss alone (its lists memory-mapped; IO_FLAG_MMAP
+    # would instead resize index.ivfdata and crash the search)
+    back = faiss.read_index(str(tmp_path / "ix" / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
     assert back.ntotal == len(X)
 
 
@@ -318,3 +319,50 @@ def test_nmi_and_ari_from_the_contingency_table_equal_sklearn():
         assert _nmi(table) == pytest.approx(normalized_mutual_info_score(y, c))
         assert _ari(table) == pytest.approx(adjusted_rand_score(y, c))
     assert _ari(np.diag([3, 4])) == 1.0 and _nmi(np.array([[5]])) == 1.0
+
+
+# ------------------------------------------------------------------ neighbours index
+
+
+def test_cli_index_on_disk_gives_the_neighbours_of_the_in_memory_index(tmp_path):
+    X, engines = clustered()
+    bank = make_bank(tmp_path / "b.zarr", X, engines)
+    args = ["neighbours", "index", str(bank.path), "--factory", "IVF8,PQ4", "--nprobe", "4"]
+    args += ["--chunk-rows", "128"]  # 600 rows: five partitions added one by one
+    runner = CliRunner()
+    mem = runner.invoke(app, [*args, "--out", str(tmp_path / "mem")])
+    disk = runner.invoke(app, [*args, "--on-disk", "--out", str(tmp_path / "disk")])
+    assert mem.exit_code == 0 and disk.exit_code == 0, mem.output + disk.output
+    assert "600 rows, IVF8,PQ4" in disk.output and "index.ivfdata" in disk.output
+    files = json.loads((tmp_path / "disk" / "metrics.json").read_text())["files"]
+    assert sorted(files) == ["index.faiss", "index.ivfdata"] and files["index.ivfdata"] > 0
+    assert json.loads((tmp_path / "disk" / "config.json").read_text())["on_disk"] is True
+
+    a = faiss.read_index(str(tmp_path / "mem" / "index" / "index.faiss"))
+    b = faiss.read_index(
+        str(tmp_path / "disk" / "index" / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR
+    )
+    assert a.ntotal == b.ntotal == len(X)
+    assert type(b.invlists).__name__ != "ArrayInvertedLists"  # b's lists stay on disk
+    Q = X[::7].copy()
+    faiss.normalize_L2(Q)
+    for ix in (a, b):
+        faiss.extract_index_ivf(ix).nprobe = 4
+    Da, Ia = a.search(Q, 5)
+    Db, Ib = b.search(Q, 5)
+    np.testing.assert_array_equal(Ia, Ib)
+    np.testing.assert_allclose(Da, Db, atol=1e-6)
+    # ... and those are the neighbours NeighbourIndex finds in memory
+    _, I = NeighbourIndex(bank, factory="IVF8,PQ4", nprobe=4, chunk_rows=128).search(X[::7], 5)
+    np.testing.assert_array_equal(Ia, I)
+
+
+def test_cli_index_on_disk_refuses_a_flat_index(tmp_path):
+    X, engines = clustered(n_per=20)
+    bank = make_bank(tmp_path / "b.zarr", X, engines)
+    res = CliRunner().invoke(
+        app, ["neighbours", "index", str(bank.path), "--on-disk", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 1
+    assert "on_disk needs an IVF index" in res.output
+    assert not (tmp_path / "o").exists()  # a failed command leaves no run folder

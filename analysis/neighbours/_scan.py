@@ -60,7 +60,10 @@ class NeighbourScan:
             )
         )
         self.source = self.index._source
-        self.codes, self.vocab = self.source.encode(list(columns)) if columns else ({}, {})
+        self.chunk_rows = self.index.chunk_rows  # metadata is read in chunks of this size too
+        self.codes, self.vocab = (
+            self.source.encode(list(columns), chunk_rows=self.chunk_rows) if columns else ({}, {})
+        )
 
     def __len__(self) -> int:
         return len(self.source)
@@ -69,6 +72,10 @@ class NeighbourScan:
         """``(start, stop, D, I)`` of rows ``start:stop``: each row's ``k`` nearest other
         rows (``NeighbourIndex.iter_self_knn``), one chunk at a time."""
         return self.index.iter_self_knn(k, exclude_self=True)
+
+    def columns(self, names: Sequence[str]) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Row columns chunk by chunk (``_Source.iter_columns``), ``chunk_rows`` at a time."""
+        return self.source.iter_columns(names, chunk_rows=self.chunk_rows)
 
     def take(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Metadata of a few rows (pairs to describe): ``{name: (len(rows),)}`` + ``bank``."""

@@ -226,7 +226,7 @@ def engine_clusters(
     codes, vocab = scan.codes["engine"], scan.vocab["engine"]
     names = sorted(vocab, key=lambda e: (e != "real", e))  # real first
     remap = np.array([names.index(v) for v in vocab], dtype=np.int64)
-    y = remap[codes].astype(codes.dtype)  # the one per-row array: a byte a row
+    y = remap.astype(codes.dtype)[codes]  # the one per-row array: a byte a row
     del codes
     n, E = len(y), len(names)
 

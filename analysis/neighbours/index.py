@@ -52,7 +52,14 @@ from facebank.heads._faiss import (
 
 from ._source import IndexRows, _Source
 
-__all__ = ["NeighbourIndex", "NeighbourRecord", "DEFAULT_CHUNK_ROWS", "METRICS"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "METRICS",
+    "IndexRun",
+    "NeighbourIndex",
+    "NeighbourRecord",
+    "write_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +181,8 @@ class NeighbourIndex:
         self.backbone = self._source.backbone
         self.view = self._source.view
         self.device = resolve_faiss_device(device)
-        self.on_disk = None if on_disk is None else Path(on_disk)
+        # absolute: index.faiss records where its index.ivfdata is, read from any cwd
+        self.on_disk = None if on_disk is None else Path(on_disk).absolute()
         cpu_index = build_index(self.dim, self.factory, metric)
         if self.on_disk is not None:
             self._check_on_disk(cpu_index)
@@ -678,6 +686,28 @@ class NeighbourIndex:
             out.append(recs)
         return out
 
+    def save(self, folder: str | Path) -> Path:
+        """Write the FAISS index to ``folder/index.faiss`` (``faiss.read_index`` reads it).
+
+        An on-disk index is already written (``on_disk/index.faiss`` + ``index.ivfdata``):
+        ``folder`` must then be its own folder. A GPU index is copied to the CPU first.
+        Returns the ``index.faiss`` path.
+        """
+        import faiss
+
+        folder = Path(folder).absolute()
+        if self.on_disk is not None:
+            if folder != self.on_disk:
+                raise DataError(
+                    f"this index lives on disk in {str(self.on_disk)!r}; its files are "
+                    f"already written there, not in {str(folder)!r}"
+                )
+            return self.on_disk / "index.faiss"
+        folder.mkdir(parents=True, exist_ok=True)
+        cpu = self.index if self.device == "cpu" else faiss.index_gpu_to_cpu(self.index)
+        faiss.write_index(cpu, str(folder / "index.faiss"))
+        return folder / "index.faiss"
+
     def load_rows(self, rows: Sequence[int]) -> np.ndarray:
         """Raw (not normalised) float32 features of the given rows, ``(len(rows), D)``."""
         return self._source.load_rows(rows)
@@ -685,6 +715,87 @@ class NeighbourIndex:
     def iter_chunks(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """Stream the raw rows as ``(start, stop, X)`` chunks of ``chunk_rows``."""
         return self._source.iter_chunks(self.chunk_rows)
+
+
+@dataclass(frozen=True)
+class IndexRun:
+    """What ``facebank neighbours index`` wrote: the run folder and the index in it."""
+
+    run_dir: Path
+    index_file: Path
+    ntotal: int
+    build_s: float
+    files: dict[str, int]
+
+
+def write_index(
+    data: Any,
+    *,
+    out: str | Path,
+    factory: str = "Flat",
+    metric: str = "cosine",
+    device: str = "auto",
+    nprobe: int | None = None,
+    on_disk: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    seed: int = 0,
+    progress: bool = False,
+) -> IndexRun:
+    """Build a :class:`NeighbourIndex` over banks and write it into a run folder.
+
+    ``out/index/index.faiss`` holds the index (``faiss.read_index`` reads it); with
+    ``on_disk`` the IVF lists are added partition by partition and merged into
+    ``out/index/index.ivfdata`` (``faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR)``
+    reads it from the folder it is in: the lists stay on disk, memory-mapped).
+    ``config.json`` records the options, ``metrics.json`` the rows, the build time and
+    the file sizes.
+    """
+    import time
+
+    from facebank.embed.runs import start_run, write_json
+
+    run = start_run(
+        out,
+        command="neighbours index",
+        config={
+            "factory": factory,
+            "metric": metric,
+            "on_disk": bool(on_disk),
+            "nprobe": nprobe,
+            "chunk_rows": int(chunk_rows),
+            "seed": int(seed),
+        },
+    )
+    folder = run / "index"
+    t0 = time.perf_counter()
+    index = NeighbourIndex(
+        data,
+        factory=factory,
+        metric=metric,
+        device="cpu" if on_disk and device == "auto" else device,
+        nprobe=nprobe,
+        chunk_rows=chunk_rows,
+        seed=seed,
+        on_disk=folder if on_disk else None,
+        progress=progress,
+    )
+    path = index.save(folder)
+    build_s = time.perf_counter() - t0
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    write_json(
+        run / "metrics.json",
+        {
+            "ntotal": index.ntotal,
+            "dim": index.dim,
+            "factory": index.factory,
+            "metric": index.metric,
+            "on_disk": bool(on_disk),
+            "banks": index._source.bank_paths,
+            "build_s": round(build_s, 3),
+            "files": files,
+        },
+    )
+    return IndexRun(run_dir=run, index_file=path, ntotal=index.ntotal, build_s=build_s, files=files)
 
 
 def _str_or_none(p: Path | None) -> str | None:

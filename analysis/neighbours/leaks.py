@@ -355,12 +355,13 @@ def _sha_prefix(values: np.ndarray) -> np.ndarray:
 
 
 def _exact_pairs(source: Any, hashes: np.ndarray, side: np.ndarray) -> list[tuple[int, int]]:
-    rows = np.flatnonzero(hashes)
-    order = rows[np.argsort(hashes[rows], kind="stable")]
+    # 16 bytes a row at the peak (the order and the sorted prefixes); 0 = no hash sorts first
+    order = np.argsort(hashes, kind="stable")
     h = hashes[order]
     dup = np.zeros(len(order), dtype=bool)
     if len(order) > 1:
-        same = h[1:] == h[:-1]
+        same = (h[1:] == h[:-1]) & (h[1:] != 0)
+        del h
         dup[1:] |= same
         dup[:-1] |= same
     cand = order[dup]
@@ -399,7 +400,7 @@ def _hash_pass(
     names = ["sha256", "group"] if bank_groups else ["sha256"]
     hashes = np.zeros(n, dtype=np.uint64)
     splits_of, groups_of = Encoder(n), Encoder(n)
-    for start, stop, cols in source.iter_columns(names):
+    for start, stop, cols in scan.columns(names):
         values = cols["sha256"]
         hashes[start:stop] = _sha_prefix(values)
         if table is not None:

@@ -4,6 +4,8 @@
     python tests/benchmarks/bench_neighbours.py            # 100k x 768, Flat (exact) + IVF, 3 runs
     python tests/benchmarks/bench_neighbours.py --tiny     # seconds, for CI
     python tests/benchmarks/bench_neighbours.py --rows 1000000 --factory Flat   # GPU machine
+    python tests/benchmarks/bench_neighbours.py --scale        # leaks + clusters, 200k vs 1M rows
+    python tests/benchmarks/bench_neighbours.py --scale --tiny # seconds, for CI
 
 The bank is written to disk once (with ``FeatureBank.create`` + ``append`` in chunks, in
 its own process); every measured run is a fresh process that opens the bank, builds a
@@ -12,6 +14,11 @@ Peak RSS of that process is compared with the streaming budget: baseline (import
 bank, one warm-up search that allocates FAISS/BLAS workspaces) + 2 x one chunk + the
 index + the returned ``D, I`` (n x k x 12 bytes). Approximate indexes report recall@k against exact
 search on a sample of rows. Prints ONE JSON line (medians over runs, plus every run).
+
+``--scale`` measures ``neighbours leaks`` and ``neighbours clusters`` (an IVF-PQ index,
+run folder written) at two bank sizes, each in a fresh process: their peak RSS may grow
+with the rows only by what the index and the per-row codes take (``index_mb``, a few
+bytes a row), never by a whole string column or an ``(n, k)`` result.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +84,143 @@ def make_bank(path: Path, *, rows: int, dim: int, engines: int, seed: int, chunk
                 splits=[""] * n,
                 sha256=ids,
             )
+
+
+def make_scale_bank(path: Path, *, rows: int, dim: int, seed: int) -> None:
+    """Like :func:`make_bank`, with real 64-hex sha256s, train/test splits and a few
+    exact copies (same file in both splits), so leaks has every column to read."""
+    import hashlib
+
+    import numpy as np
+
+    from facebank.embed import FeatureBank
+    from facebank.testing import synthetic_backbone
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(10, dim)).astype(np.float32)
+    basis = rng.normal(size=(32, dim)).astype(np.float32) / np.sqrt(32)
+    chunk = 65536
+    with FeatureBank.create(
+        path, backbone=synthetic_backbone(dim), source="synthetic", chunk_rows=8192, overwrite=True
+    ) as bank:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            e = rng.integers(0, 10, n)
+            X = (
+                centres[e]
+                + rng.normal(size=(n, 32)).astype(np.float32) @ basis
+                + rng.normal(scale=0.1, size=(n, dim)).astype(np.float32)
+            )
+            ids = [start + i for i in range(n)]
+            # one row in 1000 is the file of the row before it (an exact duplicate)
+            shas = [hashlib.sha256(str(i - (i % 1000 == 1)).encode()).hexdigest() for i in ids]
+            bank.append(
+                X,
+                labels=(e > 0).astype(np.int8),
+                engines=[f"engine{j}" for j in e],
+                paths=[f"engine{j}/{i:09d}.png" for i, j in zip(ids, e, strict=True)],
+                splits=np.where(np.arange(start, start + n) % 2 == 0, "train", "test"),
+                sha256=shas,
+            )
+
+
+def measure_analysis(args: argparse.Namespace) -> dict:
+    """One analysis over the bank (in its own process): time, peak RSS, index size."""
+    import faiss
+
+    from facebank.analysis.neighbours import NeighbourIndex, engine_clusters, find_leaks
+    from facebank.embed import FeatureBank
+
+    bank = FeatureBank.open(args.bank)
+    base = _rss_now_mb()
+    t0 = time.perf_counter()
+    index = NeighbourIndex(
+        bank,
+        factory=args.factory[-1],
+        device="cpu",
+        nprobe=args.nprobe,
+        chunk_rows=args.chunk_rows,
+    )
+    t_build = time.perf_counter() - t0
+    index_mb = faiss.serialize_index(index.index).nbytes / 2**20
+    t1 = time.perf_counter()
+    out = Path(args.out)
+    if args.analysis == "leaks":
+        res = find_leaks(index, threshold=0.99, k=args.k, out=out)
+        found = {"pairs": len(res.pairs), "train_test": res.train_test}
+    else:
+        res = engine_clusters(index, k=args.k, n_boot=200, silhouette_max=2000, out=out)
+        found = {"purity_micro": round(res.overall["micro"], 4)}
+    return {
+        "build_s": round(t_build, 2),
+        "analysis_s": round(time.perf_counter() - t1, 2),
+        "baseline_rss_mb": round(base, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "index_mb": round(index_mb, 1),
+        **found,
+    }
+
+
+def scale(args: argparse.Namespace) -> dict:
+    """leaks and clusters at two sizes; each (size, analysis) in a fresh process."""
+    # tiny: large enough that the 5x bank's columns (~30 MB read whole) stand out of the
+    # few MB by which the peak RSS of one run differs from the next
+    sizes = [args.rows or (20_000 if args.tiny else 200_000)]
+    sizes.append(args.rows_large or 5 * sizes[0])
+    dim = args.dim or (16 if args.tiny else 128)
+    factory = (args.factory or ["IVF256,PQ4" if args.tiny else "IVF1024,PQ16"])[-1]
+    nprobe = args.nprobe or (2 if args.tiny else 8)
+    chunk = args.chunk_rows or (4096 if args.tiny else 65536)
+    work = Path(tempfile.mkdtemp(prefix="facebank-bench-nb-scale-"))
+    runs: dict[str, dict] = {}
+    try:
+        for rows in sizes:
+            bank = work / f"b{rows}.zarr"
+            t0 = time.perf_counter()
+            make_scale_bank(bank, rows=rows, dim=dim, seed=args.seed)
+            made = round(time.perf_counter() - t0, 1)
+            for analysis in ("leaks", "clusters"):
+                cmd = [sys.executable, __file__, "--_child", "--_analysis", analysis]
+                cmd += ["--bank", str(bank), "--factory", factory, "--nprobe", str(nprobe)]
+                cmd += ["--k", str(args.k), "--chunk-rows", str(chunk)]
+                cmd += ["--_out", str(work / f"run-{analysis}-{rows}")]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    sys.exit(f"{analysis} at {rows} rows failed:\n{res.stderr[-3000:]}")
+                fig = json.loads(res.stdout.strip().splitlines()[-1])
+                runs.setdefault(analysis, {})[str(rows)] = {**fig, "bank_write_s": made}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, large = (str(n) for n in sizes)
+    growth = {}
+    for analysis, by_size in runs.items():
+        a, b = by_size[small], by_size[large]
+        grew = (b["peak_rss_mb"] - b["baseline_rss_mb"]) - (a["peak_rss_mb"] - a["baseline_rss_mb"])
+        index_grew = b["index_mb"] - a["index_mb"]
+        # what a whole sha256 column alone would add (numpy <U64: 256 bytes a row)
+        whole_column = (sizes[1] - sizes[0]) * 256 / 2**20
+        growth[analysis] = {
+            "peak_over_baseline_growth_mb": round(grew, 1),
+            "index_growth_mb": round(index_grew, 1),
+            "per_extra_row_bytes": round(grew * 2**20 / (sizes[1] - sizes[0]), 1),
+            "one_whole_sha256_column_mb": round(whole_column, 1),
+        }
+    return {
+        "benchmark": "neighbours.scale",
+        "rows": sizes,
+        "dim": dim,
+        "factory": factory,
+        "nprobe": nprobe,
+        "k": args.k,
+        "chunk_rows": chunk,
+        "runs": runs,
+        "growth": growth,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
+    }
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -175,11 +320,19 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=None, help="measured runs (default 3; tiny 1)")
     p.add_argument("--bank", type=Path, default=None, help="reuse (or make) the bank here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", action="store_true", help="leaks + clusters at two sizes")
+    p.add_argument("--rows-large", type=int, default=None, help="--scale: second size (5x)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_analysis", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args._child:
-        print(json.dumps(measure(args)))
+        args.analysis, args.out = args._analysis, args._out
+        print(json.dumps(measure_analysis(args) if args.analysis else measure(args)))
+        return
+    if args.scale:
+        print(json.dumps(scale(args)))
         return
 
     rows = args.rows or (3000 if args.tiny else 100_000)
