@@ -57,9 +57,7 @@ def read_url(url: str, *, storage_options: Mapping[str, Any] | None = None) -> b
     fs, path = _fs(url, storage_options)
     try:
         return bytes(fs.cat_file(path))
-    except FileNotFoundError:
-        raise
-    except OSError:
+    except OSError:  # FileNotFoundError included: the caller's reason
         raise
     except Exception as exc:  # botocore/aiohttp errors: one reason, never a traceback
         raise OSError(f"{type(exc).__name__}: {str(exc)[:160]}") from None
