@@ -247,3 +247,33 @@ def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
     table = read_scores(tmp_path / "scores")
     assert table["path"].to_pylist() == local.paths
     np.testing.assert_allclose(table["score"].to_numpy(), local.scores, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_embeds_a_source_on_s3_with_storage_options_into_the_same_bank(
+    tmp_path, s3_bucket, s3_endpoint, cluster
+):
+    """The decode tasks read each image from the store with --storage-options (the
+    endpoint given explicitly: a worker never falls back to another address)."""
+    import json
+
+    import s3fs
+
+    src = _source(tmp_path / "src")
+    s3fs.S3FileSystem().put(str(src), f"{s3_bucket}/faces", recursive=True)
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    local = _local(src, tmp_path / "local.zarr")
+    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = embed_source_ray(
+            f"{s3_bucket}/faces", backbone="tiny-cnn", out=tmp_path / "ray.zarr",
+            storage_options=opts, ray_options=RayOptions(partition_rows=6), **FAST,
+        )  # fmt: skip
+    assert (s.embedded, s.duplicates) == (16, 1) and s.first_batch_s > 0
+    bank = FeatureBank.open(tmp_path / "ray.zarr")
+    _assert_same_bank(bank, local)
+    assert bank.meta["source"] == f"{s3_bucket}/faces"
+    assert "testing-secret" not in json.dumps(bank.meta)
