@@ -109,7 +109,7 @@ def train_run(
         head: registry name (``list_heads()``).
         params: head parameters; ``seed`` is passed to heads that take one unless given.
         out: run folder: ``head.json``, ``weights.safetensors``, ``config.json``,
-            ``metrics.json``, ``metrics.md``, ``splits.csv`` (sha256,path,engine,label,split).
+            ``metrics.json``, ``metrics.md``, ``splits.csv`` (sha256,path,engine,label,split,group).
         seed: seeds the split (when the bank has none) and the head.
         fpr: target false-positive rate on val reals for ``threshold_``.
         group_by: ``"level:K"``: a bank without a split column is split keeping each

@@ -65,9 +65,8 @@ def test_train_writes_a_complete_run_folder(bank, tmp_path):
     assert m["val_auc"] > 0.9 and m["n_train"] + m["n_val"] + m["n_test"] == len(bank)
     assert m["val_fpr"] <= 0.005 and "assign_splits(seed=3)" in m["split_source"]
     rows = list(csv.DictReader(io.StringIO((run / "splits.csv").read_text())))
-    assert list(rows[0]) == ["sha256", "path", "engine", "label", "split"] and len(rows) == len(
-        bank
-    )
+    header = ["sha256", "path", "engine", "label", "split", "group"]  # group: "" = none
+    assert list(rows[0]) == header and len(rows) == len(bank)
     from facebank.embed import assign_splits
 
     assert [r["split"] for r in rows] == assign_splits(bank.engines, bank.sha256, seed=3).tolist()
