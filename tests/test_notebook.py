@@ -67,13 +67,18 @@ def test_forensics_notebook_executes_on_a_tiny_bank(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 3  # the row grid, the suspect's grid and the confusion heatmap
+    # the row grid, the suspect's grid, the confusion heatmap, then for one suspect row its
+    # neighbour grid beside both attributions: feature-space bars and the IG overlay
+    assert len(pngs) >= 6
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("similarity" in t for t in tables) and any("purity" in t for t in tables)
     # the suspect file: its head score printed, the head's score beside each neighbour,
     # and the suspect's own banked copy flagged as itself
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"{suspect}: head score" in text and "threshold" in text
+    # integrated gradients ran through the tiny backbone (not the "skipped" branch)
+    assert "convergence delta" in text and "integrated gradients skipped" not in text
+    assert "baseline: mean of 12 real rows" in text
     suspect_table = next(t for t in tables if "head_score" in t)
     assert "self_match" in suspect_table and "same file" in suspect_table
     assert paths[20] in suspect_table
