@@ -169,3 +169,42 @@ def test_score_images_on_s3_equals_scoring_the_local_copy(tmp_path, trained, s3_
     assert b[1][0] == f"{s3_bucket}/photos/real/000.jpg"
     res = cli.invoke(app, ["score", f"{s3_bucket}/none", "--head", str(run)])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained, monkeypatch):
+    """The CLI path end to end, with the Ray pipeline replaced by local batches of 5."""
+    import contextlib
+    import sys
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+    from facebank.heads import ray_scoring
+
+    src, run = trained
+
+    def fake_iter(files, *, backbone, weights, batch_size, ray_options):
+        for a in range(0, len(files), 5):
+            chunk = files[a : a + 5]
+            yield list(range(a, a + len(chunk))), encode_images(chunk, backbone=backbone)
+
+    monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
+    monkeypatch.setattr(ray_scoring, "iter_encoded_ray", fake_iter)
+    out = tmp_path / "scores"
+    args = ["score", str(src), "--head", str(run), "--engine", "ray", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--partition-rows", "6", "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert "scored 14:" in res.output and "3 partitions" in res.output
+    assert "3 written now, 0 committed before" in res.output
+    assert sorted(p.name for p in (out / "scores").glob("part-*")) == [
+        f"part-0000{k}.csv" for k in range(3)
+    ]
+    res = CliRunner().invoke(app, [*args, "--partition-rows", "6", "--format", "csv"])
+    assert "0 written now, 3 committed before" in res.output
+    # without Ray: one line saying how to install it, before anything is written
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    res = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "none")])
+    assert res.exit_code == 1 and "pip install 'facebank[ray]'" in res.output
+    assert not (tmp_path / "none").exists()
