@@ -57,6 +57,17 @@ def bank_info_cmd(
     head.add_row("failures", f"{len(b.failures):,}")
     head.add_row("duplicates", f"{len(b.duplicates):,}")
     head.add_row("ignored files", f"{len(meta.get('ignored', [])):,}")
+    groups = b.groups
+    if (groups != "").any():  # a manifest's group column: identities, sources...
+        n_groups = len(set(groups[groups != ""].tolist()))
+        head.add_row("groups", f"{n_groups:,} over {int((groups != '').sum()):,} rows")
+    found = b.face_found
+    if (found >= 0).any():  # a face view: how many rows had no face (kept uncropped)
+        head.add_row(
+            "face found",
+            f"{int((found == 1).sum()):,} of {int((found >= 0).sum()):,} rows "
+            f"({int((found == 0).sum()):,} without a face, kept uncropped)",
+        )
     console.print(head)
 
     engines, splits, labels = b.engines, b.splits, b.labels

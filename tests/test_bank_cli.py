@@ -91,3 +91,21 @@ def test_backfill_command_lists_unreachable_files(tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 of 2 rows" in res.output and "real/gone.png: file not found" in res.output
     assert FeatureBank.open(tmp_path / "b.zarr").column("width").tolist() == [8, -1]
+
+
+def test_info_counts_groups_and_rows_without_a_face(tmp_path):
+    bank = FeatureBank.create(tmp_path / "f.zarr", backbone=synthetic_backbone(4), view="face")
+    bank.append(
+        np.zeros((4, 4), np.float32),
+        labels=[0, 0, 1, 1],
+        engines=["real", "real", "gan", "gan"],
+        paths=["a", "b", "c", "d"],
+        splits=[""] * 4,
+        sha256=["1", "2", "3", "4"],
+        columns={"group": ["bush", "bush", "blair", ""], "face_found": [1, 0, 1, 1]},
+    )
+    bank.close()
+    out = runner.invoke(app, ["bank", "info", str(tmp_path / "f.zarr")], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "2 over 3 rows" in out.output
+    assert "3 of 4 rows (1 without a face, kept uncropped)" in out.output
