@@ -91,6 +91,11 @@ def export_bank(
     columns = {k: b.column(k) for k in CORE_COLUMNS}
     if b.has_metadata:
         columns.update(b.metadata())
+    groups, found = b.groups, b.face_found  # exported when any row has one
+    if (groups != "").any():
+        columns["group"] = groups
+    if (found >= 0).any():
+        columns["face_found"] = found
     written: list[Path] = []
     for n, start in enumerate(range(0, max(len(b), 1), int(rows_per_file))):
         stop = min(start + int(rows_per_file), len(b))
@@ -194,7 +199,7 @@ def import_bank(
             paths = (
                 table.get("path") or table.get("image_path") or [f"{n}-{i}" for i in range(rows)]
             )
-            extra = {k: np.asarray(table[k]) for k in METADATA_SCHEMA if k in table}
+            extra = {k: np.asarray(table[k]) for k in (*METADATA_SCHEMA, *ROW_SCHEMA) if k in table}
             bank.append(
                 X,
                 labels=table.get("label") or [-1 if label is None else int(label)] * rows,
