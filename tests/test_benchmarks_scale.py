@@ -26,5 +26,8 @@ def test_scale_benchmark_tiny():
     assert fig["benchmark"] == "scale" and fig["tiny"] is True
     for run in ("local", "ray_1", "ray_2"):
         assert fig[run]["images_per_s"] > 0 and fig[run]["rows"] == 16
-        assert fig[run]["first_batch_s"] > 0 and fig[run]["steady_images_per_s"] > 0
-    assert fig["ratio_ray2_vs_local"] > 0 and fig["partition"]["write_s"] > 0
+        assert fig[run]["first_batch_s"] > 0 and fig[run]["steady_images_per_s"] >= 0
+    # the local runner's DataLoader hands over 2 batches of 8: a steady rate exists
+    assert fig["local"]["steady_images_per_s"] > 0
+    assert fig["ratio_ray2_vs_local"] > 0 and fig["wall_ratio_ray2_vs_local"] > 0
+    assert fig["partition"]["write_s"] > 0
