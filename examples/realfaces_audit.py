@@ -12,9 +12,17 @@ RGB, 256 px, JPEG q90), with the confounds audit, and prints the verdict, the
 metadata-only AUC and each head's AUC on the original view, on the normalised view and
 on the rows where the files cannot tell - as one JSON line, after the usual summary.
 
+``--groups source-folder`` adds a manifest ``group`` column for the real photos: the
+folder each came from in its source repository (``real/lfw_krasserm/images__Tony_Blair__
+Tony_Blair_0001.jpg`` -> ``lfw_krasserm/Tony_Blair``), so the ten LFW politicians' ten
+photos each - and every other repository folder of one person or one test set - stay in
+one split. AI images get no group. The default (``none``) is what the published figures
+in ``docs/confounds.md`` were measured with.
+
 Usage::
 
     python examples/realfaces_audit.py [--data ../shared/realfaces] [--out runs/realfaces]
+        [--groups none|source-folder]
 """
 
 from __future__ import annotations
@@ -29,23 +37,34 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "realfaces"
 
 
-def write_manifest(data: Path, out: Path) -> Path:
-    """``path,label,engine`` rows (absolute paths) from realfaces' own MANIFEST.csv."""
+def source_folder(path: str) -> str:
+    """``real/<repo>/<a>__<b>__<file>`` -> ``<repo>/<b>``: the folder the photo had in its
+    source repository (realfaces flattens repository paths with ``__``); ``<repo>`` alone
+    for a file that was at the repository's top level."""
+    parts = path.split("/")
+    repo, flat = parts[1], parts[-1].split("__")
+    return f"{repo}/{flat[-2]}" if len(flat) > 1 else repo
+
+
+def write_manifest(data: Path, out: Path, *, groups: str = "none") -> Path:
+    """``path,label,engine[,group]`` rows (absolute paths) from realfaces' own MANIFEST.csv."""
     rows = []
     with open(data / "MANIFEST.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             real = r["class"] == "real"
-            rows.append(
-                {
-                    "path": str((data / r["path"]).resolve()),
-                    "label": 0 if real else 1,
-                    "engine": "real" if real else r["engine"],
-                }
-            )
+            row = {
+                "path": str((data / r["path"]).resolve()),
+                "label": 0 if real else 1,
+                "engine": "real" if real else r["engine"],
+            }
+            if groups == "source-folder":
+                row["group"] = source_folder(r["path"]) if real else ""
+            rows.append(row)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "realfaces.csv"
+    fields = ["path", "label", "engine"] + (["group"] if groups == "source-folder" else [])
     with open(manifest, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "engine"])
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     return manifest
@@ -57,6 +76,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/realfaces"), help="run folder")
     ap.add_argument("--heads", default="linear,mlp", help="comma-separated heads")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--groups",
+        choices=("none", "source-folder"),
+        default="none",
+        help="keep each real photo's source-repository folder (an identity, a test set) in "
+        "one split",
+    )
     args = ap.parse_args()
     if not (args.data / "MANIFEST.csv").is_file():
         print(f"skipped: realfaces not found at {args.data} (give --data)", file=sys.stderr)
@@ -66,7 +92,9 @@ def main() -> int:
 
     from facebank.analysis.experiment import run_experiment
 
-    manifest = write_manifest(args.data, args.out.parent / f"{args.out.name}-manifest")
+    manifest = write_manifest(
+        args.data, args.out.parent / f"{args.out.name}-manifest", groups=args.groups
+    )
     result = run_experiment(
         manifest,
         backbone="efficientnet-lite1",

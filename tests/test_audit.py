@@ -361,3 +361,28 @@ def test_rows_whose_metadata_could_not_be_read_are_kept_and_counted(confounded, 
     (note,) = [t for t in res.notes if "could not be read" in t]
     assert note.startswith(f"{int(broken.sum())} rows")
     assert res.verdict == "confounded"  # format and size still carry the label
+
+
+def test_realfaces_groups_are_the_source_repository_folders(tmp_path):
+    """``--groups source-folder`` writes a manifest group per real photo (no realfaces
+    needed: a two-row MANIFEST.csv in its format)."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "examples" / "realfaces_audit.py"
+    spec = importlib.util.spec_from_file_location("realfaces_audit", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.source_folder("real/lfw_krasserm/images__Tony_Blair__Tony_Blair_0001.jpg") == (
+        "lfw_krasserm/Tony_Blair"
+    )
+    assert mod.source_folder("real/python_packages/astronaut.png") == "python_packages"
+    (tmp_path / "MANIFEST.csv").write_text(
+        "path,class,engine\n"
+        "real/lfw_krasserm/images__Tony_Blair__Tony_Blair_0001.jpg,real,lfw\n"
+        "fake/sdxl/a.png,fake,sdxl\n"
+    )
+    manifest = mod.write_manifest(tmp_path, tmp_path / "m", groups="source-folder")
+    from facebank.embed.datasets import scan_source
+
+    items = scan_source(manifest).items
+    assert [it.group for it in items] == ["lfw_krasserm/Tony_Blair", ""]
