@@ -662,8 +662,16 @@ def backbone_from_spec(
 
     Raises:
         BackboneMismatchError: The recreated backbone differs (e.g. other weights).
+        FacebankError: A joined spec (a head of several backbones): no one backbone
+            makes it (``embed.multi.encode_images_for`` embeds with each member).
     """
     spec = as_spec(spec)
+    if spec.library == "joined":
+        raise FacebankError(
+            f"{spec.name!r} is several backbones joined (a fusion or joined-features head); "
+            "no one backbone makes its features - embed with each member "
+            "(facebank score with the local engine does, via embed.multi.encode_images_for)"
+        )
     info = backbone_info(spec.name)
     image_size = None
     if info.library == "timm" and spec.input_size:

@@ -152,6 +152,10 @@ def test_banks_for_spec_leaves_single_backbone_heads_alone(setup):
     assert banks_for_spec(bank.backbone, [bank], what="h") == [bank]
     assert banks_for_spec(None, [bank], what="h") == [bank]
     doc = dict(load_head(setup.joined_run).backbone_)
+    from facebank.embed.backbones import backbone_from_spec
+
+    with pytest.raises(FacebankError, match="several backbones joined"):  # e.g. the Ray engine
+        backbone_from_spec(doc, device="cpu")
     doc.pop("members")  # a joined spec written before the members were kept
     with pytest.raises(FacebankError, match="without its member specs"):
         banks_for_spec(doc, [bank], what="h")
