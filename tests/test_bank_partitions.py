@@ -257,3 +257,27 @@ def test_a_400_row_bank_costs_a_small_multiple_of_its_features(tmp_path):
     cols = {k: bank.column(k) for k in ("label", "engine", "path", "sha256")}
     write_partition(ppath, 0, features=bank.load_features(), columns=cols)
     assert _disk_bytes(ppath) < 1.5 * features
+
+
+def test_a_bank_sharded_by_the_rule_consolidates_large_partitions_into_few_objects(tmp_path):
+    from facebank.embed.partitions import auto_shard_rows
+
+    path = tmp_path / "sharded.zarr"
+    n = 9000
+    bank = FeatureBank.create(path, backbone=synthetic_backbone(D), shard_rows=auto_shard_rows(n))
+    try:
+        parts = {i: _part(i, n=n) for i in (1, 0)}
+        for i, (X, cols) in parts.items():
+            write_partition(path, i, features=X, columns=cols)
+        consolidate(bank)
+    finally:
+        bank.close()
+    feats = zarr.open_group(path, mode="r")["features"]
+    assert feats.shards == (16384, D) and feats.shape == (2 * n, D)
+    # 18,000 rows in two shard objects (not three 8192-row chunks)
+    shards = path / "features" / "c"
+    held = sorted(p.relative_to(shards).as_posix() for p in shards.rglob("*") if p.is_file())
+    assert held == ["0/0", "1/0"]
+    np.testing.assert_allclose(feats[n - 2 : n + 2], np.concatenate(
+        [parts[0][0][-2:], parts[1][0][:2]]), atol=2e-3, rtol=1e-3)  # fmt: skip
+    assert verify_bank(path).ok and not list((path / "_partitions").glob("0*"))
