@@ -149,11 +149,13 @@ def set_knobs(
     *,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    k_factor: int | None = None,
     gpu: bool = False,
     strict: bool = True,
     factory: str = "",
 ) -> None:
-    """Set ``nprobe`` (IVF) and ``efSearch`` (HNSW) through FAISS's ``ParameterSpace``.
+    """Set ``nprobe`` (IVF), ``efSearch`` (HNSW) and ``k_factor`` (re-rank depth of a
+    refine index, ``...,RFlat`` / ``...,Refine(SQ8)``) through FAISS's ``ParameterSpace``.
 
     With ``strict`` a knob the index does not have raises ``DataError`` naming the index
     kinds it belongs to; without it the knob is ignored (``factory="auto"`` may pick Flat).
@@ -161,7 +163,12 @@ def set_knobs(
     import faiss
 
     space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
-    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+    knobs = {
+        "nprobe": ("nprobe", "IVF", "IVF1024,Flat"),
+        "efSearch": ("ef_search", "HNSW", "HNSW32"),
+        "k_factor_rf": ("k_factor", "refine", "IVF1024,PQ64,RFlat"),
+    }
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", k_factor)):
         if value is None:
             continue
         try:
@@ -169,8 +176,7 @@ def set_knobs(
         except RuntimeError:
             if not strict:
                 continue
-            knob, kind = ("nprobe", "IVF") if name == "nprobe" else ("ef_search", "HNSW")
-            example = "IVF1024,Flat" if kind == "IVF" else "HNSW32"
+            knob, kind, example = knobs[name]
             raise DataError(
                 f"{knob}={value} does not apply to index {factory or 'this'!r}; it is a knob of "
                 f"{kind} indexes - drop it or use a factory such as {example!r}"

@@ -64,12 +64,22 @@ def test_ivfpq_benchmark_tiny(tmp_path):
     assert len(lines) == 1
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "neighbours.ivfpq"
-    assert (fig["rows"], fig["dim"], fig["queries"], fig["factory"]) == (8000, 32, 300, "IVF32,PQ8")
-    assert fig["build_s"] > 0 and fig["exact_s"] > 0
-    assert fig["build_peak_rss_mb"] >= fig["rss_before_build_mb"] > 0
-    recalls = [s["recall_at_10"] for s in fig["searches"]]
-    assert [s["nprobe"] for s in fig["searches"]] == [4, 32]
+    assert (fig["rows"], fig["dim"], fig["queries"]) == (8000, 32, 300)
+    assert fig["factories"] == ["IVF32,PQ8", "IVF32,PQ8,RFlat"] and fig["exact_s"] > 0
+    pq, refine = fig["builds"]
+    for b in (pq, refine):
+        assert b["build_s"] >= b["train_s"] > 0 and b["add_s"] >= 0
+        assert b["train_rows"] == 8000  # 40 a list, at least 10,000, at most the rows
+        assert b["build_peak_rss_mb"] >= b["rss_before_build_mb"] > 0
+    recalls = [s["recall_at_10"] for s in pq["searches"]]
+    assert [s["nprobe"] for s in pq["searches"]] == [4, 32]
     assert 0.3 < recalls[0] <= recalls[1] <= 1.0  # more lists probed, never fewer found
+    # the refine step re-ranks k * k_factor candidates on the full vectors
+    by = {(s["nprobe"], s["k_factor"]): s["recall_at_10"] for s in refine["searches"]}
+    assert set(by) == {(p, f) for p in (4, 32) for f in (1, 4, 16)}
+    assert by[(32, 1)] == pytest.approx(recalls[1], abs=0.02)  # depth 1: PQ's own ranking
+    assert by[(32, 16)] >= 0.95 > recalls[1]
+    assert refine["index_mb"] > pq["index_mb"]  # it holds the float vectors
     # 4x the rows: the build streams chunks, so its peak grows by far less than 4x
     assert fig["build_peak_rss_mb_4x_rows"] < 1.5 * fig["build_peak_rss_mb"]
 

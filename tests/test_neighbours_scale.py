@@ -366,3 +366,17 @@ def test_cli_index_on_disk_refuses_a_flat_index(tmp_path):
     assert res.exit_code == 1
     assert "on_disk needs an IVF index" in res.output
     assert not (tmp_path / "o").exists()  # a failed command leaves no run folder
+
+
+def test_refine_k_factor_reranks_more_candidates_and_is_refused_elsewhere():
+    X, _ = clustered(n_per=400, dim=32)
+    _, I_ex = NeighbourIndex(X, factory="Flat").search(X[:200], 10)
+
+    def recall(**kw):
+        _, I = NeighbourIndex(X, factory="IVF16,PQ4,RFlat", nprobe=16, **kw).search(X[:200], 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_ex, strict=True)])
+
+    shallow, deep = recall(), recall(k_factor=16)
+    assert shallow < 0.8 and deep > 0.97  # 4 bytes a row re-ranked on the full vectors
+    with pytest.raises(DataError, match="k_factor=4 does not apply.*knob of refine indexes"):
+        NeighbourIndex(X, factory="IVF16,Flat", k_factor=4)

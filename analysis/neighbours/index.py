@@ -136,6 +136,9 @@ class NeighbourIndex:
             else CPU), ``"cpu"``, ``"cuda"`` / ``"cuda:N"``. Chosen here, never at import.
         nprobe: IVF runtime knob (inverted lists visited per query).
         ef_search: HNSW runtime knob (search beam width).
+        k_factor: refine runtime knob (``"...,RFlat"``, ``"...,Refine(SQ8)"``): the
+            approximate index returns ``k * k_factor`` candidates that the refine codes
+            re-rank (FAISS's default 1 re-ranks only the ``k`` found).
         chunk_rows: rows read from the bank at a time, for the add and the self-search.
         seed: seeds the IVF/PQ training sample.
         on_disk: a folder for an IVF index's inverted lists: rows are added partition by
@@ -161,6 +164,7 @@ class NeighbourIndex:
         device: str = "auto",
         nprobe: int | None = None,
         ef_search: int | None = None,
+        k_factor: int | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         seed: int = 0,
         gpu_float16: bool = False,
@@ -176,6 +180,7 @@ class NeighbourIndex:
         self.progress = progress
         self.nprobe = nprobe
         self.ef_search = ef_search
+        self.k_factor = k_factor
         self._source = _Source(data)
         self.dim = self._source.dim
         self.backbone = self._source.backbone
@@ -265,6 +270,7 @@ class NeighbourIndex:
             self.index,
             nprobe=self.nprobe,
             ef_search=self.ef_search,
+            k_factor=self.k_factor,
             gpu=self.device != "cpu",
             factory=self.factory,
         )

@@ -2,17 +2,21 @@
 """Benchmark: an IVF-PQ ``NeighbourIndex`` built from a bank chunk by chunk - build time,
 peak RSS, recall@10 against exact search.
 
-    python tests/benchmarks/bench_ivfpq.py                 # 1M x 768, IVF1024,PQ64, 10k queries
+    python tests/benchmarks/bench_ivfpq.py                 # 1M x 768, 10k queries, 2 factories
     python tests/benchmarks/bench_ivfpq.py --tiny          # seconds, for CI
     python tests/benchmarks/bench_ivfpq.py --on-disk       # inverted lists in a file (mmap)
+    python tests/benchmarks/bench_ivfpq.py --factory IVF1024,PQ64 --factory IVF1024,PQ64,RFlat
 
 Data: embedding-like clustered rows (a centre per engine, variation on a 32-d subspace,
 small isotropic noise), written once into a float16 bank in its own process. Queries are
 fresh rows from the same distribution (not in the bank). Three more processes, so each
 peak RSS is its own: (1) exact top-10 of the queries, streaming the bank chunk by chunk
 (FAISS ``knn`` per chunk merged in a ``ResultHeap``); (2) the IVF-PQ build - train on a
-seeded sample, add chunk by chunk - then searches of the 10k queries at several
-``nprobe`` (through ``faiss.contrib.big_batch_search`` where it applies); (3) in
+seeded sample of 40 rows per list (``train_s``), add chunk by chunk (``add_s``), FAISS on
+``--threads`` OpenMP threads - then searches of the 10k queries at several ``nprobe``
+(through ``faiss.contrib.big_batch_search`` where it applies) and, for a refine factory
+(``...,RFlat``, ``...,Refine(SQ8)``), several re-rank depths ``k_factor``; one build
+process per ``--factory``; (3) in
 ``--tiny``, the same build at 4x the rows, to show that peak memory does not follow the
 rows. Prints ONE JSON line.
 """
@@ -96,6 +100,7 @@ def exact(args: argparse.Namespace) -> dict:
 
     from facebank.embed import FeatureBank
 
+    faiss.omp_set_num_threads(args.threads)
     bank = FeatureBank.open(args.bank)
     Q = np.load(args.work / "queries.npy")
     faiss.normalize_L2(Q)
@@ -112,19 +117,33 @@ def exact(args: argparse.Namespace) -> dict:
 
 
 def build(args: argparse.Namespace) -> dict:
-    """Build the IVF-PQ index from the bank and search the queries at several nprobe."""
+    """Build one index (``args.factory[-1]``) from the bank and search the queries at
+    several nprobe (and re-rank depths for a refine index)."""
     import faiss
     import numpy as np
 
     from facebank.analysis.neighbours import NeighbourIndex
     from facebank.embed import FeatureBank
+    from facebank.heads._faiss import train_sample_rows
 
+    faiss.omp_set_num_threads(args.threads)
+    factory = args.factory[-1]
     bank = FeatureBank.open(args.bank)
     import_rss = _peak_rss_mb()
+    timing = {"train_s": 0.0, "train_rows": 0}
+    train = NeighbourIndex._train
+
+    def timed_train(self, index):  # the build's two phases, timed apart
+        t = time.perf_counter()
+        train(self, index)
+        timing["train_s"] = time.perf_counter() - t
+        timing["train_rows"] = train_sample_rows(index, len(self._source))
+
+    NeighbourIndex._train = timed_train
     t0 = time.perf_counter()
     index = NeighbourIndex(
         bank,
-        factory=args.factory,
+        factory=factory,
         metric="cosine",
         device="cpu",
         chunk_rows=args.chunk_rows,
@@ -133,30 +152,43 @@ def build(args: argparse.Namespace) -> dict:
     build_s = time.perf_counter() - t0
     build_peak = _peak_rss_mb()
     out = {
+        "factory": factory,
         "build_s": round(build_s, 2),
+        "train_s": round(timing["train_s"], 2),
+        "add_s": round(build_s - timing["train_s"], 2),
+        "train_rows": timing["train_rows"],
         "build_peak_rss_mb": round(build_peak, 1),
         "rss_before_build_mb": round(import_rss, 1),
+        "index_mb": round(faiss.serialize_index(index.index).nbytes / 2**20, 1)
+        if not args.on_disk
+        else None,
         "faiss_threads": faiss.omp_get_max_threads(),
     }
     if args.skip_search:
         return out
     Q = np.load(args.work / "queries.npy")
     I_ex = np.load(args.work / "exact_I.npy")
+    refine = "RFlat" in factory or "Refine(" in factory
     searches = []
+    space = faiss.ParameterSpace()
     for nprobe in args.nprobe:
-        faiss.ParameterSpace().set_index_parameter(index.index, "nprobe", nprobe)
-        t1 = time.perf_counter()
-        _, I = index.search(Q, args.k)
-        dt = time.perf_counter() - t1
-        recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(I, I_ex, strict=True)])
-        searches.append(
-            {
-                "nprobe": nprobe,
-                "recall_at_10": round(float(recall), 4),
-                "search_s": round(dt, 2),
-                "queries_per_s": round(len(Q) / dt, 1),
-            }
-        )
+        for k_factor in args.k_factor if refine else [None]:
+            space.set_index_parameter(index.index, "nprobe", nprobe)
+            if k_factor is not None:
+                space.set_index_parameter(index.index, "k_factor_rf", k_factor)
+            t1 = time.perf_counter()
+            _, I = index.search(Q, args.k)
+            dt = time.perf_counter() - t1
+            hits = [len(set(a) & set(b)) / args.k for a, b in zip(I, I_ex, strict=True)]
+            searches.append(
+                {
+                    "nprobe": nprobe,
+                    **({"k_factor": k_factor} if k_factor is not None else {}),
+                    "recall_at_10": round(float(np.mean(hits)), 4),
+                    "search_s": round(dt, 2),
+                    "queries_per_s": round(len(Q) / dt, 1),
+                }
+            )
     out["searches"] = searches
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     return out
@@ -170,6 +202,9 @@ def _child(args: argparse.Namespace, phase: str, **extra: object) -> dict:
         flag = "--" + key.replace("_", "-")
         if value is True:
             cmd.append(flag)
+        elif key == "factory":  # a repeated option
+            for v in value:
+                cmd += [flag, str(v)]
         elif isinstance(value, list):
             cmd += [flag, *map(str, value)]
         else:
@@ -189,8 +224,19 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=None, help="bank rows (default 1,000,000)")
     p.add_argument("--dim", type=int, default=None, help="feature size (default 768)")
     p.add_argument("--queries", type=int, default=None, help="query rows (default 10,000)")
-    p.add_argument("--factory", default=None, help="FAISS factory (default IVF1024,PQ64)")
+    p.add_argument(
+        "--factory",
+        action="append",
+        default=None,
+        help="FAISS factory; repeat (default IVF1024,PQ64 and IVF1024,PQ64,RFlat)",
+    )
     p.add_argument("--nprobe", type=int, nargs="+", default=None, help="default 8 16 32 64")
+    p.add_argument(
+        "--k-factor", type=int, nargs="+", default=None, help="refine re-rank depths (1 4 16)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="FAISS OpenMP threads (default: all CPUs)"
+    )
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default 65536)")
     p.add_argument("--on-disk", action="store_true", help="inverted lists on disk (mmap)")
@@ -209,8 +255,12 @@ def main() -> None:
     args.rows = args.rows or (8000 if args.tiny else 1_000_000)
     args.dim = args.dim or (32 if args.tiny else 768)
     args.queries = args.queries or (300 if args.tiny else 10_000)
-    args.factory = args.factory or ("IVF32,PQ8" if args.tiny else "IVF1024,PQ64")
+    args.factory = args.factory or (
+        ["IVF32,PQ8", "IVF32,PQ8,RFlat"] if args.tiny else ["IVF1024,PQ64", "IVF1024,PQ64,RFlat"]
+    )
     args.nprobe = args.nprobe or ([4, 32] if args.tiny else [8, 16, 32, 64])
+    args.k_factor = args.k_factor or [1, 4, 16]
+    args.threads = args.threads or os.cpu_count() or 1
     args.chunk_rows = args.chunk_rows or (1024 if args.tiny else 65536)
     tmp = None
     if args.work is None:
@@ -224,20 +274,21 @@ def main() -> None:
         _child(args, "make")
     make_s = time.perf_counter() - t0
     ex = _child(args, "exact")
-    built = _child(args, "build")
+    builds = [_child(args, "build", factory=[f]) for f in args.factory]
     result = {
         "benchmark": "neighbours.ivfpq",
         "rows": args.rows,
         "dim": args.dim,
         "queries": args.queries,
         "k": args.k,
-        "factory": args.factory,
+        "factories": args.factory,
+        "threads": args.threads,
         "metric": "cosine",
         "chunk_rows": args.chunk_rows,
         "on_disk": args.on_disk,
         "make_bank_s": round(make_s, 1),
         **ex,
-        **built,
+        "builds": builds,
     }
     if args.tiny:  # the same build over 4x the rows: peak memory must not follow the rows
         big = argparse.Namespace(**{**vars(args), "rows": 4 * args.rows})
@@ -245,8 +296,9 @@ def main() -> None:
         big.work.mkdir(exist_ok=True)
         big.bank = big.work / "bench.zarr"
         _child(big, "make")
-        grown = _child(big, "build", skip_search=True)
+        grown = _child(big, "build", skip_search=True, factory=args.factory[:1])
         result["build_peak_rss_mb_4x_rows"] = grown["build_peak_rss_mb"]
+        result["build_peak_rss_mb"] = builds[0]["build_peak_rss_mb"]
     result["machine"] = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
