@@ -12,6 +12,12 @@ Which split chose what: nothing is searched; the head's params are used as given
 threshold comes from validation reals only; every reported rate is on test rows, which
 no fit and no threshold ever saw. An engine whose train split holds fewer images than
 the largest k stops at the largest k it can fill, and the result says so.
+
+The k images are unweighted by default (one training row each among all the others);
+``shot_weight="balanced"`` gives them together the weight of an average other engine's
+train rows. The loop is ``_protocol_core.train_and_test``; with a head that warm-starts
+(``linear``) each engine's k = 0 fit starts from one fit on every engine and its k > 0
+fits from its k = 0 fit (the same minimisers to the head's tolerance, far fewer passes).
 """
 
 from __future__ import annotations

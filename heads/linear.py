@@ -147,14 +147,17 @@ class LinearHead(BaseHead):
             out[engines == e] = float(w)
         return out
 
-    def _previous_solution(self, n_features: int) -> tuple[np.ndarray, float] | None:
-        """``(w, b)`` of the previous fit when ``warm_start`` can use it."""
-        if not self.warm_start or getattr(self, "_whitening", None) is None:
-            return None
+    def _previous_solution(
+        self, n_features: int
+    ) -> tuple[np.ndarray, float, tuple[torch.Tensor, torch.Tensor]] | None:
+        """``(w, b, (mean, L))`` of the previous fit when ``warm_start`` can use it."""
+        whitening = self._whitening
         coef = getattr(self, "coef_", None)
-        if coef is None or coef.shape != (1, n_features):
+        if not self.warm_start or whitening is None or coef is None:
             return None
-        return coef[0], float(self.intercept_[0])
+        if coef.shape != (1, n_features):
+            return None
+        return coef[0], float(self.intercept_[0]), whitening
 
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
         device = self._device()
@@ -173,8 +176,7 @@ class LinearHead(BaseHead):
         if previous is None:
             mean, chol = _preconditioner(Xt[idx] if warm else Xt, n=n, C=float(self.C))
         else:
-            mean, chol = self._whitening
-            mean, chol = mean.to(device=device, dtype=dt), chol.to(device=device, dtype=dt)
+            mean, chol = (t.to(device=device, dtype=dt) for t in previous[2])
         self._whitening = (mean, chol)
         # w = L^-T v and b = c - mean.w: L-BFGS sees whitened features (v, c), where the
         # objective is close to isotropic; the objective and its minimiser are unchanged.
