@@ -131,3 +131,26 @@ def test_benchmark_tiny_prints_one_json_line():
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "protocols" and fig["tiny"] is True
     assert fig["few_shot_s"] > 0 and fig["fits"] == 3 * (1 + 2 * 2)
+
+
+def test_cli_shot_weight_and_the_stop_note(tmp_path):
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    bank = make_bank(tmp_path / "b.zarr", n_odd=40)  # 28 train images of odd
+    args = ["protocol", "few-shot", str(bank.path), "--shots", "0,5,50", "--draws", "1"]
+    res = CliRunner().invoke(
+        app, [*args, "--shot-weight", "balanced", "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "shot weight balanced" in res.output
+    assert "note: odd has 28 train images: its curve stops at k=5 (asked up to k=50)" in res.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert {p["shot_weight"] > 1 for p in metrics["points"] if p["k"] == 5} == {True}
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["shot_weight"] == "balanced"
+    assert (
+        "weigh as much as an average other engine" in (tmp_path / "r" / "few_shot.md").read_text()
+    )
+    bad = CliRunner().invoke(app, [*args, "--shot-weight", "heavy"])
+    assert bad.exit_code != 0 and "heavy" in bad.output
