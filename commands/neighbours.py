@@ -32,6 +32,14 @@ _NbDevice = Annotated[
     str, typer.Option(help="FAISS device: auto (GPU when faiss-gpu sees one), cpu, cuda, cuda:N.")
 ]
 _NbNprobe = Annotated[int | None, typer.Option(help="IVF runtime knob: lists visited per query.")]
+_NbKFactor = Annotated[
+    int | None,
+    typer.Option(
+        "--k-factor",
+        help="Refine runtime knob (...,RFlat / ...,Refine(SQ8)): candidates re-ranked per "
+        "neighbour.",
+    ),
+]
 _NbEf = Annotated[
     int | None, typer.Option("--ef-search", help="HNSW runtime knob: search beam width.")
 ]
@@ -57,6 +65,7 @@ def neighbours_clusters(
     device: _NbDevice = "auto",
     nprobe: _NbNprobe = None,
     ef_search: _NbEf = None,
+    k_factor: _NbKFactor = None,
 ) -> None:
     """Do engines cluster? kNN purity per engine, neighbour-engine confusion, silhouette,
     k-means NMI/ARI."""
@@ -74,6 +83,7 @@ def neighbours_clusters(
         device=device,
         nprobe=nprobe,
         ef_search=ef_search,
+        k_factor=k_factor,
         out=default_out("neighbours-clusters", out),
         progress=show_progress(),
     )
@@ -89,6 +99,7 @@ def neighbours_index(
     metric: Annotated[Metric, typer.Option(help="Neighbour metric.")] = Metric.cosine,
     device: _NbDevice = "auto",
     nprobe: _NbNprobe = None,
+    k_factor: _NbKFactor = None,
     on_disk: Annotated[
         bool,
         typer.Option(
@@ -112,6 +123,7 @@ def neighbours_index(
         metric=metric.value,
         device=device,
         nprobe=nprobe,
+        k_factor=k_factor,
         on_disk=on_disk,
         chunk_rows=chunk_rows,
         seed=seed,
@@ -251,6 +263,7 @@ def neighbours_leaks(
     factory: _NbFactory = "Flat",
     device: _NbDevice = "auto",
     nprobe: _NbNprobe = None,
+    k_factor: _NbKFactor = None,
 ) -> int:
     """Near-duplicates (cosine) and exact duplicates (sha256) across splits and banks.
 
@@ -267,6 +280,7 @@ def neighbours_leaks(
         factory=factory,
         device=device,
         nprobe=nprobe,
+        k_factor=k_factor,
         out=default_out("neighbours-leaks", out),
         progress=show_progress(),
     )

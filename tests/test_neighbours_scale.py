@@ -380,3 +380,16 @@ def test_refine_k_factor_reranks_more_candidates_and_is_refused_elsewhere():
     assert shallow < 0.8 and deep > 0.97  # 4 bytes a row re-ranked on the full vectors
     with pytest.raises(DataError, match="k_factor=4 does not apply.*knob of refine indexes"):
         NeighbourIndex(X, factory="IVF16,Flat", k_factor=4)
+
+
+def test_cli_leaks_and_clusters_take_the_refine_depth(tmp_path):
+    X, engines = clustered(n_per=100)
+    bank = make_bank(tmp_path / "b.zarr", X, engines, splits=["train", "test"] * 150)
+    common = [str(bank.path), "--factory", "IVF4,PQ4,RFlat", "--nprobe", "4", "--k-factor", "8"]
+    res = CliRunner().invoke(app, ["neighbours", "clusters", *common, "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["k_factor"] == 8
+    res = CliRunner().invoke(app, ["neighbours", "leaks", *common, "--out", str(tmp_path / "l")])
+    assert res.exit_code in (0, 2), res.output
+    bad = CliRunner().invoke(app, ["neighbours", "leaks", str(bank.path), "--k-factor", "8"])
+    assert bad.exit_code == 1 and "k_factor=8 does not apply" in bad.output

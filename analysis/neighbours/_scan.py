@@ -26,7 +26,7 @@ class NeighbourScan:
         data: a bank, bank path, list of them, an ``(n, D)`` array, or a built
             :class:`NeighbourIndex` (reused as it is).
         columns: metadata columns to encode (``"engine"``, ``"split"``, ``"bank_id"``...).
-        factory, metric, device, nprobe, ef_search, chunk_rows, seed, progress: see
+        factory, metric, device, nprobe, ef_search, k_factor, chunk_rows, seed, progress: see
             :class:`NeighbourIndex`.
     """
 
@@ -40,6 +40,7 @@ class NeighbourScan:
         device: str = "auto",
         nprobe: int | None = None,
         ef_search: int | None = None,
+        k_factor: int | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         seed: int = 0,
         progress: bool = False,
@@ -54,6 +55,7 @@ class NeighbourScan:
                 device=device,
                 nprobe=nprobe,
                 ef_search=ef_search,
+                k_factor=k_factor,
                 chunk_rows=chunk_rows,
                 seed=seed,
                 progress=progress,

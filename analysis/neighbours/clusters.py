@@ -180,6 +180,7 @@ def engine_clusters(
     device: str = "auto",
     nprobe: int | None = None,
     ef_search: int | None = None,
+    k_factor: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     out: str | Path | None = None,
     progress: bool = False,
@@ -199,7 +200,8 @@ def engine_clusters(
             (its cost is quadratic).
         kmeans_max: k-means trains on at most this many rows (seeded), then every row is
             assigned to its nearest centroid.
-        factory, metric, device, nprobe, ef_search, chunk_rows: see :class:`NeighbourIndex`.
+        factory, metric, device, nprobe, ef_search, k_factor, chunk_rows: see
+            :class:`NeighbourIndex`.
         out: run folder for config.json, metrics.json, purity.md, confusion.png/csv,
             purity.png (``None``: write nothing).
 
@@ -217,6 +219,7 @@ def engine_clusters(
         device=device,
         nprobe=nprobe,
         ef_search=ef_search,
+        k_factor=k_factor,
         chunk_rows=chunk_rows,
         seed=seed,
         progress=progress,
@@ -324,6 +327,7 @@ def engine_clusters(
             kmeans_max=kmeans_max,
             nprobe=nprobe,
             ef_search=ef_search,
+            k_factor=k_factor,
         )
     return result
 

@@ -213,6 +213,7 @@ def find_leaks(
     device: str = "auto",
     nprobe: int | None = None,
     ef_search: int | None = None,
+    k_factor: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     out: str | Path | None = None,
     progress: bool = False,
@@ -231,7 +232,8 @@ def find_leaks(
         splits: a training run folder whose ``splits.csv`` gives each row's split (and
             group, when it has that column), matched by sha256; rows it does not list
             have no split. ``None``: the banks' own split column.
-        factory, device, nprobe, ef_search, chunk_rows: see :class:`NeighbourIndex`.
+        factory, device, nprobe, ef_search, k_factor, chunk_rows: see
+            :class:`NeighbourIndex`.
         out: run folder for config.json, metrics.json, leaks.md and pairs.csv.
 
     Returns:
@@ -250,6 +252,7 @@ def find_leaks(
         device=device,
         nprobe=nprobe,
         ef_search=ef_search,
+        k_factor=k_factor,
         chunk_rows=chunk_rows,
         progress=progress,
     )
