@@ -256,7 +256,7 @@ def fit_head(
     est = create_head(head, **dict(params or {}))
     if warm_from is not None and "warm_start" in est.get_params():
         est = copy.deepcopy(warm_from)
-        est.set_params(**dict(params or {}), warm_start=True)
+        est.set_params(**{**dict(params or {}), "warm_start": True})
     est.fit(X, y, engines=engines)
     est.calibrate(X_val_real, fpr=fpr)
     return est
