@@ -40,6 +40,14 @@ _NbKFactor = Annotated[
         "neighbour.",
     ),
 ]
+_NbIndex = Annotated[
+    Path | None,
+    typer.Option(
+        "--index",
+        help="Search an index written by `facebank neighbours index` over these banks "
+        "(its factory and metric; --factory and --metric are then not used).",
+    ),
+]
 _NbEf = Annotated[
     int | None, typer.Option("--ef-search", help="HNSW runtime knob: search beam width.")
 ]
@@ -66,13 +74,14 @@ def neighbours_clusters(
     nprobe: _NbNprobe = None,
     ef_search: _NbEf = None,
     k_factor: _NbKFactor = None,
+    index: _NbIndex = None,
 ) -> None:
     """Do engines cluster? kNN purity per engine, neighbour-engine confusion, silhouette,
     k-means NMI/ARI."""
     from facebank.analysis.neighbours import engine_clusters
 
     result = engine_clusters(
-        [str(b) for b in banks],
+        _open_index(index, banks, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor),
         k=k,
         n_boot=n_boot,
         seed=seed,
@@ -89,6 +98,15 @@ def neighbours_clusters(
     )
     typer.echo(result.markdown())
     typer.echo(f"wrote {result.run_dir}")
+
+
+def _open_index(folder: Path | None, banks: list[Path], **knobs: Any) -> Any:
+    """The banks, or the index written in ``folder`` over them (``--index``)."""
+    if folder is None:
+        return [str(b) for b in banks]
+    from facebank.analysis.neighbours import NeighbourIndex
+
+    return NeighbourIndex.open(folder, [str(b) for b in banks], progress=show_progress(), **knobs)
 
 
 @app.command("index")
@@ -264,6 +282,7 @@ def neighbours_leaks(
     device: _NbDevice = "auto",
     nprobe: _NbNprobe = None,
     k_factor: _NbKFactor = None,
+    index: _NbIndex = None,
 ) -> int:
     """Near-duplicates (cosine) and exact duplicates (sha256) across splits and banks.
 
@@ -273,7 +292,7 @@ def neighbours_leaks(
     from facebank.analysis.neighbours import find_leaks
 
     result = find_leaks(
-        [str(b) for b in banks],
+        _open_index(index, banks, nprobe=nprobe, k_factor=k_factor),
         threshold=threshold,
         k=k,
         splits=run,

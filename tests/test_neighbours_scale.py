@@ -83,6 +83,8 @@ def test_on_disk_refuses_non_ivf_indexes_and_non_empty_folders(tmp_path):
         NeighbourIndex(X, factory="Flat", on_disk=tmp_path / "a")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("mine")
+    with pytest.raises(DataError, match="re-rank copy of every row"):
+        NeighbourIndex(X, factory="IVF4,PQ4,RFlat", on_disk=tmp_path / "c")
     with pytest.raises(DataError, match="is not empty"):
         NeighbourIndex(X, factory="IVF4,Flat", on_disk=tmp_path / "b")
     assert (tmp_path / "b" / "x").read_text() == "mine"
@@ -393,3 +395,46 @@ def test_cli_leaks_and_clusters_take_the_refine_depth(tmp_path):
     assert res.exit_code in (0, 2), res.output
     bad = CliRunner().invoke(app, ["neighbours", "leaks", str(bank.path), "--k-factor", "8"])
     assert bad.exit_code == 1 and "k_factor=8 does not apply" in bad.output
+
+
+def test_leaks_and_clusters_search_a_written_on_disk_index(tmp_path):
+    X, engines = clustered(n_per=100)
+    X[1] = X[0]  # a train/test near-copy
+    splits = ["train", "test"] * 150
+    bank = make_bank(tmp_path / "b.zarr", X, engines, splits=splits)
+    runner = CliRunner()
+    ivf = ["--factory", "IVF4,Flat", "--nprobe", "4"]  # all lists probed: exact
+    made = runner.invoke(
+        app,
+        ["neighbours", "index", str(bank.path), *ivf, "--on-disk", "--out", str(tmp_path / "ix")],
+    )
+    assert made.exit_code == 0, made.output
+    leaks = [str(bank.path), "--threshold", "0.99", "-k", "3"]
+    res = runner.invoke(
+        app,
+        ["neighbours", "leaks", *leaks, "--index", str(tmp_path / "ix"), "-o", str(tmp_path / "l")],
+    )
+    ref = find_leaks(bank, threshold=0.99, k=3)
+    assert res.exit_code == 2 and f"{len(ref.pairs)} pairs" in res.output, res.output
+    got = find_leaks(NeighbourIndex.open(tmp_path / "ix", bank), threshold=0.99, k=3)
+
+    def rows(r):
+        return [(p["row_a"], p["row_b"], p["kind"]) for p in r.pairs]
+
+    assert rows(got) == rows(ref) and (0, 1, "near") in rows(got)
+    sims = [p["similarity"] for p in got.pairs]
+    assert sims == pytest.approx([p["similarity"] for p in ref.pairs], abs=1e-5)
+    assert got.factory == "IVF4,Flat"
+    c = runner.invoke(
+        app,
+        ["neighbours", "clusters", str(bank.path), "-k", "5", "--index", str(tmp_path / "ix")]
+        + ["--out", str(tmp_path / "c")],
+    )
+    assert c.exit_code == 0, c.output
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["factory"] == "IVF4,Flat"
+
+    other = make_bank(tmp_path / "other.zarr", X[:50], engines[:50])
+    with pytest.raises(DataError, match="was built from .*b.zarr.*give those banks"):
+        NeighbourIndex.open(tmp_path / "ix", other)
+    with pytest.raises(DataError, match="holds no index/index.faiss"):
+        NeighbourIndex.open(tmp_path, bank)

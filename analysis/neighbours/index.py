@@ -171,20 +171,8 @@ class NeighbourIndex:
         on_disk: str | Path | None = None,
         progress: bool = False,
     ) -> None:
-        if int(chunk_rows) < 1:
-            raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        self.factory = str(factory)
-        self.metric = metric
-        self.chunk_rows = int(chunk_rows)
+        self._common(data, factory, metric, nprobe, ef_search, k_factor, chunk_rows, progress)
         self.seed = int(seed)
-        self.progress = progress
-        self.nprobe = nprobe
-        self.ef_search = ef_search
-        self.k_factor = k_factor
-        self._source = _Source(data)
-        self.dim = self._source.dim
-        self.backbone = self._source.backbone
-        self.view = self._source.view
         self.device = resolve_faiss_device(device)
         # absolute: index.faiss records where its index.ivfdata is, read from any cwd
         self.on_disk = None if on_disk is None else Path(on_disk).absolute()
@@ -200,6 +188,88 @@ class NeighbourIndex:
         self._set_knobs()
         if self.on_disk is None:
             self._add_all()
+
+    def _common(
+        self,
+        data: Any,
+        factory: str,
+        metric: str,
+        nprobe: int | None,
+        ef_search: int | None,
+        k_factor: int | None,
+        chunk_rows: int,
+        progress: bool,
+    ) -> None:
+        if int(chunk_rows) < 1:
+            raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.factory = str(factory)
+        self.metric = metric
+        self.chunk_rows = int(chunk_rows)
+        self.progress = progress
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.k_factor = k_factor
+        self._source = _Source(data)
+        self.dim = self._source.dim
+        self.backbone = self._source.backbone
+        self.view = self._source.view
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | Path,
+        data: Any,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        k_factor: int | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        progress: bool = False,
+    ) -> NeighbourIndex:
+        """An index written by ``facebank neighbours index`` (:func:`write_index`), over
+        the banks it was built from, searched on the CPU; on-disk lists stay on disk.
+
+        Args:
+            folder: the run folder (or its ``index/`` folder).
+            data: the same banks, in the same order, as when the index was built.
+            nprobe, ef_search, k_factor, chunk_rows, progress: as for the constructor.
+
+        Raises:
+            DataError: no index there, or banks that are not the ones it was built from.
+        """
+        import json
+
+        import faiss
+
+        folder = Path(folder)
+        run = folder.parent if folder.name == "index" else folder
+        path = run / "index" / "index.faiss"
+        if not path.is_file() or not (run / "metrics.json").is_file():
+            raise DataError(
+                f"{str(folder)!r} holds no index/index.faiss and metrics.json; give the run "
+                "folder written by `facebank neighbours index BANK --out DIR`"
+            )
+        made = json.loads((run / "metrics.json").read_text())
+        self = cls.__new__(cls)
+        self._common(
+            data, made["factory"], made["metric"], nprobe, ef_search, k_factor, chunk_rows, progress
+        )
+        # by folder name: a bank may be given by another path (or moved) since
+        built_from = [Path(str(b)).name for b in made.get("banks", [])]
+        given = [Path(str(b)).name for b in self._source.bank_paths]
+        if built_from != given or int(made["ntotal"]) != len(self._source):
+            raise DataError(
+                f"the index in {str(run)!r} was built from {made.get('banks')} "
+                f"({made['ntotal']} rows), not from {self._source.bank_paths} "
+                f"({len(self._source)} rows); give those banks, or build a new index"
+            )
+        self.seed = int(json.loads((run / "config.json").read_text()).get("seed", 0))
+        self.device = "cpu"
+        self.on_disk = path.parent if made.get("on_disk") else None
+        # ONDISK_SAME_DIR: the lists are looked up beside index.faiss, wherever it moved
+        self.index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        self._set_knobs()
+        return self
 
     # -- building -----------------------------------------------------------------
 
@@ -285,6 +355,12 @@ class NeighbourIndex:
                 f"on_disk needs an IVF index (e.g. 'IVF4096,PQ64'), got {self.factory!r}; "
                 "drop on_disk or use an IVF factory"
             ) from None
+        if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+            # merge_ondisk moves the IVF lists only: the re-rank copy would be lost
+            raise DataError(
+                f"on_disk keeps an IVF index's lists on disk, but {self.factory!r} also holds "
+                "a re-rank copy of every row that it cannot; drop on_disk or the refine step"
+            )
         if self.device != "cpu":
             raise DataError("on_disk indexes are searched on the CPU; use device='cpu'")
         if self.on_disk.exists() and any(self.on_disk.iterdir()):
