@@ -157,7 +157,9 @@ def test_leaks_on_a_bank_without_splits_say_no_split_pair_was_checked(tmp_path):
     assert "no split pairs could be checked" in (tmp_path / "run" / "leaks.md").read_text()
 
     result = CliRunner().invoke(
-        app, ["neighbours", "leaks", str(bank.path), "--threshold", "0.99", "-k", "3"]
+        app,
+        ["neighbours", "leaks", str(bank.path), "--threshold", "0.99", "-k", "3"]
+        + ["--out", str(tmp_path / "cli")],
     )
     assert result.exit_code == 0, result.output
     assert "no split pairs could be checked" in result.output
