@@ -154,3 +154,22 @@ def test_cli_shot_weight_and_the_stop_note(tmp_path):
     )
     bad = CliRunner().invoke(app, [*args, "--shot-weight", "heavy"])
     assert bad.exit_code != 0 and "heavy" in bad.output
+
+
+def test_warm_started_fits_give_the_cold_fits_curve(tmp_path, monkeypatch):
+    import facebank.analysis._protocol_core as core
+
+    bank = make_bank(tmp_path / "b.zarr")
+    kw = {"shots": (0, 5, 50), "draws": 2, "engines": ["odd", "a"]}
+    params = {"dtype": "float64", "tol": 1e-8}
+    warm = few_shot(bank, params=params, **kw)
+    cold_fit = core.fit_head
+    monkeypatch.setattr(
+        core, "fit_head", lambda *a, warm_from=None, **k: cold_fit(*a, warm_from=None, **k)
+    )
+    cold = few_shot(bank, params=params, **kw)
+    assert len(warm.points) == len(cold.points) == 2 * (1 + 2 * 2)
+    for w, c in zip(warm.points, cold.points, strict=True):
+        assert (w["engine"], w["k"], w["draw"]) == (c["engine"], c["k"], c["draw"])
+        assert abs(w["threshold"] - c["threshold"]) < 1e-4
+        assert abs(w["n_detected"] - c["n_detected"]) <= 1
