@@ -2,7 +2,11 @@
 
 - ``--param KEY=VALUE`` (repeatable, JSON values): :func:`parse_params`.
 - comma-or-repeat lists (``--heads linear,mlp --heads knn``): :func:`split_list`.
-- ``--storage-options JSON`` for banks and sources at fsspec URLs: :func:`parse_storage_options`.
+- ``--storage-options JSON`` for URLs on fsspec stores: :func:`parse_storage_options`. The
+  session wrapper parses it once and makes it fsspec's default for the protocols of the
+  command's URL arguments while the command runs (``embed._remote.store_defaults``), so
+  it reaches a run folder, scoring inputs and a head on a store as well as a bank or a
+  SOURCE; every command with ``--out`` gets the option.
 - default output folders: :func:`default_out`, the one rule every command uses -
   ``runs/<command>-<YYYYmmdd-HHMMSS>``, a new folder per run; an existing ``--out`` is
   refused unless ``--overwrite`` (``embed.runs.start_run`` states the whole rule).
@@ -25,6 +29,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from facebank.embed._remote import store_defaults
 from facebank.embed.errors import DataError
 from facebank.embed.runs import (
     check_out,
@@ -95,16 +100,22 @@ def _overwrite_option() -> Any:
     return next(p for p in probe_cmd.params if p.name == "overwrite")
 
 
-def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
+def _with_session(callback: Any, *, name: str, has_out: bool, own_options: bool = True) -> Any:
     @functools.wraps(callback)
     def outer(*args: Any, **kwargs: Any) -> Any:
         overwrite = bool(kwargs.get("overwrite", False)) if has_out else False
+        raw = kwargs.get("storage_options") if own_options else kwargs.pop("storage_options", None)
+        options = parse_storage_options(raw)
         url = run_url(kwargs.get("out")) if has_out and name not in _FILE_OUTPUT else None
-        if url is not None:  # a run folder on a store: staged here, uploaded on success
-            with remote_run(url, command=name, overwrite=overwrite) as staging:
-                status = session({**kwargs, "out": staging}, args)
-        else:
-            status = session(kwargs, args)
+        # the options reach every URL the command touches, not only the ones it is handed
+        with store_defaults(options, _urls_in([*args, *kwargs.values()])):
+            if url is not None:  # a run folder on a store: staged here, uploaded on success
+                with remote_run(
+                    url, command=name, overwrite=overwrite, storage_options=options
+                ) as staging:
+                    status = session({**kwargs, "out": staging}, args)
+            else:
+                status = session(kwargs, args)
         # a command that completed its run but reports a finding through its exit code
         # (neighbours leaks: 2) returns the code, so the session keeps the run folder
         if isinstance(status, int) and not isinstance(status, bool) and status:
@@ -125,6 +136,28 @@ def _with_session(callback: Any, *, name: str, has_out: bool) -> Any:
             return callback(*args, **kwargs)
 
     return outer
+
+
+def _urls_in(values: Sequence[Any]) -> list[str]:
+    """The fsspec URLs among a command's arguments (lists searched; ``s3:/x`` Paths too)."""
+    urls: list[str] = []
+    for value in values:
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(v, str | Path) and (u := run_url(v)) is not None:
+                urls.append(u)
+    return urls
+
+
+@functools.cache
+def _storage_options_option() -> Any:
+    """``--storage-options`` as typer builds it, for commands that do not declare it."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def _probe(storage_options: StorageOptionsOption = None) -> None: ...
+
+    probe_cmd = typer.main.get_command(probe)
+    return next(p for p in probe_cmd.params if p.name == "storage_options")
 
 
 def _current_context() -> Any:
@@ -154,9 +187,14 @@ def install_run_sessions(group: Any) -> None:
             continue
         names = {p.name for p in cmd.params}
         has_out = "out" in names and "overwrite" not in names and name not in _OWN_OUTPUT_RULE
+        own_options = "storage_options" in names
         if has_out:
             cmd.params.append(_overwrite_option())
-        cmd.callback = _with_session(cmd.callback, name=name, has_out=has_out)
+        if not own_options and "out" in names:  # a run folder may be on a store
+            cmd.params.append(_storage_options_option())
+        cmd.callback = _with_session(
+            cmd.callback, name=name, has_out=has_out, own_options=own_options
+        )
         cmd.callback._facebank_session = True
 
 

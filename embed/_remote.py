@@ -20,17 +20,18 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import BankError, SourceError
 
-__all__ = ["is_url", "read_url", "scan_store_source", "store_inputs"]
+__all__ = ["is_url", "read_url", "scan_store_source", "store_defaults", "store_inputs"]
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -40,6 +41,45 @@ def is_url(text: str | os.PathLike) -> bool:
     """True for an fsspec URL on a store other than the local disk (``file://`` is local)."""
     m = _URL.match(os.fspath(text))
     return m is not None and m.group(0)[:-3].lower() not in _LOCAL_PROTOCOLS
+
+
+def url_protocol(text: str | os.PathLike) -> str | None:
+    """The protocol of an fsspec URL on a store (``"s3"`` for ``s3://b/k``), else ``None``."""
+    return os.fspath(text).split("://", 1)[0].lower() if is_url(text) else None
+
+
+@contextlib.contextmanager
+def store_defaults(
+    storage_options: Mapping[str, Any] | None, urls: Iterable[str]
+) -> Iterator[None]:
+    """``storage_options`` as fsspec's defaults for the protocols of ``urls``, for a block.
+
+    One command's ``--storage-options`` must reach every URL it touches (a run folder
+    on a store, scoring inputs, a head, a bank, a SOURCE), including code paths that
+    open a URL without being handed the options. fsspec merges ``fsspec.config.conf``
+    into the arguments of every filesystem it instantiates for a protocol (explicit
+    arguments win), so the options are set there for the protocols the command's URLs
+    name (an ``endpoint_url`` meant for ``s3://`` is never given to ``gs://``) and the
+    previous defaults are restored afterwards. Worker *processes* started with spawn
+    do not inherit them: code that starts such workers passes the options explicitly.
+    """
+    if not storage_options:
+        yield
+        return
+    import fsspec.config
+
+    protocols = sorted({p for p in (url_protocol(u) for u in urls) if p})
+    saved = {p: fsspec.config.conf.get(p) for p in protocols}
+    for p in protocols:
+        fsspec.config.conf[p] = {**(saved[p] or {}), **dict(storage_options)}
+    try:
+        yield
+    finally:
+        for p, before in saved.items():
+            if before is None:
+                fsspec.config.conf.pop(p, None)
+            else:
+                fsspec.config.conf[p] = before
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
