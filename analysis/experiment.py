@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,11 +338,16 @@ def _check_heads(heads: Sequence[str]) -> list[str]:
     return heads
 
 
-def _survey(source: Path, real_names: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+def _survey(
+    source: str | Path,
+    real_names: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, int], list[str]]:
     """Images per engine and the AI engines of SOURCE, without decoding anything."""
     from facebank.embed.datasets import scan_source
 
-    src = scan_source(source, real_names=real_names)  # SourceError: missing, empty, bad CSV
+    # SourceError: missing, empty, bad CSV; an unreachable store before any work
+    src = scan_source(source, real_names=real_names, storage_options=storage_options)
     counts = Counter(it.engine for it in src.items if it.label in (0, 1))
     ai = sorted({it.engine for it in src.items if it.label == 1})
     real = sorted({it.engine for it in src.items if it.label == 0})
@@ -349,7 +355,7 @@ def _survey(source: Path, real_names: Sequence[str]) -> tuple[dict[str, int], li
     return dict(sorted(counts.items())), ai
 
 
-def _check_classes(counts: Counter, real: list[str], ai: list[str], source: Path) -> None:
+def _check_classes(counts: Counter, real: list[str], ai: list[str], source: str | Path) -> None:
     """Raise when the experiment cannot run at all (no reals, or no AI images)."""
     have = ", ".join(f"{e} ({n})" for e, n in sorted(counts.items())) or "no labelled images"
     needs = (
@@ -363,8 +369,15 @@ def _check_classes(counts: Counter, real: list[str], ai: list[str], source: Path
         raise DataError(f"{str(source)!r} has only real images (found: {have}); {needs}")
 
 
-def _check_out(run_dir: Path, source: Path) -> None:
+def _source_name(source: str | Path) -> str:
+    """The last component of a SOURCE path or URL (``s3://b/faces`` -> ``faces``)."""
+    return Path(source).name if isinstance(source, Path) else source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _check_out(run_dir: Path, source: str | Path) -> None:
     """``out`` must not hold the dataset (the run folder rule itself is ``start_run``'s)."""
+    if isinstance(source, str):  # a SOURCE on a store is never inside a local run folder
+        return
     if source.resolve() == run_dir.resolve() or run_dir.resolve() in source.resolve().parents:
         raise DataError(
             f"--out {str(run_dir)!r} contains the dataset {str(source)!r}; write the run elsewhere"
@@ -382,7 +395,18 @@ def _clear_previous_steps(run_dir: Path) -> None:
 
 
 def _embed_all(
-    source, views, banks_dir, *, backbone, device, weights, image_size, real_names, steps, progress
+    source,
+    views,
+    banks_dir,
+    *,
+    backbone,
+    device,
+    weights,
+    image_size,
+    real_names,
+    steps,
+    progress,
+    storage_options=None,
 ):
     from facebank.embed import FeatureBank, embed_source
 
@@ -401,6 +425,7 @@ def _embed_all(
                 image_size=image_size,
                 real_names=real_names,
                 progress=progress,
+                storage_options=storage_options,  # a SOURCE on a store; never recorded
             )
         embedding[view] = {
             "embedded": s.embedded,
@@ -460,6 +485,7 @@ def run_experiment(
     note: str | None = None,
     protocols: Sequence[str] = (),
     group_by: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ExperimentResult:
     """Run the whole workbench on one dataset and write ``out/report.html``.
 
@@ -479,7 +505,9 @@ def run_experiment(
 
     Args:
         source: a folder ``SOURCE/<engine>/...`` (optionally ``SOURCE/<split>/<engine>/``)
-            or a CSV manifest ``path,label,engine[,split]``.
+            or a CSV manifest ``path,label,engine[,split]``; local, or an fsspec URL
+            (``s3://bucket/faces``) read as ``facebank embed`` reads one (the banks are
+            still written under ``out/banks``).
         backbone: a registered backbone name (``facebank backbones``).
         out: the run folder; created if missing, reused (banks resumed) if present.
         views: degraded views to embed besides ``original`` (``embed.parse_view`` forms).
@@ -501,6 +529,8 @@ def run_experiment(
             ``"level:K"`` (the K-th folder of the stored paths), a bank column (``group``,
             the default when the manifest had one), or ``"none"``
             (``embed.splits.resolve_groups``).
+        storage_options: fsspec options for a SOURCE on a store (endpoint,
+            credentials); never recorded in the run folder or the banks.
 
     Returns:
         An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.
@@ -514,15 +544,16 @@ def run_experiment(
     With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
     recorded in ``result.skipped``, ``metrics.json`` and the report.
     """
+    from facebank.embed._remote import is_url
     from facebank.embed.backbones import backbone_info, resolve_device
 
-    source = Path(source)
+    source = os.fspath(source) if is_url(source) else Path(source)
     run_dir = Path(out)
     backbone_info(backbone)  # UnknownNameError with the list, before any work
     view_names = _canonical_views(views)
     head_names = _check_heads(heads)
     protocols = _check_protocols(protocols)
-    _, ai = _survey(source, real_names)
+    _, ai = _survey(source, real_names, storage_options)
     if new_engine is not None:
         new_engine = new_engine.lower()
         if new_engine not in ai:
@@ -571,6 +602,7 @@ def run_experiment(
             start=start,
             protocols=protocols,
             group_by=group_by,
+            storage_options=storage_options,
         )
     except Exception:
         if fresh and not any(p.is_file() for p in run_dir.rglob("*") if p.name != "config.json"):
@@ -580,7 +612,7 @@ def run_experiment(
 
 def _run_steps(
     run_dir: Path,
-    source: Path,
+    source: str | Path,
     view_names: list[str],
     head_names: list[str],
     *,
@@ -596,6 +628,7 @@ def _run_steps(
     start: float,
     protocols: Sequence[str] = (),
     group_by: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ExperimentResult:
     _clear_previous_steps(run_dir)
     if note:
@@ -615,6 +648,7 @@ def _run_steps(
         real_names=real_names,
         steps=steps,
         progress=progress,
+        storage_options=storage_options,
     )
     original = banks["original"]
     labels = np.asarray(original.labels)
@@ -666,7 +700,7 @@ def _run_steps(
         result.report = write_report(
             [run_dir],
             out=run_dir / "report.html",
-            title=f"facebank experiment: {backbone} on {source.name}",
+            title=f"facebank experiment: {backbone} on {_source_name(source)}",
         )
     result.seconds["report"] = steps.seconds["report"]
     result.seconds["total"] = round(time.perf_counter() - start, 2)

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from ._common import default_out, split_list
+from ._common import (
+    StorageOptionsOption,
+    default_out,
+    parse_storage_options,
+    split_list,
+)
 
 
 def _print_experiment(result) -> None:
@@ -22,10 +27,12 @@ def _print_experiment(result) -> None:
 
 def experiment(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
             help="Dataset: folder SOURCE/<engine>/... (or SOURCE/<split>/<engine>/...) "
-            "or a CSV manifest path,label,engine[,split]."
+            "or a CSV manifest path,label,engine[,split]; local, or an fsspec URL such as "
+            "s3://bucket/faces (see --storage-options).",
+            show_default=False,
         ),
     ],
     backbone: Annotated[
@@ -94,6 +101,7 @@ def experiment(
             "had one), or none; the audit lists groups straddling splits.",
         ),
     ] = None,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
@@ -144,6 +152,7 @@ def experiment(
         progress=True,
         protocols=split_list(protocols, ()),
         group_by=group_by,
+        storage_options=parse_storage_options(storage_options),
     )
     _print_experiment(result)
 
