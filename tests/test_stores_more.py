@@ -72,9 +72,12 @@ def test_experiment_on_an_s3_source_gives_the_local_copys_bank_rows(
     common = ["--backbone", "tiny-cnn", "--views", "none", "--heads", "linear", "--device", "cpu"]
     ref = _invoke("experiment", local, *common, "--out", tmp_path / "ref")
     assert ref.exit_code == 0, ref.output
-    url = f"{s3_bucket}/faces"
-    got = _invoke("experiment", url, *common, "--out", tmp_path / "got", "--storage-options", opts)
+    url, run = f"{s3_bucket}/faces", f"{s3_bucket}/runs/exp"
+    # SOURCE and run folder on the store, the endpoint given only in --storage-options
+    got = _invoke("experiment", url, *common, "--out", run, "--storage-options", opts)
     assert got.exit_code == 0, got.output
+    _no_secret_under(fs, run)
+    fs.get(run, str(tmp_path / "got"), recursive=True)
     a = FeatureBank.open(tmp_path / "ref" / "banks" / "original.zarr")
     b = FeatureBank.open(tmp_path / "got" / "banks" / "original.zarr")
     assert len(a) == len(b) == 32
