@@ -262,7 +262,13 @@ def test_ray_embeds_a_source_on_s3_with_storage_options_into_the_same_bank(
 
     src = _source(tmp_path / "src")
     s3fs.S3FileSystem().put(str(src), f"{s3_bucket}/faces", recursive=True)
-    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    # endpoint and credentials both in the options: the module's Ray workers may have
+    # started before the S3 fixture set AWS_* in this process, so they have neither
+    opts = {
+        "key": "testing",
+        "secret": "testing-secret",
+        "client_kwargs": {"endpoint_url": s3_endpoint},
+    }
     local = _local(src, tmp_path / "local.zarr")
     from facebank.embed.ray_engine import RayOptions, embed_source_ray
 
@@ -272,7 +278,8 @@ def test_ray_embeds_a_source_on_s3_with_storage_options_into_the_same_bank(
             f"{s3_bucket}/faces", backbone="tiny-cnn", out=tmp_path / "ray.zarr",
             storage_options=opts, ray_options=RayOptions(partition_rows=6), **FAST,
         )  # fmt: skip
-    assert (s.embedded, s.duplicates) == (16, 1) and s.first_batch_s > 0
+    assert (s.embedded, s.duplicates) == (16, 1), s.failed
+    assert s.first_batch_s > 0
     bank = FeatureBank.open(tmp_path / "ray.zarr")
     _assert_same_bank(bank, local)
     assert bank.meta["source"] == f"{s3_bucket}/faces"
