@@ -24,7 +24,8 @@ def test_scale_benchmark_tiny():
     assert len(lines) == 1, out.stdout
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "scale" and fig["tiny"] is True
-    for run in ("local", "ray_1", "ray_2"):
+    assert "ray_1" not in fig  # --tiny times one cluster size (CI time); full runs both
+    for run in ("local", "ray_2"):
         assert fig[run]["images_per_s"] > 0 and fig[run]["rows"] == 16
         assert fig[run]["first_batch_s"] > 0 and fig[run]["steady_images_per_s"] >= 0
     # the local runner's DataLoader hands over 2 batches of 8: a steady rate exists
