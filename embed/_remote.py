@@ -173,19 +173,12 @@ def _scan_store_manifest(url: str, shown: str, data: bytes) -> Any:
 
 def _layout(url: str, shown: str, rel: list[str], reals: set[str]) -> Any:
     """The folder rules of :func:`embed.datasets.scan_source` over an object listing."""
-    from .datasets import ImageItem, Source, _image_extensions, encode_path
-    from .splits import SPLITS
+    from .datasets import ImageItem, Source, _image_extensions, encode_path, split_folders
 
     exts = _image_extensions()
     parts = [r.split("/") for r in rel if r and not any(p.startswith(".") for p in r.split("/"))]
     top = sorted({p[0] for p in parts if len(p) > 1})
-    split_dirs = [d for d in top if d.lower() in SPLITS]
-    if split_dirs and len(split_dirs) != len(top):
-        others = [d for d in top if d.lower() not in SPLITS]
-        raise SourceError(
-            f"source {shown!r} mixes split folders {split_dirs} with engine folders "
-            f"{others}; use either SOURCE/<engine>/... or SOURCE/{{train,val,test}}/<engine>/..."
-        )
+    split_dirs = split_folders(top, shown)
     depth = 1 if split_dirs else 0  # components before the engine folder
     items: list[Any] = []
     ignored: list[tuple[str, str]] = []

@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import os
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -218,17 +218,27 @@ def _visible(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def _scan_folder(root: Path, reals: set[str]) -> Source:
-    exts = _image_extensions()
-    top = [d for d in _visible(os.listdir(root)) if (root / d).is_dir()]
-    loose = [f for f in _visible(os.listdir(root)) if (root / f).is_file()]
+def split_folders(top: Sequence[str], shown: str) -> list[str]:
+    """The split folders (``train``/``val``/``test``) among a source's top-level folders.
+
+    Raises:
+        SourceError: split folders mixed with engine folders.
+    """
     split_dirs = [d for d in top if d.lower() in SPLITS]
     if split_dirs and len(split_dirs) != len(top):
         others = [d for d in top if d.lower() not in SPLITS]
         raise SourceError(
-            f"source {str(root)!r} mixes split folders {split_dirs} with engine folders "
+            f"source {shown!r} mixes split folders {split_dirs} with engine folders "
             f"{others}; use either SOURCE/<engine>/... or SOURCE/{{train,val,test}}/<engine>/..."
         )
+    return split_dirs
+
+
+def _scan_folder(root: Path, reals: set[str]) -> Source:
+    exts = _image_extensions()
+    top = [d for d in _visible(os.listdir(root)) if (root / d).is_dir()]
+    loose = [f for f in _visible(os.listdir(root)) if (root / f).is_file()]
+    split_dirs = split_folders(top, str(root))
     # (split, folder holding the engine folders)
     groups = [(d.lower(), root / d) for d in split_dirs] if split_dirs else [("", root)]
     root_text = str(root.resolve())  # one string shared by every item
