@@ -444,24 +444,17 @@ def embed_source_multi(
         for w in writers:
             w.warn_cross_duplicates(stacklevel=3)
         t_end = time.perf_counter()
-        loop = t_end - t_loop
         return [
-            EmbedSummary(
-                embedded=w.embedded,
+            w.summary(
                 skipped_present=len(src.items) - len(todo[k]),
-                duplicates=w.duplicate_count,
-                failed=w.run_failed,
                 seconds=t_end - t0,
-                images_per_s=w.processed / loop if loop > 0 else 0.0,
-                out=b.path,
-                rows=len(b),
-                ignored=list(src.ignored),
-                cross_duplicates=w.cross,
+                loop_seconds=t_end - t_loop,
+                ignored=src.ignored,
                 device=str(encoders[k].device),
                 backbone=backbone_id(bbs[k].spec),
                 view=vw.name,
             )
-            for k, (w, b) in enumerate(zip(writers, banks, strict=True))
+            for k, w in enumerate(writers)
         ]
 
 

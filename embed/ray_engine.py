@@ -513,23 +513,15 @@ def _run_ray(
     bank.update_attrs({"failures": list(still.values())})
     writer.warn_cross_duplicates(stacklevel=4)
     t_end = time.perf_counter()
-    loop = t_end - t_loop
-    return EmbedSummary(
-        embedded=writer.embedded,
+    return writer.summary(
         skipped_present=skipped,
-        duplicates=writer.duplicate_count,
-        failed=writer.run_failed,
         seconds=t_end - t0,
-        images_per_s=writer.processed / loop if loop > 0 else 0.0,
-        out=bank.path,
-        rows=len(bank),
-        ignored=list(src.ignored),
-        cross_duplicates=writer.cross,
+        loop_seconds=t_end - t_loop,
+        ignored=src.ignored,
         device=f"ray:{workers}x{device}",
         backbone=backbone_id(bb.spec),
         view=vw.name,
-        first_batch_s=clock.first_batch_s,
-        steady_images_per_s=clock.steady_images_per_s,
+        clock=clock,
     )
 
 

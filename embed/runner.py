@@ -690,23 +690,15 @@ def _run(
         writer.flush()  # also records failures/duplicates/ignored when nothing new was embedded
     writer.warn_cross_duplicates(stacklevel=4)
     t_end = time.perf_counter()
-    loop_seconds = t_end - t_loop
-    return EmbedSummary(
-        embedded=writer.embedded,
+    return writer.summary(
         skipped_present=skipped,
-        duplicates=writer.duplicate_count,
-        failed=writer.run_failed,
         seconds=t_end - t0,
-        images_per_s=writer.processed / loop_seconds if loop_seconds > 0 else 0.0,
-        out=bank.path,
-        rows=len(bank),
-        ignored=list(src.ignored),
-        cross_duplicates=writer.cross,
+        loop_seconds=t_end - t_loop,
+        ignored=src.ignored,
         device=str(encoder.device),
         backbone=backbone_id(bb.spec),
         view=vw.name,
-        first_batch_s=clock.first_batch_s,
-        steady_images_per_s=clock.steady_images_per_s,
+        clock=clock,
     )
 
 
@@ -900,6 +892,37 @@ class RowWriter:
         self.embedded += n
         self.pending_items, self.pending_sha, self.pending_meta, self.pending_X = [], [], [], []
         self.last_flush = time.monotonic()
+
+    def summary(
+        self,
+        *,
+        skipped_present: int,
+        seconds: float,
+        loop_seconds: float,
+        ignored: Sequence[tuple[str, str]],
+        device: str,
+        backbone: str,
+        view: str,
+        clock: LoopClock | None = None,
+    ) -> EmbedSummary:
+        """The run's :class:`EmbedSummary` from what this writer counted (every engine)."""
+        return EmbedSummary(
+            embedded=self.embedded,
+            skipped_present=skipped_present,
+            duplicates=self.duplicate_count,
+            failed=self.run_failed,
+            seconds=seconds,
+            images_per_s=self.processed / loop_seconds if loop_seconds > 0 else 0.0,
+            out=self.bank.path,
+            rows=len(self.bank),
+            ignored=list(ignored),
+            cross_duplicates=self.cross,
+            device=device,
+            backbone=backbone,
+            view=view,
+            first_batch_s=clock.first_batch_s if clock is not None else 0.0,
+            steady_images_per_s=clock.steady_images_per_s if clock is not None else 0.0,
+        )
 
     def warn_cross_duplicates(self, *, stacklevel: int = 2) -> None:
         if not self.cross:
