@@ -100,3 +100,18 @@ def s3_bucket(s3_endpoint):
     fs.mkdir(name)
     fs.invalidate_cache()
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local two-CPU Ray cluster for the whole session (no dashboard; stopped at the end).
+
+    Starting a cluster costs seconds, so every test that runs Ray in this process shares
+    this one; skips where ray is not installed.
+    """
+    ray = pytest.importorskip("ray", reason="needs facebank[ray]")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

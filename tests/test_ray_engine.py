@@ -54,14 +54,10 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local two-CPU Ray cluster for this module (no dashboard; stopped at the end)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's local two-CPU Ray cluster (tests/conftest.py: one start per session)."""
+    return ray_cluster
 
 
 def _source(root, n=8):
