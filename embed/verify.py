@@ -30,7 +30,7 @@ from ._store import (
     pending_partitions,
 )
 from .errors import BankError
-from .metadata import METADATA_SCHEMA
+from .metadata import METADATA_SCHEMA, ROW_SCHEMA
 
 __all__ = ["BankReport", "verify_bank", "missing_objects"]
 
@@ -191,8 +191,10 @@ def _verify_group(loc: Location, rep: BankReport, *, max_listed: int, top: bool)
         rep.notes.append(
             "format-1 bank: no acquisition metadata (`facebank bank backfill` adds it)"
         )
+    # the row columns a bank records it has (``group``, ``face_found``): checked like the rest
+    row_cols = [k for k in ROW_SCHEMA if k in (attrs.get("columns") or ())]
     arrays: dict[str, zarr.Array] = {}
-    for key in ("features", *CORE_COLUMNS, *metadata_cols):
+    for key in ("features", *CORE_COLUMNS, *metadata_cols, *row_cols):
         try:
             node = group[key]
             if not isinstance(node, zarr.Array):
@@ -283,9 +285,16 @@ def _check_values(
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
     for key in set(arrays) - {"features", *CORE_COLUMNS}:
         try:
-            _ = arrays[key][:count] if count else None
+            values[key] = np.asarray(arrays[key][:count] if count else np.zeros(0))
         except Exception as exc:
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
+    if "face_found" in values:
+        bad = np.flatnonzero(~np.isin(values["face_found"], (-1, 0, 1)))
+        if bad.size:
+            rep.problems.append(
+                f"{bad.size} face_found value(s) outside {{1, 0, -1}}: "
+                f"rows {bad[:max_listed].tolist()}"
+            )
     bad_rows: list[int] = []
     try:
         feats = arrays["features"]

@@ -109,3 +109,38 @@ def test_info_counts_groups_and_rows_without_a_face(tmp_path):
     assert out.exit_code == 0, out.output
     assert "2 over 3 rows" in out.output
     assert "3 of 4 rows (1 without a face, kept uncropped)" in out.output
+
+
+def test_verify_checks_the_group_and_face_found_columns(tmp_path):
+    """The row columns are checked like the core ones: a lost chunk, a value out of range."""
+    import zarr
+
+    def make(name):
+        bank = FeatureBank.create(tmp_path / name, backbone=synthetic_backbone(4), view="face")
+        bank.append(
+            np.zeros((3, 4), np.float32),
+            labels=[0, 1, 1],
+            engines=["real", "gan", "gan"],
+            paths=["a", "b", "c"],
+            splits=[""] * 3,
+            sha256=["1", "2", "3"],
+            columns={"group": ["x", "y", ""], "face_found": [1, 0, 1]},
+        )
+        bank.close()
+        return tmp_path / name
+
+    def verify(path):
+        return runner.invoke(app, ["bank", "verify", str(path)], env={"COLUMNS": "200"})
+
+    good = make("good.zarr")
+    assert verify(good).exit_code == 0
+
+    lost = make("lost.zarr")
+    (lost / "group" / "c" / "0").unlink()
+    res = verify(lost)
+    assert res.exit_code == 1 and "group/c/0" in res.output, res.output
+
+    odd = make("odd.zarr")
+    zarr.open_array(str(odd / "face_found"), mode="r+")[1] = 7
+    res = verify(odd)
+    assert res.exit_code == 1 and "face_found value(s) outside" in res.output, res.output
