@@ -473,6 +473,14 @@ def open_bank_for(
                     f"bank {text!r} holds view {bank.view!r} but --view is {view!r}; "
                     "a bank holds one view - use another --out for this view"
                 )
+            stored = {c for s in bank._stores() for c in s.column_names}
+            if "group" not in stored and any(item.group for item in src.items):
+                # appending would drop the new rows' groups without a word
+                raise BankError(
+                    f"bank {text!r} was written without a group column but the manifest "
+                    "gives groups; embed into a new --out (the groups are then stored for "
+                    "every row), or drop the manifest's group column to resume this bank"
+                )
         except BaseException:
             bank.close()
             raise

@@ -241,3 +241,30 @@ def test_manifest_group_column_is_stored_keeps_splits_whole_and_audit_lists_stra
     assert any("more than one split" in n for n in res.notes)
     leaks = find_leaks(bank, splits=tmp_path / "loose", device="cpu")
     assert {g["group"] for g in leaks.groups} == straddling
+
+
+def test_resuming_a_bank_without_a_group_column_from_a_manifest_with_groups_is_refused(
+    tmp_path,
+):
+    """An older bank (no ``group`` column) resumed from a manifest with groups: appending
+    would drop the new rows' groups silently, so the run stops first and says what to do."""
+    import json
+    import shutil
+
+    from facebank.embed import BankError, FeatureBank, embed_source
+
+    manifest = _manifest_with_groups(
+        tmp_path / "src", np.random.default_rng(0), people=2, photos=2, fakes=4
+    )
+    out = tmp_path / "b.zarr"
+    embed_source(manifest, backbone="tiny-cnn", out=out, device="cpu", num_workers=0)
+    # make it a bank from before the column: no array, not listed
+    shutil.rmtree(out / "group")
+    doc = json.loads((out / "zarr.json").read_text())
+    doc["attributes"]["columns"].remove("group")
+    doc.pop("consolidated_metadata", None)
+    (out / "zarr.json").write_text(json.dumps(doc))
+    before = len(FeatureBank.open(out))
+    with pytest.raises(BankError, match="without a group column but the manifest gives groups"):
+        embed_source(manifest, backbone="tiny-cnn", out=out, device="cpu", num_workers=0)
+    assert len(FeatureBank.open(out)) == before
