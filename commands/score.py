@@ -135,7 +135,13 @@ def score_cmd(
         from facebank.embed.ray_engine import RayOptions
         from facebank.heads.ray_scoring import score_images_ray
 
-        res = score_images_ray(head, ray_options=RayOptions(address=address), **common)
+        res = score_images_ray(
+            head,
+            ray_options=RayOptions(address=address),
+            # the session made them fsspec's defaults here; Ray's workers need them passed
+            storage_options=parse_storage_options(storage_options),
+            **common,
+        )
     else:
         res = score_run(head, device=device, **common)
     for path, reason in res.failures:

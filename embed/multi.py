@@ -74,6 +74,7 @@ __all__ = [
     "encode_images_for",
     "join_banks",
     "joined_spec",
+    "member_backbones",
     "member_specs",
     "select_blocks",
 ]
@@ -639,6 +640,39 @@ def _backbone_for(spec: Mapping[str, Any], *, device: Device, weights: Any) -> t
     return bb, full.block_columns(sel)
 
 
+def member_backbones(
+    spec: Mapping[str, Any], *, device: Device, weights: str | os.PathLike | None = None
+) -> list[tuple[Any, slice]]:
+    """The backbones making ``spec``'s features, and the columns of each output to keep.
+
+    One per member of a joined spec (in column order), or one for any other spec (a
+    block range keeps its blocks' columns). Every engine that embeds images for a head
+    builds them here, so the weights resolve alike (``--weights`` for one backbone
+    only; several resolve from their libraries' caches) and fail with one message.
+
+    Raises:
+        FacebankError: ``weights`` given for several backbones; any error of building
+            a backbone (e.g. ``WeightsUnavailableError`` offline).
+        BackboneMismatchError: The rebuilt backbones' features are not ``spec``'s width.
+    """
+    members = member_specs(spec)
+    if weights is not None and len(members) > 1:
+        raise FacebankError(
+            f"--weights names one file, but this head needs {len(members)} backbones "
+            f"({', '.join(backbone_id(m) for m in members)}); leave --weights out and put each "
+            "backbone's weights in its library's cache"
+        )
+    built = [_backbone_for(m, device=device, weights=weights) for m in members]
+    width = sum(len(range(int(bb.dim))[cols]) for bb, cols in built)
+    dim = int(as_spec(spec).dim)
+    if width != dim:
+        raise BackboneMismatchError(
+            f"the rebuilt backbones give {width}-d features but the spec "
+            f"{backbone_id(spec)} is {dim}-d; re-train the head"
+        )
+    return built
+
+
 def encode_images_for(
     paths: Sequence[str | os.PathLike],
     *,
@@ -675,13 +709,7 @@ def encode_images_for(
     members = member_specs(backbone)
     if len(members) == 1 and as_spec(members[0]).layer != "blocks":
         return encode_images(paths, backbone=dict(members[0]), weights=weights, **kw)
-    if weights is not None and len(members) > 1:
-        raise FacebankError(
-            f"--weights names one file, but this head needs {len(members)} backbones "
-            f"({', '.join(backbone_id(m) for m in members)}); leave --weights out and put each "
-            "backbone's weights in its library's cache"
-        )
-    built = [_backbone_for(m, device=device, weights=weights) for m in members]
+    built = member_backbones(backbone, device=device, weights=weights)
     encoders = [_Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
     vw = parse_view(view)
     files = [str(p) for p in paths]

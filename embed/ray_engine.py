@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ from .runner import (
     load_one,
     open_bank_for,
 )
+from .spec import as_spec
 
 __all__ = [
     "RAY_INSTALL_HINT",
@@ -145,7 +146,11 @@ def _decode_batch(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Ray task: files (paths or store URLs) -> sha256, transformed pixels, metadata
-    (failures as reasons)."""
+    (failures as reasons).
+
+    ``transform`` returns one tensor per backbone (``embed.multi._Transforms``): each
+    image is read and decoded once, and each backbone's own transform is applied to it;
+    member ``k``'s pixels are ``pixels_k``."""
     n = len(batch["index"])
     sha: list[str] = []
     reason: list[str] = []
@@ -163,17 +168,19 @@ def _decode_batch(
         reason.append(why or "")
         tensors.append(x)
         metas.append(meta or {})
-    shape = next((tuple(x.shape) for x in tensors if x is not None), (3, 1, 1))
-    pixels = np.zeros((n, *shape), dtype=np.float32)
-    for j, x in enumerate(tensors):
-        if x is not None:
-            pixels[j] = x.numpy()
     out = {
         "index": np.asarray(batch["index"]),
         "sha": np.asarray(sha),
         "reason": np.asarray(reason),
     }
-    out["pixels"] = pixels
+    ok = [x for x in tensors if x is not None]
+    for k in range(len(ok[0]) if ok else 1):
+        shape = tuple(ok[0][k].shape) if ok else (3, 1, 1)
+        pixels = np.zeros((n, *shape), dtype=np.float32)
+        for j, x in enumerate(tensors):
+            if x is not None:
+                pixels[j] = x[k].numpy()
+        out[f"pixels_{k}"] = pixels
     for key, col in metadata_columns(metas).items():
         out[f"meta_{key}"] = col
     return out
@@ -181,29 +188,38 @@ def _decode_batch(
 
 # ---------------------------------------------------------------- encoder actors
 class _EncodeBatches:
-    """Ray actor: the backbone loaded once, then pixels -> features batch after batch."""
+    """Ray actor: the backbones loaded once, then pixels -> features batch after batch.
+
+    ``spec`` is a bank's or a head's: a head of several backbones (fusion or joined
+    features) loads every member and returns their features side by side in the
+    member order; a head of a block range taps every block and returns the range
+    (:func:`embed.multi.member_backbones`, as the local engine).
+    """
 
     def __init__(self, spec: dict[str, Any], weights: str | None, device: str) -> None:
         import torch
 
-        from .backbones import backbone_from_spec
+        from .multi import member_backbones
 
         if device == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.backbone = backbone_from_spec(spec, device=device, weights=weights)
+        self.members = member_backbones(spec, device=device, weights=weights)
+        self.dim = int(as_spec(spec).dim)  # (member_backbones checked the members add up)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         ok = batch["reason"] == ""
-        dim = int(self.backbone.dim)
-        features = np.zeros((len(ok), dim), dtype=np.float32)
+        features = np.zeros((len(ok), self.dim), dtype=np.float32)
         if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            with torch.inference_mode():
-                out = self.backbone.encode(x.to(self.backbone.device))
-            features[ok] = out.float().cpu().numpy()
-        result = {k: v for k, v in batch.items() if k != "pixels"}
+            parts = []
+            for k, (bb, cols) in enumerate(self.members):
+                x = torch.from_numpy(np.ascontiguousarray(batch[f"pixels_{k}"][ok]))
+                with torch.inference_mode():
+                    out = bb.encode(x.to(bb.device))
+                parts.append(out.float().cpu().numpy()[:, cols])
+            features[ok] = np.concatenate(parts, axis=1)
+        result = {k: v for k, v in batch.items() if not k.startswith("pixels_")}
         result["features"] = features
         return result
 
@@ -235,15 +251,28 @@ def build_dataset(
     workers: int,
     gpus: float,
     batch_size: int,
+    spec: Mapping[str, Any] | None = None,
     actor: type = _EncodeBatches,
     actor_kwargs: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """The Ray Data pipeline files -> decode tasks -> encoder actors, in input order.
 
+    Args:
+        backbone: one backbone, or ``[(backbone, columns)]`` of every backbone a head
+            needs (:func:`embed.multi.member_backbones`), built on the driver for their
+            transforms and input sizes.
+        spec: what the actors rebuild (default ``backbone.spec``): a head's spec for
+            several backbones or a block range.
+
     Returns a ``ray.data.Dataset`` whose batches hold ``index`` (from ``ids``), ``sha``,
     ``reason`` ("" when embedded), ``features`` ``(n, dim)`` and ``meta_<column>``.
     """
+    from .multi import _Transforms
+
+    members = [bb for bb, _ in backbone] if isinstance(backbone, list) else [backbone]
+    if spec is None:
+        spec = members[0].spec
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -253,8 +282,8 @@ def build_dataset(
         _decode_batch,
         fn_kwargs={
             "view": view,
-            "transform": backbone.transform,
-            "draft_size": view.draft_size(_input_side(backbone.spec)),
+            "transform": _Transforms([bb.transform for bb in members]),
+            "draft_size": view.draft_size(max(_input_side(bb.spec) for bb in members)),
             # (for a SOURCE on a store: travels with the task, is never logged)
             "storage_options": storage_options,
         },
@@ -268,7 +297,7 @@ def build_dataset(
     ds = ds.map_batches(
         actor,
         fn_constructor_kwargs={
-            "spec": dict(backbone.spec),
+            "spec": dict(spec),
             "weights": str(weights) if weights is not None else None,
             "device": device,
             **(actor_kwargs or {}),
@@ -525,6 +554,22 @@ def _run_ray(
     )
 
 
+def _driver_backbones(backbone: Any, weights: Any) -> tuple[list[tuple[Any, slice]], dict]:
+    """The backbones ``backbone`` (a registry name or a bank's/head's spec) needs, built
+    on the driver's CPU for their transforms, and the spec the actors rebuild.
+
+    Built as the local engine builds them (:func:`embed.multi.member_backbones`), so
+    the weights resolve alike and a missing one fails with the local message, in one
+    line and before any Ray work.
+    """
+    from .multi import member_backbones
+
+    if isinstance(backbone, str):
+        bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
+        return [(bb, slice(None))], dict(bb.spec)
+    return member_backbones(backbone, device="cpu", weights=weights), dict(backbone)
+
+
 def iter_encoded_ray(
     paths: Sequence[str | os.PathLike],
     *,
@@ -533,12 +578,23 @@ def iter_encoded_ray(
     weights: str | os.PathLike | None = None,
     batch_size: int = 64,
     ray_options: RayOptions | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[list[int], EncodedImages]]:
     """Features of ``paths`` streamed batch by batch, in input order, from ONE pipeline.
 
-    The encoder actors start (and load the model) once for the whole list, however
+    The encoder actors start (and load the models) once for the whole list, however
     long; the caller cuts the stream where it likes (``heads.ray_scoring`` cuts it
     into output partitions). Must be consumed inside :func:`ray_cluster`.
+
+    ``backbone`` may be any head's spec: for a head of several backbones (fusion or
+    joined features) each image is decoded once and embedded with every member, the
+    features side by side in the member order; for a block range every block is
+    tapped and the range kept - the features :func:`embed.multi.encode_images_for`
+    gives on this machine.
+
+    Args:
+        storage_options: fsspec options for ``paths`` that are store URLs; they travel
+            with the decode tasks (never logged).
 
     Yields:
         ``(positions, encoded)``: the input positions this batch covers (embedded or
@@ -549,14 +605,15 @@ def iter_encoded_ray(
     opts = ray_options or RayOptions()
     ray = import_ray()
     vw = parse_view(view)
-    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
+    members, spec = _driver_backbones(backbone, weights)
     files = [str(p) for p in paths]
     if not files:
         return
     workers, gpus, dev = resolve_workers(ray, opts)
     ds = build_dataset(
-        ray, files, ids=range(len(files)), backbone=bb, view=vw, weights=weights,
-        device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
+        ray, files, ids=range(len(files)), backbone=members, spec=spec, view=vw,
+        weights=weights, device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
+        storage_options=dict(storage_options) if storage_options else None,
     )  # fmt: skip
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         good = batch["reason"] == ""
@@ -582,12 +639,15 @@ def encode_images_ray(
     weights: str | os.PathLike | None = None,
     batch_size: int = 64,
     ray_options: RayOptions | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> EncodedImages:
-    """:func:`embed.runner.encode_images` on a Ray cluster (same arguments and result).
+    """:func:`embed.multi.encode_images_for` on a Ray cluster (same arguments and result:
+    any head's spec, several backbones or a block range included).
 
     ``device`` is decided by the cluster (GPU actors where it has GPUs) and is accepted
     only for the common signature, so ``heads.scoring.score_run(encode=...)`` can take
     this function. Call it inside :func:`ray_cluster` to reuse one cluster across calls.
+    ``storage_options``: fsspec options for image URLs, passed to the decode tasks.
 
     Returns:
         :class:`~embed.runner.EncodedImages` in input order; unreadable files are
@@ -601,12 +661,12 @@ def encode_images_ray(
     with ray_cluster(ray, opts.address):
         for _, enc in iter_encoded_ray(
             paths, backbone=backbone, view=view, weights=weights, batch_size=batch_size,
-            ray_options=opts,
+            ray_options=opts, storage_options=storage_options,
         ):  # fmt: skip
             parts.append(enc)
             dim = enc.features.shape[1]
-    if not dim:  # nothing embedded: the width from the backbone itself
-        dim = int(_make_backbone(backbone, device="cpu", weights=weights, image_size=None).dim)
+    if not dim:  # nothing embedded: the width from the backbone(s) themselves
+        dim = int(as_spec(_driver_backbones(backbone, weights)[1]).dim)
     return EncodedImages(
         features=np.concatenate([p.features for p in parts] or [np.zeros((0, dim))]).astype(
             np.float32

@@ -1,10 +1,23 @@
 """Scoring images with a saved head on a Ray cluster (``facebank score ... --engine ray``).
 
 The images are embedded by :func:`embed.ray_engine.encode_images_ray` (decode tasks
--> encoder actors, the model loaded once per actor, GPUs where the cluster has
+-> encoder actors, the models loaded once per actor, GPUs where the cluster has
 them); everything else - inputs (banks, files, folders, manifests), views and
 verdicts, calibration, operating points, the columns and the summary - is
 :func:`heads.scoring.score_run`'s, so a Ray score equals a local one.
+
+Every head the local engine scores, the Ray engine scores: a head of one backbone, a
+``fusion`` head over per-backbone heads and a head on several banks' features joined
+side by side (each image read and decoded once by a decode task, each member's own
+transform applied to it, every member backbone loaded once per encoder actor and
+their features put side by side in the member order), and a head on a range of
+``--layer blocks`` taps (every block tapped, the range kept). The backbones are
+built as the local engine builds them (:func:`embed.multi.member_backbones`): the
+same weights resolution, the same one-line errors (a member missing offline,
+``--weights`` for several backbones), on the driver before any Ray work.
+
+``storage_options`` reach the store everywhere a run touches it: the decode tasks
+(images at URLs), and on the driver the inputs, the head and ``out``.
 
 Two outputs:
 
@@ -47,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from facebank.embed._remote import store_defaults
 from facebank.embed._store import Location
 from facebank.embed.errors import DataError
 from facebank.embed.ray_engine import (
@@ -94,6 +108,7 @@ def score_images_ray(
     batch_size: int = 64,
     progress: bool = False,
     ray_options: RayOptions | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ScoreResult:
     """:func:`heads.scoring.score_run` with the images embedded on a Ray cluster.
 
@@ -101,18 +116,24 @@ def score_images_ray(
     calibration fixed on the head's validation rows; nothing is fitted here).
 
     Args:
-        head_dir: a run folder / head directory (or a fitted head).
+        head_dir: a run folder / head directory (or a fitted head); any kind of head
+            (module docstring).
         inputs: banks, image files, folders, CSV manifests.
         out, views, prevalence, weights, batch_size, progress: as for ``score_run``.
         ray_options: cluster address, encoder actors, GPUs per actor.
+        storage_options: fsspec options for inputs and a head at URLs; passed to the
+            decode tasks too (never recorded).
 
     Raises:
-        FacebankError: Ray is not installed, or the cluster cannot be reached.
+        FacebankError: Ray is not installed, or the cluster cannot be reached; a
+            member backbone that cannot be built (the local engine's message).
     """
     opts = ray_options or RayOptions()
     ray = import_ray()
-    encode: Any = functools.partial(encode_images_ray, ray_options=opts)
-    with ray_cluster(ray, opts.address):
+    encode: Any = functools.partial(
+        encode_images_ray, ray_options=opts, storage_options=storage_options
+    )
+    with ray_cluster(ray, opts.address), store_defaults(storage_options, _urls(head_dir, inputs)):
         return score_run(
             head_dir,
             inputs=inputs,
@@ -171,6 +192,10 @@ class PartitionedScores:
             "n_ignored": self.n_ignored,
             "warnings": self.warnings,
         }
+
+
+def _urls(head_dir: Any, inputs: Sequence[Any]) -> list[str]:
+    return [str(x) for x in [head_dir, *inputs] if isinstance(x, str | os.PathLike)]
 
 
 def _plan(inputs: Sequence[str | os.PathLike], rows: int) -> tuple[list[tuple[str, Any]], int]:
@@ -249,7 +274,8 @@ def score_partitioned(
         partition_rows: images per partition (the unit of commit and of resume).
         views, prevalence, weights, batch_size, progress: as for ``score_run``.
         ray_options: cluster address, encoder actors, GPUs per actor.
-        storage_options: fsspec options for ``out`` and a head at a URL (never recorded).
+        storage_options: fsspec options for ``out``, inputs and a head at URLs, passed to
+            the decode tasks too (never recorded).
         encode: the embedding function; default :func:`encode_images_ray` on the cluster
             (``embed.encode_images`` scores the same partitions on this machine).
 
@@ -272,7 +298,8 @@ def score_partitioned(
         if isinstance(head_dir, BaseHead)
         else load_head(head_dir, storage_options=storage_options)
     )
-    plan, n_ignored = _plan(inputs, partition_rows)
+    with store_defaults(storage_options, _urls(head_dir, inputs)):
+        plan, n_ignored = _plan(inputs, partition_rows)
     what = {
         "views": list(views or []),
         "prevalence": prevalence,
@@ -333,10 +360,14 @@ def score_partitioned(
             )
 
     if encode is not None:
-        run_all(encode)
+        with store_defaults(storage_options, _urls(head_dir, inputs)):
+            run_all(encode)
     elif todo:
         opts = ray_options or RayOptions()
-        with ray_cluster(ray, opts.address):
+        with (
+            ray_cluster(ray, opts.address),
+            store_defaults(storage_options, _urls(head_dir, inputs)),
+        ):
             if {parse_view(v).name for v in views or []} <= {"original"}:
                 # one pipeline over every image left: the actors start once per run
                 files = [str(f) for k in todo if plan[k][0] == "images" for f in plan[k][1]]
@@ -345,13 +376,17 @@ def score_partitioned(
                     _Stream(
                         iter_encoded_ray(
                             files, backbone=spec, weights=weights, batch_size=batch_size,
-                            ray_options=opts,
+                            ray_options=opts, storage_options=storage_options,
                         ) if files and spec else iter(()),
                         files,
                     )
                 )  # fmt: skip
             else:  # one pipeline per partition and view
-                run_all(functools.partial(encode_images_ray, ray_options=opts))
+                run_all(
+                    functools.partial(
+                        encode_images_ray, ray_options=opts, storage_options=storage_options
+                    )
+                )
     result = _gather(loc, fmt, len(plan), n_ignored, prevalence)
     result.written, result.skipped = len(todo), len(plan) - len(todo)
     loc.write_json(_SUMMARY, result.summary())

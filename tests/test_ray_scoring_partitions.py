@@ -183,7 +183,7 @@ def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained,
 
     src, run = trained
 
-    def fake_iter(files, *, backbone, weights, batch_size, ray_options):
+    def fake_iter(files, *, backbone, weights, batch_size, ray_options, storage_options):
         for a in range(0, len(files), 5):
             chunk = files[a : a + 5]
             yield list(range(a, a + len(chunk))), encode_images(chunk, backbone=backbone)
