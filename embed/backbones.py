@@ -670,7 +670,7 @@ def backbone_from_spec(
         raise FacebankError(
             f"{spec.name!r} is several backbones joined (a fusion or joined-features head); "
             "no one backbone makes its features - embed with each member "
-            "(facebank score with the local engine does, via embed.multi.encode_images_for)"
+            "(embed.multi.member_backbones builds them all; facebank score, either engine, uses it)"
         )
     info = backbone_info(spec.name)
     image_size = None
