@@ -134,8 +134,22 @@ def score_images_ray(
         encode_images_ray, ray_options=opts, storage_options=storage_options
     )
     with ray_cluster(ray, opts.address), store_defaults(storage_options, _urls(head_dir, inputs)):
+        head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
+        spec = getattr(head, "backbone_", None)
+        if spec and {parse_view(v).name for v in views or []} <= {"original"}:
+            # score_run asks for the images in blocks (of 256 with a progress bar): one
+            # pipeline serves them all, so the encoder actors start once, not per block
+            files = [str(f) for f in collect_inputs(inputs).images]
+            if files:
+                encode = _Stream(
+                    iter_encoded_ray(
+                        files, backbone=spec, weights=weights, batch_size=batch_size,
+                        ray_options=opts, storage_options=storage_options,
+                    ),
+                    files,
+                )  # fmt: skip
         return score_run(
-            head_dir,
+            head,
             inputs=inputs,
             out=out,
             views=views,
@@ -396,9 +410,9 @@ def score_partitioned(
 class _Stream:
     """``score_run``'s ``encode``, served in order from one running pipeline.
 
-    ``score_run`` asks for each partition's images in turn; the answer is cut from
-    :func:`~embed.ray_engine.iter_encoded_ray` over all of them, so the encoder actors
-    start once per run instead of once per partition.
+    ``score_run`` asks for each partition's images (or each progress block's) in turn;
+    the answer is cut from :func:`~embed.ray_engine.iter_encoded_ray` over all of them,
+    so the encoder actors start once per run instead of once per partition or block.
     """
 
     def __init__(self, batches: Iterator[tuple[list[int], EncodedImages]], files: list[str]):
@@ -411,7 +425,7 @@ class _Stream:
         n = len(part)
         want = self.files[self.pos : self.pos + n]
         if view != "original" or [str(p) for p in part] != want:
-            raise RuntimeError("partitioned scoring asked for images out of order")  # a bug
+            raise RuntimeError("scoring asked for images out of order")  # a bug
         while any(i not in self.held for i in range(self.pos, self.pos + n)):
             positions, enc = next(self.batches)
             by_path = {p: j for j, p in enumerate(enc.paths)}

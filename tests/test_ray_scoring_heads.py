@@ -115,12 +115,27 @@ def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(heads, tmp_path,
 def test_a_joined_features_head_scores_on_ray_into_a_csv_as_locally(
     heads, tmp_path, ray_cluster, monkeypatch
 ):
+    from facebank.heads import ray_scoring, scoring
     from facebank.heads.ray_scoring import score_images_ray
 
     local = _local(heads.joined, [heads.data], tmp_path / "local.csv")
+    # with a progress bar score_run asks for blocks of images (here 8): one pipeline
+    # serves them all, the actors start once
+    pipelines = []
+
+    def counted(*args, **kw):
+        pipelines.append(len(args[0]))
+        return iter_encoded_ray(*args, **kw)
+
+    iter_encoded_ray = ray_scoring.iter_encoded_ray
+    monkeypatch.setattr(ray_scoring, "iter_encoded_ray", counted)
+    monkeypatch.setattr(scoring, "_BLOCK", 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        remote = score_images_ray(heads.joined, [heads.data], out=tmp_path / "ray.csv", **KW)
+        remote = score_images_ray(
+            heads.joined, [heads.data], out=tmp_path / "ray.csv", batch_size=8, progress=True
+        )
+    assert pipelines == [18]
     assert remote.paths == local.paths and len(remote.paths) == 17
     np.testing.assert_allclose(remote.scores, local.scores, **TOL)
     assert remote.decisions.tolist() == local.decisions.tolist()
