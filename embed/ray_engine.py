@@ -560,7 +560,7 @@ def _driver_backbones(backbone: Any, weights: Any) -> tuple[list[tuple[Any, slic
 
     Built as the local engine builds them (:func:`embed.multi.member_backbones`), so
     the weights resolve alike and a missing one fails with the local message, in one
-    line and before any Ray work.
+    line and before the pipeline starts.
     """
     from .multi import member_backbones
 

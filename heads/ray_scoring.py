@@ -14,7 +14,7 @@ their features put side by side in the member order), and a head on a range of
 ``--layer blocks`` taps (every block tapped, the range kept). The backbones are
 built as the local engine builds them (:func:`embed.multi.member_backbones`): the
 same weights resolution, the same one-line errors (a member missing offline,
-``--weights`` for several backbones), on the driver before any Ray work.
+``--weights`` for several backbones), on the driver before any image is embedded.
 
 ``storage_options`` reach the store everywhere a run touches it: the decode tasks
 (images at URLs), and on the driver the inputs, the head and ``out``.
