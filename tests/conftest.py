@@ -4,10 +4,16 @@ Data builders live in :mod:`facebank.testing` (importable by benchmarks and exam
 too); the fixtures here put them on ``tmp_path``.
 """
 
+import runpy
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from facebank.testing import synthetic_arrays, write_synthetic_bank
+
+BENCHMARKS = Path(__file__).parent / "benchmarks"
 
 
 @pytest.fixture
@@ -115,3 +121,35 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def run_benchmark(monkeypatch, capsys):
+    """Run ``tests/benchmarks/SCRIPT ARGS`` as a script in this process; return its stdout.
+
+    ``run_benchmark("bench_x.py", "--tiny")`` is ``python tests/benchmarks/bench_x.py
+    --tiny`` (``__name__ == "__main__"``, the script's folder first on ``sys.path``, the
+    same argv) without a fresh interpreter importing torch and the whole stack again,
+    which costs seconds per benchmark on the CI machine. A non-zero exit fails the test;
+    an exception propagates with its traceback. Benchmarks that measure their own
+    process's peak memory, or need an environment (OMP_NUM_THREADS) read at start-up, keep
+    running in a subprocess (tests/test_benchmarks_neighbours.py).
+    """
+    import torch
+
+    def run(script: str, *args: str) -> str:
+        path = BENCHMARKS / script
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        monkeypatch.syspath_prepend(str(BENCHMARKS))
+        threads = torch.get_num_threads()
+        capsys.readouterr()  # only what the script prints
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                pytest.fail(f"{script} {' '.join(args)} exited with {exc.code!r}")
+        finally:
+            torch.set_num_threads(threads)
+        return capsys.readouterr().out
+
+    return run

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _run(script: str) -> dict:
-    res = subprocess.run(
-        [sys.executable, f"tests/benchmarks/{script}", "--tiny"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = res.stdout.strip().splitlines()
+def _run(run_benchmark, script: str) -> dict:
+    lines = run_benchmark(script, "--tiny").strip().splitlines()
     assert len(lines) == 1
     return json.loads(lines[0])
 
 
 @pytest.mark.slow
-def test_backbones_benchmark_tiny():
-    fig = _run("bench_backbones.py")
+def test_backbones_benchmark_tiny(run_benchmark):
+    fig = _run(run_benchmark, "bench_backbones.py")
     assert fig["benchmark"] == "backbones" and fig["tiny"] is True
     assert set(fig["single_s"]) == {"tiny-cnn", "tiny-vit"} and fig["together_s"] > 0
     slowest = max(fig["single_s"].values())
@@ -40,8 +27,8 @@ def test_backbones_benchmark_tiny():
 
 
 @pytest.mark.slow
-def test_backbones_gpu_benchmark_runs_tiny_on_the_cpu():
-    fig = _run("bench_backbones_gpu.py")
+def test_backbones_gpu_benchmark_runs_tiny_on_the_cpu(run_benchmark):
+    fig = _run(run_benchmark, "bench_backbones_gpu.py")
     assert fig["benchmark"] == "backbones_gpu" and fig["precision"] == "float32"
     for name in ("tiny-cnn", "tiny-vit"):
         row = fig["backbones"][name]

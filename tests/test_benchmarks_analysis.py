@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "benchmarks" / "bench_analysis.py"
-
 
 @pytest.mark.slow
-def test_analysis_benchmark_tiny():
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    lines = [x for x in out.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, out.stdout
+def test_analysis_benchmark_tiny(run_benchmark):
+    stdout = run_benchmark("bench_analysis.py", "--tiny")
+    lines = [x for x in stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, stdout
     figures = json.loads(lines[0])
     assert figures["benchmark"] == "analysis" and figures["tiny"] is True
     for key in (

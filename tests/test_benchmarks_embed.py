@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_embed_benchmark_tiny():
-    res = subprocess.run(
-        [sys.executable, "tests/benchmarks/bench_embed.py", "--tiny", "--device", "cpu"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = res.stdout.strip().splitlines()
+def test_embed_benchmark_tiny(run_benchmark):
+    lines = run_benchmark("bench_embed.py", "--tiny", "--device", "cpu").strip().splitlines()
     assert len(lines) == 1
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "embed" and fig["tiny"] is True

@@ -1,25 +1,14 @@
 """The heads benchmark runs (--tiny) and prints one JSON line with every figure."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "benchmarks" / "bench_heads.py"
-
 
 @pytest.mark.slow
-def test_heads_benchmark_tiny_prints_one_json_line():
-    res = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+def test_heads_benchmark_tiny_prints_one_json_line(run_benchmark):
+    stdout = run_benchmark("bench_heads.py", "--tiny", "--device", "cpu")
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["benchmark"] == "heads" and out["tiny"] is True

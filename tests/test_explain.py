@@ -145,21 +145,10 @@ def test_cli_explains_images_and_bank_rows(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_tiny_prints_one_json_line():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parent / "benchmarks" / "bench_explain.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--steps", "8"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    lines = [x for x in out.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, out.stdout
+def test_benchmark_tiny_prints_one_json_line(run_benchmark):
+    stdout = run_benchmark("bench_explain.py", "--tiny", "--steps", "8")
+    lines = [x for x in stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, stdout
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "explain" and fig["backbone"] == "tiny-cnn"
     assert fig["ig_s"] > 0 and fig["ig_both_s"] > 0

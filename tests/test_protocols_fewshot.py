@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,17 +114,10 @@ def test_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_tiny_prints_one_json_line():
-    script = Path(__file__).parent / "benchmarks" / "bench_protocols.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--tiny"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    lines = [x for x in out.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, out.stdout
+def test_benchmark_tiny_prints_one_json_line(run_benchmark):
+    stdout = run_benchmark("bench_protocols.py", "--tiny")
+    lines = [x for x in stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, stdout
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "protocols" and fig["tiny"] is True
     assert fig["few_shot_s"] > 0 and fig["fits"] == 3 * (1 + 2 * 2)
