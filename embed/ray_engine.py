@@ -592,28 +592,53 @@ def iter_encoded_ray(
     tapped and the range kept - the features :func:`embed.multi.encode_images_for`
     gives on this machine.
 
+    The backbones are built on the driver when this is called (a missing weight fails
+    here, with the local engine's message); the pipeline starts at the first ``next``.
+
     Args:
         storage_options: fsspec options for ``paths`` that are store URLs; they travel
             with the decode tasks (never logged).
 
-    Yields:
-        ``(positions, encoded)``: the input positions this batch covers (embedded or
-        failed, ascending) and their :class:`~embed.runner.EncodedImages`.
+    Returns:
+        An iterator of ``(positions, encoded)``: the input positions a batch covers
+        (embedded or failed, ascending) and their :class:`~embed.runner.EncodedImages`.
     """
     from .views import parse_view
 
     opts = ray_options or RayOptions()
     ray = import_ray()
     vw = parse_view(view)
+    # built now, not at the first batch: a backbone that cannot be loaded stops the
+    # caller here, before it writes anything
     members, spec = _driver_backbones(backbone, weights)
     files = [str(p) for p in paths]
+    return _iter_pipeline(
+        ray, files, members=members, spec=spec, view=vw, weights=weights,
+        batch_size=batch_size, opts=opts,
+        storage_options=dict(storage_options) if storage_options else None,
+    )  # fmt: skip
+
+
+def _iter_pipeline(
+    ray: Any,
+    files: list[str],
+    *,
+    members: list[tuple[Any, slice]],
+    spec: dict[str, Any],
+    view: Any,
+    weights: Any,
+    batch_size: int,
+    opts: RayOptions,
+    storage_options: dict[str, Any] | None,
+) -> Iterator[tuple[list[int], EncodedImages]]:
+    """:func:`iter_encoded_ray`'s pipeline; it starts at the first ``next``."""
     if not files:
         return
     workers, gpus, dev = resolve_workers(ray, opts)
     ds = build_dataset(
-        ray, files, ids=range(len(files)), backbone=members, spec=spec, view=vw,
+        ray, files, ids=range(len(files)), backbone=members, spec=spec, view=view,
         weights=weights, device=dev, workers=workers, gpus=gpus, batch_size=batch_size,
-        storage_options=dict(storage_options) if storage_options else None,
+        storage_options=storage_options,
     )  # fmt: skip
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         good = batch["reason"] == ""

@@ -322,7 +322,8 @@ def score_partitioned(
     }
     config = {"head": getattr(head, "path_", None), **what, "partitions": len(plan)}
     config["digest"] = _digest(head, plan, what)
-    if loc.is_file(_CONFIG):
+    fresh = not loc.is_file(_CONFIG)
+    if not fresh:
         before = loc.read_json(_CONFIG)
         if before.get("digest") != config["digest"]:
             raise DataError(
@@ -334,11 +335,21 @@ def score_partitioned(
             f"--out {loc.url!r} is not empty and holds no scores ({_CONFIG} missing); give a "
             "new or empty folder"
         )
-    else:
-        loc.write_json(_CONFIG, config)
-
-    markers = set(loc.list(_MARKERS))
+    markers = set() if fresh else set(loc.list(_MARKERS))
     todo = [k for k in range(len(plan)) if f"{_part_name(k, fmt)}.json" not in markers]
+    one_pipeline = {parse_view(v).name for v in views or []} <= {"original"}
+    files = [str(f) for k in todo if plan[k][0] == "images" for f in plan[k][1]]
+    spec = getattr(head, "backbone_", None)
+    stream: Iterator[Any] = iter(())
+    if encode is None and one_pipeline and files and spec:
+        # the backbones are built here: one that cannot be loaded stops the run before
+        # anything is written to out (the pipeline itself starts inside the cluster)
+        stream = iter_encoded_ray(
+            files, backbone=spec, weights=weights, batch_size=batch_size,
+            ray_options=ray_options or RayOptions(), storage_options=storage_options,
+        )  # fmt: skip
+    if fresh:
+        loc.write_json(_CONFIG, config)
 
     def run_all(enc: Callable[..., Any]) -> None:
         for k in todo:
@@ -382,19 +393,8 @@ def score_partitioned(
             ray_cluster(ray, opts.address),
             store_defaults(storage_options, _urls(head_dir, inputs)),
         ):
-            if {parse_view(v).name for v in views or []} <= {"original"}:
-                # one pipeline over every image left: the actors start once per run
-                files = [str(f) for k in todo if plan[k][0] == "images" for f in plan[k][1]]
-                spec = getattr(head, "backbone_", None)
-                run_all(
-                    _Stream(
-                        iter_encoded_ray(
-                            files, backbone=spec, weights=weights, batch_size=batch_size,
-                            ray_options=opts, storage_options=storage_options,
-                        ) if files and spec else iter(()),
-                        files,
-                    )
-                )  # fmt: skip
+            if one_pipeline:  # one pipeline over every image left: the actors start once
+                run_all(_Stream(stream, files))
             else:  # one pipeline per partition and view
                 run_all(
                     functools.partial(

@@ -88,7 +88,21 @@ def _failed(res) -> list[str]:
     return sorted(Path(p).name for p, _ in res.failures)
 
 
-def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(heads, tmp_path, ray_cluster):
+def _offline_member(run, tmp_path, monkeypatch):
+    """The head of ``run`` with its first member swapped for a hub backbone, caches
+    emptied and the hub offline: that member's weights cannot be had."""
+    for var, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "xdg")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    head = load_head(run)
+    head.backbone_["members"][0] = {**head.backbone_["members"][0], "name": "efficientnet-b1"}
+    return head
+
+
+def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(
+    heads, tmp_path, ray_cluster, monkeypatch
+):
     from facebank.heads.ray_scoring import read_scores, score_partitioned
 
     spec = load_head(heads.fusion).backbone_
@@ -110,6 +124,14 @@ def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(heads, tmp_path,
     # resumable: the same command finds every partition committed and embeds nothing
     again = score_partitioned(heads.fusion, [heads.data], out=out, partition_rows=8, **KW)
     assert (again.written, again.skipped, again.n_scored) == (0, 3, 17)
+    # a member that cannot be loaded offline: the local message, nothing written to out
+    head = _offline_member(heads.fusion, tmp_path, monkeypatch)
+    with pytest.raises(WeightsUnavailableError, match="efficientnet-b1") as ray_err:
+        score_partitioned(head, [heads.data], out=tmp_path / "none", **KW)
+    with pytest.raises(WeightsUnavailableError) as local_err:
+        score_run(head, inputs=[heads.data], out=tmp_path / "none.csv")
+    assert str(ray_err.value) == str(local_err.value)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.csv").exists()
 
 
 def test_a_joined_features_head_scores_on_ray_into_a_csv_as_locally(
@@ -150,12 +172,7 @@ def test_a_joined_features_head_scores_on_ray_into_a_csv_as_locally(
         score_run(heads.joined, inputs=[heads.data], out=tmp_path / "w.csv", weights="w.st")
     assert str(ray_err.value) == str(local_err.value)
     # a member backbone whose weights are not here, offline (hub caches emptied)
-    for var, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "xdg")):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    head = load_head(heads.joined)
-    head.backbone_["members"][0] = {**head.backbone_["members"][0], "name": "efficientnet-b1"}
+    head = _offline_member(heads.joined, tmp_path, monkeypatch)
     with pytest.raises(WeightsUnavailableError, match="efficientnet-b1") as ray_err:
         score_images_ray(head, [heads.data], out=tmp_path / "x.csv")
     with pytest.raises(WeightsUnavailableError) as local_err:
