@@ -11,6 +11,12 @@
       -> iter_batches (in order)               driver: dedupe by sha256, write_partition
       -> consolidate                           driver: one table for zarr/xarray readers
 
+Scoring (``heads.ray_scoring``) runs the same decode tasks and actors through
+:func:`iter_encoded_ray` for any head's spec: for a head of several backbones the
+decode task applies each member's transform to the one decoded image and the actor
+loads every member (features side by side); for a block range it taps every block
+and keeps the range.
+
 Decisions:
 
 - **Partitions** are slices of ``R`` items, in input order, of what the bank does not
