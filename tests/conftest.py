@@ -16,6 +16,25 @@ from facebank.testing import synthetic_arrays, write_synthetic_bank
 BENCHMARKS = Path(__file__).parent / "benchmarks"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Modules using the session's Ray cluster (``ray_cluster``) run last, one after another.
+
+    The cluster starts with the first of them and stops at the end of the session; run
+    last, its idle processes do not sit beside the rest of the suite on a 2-core machine.
+    Whole modules move, in their collected order, so module fixtures still set up once.
+    """
+    uses_ray = {
+        getattr(item, "module", None)
+        for item in items
+        if "ray_cluster" in getattr(item, "fixturenames", ())
+    }
+    uses_ray.discard(None)
+    if uses_ray:
+        items[:] = [i for i in items if getattr(i, "module", None) not in uses_ray] + [
+            i for i in items if getattr(i, "module", None) in uses_ray
+        ]
+
+
 @pytest.fixture
 def synthetic_bank(tmp_path):
     """Factory writing a bank of Gaussian clusters per engine under ``tmp_path``.

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).parent / "benchmarks" / "bench_scale.py"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_scale_benchmark_tiny():
+def test_scale_benchmark_tiny(ray_cluster, run_benchmark):
+    """In-process on the session's cluster: no interpreter and no cluster start of its own."""
     pytest.importorskip("ray.data")
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=580
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = [x for x in out.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, out.stdout
+    stdout = run_benchmark("bench_scale.py", "--tiny")
+    lines = [x for x in stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, stdout
     fig = json.loads(lines[0])
     assert fig["benchmark"] == "scale" and fig["tiny"] is True
     assert "ray_1" not in fig  # --tiny times one cluster size (CI time); full runs both
