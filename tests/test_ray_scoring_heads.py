@@ -181,19 +181,51 @@ def test_a_joined_features_head_scores_on_ray_into_a_csv_as_locally(
     assert not (tmp_path / "w.csv").exists() and not (tmp_path / "x.csv").exists()
 
 
-@ray.remote
-def _worker_has_endpoint() -> bool:
-    import os
+@pytest.fixture
+def own_s3():
+    """An S3 server (moto) on 127.0.0.1 in a process of its own, for one test: its buckets
+    are not the session S3 fixture's (moto keeps its state per process), so a Ray worker
+    not handed the options - falling back to an ``AWS_ENDPOINT_URL`` it may have inherited
+    from the session fixture, whichever started first - finds nothing."""
+    import socket
+    import subprocess
+    import sys
+    import time
 
-    return "AWS_ENDPOINT_URL" in os.environ
+    pytest.importorskip("moto.server", reason="needs moto[server]")
+    pytest.importorskip("s3fs", reason="needs s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the moto server did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_block_range_head_scores_images_on_s3_with_storage_options_via_the_cli(
-    heads, tmp_path, ray_cluster, s3_endpoint, s3_bucket, monkeypatch
+    heads, tmp_path, ray_cluster, own_s3, monkeypatch
 ):
-    """The CSV path hands ``--storage-options`` to the decode tasks: the workers of the
-    session's cluster started before the S3 fixture set ``AWS_*`` (when it ran first), and
-    the driver's ``AWS_ENDPOINT_URL`` is removed, so the endpoint is only in the options."""
+    """The CSV path hands ``--storage-options`` to the decode tasks: the images are on a
+    server only the options name (the driver's ``AWS_ENDPOINT_URL`` removed; the workers'
+    environment, if it has one, names another server)."""
+    import csv
+
     import s3fs
     from typer.testing import CliRunner
 
@@ -202,13 +234,14 @@ def test_a_block_range_head_scores_images_on_s3_with_storage_options_via_the_cli
     spec = load_head(heads.block).backbone_
     assert (spec["layer"], spec["blocks"]) == ("blocks", [1, 2])
     local = _local(heads.block, [heads.data], tmp_path / "local.csv")
-    s3fs.S3FileSystem().put(str(heads.data), f"{s3_bucket}/faces", recursive=True)
     secret = "testing-secret"
-    opts = {"key": "testing", "secret": secret, "client_kwargs": {"endpoint_url": s3_endpoint}}
-    monkeypatch.delenv("AWS_ENDPOINT_URL")
-    workers_have_it = ray.get(_worker_has_endpoint.remote())
+    opts = {"key": "testing", "secret": secret, "client_kwargs": {"endpoint_url": own_s3}}
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("faces-bucket")
+    fs.put(str(heads.data), "faces-bucket/faces", recursive=True)
     out = tmp_path / "ray.csv"
-    args = ["score", f"{s3_bucket}/faces", "--head", str(heads.block), "--engine", "ray"]
+    args = ["score", "s3://faces-bucket/faces", "--head", str(heads.block), "--engine", "ray"]
     res = CliRunner().invoke(
         app,
         [*args, "--out", str(out), "--batch-size", "8", "--storage-options", json.dumps(opts)],
@@ -216,12 +249,10 @@ def test_a_block_range_head_scores_images_on_s3_with_storage_options_via_the_cli
     assert res.exit_code == 0, res.output
     assert "scored 17:" in res.output and "1 failed" in res.output
     assert secret not in res.output and secret not in out.read_text()
-    import csv
-
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    url = f"{s3_bucket}/faces/"
+    url = "s3://faces-bucket/faces/"
     assert [r["path"].split(url, 1)[-1] for r in rows] == [
         str(Path(p).relative_to(heads.data)) for p in local.paths
-    ], f"(workers had AWS_ENDPOINT_URL: {workers_have_it})"
+    ]
     np.testing.assert_allclose([float(r["score"]) for r in rows], local.scores, **TOL)
