@@ -217,14 +217,14 @@ def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
     from facebank.heads.ray_scoring import score_images_ray
     from facebank.heads.scoring import score_run
 
-    src = _source(tmp_path / "src", n=20)
+    src = _source(tmp_path / "src", n=10)
     bank = _local(src, tmp_path / "local.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run = train_run([bank], head="linear", params={}, out=tmp_path / "run", seed=0, fpr=0.05)
         local = score_run(run.run_dir, inputs=[src], out=tmp_path / "local.csv", batch_size=4)
         remote = score_images_ray(run.run_dir, [src], out=tmp_path / "ray.csv", batch_size=4)
-    assert remote.paths == local.paths and len(remote.paths) == 41  # 40 + the copy
+    assert remote.paths == local.paths and len(remote.paths) == 21  # 20 + the copy
     np.testing.assert_allclose(remote.scores, local.scores, rtol=1e-3, atol=1e-3)
     assert remote.decisions.tolist() == local.decisions.tolist()
     assert [p for p, _ in remote.failures] == [p for p, _ in local.failures]
@@ -237,7 +237,7 @@ def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts = score_partitioned(
-            run.run_dir, [src], out=tmp_path / "scores", partition_rows=16, batch_size=4
+            run.run_dir, [src], out=tmp_path / "scores", partition_rows=8, batch_size=4
         )
     assert parts.files == [f"scores/part-0000{k}.parquet" for k in range(3)]
     table = read_scores(tmp_path / "scores")
