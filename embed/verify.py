@@ -285,16 +285,12 @@ def _check_values(
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
     for key in set(arrays) - {"features", *CORE_COLUMNS}:
         try:
-            values[key] = np.asarray(arrays[key][:count] if count else np.zeros(0))
+            col = arrays[key][:count] if count else np.zeros(0)
         except Exception as exc:
             rep.problems.append(f"array {key!r} has a corrupt chunk ({type(exc).__name__}: {exc})")
-    if "face_found" in values:
-        bad = np.flatnonzero(~np.isin(values["face_found"], (-1, 0, 1)))
-        if bad.size:
-            rep.problems.append(
-                f"{bad.size} face_found value(s) outside {{1, 0, -1}}: "
-                f"rows {bad[:max_listed].tolist()}"
-            )
+            continue
+        if key == "face_found":  # (the other columns are only read: any value is valid)
+            values[key] = np.asarray(col, np.int8)
     bad_rows: list[int] = []
     try:
         feats = arrays["features"]
@@ -308,12 +304,13 @@ def _check_values(
         rep.problems.append(
             f"{len(bad_rows)} feature row(s) hold NaN/inf: rows {bad_rows[:max_listed]}"
         )
-    if "label" in values:
-        bad = np.flatnonzero(~np.isin(values["label"], (-1, 0, 1)))
-        if bad.size:
-            rep.problems.append(
-                f"{bad.size} label(s) outside {{1, 0, -1}}: rows {bad[:max_listed].tolist()}"
-            )
+    for key, what in (("label", "label(s)"), ("face_found", "face_found value(s)")):
+        if key in values:
+            bad = np.flatnonzero(~np.isin(values[key], (-1, 0, 1)))
+            if bad.size:
+                rep.problems.append(
+                    f"{bad.size} {what} outside {{1, 0, -1}}: rows {bad[:max_listed].tolist()}"
+                )
     for key in ("engine", "path"):
         if key in values:
             empty = np.flatnonzero(values[key] == "")
