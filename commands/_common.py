@@ -86,18 +86,23 @@ OVERWRITE_HELP = (
 )
 
 
+def _built_param(probe: Any, name: str) -> Any:
+    """Parameter ``name`` of the function ``probe`` as typer builds it, to add to a command
+    that does not declare it (listed by ``--help`` like the others)."""
+    app = typer.Typer(add_completion=False)
+    app.command()(probe)
+    return next(p for p in typer.main.get_command(app).params if p.name == name)
+
+
 @functools.cache
 def _overwrite_option() -> Any:
-    """``--overwrite`` as typer builds it (so it is listed by ``--help`` like the others)."""
-    probe = typer.Typer(add_completion=False)
+    """``--overwrite`` as typer builds it."""
 
-    @probe.command()
-    def _probe(
+    def probe(
         overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     ) -> None: ...
 
-    probe_cmd = typer.main.get_command(probe)
-    return next(p for p in probe_cmd.params if p.name == "overwrite")
+    return _built_param(probe, "overwrite")
 
 
 def _with_session(callback: Any, *, name: str, has_out: bool, own_options: bool = True) -> Any:
@@ -151,13 +156,10 @@ def _urls_in(values: Sequence[Any]) -> list[str]:
 @functools.cache
 def _storage_options_option() -> Any:
     """``--storage-options`` as typer builds it, for commands that do not declare it."""
-    probe = typer.Typer(add_completion=False)
 
-    @probe.command()
-    def _probe(storage_options: StorageOptionsOption = None) -> None: ...
+    def probe(storage_options: StorageOptionsOption = None) -> None: ...
 
-    probe_cmd = typer.main.get_command(probe)
-    return next(p for p in probe_cmd.params if p.name == "storage_options")
+    return _built_param(probe, "storage_options")
 
 
 def _current_context() -> Any:
