@@ -696,8 +696,13 @@ def encode_images_ray(
         ):  # fmt: skip
             parts.append(enc)
             dim = enc.features.shape[1]
-    if not dim:  # nothing embedded: the width from the backbone(s) themselves
-        dim = int(as_spec(_driver_backbones(backbone, weights)[1]).dim)
+    if not dim:  # nothing embedded: the width from the spec (a name: its backbone built)
+        spec = (
+            _make_backbone(backbone, device="cpu", weights=weights, image_size=None).spec
+            if isinstance(backbone, str)
+            else backbone
+        )
+        dim = int(as_spec(spec).dim)
     return EncodedImages(
         features=np.concatenate([p.features for p in parts] or [np.zeros((0, dim))]).astype(
             np.float32

@@ -136,7 +136,7 @@ def score_images_ray(
     with ray_cluster(ray, opts.address), store_defaults(storage_options, _urls(head_dir, inputs)):
         head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
         spec = getattr(head, "backbone_", None)
-        if spec and {parse_view(v).name for v in views or []} <= {"original"}:
+        if spec and _only_original(views):
             # score_run asks for the images in blocks (of 256 with a progress bar): one
             # pipeline serves them all, so the encoder actors start once, not per block
             files = [str(f) for f in collect_inputs(inputs).images]
@@ -210,6 +210,11 @@ class PartitionedScores:
 
 def _urls(head_dir: Any, inputs: Sequence[Any]) -> list[str]:
     return [str(x) for x in [head_dir, *inputs] if isinstance(x, str | os.PathLike)]
+
+
+def _only_original(views: Sequence[str] | None) -> bool:
+    """No view but ``original``: then one Ray pipeline can serve every image of a run."""
+    return {parse_view(v).name for v in views or []} <= {"original"}
 
 
 def _plan(inputs: Sequence[str | os.PathLike], rows: int) -> tuple[list[tuple[str, Any]], int]:
@@ -312,7 +317,8 @@ def score_partitioned(
         if isinstance(head_dir, BaseHead)
         else load_head(head_dir, storage_options=storage_options)
     )
-    with store_defaults(storage_options, _urls(head_dir, inputs)):
+    urls = _urls(head_dir, inputs)
+    with store_defaults(storage_options, urls):
         plan, n_ignored = _plan(inputs, partition_rows)
     what = {
         "views": list(views or []),
@@ -337,7 +343,7 @@ def score_partitioned(
         )
     markers = set() if fresh else set(loc.list(_MARKERS))
     todo = [k for k in range(len(plan)) if f"{_part_name(k, fmt)}.json" not in markers]
-    one_pipeline = {parse_view(v).name for v in views or []} <= {"original"}
+    one_pipeline = _only_original(views)
     files = [str(f) for k in todo if plan[k][0] == "images" for f in plan[k][1]]
     spec = getattr(head, "backbone_", None)
     stream: Iterator[Any] = iter(())
@@ -385,13 +391,13 @@ def score_partitioned(
             )
 
     if encode is not None:
-        with store_defaults(storage_options, _urls(head_dir, inputs)):
+        with store_defaults(storage_options, urls):
             run_all(encode)
     elif todo:
         opts = ray_options or RayOptions()
         with (
             ray_cluster(ray, opts.address),
-            store_defaults(storage_options, _urls(head_dir, inputs)),
+            store_defaults(storage_options, urls),
         ):
             if one_pipeline:  # one pipeline over every image left: the actors start once
                 run_all(_Stream(stream, files))
