@@ -1164,6 +1164,7 @@ def write_bank(
     dtype: str = "float16",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     overwrite: bool = False,
+    columns: Mapping[str, Any] | None = None,
 ) -> FeatureBank:
     """Write arrays as a complete bank in one go (tests, benchmarks, imports).
 
@@ -1175,6 +1176,8 @@ def write_bank(
         paths, sha256: ``(n,)``; default unique ids ``"row-000001"``...
         splits: ``(n,)`` or one string; default ``""`` (no split column).
         backbone: spec; None -> a "synthetic" spec of width D.
+        columns: the other row columns (metadata, ``group``, ``face_found``), as for
+            :meth:`FeatureBank.append`.
 
     Returns:
         The bank, opened read-only.
@@ -1209,5 +1212,6 @@ def write_bank(
             paths=fill(paths, ids),
             splits=fill(splits, np.full(n, "", dtype=object).astype(str) if n else []),
             sha256=fill(sha256, ids),
+            columns=columns,
         )
     return FeatureBank.open(path)

@@ -94,17 +94,14 @@ def test_backfill_command_lists_unreachable_files(tmp_path):
 
 
 def test_info_counts_groups_and_rows_without_a_face(tmp_path):
-    bank = FeatureBank.create(tmp_path / "f.zarr", backbone=synthetic_backbone(4), view="face")
-    bank.append(
+    write_bank(
+        tmp_path / "f.zarr",
         np.zeros((4, 4), np.float32),
         labels=[0, 0, 1, 1],
         engines=["real", "real", "gan", "gan"],
-        paths=["a", "b", "c", "d"],
-        splits=[""] * 4,
-        sha256=["1", "2", "3", "4"],
+        view="face",
         columns={"group": ["bush", "bush", "blair", ""], "face_found": [1, 0, 1, 1]},
     )
-    bank.close()
     out = runner.invoke(app, ["bank", "info", str(tmp_path / "f.zarr")], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert "2 over 3 rows" in out.output
@@ -116,18 +113,14 @@ def test_verify_checks_the_group_and_face_found_columns(tmp_path):
     import zarr
 
     def make(name):
-        bank = FeatureBank.create(tmp_path / name, backbone=synthetic_backbone(4), view="face")
-        bank.append(
+        return write_bank(
+            tmp_path / name,
             np.zeros((3, 4), np.float32),
             labels=[0, 1, 1],
             engines=["real", "gan", "gan"],
-            paths=["a", "b", "c"],
-            splits=[""] * 3,
-            sha256=["1", "2", "3"],
+            view="face",
             columns={"group": ["x", "y", ""], "face_found": [1, 0, 1]},
-        )
-        bank.close()
-        return tmp_path / name
+        ).path
 
     def verify(path):
         return runner.invoke(app, ["bank", "verify", str(path)], env={"COLUMNS": "200"})

@@ -133,19 +133,14 @@ def test_backfill_reads_source_files_and_lists_the_unreachable(tmp_path):
 
 
 def test_group_and_face_found_survive_export_and_import(tmp_path):
-    from facebank.testing import synthetic_backbone
-
-    b = FeatureBank.create(tmp_path / "f.zarr", backbone=synthetic_backbone(4), view="face")
-    b.append(
+    write_bank(
+        tmp_path / "f.zarr",
         np.ones((3, 4), np.float32),
         labels=[0, 1, 1],
         engines=["real", "gan", "gan"],
-        paths=["a", "b", "c"],
-        splits=[""] * 3,
-        sha256=["1", "2", "3"],
+        view="face",
         columns={"group": ["bush", "", "x"], "face_found": [1, 0, 1]},
     )
-    b.close()
     export_bank(tmp_path / "f.zarr", tmp_path / "e")
     back = import_bank(tmp_path / "e", tmp_path / "i.zarr")
     assert back.groups.tolist() == ["bush", "", "x"]

@@ -18,7 +18,7 @@ from facebank.embed import (
     verify_bank,
     write_partition,
 )
-from facebank.testing import synthetic_backbone
+from facebank.testing import synthetic_arrays, synthetic_backbone, write_synthetic_bank
 
 D = 8
 
@@ -207,15 +207,10 @@ def test_train_writes_its_run_folder_to_s3_and_score_reads_the_head_from_there(t
     from typer.testing import CliRunner
 
     from facebank.cli import app
-    from facebank.embed import write_bank
 
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 100)
-    X = rng.normal(size=(200, D)).astype(np.float32) + y[:, None]
-    bank = write_bank(
-        tmp_path / "b.zarr", X, labels=y, engines=np.where(y, "sdxl", "real"),
-        sha256=[f"{i:064x}" for i in range(200)],
-    )  # fmt: skip
+    bank = write_synthetic_bank(
+        tmp_path / "b.zarr", synthetic_arrays({"real": 100, "sdxl": 100}, dim=D)
+    )
     url = f"{s3_bucket}/runs/linear"
     cli = CliRunner()
     res = cli.invoke(app, ["train", str(bank.path), "--head", "linear", "--out", url])

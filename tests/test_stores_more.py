@@ -110,16 +110,12 @@ def test_experiment_on_an_unreachable_store_is_one_line_before_any_work(tmp_path
 def test_storage_options_reach_run_folders_score_inputs_and_heads(
     tmp_path, s3_bucket, options_only
 ):
-    from facebank.embed import write_bank
+    from facebank.testing import synthetic_arrays, write_synthetic_bank
 
     opts, fs = options_only
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 100)
-    X = rng.normal(size=(200, D)).astype(np.float32) + y[:, None]
-    bank = write_bank(
-        tmp_path / "b.zarr", X, labels=y, engines=np.where(y, "sdxl", "real"),
-        sha256=[f"{i:064x}" for i in range(200)],
-    )  # fmt: skip
+    bank = write_synthetic_bank(
+        tmp_path / "b.zarr", synthetic_arrays({"real": 100, "sdxl": 100}, dim=D)
+    )
     bank_url = f"{s3_bucket}/banks/b.zarr"
     fs.put(str(bank.path), bank_url, recursive=True)
     run = f"{s3_bucket}/runs/linear"
