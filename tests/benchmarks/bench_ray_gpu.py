@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -70,24 +69,18 @@ def make_jpegs(folder: Path, *, n: int, size: int, workers: int) -> None:
 
 
 def random_weights_file(name: str, path: Path) -> Path:
-    """Seeded random weights of an open_clip entry's image tower, as ``visual.*`` tensors."""
-    import open_clip
-    import torch
+    """The registry's seeded random weights of an open_clip entry's image tower
+    (``build_backbone(random_weights=True)``), saved as an open_clip checkpoint's
+    ``visual.*`` tensors."""
     from safetensors.torch import save_file
 
-    from facebank.embed.backbones import backbone_info
+    from facebank.embed.backbones import backbone_info, build_backbone
 
     info = backbone_info(name)
     if info.library != "open_clip":
         raise SystemExit(f"--backbone {name}: this script writes open_clip weights only")
-    from facebank.embed._clip import _ensure_config
-
-    _ensure_config(info.model)
-    torch.manual_seed(0)
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip: "initialized randomly" (we know)
-    model = open_clip.create_model(info.model, pretrained=None, **dict(info.model_kwargs))
-    tensors = {f"visual.{k}": v.contiguous() for k, v in model.visual.state_dict().items()}
-    save_file(tensors, str(path))
+    tower = build_backbone(info, device="cpu", random_weights=True).module
+    save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(path))
     return path
 
 
