@@ -199,7 +199,9 @@ class FusionHead(BaseHead):
             return S.mean(axis=1)
         if self.rule == "max":
             return S.max(axis=1)
-        return S @ self.stack_coef_ + self.stack_intercept_
+        # a row-wise sum, not a matrix-vector product: BLAS sums in an order that
+        # depends on the number of rows, and a score must not depend on its batch
+        return (S * self.stack_coef_).sum(axis=1) + self.stack_intercept_
 
     # -------------------------------------------------------------- persistence
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -35,6 +35,7 @@ import numpy as np
 from facebank.embed.errors import DataError, HeadError, UnknownNameError
 
 from ._faiss import build_index, search, set_knobs, train_sample_rows
+from ._torch import EVAL_BLOCK
 from .base import BaseHead
 
 __all__ = ["KNNHead"]
@@ -181,9 +182,26 @@ class KNNHead(BaseHead):
             return float("nan")
         return float(sims.mean()) if self.metric == "cosine" else float(-sims.mean())
 
-    def _neighbours(self, X: np.ndarray):
-        k = min(int(self.k), self.index_.ntotal)
-        return self._search(self._prep(X), k)
+    def _neighbours(self, X: np.ndarray, k: int | None = None):
+        """``(D, I)`` searched in zero-padded blocks of ``EVAL_BLOCK`` queries.
+
+        FAISS computes distances with BLAS from 20 queries up and with its own SIMD loop
+        below, and BLAS sums in an order that depends on the batch's shape: searching in
+        blocks of one shape keeps a row's neighbours and score independent of its batch.
+        """
+        k = min(int(k or self.k), self.index_.ntotal)
+        Xp = self._prep(X)
+        n = len(Xp)
+        block = np.zeros((EVAL_BLOCK, Xp.shape[1]), dtype=np.float32)
+        Ds, Is = [], []
+        for i in range(0, n, EVAL_BLOCK):
+            rows = min(EVAL_BLOCK, n - i)
+            block[:rows] = Xp[i : i + rows]
+            block[rows:] = 0.0
+            D, I = self._search(block, k)  # noqa: E741
+            Ds.append(D[:rows].copy())
+            Is.append(I[:rows].copy())
+        return np.concatenate(Ds), np.concatenate(Is)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         D, I = self._neighbours(X)  # noqa: E741
@@ -204,8 +222,7 @@ class KNNHead(BaseHead):
 
     def kneighbors(self, X: Any, k: int | None = None):
         """``(D, I)``: similarities (cosine) or squared distances (l2), and training row ids."""
-        X = self._check_X(X)
-        return self._search(self._prep(X), min(int(k or self.k), self.index_.ntotal))
+        return self._neighbours(self._check_X(X), k)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """(n_samples,) mean similarity to the k nearest training rows: higher = more normal."""

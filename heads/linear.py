@@ -10,7 +10,7 @@ import torch
 from facebank.embed._types import Device
 from facebank.embed.errors import DataError
 
-from ._torch import as_tensor, predict_chunks
+from ._torch import as_tensor, predict_blocks
 from .base import BaseHead
 
 # Rows per block of the loss pass: 1024 x 768 float32 is 3 MB, a block stays in cache
@@ -260,9 +260,9 @@ class LinearHead(BaseHead):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         device = self._device()
-        w = torch.from_numpy(self.coef_[0].astype(np.float32)).to(device)
+        w = torch.from_numpy(np.asarray(self.coef_[0], dtype=np.float64)).to(device)
         b = float(self.intercept_[0])
-        return predict_chunks(lambda t: t @ w + b, X, device)
+        return predict_blocks(lambda t: t @ w + b, X, device)
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"coef": self.coef_, "intercept": self.intercept_}, {

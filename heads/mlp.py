@@ -32,7 +32,14 @@ from facebank.embed._types import Device
 from facebank.embed.errors import DataError
 
 from . import losses as L
-from ._torch import as_tensor, batches, numpy_to_state, predict_chunks, state_to_numpy
+from ._torch import (
+    as_tensor,
+    batches,
+    float64_copy,
+    numpy_to_state,
+    predict_blocks,
+    state_to_numpy,
+)
 from .base import BaseHead
 from .sam import SAM
 
@@ -346,10 +353,8 @@ class MLPHead(BaseHead):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         device = self._device()
-        model = self.model_.to(device).eval()
-        out = predict_chunks(lambda t: model(model.norm(t)), X, device)
-        self.model_.cpu()
-        return out
+        model = float64_copy(self.model_, device)
+        return predict_blocks(lambda t: model(model.norm(t)), X, device)
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return state_to_numpy(self.model_), {

@@ -42,7 +42,7 @@ from torch import nn
 from facebank.embed._types import Device
 from facebank.embed.errors import DataError
 
-from ._torch import as_tensor, batches, predict_chunks
+from ._torch import as_tensor, batches, float64_copy, predict_blocks
 from .base import BaseHead
 
 __all__ = ["PrototypeHead"]
@@ -249,11 +249,9 @@ class PrototypeHead(BaseHead):
     # --------------------------------------------------------------- inference
     def _score(self, X: np.ndarray, what: str) -> np.ndarray:
         device = self._device()
-        model = self.model_.to(device)
+        model = float64_copy(self.model_, device)
         fn = model.log_odds if what == "odds" else model.log_density
-        out = predict_chunks(fn, X, device)
-        self.model_.cpu()
-        return out
+        return predict_blocks(fn, X, device)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return self._score(X, "odds")
@@ -262,9 +260,7 @@ class PrototypeHead(BaseHead):
         """(n, 2) ``log p(x | real), log p(x | AI)`` in nats."""
         X = self._check_X(X)
         device = self._device()
-        out = predict_chunks(self.model_.to(device).class_loglik, X, device)
-        self.model_.cpu()
-        return out
+        return predict_blocks(float64_copy(self.model_, device).class_loglik, X, device)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-density ``log p(x)`` under the fitted mixture.
