@@ -29,7 +29,7 @@ from facebank.commands import (
     score,
 )
 from facebank.commands._common import install_run_sessions
-from facebank.embed.errors import FacebankError
+from facebank.core.errors import FacebankError
 
 __all__ = ["app", "main"]
 

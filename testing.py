@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.bank import FeatureBank, _arrays_backbone, write_bank
+from facebank.embed.bank.bank import FeatureBank, _arrays_backbone, write_bank
 
 __all__ = ["synthetic_backbone", "synthetic_arrays", "write_synthetic_bank"]
 

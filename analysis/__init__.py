@@ -1,6 +1,6 @@
 """analysis: metrics, protocols, robustness, OOD, FAISS neighbours, plots, reports."""
 
-from facebank.embed.runs import markdown_table, read_json, start_run, write_json
+from facebank.core.runs import markdown_table, read_json, start_run, write_json
 
 # `robustness` and `ood` are functions of the same-named modules (analysis.robustness.robustness,
 # analysis.ood.ood); they are not re-exported here so the modules are not shadowed.

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.bank import open_banks as open_banks  # the one opener, re-exported
-from facebank.embed.compat import backbone_id, require_same_backbone
-from facebank.embed.compat import require_one_backbone as _require_one_backbone
-from facebank.embed.errors import DataError, HeadError
-from facebank.embed.runs import fmt_value
+from facebank.core.errors import DataError, HeadError
+from facebank.core.runs import fmt_value
+from facebank.embed.backbones.compat import backbone_id, require_same_backbone
+from facebank.embed.backbones.compat import require_one_backbone as _require_one_backbone
+from facebank.embed.bank.bank import open_banks as open_banks  # the one opener, re-exported
 
 BankLike = Any  # FeatureBank | str | os.PathLike
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.images import load_image
+from facebank.embed.inputs.images import load_image
 
 __all__ = ["neighbour_grid", "confusion_heatmap", "purity_plot", "embedding_scatter"]
 

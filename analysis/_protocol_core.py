@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError
-from facebank.embed.splits import assign_splits, has_splits
+from facebank.core.errors import DataError
+from facebank.core.splits import assign_splits, has_splits
 
 from ._evalcommon import bank_label, open_banks, require_one_backbone
 from .metrics import proportion_interval

@@ -56,11 +56,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import BankError, DataError, HeadError
-from facebank.embed.metadata import METADATA_SCHEMA
-from facebank.embed.runs import markdown_table, start_run, write_json
-from facebank.embed.splits import resolve_groups
+from facebank.core.errors import BankError, DataError, HeadError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.splits import resolve_groups
+from facebank.embed.bank.types import BanksLike
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 from facebank.heads.training import resolve_splits
 
 from ._evalcommon import (

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facebank.embed.backbones import backbone_info, resolve_device
-from facebank.embed.standin import (
+from facebank.embed.backbones.registry import backbone_info, resolve_device
+from facebank.embed.inputs.standin import (
     STANDIN_ENGINES,
     STANDIN_NOTE,
     make_standin_dataset,

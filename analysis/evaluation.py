@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError
-from facebank.embed.multi import banks_for_spec
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.errors import DataError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.bank.types import BanksLike
+from facebank.embed.runner.multi import banks_for_spec
 
 from ._evalcommon import (
     bank_label,

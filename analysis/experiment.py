@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError, UnknownNameError
-from facebank.embed.runs import fmt_value, markdown_table, start_run, write_json
+from facebank.core.errors import DataError, UnknownNameError
+from facebank.core.runs import fmt_value, markdown_table, start_run, write_json
 
 __all__ = [
     "DEFAULT_HEADS",
@@ -315,7 +315,7 @@ def _view_slug(view: str) -> str:
 
 
 def _canonical_views(views: Sequence[str]) -> list[str]:
-    from facebank.embed.views import parse_view
+    from facebank.embed.inputs.views import parse_view
 
     out = ["original"]
     for v in views:
@@ -344,7 +344,7 @@ def _survey(
     storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Images per engine and the AI engines of SOURCE, without decoding anything."""
-    from facebank.embed.datasets import scan_source
+    from facebank.embed.inputs.datasets import scan_source
 
     # SourceError: missing, empty, bad CSV; an unreachable store before any work
     src = scan_source(source, real_names=real_names, storage_options=storage_options)
@@ -544,8 +544,8 @@ def run_experiment(
     With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
     recorded in ``result.skipped``, ``metrics.json`` and the report.
     """
-    from facebank.embed._remote import is_url
-    from facebank.embed.backbones import backbone_info, resolve_device
+    from facebank.core.stores import is_url
+    from facebank.embed.backbones.registry import backbone_info, resolve_device
 
     source = os.fspath(source) if is_url(source) else Path(source)
     run_dir = Path(out)
@@ -915,7 +915,7 @@ def _normalised_control(result, banks, head_names, *, seed, steps, group_by=None
 def _audit(result, original, *, seed, steps, group_by=None) -> None:
     """The confounds audit on the original bank, with the heads trained on it."""
     with steps.step("audit", "audit: could the files, not the faces, give the answer?"):
-        from facebank.embed.errors import FacebankError
+        from facebank.core.errors import FacebankError
 
         from .audit import audit
 
@@ -1012,7 +1012,7 @@ def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
 
 def _protocols(result, original, ai, protocols, *, seed, steps) -> None:
     """Optional protocols (``protocols=("few-shot", "chrono")``) with ``linear``."""
-    from facebank.embed.errors import DataError
+    from facebank.core.errors import DataError
 
     from .chrono import chronological
     from .fewshot import few_shot

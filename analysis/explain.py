@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facebank.embed.errors import DataError, FacebankWarning, HeadError, ImageDecodeError
-from facebank.embed.images import load_image
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.errors import DataError, FacebankWarning, HeadError, ImageDecodeError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.inputs.images import load_image
 
 __all__ = [
     "BASELINES",

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.errors import DataError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import md_section
 from ._protocol_core import ProtocolData, load_protocol_data, train_and_test

@@ -1,7 +1,7 @@
 """Several backbones in one experiment, and the backbone x head leaderboard.
 
 :func:`run_backbone_comparison` embeds SOURCE once per view with every backbone (each
-image decoded once: :func:`facebank.embed.multi.embed_source_multi`), runs the full
+image decoded once: :func:`facebank.embed.runner.multi.embed_source_multi`), runs the full
 single-backbone experiment for each backbone on those banks (heads, leave-one-engine-out,
 robustness, OOD, neighbours, audit), trains fused heads on the backbones together -
 feature level (each head on the joined features) and score level (a ``fusion`` head
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.backbones import backbone_info
-from facebank.embed.bank import FeatureBank
-from facebank.embed.errors import DataError
-from facebank.embed.multi import embed_source_multi, join_banks
-from facebank.embed.runs import fmt_value, markdown_table, start_run, write_json
+from facebank.core.errors import DataError
+from facebank.core.runs import fmt_value, markdown_table, start_run, write_json
+from facebank.embed.backbones.registry import backbone_info
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.runner.multi import embed_source_multi, join_banks
 from facebank.heads import create_head, head_params, load_head, train_run
 from facebank.heads.fusion import FusionHead
 from facebank.heads.training import resolve_splits

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError, SmallSampleWarning
+from facebank.core.errors import DataError, SmallSampleWarning
 from facebank.heads.base import allowed_false_positives, threshold_at_fpr
 
 __all__ = [

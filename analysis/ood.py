@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError, EngineOverlapWarning, HeadError
-from facebank.embed.runs import markdown_table, start_run, write_json
-from facebank.embed.splits import has_splits
+from facebank.core.errors import DataError, EngineOverlapWarning, HeadError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.splits import has_splits
+from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import (
     bank_label,

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import SmallSampleWarning
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.errors import SmallSampleWarning
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import fmt_ci, md_section
 from ._protocol_core import ProtocolData, load_protocol_data, rate_of, train_and_test

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from facebank.embed.errors import ReportError
-from facebank.embed.runs import check_output_file, claim_output_file
+from facebank.core.errors import ReportError
+from facebank.core.runs import check_output_file, claim_output_file
 
 from ._plotstyle import DPI
 

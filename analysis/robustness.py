@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.errors import DataError
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import (
     bank_label,

@@ -4,7 +4,7 @@
 - comma-or-repeat lists (``--heads linear,mlp --heads knn``): :func:`split_list`.
 - ``--storage-options JSON`` for URLs on fsspec stores: :func:`parse_storage_options`. The
   session wrapper parses it once and makes it fsspec's default for the protocols of the
-  command's URL arguments while the command runs (``embed._remote.store_defaults``), so
+  command's URL arguments while the command runs (``core.stores.store_defaults``), so
   it reaches a run folder, scoring inputs and a head on a store as well as a bank or a
   SOURCE; every command with ``--out`` gets the option.
 - default output folders: :func:`default_out`, the one rule every command uses -
@@ -29,9 +29,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from facebank.embed._remote import store_defaults
-from facebank.embed.errors import DataError
-from facebank.embed.runs import (
+from facebank.core.errors import DataError
+from facebank.core.runs import (
     check_out,
     check_output_file,
     new_run_dir,
@@ -39,6 +38,7 @@ from facebank.embed.runs import (
     run_session,
     run_url,
 )
+from facebank.core.stores import store_defaults
 
 __all__ = [
     "Metric",

@@ -114,7 +114,7 @@ def ood_cmd(
 ) -> None:
     """AUROC and FPR at 95% TPR of new-engine vs known-engine images, per-image OOD flags."""
     from facebank.analysis.ood import ood, score_meaning
-    from facebank.embed.runs import fmt_value
+    from facebank.core.runs import fmt_value
 
     res = ood(head, known=known, new=new, out=default_out("ood", out), k=k, flag_fpr=flag_fpr)
     typer.echo(f"score: {res.method}, {score_meaning(res.method)}")

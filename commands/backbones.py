@@ -24,7 +24,7 @@ def backbones_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from facebank.embed.backbones import describe_backbones
+    from facebank.embed.backbones.registry import describe_backbones
 
     rows = [r for r in describe_backbones(pattern) if not (no_test and r["test_only"])]
     table = Table(title="facebank backbones", title_justify="left")

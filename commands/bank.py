@@ -36,8 +36,8 @@ def bank_info_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from facebank.embed.bank import FeatureBank
-    from facebank.embed.compat import backbone_id
+    from facebank.embed.backbones.compat import backbone_id
+    from facebank.embed.bank.bank import FeatureBank
 
     b = FeatureBank.open(bank, storage_options=parse_storage_options(storage_options))
     meta = b.meta
@@ -136,7 +136,7 @@ def bank_verify_cmd(
     """Check a bank: attributes, arrays, every chunk, values; exit 1 listing what is wrong."""
     from rich.markup import escape
 
-    from facebank.embed.verify import verify_bank
+    from facebank.embed.bank.verify import verify_bank
 
     rep = verify_bank(bank, storage_options=parse_storage_options(storage_options))
     console = make_console()
@@ -158,7 +158,7 @@ def bank_consolidate_cmd(
     storage_options: StorageOptionsOption = None,
 ) -> None:
     """Move committed partitions into the bank's arrays (resumable): plain zarr reads all."""
-    from facebank.embed.partitions import committed_partitions, consolidate
+    from facebank.embed.bank.partitions import committed_partitions, consolidate
 
     opts = parse_storage_options(storage_options)
     parts = committed_partitions(bank, storage_options=opts)
@@ -186,7 +186,7 @@ def bank_backfill_cmd(
     from rich.markup import escape
     from rich.progress import Progress
 
-    from facebank.embed.export import backfill_metadata
+    from facebank.embed.bank.export import backfill_metadata
 
     with Progress(disable=not show_progress(), transient=True) as bar:
         task = bar.add_task("backfill", total=None)
@@ -233,7 +233,7 @@ def bank_export_cmd(
     storage_options: StorageOptionsOption = None,
 ) -> None:
     """Write a bank as clip-retrieval does: img_emb/img_emb_N.npy, metadata/metadata_N.parquet."""
-    from facebank.embed.export import export_bank
+    from facebank.embed.bank.export import export_bank
 
     files = export_bank(
         bank,
@@ -263,7 +263,7 @@ def bank_import_cmd(
     storage_options: StorageOptionsOption = None,
 ) -> None:
     """Make a bank from clip-retrieval's img_emb/ + metadata/ folders (or a facebank export)."""
-    from facebank.embed.export import import_bank
+    from facebank.embed.bank.export import import_bank
 
     b = import_bank(
         src,

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from facebank.embed.errors import EmbedInterrupted
+from facebank.core.errors import EmbedInterrupted
 
 from ._common import StorageOptionsOption, make_console, parse_storage_options
 
@@ -165,13 +165,13 @@ def embed_cmd(
     """Embed every image of SOURCE with one backbone into a resumable Zarr feature bank."""
     import warnings
 
-    from facebank.embed.runner import DuplicateImageWarning, embed_source
+    from facebank.embed.runner.local import DuplicateImageWarning, embed_source
 
     err = make_console(stderr=True)
     with warnings.catch_warnings(record=True) as caught, _interrupt_exits(err):
         warnings.simplefilter("always", DuplicateImageWarning)
         if engine is _Engine.ray:
-            from facebank.embed.ray_engine import RayOptions, embed_source_ray
+            from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
             summary = embed_source_ray(
                 source,

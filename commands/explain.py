@@ -53,9 +53,9 @@ def explain_cmd(
         feature_figure,
     )
     from facebank.analysis.plots import save_figure
+    from facebank.core.errors import DataError
+    from facebank.core.runs import start_run, write_json
     from facebank.embed import FeatureBank
-    from facebank.embed.errors import DataError
-    from facebank.embed.runs import start_run, write_json
     from facebank.heads import load_head
 
     if not images and bank is None:

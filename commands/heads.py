@@ -68,8 +68,8 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a head on the train split; threshold on validation reals; report val figures."""
-    from facebank.embed.bank import open_banks
-    from facebank.embed.multi import select_blocks
+    from facebank.embed.bank.bank import open_banks
+    from facebank.embed.runner.multi import select_blocks
     from facebank.heads import train_run
 
     opened = [select_blocks(b, blocks) for b in open_banks([str(b) for b in banks])]

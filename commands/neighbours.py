@@ -177,7 +177,7 @@ def neighbours_query(
     from rich.console import Console
 
     from facebank.analysis.neighbours import NeighbourIndex, write_query
-    from facebank.embed.errors import DataError
+    from facebank.core.errors import DataError
 
     if bool(images) == bool(rows):
         raise DataError("give query IMAGE files or --rows 3,17 (exactly one of the two)")

@@ -132,8 +132,8 @@ def score_cmd(
         )  # fmt: skip
         return
     if engine is _Engine.ray:
-        from facebank.embed.ray_engine import RayOptions
-        from facebank.heads.ray_scoring import score_images_ray
+        from facebank.ray_engine.embedding import RayOptions
+        from facebank.ray_engine.scoring import score_images_ray
 
         res = score_images_ray(
             head,
@@ -187,8 +187,8 @@ def _score_partitioned(
     storage_options: dict | None,
 ) -> None:
     """``--engine ray --out DIR``: partitions under DIR, then one summary line."""
-    from facebank.embed.ray_engine import RayOptions
-    from facebank.heads.ray_scoring import score_partitioned
+    from facebank.ray_engine.embedding import RayOptions
+    from facebank.ray_engine.scoring import score_partitioned
 
     res = score_partitioned(
         head,

@@ -1,4 +1,15 @@
-"""embed: backbones, image decoding and views, datasets, the feature bank, the embedding runner."""
+"""embed: images in, feature banks out.
+
+Four rooms, one concept each:
+
+- ``embed.backbones``: the registry of frozen backbones, their specs, weights and taps;
+- ``embed.inputs``: SOURCEs (folders, manifests, store URLs), decoding, metadata, views;
+- ``embed.bank``: the Zarr feature bank, its store, partitions, verification and export;
+- ``embed.runner``: the embedding runs (one backbone, or several sharing one decode).
+
+The distributed engine is the package ``facebank.ray_engine``; errors, run folders, stores,
+devices and splits shared by every layer are ``facebank.core``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 # Exceptions are cheap and needed by every command: imported eagerly.
-from .errors import (
+from facebank.core.errors import (
     BackboneMismatchError,
     BankError,
     BankLockedError,
@@ -19,7 +30,14 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # the static view of the lazy names below
-    from .backbones import (
+    from facebank.core.splits import SPLITS, assign_splits, has_splits
+    from facebank.embed.backbones.compat import (
+        backbone_id,
+        require_one_backbone,
+        require_same_backbone,
+        same_backbone,
+    )
+    from facebank.embed.backbones.registry import (
         Backbone,
         BackboneInfo,
         backbone_from_spec,
@@ -27,94 +45,64 @@ if TYPE_CHECKING:  # the static view of the lazy names below
         create_backbone,
         list_backbones,
     )
-    from .bank import (
-        FeatureBank,
-        concat_banks,
-        write_bank,
-    )
-    from .compat import (
-        backbone_id,
-        require_one_backbone,
-        require_same_backbone,
-        same_backbone,
-    )
-    from .datasets import (
-        ImageItem,
-        Source,
-        SourceError,
-        scan_source,
-    )
-    from .images import (
+    from facebank.embed.bank.bank import FeatureBank, concat_banks, write_bank
+    from facebank.embed.bank.partitions import committed_partitions, consolidate, write_partition
+    from facebank.embed.bank.verify import BankReport, verify_bank
+    from facebank.embed.inputs.datasets import ImageItem, Source, SourceError, scan_source
+    from facebank.embed.inputs.images import (
         IMAGE_EXTENSIONS,
         MAX_IMAGE_PIXELS,
         load_image,
         sha256_file,
     )
-    from .partitions import (
-        committed_partitions,
-        consolidate,
-        write_partition,
-    )
-    from .runner import (
+    from facebank.embed.inputs.views import View, parse_view
+    from facebank.embed.runner.local import (
         DuplicateImageWarning,
         EmbedSummary,
         EncodedImages,
         embed_source,
         encode_images,
     )
-    from .splits import (
-        SPLITS,
-        assign_splits,
-        has_splits,
-    )
-    from .verify import (
-        BankReport,
-        verify_bank,
-    )
-    from .views import (
-        View,
-        parse_view,
-    )
 
 # Everything else (zarr, numpy, torch behind them) loads on first use, so `facebank --help`
-# and `import facebank.embed.errors` stay fast. Name -> submodule:
+# and `import facebank.core.errors` stay fast. Name -> submodule:
 _LAZY = {
-    "Backbone": "backbones",
-    "BackboneInfo": "backbones",
-    "backbone_from_spec": "backbones",
-    "backbone_info": "backbones",
-    "create_backbone": "backbones",
-    "list_backbones": "backbones",
-    "FeatureBank": "bank",
-    "concat_banks": "bank",
-    "write_bank": "bank",
-    "backbone_id": "compat",
-    "require_one_backbone": "compat",
-    "require_same_backbone": "compat",
-    "same_backbone": "compat",
-    "ImageItem": "datasets",
-    "Source": "datasets",
-    "SourceError": "datasets",
-    "scan_source": "datasets",
-    "IMAGE_EXTENSIONS": "images",
-    "MAX_IMAGE_PIXELS": "images",
-    "load_image": "images",
-    "sha256_file": "images",
-    "committed_partitions": "partitions",
-    "consolidate": "partitions",
-    "write_partition": "partitions",
-    "DuplicateImageWarning": "runner",
-    "EmbedSummary": "runner",
-    "EncodedImages": "runner",
-    "embed_source": "runner",
-    "encode_images": "runner",
-    "SPLITS": "splits",
-    "assign_splits": "splits",
-    "has_splits": "splits",
-    "BankReport": "verify",
-    "verify_bank": "verify",
-    "View": "views",
-    "parse_view": "views",
+    "Backbone": "facebank.embed.backbones.registry",
+    "BackboneInfo": "facebank.embed.backbones.registry",
+    "backbone_from_spec": "facebank.embed.backbones.registry",
+    "backbone_info": "facebank.embed.backbones.registry",
+    "create_backbone": "facebank.embed.backbones.registry",
+    "list_backbones": "facebank.embed.backbones.registry",
+    "FeatureBank": "facebank.embed.bank.bank",
+    "concat_banks": "facebank.embed.bank.bank",
+    "write_bank": "facebank.embed.bank.bank",
+    "backbone_id": "facebank.embed.backbones.compat",
+    "require_one_backbone": "facebank.embed.backbones.compat",
+    "require_same_backbone": "facebank.embed.backbones.compat",
+    "same_backbone": "facebank.embed.backbones.compat",
+    "ImageItem": "facebank.embed.inputs.datasets",
+    "Source": "facebank.embed.inputs.datasets",
+    "SourceError": "facebank.embed.inputs.datasets",
+    "scan_source": "facebank.embed.inputs.datasets",
+    "IMAGE_EXTENSIONS": "facebank.embed.inputs.images",
+    "MAX_IMAGE_PIXELS": "facebank.embed.inputs.images",
+    "load_image": "facebank.embed.inputs.images",
+    "sha256_file": "facebank.embed.inputs.images",
+    "committed_partitions": "facebank.embed.bank.partitions",
+    "consolidate": "facebank.embed.bank.partitions",
+    "write_partition": "facebank.embed.bank.partitions",
+    "DuplicateImageWarning": "facebank.embed.runner.local",
+    "EmbedSummary": "facebank.embed.runner.local",
+    "EncodedImages": "facebank.embed.runner.local",
+    "embed_source": "facebank.embed.runner.local",
+    "encode_images": "facebank.embed.runner.local",
+    "SPLITS": "facebank.core.splits",
+    "assign_splits": "facebank.core.splits",
+    "has_splits": "facebank.core.splits",
+    "BankReport": "facebank.embed.bank.verify",
+    "verify_bank": "facebank.embed.bank.verify",
+    "View": "facebank.embed.inputs.views",
+    "parse_view": "facebank.embed.inputs.views",
 }
 
 
@@ -122,7 +110,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

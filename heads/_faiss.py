@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import Metric
-from facebank.embed.devices import resolve_device
-from facebank.embed.errors import DataError, UnknownNameError
+from facebank.core.devices import resolve_device
+from facebank.core.errors import DataError, UnknownNameError
+from facebank.core.types import Metric
 
 __all__ = [
     "METRICS",

@@ -22,15 +22,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.utils import Tags
 
-from facebank.embed._types import PathLike
-from facebank.embed.devices import resolve_device
-from facebank.embed.errors import (
+from facebank.core.devices import resolve_device
+from facebank.core.errors import (
     DataError,
     FeatureTypeError,
     HeadError,
     SmallSampleWarning,
     UnknownLabelWarning,
 )
+from facebank.core.types import PathLike
 
 __all__ = [
     "BaseHead",

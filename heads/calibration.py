@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facebank.embed.errors import CalibrationWarning, DataError
+from facebank.core.errors import CalibrationWarning, DataError
 
 from .base import allowed_false_positives, threshold_at_fpr
 

@@ -1,6 +1,6 @@
 """Score-level fusion across backbones: one head per backbone, their scores combined.
 
-The input is a joined bank's features (:func:`facebank.embed.multi.join_banks`): each
+The input is a joined bank's features (:func:`facebank.embed.runner.multi.join_banks`): each
 backbone's columns side by side, given to the head as ``columns``. One member head (any
 registered head) is fitted per backbone on the training rows; the rule combines their
 decision scores (log-odds):
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from facebank.embed._types import Device
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
+from facebank.core.types import Device
 
 from .base import BaseHead, check_features, check_labels
 from .registry import create_head, head_params

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError, HeadError, UnknownNameError
+from facebank.core.errors import DataError, HeadError, UnknownNameError
 
 from ._faiss import build_index, search, set_knobs, train_sample_rows
 from ._torch import EVAL_BLOCK

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facebank.embed._types import Device
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
+from facebank.core.types import Device
 
 from ._torch import as_tensor, predict_blocks
 from .base import BaseHead

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facebank.embed._types import Device
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
+from facebank.core.types import Device
 
 from . import losses as L
 from ._torch import (

@@ -22,12 +22,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save_file
 
-from facebank.embed._store import redact
-from facebank.embed._types import PathLike
-from facebank.embed.compat import require_same_backbone
-from facebank.embed.errors import FacebankError, HeadError, UnknownNameError
-from facebank.embed.images import sha256_file
-from facebank.embed.runs import to_jsonable
+from facebank.core.errors import FacebankError, HeadError, UnknownNameError
+from facebank.core.runs import to_jsonable
+from facebank.core.stores import redact
+from facebank.core.types import PathLike
+from facebank.embed.backbones.compat import require_same_backbone
+from facebank.embed.inputs.images import sha256_file
 
 from .base import BaseHead
 from .registry import create_head
@@ -175,8 +175,7 @@ class _HeadFiles:
     """The files of a head directory, local or at an fsspec URL (read whole: a few MB)."""
 
     def __init__(self, path: PathLike, *, storage_options: Mapping[str, Any] | None, fix: str):
-        from facebank.embed._remote import is_url
-        from facebank.embed._store import Location
+        from facebank.core.stores import Location, is_url
 
         self.url = is_url(path)
         if self.url:

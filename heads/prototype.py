@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facebank.embed._types import Device
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
+from facebank.core.types import Device
 
 from ._torch import as_tensor, batches, float64_copy, predict_blocks
 from .base import BaseHead

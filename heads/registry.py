@@ -8,7 +8,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from facebank.embed.errors import DataError, UnknownNameError
+from facebank.core.errors import DataError, UnknownNameError
 
 from .base import BaseHead
 

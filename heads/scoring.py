@@ -43,14 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from facebank.core.errors import CalibrationWarning, DataError, HeadError
+from facebank.core.runs import write_json
+from facebank.core.stores import is_url
+from facebank.core.types import Device
 from facebank.embed import FeatureBank, scan_source
-from facebank.embed._remote import is_url, store_inputs
-from facebank.embed._types import BankLike, Device
-from facebank.embed.errors import CalibrationWarning, DataError, HeadError
-from facebank.embed.images import is_image_path
-from facebank.embed.multi import banks_for_spec, encode_images_for
-from facebank.embed.runs import write_json
-from facebank.embed.views import parse_view
+from facebank.embed.bank.types import BankLike
+from facebank.embed.inputs._remote import store_inputs
+from facebank.embed.inputs.images import is_image_path
+from facebank.embed.inputs.views import parse_view
+from facebank.embed.runner.multi import banks_for_spec, encode_images_for
 
 from .base import BaseHead
 from .calibration import (

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from facebank.core.errors import CalibrationWarning, DataError, UnknownLabelWarning
+from facebank.core.runs import check_out, markdown_table, start_run, write_json
 from facebank.embed import FeatureBank, assign_splits, has_splits
-from facebank.embed._types import BankLike
-from facebank.embed.bank import open_banks
-from facebank.embed.compat import same_backbone
-from facebank.embed.errors import CalibrationWarning, DataError, UnknownLabelWarning
-from facebank.embed.multi import join_banks
-from facebank.embed.runs import check_out, markdown_table, start_run, write_json
+from facebank.embed.backbones.compat import same_backbone
+from facebank.embed.bank.bank import open_banks
+from facebank.embed.bank.types import BankLike
+from facebank.embed.runner.multi import join_banks
 
 from .base import BaseHead
 from .calibration import calibrate_head
@@ -75,7 +75,7 @@ def resolve_splits(bank: Any, *, seed: int, group_by: str | None = None) -> tupl
     splits = np.asarray(bank.splits, dtype=str)
     if has_splits(splits):
         return splits, "bank split column"
-    from facebank.embed.splits import resolve_groups
+    from facebank.core.splits import resolve_groups
 
     groups, grouped_by = resolve_groups(bank, group_by)
     if groups is not None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facebank.embed._types import Device
+from facebank.core.types import Device
 
 from ._torch import numpy_to_state, state_to_numpy
 from .base import BaseHead

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from facebank.analysis.audit import VERDICTS, audit, audit_verdict, straddling_groups
-from facebank.embed.bank import FeatureBank
-from facebank.embed.errors import BankError, DataError
-from facebank.embed.metadata import metadata_columns, read_metadata
+from facebank.core.errors import BankError, DataError
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.inputs.metadata import metadata_columns, read_metadata
 from facebank.testing import synthetic_backbone
 
 N_PER_CLASS = 70
@@ -382,7 +382,7 @@ def test_realfaces_groups_are_the_source_repository_folders(tmp_path):
         "fake/sdxl/a.png,fake,sdxl\n"
     )
     manifest = mod.write_manifest(tmp_path, tmp_path / "m", groups="source-folder")
-    from facebank.embed.datasets import scan_source
+    from facebank.embed.inputs.datasets import scan_source
 
     items = scan_source(manifest).items
     assert [it.group for it in items] == ["lfw_krasserm/Tony_Blair", ""]

@@ -17,8 +17,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from facebank.embed import _clip, _lite1, _timm
-from facebank.embed.backbones import (
+import facebank.embed.backbones._clip as _clip
+import facebank.embed.backbones._lite1 as _lite1
+import facebank.embed.backbones._timm as _timm
+from facebank.core.errors import (
+    BackboneMismatchError,
+    FacebankError,
+    UnknownNameError,
+    WeightsUnavailableError,
+)
+from facebank.embed.backbones.compat import backbone_id
+from facebank.embed.backbones.registry import (
     Backbone,
     backbone_from_spec,
     backbone_info,
@@ -26,13 +35,6 @@ from facebank.embed.backbones import (
     describe_backbones,
     list_backbones,
     resolve_device,
-)
-from facebank.embed.compat import backbone_id
-from facebank.embed.errors import (
-    BackboneMismatchError,
-    FacebankError,
-    UnknownNameError,
-    WeightsUnavailableError,
 )
 
 ALL = list_backbones()
@@ -423,7 +425,7 @@ def test_backbone_from_spec_checks_identity(tiny_backbones):
 @pytest.fixture(scope="module")
 def lite1():
     """The efficientnet-lite1 backbone and the ImageNet classifier from the same package file."""
-    from facebank.embed._weights import read_state_dict
+    from facebank.embed.backbones._weights import read_state_dict
 
     backbone = create_backbone("efficientnet-lite1", device="cpu")
     source = read_state_dict(_lite1.package_weights_file())
@@ -435,7 +437,7 @@ def lite1():
 def test_lite1_mapping_is_exhaustive_and_shape_exact():
     import timm
 
-    from facebank.embed._weights import read_state_dict
+    from facebank.embed.backbones._weights import read_state_dict
 
     source = read_state_dict(_lite1.package_weights_file())
     model = timm.create_model(_lite1.TIMM_ARCH, pretrained=False)
@@ -523,7 +525,7 @@ def test_cli_backbones_lists_the_registry(offline_hub):
 
 
 def test_test_only_backbones_warn_and_say_so_in_their_spec():
-    from facebank.embed.errors import TestOnlyBackboneWarning
+    from facebank.core.errors import TestOnlyBackboneWarning
 
     with pytest.warns(TestOnlyBackboneWarning, match="tiny-cnn.*random weights"):
         b = create_backbone("tiny-cnn", device="cpu")

@@ -18,17 +18,17 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from facebank.embed import _timm
-from facebank.embed.backbones import (
+import facebank.embed.backbones._timm as _timm
+from facebank.core.errors import BackboneMismatchError, FacebankError
+from facebank.embed.backbones.compat import require_same_backbone
+from facebank.embed.backbones.registry import (
     backbone_from_spec,
     backbone_info,
     build_backbone,
     create_backbone,
     list_backbones,
 )
-from facebank.embed.compat import require_same_backbone
-from facebank.embed.errors import BackboneMismatchError, FacebankError
-from facebank.embed.spec import BackboneSpec
+from facebank.embed.backbones.spec import BackboneSpec
 
 # tiny same-architecture overrides per timm entry (patch-size multiples for the input)
 TINY_TIMM = {

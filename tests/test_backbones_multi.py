@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facebank.embed.bank import FeatureBank
-from facebank.embed.errors import FacebankError
-from facebank.embed.multi import embed_source_multi, join_banks
-from facebank.embed.runner import embed_source
+from facebank.core.errors import FacebankError
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.runner.local import embed_source
+from facebank.embed.runner.multi import embed_source_multi, join_banks
 
 KW = {"device": "cpu", "progress": False, "batch_size": 4, "num_workers": 0}
 
@@ -72,8 +72,8 @@ def test_bad_arguments(source, tmp_path):
 
 
 def test_block_views_train_on_some_blocks_and_keep_their_identity(source, tmp_path):
-    from facebank.embed.errors import BackboneMismatchError
-    from facebank.embed.multi import select_blocks
+    from facebank.core.errors import BackboneMismatchError
+    from facebank.embed.runner.multi import select_blocks
     from facebank.heads import train_run
     from facebank.heads.persistence import check_backbone
 

@@ -109,9 +109,9 @@ def test_full_disk_during_appends_leaves_a_bank_that_verifies_and_resumes(tmp_pa
 
 
 def test_lease_lock_refuses_a_second_writer_and_expires(tmp_path):
-    from facebank.embed._lock import LeaseLock
-    from facebank.embed._store import Location
-    from facebank.embed.errors import BankLockedError
+    from facebank.core.errors import BankLockedError
+    from facebank.core.stores import Location
+    from facebank.embed.bank._lock import LeaseLock
 
     loc = Location(f"memory://facebank-{uuid.uuid4().hex[:8]}/b.zarr")
     first = LeaseLock(loc).acquire()

@@ -15,7 +15,7 @@ from facebank.embed import (
     verify_bank,
     write_partition,
 )
-from facebank.embed.metadata import METADATA_SCHEMA
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 from facebank.testing import synthetic_backbone
 
 D = 8
@@ -111,7 +111,7 @@ def test_consolidation_killed_after_its_commit_resumes_without_double_rows(bank,
     src = tmp_path / "p.zarr" / "_partitions"
     keep = tmp_path / "keep"
     shutil.copytree(src, keep)
-    from facebank.embed._store import pending_partitions
+    from facebank.embed.bank._store import pending_partitions
 
     store = bank._segments[0][0]
     first = pending_partitions(store.loc, store.attrs)[:1]
@@ -184,7 +184,8 @@ def test_append_takes_metadata_columns_and_v1_banks_say_backfill(tmp_path):
     attrs = dict(g.attrs)
     attrs["facebank_format"] = 1
     attrs.pop("columns")
-    from facebank.embed._store import Location, write_group_json
+    from facebank.core.stores import Location
+    from facebank.embed.bank._store import write_group_json
 
     store = FeatureBank.open(tmp_path / "m.zarr")._segments[0][0]
     write_group_json(Location(tmp_path / "m.zarr"), attrs, store.children())
@@ -210,7 +211,7 @@ def _disk_bytes(root) -> int:
 
 
 def test_the_sharding_rule_rounds_large_pieces_up_and_leaves_small_ones_plain():
-    from facebank.embed.partitions import auto_shard_rows
+    from facebank.embed.bank.partitions import auto_shard_rows
 
     assert auto_shard_rows(400) is None and auto_shard_rows(8192) is None
     assert auto_shard_rows(8193) == 16384 and auto_shard_rows(65536) == 65536
@@ -260,7 +261,7 @@ def test_a_400_row_bank_costs_a_small_multiple_of_its_features(tmp_path):
 
 
 def test_a_bank_sharded_by_the_rule_consolidates_large_partitions_into_few_objects(tmp_path):
-    from facebank.embed.partitions import auto_shard_rows
+    from facebank.embed.bank.partitions import auto_shard_rows
 
     path = tmp_path / "sharded.zarr"
     n = 9000

@@ -9,7 +9,7 @@ import pytest
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from facebank.embed.errors import CalibrationWarning, DataError
+from facebank.core.errors import CalibrationWarning, DataError
 from facebank.heads import create_head, load_head
 from facebank.heads.calibration import (
     MIN_CALIBRATION_ROWS,

@@ -6,7 +6,7 @@ import sys
 from typer.testing import CliRunner
 
 import facebank.cli as cli
-from facebank.embed.errors import BankError
+from facebank.core.errors import BankError
 
 
 def test_help_lists_command_groups():
@@ -50,4 +50,4 @@ def test_cli_import_leaves_heavy_libraries_for_the_command_that_needs_them():
     assert out.stdout.strip() == "[]"
     code = "import facebank.embed as e; print(e.FeatureBank.__module__, 'scan_source' in dir(e))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["facebank.embed.bank", "True"]
+    assert out.stdout.split() == ["facebank.embed.bank.bank", "True"]

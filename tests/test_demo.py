@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.cli import app
-from facebank.embed.backbones import backbone_info
+from facebank.embed.backbones.registry import backbone_info
 
 AUC_FLOOR = 0.75  # see the module docstring: fixed a priori, not tuned on test output
 
@@ -116,7 +116,7 @@ def test_demo_refuses_an_absent_device_before_building_anything(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     from facebank.analysis.demo import run_demo
-    from facebank.embed.errors import FacebankError
+    from facebank.core.errors import FacebankError
 
     with pytest.raises(FacebankError, match="device .cuda."):
         run_demo(tmp_path / "demo", device="cuda", progress=False)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.evaluation import evaluate
-from facebank.embed.errors import BackboneMismatchError, DataError
+from facebank.core.errors import BackboneMismatchError, DataError
 from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
@@ -23,7 +23,7 @@ ENGINES = {"real": 500, "sdxl": 200, "stylegan2": 200, "midjourney": 150}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A bank, a linear run trained on it by heads.train_run, and a bank of extra images."""
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("evaluation")
@@ -126,7 +126,7 @@ def test_bank_without_reals_is_an_error_not_a_number(trained, synthetic_bank):
 
 
 def test_only_train_rows_left_is_an_error_that_counts_exclusions(trained, tmp_path):
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
 
     _, split_of = _split_counts(trained["run"])
     bank = FeatureBank.open(trained["root"] / "main.zarr")

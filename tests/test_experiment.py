@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.experiment import ExperimentResult, _view_slug, run_experiment
-from facebank.embed.errors import DataError, FacebankError, RunFolderError, UnknownNameError
-from facebank.embed.standin import make_standin_dataset
+from facebank.core.errors import DataError, FacebankError, RunFolderError, UnknownNameError
+from facebank.embed.inputs.standin import make_standin_dataset
 
 BACKBONE = "tiny-cnn"
 

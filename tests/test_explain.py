@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from facebank.analysis.explain import explain_features, explain_images, head_forward
+from facebank.core.errors import DataError, HeadError
 from facebank.embed import create_backbone, write_bank
-from facebank.embed.errors import DataError, HeadError
 from facebank.heads import create_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -155,7 +155,7 @@ def test_benchmark_tiny_prints_one_json_line(run_benchmark):
 
 
 def test_too_few_steps_warn_that_the_map_did_not_converge(setup):
-    from facebank.embed.errors import FacebankWarning
+    from facebank.core.errors import FacebankWarning
 
     bb, head, files, _ = setup
     with warnings.catch_warnings(record=True) as caught:

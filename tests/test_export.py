@@ -11,10 +11,11 @@ import pytest
 import zarr
 from PIL import Image
 
+from facebank.core.stores import Location
 from facebank.embed import BankError, FeatureBank, verify_bank, write_bank
-from facebank.embed._store import Location, Store, write_group_json
-from facebank.embed.export import backfill_metadata, export_bank, import_bank
-from facebank.embed.metadata import METADATA_SCHEMA
+from facebank.embed.bank._store import Store, write_group_json
+from facebank.embed.bank.export import backfill_metadata, export_bank, import_bank
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 
 RNG = np.random.default_rng(11)
 N, D = 25, 6

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from facebank.embed.face import crop_face, detect_faces, detector_info, largest_face
-from facebank.embed.views import FACE_FOUND, parse_view
+from facebank.embed.inputs.face import crop_face, detect_faces, detector_info, largest_face
+from facebank.embed.inputs.views import FACE_FOUND, parse_view
 
 
 def _astronaut() -> Image.Image:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facebank.embed.datasets import scan_source
-from facebank.embed.errors import DataError, FacebankError, RunFolderError, SourceError
-from facebank.embed.runs import run_session, start_run
+from facebank.core.errors import DataError, FacebankError, RunFolderError, SourceError
+from facebank.core.runs import run_session, start_run
+from facebank.embed.inputs.datasets import scan_source
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -12,15 +12,15 @@ import json
 import numpy as np
 import pytest
 
-from facebank.embed.bank import write_bank
-from facebank.embed.errors import (
+from facebank.core.errors import (
     BackboneMismatchError,
     BankError,
     DataError,
     FacebankError,
     UnmatchedRowsWarning,
 )
-from facebank.embed.multi import join_banks, joined_spec
+from facebank.embed.bank.bank import write_bank
+from facebank.embed.runner.multi import join_banks, joined_spec
 from facebank.heads import create_head, load_head
 from facebank.heads.fusion import FusionHead
 from facebank.heads.training import train_run

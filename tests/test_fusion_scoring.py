@@ -20,21 +20,21 @@ from typer.testing import CliRunner
 
 from facebank.analysis.evaluation import evaluate
 from facebank.cli import app
-from facebank.embed.bank import FeatureBank
-from facebank.embed.errors import BackboneMismatchError, FacebankError
-from facebank.embed.multi import (
+from facebank.core.errors import BackboneMismatchError, FacebankError
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.inputs.standin import make_standin_dataset
+from facebank.embed.runner.local import embed_source
+from facebank.embed.runner.multi import (
     banks_for_spec,
     embed_source_multi,
     encode_images_for,
     select_blocks,
 )
-from facebank.embed.runner import embed_source
-from facebank.embed.standin import make_standin_dataset
 from facebank.heads import load_head, score_run, train_run
 
 pytestmark = [
     pytest.mark.slow,  # the module's fixture embeds 32 images three times and trains 3 heads
-    pytest.mark.filterwarnings("ignore::facebank.embed.errors.SmallSampleWarning"),
+    pytest.mark.filterwarnings("ignore::facebank.core.errors.SmallSampleWarning"),
 ]
 KW = {"device": "cpu", "progress": False, "batch_size": 8, "num_workers": 0}
 # float16 banks against float32 features embedded at score time
@@ -152,7 +152,7 @@ def test_banks_for_spec_leaves_single_backbone_heads_alone(setup):
     assert banks_for_spec(bank.backbone, [bank], what="h") == [bank]
     assert banks_for_spec(None, [bank], what="h") == [bank]
     doc = dict(load_head(setup.joined_run).backbone_)
-    from facebank.embed.backbones import backbone_from_spec
+    from facebank.embed.backbones.registry import backbone_from_spec
 
     with pytest.raises(FacebankError, match="several backbones joined"):  # e.g. the Ray engine
         backbone_from_spec(doc, device="cpu")

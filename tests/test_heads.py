@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 
-from facebank.embed.errors import DataError, UnknownNameError
+from facebank.core.errors import DataError, UnknownNameError
 from facebank.heads import create_head, head_params, list_heads, load_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

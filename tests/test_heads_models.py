@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.heads import create_head, threshold_at_fpr
 from facebank.heads.mlp import MLPHead, augment_gaussian
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from facebank.embed.errors import BackboneMismatchError, HeadError
+from facebank.core.errors import BackboneMismatchError, HeadError
 from facebank.heads import check_backbone, create_head, load_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,8 +14,8 @@ import pytest
 from _imagecorpus import Expected, make_image_corpus
 from PIL import Image
 
-from facebank.embed.errors import FacebankError, ImageDecodeError
-from facebank.embed.images import (
+from facebank.core.errors import FacebankError, ImageDecodeError
+from facebank.embed.inputs.images import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     is_image_path,

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from facebank.embed.errors import DataError, UnknownNameError
+from facebank.core.errors import DataError, UnknownNameError
 from facebank.heads import _faiss
 
 

@@ -1,4 +1,4 @@
-"""Layers point one way: cli/commands -> analysis -> heads -> embed.
+"""Layers point one way: cli/commands -> analysis -> ray_engine -> heads -> embed -> core.
 
 Every module of the package is parsed (not imported) and every import statement in it
 is checked, including imports inside functions and under ``TYPE_CHECKING``: a lower layer
@@ -17,9 +17,11 @@ PACKAGE = "facebank"
 
 # layer -> the top-level facebank subpackages/modules it must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "embed": ("analysis", "heads", "cli", "commands"),
-    "heads": ("analysis", "cli", "commands"),
-    "analysis": ("cli", "commands"),
+    "core": ("embed", "heads", "ray_engine", "analysis", "cli", "commands", "testing"),
+    "embed": ("heads", "ray_engine", "analysis", "cli", "commands", "testing"),
+    "heads": ("ray_engine", "analysis", "cli", "commands", "testing"),
+    "ray_engine": ("analysis", "cli", "commands", "testing"),
+    "analysis": ("ray_engine", "cli", "commands", "testing"),
 }
 SKIP_DIRS = {"tests", "examples", "docs", "data", ".venv", "build", "dist", ".git"}
 
@@ -83,7 +85,7 @@ def _violations(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_the_scan_sees_every_layer():
     layers = {_layer(_module_name(p)) for p in _package_modules()}
-    assert {"embed", "heads", "analysis", "cli"} <= layers
+    assert {"core", "embed", "heads", "ray_engine", "analysis", "cli"} <= layers
 
 
 def test_relative_imports_resolve_to_absolute_names(tmp_path):
@@ -116,7 +118,7 @@ def test_exception_and_warning_classes_live_in_the_errors_module():
     suffixes = ("Error", "Exception", "Warning", "Interrupt", "Interrupted")
     stray = []
     for path in _package_modules():
-        if path == ROOT / "embed" / "errors.py":
+        if path == ROOT / "core" / "errors.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -126,11 +128,11 @@ def test_exception_and_warning_classes_live_in_the_errors_module():
                 and any(b.endswith(suffixes) for b in _class_bases(node))
             ):
                 stray.append(f"{path.relative_to(ROOT)}:{node.lineno} class {node.name}")
-    assert not stray, "define these in embed/errors.py and re-export them:\n" + "\n".join(stray)
+    assert not stray, "define these in core/errors.py and re-export them:\n" + "\n".join(stray)
 
 
 def test_errors_and_warnings_derive_from_the_two_bases():
-    import facebank.embed.errors as errors
+    import facebank.core.errors as errors
 
     classes = [c for c in vars(errors).values() if isinstance(c, type)]
     assert set(errors.__all__) == {c.__name__ for c in classes}

@@ -18,10 +18,10 @@ from facebank.analysis.leaderboard import (
     out_of_engine,
     run_backbone_comparison,
 )
-from facebank.embed.bank import FeatureBank, write_bank
-from facebank.embed.errors import DataError, UnknownNameError
-from facebank.embed.multi import join_banks
-from facebank.embed.standin import make_standin_dataset
+from facebank.core.errors import DataError, UnknownNameError
+from facebank.embed.bank.bank import FeatureBank, write_bank
+from facebank.embed.inputs.standin import make_standin_dataset
+from facebank.embed.runner.multi import join_banks
 from facebank.heads import train_run
 
 BACKBONES = ["tiny-cnn", "tiny-vit"]

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.heads import create_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

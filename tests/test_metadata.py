@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from facebank.embed.images import load_image, load_image_and_metadata
-from facebank.embed.metadata import (
+from facebank.embed.inputs.images import load_image, load_image_and_metadata
+from facebank.embed.inputs.metadata import (
     METADATA_SCHEMA,
     MISSING,
     header_metadata,

@@ -19,7 +19,7 @@ from facebank.analysis.metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 
 RNG = np.random.default_rng(0)
 

@@ -19,8 +19,7 @@ from facebank.analysis.neighbours import (
     find_leaks,
     resolve_image_path,
 )
-from facebank.embed import FeatureBank, write_bank
-from facebank.embed.errors import (
+from facebank.core.errors import (
     BackboneMismatchError,
     BankError,
     DataError,
@@ -28,6 +27,7 @@ from facebank.embed.errors import (
     ImageDecodeError,
     UnknownNameError,
 )
+from facebank.embed import FeatureBank, write_bank
 
 # Tiny synthetic data: Gaussian clusters per engine, 16-d.
 ENGINES = ("real", "sdxl", "stylegan2")

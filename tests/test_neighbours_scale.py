@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from facebank.analysis.neighbours import NeighbourIndex, engine_clusters, find_leaks
 from facebank.cli import app
+from facebank.core.errors import DataError
 from facebank.embed import write_bank
-from facebank.embed.errors import DataError
 
 ENGINES = ("real", "sdxl", "stylegan2")
 

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_curve
 from typer.testing import CliRunner
 
 from facebank.analysis.ood import fpr_at_tpr, ood
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
@@ -21,7 +21,7 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.heads import list_heads, train_run
 
     root = tmp_path_factory.mktemp("ood")

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.protocols import in_engine, leave_one_engine_out
-from facebank.embed.errors import BackboneMismatchError, DataError
-from facebank.embed.splits import assign_splits
+from facebank.core.errors import BackboneMismatchError, DataError
+from facebank.core.splits import assign_splits
 from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
@@ -29,7 +29,7 @@ def bank(tmp_path_factory):
 
 @pytest.mark.slow
 def test_in_engine_threshold_comes_from_validation_reals(bank, tmp_path):
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.heads import create_head
 
     path, d = bank

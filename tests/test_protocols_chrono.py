@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from facebank.analysis.chrono import SHIPPED_ENGINE_DATES, chronological, read_engine_dates
+from facebank.core.errors import DataError
 from facebank.embed import write_bank
-from facebank.embed.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -129,7 +129,7 @@ def test_cli_uses_the_shipped_dates_and_writes_a_run(tmp_path):
 
 def test_experiment_rejects_an_unknown_protocol_before_any_work(tmp_path):
     from facebank.analysis.experiment import run_experiment
-    from facebank.embed.errors import UnknownNameError
+    from facebank.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="valid: few-shot, chrono"):
         run_experiment(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from facebank.analysis.fewshot import few_shot
+from facebank.core.errors import DataError
 from facebank.embed import write_bank
-from facebank.embed.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

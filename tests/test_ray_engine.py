@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facebank.core.errors import FacebankError
 from facebank.embed import FeatureBank, embed_source
-from facebank.embed.errors import FacebankError
 
 FAST = dict(batch_size=4, progress=False)
 
 
 def test_without_ray_the_error_says_how_to_install(monkeypatch):
-    from facebank.embed import ray_engine
+    import facebank.ray_engine.embedding as ray_engine
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(FacebankError, match=r"pip install 'facebank\[ray\]'"):
@@ -42,7 +42,7 @@ def test_cli_engine_ray_without_ray_is_one_line_with_the_install(tmp_path, monke
 
 
 def test_options_are_checked_before_any_work():
-    from facebank.embed.ray_engine import RayOptions
+    from facebank.ray_engine.embedding import RayOptions
 
     with pytest.raises(FacebankError, match="--partition-rows 0"):
         RayOptions(partition_rows=0)
@@ -94,7 +94,7 @@ def _assert_same_bank(a: FeatureBank, b: FeatureBank) -> None:
 
 
 def _ray_embed(src, out, **opts):
-    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+    from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,8 +133,8 @@ def test_ray_bank_equals_the_local_runners(tmp_path, cluster):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_run_killed_between_partitions_resumes_to_the_same_bank(tmp_path, cluster, monkeypatch):
-    from facebank.embed import ray_engine
-    from facebank.embed.partitions import committed_partitions
+    import facebank.ray_engine.embedding as ray_engine
+    from facebank.embed.bank.partitions import committed_partitions
 
     src = _source(tmp_path / "src")
     local = _local(src, tmp_path / "local.zarr")
@@ -175,7 +175,7 @@ def _encoder_pids() -> list[int]:
 @pytest.mark.timeout(400)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds actors through /proc")
 def test_kill_9_of_an_encoder_actor_mid_run_loses_no_row(tmp_path, cluster):
-    from facebank.embed.partitions import committed_partitions
+    from facebank.embed.bank.partitions import committed_partitions
 
     src = _source(tmp_path / "src", n=30)
     local = _local(src, tmp_path / "local.zarr")
@@ -214,8 +214,8 @@ def test_kill_9_of_an_encoder_actor_mid_run_loses_no_row(tmp_path, cluster):
 @pytest.mark.timeout(300)
 def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
     from facebank.heads import train_run
-    from facebank.heads.ray_scoring import score_images_ray
     from facebank.heads.scoring import score_run
+    from facebank.ray_engine.scoring import score_images_ray
 
     src = _source(tmp_path / "src", n=10)
     bank = _local(src, tmp_path / "local.zarr")
@@ -232,7 +232,7 @@ def test_ray_scoring_equals_local_scoring(tmp_path, cluster):
         (tmp_path / "local.csv").read_text().splitlines()[0]
     )
     # partitioned output on the cluster: parquet parts holding the same rows
-    from facebank.heads.ray_scoring import read_scores, score_partitioned
+    from facebank.ray_engine.scoring import read_scores, score_partitioned
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -266,7 +266,7 @@ def test_ray_embeds_a_source_on_s3_with_storage_options_into_the_same_bank(
         "client_kwargs": {"endpoint_url": s3_endpoint},
     }
     local = _local(src, tmp_path / "local.zarr")
-    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+    from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

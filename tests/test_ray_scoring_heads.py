@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facebank.core.errors import FacebankError, WeightsUnavailableError
 from facebank.embed import FeatureBank, embed_source
-from facebank.embed.errors import FacebankError, WeightsUnavailableError
-from facebank.embed.multi import embed_source_multi, select_blocks
+from facebank.embed.runner.multi import embed_source_multi, select_blocks
 from facebank.heads import load_head, score_run, train_run
 
 ray = pytest.importorskip("ray")
@@ -103,7 +103,7 @@ def _offline_member(run, tmp_path, monkeypatch):
 def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(
     heads, tmp_path, ray_cluster, monkeypatch
 ):
-    from facebank.heads.ray_scoring import read_scores, score_partitioned
+    from facebank.ray_engine.scoring import read_scores, score_partitioned
 
     spec = load_head(heads.fusion).backbone_
     assert spec["library"] == "joined"
@@ -137,8 +137,9 @@ def test_a_fusion_head_scores_on_ray_into_partitions_as_locally(
 def test_a_joined_features_head_scores_on_ray_into_a_csv_as_locally(
     heads, tmp_path, ray_cluster, monkeypatch
 ):
-    from facebank.heads import ray_scoring, scoring
-    from facebank.heads.ray_scoring import score_images_ray
+    import facebank.ray_engine.scoring as ray_scoring
+    from facebank.heads import scoring
+    from facebank.ray_engine.scoring import score_images_ray
 
     local = _local(heads.joined, [heads.data], tmp_path / "local.csv")
     # with a progress bar score_run asks for blocks of images (here 8): one pipeline

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facebank.core.errors import DataError
 from facebank.embed import FeatureBank, embed_source, encode_images
-from facebank.embed.errors import DataError
-from facebank.heads.ray_scoring import read_scores, score_partitioned
 from facebank.heads.scoring import score_run
+from facebank.ray_engine.scoring import read_scores, score_partitioned
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,7 +116,7 @@ def test_head_and_partitioned_scores_on_s3(tmp_path, trained, s3_bucket):
     _score(run, src, tmp_path / "ref", partition_rows=8)
     assert table["path"].to_pylist() == read_scores(tmp_path / "ref")["path"].to_pylist()
     assert "testing-secret" not in fs.cat_file(f"{s3_bucket}/scores/score.json").decode()
-    from facebank.embed.errors import HeadError
+    from facebank.core.errors import HeadError
 
     with pytest.raises(HeadError, match="does not exist"):
         load_head(f"{s3_bucket}/runs/none")
@@ -125,8 +125,8 @@ def test_head_and_partitioned_scores_on_s3(tmp_path, trained, s3_bucket):
 def test_one_stream_cut_into_partitions_scores_like_one_call_per_partition(tmp_path, trained):
     """The Ray path's stream (batches of 3) served to partitions of 4: same rows."""
     from facebank.heads import load_head
-    from facebank.heads.ray_scoring import _Stream
     from facebank.heads.scoring import collect_inputs
+    from facebank.ray_engine.scoring import _Stream
 
     src, run = trained
     files = collect_inputs([src]).images
@@ -178,8 +178,8 @@ def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained,
 
     from typer.testing import CliRunner
 
+    import facebank.ray_engine.scoring as ray_scoring
     from facebank.cli import app
-    from facebank.heads import ray_scoring
 
     src, run = trained
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.report import ReportError, render_markdown, write_report
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table, start_run, write_json
 
 
 class _Collect(HTMLParser):
@@ -152,7 +152,7 @@ def test_config_json_values_are_shown(runs, tmp_path):
 
 
 def test_report_never_replaces_a_page_silently(tmp_path):
-    from facebank.embed.errors import RunFolderError
+    from facebank.core.errors import RunFolderError
 
     run = tmp_path / "a"
     _run(run, "evaluate")

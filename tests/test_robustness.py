@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.robustness import robustness, view_family
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.testing import synthetic_arrays, write_synthetic_bank
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
@@ -30,7 +30,7 @@ VIEWS = {
 
 @pytest.fixture(scope="module")
 def views(tmp_path_factory):
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("robustness")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from facebank.embed import FeatureBank, embed_source, scan_source, sha256_file
-from facebank.embed.datasets import ImageItem, decode_path, encode_path
+from facebank.embed.inputs.datasets import ImageItem, decode_path, encode_path
 
 FAST = dict(batch_size=4, num_workers=0, progress=False)
 ODD_NAMES = [

@@ -6,16 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from facebank.embed import (
-    BackboneMismatchError,
-    FacebankError,
-    UnknownNameError,
-    backbone_id,
-    require_same_backbone,
-    same_backbone,
-)
-from facebank.embed.errors import FacebankWarning, RunFolderError
-from facebank.embed.runs import (
+from facebank.core.errors import FacebankWarning, RunFolderError
+from facebank.core.runs import (
     fmt_value,
     markdown_table,
     new_run_dir,
@@ -23,6 +15,14 @@ from facebank.embed.runs import (
     start_run,
     to_jsonable,
     write_json,
+)
+from facebank.embed import (
+    BackboneMismatchError,
+    FacebankError,
+    UnknownNameError,
+    backbone_id,
+    require_same_backbone,
+    same_backbone,
 )
 
 SPEC = {

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facebank.cli import app
+from facebank.core.errors import DataError
 from facebank.embed import embed_source, write_bank
-from facebank.embed.errors import DataError
 from facebank.heads import load_head, score_run, train_run
 from facebank.heads.scoring import collect_inputs, verdicts
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.heads import create_head, list_heads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -105,7 +105,7 @@ def test_a_group_spanning_engines_lands_in_one_split():
 
 
 def test_group_by_folder_level():
-    from facebank.embed.splits import parse_group_by
+    from facebank.core.splits import parse_group_by
 
     paths = np.array(["real/lfw/bush/1.jpg", "real/lfw/blair/2.jpg", "gan/x.png"])
     assert parse_group_by("level:2", paths).tolist() == ["bush", "blair", ""]
@@ -148,9 +148,9 @@ def test_train_run_group_by_keeps_each_folder_group_in_one_split(tmp_path):
 
 
 def test_resolve_groups_forms_and_errors(tmp_path):
+    from facebank.core.errors import DataError
+    from facebank.core.splits import resolve_groups
     from facebank.embed import write_bank
-    from facebank.embed.errors import DataError
-    from facebank.embed.splits import resolve_groups
 
     bank = write_bank(
         tmp_path / "b.zarr",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facebank.embed.errors import DataError
-from facebank.embed.standin import (
+from facebank.core.errors import DataError
+from facebank.embed.inputs.standin import (
     _GRID,
     IMAGE_SIZE,
     STANDIN_ENGINES,

@@ -64,7 +64,7 @@ def _no_secret_in_folder(folder) -> None:
 def test_experiment_on_an_s3_source_gives_the_local_copys_bank_rows(
     tmp_path, s3_bucket, options_only
 ):
-    from facebank.embed.standin import make_standin_dataset
+    from facebank.embed.inputs.standin import make_standin_dataset
 
     opts, fs = options_only
     local = make_standin_dataset(tmp_path / "faces", n_per_class=16)
@@ -148,7 +148,7 @@ def test_storage_options_reach_run_folders_score_inputs_and_heads(
 def test_store_defaults_set_only_the_urls_protocols_and_restore_them():
     import fsspec.config
 
-    from facebank.embed._remote import store_defaults
+    from facebank.core.stores import store_defaults
 
     before = {k: dict(v) for k, v in fsspec.config.conf.items()}
     opts = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}}

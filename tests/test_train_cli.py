@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.cli import app
+from facebank.core.errors import BackboneMismatchError, DataError
 from facebank.embed import write_bank
-from facebank.embed.errors import BackboneMismatchError, DataError
 from facebank.heads import load_head, score_run, train_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

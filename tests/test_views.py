@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facebank.embed.errors import FacebankError, UnknownNameError
-from facebank.embed.views import VIEW_FORMS, View, parse_view
+from facebank.core.errors import FacebankError, UnknownNameError
+from facebank.embed.inputs.views import VIEW_FORMS, View, parse_view
 
 
 def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
@@ -228,8 +228,8 @@ def test_normalise_upsamples_small_images_and_centre_crops():
 
 
 def test_face_view_flags_images_without_a_face_and_skip_records_a_reason():
-    from facebank.embed.errors import ImageDecodeError
-    from facebank.embed.views import FACE_FOUND
+    from facebank.core.errors import ImageDecodeError
+    from facebank.embed.inputs.views import FACE_FOUND
 
     blank = _photo(120, 120)
     kept = parse_view("face")(blank)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.compat import require_one_backbone
-from facebank.embed.errors import BankError, DataError
+from facebank.core.errors import BankError, DataError
+from facebank.embed.backbones.compat import require_one_backbone
 
 __all__ = ["IndexRows", "resolve_image_path"]
 

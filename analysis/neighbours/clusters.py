@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.bank.types import BanksLike
 
 from ._scan import NeighbourScan
 from ._source import sample_rows

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.compat import backbone_id
-from facebank.embed.errors import DataError, ImageDecodeError
+from facebank.core.errors import DataError, ImageDecodeError
+from facebank.embed.backbones.compat import backbone_id
 from facebank.heads._faiss import (
     METRICS,
     build_index,
@@ -835,7 +835,7 @@ def write_index(
     """
     import time
 
-    from facebank.embed.runs import start_run, write_json
+    from facebank.core.runs import start_run, write_json
 
     run = start_run(
         out,

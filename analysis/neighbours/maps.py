@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError, UnknownNameError
-from facebank.embed.runs import start_run, write_json
+from facebank.core.errors import DataError, UnknownNameError
+from facebank.core.runs import start_run, write_json
+from facebank.embed.bank.types import BanksLike
 
 from ._source import _Source, sample_rows
 from .index import NeighbourIndex

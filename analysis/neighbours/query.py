@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table, start_run, write_json
 
 from .index import NeighbourRecord
 

@@ -65,7 +65,7 @@ def synthetic_metadata(
 
 def write_bench_bank(path: Path, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A bank of ``n`` rows (4-d features) with metadata; returns (labels, head scores)."""
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.testing import synthetic_backbone
 
     meta, y, engines = synthetic_metadata(n, seed)

@@ -41,7 +41,7 @@ from bench_embed import machine, make_jpegs
 def _decode_seconds(files: list[Path], side: int) -> float:
     from PIL import Image
 
-    from facebank.embed.images import load_image
+    from facebank.embed.inputs.images import load_image
 
     t = time.perf_counter()
     for f in files:
@@ -52,8 +52,8 @@ def _decode_seconds(files: list[Path], side: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from facebank.embed.multi import embed_source_multi
-    from facebank.embed.runner import embed_source
+    from facebank.embed.runner.local import embed_source
+    from facebank.embed.runner.multi import embed_source_multi
 
     names = [n for n in args.backbones.split(",") if n]
     kw = {

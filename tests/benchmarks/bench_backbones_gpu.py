@@ -29,7 +29,7 @@ from bench_embed import machine
 def _throughput(name: str, *, device: str, batch: int, warmup: int, batches: int) -> dict:
     import torch
 
-    from facebank.embed.backbones import backbone_info, build_backbone
+    from facebank.embed.backbones.registry import backbone_info, build_backbone
 
     t0 = time.perf_counter()
     b = build_backbone(backbone_info(name), device=device, random_weights=True)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batches", type=int, default=5)
     args = ap.parse_args(argv)
-    from facebank.embed.backbones import list_backbones
+    from facebank.embed.backbones.registry import list_backbones
 
     names = list_backbones(include_test=False)
     if args.tiny:

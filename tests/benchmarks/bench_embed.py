@@ -64,7 +64,7 @@ def make_jpegs(folder: Path, *, n: int, size: int, seed: int = 0) -> list[Path]:
 def bench_decode(paths: list[Path], *, side: int = 224, repeats: int = 3) -> dict:
     from PIL import Image
 
-    from facebank.embed.images import load_image
+    from facebank.embed.inputs.images import load_image
 
     def resize(img):
         w, h = img.size
@@ -99,8 +99,8 @@ def bench_metadata(paths: list[Path], *, side: int = 224, repeats: int = 3) -> d
     """
     from PIL import Image
 
-    from facebank.embed.images import load_image
-    from facebank.embed.metadata import finish_metadata, header_metadata
+    from facebank.embed.inputs.images import load_image
+    from facebank.embed.inputs.metadata import finish_metadata, header_metadata
 
     for p in paths:
         p.read_bytes()
@@ -210,7 +210,7 @@ def bench_bank_read(tmp: Path, *, rows: int, dim: int, repeats: int = 3) -> dict
 def machine(device: str) -> dict:
     import torch
 
-    from facebank.embed.devices import resolve_device
+    from facebank.core.devices import resolve_device
 
     dev = torch.device(resolve_device(device))
     info = {

@@ -74,7 +74,7 @@ def random_weights_file(name: str, path: Path) -> Path:
     ``visual.*`` tensors."""
     from safetensors.torch import save_file
 
-    from facebank.embed.backbones import backbone_info, build_backbone
+    from facebank.embed.backbones.registry import backbone_info, build_backbone
 
     info = backbone_info(name)
     if info.library != "open_clip":
@@ -136,7 +136,7 @@ def _figures(summary: object, wall: float, sampler: GpuSampler) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     from facebank.embed import embed_source
-    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+    from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-ray-gpu-"))
     work.mkdir(parents=True, exist_ok=True)

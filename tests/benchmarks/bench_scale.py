@@ -95,7 +95,7 @@ def _local(source: Path, out: Path, backbone: str, batch_size: int) -> dict:
 def _ray(source: Path, out: Path, backbone: str, batch_size: int, workers: int, rows: int) -> dict:
     import ray
 
-    from facebank.embed.ray_engine import RayOptions, embed_source_ray
+    from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
     shutil.rmtree(out, ignore_errors=True)
     # a cluster already running in this process (the test suite's, when run in-process)
@@ -131,7 +131,7 @@ def _partition_cost(folder: Path, *, rows: int, dim: int, repeats: int) -> dict:
     import numpy as np
 
     from facebank.embed import FeatureBank
-    from facebank.embed.partitions import consolidate, write_partition
+    from facebank.embed.bank.partitions import consolidate, write_partition
     from facebank.testing import synthetic_backbone
 
     path = folder / "parts.zarr"
