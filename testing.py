@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.bank.bank import FeatureBank, _arrays_backbone, write_bank
+from facebank.embed.bank.bank import FeatureBank, write_bank
+from facebank.embed.bank.writing import arrays_backbone
 
 __all__ = ["synthetic_backbone", "synthetic_arrays", "write_synthetic_bank"]
 
@@ -23,7 +24,7 @@ def synthetic_backbone(dim: int) -> dict[str, Any]:
     Use it to make a bank with :meth:`FeatureBank.create` that concatenates with banks
     written by :func:`~facebank.embed.write_bank` from arrays.
     """
-    return _arrays_backbone(dim)
+    return arrays_backbone(dim)
 
 
 def synthetic_arrays(

@@ -55,7 +55,8 @@ from facebank.embed.bank._store import (
     read_group_attrs,
     write_group_json,
 )
-from facebank.embed.bank.bank import FeatureBank, _row_columns, _write_rows
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.bank.writing import row_columns, write_rows
 from facebank.embed.inputs.metadata import METADATA_SCHEMA
 
 __all__ = [
@@ -169,7 +170,7 @@ def write_partition(
     core["split"] = columns.get("split", as_column("split", None, max(n, 0)))
     feature_meta = loc.read_json("features/zarr.json")
     dim = int(feature_meta["shape"][1])
-    cols = _row_columns(features, dim=dim, name=loc.url, core=core, columns=extra)
+    cols = row_columns(features, dim=dim, name=loc.url, core=core, columns=extra)
     X = np.asarray(features)
     n = X.shape[0]
     extra_attrs = {k: list(v) for k, v in (attrs or {}).items()}
@@ -197,7 +198,7 @@ def write_partition(
         concurrent=not loc.is_local,
     )
     store = Store(ploc, group, writable=True, arrays=arrays)
-    _write_rows(store, 0, X, cols)
+    write_rows(store, 0, X, cols)
     pattrs = {
         "facebank_partition": index,
         "count": n,
