@@ -168,9 +168,9 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
     # (4 blocks, the last one short), so the bank is read once, for the add; other
     # indexes stream the bank a second time for the self-search (IVF with every list
     # probed is exact)
-    import facebank.analysis.neighbours.index as nb
+    import facebank.analysis.neighbours.selfknn as nb
 
-    monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 32)
+    monkeypatch.setattr(nb, "SELF_BLOCK_ROWS", 32)
     seen = []
     original = FeatureBank.iter_features
 
@@ -207,9 +207,9 @@ def test_self_knn_streams_in_chunks_and_equals_brute_force(bank, monkeypatch, fa
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 @pytest.mark.parametrize("exclude_self", [True, False])
 def test_symmetric_block_self_knn_equals_sklearn_brute(monkeypatch, metric, exclude_self):
-    import facebank.analysis.neighbours.index as nb
+    import facebank.analysis.neighbours.selfknn as nb
 
-    monkeypatch.setattr(nb, "_SELF_BLOCK_ROWS", 40)  # blocks of 40, 40, 40 and 30 rows
+    monkeypatch.setattr(nb, "SELF_BLOCK_ROWS", 40)  # blocks of 40, 40, 40 and 30 rows
     X = np.random.default_rng(4).standard_normal((150, 12)).astype(np.float32) * 3 + 1
     index = NeighbourIndex(X, metric=metric)
     D, I = index.self_knn(6, exclude_self=exclude_self)

@@ -14,7 +14,8 @@ from facebank.heads._faiss import METRICS
 
 from ._source import IndexRows, resolve_image_path
 from .clusters import ClusterResult, engine_clusters
-from .index import DEFAULT_CHUNK_ROWS, IndexRun, NeighbourIndex, NeighbourRecord, write_index
+from .index import DEFAULT_CHUNK_ROWS, NeighbourIndex, NeighbourRecord
+from .index_run import IndexRun, write_index
 from .leaks import LeakResult, find_leaks, read_run_splits
 from .maps import EmbeddingMap, MapResult, embedding_map, embedding_maps, write_maps
 from .query import QueryResult, write_query

@@ -2,7 +2,7 @@
 
 :class:`NeighbourScan` opens (or reuses) the index, reads the row metadata an analysis
 needs as small integer codes in one chunked pass over the banks' columns
-(``_Source.encode`` over ``FeatureBank.iter_columns``: never a whole string column), and
+(``FeatureSource.encode`` over ``FeatureBank.iter_columns``: never a whole string column), and
 then yields the self-search chunk by chunk. Besides the index, memory is one chunk of
 features and its ``(chunk, k)`` results plus the codes (a byte or two a row); per-row
 results are folded into the caller's accumulators chunk by chunk, never an ``(n, k)``
@@ -76,7 +76,7 @@ class NeighbourScan:
         return self.index.iter_self_knn(k, exclude_self=True)
 
     def columns(self, names: Sequence[str]) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-        """Row columns chunk by chunk (``_Source.iter_columns``), ``chunk_rows`` at a time."""
+        """Row columns chunk by chunk (``FeatureSource.iter_columns``), ``chunk_rows`` at a time."""
         return self.source.iter_columns(names, chunk_rows=self.chunk_rows)
 
     def take(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

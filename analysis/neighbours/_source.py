@@ -3,12 +3,13 @@
 Features are only ever read in chunks (``iter_raw``, ``iter_chunks``) or by row number
 (``load_rows``), so nothing here holds all features at once. Row metadata comes two ways:
 :class:`IndexRows` (every column as an object array, for reports and forensics) and
-:meth:`_Source.codes` (one column as small integer codes plus a vocabulary, a few bytes a
+:meth:`FeatureSource.codes` (one column as small integer codes plus a vocabulary, a few bytes a
 row, for the analyses that must scale to 10^7 rows).
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from facebank.core.errors import BankError, DataError
 from facebank.embed.backbones.compat import require_one_backbone
+from facebank.embed.bank.bank import open_banks
 
 __all__ = ["IndexRows", "resolve_image_path"]
 
@@ -90,21 +92,19 @@ def _is_bank(obj: Any) -> bool:
 
 
 def _open_banks(data: Any) -> list[Any]:
-    """FeatureBank | path | a list of them -> list of banks (opened)."""
-    from facebank.embed import FeatureBank
-
+    """FeatureBank | path | a list of them -> list of banks (opened by ``open_banks``)."""
     items = list(data) if isinstance(data, (list, tuple)) else [data]
-    if not items:
-        raise DataError("no banks given; pass at least one FeatureBank (or bank path)")
-    banks = []
     for item in items:
-        if isinstance(item, (str, Path)):
-            item = FeatureBank.open(item)
-        if not _is_bank(item):
+        if not isinstance(item, (str, os.PathLike)) and not _is_bank(item):
             raise DataError(
                 f"expected a FeatureBank, a bank path or an (n, D) array, got {type(item).__name__}"
             )
-        banks.append(item)
+    try:
+        banks = open_banks(items)
+    except BankError as exc:
+        if items:
+            raise
+        raise DataError(str(exc)) from None
     require_one_backbone(banks)
     for b in banks:
         if len(b) == 0:
@@ -128,7 +128,7 @@ _BANK_COLUMNS = {
 }
 
 
-class _Source:
+class FeatureSource:
     """Rows to index: one or more banks, or an in-memory array, behind one chunked API."""
 
     def __init__(self, data: Any) -> None:

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import numpy as np
 
 from facebank.core.errors import DataError, ImageDecodeError
 from facebank.embed.backbones.compat import backbone_id
+from facebank.embed.inputs.images import sha256_file
 from facebank.heads._faiss import (
     METRICS,
     build_index,
@@ -50,18 +49,15 @@ from facebank.heads._faiss import (
     train_sample_rows,
 )
 
-from ._source import IndexRows, _Source
+from . import selfknn
+from ._source import FeatureSource, IndexRows
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
     "METRICS",
-    "IndexRun",
     "NeighbourIndex",
     "NeighbourRecord",
-    "write_index",
 ]
-
-log = logging.getLogger(__name__)
 
 # 64k rows x 768-d float32 is 200 MB: large enough that FAISS's blocked GEMM search runs
 # at full speed, small enough that two chunks sit beside a big index.
@@ -69,9 +65,8 @@ DEFAULT_CHUNK_ROWS = 65536
 # Rows per read from a bank: reads decode into temporaries several times their size,
 # so they are kept small and converted straight into the float32 chunk buffer.
 _READ_ROWS = 8192
-# Exact self-search block: three 3072 x 3072 float32 buffers (36 MB each) at a time;
-# sgemm runs as fast at 3072 as at 4096 on a 2-core AVX2 CPU.
-_SELF_BLOCK_ROWS = 3072
+
+log = logging.getLogger(__name__)
 # A neighbour this close is the query itself (its own row, or the same pixels): float32
 # cosine of a unit vector with itself is 1 within ~1e-6.
 _SAME_FEATURES = 1.0 - 1e-5
@@ -209,7 +204,7 @@ class NeighbourIndex:
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.k_factor = k_factor
-        self._source = _Source(data)
+        self._source = FeatureSource(data)
         self.dim = self._source.dim
         self.backbone = self._source.backbone
         self.view = self._source.view
@@ -543,67 +538,23 @@ class NeighbourIndex:
         )
 
     def _self_knn_symmetric(self, k: int, *, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Exact self-kNN over a CPU flat index, each block product used for rows and columns.
-
-        The similarity (or distance) of rows ``i`` and ``j`` is the same number seen from
-        either side, so the blocks ``(a, b)`` with ``b >= a`` suffice: the product
-        ``X_a X_b^T`` feeds the heaps of ``a``'s rows and, transposed, those of ``b``'s
-        rows - half the GEMM FLOPs of searching every row against the index. The heaps
-        are FAISS's own (``ResultHeap``), as in its search. A worker thread feeds the heaps
-        from one product while the next product is computed (two product buffers and
-        one transpose buffer of ``_SELF_BLOCK_ROWS``^2 floats: 108 MB). With
-        ``exclude_self`` a row's own entry is masked on the diagonal blocks, so exact
-        duplicates stay neighbours.
-        """
+        """Exact self-kNN over a CPU flat index (:func:`.selfknn.symmetric_self_knn`)."""
         import faiss
 
         index = faiss.downcast_index(self.index)
         n, d = self.ntotal, self.dim
         X = faiss.rev_swig_ptr(index.codes.data(), n * d * 4).view(np.float32).reshape(n, d)
-        cosine = self.metric == "cosine"
-        sq = None if cosine else np.einsum("ij,ij->i", X, X)
-        heap = faiss.ResultHeap(n, k, keep_max=cosine)
-        B = min(_SELF_BLOCK_ROWS, n)
-        products = [np.empty(B * B, np.float32), np.empty(B * B, np.float32)]
-        transposed = np.empty(B * B, np.float32)
-
-        def feed(S: np.ndarray, a0: int, b0: int) -> None:
-            (na, nb), a1, b1 = S.shape, a0 + S.shape[0], b0 + S.shape[1]
-            if not cosine:  # squared distances as FAISS computes them, clamped at 0
-                S *= -2
-                S += sq[a0:a1, None]
-                S += sq[None, b0:b1]
-                np.maximum(S, 0, out=S)
-            if a0 == b0 and exclude_self:
-                np.fill_diagonal(S, -np.inf if cosine else np.inf)
-            heap.heaps.addn(nb, faiss.swig_ptr(S), b0, a0, na)
-            if a0 != b0:
-                T = transposed[: S.size].reshape(nb, na)
-                _transpose(S, out=T, pool=pool)
-                heap.heaps.addn(na, faiss.swig_ptr(T), a0, b0, nb)
-
-        starts = list(range(0, n, B))
-        pairs = [(a0, b0) for i, a0 in enumerate(starts) for b0 in starts[i:]]
-        pending = None
-        with (
-            ThreadPoolExecutor(1) as worker,
-            ThreadPoolExecutor(2) as pool,
-            self._progress("self-search", total=len(pairs)) as step,
-        ):
-            for p, (a0, b0) in enumerate(pairs):
-                a1, b1 = min(a0 + B, n), min(b0 + B, n)
-                # alternate buffers: the worker still reads the previous product
-                S = products[p % 2][: (a1 - a0) * (b1 - b0)].reshape(a1 - a0, b1 - b0)
-                np.matmul(X[a0:a1], X[b0:b1].T, out=S)  # while the worker feeds the last one
-                if pending is not None:
-                    pending.result()
-                    step()
-                pending = worker.submit(feed, S, a0, b0)
-            if pending is not None:
-                pending.result()
-                step()
-        heap.finalize()
-        return heap.D, heap.I
+        B = min(selfknn.SELF_BLOCK_ROWS, n)
+        n_blocks = -(-n // B)
+        with self._progress("self-search", total=n_blocks * (n_blocks + 1) // 2) as step:
+            return selfknn.symmetric_self_knn(
+                X,
+                k,
+                block_rows=B,
+                cosine=self.metric == "cosine",
+                exclude_self=exclude_self,
+                step=step,
+            )
 
     @contextlib.contextmanager
     def _progress(self, desc: str, total: int) -> Iterator[Any]:
@@ -653,7 +604,7 @@ class NeighbourIndex:
             labels = list(names) if names is not None else paths
             images = paths
         D, I = self.search(X, k)
-        shas = [_file_sha256(p) if p else "" for p in images]
+        shas = [sha256_file(p) if p else "" for p in images]
         return self._records(D, I, labels, images, files=images, shas=shas)
 
     def query_rows(
@@ -799,115 +750,5 @@ class NeighbourIndex:
         return self._source.iter_chunks(self.chunk_rows)
 
 
-@dataclass(frozen=True)
-class IndexRun:
-    """What ``facebank neighbours index`` wrote: the run folder and the index in it."""
-
-    run_dir: Path
-    index_file: Path
-    ntotal: int
-    build_s: float
-    files: dict[str, int]
-
-
-def write_index(
-    data: Any,
-    *,
-    out: str | Path,
-    factory: str = "Flat",
-    metric: str = "cosine",
-    device: str = "auto",
-    nprobe: int | None = None,
-    k_factor: int | None = None,
-    on_disk: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    seed: int = 0,
-    progress: bool = False,
-) -> IndexRun:
-    """Build a :class:`NeighbourIndex` over banks and write it into a run folder.
-
-    ``out/index/index.faiss`` holds the index (``faiss.read_index`` reads it); with
-    ``on_disk`` the IVF lists are added partition by partition and merged into
-    ``out/index/index.ivfdata`` (``faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR)``
-    reads it from the folder it is in: the lists stay on disk, memory-mapped).
-    ``config.json`` records the options, ``metrics.json`` the rows, the build time and
-    the file sizes.
-    """
-    import time
-
-    from facebank.core.runs import start_run, write_json
-
-    run = start_run(
-        out,
-        command="neighbours index",
-        config={
-            "factory": factory,
-            "metric": metric,
-            "on_disk": bool(on_disk),
-            "nprobe": nprobe,
-            "k_factor": k_factor,
-            "chunk_rows": int(chunk_rows),
-            "seed": int(seed),
-        },
-    )
-    folder = run / "index"
-    t0 = time.perf_counter()
-    index = NeighbourIndex(
-        data,
-        factory=factory,
-        metric=metric,
-        device="cpu" if on_disk and device == "auto" else device,
-        nprobe=nprobe,
-        k_factor=k_factor,
-        chunk_rows=chunk_rows,
-        seed=seed,
-        on_disk=folder if on_disk else None,
-        progress=progress,
-    )
-    path = index.save(folder)
-    build_s = time.perf_counter() - t0
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-    write_json(
-        run / "metrics.json",
-        {
-            "ntotal": index.ntotal,
-            "dim": index.dim,
-            "factory": index.factory,
-            "metric": index.metric,
-            "on_disk": bool(on_disk),
-            "banks": index._source.bank_paths,
-            "build_s": round(build_s, 3),
-            "files": files,
-        },
-    )
-    return IndexRun(run_dir=run, index_file=path, ntotal=index.ntotal, build_s=build_s, files=files)
-
-
 def _str_or_none(p: Path | None) -> str | None:
     return None if p is None else str(p)
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _transpose(
-    S: np.ndarray, *, out: np.ndarray, pool: ThreadPoolExecutor, strip: int = 16
-) -> None:
-    """``out[:] = S.T``, in strips of ``strip`` rows split between the ``pool``'s threads.
-
-    Strips are 4-5x faster than numpy's plain strided copy of a 4096 x 4096 block (whose
-    writes would miss the cache every time); numpy releases the GIL while copying.
-    """
-
-    def strips(lo: int, hi: int) -> None:
-        for i in range(lo, hi, strip):
-            out[:, i : i + strip] = S[i : i + strip].T
-
-    half = S.shape[0] // 2 // strip * strip
-    for f in [pool.submit(strips, 0, half), pool.submit(strips, half, S.shape[0])]:
-        f.result()

@@ -19,7 +19,7 @@ from facebank.core.errors import DataError, UnknownNameError
 from facebank.core.runs import start_run, write_json
 from facebank.embed.bank.types import BanksLike
 
-from ._source import _Source, sample_rows
+from ._source import FeatureSource, sample_rows
 from .index import NeighbourIndex
 
 __all__ = ["EmbeddingMap", "MapResult", "embedding_map", "embedding_maps", "write_maps"]
@@ -83,7 +83,7 @@ def embedding_map(
 
     if method not in _MAP_METHODS:
         raise UnknownNameError(f"unknown map method {method!r}; valid: {', '.join(_MAP_METHODS)}")
-    source = banks._source if isinstance(banks, NeighbourIndex) else _Source(banks)
+    source = banks._source if isinstance(banks, NeighbourIndex) else FeatureSource(banks)
     n = len(source)
     if n < 3:
         raise DataError(f"a 2-D map needs at least 3 rows, the banks hold {n}")
@@ -164,7 +164,7 @@ def embedding_maps(
     seed: int = 0,
 ) -> MapResult:
     """:func:`embedding_map` for each method, on the same seeded subsample."""
-    source = banks._source if isinstance(banks, NeighbourIndex) else _Source(banks)
+    source = banks._source if isinstance(banks, NeighbourIndex) else FeatureSource(banks)
     maps = [embedding_map(source.data, method=m, max_points=max_points, seed=seed) for m in methods]
     return MapResult(
         maps=maps,
