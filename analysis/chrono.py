@@ -27,12 +27,13 @@ from typing import Any, Literal
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import md_section
 from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
 from .metrics import fpr_label
+from .runfolder import RunContents, write_run
 
 __all__ = ["ChronoResult", "chronological", "read_engine_dates", "SHIPPED_ENGINE_DATES"]
 
@@ -294,46 +295,37 @@ def chronological(
         seconds=time.perf_counter() - t0,
     )
     if out is not None:
-        res.run_dir = _write(res, d, out, date_source)
+        res.run_dir = write_run(out, _contents(res, d, date_source))
     return res
 
 
-def _write(res: ChronoResult, d: ProtocolData, out: str | Path, date_source: str) -> Path:
-    from .plots import save_figure
-
-    run = start_run(
-        out,
-        command="protocol chrono",
-        config={
-            "banks": d.banks,
-            "views": d.views,
-            "head": res.head,
-            "params": res.params,
-            "seed": res.seed,
-            "fpr": res.fpr,
-            "window": res.window,
-            "engine_dates": res.dates,
-            "engine_dates_source": date_source,
-            "splits": res.split_source,
-            "fit_split": "train, engines released up to the cut-off",
-            "threshold_split": "val (reals only)",
-            "test_split": "later engines: all rows; trained engines and reals: test",
-        },
-    )
-    write_json(
-        run / "metrics.json",
-        {
-            "protocol": "chrono",
-            "fpr": res.fpr,
-            "windows": res.windows,
-            "table": res.table,
-            "cells": res.per_cell,
-            "engines": res.engines,
-            "dates": res.dates,
-            "matrix": res.matrix,
-            "seconds": res.seconds,
-        },
-    )
+def _contents(res: ChronoResult, d: ProtocolData, date_source: str) -> RunContents:
+    config = {
+        "banks": d.banks,
+        "views": d.views,
+        "head": res.head,
+        "params": res.params,
+        "seed": res.seed,
+        "fpr": res.fpr,
+        "window": res.window,
+        "engine_dates": res.dates,
+        "engine_dates_source": date_source,
+        "splits": res.split_source,
+        "fit_split": "train, engines released up to the cut-off",
+        "threshold_split": "val (reals only)",
+        "test_split": "later engines: all rows; trained engines and reals: test",
+    }
+    metrics = {
+        "protocol": "chrono",
+        "fpr": res.fpr,
+        "windows": res.windows,
+        "table": res.table,
+        "cells": res.per_cell,
+        "engines": res.engines,
+        "dates": res.dates,
+        "matrix": res.matrix,
+        "seconds": res.seconds,
+    }
     fl = fpr_label(res.fpr)
     text = f"# Chronological protocol ({res.head}, view {', '.join(d.views)})\n\n"
     text += (
@@ -356,9 +348,13 @@ def _write(res: ChronoResult, d: ProtocolData, out: str | Path, date_source: str
         for r in res.table
     ]
     text += md_section("Per cut-off", markdown_table(rows, digits=3))
-    (run / "chrono.md").write_text(text)
-    save_figure(_figure(res), run / "chrono.png")
-    return run
+    return RunContents(
+        command="protocol chrono",
+        config=config,
+        metrics=metrics,
+        pages={"chrono.md": text},
+        figures={"chrono.png": lambda: _figure(res)},
+    )
 
 
 def _figure(res: ChronoResult):

@@ -31,12 +31,13 @@ from typing import Any, Literal
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import md_section
 from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
 from .metrics import fpr_label, proportion_interval
+from .runfolder import RunContents, write_run
 
 __all__ = ["FewShotResult", "few_shot", "DEFAULT_SHOTS", "ShotWeight"]
 
@@ -256,7 +257,7 @@ def few_shot(
         seconds=time.perf_counter() - t0,
     )
     if out is not None:
-        res.run_dir = _write(res, d, out)
+        res.run_dir = write_run(out, _contents(res, d))
     return res
 
 
@@ -311,41 +312,32 @@ def _average(curve: list[dict[str, Any]], ks: list[int], held: list[str]) -> lis
     return out
 
 
-def _write(res: FewShotResult, d: ProtocolData, out: str | Path) -> Path:
-    from .plots import save_figure
-
-    run = start_run(
-        out,
-        command="protocol few-shot",
-        config={
-            "banks": d.banks,
-            "views": d.views,
-            "head": res.head,
-            "params": res.params,
-            "shots": res.shots,
-            "draws": res.draws,
-            "shot_weight": res.shot_weight,
-            "seed": res.seed,
-            "fpr": res.fpr,
-            "engines": res.engines,
-            "splits": res.split_source,
-            "fit_split": "train (other engines) + k draws from the held-out engine's train split",
-            "threshold_split": "val (reals only)",
-            "test_split": "test",
-        },
-    )
-    write_json(
-        run / "metrics.json",
-        {
-            "protocol": "few-shot",
-            "fpr": res.fpr,
-            "curve": res.curve,
-            "average": res.average,
-            "points": res.points,
-            "stopped": res.stopped,
-            "seconds": res.seconds,
-        },
-    )
+def _contents(res: FewShotResult, d: ProtocolData) -> RunContents:
+    config = {
+        "banks": d.banks,
+        "views": d.views,
+        "head": res.head,
+        "params": res.params,
+        "shots": res.shots,
+        "draws": res.draws,
+        "shot_weight": res.shot_weight,
+        "seed": res.seed,
+        "fpr": res.fpr,
+        "engines": res.engines,
+        "splits": res.split_source,
+        "fit_split": "train (other engines) + k draws from the held-out engine's train split",
+        "threshold_split": "val (reals only)",
+        "test_split": "test",
+    }
+    metrics = {
+        "protocol": "few-shot",
+        "fpr": res.fpr,
+        "curve": res.curve,
+        "average": res.average,
+        "points": res.points,
+        "stopped": res.stopped,
+        "seconds": res.seconds,
+    }
     fl = fpr_label(res.fpr)
     text = f"# Few-shot curves ({res.head}, view {', '.join(d.views)})\n\n"
     text += (
@@ -381,9 +373,13 @@ def _write(res: FewShotResult, d: ProtocolData, out: str | Path) -> Path:
         for r in res.curve
     ]
     text += md_section("Per engine", markdown_table(rows, digits=3))
-    (run / "few_shot.md").write_text(text)
-    save_figure(_figure(res), run / "few_shot.png")
-    return run
+    return RunContents(
+        command="protocol few-shot",
+        config=config,
+        metrics=metrics,
+        pages={"few_shot.md": text},
+        figures={"few_shot.png": lambda: _figure(res)},
+    )
 
 
 def _figure(res: FewShotResult):

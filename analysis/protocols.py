@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import SmallSampleWarning
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import fmt_ci, md_section
 from ._protocol_core import ProtocolData, load_protocol_data, rate_of, train_and_test
 from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table
+from .runfolder import RunContents, write_run
 
 __all__ = ["InEngineResult", "LoeoResult", "in_engine", "leave_one_engine_out", "PROTOCOLS"]
 
@@ -109,46 +110,55 @@ def in_engine(
         seconds=time.perf_counter() - t0,
     )
     if out is not None:
-        from .evaluation import per_engine_markdown
-        from .plots import engine_bars_figure, roc_figure, save_figure
+        res.run_dir = write_run(out, _in_engine_contents(res, d, metrics, rows, s, te))
+    return res
 
-        run = start_run(out, command="protocol in-engine", config=_config(res, d))
-        write_json(
-            run / "metrics.json",
-            {
-                "metrics": metrics.to_dict(),
-                "per_engine": rows,
-                "threshold": res.threshold,
-                "n_train": res.n_train,
-                "n_val_reals": res.n_val_reals,
-                "n_test": res.n_test,
-                "seconds": res.seconds,
-            },
-        )
-        text = f"# In-engine protocol ({head}, view {', '.join(d.views)})\n\n"
-        text += (
-            f"Trained on the train split of every engine; threshold {res.threshold:.4g} set on "
-            f"{res.n_val_reals} validation reals at FPR {fpr_label(fpr)}; tested on "
-            f"{res.n_test} test rows. Splits: {d.split_source}.\n\n"
-        )
-        text += md_section(
-            "Test split per engine", per_engine_markdown(rows, view=", ".join(d.views))
-        )
-        text += md_section("Test metrics", markdown_table(metrics.table_rows(), digits=4))
-        (run / "metrics.md").write_text(text)
-        save_figure(
-            roc_figure(
+
+def _in_engine_contents(
+    res: InEngineResult,
+    d: ProtocolData,
+    metrics: BinaryMetrics,
+    rows: list[dict[str, Any]],
+    s: np.ndarray,
+    te: np.ndarray,
+) -> RunContents:
+    from .evaluation import per_engine_markdown
+    from .plots import engine_bars_figure, roc_figure
+
+    head, fpr = res.head, res.fpr
+    summary = {
+        "metrics": metrics.to_dict(),
+        "per_engine": rows,
+        "threshold": res.threshold,
+        "n_train": res.n_train,
+        "n_val_reals": res.n_val_reals,
+        "n_test": res.n_test,
+        "seconds": res.seconds,
+    }
+    text = f"# In-engine protocol ({head}, view {', '.join(d.views)})\n\n"
+    text += (
+        f"Trained on the train split of every engine; threshold {res.threshold:.4g} set on "
+        f"{res.n_val_reals} validation reals at FPR {fpr_label(fpr)}; tested on "
+        f"{res.n_test} test rows. Splits: {d.split_source}.\n\n"
+    )
+    text += md_section("Test split per engine", per_engine_markdown(rows, view=", ".join(d.views)))
+    text += md_section("Test metrics", markdown_table(metrics.table_rows(), digits=4))
+    return RunContents(
+        command="protocol in-engine",
+        config=_config(res, d),
+        metrics=summary,
+        pages={"metrics.md": text},
+        figures={
+            "roc.png": lambda: roc_figure(
                 d.y[te],
                 s,
                 engines=d.engines[te],
                 threshold=res.threshold,
                 title="ROC (in-engine test split)",
             ),
-            run / "roc.png",
-        )
-        save_figure(engine_bars_figure(rows, title="in-engine test split"), run / "per_engine.png")
-        res.run_dir = run
-    return res
+            "per_engine.png": lambda: engine_bars_figure(rows, title="in-engine test split"),
+        },
+    )
 
 
 def _config(res: Any, d: ProtocolData) -> dict[str, Any]:
@@ -322,15 +332,13 @@ def leave_one_engine_out(
         seconds=time.perf_counter() - t0,
     )
     if out is not None:
-        res.run_dir = _write_loeo(res, d, Path(out))
+        res.run_dir = write_run(out, _loeo_contents(res, d))
     return res
 
 
-def _write_loeo(res: LoeoResult, d: ProtocolData, out: Path) -> Path:
-    from .plots import loeo_heatmap, save_figure
+def _loeo_contents(res: LoeoResult, d: ProtocolData) -> RunContents:
+    from .plots import loeo_heatmap
 
-    run = start_run(out, command="protocol loeo", config=_config(res, d))
-    write_json(run / "metrics.json", res.to_dict())
     rows = [
         {
             "engine": r["engine"],
@@ -374,18 +382,19 @@ def _write_loeo(res: LoeoResult, d: ProtocolData, out: Path) -> Path:
     text += md_section(
         "TPR matrix (row: trained without; column: tested on)", markdown_table(mat_rows, digits=3)
     )
-    (run / "loeo.md").write_text(text)
-    save_figure(
-        loeo_heatmap(
-            res.matrix,
-            row_labels=res.row_labels,
-            col_labels=res.engines,
-            title=f"TPR at FPR {fpr_label(res.fpr)} ({res.head}, view {', '.join(d.views)})",
-        ),
-        run / "loeo_matrix.png",
+    title = f"TPR at FPR {fpr_label(res.fpr)} ({res.head}, view {', '.join(d.views)})"
+    return RunContents(
+        command="protocol loeo",
+        config=_config(res, d),
+        metrics=res.to_dict(),
+        pages={"loeo.md": text},
+        figures={
+            "loeo_matrix.png": lambda: loeo_heatmap(
+                res.matrix, row_labels=res.row_labels, col_labels=res.engines, title=title
+            ),
+            "loeo_bars.png": lambda: _loeo_bars(res),
+        },
     )
-    save_figure(_loeo_bars(res), run / "loeo_bars.png")
-    return run
 
 
 def _loeo_bars(res: LoeoResult):
