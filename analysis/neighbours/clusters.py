@@ -208,9 +208,6 @@ def engine_clusters(
     Returns:
         A :class:`ClusterResult`.
     """
-    import faiss
-    from sklearn.metrics import silhouette_score
-
     scan = NeighbourScan(
         banks,
         columns=["engine"],
@@ -233,75 +230,19 @@ def engine_clusters(
     del codes
     n, E = len(y), len(names)
 
-    # one pass over the self-search: per-engine purity and the confusion counts
-    purity = _PurityStats(E, keep_values=n <= _BOOTSTRAP_MAX)
-    counts = np.zeros((E, E), dtype=np.int64)
     k = index._check_k(k, exclude_self=True)
-    for start, stop, _, I in scan.neighbours(k):
-        valid = I >= 0
-        nb = np.where(valid, y[np.clip(I, 0, None)], -1)
-        own = y[start:stop, None]
-        same = (nb == own).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
-        purity.add(y[start:stop], same)
-        np.add.at(counts, (np.broadcast_to(own, nb.shape)[valid], nb[valid]), 1)
+    per_engine, overall, counts = _purity(scan, y, names, k=k, n_boot=n_boot, rng=rng)
     confusion = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-
-    per_engine = []
-    for e, name in enumerate(names):
-        lo, hi = purity.interval(e, n_boot=n_boot, rng=rng)
-        per_engine.append(
-            {
-                "engine": name,
-                "n": purity.count(e),
-                "purity": purity.mean(e),
-                "lo": lo,
-                "hi": hi,
-                "chance": (purity.count(e) - 1) / max(n - 1, 1),
-            }
-        )
-    micro_lo, micro_hi = purity.interval(None, n_boot=n_boot, rng=rng)
-    macro = float(np.mean([purity.mean(e) for e in range(E)]))
-    macro_lo, macro_hi = purity.macro_interval(macro, n_boot=n_boot, rng=rng)
-    overall = {
-        "micro": purity.mean(None),
-        "micro_lo": micro_lo,
-        "micro_hi": micro_hi,
-        "macro": macro,
-        "macro_lo": macro_lo,
-        "macro_hi": macro_hi,
-    }
-
-    silhouette, sil_n = None, 0
-    if 2 <= E < n:
-        sub = sample_rows(n, silhouette_max, rng)
-        if len(np.unique(y[sub])) >= 2 and len(sub) > len(np.unique(y[sub])):
-            Xs = index.load_rows(sub)
-            silhouette = float(silhouette_score(Xs, y[sub], metric="cosine"))
-            sil_n = int(len(sub))
-
-    n_clusters = int(n_clusters or E)
-    km: dict[str, Any] = {"n_clusters": n_clusters, "nmi": None, "ari": None, "train_rows": 0}
-    if 2 <= n_clusters <= n:
-        sub = sample_rows(n, kmeans_max, rng)
-        Xk = index._prepare(index.load_rows(sub))
-        kmeans = faiss.Kmeans(
-            index.dim,
-            n_clusters,
-            niter=25,
-            seed=seed,
-            spherical=index.metric == "cosine",
-            max_points_per_centroid=max(256, len(sub) // n_clusters + 1),
-            verbose=False,
-            min_points_per_centroid=1,  # small banks are fine; FAISS would only warn
-        )
-        kmeans.train(Xk)
-        del Xk
-        # engine x cluster counts, filled chunk by chunk: NMI and ARI are functions of it
-        table = np.zeros((E, n_clusters), dtype=np.int64)
-        for start, stop, X in index._prepared_chunks("k-means"):
-            _, a = kmeans.index.search(X, 1)
-            np.add.at(table, (y[start:stop], a[:, 0]), 1)
-        km.update(nmi=_nmi(table), ari=_ari(table), train_rows=int(len(sub)))
+    silhouette, sil_n = _silhouette(index, y, n_classes=E, max_rows=silhouette_max, rng=rng)
+    km = _kmeans(
+        index,
+        y,
+        n_classes=E,
+        n_clusters=int(n_clusters or E),
+        max_rows=kmeans_max,
+        seed=seed,
+        rng=rng,
+    )
 
     result = ClusterResult(
         engines=names,
@@ -330,6 +271,110 @@ def engine_clusters(
             k_factor=k_factor,
         )
     return result
+
+
+def _purity(
+    scan: NeighbourScan,
+    y: np.ndarray,
+    names: list[str],
+    *,
+    k: int,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], dict[str, float], np.ndarray]:
+    """One pass over the self-search: per-engine purity with intervals, the overall
+    micro/macro purity, and the ``(E, E)`` neighbour-engine counts."""
+    n, E = len(y), len(names)
+    purity = _PurityStats(E, keep_values=n <= _BOOTSTRAP_MAX)
+    counts = np.zeros((E, E), dtype=np.int64)
+    for start, stop, _, I in scan.neighbours(k):
+        valid = I >= 0
+        nb = np.where(valid, y[np.clip(I, 0, None)], -1)
+        own = y[start:stop, None]
+        same = (nb == own).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+        purity.add(y[start:stop], same)
+        np.add.at(counts, (np.broadcast_to(own, nb.shape)[valid], nb[valid]), 1)
+    per_engine = []
+    for e, name in enumerate(names):
+        lo, hi = purity.interval(e, n_boot=n_boot, rng=rng)
+        per_engine.append(
+            {
+                "engine": name,
+                "n": purity.count(e),
+                "purity": purity.mean(e),
+                "lo": lo,
+                "hi": hi,
+                "chance": (purity.count(e) - 1) / max(n - 1, 1),
+            }
+        )
+    micro_lo, micro_hi = purity.interval(None, n_boot=n_boot, rng=rng)
+    macro = float(np.mean([purity.mean(e) for e in range(E)]))
+    macro_lo, macro_hi = purity.macro_interval(macro, n_boot=n_boot, rng=rng)
+    overall = {
+        "micro": purity.mean(None),
+        "micro_lo": micro_lo,
+        "micro_hi": micro_hi,
+        "macro": macro,
+        "macro_lo": macro_lo,
+        "macro_hi": macro_hi,
+    }
+    return per_engine, overall, counts
+
+
+def _silhouette(
+    index: Any, y: np.ndarray, *, n_classes: int, max_rows: int, rng: np.random.Generator
+) -> tuple[float | None, int]:
+    """Cosine silhouette of the engines on a seeded subsample of ``max_rows`` rows."""
+    from sklearn.metrics import silhouette_score
+
+    n = len(y)
+    if not 2 <= n_classes < n:
+        return None, 0
+    sub = sample_rows(n, max_rows, rng)
+    if len(np.unique(y[sub])) < 2 or len(sub) <= len(np.unique(y[sub])):
+        return None, 0
+    Xs = index.load_rows(sub)
+    return float(silhouette_score(Xs, y[sub], metric="cosine")), int(len(sub))
+
+
+def _kmeans(
+    index: Any,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    n_clusters: int,
+    max_rows: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """k-means on a seeded sample, every row assigned; NMI and ARI against the engines."""
+    import faiss
+
+    n = len(y)
+    km: dict[str, Any] = {"n_clusters": n_clusters, "nmi": None, "ari": None, "train_rows": 0}
+    if not 2 <= n_clusters <= n:
+        return km
+    sub = sample_rows(n, max_rows, rng)
+    Xk = index._prepare(index.load_rows(sub))
+    kmeans = faiss.Kmeans(
+        index.dim,
+        n_clusters,
+        niter=25,
+        seed=seed,
+        spherical=index.metric == "cosine",
+        max_points_per_centroid=max(256, len(sub) // n_clusters + 1),
+        verbose=False,
+        min_points_per_centroid=1,  # small banks are fine; FAISS would only warn
+    )
+    kmeans.train(Xk)
+    del Xk
+    # engine x cluster counts, filled chunk by chunk: NMI and ARI are functions of it
+    table = np.zeros((n_classes, n_clusters), dtype=np.int64)
+    for start, stop, X in index._prepared_chunks("k-means"):
+        _, a = kmeans.index.search(X, 1)
+        np.add.at(table, (y[start:stop], a[:, 0]), 1)
+    km.update(nmi=_nmi(table), ari=_ari(table), train_rows=int(len(sub)))
+    return km
 
 
 class _PurityStats:
