@@ -245,22 +245,11 @@ def chronological(
                 warm_from=previous,
             )
             previous = fitted.estimator
-            for j, e in enumerate(order):
-                trained = e in past
-                r = fitted.rate(X_test[e] if trained else X_all[e])
-                matrix[i, j] = r.rate
-                trained_mask[i, j] = trained
-                cells.append(
-                    {
-                        "cutoff": wins[i]["window"],
-                        "engine": e,
-                        "tpr": r.rate,
-                        "n": r.n,
-                        "ci": list(r.ci),
-                        "trained": trained,
-                        "rows": "test split" if trained else "all rows",
-                    }
-                )
+            row, row_cells = _rate_cutoff(
+                fitted, wins[i]["window"], past=past, order=order, X_test=X_test, X_all=X_all
+            )
+            matrix[i], trained_mask[i] = row, np.isin(order, past)
+            cells += row_cells
             col = {e: j for j, e in enumerate(order)}
             future = [e for e in order if e not in past]
             table.append(
@@ -269,9 +258,9 @@ def chronological(
                     "trained": past,
                     "next": nxt,
                     "n_train": int(fit_rows.sum()),
-                    "tpr_next": float(np.nanmean([matrix[i, col[e]] for e in nxt])),
-                    "tpr_future": float(np.nanmean([matrix[i, col[e]] for e in future])),
-                    "tpr_past": float(np.nanmean([matrix[i, col[e]] for e in past])),
+                    "tpr_next": float(np.nanmean([row[col[e]] for e in nxt])),
+                    "tpr_future": float(np.nanmean([row[col[e]] for e in future])),
+                    "tpr_past": float(np.nanmean([row[col[e]] for e in past])),
                     "fpr_test_reals": fitted.fpr_test_reals,
                     "n_test_reals": fitted.n_test_reals,
                     "threshold": fitted.threshold,
@@ -297,6 +286,37 @@ def chronological(
     if out is not None:
         res.run_dir = write_run(out, _contents(res, d, date_source))
     return res
+
+
+def _rate_cutoff(
+    fitted: Any,
+    cutoff: str,
+    *,
+    past: list[str],
+    order: list[str],
+    X_test: Mapping[str, np.ndarray],
+    X_all: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """TPR of one cut-off's head on every engine: a trained engine on its test rows, a
+    later one on all its rows. Returns the matrix row and one cell record per engine."""
+    row = np.full(len(order), np.nan)
+    cells = []
+    for j, e in enumerate(order):
+        trained = e in past
+        r = fitted.rate(X_test[e] if trained else X_all[e])
+        row[j] = r.rate
+        cells.append(
+            {
+                "cutoff": cutoff,
+                "engine": e,
+                "tpr": r.rate,
+                "n": r.n,
+                "ci": list(r.ci),
+                "trained": trained,
+                "rows": "test split" if trained else "all rows",
+            }
+        )
+    return row, cells
 
 
 def _contents(res: ChronoResult, d: ProtocolData, date_source: str) -> RunContents:

@@ -158,14 +158,13 @@ def few_shot(
     d = load_protocol_data(banks, seed)
     held = d.held_engines(engines, protocol="few-shot curves")
     d.require_test_reals("the test FPR")
-    tr, te = d.train, d.test
+    tr = d.train
     n_train_of = {e: int((tr & (d.engines == e)).sum()) for e in d.ai_engines}
 
     from rich.progress import Progress
 
     points: list[dict[str, Any]] = []
     stopped: dict[str, str] = {}
-    shot_weights: dict[str, float] = {}
     fits = {e: [k for k in ks if k <= n_train_of[e]] for e in held}
     total = sum(1 + draws * sum(k > 0 for k in f) for f in fits.values())
     # every fit starts from a related solution (heads with warm_start): each engine's k = 0
@@ -177,68 +176,26 @@ def few_shot(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("few-shot", total=total)
         for ei, e in enumerate(held):
-            pool = np.flatnonzero(tr & (d.engines == e))
-            X_test_e = d.X[te & (d.engines == e)]
-            if len(X_test_e) == 0:
-                raise DataError(
-                    f"engine {e!r} has no rows in the test split, so its TPR cannot be measured; "
-                    "give it test rows or leave it out with engines=[...]"
-                )
-            base = np.flatnonzero(tr & (d.engines != e))
-            # training rows = base rows then the k drawn rows, in one buffer per engine: a
-            # draw overwrites k rows and each fit takes a prefix (a view), instead of
-            # gathering all ~n rows again for each of the engine's fits
-            nb = base.size
-            bx = np.empty((nb + pool.size, d.X.shape[1]), dtype=d.X.dtype)
-            bx[:nb] = d.X[base]
-            by, be = np.r_[d.y[base], d.y[pool]], np.r_[d.engines[base], d.engines[pool]]
-            if fits[e][-1:] != ks[-1:]:
-                stopped[e] = (
-                    f"{e} has {pool.size} train images: its curve stops at "
-                    f"k={max(fits[e], default=0)} (asked up to k={ks[-1]})"
-                )
             others = [n_train_of[f] for f in d.ai_engines if f != e]
-            engine_share = float(np.mean(others))  # train rows of an average other engine
-            k0 = start
-            for k in fits[e]:
-                fit_params = dict(params or {})
-                if weighting == "balanced" and k:
-                    # E's k images together weigh as much as an average other engine's rows
-                    fit_params["engine_weight"] = {e: engine_share / k}
-                    shot_weights[f"{e}@{k}"] = engine_share / k
-                for draw in range(1 if k == 0 else draws):
-                    rng = np.random.default_rng([seed, ei, k, draw])
-                    if k:
-                        bx[nb : nb + k] = d.X[rng.choice(pool, size=k, replace=False)]
-                    n = nb + k  # the pool's rows share E's label and engine name
-                    fitted = train_and_test(
-                        d,
-                        bx[:n],
-                        by[:n],
-                        be[:n],
-                        head=head,
-                        params=fit_params,
-                        fpr=fpr,
-                        warm_from=k0 if k else start,
-                    )
-                    if k == 0:
-                        k0 = fitted.estimator
-                    hit = fitted.rate(X_test_e)
-                    points.append(
-                        {
-                            "engine": e,
-                            "k": k,
-                            "draw": draw,
-                            "tpr": hit.rate,
-                            "n_detected": hit.hits,
-                            "n_test": hit.n,
-                            "fpr_test_reals": fitted.fpr_test_reals,
-                            "n_test_reals": fitted.n_test_reals,
-                            "threshold": fitted.threshold,
-                            "shot_weight": fit_params.get("engine_weight", {}).get(e, 1.0),
-                        }
-                    )
-                    bar.advance(task)
+            msg = _engine_points(
+                d,
+                e,
+                seed=[seed, ei],
+                ks=fits[e],
+                draws=draws,
+                head=head,
+                params=params,
+                fpr=fpr,
+                # E's k images together weigh as much as an average other engine's rows
+                share=float(np.mean(others)) if weighting == "balanced" else None,
+                start=start,
+                points=points,
+                advance=lambda: bar.advance(task),
+            )
+            if fits[e][-1:] != ks[-1:]:
+                stopped[e] = f"{msg}: its curve stops at k={max(fits[e], default=0)} " + (
+                    f"(asked up to k={ks[-1]})"
+                )
     curve = _curve(points)
     res = FewShotResult(
         points=points,
@@ -259,6 +216,83 @@ def few_shot(
     if out is not None:
         res.run_dir = write_run(out, _contents(res, d))
     return res
+
+
+def _engine_points(
+    d: ProtocolData,
+    e: str,
+    *,
+    seed: list[int],
+    ks: list[int],
+    draws: int,
+    head: str,
+    params: Mapping[str, Any] | None,
+    fpr: float,
+    share: float | None,
+    start: Any,
+    points: list[dict[str, Any]],
+    advance: Any,
+) -> str:
+    """Fit and test the held-out engine ``e`` at each k, appending one point per draw.
+
+    Returns:
+        ``"E has N train images"``, the start of the message when its curve stops early.
+    """
+    tr, te = d.train, d.test
+    pool = np.flatnonzero(tr & (d.engines == e))
+    X_test_e = d.X[te & (d.engines == e)]
+    if len(X_test_e) == 0:
+        raise DataError(
+            f"engine {e!r} has no rows in the test split, so its TPR cannot be measured; "
+            "give it test rows or leave it out with engines=[...]"
+        )
+    base = np.flatnonzero(tr & (d.engines != e))
+    # training rows = base rows then the k drawn rows, in one buffer per engine: a draw
+    # overwrites k rows and each fit takes a prefix (a view), instead of gathering all
+    # ~n rows again for each of the engine's fits
+    nb = base.size
+    bx = np.empty((nb + pool.size, d.X.shape[1]), dtype=d.X.dtype)
+    bx[:nb] = d.X[base]
+    by, be = np.r_[d.y[base], d.y[pool]], np.r_[d.engines[base], d.engines[pool]]
+    k0 = start
+    for k in ks:
+        fit_params = dict(params or {})
+        if share is not None and k:
+            fit_params["engine_weight"] = {e: share / k}
+        for draw in range(1 if k == 0 else draws):
+            rng = np.random.default_rng([*seed, k, draw])
+            if k:
+                bx[nb : nb + k] = d.X[rng.choice(pool, size=k, replace=False)]
+            n = nb + k  # the pool's rows share E's label and engine name
+            fitted = train_and_test(
+                d,
+                bx[:n],
+                by[:n],
+                be[:n],
+                head=head,
+                params=fit_params,
+                fpr=fpr,
+                warm_from=k0 if k else start,
+            )
+            if k == 0:
+                k0 = fitted.estimator
+            hit = fitted.rate(X_test_e)
+            points.append(
+                {
+                    "engine": e,
+                    "k": k,
+                    "draw": draw,
+                    "tpr": hit.rate,
+                    "n_detected": hit.hits,
+                    "n_test": hit.n,
+                    "fpr_test_reals": fitted.fpr_test_reals,
+                    "n_test_reals": fitted.n_test_reals,
+                    "threshold": fitted.threshold,
+                    "shot_weight": fit_params.get("engine_weight", {}).get(e, 1.0),
+                }
+            )
+            advance()
+    return f"{e} has {pool.size} train images"
 
 
 def _weight_words(shot_weight: str) -> str:

@@ -118,19 +118,7 @@ class BankWriting:
                 unreachable, or arguments are invalid.
         """
         loc = Location(path, storage_options=storage_options)
-        dim = backbone.get("dim")
-        if not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise BankError(f"backbone spec {dict(backbone)!r} has no positive integer 'dim'")
-        if int(chunk_rows) <= 0:
-            raise BankError(f"chunk_rows={chunk_rows!r} must be a positive integer")
-        if shard_rows is not None and (int(shard_rows) <= 0 or int(shard_rows) % int(chunk_rows)):
-            raise BankError(
-                f"shard_rows={shard_rows!r} must be a positive multiple of chunk_rows={chunk_rows}"
-            )
-        if dtype not in ("float16", "float32"):
-            raise BankError(f"dtype {dtype!r} is not valid; use one of ['float16', 'float32']")
-        if compression not in ("lz4", "none"):
-            raise BankError(f"compression {compression!r} is not valid; use 'lz4' or 'none'")
+        layout = _layout(backbone, dtype, chunk_rows, shard_rows, compression)
         loc.check_reachable()
         attrs = {
             "backbone": json.loads(json.dumps(dict(backbone))),
@@ -143,13 +131,6 @@ class BankWriting:
             "partitions": {},
             "failures": [],
             "duplicates": [],
-        }
-        layout: dict[str, Any] = {
-            "dim": int(dim),
-            "dtype": dtype,
-            "chunk_rows": int(chunk_rows),
-            "shard_rows": int(shard_rows) if shard_rows else None,
-            "compression": compression,
         }
         if loc.local is None:
             return cls._create_remote(loc, attrs, layout, overwrite=overwrite)
@@ -400,6 +381,36 @@ def arrays_backbone(dim: int) -> dict[str, Any]:
         "mean": None,
         "std": None,
         "l2_normalised": False,
+    }
+
+
+def _layout(
+    backbone: Mapping[str, Any],
+    dtype: str,
+    chunk_rows: int,
+    shard_rows: int | None,
+    compression: str,
+) -> dict[str, Any]:
+    """The arrays' layout of a new bank, each argument checked (``BankError`` naming it)."""
+    dim = backbone.get("dim")
+    if not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise BankError(f"backbone spec {dict(backbone)!r} has no positive integer 'dim'")
+    if int(chunk_rows) <= 0:
+        raise BankError(f"chunk_rows={chunk_rows!r} must be a positive integer")
+    if shard_rows is not None and (int(shard_rows) <= 0 or int(shard_rows) % int(chunk_rows)):
+        raise BankError(
+            f"shard_rows={shard_rows!r} must be a positive multiple of chunk_rows={chunk_rows}"
+        )
+    if dtype not in ("float16", "float32"):
+        raise BankError(f"dtype {dtype!r} is not valid; use one of ['float16', 'float32']")
+    if compression not in ("lz4", "none"):
+        raise BankError(f"compression {compression!r} is not valid; use 'lz4' or 'none'")
+    return {
+        "dim": int(dim),
+        "dtype": dtype,
+        "chunk_rows": int(chunk_rows),
+        "shard_rows": int(shard_rows) if shard_rows else None,
+        "compression": compression,
     }
 
 
