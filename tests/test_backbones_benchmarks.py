@@ -46,7 +46,7 @@ def test_backbones_gpu_benchmark_runs_tiny_on_the_cpu(run_benchmark):
     """Smoke run: the GPU benchmark's code path on the CPU in float32 (no speed figure)."""
     fig = _run(run_benchmark, "bench_backbones_gpu.py")
     assert fig["benchmark"] == "backbones_gpu" and fig["precision"] == "float32"
-    from facebank.embed.backbones import backbone_info
+    from facebank.embed.backbones.registry import backbone_info
 
     for name in ("tiny-cnn", "tiny-vit"):
         row = fig["backbones"][name]
