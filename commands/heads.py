@@ -107,7 +107,9 @@ def heads_cmd(
 
     for n in [name] if name else list_heads():
         info = head_info(n)
-        typer.echo(f"{n:<10} {info.description} [{info.source}]")
+        where = [info.source] if info.source else []
+        where += [f"plugin {info.plugin}"] if info.plugin else []
+        typer.echo(f"{n:<10} {info.description} [{'; '.join(where)}]")
         typer.echo("    " + "  ".join(f"{k}={v!r}" for k, v in head_params(n).items()))
         cls = info.load()
         if hasattr(cls, "resolved_config"):  # mlp: None = the preset's value

@@ -33,6 +33,7 @@ __all__ = [
     "EngineOverlapWarning",
     "TestOnlyBackboneWarning",
     "UnmatchedRowsWarning",
+    "PluginWarning",
 ]
 
 
@@ -147,3 +148,8 @@ class TestOnlyBackboneWarning(FacebankWarning):
 
 class UnmatchedRowsWarning(FacebankWarning):
     """Banks joined by image sha256 had rows without a partner in every bank (left out)."""
+
+
+class PluginWarning(FacebankWarning):
+    """An installed plugin (entry point ``facebank.heads`` / ``facebank.backbones``) failed
+    to load or to register; the built-ins and the other plugins still work."""

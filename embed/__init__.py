@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the static view of the lazy names below
         backbone_info,
         create_backbone,
         list_backbones,
+        register_backbone,
     )
     from facebank.embed.bank.bank import FeatureBank, concat_banks, write_bank
     from facebank.embed.bank.partitions import committed_partitions, consolidate, write_partition
@@ -73,6 +74,7 @@ _LAZY = {
     "backbone_info": "facebank.embed.backbones.registry",
     "create_backbone": "facebank.embed.backbones.registry",
     "list_backbones": "facebank.embed.backbones.registry",
+    "register_backbone": "facebank.embed.backbones.registry",
     "FeatureBank": "facebank.embed.bank.bank",
     "concat_banks": "facebank.embed.bank.bank",
     "write_bank": "facebank.embed.bank.bank",
@@ -140,6 +142,7 @@ __all__ = [
     "BackboneInfo",
     "create_backbone",
     "list_backbones",
+    "register_backbone",
     "backbone_info",
     "backbone_from_spec",
     "IMAGE_EXTENSIONS",

@@ -1,4 +1,4 @@
-# ruff: noqa: E741  (FAISS convention: results are named D, I - STYLE.md 7)
+# ruff: noqa: E741  (FAISS convention: results are named D, I)
 """FAISS helpers shared by the ``knn`` head and the neighbour analysis.
 
 One place for what both need from FAISS: the device an index lives on, building an index

@@ -12,8 +12,9 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.utils import Tags
+from sklearn.utils._param_validation import Interval, make_constraint
 
 from facebank.core.devices import resolve_device
 from facebank.core.errors import (
@@ -40,6 +42,13 @@ __all__ = [
     "threshold_at_fpr",
     "allowed_false_positives",
 ]
+
+#: The constraint of every head's ``seed``: a non-negative int (torch and numpy seeds).
+SEED: list[Any] = [Interval(Integral, 0, None, closed="left")]
+#: Ranges most heads' tables use.
+POSITIVE = Interval(Real, 0, None, closed="neither")
+NON_NEGATIVE = Interval(Real, 0, None, closed="left")
+AT_LEAST_ONE = Interval(Integral, 1, None, closed="left")
 
 
 def check_features(
@@ -231,10 +240,35 @@ class BaseHead(ClassifierMixin, BaseEstimator):
     """Base class: sklearn estimator contract plus calibration and persistence hooks.
 
     Subclasses implement ``_fit(X, y, engines)`` and ``_decision(X) -> (n,)`` and the
-    persistence pair ``_get_state() -> (tensors, meta)`` / ``_set_state(tensors, meta)``.
+    persistence pair ``_get_state() -> (tensors, meta)`` / ``_set_state(tensors, meta)``,
+    and declare their parameters' valid values in ``_parameter_constraints``
+    (scikit-learn's table: ``{"C": [Interval(Real, 0, None, closed="neither")]}``),
+    checked at the start of ``fit``; parameters not in the table are not checked.
+
+    Attributes
+    ----------
+    name : str
+        The registry name (``create_head(name)``); saved heads are rebuilt from it.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = real, 1 = AI-generated.
+    n_train_ : int
+        Training rows used (rows labelled -1 are left out).
+    threshold_ : float
+        Flag rows with ``decision_function(X) > threshold_``; set by ``calibrate``.
+    calibration_ : dict or None
+        How ``threshold_`` was set (``fpr``, ``n_reals``, ``split``, ``n_above``).
+    score_calibration_ : dict or None
+        The probability calibration fitted on validation rows, if any.
+    backbone_, bank_digest_, metrics_, path_
+        Set by ``save_head`` / ``load_head``: the training bank's backbone spec and
+        digest, the run's metrics, and the folder it was loaded from.
     """
 
     name: str = ""
+    #: Valid values of each constructor parameter (sklearn's ``_parameter_constraints``).
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
     #: Heads whose decision_function is a log-odds; predict_proba = sigmoid(decision).
     _default_threshold: float = 0.0
 
@@ -251,7 +285,12 @@ class BaseHead(ClassifierMixin, BaseEstimator):
 
         Returns:
             self, fitted; ``threshold_`` is the head's natural threshold until ``calibrate``.
+
+        Raises:
+            DataError: a parameter outside its valid range (the range is named), or
+                features or labels that cannot be used.
         """
+        self._check_params()
         Xc = check_features(X, owner=type(self).__name__)
         yc, keep = check_labels(y, Xc.shape[0], owner=type(self).__name__)
         if not keep.all():  # a boolean index copies X even when it keeps every row
@@ -274,6 +313,22 @@ class BaseHead(ClassifierMixin, BaseEstimator):
         self.n_train_ = int(Xc.shape[0])
         return self
 
+    def _check_params(self) -> None:
+        """Refuse a parameter outside ``_parameter_constraints`` (what is valid is named)."""
+        params = self.get_params(deep=False)
+        for key, allowed in self._parameter_constraints.items():
+            if key not in params:
+                continue
+            constraints = [make_constraint(c) for c in allowed]
+            value = params[key]
+            if any(c.is_satisfied_by(value) for c in constraints):
+                continue
+            valid = " or ".join(str(c) for c in constraints if not getattr(c, "hidden", False))
+            raise DataError(
+                f"{key}={value!r} is not valid for {type(self).__name__}: {key} must be {valid}"
+                f" (`facebank heads {self.name}` lists the parameters)"
+            )
+
     def _fit(self, X: np.ndarray, y: np.ndarray, engines: np.ndarray | None) -> None:
         raise NotImplementedError
 
@@ -282,7 +337,9 @@ class BaseHead(ClassifierMixin, BaseEstimator):
 
     @contextlib.contextmanager
     def _seeded(self) -> Iterator[None]:
-        """Seed torch/numpy for the fit without touching the caller's global RNG state."""
+        """Seed torch with the head's ``seed`` (0 without one) for the fit, restoring the
+        caller's torch RNG state afterwards; numpy randomness in heads comes from their own
+        ``np.random.default_rng(seed)``, never the global state."""
         import torch
 
         seed = int(getattr(self, "seed", 0) or 0)

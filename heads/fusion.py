@@ -20,15 +20,16 @@ backbones (or another order) is refused by the usual backbone check.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.utils._param_validation import StrOptions
 
 from facebank.core.errors import DataError
 from facebank.core.types import Device
 
-from .base import BaseHead, check_features, check_labels
+from .base import SEED, BaseHead, check_features, check_labels
 from .registry import create_head, head_params
 
 __all__ = ["FusionHead", "RULES"]
@@ -58,16 +59,72 @@ def _blocks(columns: Any, n_features: int) -> list[tuple[int, int]]:
 class FusionHead(BaseHead):
     """One member head per backbone block of the features, scores fused by ``rule``.
 
-    Args:
-        rule: ``"mean"``, ``"max"`` or ``"stack"`` (see the module docstring).
-        head: The member head's registry name (e.g. ``"linear"``).
-        head_params: Keyword parameters of every member head.
-        columns: ``(start, stop)`` of each backbone's columns; ``None`` = one block.
-        seed: Seeds the members and the held-out quarter (when no val rows are given).
-        device: Passed to members that take a device.
+    Parameters
+    ----------
+    rule : {"mean", "max", "stack"}, default="stack"
+        How member logits are combined (see the module docstring).
+    head : str, default="linear"
+        The member head's registry name (any registered head but ``"fusion"``).
+    head_params : dict or None, default=None
+        Keyword parameters of every member head.
+    columns : sequence of (start, stop) or None, default=None
+        The columns of each backbone; ``None`` = one block.
+    seed : int, default=0
+        Seeds the members and the held-out quarter (when no val rows are given).
+    device : str, default="auto"
+        Passed to members that take a device.
+
+    Attributes
+    ----------
+    columns_ : list of (int, int)
+        The ``(start, stop)`` blocks used.
+    members_ : list of BaseHead
+        One fitted member head per block.
+    stack_coef_ : ndarray of shape (n_blocks,)
+        The stacker's weights on the member logits (``rule="stack"`` only).
+    stack_intercept_ : float
+        The stacker's intercept (``rule="stack"`` only).
+    n_stack_rows_ : int
+        Validation rows the stacker was fitted on (``rule="stack"`` only).
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = real, 1 = AI-generated.
+    n_train_ : int
+        Training rows used (rows labelled -1 are left out).
+    threshold_ : float
+        Flag rows with ``decision_function(X) > threshold_``; 0.0 after ``fit``, set on
+        validation reals by ``calibrate``.
+    calibration_ : dict or None
+        How ``threshold_`` was set (``fpr``, ``n_reals``, ``split``, ``n_above``); ``None``
+        until ``calibrate``.
+    score_calibration_ : dict or None
+        The probability calibration ``heads.calibration.calibrate_head`` fitted on
+        validation rows; ``None`` until then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from facebank.heads.fusion import FusionHead
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 8)).astype(np.float32)  # two backbones of 4 columns
+    >>> y = (X[:, 0] + X[:, 4] > 0).astype(int)  # 1 = AI-generated, 0 = real
+    >>> head = FusionHead(rule="mean", columns=[(0, 4), (4, 8)], device="cpu").fit(X, y)
+    >>> len(head.members_), head.columns_
+    (2, [(0, 4), (4, 8)])
+    >>> bool((head.predict(X) == y).mean() > 0.8)
+    True
     """
 
     name = "fusion"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "rule": [StrOptions(set(RULES))],
+        "head": [str],
+        "head_params": [None, dict],
+        "columns": [None, "array-like"],
+        "seed": SEED,
+        "device": [str],
+    }
 
     def __init__(
         self,

@@ -28,15 +28,17 @@ squared distance (l2): higher = more normal; ``ood_score = -score_samples``;
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from facebank.core.errors import DataError, HeadError, UnknownNameError
 
 from ._faiss import build_index, search, set_knobs, train_sample_rows
 from ._torch import EVAL_BLOCK
-from .base import BaseHead
+from .base import AT_LEAST_ONE, SEED, BaseHead
 
 __all__ = ["KNNHead"]
 
@@ -66,23 +68,87 @@ def auto_factory(n_rows: int) -> tuple[str, int | None]:
 class KNNHead(BaseHead):
     """FAISS k-NN vote (see the module docstring).
 
-    Args:
-        k: neighbours per query.
-        metric: ``"cosine"`` (L2-normalised, inner product) or ``"l2"``.
-        factory: ``"auto"`` (exact below 50,000 training rows, IVF above: see
-            :func:`auto_factory`) or a FAISS index factory string, e.g. ``"Flat"`` (always
-            exact), ``"IVF256,Flat"``, ``"HNSW32"``.
-        weights: ``"uniform"`` vote or ``"similarity"`` (each vote weighted by
-            ``exp((s - 1) / 0.1)`` of its cosine similarity / ``exp(-d/median)`` for l2).
-        nprobe: IVF cells visited at search time (None = FAISS's default of 1, or
-            ``nlist / 4`` for an index ``"auto"`` chose).
-        ef_search: HNSW search depth (None = FAISS default).
-        ood_contamination: fraction of training rows below ``offset_``.
-        device: ``"auto"`` uses a FAISS GPU index when faiss has GPU support and cuda is present.
-        seed: seeds FAISS's k-means for IVF factories.
+    Parameters
+    ----------
+    k : int, default=10
+        Neighbours per query, >= 1.
+    metric : {"cosine", "l2"}, default="cosine"
+        ``"cosine"``: L2-normalised rows, inner product; ``"l2"``: squared Euclidean
+        distance on the raw features.
+    factory : str, default="auto"
+        ``"auto"`` (exact below 50,000 training rows, IVF above: see
+        :func:`auto_factory`) or a FAISS index factory string, e.g. ``"Flat"`` (always
+        exact), ``"IVF256,Flat"``, ``"HNSW32"``.
+    weights : {"uniform", "similarity"}, default="uniform"
+        ``"uniform"`` vote, or each vote weighted by ``exp((s - 1) / 0.1)`` of its cosine
+        similarity (``exp(-d / median)`` for l2).
+    nprobe : int or None, default=None
+        IVF cells visited at search time, >= 1 (``None`` = FAISS's default of 1, or
+        ``nlist / 4`` for an index ``"auto"`` chose).
+    ef_search : int or None, default=None
+        HNSW search depth, >= 1 (``None`` = FAISS's default).
+    ood_contamination : float, default=0.01
+        Fraction of training rows below ``offset_``, in [0, 0.5].
+    device : str, default="auto"
+        ``"auto"`` uses a FAISS GPU index when faiss has GPU support and cuda is present.
+    seed : int, default=0
+        Seeds FAISS's k-means for IVF factories and the rows ``offset_`` is taken on.
+
+    Attributes
+    ----------
+    index_ : faiss.Index
+        The index of the training rows (normalised for ``metric="cosine"``).
+    labels_ : ndarray of shape (n_train,)
+        The training rows' labels (int8), in index order.
+    factory_ : str
+        The factory string used (what ``"auto"`` chose).
+    nprobe_ : int or None
+        The ``nprobe`` used at search time.
+    offset_ : float
+        ``score_samples`` quantile of the training rows at ``ood_contamination``
+        (self-matches excluded): ``outlier_decision_function = score_samples - offset_``.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = real, 1 = AI-generated.
+    n_train_ : int
+        Training rows used (rows labelled -1 are left out).
+    threshold_ : float
+        Flag rows with ``decision_function(X) > threshold_``; 0.0 after ``fit``, set on
+        validation reals by ``calibrate``.
+    calibration_ : dict or None
+        How ``threshold_`` was set (``fpr``, ``n_reals``, ``split``, ``n_above``); ``None``
+        until ``calibrate``.
+    score_calibration_ : dict or None
+        The probability calibration ``heads.calibration.calibrate_head`` fitted on
+        validation rows; ``None`` until then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from facebank.heads.knn import KNNHead
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 8)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(int)  # 1 = AI-generated, 0 = real
+    >>> head = KNNHead(k=5, device="cpu").fit(X, y)
+    >>> head.factory_, head.labels_.shape
+    ('Flat', (200,))
+    >>> bool((head.predict(X) == y).mean() > 0.8)
+    True
     """
 
     name = "knn"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "k": [AT_LEAST_ONE],
+        "metric": [StrOptions({"cosine", "l2"})],
+        "factory": [str],
+        "weights": [StrOptions({"uniform", "similarity"})],
+        "nprobe": [None, AT_LEAST_ONE],
+        "ef_search": [None, AT_LEAST_ONE],
+        "ood_contamination": [Interval(Real, 0, 0.5, closed="both")],
+        "device": [str],
+        "seed": SEED,
+    }
 
     def __init__(
         self,

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from facebank.core.errors import DataError
@@ -40,7 +42,7 @@ from ._torch import (
     predict_blocks,
     state_to_numpy,
 )
-from .base import BaseHead
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, BaseHead
 from .sam import SAM
 
 __all__ = ["MLPHead", "TrainConfig", "PRESETS", "train_logit_model", "augment_gaussian"]
@@ -245,22 +247,114 @@ class _MLP(nn.Module):
 class MLPHead(BaseHead):
     """3-layer MLP on frozen features with the 2505.02182 losses (see the module docstring).
 
-    Args:
-        hidden: sizes of the hidden blocks (Linear+BatchNorm+ReLU+Dropout); 3 as in the paper.
-        dropout: drop probability in each block.
-        loss: ``"paper"`` (= ``"cvar-vs+auc"``), or terms of ``bce``, ``vs``, ``cvar-vs``,
-            ``cvar-bce``, ``auc`` joined by ``+`` (``auc`` weighted by ``gamma`` in a sum).
-        alpha: CVaR fraction (the worst ``alpha`` of the batch is averaged).
-        gamma: weight of the AUC term.
-        augment: Gaussian feature augmentation on/off; ``beta`` its scale.
-        sam: sharpness-aware minimisation on/off; ``sam_rho`` its radius (paper's nu).
-        optimizer, lr, weight_decay, schedule, batch_size, epochs, max_steps: optimisation;
-            ``None`` = take the preset's value.
-        preset: ``None`` (fast defaults) or ``"paper"`` (the paper's exact settings).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``. seed: makes CPU training reproducible.
+    Parameters
+    ----------
+    hidden : tuple of int, default=(256, 128, 64)
+        Sizes of the hidden blocks (Linear + BatchNorm + ReLU + Dropout); 3 as in the paper.
+    dropout : float, default=0.2
+        Drop probability in each block, in [0, 1).
+    loss : str or None, default=None
+        ``"paper"`` (= ``"cvar-vs+auc"``), or terms of ``bce``, ``vs``, ``cvar-vs``,
+        ``cvar-bce``, ``auc`` joined by ``+`` (``auc`` weighted by ``gamma`` in a sum).
+    alpha : float or None, default=None
+        CVaR fraction in (0, 1] (the worst ``alpha`` of the batch is averaged).
+    gamma : float or None, default=None
+        Weight of the AUC term, >= 0.
+    augment : bool or None, default=None
+        Gaussian feature augmentation on/off.
+    beta : float or None, default=None
+        Scale of the augmentation, in per-feature standard deviations, >= 0.
+    sam : bool or None, default=None
+        Sharpness-aware minimisation on/off.
+    sam_rho : float or None, default=None
+        SAM's radius (the paper's nu), > 0.
+    optimizer : {"adamw", "adam", "sgd", "adagrad"} or None, default=None
+        The torch optimiser.
+    lr : float or None, default=None
+        Learning rate, > 0.
+    weight_decay : float or None, default=None
+        Weight decay, >= 0.
+    schedule : {"cosine", "constant"} or None, default=None
+        Learning-rate schedule.
+    batch_size : int or None, default=None
+        Rows per step, >= 1.
+    epochs : int or None, default=None
+        Passes over the training rows, >= 1.
+    max_steps : int or None, default=None
+        Cap on the number of steps (the default preset's 600 keeps CPU training to seconds).
+    preset : {"paper"} or None, default=None
+        ``None`` (fast defaults) or ``"paper"`` (the paper's exact settings); any training
+        parameter given explicitly wins over the preset. ``None`` in the parameters above
+        means "the preset's value" (``facebank heads mlp`` lists both presets).
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    seed : int, default=0
+        Seeds initialisation, batches and augmentation (CPU training is reproducible).
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+        The trained network (standardisation, hidden blocks, logit), on the CPU in eval mode.
+    config_ : dict
+        The effective training settings (:class:`TrainConfig` after the preset is applied).
+    class_weights_ : list of float
+        The VS loss's class weights ``n / (2 n_c)``, ``[real, AI]``.
+    train_log_ : dict
+        Steps taken, epochs and the last loss values.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = real, 1 = AI-generated.
+    n_train_ : int
+        Training rows used (rows labelled -1 are left out).
+    threshold_ : float
+        Flag rows with ``decision_function(X) > threshold_``; 0.0 after ``fit``, set on
+        validation reals by ``calibrate``.
+    calibration_ : dict or None
+        How ``threshold_`` was set (``fpr``, ``n_reals``, ``split``, ``n_above``); ``None``
+        until ``calibrate``.
+    score_calibration_ : dict or None
+        The probability calibration ``heads.calibration.calibrate_head`` fitted on
+        validation rows; ``None`` until then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from facebank.heads.mlp import MLPHead
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 8)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(int)  # 1 = AI-generated, 0 = real
+    >>> head = MLPHead(hidden=(16, 8), max_steps=60, lr=1e-2, device="cpu").fit(X, y)
+    >>> head.config_["max_steps"], head.config_["loss"]
+    (60, 'paper')
+    >>> [round(w, 3) for w in head.class_weights_]  # n / (2 n_c): 103 reals, 97 AI
+    [0.971, 1.031]
+    >>> bool((head.predict(X) == y).mean() > 0.8)
+    True
     """
 
     name = "mlp"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "hidden": [tuple, list],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "loss": [None, str],
+        "alpha": [None, Interval(Real, 0, 1, closed="right")],
+        "gamma": [None, NON_NEGATIVE],
+        "augment": [None, "boolean"],
+        "beta": [None, NON_NEGATIVE],
+        "sam": [None, "boolean"],
+        "sam_rho": [None, POSITIVE],
+        "optimizer": [None, StrOptions({"adamw", "adam", "sgd", "adagrad"})],
+        "lr": [None, POSITIVE],
+        "weight_decay": [None, NON_NEGATIVE],
+        "schedule": [None, StrOptions({"cosine", "constant"})],
+        "batch_size": [None, AT_LEAST_ONE],
+        "epochs": [None, AT_LEAST_ONE],
+        "max_steps": [None, AT_LEAST_ONE],
+        "preset": [None, StrOptions({"paper"})],
+        "device": [str],
+        "seed": SEED,
+    }
 
     def __init__(
         self,

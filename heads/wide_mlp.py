@@ -13,16 +13,18 @@ normalised by its own batch norm.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from facebank.core.types import Device
 
 from ._torch import numpy_to_state, state_to_numpy
-from .base import BaseHead
+from .base import AT_LEAST_ONE, POSITIVE, SEED, BaseHead
 from .mlp import MLPHead, Standardize, TrainConfig, make_loss, train_logit_model
 
 __all__ = ["WideMLPHead"]
@@ -49,17 +51,71 @@ class _Wide(nn.Module):
 class WideMLPHead(BaseHead):
     """2x2048 FC + ReLU, dropout 0.8, sigmoid; AdaGrad lr 1e-4, batch 32 (2311.08577).
 
-    Args:
-        width: units of each hidden layer (2048 in the paper).
-        dropout: drop probability after each hidden layer (0.8).
-        lr: AdaGrad learning rate (1e-4).
-        batch_size: 32.
-        max_steps: update budget; the paper allows up to 10k, the default 1000 keeps CPU
-            training to seconds.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``. seed: reproducible CPU training.
+    Parameters
+    ----------
+    width : int, default=2048
+        Units of each hidden layer (2048 in the paper), >= 1.
+    dropout : float, default=0.8
+        Drop probability after each hidden layer (0.8 in the paper), in [0, 1).
+    lr : float, default=1e-4
+        AdaGrad learning rate (1e-4), > 0.
+    batch_size : int, default=32
+        Rows per step (32), >= 1.
+    max_steps : int, default=1000
+        Update budget, >= 1; the paper allows up to 10k, the default keeps CPU training
+        to seconds.
+    device : str, default="auto"
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    seed : int, default=0
+        Seeds initialisation, dropout and batches (CPU training is reproducible).
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+        The trained network (standardisation, two hidden layers, logit), on the CPU in
+        eval mode.
+    config_ : dict
+        The training settings used.
+    train_log_ : dict
+        Steps taken, epochs and the last loss values.
+    n_features_in_ : int
+        Number of features seen during ``fit``.
+    classes_ : ndarray of shape (2,)
+        ``[0, 1]``: 0 = real, 1 = AI-generated.
+    n_train_ : int
+        Training rows used (rows labelled -1 are left out).
+    threshold_ : float
+        Flag rows with ``decision_function(X) > threshold_``; 0.0 after ``fit``, set on
+        validation reals by ``calibrate``.
+    calibration_ : dict or None
+        How ``threshold_`` was set (``fpr``, ``n_reals``, ``split``, ``n_above``); ``None``
+        until ``calibrate``.
+    score_calibration_ : dict or None
+        The probability calibration ``heads.calibration.calibrate_head`` fitted on
+        validation rows; ``None`` until then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from facebank.heads.wide_mlp import WideMLPHead
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((200, 8)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(int)  # 1 = AI-generated, 0 = real
+    >>> head = WideMLPHead(width=32, max_steps=100, lr=3e-2, device="cpu").fit(X, y)
+    >>> bool((head.predict(X) == y).mean() > 0.8)
+    True
     """
 
     name = "wide-mlp"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "width": [AT_LEAST_ONE],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "lr": [POSITIVE],
+        "batch_size": [AT_LEAST_ONE],
+        "max_steps": [AT_LEAST_ONE],
+        "device": [str],
+        "seed": SEED,
+    }
 
     def __init__(
         self,

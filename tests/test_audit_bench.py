@@ -1,4 +1,4 @@
-"""tests/benchmarks/bench_audit.py runs with --tiny and prints one JSON line of figures."""
+"""Smoke run of tests/benchmarks/bench_audit.py --tiny: it prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 @pytest.mark.slow  # draws the audit figure on 20,000 rows
 def test_audit_benchmark_tiny(run_benchmark):
+    """Smoke run on 20,000 synthetic rows whose files carry the label: the audit sees it."""
     stdout = run_benchmark("bench_audit.py", "--tiny")
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     assert len(lines) == 1

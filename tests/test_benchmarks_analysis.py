@@ -1,4 +1,4 @@
-"""tests/benchmarks/bench_analysis.py runs with --tiny and prints one JSON line of figures."""
+"""Smoke run of tests/benchmarks/bench_analysis.py --tiny: it prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_analysis_benchmark_tiny(run_benchmark):
+    """Smoke run: metrics and leave-one-engine-out run end to end; rates are rates."""
     stdout = run_benchmark("bench_analysis.py", "--tiny")
     lines = [x for x in stdout.splitlines() if x.strip()]
     assert len(lines) == 1, stdout

@@ -1,4 +1,4 @@
-"""tests/benchmarks/bench_bank.py --tiny runs and prints one JSON line of figures."""
+"""Smoke run of tests/benchmarks/bench_bank.py --tiny: it prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bank_benchmark_tiny(run_benchmark):
+    """Smoke run: feature bytes are float16 rows x dim; partitions write and consolidate."""
     lines = run_benchmark("bench_bank.py", "--tiny").strip().splitlines()
     assert len(lines) == 1
     fig = json.loads(lines[0])

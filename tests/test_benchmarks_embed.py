@@ -1,4 +1,4 @@
-"""tests/benchmarks/bench_embed.py --tiny runs and prints one JSON line of figures."""
+"""Smoke run of tests/benchmarks/bench_embed.py --tiny: it prints one JSON line of figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_embed_benchmark_tiny(run_benchmark):
+    """Smoke run: every stage is timed and the end-to-end run embeds every image."""
     lines = run_benchmark("bench_embed.py", "--tiny", "--device", "cpu").strip().splitlines()
     assert len(lines) == 1
     fig = json.loads(lines[0])

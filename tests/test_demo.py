@@ -86,6 +86,27 @@ def test_demo_says_the_data_are_simulated(demo):
     assert html.index("About this demo") < html.index("Experiment summary")  # note comes first
 
 
+# The demo's report printed on 12 A4 pages in Chromium (docs/getting-started.md), at
+# either demo size: the sections are the same, only the numbers change. One more page is
+# allowed for font differences; fewer than 8 means sections went missing.
+REPORT_PAGES = (8, 13)
+
+
+@_demo_marks
+def test_demo_report_prints_on_its_pages_without_a_clipped_table(demo, tmp_path):
+    """The reader's print of the demo-sized report (A4, its print stylesheet, headless
+    Chromium): the page count stays what the docs say, and the last cell of every table
+    row is in the PDF's text (a table cut at the page edge would lose it)."""
+    from test_report import print_check
+
+    check = print_check()
+    out, _ = demo
+    got = check(out / "run-small" / "report.html", tmp_path / "check")
+    lo, hi = REPORT_PAGES
+    assert lo <= got["pages"] <= hi, got["pages"]
+    assert got["clipped"] == [], got["clipped"]
+
+
 @_demo_marks
 def test_demo_numbers_are_sane(demo):
     out, terminal = demo

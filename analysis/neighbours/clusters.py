@@ -1,4 +1,4 @@
-# ruff: noqa: E741  (FAISS convention: results are named D, I - STYLE.md 7)
+# ruff: noqa: E741  (FAISS convention: results are named D, I)
 """Do generator engines form their own clusters in a backbone's space, and how cleanly?
 
 ``engine_clusters`` computes per-engine kNN purity with bootstrap intervals, the

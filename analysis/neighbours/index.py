@@ -1,4 +1,4 @@
-# ruff: noqa: E741  (FAISS convention: results are named D, I - STYLE.md 7)
+# ruff: noqa: E741  (FAISS convention: results are named D, I)
 """``NeighbourIndex``: a FAISS index over feature banks, with the banks' row metadata.
 
 A thin wrapper around a FAISS index described by a factory string (``"Flat"`` exact,

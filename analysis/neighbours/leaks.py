@@ -1,4 +1,4 @@
-# ruff: noqa: E741  (FAISS convention: results are named D, I - STYLE.md 7)
+# ruff: noqa: E741  (FAISS convention: results are named D, I)
 """Are test images near-copies of training images? Duplicates across splits and banks.
 
 ``find_leaks`` reports near-duplicate pairs (cosine >= a threshold among each row's ``k``

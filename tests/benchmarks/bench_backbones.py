@@ -19,7 +19,10 @@ encode, bank writes), medians of ``--repeats``. Figures:
   the fastest one (the stricter reading);
 - ``ratio_to_separate_runs``: together / the sum of the separate runs;
 - ``decode_s_per_image``: one process decoding (draft mode) and resizing, per image -
-  the work that decoding once saves.
+  the work that decoding once saves;
+- ``max_abs_diff_vs_single``: per backbone, the largest difference between the features
+  the joint run stored and those of its run alone (rows matched by sha256): decoding
+  once must not change what a backbone sees.
 
 Prints ONE JSON line.
 """
@@ -49,6 +52,18 @@ def _decode_seconds(files: list[Path], side: int) -> float:
         scale = side / min(img.size)
         img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
     return (time.perf_counter() - t) / max(1, len(files))
+
+
+def _max_abs_diff(a: Path, b: Path) -> float:
+    """Largest feature difference between two banks of the same images (rows by sha256)."""
+    import numpy as np
+
+    from facebank.embed import FeatureBank
+
+    ba, bb = FeatureBank.open(a), FeatureBank.open(b)
+    xa = ba.load_features()[np.argsort(ba.sha256)].astype(np.float32)
+    xb = bb.load_features()[np.argsort(bb.sha256)].astype(np.float32)
+    return float(np.abs(xa - xb).max())
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -97,6 +112,9 @@ def run(args: argparse.Namespace) -> dict:
             "ratio_to_separate_runs": round(multi / sum(med.values()), 3),
             "target_ratio": 1.6,
             "decode_s_per_image": round(_decode_seconds(files[: min(64, len(files))], 224), 5),
+            "max_abs_diff_vs_single": {
+                n: _max_abs_diff(tmp / f"{n}-0.zarr", tmp / f"multi-0-{n}.zarr") for n in names
+            },
             "machine": machine(args.device),
         }
     finally:

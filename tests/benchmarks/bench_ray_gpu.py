@@ -1,4 +1,4 @@
-"""Benchmark: the Ray path on one GPU, end to end, beside the local runner (issue 14, item 7).
+"""Benchmark: the Ray path on one GPU, end to end, beside the local runner.
 
     python tests/benchmarks/bench_ray_gpu.py            # ViT-L/14 (random weights), 224 px,
                                                         # 20,000 synthetic JPEGs, one GPU;

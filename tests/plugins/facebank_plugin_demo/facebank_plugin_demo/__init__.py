@@ -1,0 +1,1 @@
+"""A facebank plugin: one head (``demo-centroid``) and one backbone (``demo-cnn``)."""
