@@ -6,7 +6,6 @@ of the *original* images) as the images are JPEG-compressed, resized or flipped.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import (
@@ -29,6 +28,7 @@ from ._evalcommon import (
     score_rows,
 )
 from .metrics import binary_metrics, per_engine_table, proportion_interval
+from .runfolder import RunContents, csv_text, write_run
 
 __all__ = ["RobustnessResult", "robustness", "view_family"]
 
@@ -225,7 +225,8 @@ def robustness(
         notes=notes,
     )
     if out is not None:
-        res.run_dir = _write(res, rh, Path(out), n_boot=n_boot, seed=seed, base_view=base["view"])
+        contents = _contents(res, rh, n_boot=n_boot, seed=seed, base_view=base["view"])
+        res.run_dir = write_run(out, contents)
     return res
 
 
@@ -248,26 +249,21 @@ def _per_engine_by_view(per_engine: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
-def _write(
-    res: RobustnessResult, rh: Any, out: Path, *, n_boot: int, seed: int, base_view: str
-) -> Path:
-    from .plots import robustness_figure, save_figure
+def _contents(
+    res: RobustnessResult, rh: Any, *, n_boot: int, seed: int, base_view: str
+) -> RunContents:
+    from .plots import robustness_figure
 
-    run = start_run(
-        out,
-        command="robustness",
-        config={
-            "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
-            "banks": [r["bank"] for r in res.views],
-            "views": [r["view"] for r in res.views],
-            "threshold": res.threshold,
-            "threshold_source": res.threshold_source,
-            "matching": "sha256, images present in every bank",
-            "n_boot": n_boot,
-            "seed": seed,
-        },
-    )
-    write_json(run / "metrics.json", res.to_dict())
+    config = {
+        "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
+        "banks": [r["bank"] for r in res.views],
+        "views": [r["view"] for r in res.views],
+        "threshold": res.threshold,
+        "threshold_source": res.threshold_source,
+        "matching": "sha256, images present in every bank",
+        "n_boot": n_boot,
+        "seed": seed,
+    }
     table = [
         {
             "view": r["view"],
@@ -295,31 +291,28 @@ def _write(
         )
     if res.notes:
         text += md_section("Notes", "\n".join(f"- {n}" for n in res.notes))
-    (run / "robustness.md").write_text(text)
-    with open(run / "per_view.csv", "w", newline="") as fh:
-        fields = [
-            "view",
-            "family",
-            "x",
-            "bank",
-            "n_real",
-            "n_fake",
-            "tpr",
-            "tpr_ci_low",
-            "tpr_ci_high",
-            "fpr",
-            "fpr_ci_low",
-            "fpr_ci_high",
-            "auc",
-            "tpr_drop",
-        ]
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(res.views)
-    save_figure(
-        robustness_figure(
-            res.views, title=f"TPR / FPR at the frozen threshold {res.threshold:.3g}"
-        ),
-        run / "robustness.png",
+    fields = [
+        "view",
+        "family",
+        "x",
+        "bank",
+        "n_real",
+        "n_fake",
+        "tpr",
+        "tpr_ci_low",
+        "tpr_ci_high",
+        "fpr",
+        "fpr_ci_low",
+        "fpr_ci_high",
+        "auc",
+        "tpr_drop",
+    ]
+    title = f"TPR / FPR at the frozen threshold {res.threshold:.3g}"
+    return RunContents(
+        command="robustness",
+        config=config,
+        metrics=res.to_dict(),
+        pages={"robustness.md": text},
+        files={"per_view.csv": csv_text(fields, res.views)},
+        figures={"robustness.png": lambda: robustness_figure(res.views, title=title)},
     )
-    return run

@@ -10,7 +10,9 @@ given as builders, so a figure is drawn only when its folder is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import csv
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from facebank.core.runs import start_run, write_json
 
 from ._plotstyle import save_figure
 
-__all__ = ["RunContents", "write_run"]
+__all__ = ["RunContents", "csv_text", "write_run"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RunContents:
         metrics: the figures a user or a later command reads (``metrics.json``).
         pages: Markdown pages, ``{file name: text}``.
         figures: ``{file name: callable returning a matplotlib figure}``.
+        files: other text files, ``{file name: text}`` (CSV tables: :func:`csv_text`).
     """
 
     command: str
@@ -39,6 +42,18 @@ class RunContents:
     metrics: Mapping[str, Any]
     pages: Mapping[str, str] = field(default_factory=dict)
     figures: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+def csv_text(
+    fields: Sequence[str], rows: Iterable[Mapping[str, Any]], *, extrasaction: str = "ignore"
+) -> str:
+    """``rows`` as CSV text with header ``fields`` (keys outside ``fields`` dropped)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction=extrasaction)  # type: ignore[arg-type]
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def write_run(out: str | Path, contents: RunContents) -> Path:
@@ -51,6 +66,9 @@ def write_run(out: str | Path, contents: RunContents) -> Path:
     write_json(run / "metrics.json", contents.metrics)
     for name, text in contents.pages.items():
         (run / name).write_text(text, encoding="utf-8")
+    for name, text in contents.files.items():
+        with open(run / name, "w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
     for name, make in contents.figures.items():
         save_figure(make(), run / name)
     return run
