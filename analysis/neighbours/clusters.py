@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._scan import NeighbourScan
@@ -118,32 +119,36 @@ class ClusterResult:
     def write(self, out: str | Path, **config: Any) -> Path:
         """Write config.json, metrics.json, purity.md, confusion.csv/png and purity.png."""
         from .. import _plots_neighbours as plots
-        from ..plots import save_figure
+        from ..runfolder import RunContents, write_run
 
-        run = start_run(
+        confusion = io.StringIO()
+        w = csv.writer(confusion)
+        w.writerow(["engine", *self.engines])
+        for name, row in zip(self.engines, self.confusion, strict=False):
+            w.writerow([name, *(f"{v:.6f}" for v in row)])
+        self.run_dir = write_run(
             out,
-            command="neighbours clusters",
-            config={
-                "banks": self.banks,
-                "k": self.k,
-                "factory": self.factory,
-                "metric": self.metric,
-                **config,
-            },
+            RunContents(
+                command="neighbours clusters",
+                config={
+                    "banks": self.banks,
+                    "k": self.k,
+                    "factory": self.factory,
+                    "metric": self.metric,
+                    **config,
+                },
+                metrics=self.to_dict(),
+                pages={"purity.md": self.markdown()},
+                files={"confusion.csv": confusion.getvalue()},
+                figures={
+                    "confusion.png": lambda: plots.confusion_heatmap(
+                        self.confusion, self.engines, k=self.k
+                    ),
+                    "purity.png": lambda: plots.purity_plot(self.purity, k=self.k),
+                },
+            ),
         )
-        write_json(run / "metrics.json", self.to_dict())
-        (run / "purity.md").write_text(self.markdown())
-        with open(run / "confusion.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["engine", *self.engines])
-            for name, row in zip(self.engines, self.confusion, strict=False):
-                w.writerow([name, *(f"{v:.6f}" for v in row)])
-        save_figure(
-            plots.confusion_heatmap(self.confusion, self.engines, k=self.k), run / "confusion.png"
-        )
-        save_figure(plots.purity_plot(self.purity, k=self.k), run / "purity.png")
-        self.run_dir = run
-        return run
+        return self.run_dir
 
 
 def _bootstrap_mean(
