@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.inputs.images import load_image
+from facebank.embed.inputs.datasets import encode_path
+from facebank.embed.inputs.images import read_image
 
 __all__ = ["neighbour_grid", "confusion_heatmap", "purity_plot", "embedding_scatter"]
 
@@ -26,10 +27,10 @@ def _figure(w: float, h: float):
 
 def _tile(path: str | None, size: int) -> np.ndarray | None:
     """The image at ``path`` as an RGB array (thumbnail), or ``None`` when unavailable."""
-    if not path or not Path(path).is_file():
+    if not path:
         return None
     try:
-        img = load_image(path).copy()
+        img = read_image(path)
         img.thumbnail((size, size))
         return np.asarray(img)
     except Exception:  # any undecodable file becomes a placeholder tile
@@ -72,7 +73,7 @@ def _query_caption(r: Any) -> str:
     file = getattr(r, "query_file", None) or r.query_image
     if not file:
         return "query\n" + "\n".join(textwrap.wrap(_short(r.query, 44), 22)[:2])
-    lines = ["query", _short(Path(str(file)).name)]
+    lines = ["query", _short(Path(encode_path(str(file))).name)]  # printable: matplotlib
     if str(r.query).startswith("row "):  # "row 17 (sdxl: sdxl/17.png)": keep "row 17 (sdxl)"
         lines.append(_short(str(r.query).split(":")[0] + ")"))
     return "\n".join(lines)

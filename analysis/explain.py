@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +43,8 @@ import numpy as np
 
 from facebank.core.errors import DataError, FacebankWarning, HeadError, ImageDecodeError
 from facebank.core.runs import markdown_table, start_run, write_json
-from facebank.embed.inputs.images import load_image
+from facebank.embed.inputs.datasets import encode_path
+from facebank.embed.inputs.images import read_image
 
 __all__ = [
     "BASELINES",
@@ -64,7 +66,7 @@ class ImageExplanation:
     """Integrated gradients of one image under one baseline.
 
     Attributes:
-        path: the image file.
+        path: the image file, as ``embed.inputs.datasets.encode_path`` writes names.
         baseline: ``"black"`` or ``"blur"``.
         score: the head's score of the image (higher = AI-generated).
         baseline_score: the head's score of the baseline image.
@@ -179,7 +181,8 @@ def explain_images(
     """Integrated gradients of a head's score for image files, through the frozen backbone.
 
     Args:
-        images: image files (one that cannot be decoded is a failure, as in ``embed``).
+        images: image files or URLs (one that cannot be read or decoded is a failure,
+            as in ``embed``; names are written as ``encode_path`` writes them).
         head: a fitted head with a stored backbone (``load_head(run)``), or a run folder.
         baselines: ``"black"`` and/or ``"blur"`` (module docstring).
         n_steps: IG's quadrature steps (Captum's Gauss-Legendre); the cost is linear in
@@ -196,14 +199,19 @@ def explain_images(
 
     Returns:
         ``(explanations, failures)``; failures are ``(path, reason)``.
+
+    Warns:
+        TestOnlyBackboneWarning: the head rests on a test-only (``tiny-*``) backbone.
     """
     import torch
     from captum.attr import IntegratedGradients
 
     from facebank.heads import load_head
+    from facebank.heads.scoring import warn_if_test_only
 
     if isinstance(head, (str, Path)):
         head = load_head(head)
+    warn_if_test_only(head)
     bad = [b for b in baselines if b not in BASELINES]
     if bad or not baselines:
         raise DataError(f"baselines {list(baselines)!r}: valid ones are {list(BASELINES)}")
@@ -289,7 +297,7 @@ def _explain_each(
             out,
             command="explain",
             config={
-                "images": [str(p) for p in images],
+                "images": [encode_path(p) for p in images],
                 "head": getattr(head, "path_", None),
                 "baselines": list(baselines),
                 "n_steps": n_steps,
@@ -298,10 +306,11 @@ def _explain_each(
             },
         )
     for path in images:
+        name = encode_path(path)  # printable on one line, the bytes recoverable
         try:
-            img = load_image(path)
+            img = read_image(path)
         except ImageDecodeError as exc:
-            failures.append((str(path), str(exc)))
+            failures.append((name, str(exc)))
             continue
         x = backbone.transform(img).unsqueeze(0).to(backbone.device, memory_format=nhwc)
         seen = _pil_to_uint8(x[0], mean, std)
@@ -328,7 +337,7 @@ def _explain_each(
             d = float(delta.reshape(-1)[0])
             if abs(d) > 0.1 * abs(s - s0) + 1e-6:
                 warnings.warn(
-                    f"integrated gradients of {Path(path).name} ({b} baseline) did not converge: "
+                    f"integrated gradients of {Path(name).name} ({b} baseline) did not converge: "
                     f"convergence delta {d:.3g} against a score change of {s - s0:.3g}; the map "
                     f"is unreliable - raise n_steps (now {n_steps}, --steps) or use the blur "
                     "baseline",
@@ -337,7 +346,7 @@ def _explain_each(
                 )
             results.append(
                 ImageExplanation(
-                    path=str(path),
+                    path=name,
                     baseline=b,
                     score=s,
                     baseline_score=s0,
@@ -392,8 +401,11 @@ def _write_images(run: Path, results, failures, head) -> None:
     from .plots import save_figure
 
     threshold = getattr(head, "threshold_", None)
-    for i, ex in enumerate(results):
-        name = f"{i // len(BASELINES):03d}-{Path(ex.path).stem[:60]}-{ex.baseline}.png"
+    # numbered by image (two images may share a stem), then a plain ASCII stem
+    order = {p: k for k, p in enumerate(dict.fromkeys(ex.path for ex in results))}
+    for ex in results:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(ex.path).stem)[:60]
+        name = f"{order[ex.path]:03d}-{stem}-{ex.baseline}.png"
         ex.png = run / name
         save_figure(overlay_figure(ex, threshold=threshold), ex.png)
     rows = [ex.summary() for ex in results]

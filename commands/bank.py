@@ -170,11 +170,11 @@ def bank_consolidate_cmd(
 def bank_backfill_cmd(
     bank: BankArg,
     source: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--source",
-            help="Folder (or manifest) the bank's paths are relative to; default the "
-            "bank's recorded source.",
+            help="Folder (or manifest) the bank's paths are relative to, local, file:// or "
+            "an fsspec URL; default the bank's recorded source.",
         ),
     ] = None,
     max_listed: Annotated[
@@ -197,6 +197,9 @@ def bank_backfill_cmd(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     console = make_console()
+    if rep.read == 0 and not rep.unreachable:
+        console.print(f"ok: all {rep.rows:,} rows already hold their file metadata; nothing read")
+        return
     console.print(
         f"ok: {rep.read:,} of {rep.rows:,} rows read their file metadata; "
         f"{len(rep.unreachable):,} file(s) unreachable (their columns stay missing)"

@@ -15,8 +15,11 @@ def explain_cmd(
         Path, typer.Option("--head", help="Run folder of a trained head (facebank train --out).")
     ],
     images: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Image files to explain through the head's backbone."),
+        list[str] | None,
+        typer.Argument(
+            help="Image files, folders of images or CSV manifests to explain through the "
+            "head's backbone; local, file:// or at fsspec URLs (s3://bucket/photos)."
+        ),
     ] = None,
     baseline: Annotated[
         list[str] | None,
@@ -56,6 +59,7 @@ def explain_cmd(
     from facebank.core.errors import DataError
     from facebank.core.runs import start_run, write_json
     from facebank.embed import FeatureBank
+    from facebank.embed.inputs.datasets import list_images
     from facebank.heads import load_head
 
     if not images and bank is None:
@@ -65,9 +69,11 @@ def explain_cmd(
     h = load_head(head)
     run = default_out("explain", out)
     failures = []
+    res = []
     if images:
+        found = list_images(images, banks=False)
         res, failures = explain_images(
-            [str(p) for p in images],
+            found.images,
             h,
             baselines=tuple(baseline or BASELINES),
             n_steps=n_steps,
@@ -77,6 +83,13 @@ def explain_cmd(
         )
         for path, reason in failures:
             typer.echo(f"failed: {path}: {reason}", err=True)
+        if not res and bank is None:
+            typer.echo(
+                f"error: none of the {len(found.images)} image(s) could be explained (each "
+                "failure is listed above); nothing was written",
+                err=True,
+            )
+            raise typer.Exit(1)
         for r in res:
             typer.echo(
                 f"{Path(r.path).name} [{r.baseline}]: score {r.score:.4g} "
@@ -110,5 +123,3 @@ def explain_cmd(
             typer.echo(f"row {i} ({paths[i]}): score {fx.scores[j]:.4g}; top features {top}")
         write_json(run / "features.json", {"baseline": fx.baseline_source, "rows": out_rows})
     typer.echo(f"run folder: {run}")
-    if images and not res and bank is None:
-        raise typer.Exit(1)

@@ -158,8 +158,11 @@ def neighbours_query(
         list[Path], typer.Option("--bank", help="Bank(s) to search (repeat for several).")
     ],
     images: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Query image files (embedded with the bank's backbone)."),
+        list[str] | None,
+        typer.Argument(
+            help="Query images: files, folders of images or CSV manifests, local, file:// "
+            "or at fsspec URLs (embedded with the bank's backbone)."
+        ),
     ] = None,
     rows: Annotated[
         str | None, typer.Option(help="Query banked rows instead of images, e.g. '3,17'.")
@@ -178,6 +181,7 @@ def neighbours_query(
 
     from facebank.analysis.neighbours import NeighbourIndex, write_query
     from facebank.core.errors import DataError
+    from facebank.embed.inputs.datasets import encode_path, list_images
 
     if bool(images) == bool(rows):
         raise DataError("give query IMAGE files or --rows 3,17 (exactly one of the two)")
@@ -197,9 +201,24 @@ def neighbours_query(
             ) from None
         records = index.query_rows(wanted, k)
     else:
+        found = list_images(images or [], banks=False)
+        failures: list[tuple[str, str]] = []
         records = index.query(
-            [str(p) for p in images], k, device=device, weights=str(weights) if weights else None
+            found.images,
+            k,
+            device=device,
+            weights=str(weights) if weights else None,
+            failures=failures,
         )
+        for name, reason in failures:
+            typer.echo(f"failed: {name}: {reason}", err=True)
+        if not records:
+            typer.echo(
+                f"error: none of the {len(found.images)} query image(s) could be read (each "
+                "failure is listed above); nothing was written",
+                err=True,
+            )
+            raise typer.Exit(1)
     run = write_query(
         records,
         out=default_out("neighbours-query", out),
@@ -209,7 +228,7 @@ def neighbours_query(
             "factory": factory,
             "metric": metric.value,
             "rows": rows,
-            "images": [str(p) for p in images or []],
+            "images": [encode_path(p) for p in images or []],
         },
     )
     console = Console()
@@ -304,7 +323,7 @@ def neighbours_leaks(
         progress=show_progress(),
     )
     typer.echo(result.markdown())
-    typer.echo(f"{len(result.pairs)} pairs; wrote {result.run_dir / 'pairs.csv'}")
+    typer.echo(_leaks_summary(result))
     if not result.split_checked:
         typer.echo(f"warning: {result.split_note}", err=True)
     if result.groups:
@@ -316,6 +335,20 @@ def neighbours_leaks(
         )
         return 2
     return 0
+
+
+def _leaks_summary(result: Any) -> str:
+    """The last line of ``leaks``: what was compared, what was found, what was written."""
+    wrote = f"wrote {result.run_dir / 'pairs.csv'}"
+    n = len(result.pairs)
+    if result.split_checked:
+        return f"{n} pairs across splits or banks ({result.train_test} train/test); {wrote}"
+    if len(result.banks) < 2:
+        return (
+            f"nothing checked: {result.n_rows} rows of one bank with no split, so no two "
+            f"sides to compare (pass --run RUN_DIR or a second bank); {wrote} (empty)"
+        )
+    return f"{n} pairs across {len(result.banks)} banks (splits not checked); {wrote}"
 
 
 @app.command("map")

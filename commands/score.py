@@ -150,15 +150,7 @@ def score_cmd(
         typer.echo(
             f"ignored {len(res.ignored)} non-image file(s) under the input folders", err=True
         )
-    for pt in res.operating_points:
-        line = (
-            f"threshold at FPR {pt['fpr']:.1%} (val reals): {pt['threshold']:.4g}, "
-            f"val TPR {pt['tpr_val']:.1%} (n={pt['n_ai']})"
-        )
-        if "precision_at_prevalence" in pt:
-            line += (
-                f", precision {pt['precision_at_prevalence']:.1%} if {pt['prevalence']:.2%} are AI"
-            )
+    for line in _operating_lines(res.operating_points):
         typer.echo(line, err=True)
     counts = res.verdict_counts()
     verdict = ", ".join(f"{counts[v]} {v}" for v in ("ai", "real", "unsure"))
@@ -175,6 +167,40 @@ def score_cmd(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _operating_lines(points: list[dict]) -> list[str]:
+    """One line per operating point; with --prevalence, what the precisions rest on."""
+    lines = []
+    for pt in points:
+        line = (
+            f"threshold at FPR {pt['fpr']:.1%} (val reals): {pt['threshold']:.4g}, "
+            f"val TPR {pt['tpr_val']:.1%} (n={pt['n_ai']})"
+        )
+        if "precision_at_prevalence" in pt:
+            line += (
+                f", precision {pt['precision_at_prevalence']:.1%} if {pt['prevalence']:.2%} are AI"
+            )
+        lines.append(line)
+    priced = [pt for pt in points if "precision_at_prevalence" in pt]
+    if not priced:
+        return lines
+    n_real = priced[0].get("n_real")
+    fprs = ", ".join(f"{pt['fpr']:.1%}" for pt in priced)
+    above = ", ".join(str(pt.get("n_real_above", "?")) for pt in priced)
+    lines.append(
+        f"each precision rests on the target FPR ({fprs}), not a measured one: it is val TPR "
+        "x prevalence / (val TPR x prevalence + target FPR x (1 - prevalence)); measured, "
+        f"{above} of the {n_real} val reals lie above these thresholds"
+    )
+    if len({pt["threshold"] for pt in priced}) < len(priced):
+        lowest = min(pt["fpr"] for pt in priced)
+        lines.append(
+            f"thresholds coincide: {n_real} val reals cannot tell these FPRs apart, so the "
+            "precisions differ only by the FPR assumed; about "
+            f"{round(1 / lowest):,} val reals resolve FPR {lowest:.1%}"
+        )
+    return lines
 
 
 def _score_partitioned(

@@ -26,7 +26,7 @@ import fsspec
 
 from facebank.core.errors import BankError
 
-__all__ = ["Location", "is_url", "redact", "store_defaults", "url_protocol"]
+__all__ = ["Location", "is_url", "local_path", "redact", "store_defaults", "url_protocol"]
 
 _PROTOCOL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -37,6 +37,23 @@ def is_url(text: str | os.PathLike) -> bool:
     """True for an fsspec URL on a store other than the local disk (``file://`` is local)."""
     m = _URL.match(os.fspath(text))
     return m is not None and m.group(0)[:-3].lower() not in _LOCAL_PROTOCOLS
+
+
+_FILE_URL = re.compile(r"^(?:file|local):(//[^/]*)?(/.*)$", re.IGNORECASE)
+
+
+def local_path(text: str | os.PathLike) -> str:
+    """The local path a ``file://`` URL names; any other text is returned as given.
+
+    ``file:///data/faces`` and ``file://localhost/data/faces`` name ``/data/faces``; so
+    does ``file:/data/faces``, the form typer/click leave when ``file:///data/faces`` is
+    given to a ``Path`` option (a local folder literally named ``file:`` is not
+    supported). Every command resolves a SOURCE, an input or a bank through this one
+    function, so a ``file://`` URL works wherever a path does.
+    """
+    raw = os.fspath(text)
+    m = _FILE_URL.match(raw)
+    return m.group(2) if m else raw
 
 
 def url_protocol(text: str | os.PathLike) -> str | None:
@@ -99,7 +116,7 @@ class Location:
         m = _PROTOCOL.match(text)
         self.protocol = m.group(1).lower() if m else "file"
         if self.protocol in ("file", "local"):
-            self.local: Path | None = Path(text[len(m.group(0)) :] if m else text)
+            self.local: Path | None = Path(local_path(text))
             self.url = str(self.local)
             self.fs: Any = None
             self.root = str(self.local)

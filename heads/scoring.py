@@ -36,21 +36,24 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facebank.core.errors import CalibrationWarning, DataError, HeadError
+from facebank.core.errors import (
+    CalibrationWarning,
+    DataError,
+    HeadError,
+    TestOnlyBackboneWarning,
+)
 from facebank.core.runs import write_json
-from facebank.core.stores import is_url
 from facebank.core.types import Device
-from facebank.embed import FeatureBank, scan_source
+from facebank.embed import FeatureBank
 from facebank.embed.bank.types import BankLike
-from facebank.embed.inputs._remote import store_inputs
-from facebank.embed.inputs.images import is_image_path
+from facebank.embed.inputs.datasets import ImageInputs, encode_path, list_images
 from facebank.embed.inputs.views import parse_view
 from facebank.embed.runner.multi import banks_for_spec, encode_images_for
 
@@ -63,26 +66,22 @@ from .calibration import (
 )
 from .persistence import check_backbone, load_head
 
-__all__ = ["ScoreResult", "score_run", "collect_inputs", "verdicts", "ScoreInputs"]
+__all__ = [
+    "ScoreResult",
+    "score_run",
+    "collect_inputs",
+    "verdicts",
+    "ScoreInputs",
+    "warn_if_test_only",
+]
 
 VERDICTS = ("ai", "real", "unsure")
 #: Images embedded per call when a progress bar is shown (one backbone build per block).
 _BLOCK = 256
 
 
-@dataclass
-class ScoreInputs:
-    """What ``collect_inputs`` found: banks to score from features, image files to embed.
-
-    Attributes:
-        banks: bank paths, in input order.
-        images: image files, in input order (folders expanded, manifests read).
-        ignored: ``(path, reason)`` of files under folders that are not images.
-    """
-
-    banks: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    ignored: list[tuple[str, str]] = field(default_factory=list)
+#: What :func:`collect_inputs` found (the input layer's :class:`ImageInputs`).
+ScoreInputs = ImageInputs
 
 
 @dataclass
@@ -91,7 +90,9 @@ class ScoreResult:
 
     Attributes:
         out: the CSV written (``"-"`` = stdout).
-        paths: scored images, in CSV order.
+        paths: scored images, in CSV order, named as the input layer writes names
+            (``embed.inputs.datasets.encode_path``: one printable line, the exact bytes
+            recoverable with ``decode_path``; a bank row keeps its stored path).
         scores: (n,) raw scores (first view).
         decisions: (n,) 1 = flagged as AI-generated at ``threshold``.
         probabilities: (n,) calibrated P(AI), ``None`` when the head has no calibration.
@@ -102,7 +103,8 @@ class ScoreResult:
         operating_points: the head's thresholds at 0.1/0.5/1% FPR (validation reals),
             each with its validation TPR and, with ``prevalence``, the precision.
         prevalence: the base rate asked for, or ``None``.
-        failures: ``(path, reason)`` of inputs that could not be scored.
+        failures: ``(path, reason)`` of inputs that could not be scored (names encoded
+            as in ``paths``).
         ignored: ``(path, reason)`` of non-image files under input folders.
         warnings: calibration caveats, one line each.
     """
@@ -151,66 +153,35 @@ class ScoreResult:
         }
 
 
-def _is_bank(path: Path) -> bool:
-    return path.is_dir() and (path / "zarr.json").is_file()
-
-
-def _walk_images(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = os.path.join(dirpath, name)
-            if is_image_path(p):
-                found.append(p)
-            else:
-                ignored.append((p, "not an image file extension"))
-    return found
-
-
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> ScoreInputs:
-    """Sort inputs into banks and image files (folders walked, manifests read); an
-    input at an fsspec URL (``s3://bucket/photos``) is listed on its store.
+def collect_inputs(
+    inputs: Sequence[str | os.PathLike], *, storage_options: Mapping[str, Any] | None = None
+) -> ImageInputs:
+    """Sort inputs into banks and image files (folders walked, manifests read, URLs
+    listed on their store): the input layer's :func:`~embed.inputs.datasets.list_images`.
 
     Raises:
-        DataError: an input that does not exist, or no input at all.
+        SourceError: an input that does not exist, or no input at all.
     """
-    if not inputs:
-        raise DataError(
-            "nothing to score; give feature banks (NAME.zarr), image files, folders or CSV "
-            "manifests"
-        )
-    found = ScoreInputs()
-    for item in inputs:
-        if is_url(item):  # a bank, manifest, folder or image on a store
-            kind, got, ignored = store_inputs(os.fspath(item))
-            (found.banks if kind == "bank" else found.images).extend(got)
-            found.ignored.extend(ignored)
-            continue
-        p = Path(item)
-        if _is_bank(p):
-            found.banks.append(str(p))
-        elif p.is_dir():
-            images = _walk_images(p, found.ignored)
-            if not images:
-                raise DataError(
-                    f"folder {str(p)!r} holds no image files and is not a feature bank "
-                    "(no zarr.json); "
-                    "give a folder of images, a bank made by `facebank embed`, or image files"
-                )
-            found.images.extend(images)
-        elif p.is_file() and p.suffix.lower() == ".csv":
-            found.images.extend(it.file for it in scan_source(p).items)
-        elif p.exists() or is_image_path(p):
-            found.images.append(str(p))  # a missing or unreadable image becomes a failure
-        else:
-            raise DataError(
-                f"input {str(p)!r} does not exist; give feature banks, image files, folders "
-                "of images or CSV manifests (path,label,engine[,split])"
-            )
-    return found
+    return list_images(inputs, storage_options=storage_options)
+
+
+def warn_if_test_only(head: BaseHead, *, stacklevel: int = 2) -> bool:
+    """Warn (:class:`TestOnlyBackboneWarning`) when ``head`` rests on a test-only backbone.
+
+    ``embed`` warns when it builds a ``tiny-*`` backbone (seeded random weights); a head
+    trained on such a bank inherits the flag in its stored spec, and ``score`` and
+    ``explain`` say so the same way. Returns True when it warned.
+    """
+    spec = getattr(head, "backbone_", None) or {}
+    if not spec.get("test_only"):
+        return False
+    warnings.warn(
+        f"the head rests on backbone {spec.get('name', '?')!r}, which has seeded random "
+        "weights: for tests and smoke runs only, its scores mean nothing",
+        TestOnlyBackboneWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return True
 
 
 def verdicts(view_decisions: np.ndarray) -> np.ndarray:
@@ -359,6 +330,7 @@ def score_run(
             "give either a bank or image files to score (banks, images, folders or manifests)"
         )
     head = head_dir if isinstance(head_dir, BaseHead) else load_head(head_dir)
+    warn_if_test_only(head, stacklevel=2)
     view_names = _parse_views(views)
     if prevalence is not None and not 0.0 < float(prevalence) < 1.0:
         raise DataError(
@@ -407,7 +379,8 @@ def score_run(
             progress=progress,
             encode=encode or encode_images_for,
         )
-        paths.extend(ok)
+        paths.extend(encode_path(f) for f in ok)  # the bank rows' paths are stored encoded
+        failures = [(encode_path(f), reason) for f, reason in failures]
         blocks.append(S)
     S = np.concatenate(blocks) if blocks else np.zeros((0, len(view_names)))
     t = float(head.threshold_)
@@ -476,7 +449,8 @@ def _operating_points(cal: ScoreCalibration | None, prevalence: float | None) ->
         return []
     out = []
     for fpr in CALIBRATION_FPRS:
-        pt = dict(cal.threshold(fpr))
+        pt: dict[str, Any] = dict(cal.threshold(fpr))
+        pt["n_real"] = cal.n_real  # the val reals the threshold was chosen on
         if prevalence is not None:
             # the target FPR, not the realised val FPR: with a few hundred val reals the
             # realised rate is often 0, which would promise a precision of 1
@@ -484,6 +458,7 @@ def _operating_points(cal: ScoreCalibration | None, prevalence: float | None) ->
             pt["precision_at_prevalence"] = precision_at_prevalence(
                 pt["tpr_val"], fpr, prevalence=float(prevalence)
             )
+            pt["precision_fpr"] = "target"  # what the precision rests on (see above)
         out.append(pt)
     return out
 
@@ -521,5 +496,8 @@ def _write_csv(
     else:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(out) + ".tmp")
-        tmp.write_text(buf.getvalue())
-        tmp.replace(out)
+        try:
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves neither file behind

@@ -176,3 +176,75 @@ def make_image_corpus(directory: str | Path) -> dict[str, Expected]:
     (d / "huge_bomb.png").write_bytes(_png_with_size(png.getvalue(), 20_000, 20_000))
     out["huge_bomb.png"] = _bad("too large")
     return out
+
+
+#: Odd file names (bytes, since one is not UTF-8): each holds a valid image.
+ODD_NAMES: tuple[bytes, ...] = (
+    b"bad-\xff\xfe-utf8.jpg",  # not UTF-8 at all
+    b"new\nline.jpg",
+    b"-leading-dash.jpg",
+    b"a" * 246 + b".jpg",  # 250 bytes, near the usual 255-byte limit
+)
+
+
+def _corrupt_crc_png() -> bytes:
+    """A valid PNG whose IHDR checksum is wrong."""
+    buf = io.BytesIO()
+    _quadrants().save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[29] ^= 0xFF  # first byte of the IHDR CRC (8 signature + 8 length/type + 13 data)
+    return bytes(png)
+
+
+def make_fault_corpus(folder: str | Path, *, n_good: int = 6) -> dict[str, str | None]:
+    """A SOURCE folder ``real/`` + ``sdxl/`` of good images, the odd names and the bad files.
+
+    ``n_good`` good images per engine (distinct, so no two share a sha256); the odd names
+    (:data:`ODD_NAMES`, valid JPEGs) go under ``sdxl/``, and so do the bad files: empty,
+    text, truncated JPEG, corrupt-CRC PNG, decompression bomb, random bytes, a symlink
+    loop ``loop.jpg`` and a directory named ``x.jpg``.
+
+    Returns:
+        ``{stored path: None for a file that decodes, else a lower-case substring of its
+        failure reason}`` (stored = :func:`facebank.embed.inputs.datasets.encode_path` of
+        the path relative to ``folder``); the directory ``x.jpg`` is not an image and is
+        not listed.
+    """
+    import os
+
+    from facebank.embed.inputs.datasets import encode_path
+
+    root = Path(folder)
+    rng = np.random.default_rng(7)
+    out: dict[str, str | None] = {}
+    for engine, base in (("real", 60), ("sdxl", 190)):
+        (root / engine).mkdir(parents=True, exist_ok=True)
+        for i in range(n_good):
+            arr = np.clip(base + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / engine / f"{i}.png")
+            out[f"{engine}/{i}.png"] = None
+    sdxl = os.fsencode(root / "sdxl")
+    for name in ODD_NAMES:
+        arr = np.clip(190 + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+        with open(os.path.join(sdxl, name), "wb") as fh:
+            Image.fromarray(arr).save(fh, format="JPEG", quality=90)
+        out[encode_path("sdxl/" + os.fsdecode(name))] = None
+    jpeg = io.BytesIO()
+    _quadrants(64, 64).save(jpeg, format="JPEG", quality=90)
+    png = io.BytesIO()
+    _quadrants(16, 16).save(png, format="PNG")
+    bad = {
+        "empty.jpg": (b"", "empty"),
+        "text.png": (b"this is a text file, not a picture\n", "not an image"),
+        "truncated.jpg": (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "truncated"),
+        "crc.png": (_corrupt_crc_png(), "corrupt"),
+        "bomb.png": (_png_with_size(png.getvalue(), 10_000, 10_000), "too large"),
+        "random.jpg": (np.random.default_rng(1).bytes(2048), "not an image"),
+    }
+    for name, (data, reason) in bad.items():
+        (root / "sdxl" / name).write_bytes(data)
+        out[f"sdxl/{name}"] = reason
+    os.symlink("loop.jpg", root / "sdxl" / "loop.jpg")  # points at itself
+    out["sdxl/loop.jpg"] = "unreadable"
+    (root / "sdxl" / "x.jpg").mkdir()
+    return out

@@ -82,8 +82,13 @@ def test_query_errors_are_one_line(tmp_path):
     res = run("query", "--bank", bank.path, "--rows", "3", "-k", 500, "--out", tmp_path / "q")
     assert res.exit_code == 1 and "error: k=500 is larger than the index" in res.output
     assert "Traceback" not in res.output
+    # a missing image is a failure of its own (tests/test_input_faults.py); a synthetic
+    # bank cannot embed any image, which is said first, in one line
     res = run("query", "--bank", bank.path, tmp_path / "nope.jpg", "--out", tmp_path / "q")
-    assert res.exit_code == 1 and "nope.jpg' does not exist" in res.output
+    assert res.exit_code == 1 and "cannot embed images" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = run("query", "--bank", bank.path, tmp_path / "nope", "--out", tmp_path / "q")
+    assert res.exit_code == 1 and "nope' does not exist" in res.output
     res = run("query", "--bank", tmp_path / "missing.zarr", "--rows", "1", "--out", tmp_path / "q")
     assert (
         res.exit_code == 1

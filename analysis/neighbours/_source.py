@@ -21,6 +21,7 @@ import numpy as np
 from facebank.core.errors import BankError, DataError
 from facebank.embed.backbones.compat import require_one_backbone
 from facebank.embed.bank.bank import open_banks
+from facebank.embed.inputs.datasets import decode_path
 
 __all__ = ["IndexRows", "resolve_image_path"]
 
@@ -73,7 +74,7 @@ def resolve_image_path(source: str, path: str) -> Path | None:
     """
     if not path:
         return None
-    p = Path(path)
+    p = Path(decode_path(path))  # the stored form of a non-UTF-8 name -> the OS name
     candidates = [p] if p.is_absolute() else []
     if source and not p.is_absolute():
         root = Path(source)

@@ -37,7 +37,7 @@ import numpy as np
 
 from facebank.core.errors import DataError, ImageDecodeError
 from facebank.embed.backbones.compat import backbone_id
-from facebank.embed.inputs.images import sha256_file
+from facebank.embed.inputs.datasets import decode_path, encode_path
 from facebank.heads._faiss import (
     METRICS,
     build_index,
@@ -576,18 +576,24 @@ class NeighbourIndex:
         names: Sequence[str] | None = None,
         device: str = "auto",
         weights: str | None = None,
+        failures: list[tuple[str, str]] | None = None,
     ) -> list[list[NeighbourRecord]]:
         """Nearest banked images of each query, as records (for notebooks and the CLI).
 
         Args:
-            queries: features ``(n, D)``, or image files, embedded with the banks'
-                backbone and view (``embed.encode_images``).
+            queries: features ``(n, D)``, or image files (or URLs), embedded with the
+                banks' backbone and view (``embed.encode_images``).
             k: neighbours per query.
-            names: display names of feature queries (default ``"query i"``).
+            names: display names of feature queries (default ``"query i"``; an image
+                query is named by its file, as ``encode_path`` writes names).
             device, weights: passed to the backbone when embedding image files.
+            failures: where given, an image that cannot be read or decoded is appended
+                as ``(name, reason)`` and left out, as ``embed`` does; otherwise it is
+                an error.
 
         Returns:
-            One list of ``k`` :class:`NeighbourRecord` per query, nearest first.
+            One list of ``k`` :class:`NeighbourRecord` per query that was searched,
+            nearest first.
         """
         images: list[str | None]
         if isinstance(queries, np.ndarray) or (
@@ -600,11 +606,14 @@ class NeighbourIndex:
             images = [None] * len(X)
         else:
             paths = [str(p) for p in queries]
-            X = self.embed_images(paths, device=device, weights=weights)
-            labels = list(names) if names is not None else paths
+            X = self.embed_images(paths, device=device, weights=weights, failures=failures)
+            if failures:
+                bad = {p for p, _ in failures}
+                paths = [p for p in paths if encode_path(p) not in bad]
+            labels = list(names) if names is not None else [encode_path(p) for p in paths]
             images = paths
         D, I = self.search(X, k)
-        shas = [sha256_file(p) if p else "" for p in images]
+        shas = [_file_sha256(p) if p else "" for p in images]  # (read once more: small)
         return self._records(D, I, labels, images, files=images, shas=shas)
 
     def query_rows(
@@ -627,23 +636,26 @@ class NeighbourIndex:
             D, I = drop_self(D, I, np.asarray(rows))
         labels = [f"row {r} ({self.rows.engine[r]}: {self.rows.path[r]})" for r in rows]
         images = [_str_or_none(self.rows.image_path(r)) for r in rows]
-        files = [str(self.rows.path[r]) for r in rows]
+        files = [decode_path(str(self.rows.path[r])) for r in rows]  # OS names, as for images
         shas = [str(self.rows.sha256[r]) for r in rows]
         return self._records(D, I, labels, images, files=files, shas=shas)
 
     def embed_images(
-        self, paths: Sequence[str | Path], *, device: str = "auto", weights: str | None = None
+        self,
+        paths: Sequence[str | Path],
+        *,
+        device: str = "auto",
+        weights: str | None = None,
+        failures: list[tuple[str, str]] | None = None,
     ) -> np.ndarray:
         """Features ``(n, D)`` of image files, embedded with the banks' backbone and view
-        (what :meth:`query` searches with; e.g. to score the same images with a head)."""
+        (what :meth:`query` searches with; e.g. to score the same images with a head).
+
+        ``failures``: as in :meth:`query` (the rows returned are the images that did not
+        fail, in order)."""
         paths = [str(p) for p in paths]
         if not paths:
             raise DataError("no query images given; pass image files or use --rows")
-        for p in paths:
-            if not Path(p).is_file():
-                raise ImageDecodeError(
-                    f"query image {p!r} does not exist; give an existing image file"
-                )
         if self.backbone is None:
             raise DataError(
                 "this index was built from an array, so it has no backbone to embed images "
@@ -662,11 +674,13 @@ class NeighbourIndex:
         enc = encode_images(
             paths, backbone=self.backbone, view=self.view, device=device, weights=weights
         )
-        if enc.failures:
+        if enc.failures and failures is not None:
+            failures.extend((encode_path(p), reason) for p, reason in enc.failures)
+        elif enc.failures:
             path, reason = enc.failures[0]
             raise ImageDecodeError(
-                f"query image {str(path)!r} could not be decoded ({reason}); give a readable "
-                "image file (JPEG, PNG, WebP, ...)"
+                f"query image {encode_path(path)!r} could not be read ({reason}); give a "
+                "readable image file (JPEG, PNG, WebP, ...)"
             )
         return np.asarray(enc.features, dtype=np.float32)
 
@@ -752,3 +766,13 @@ class NeighbourIndex:
 
 def _str_or_none(p: Path | None) -> str | None:
     return None if p is None else str(p)
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of a query image (a local file or a URL), as the bank records its rows'."""
+    from facebank.embed.inputs.images import open_input
+
+    try:
+        return open_input(path)[1]
+    except ImageDecodeError:  # gone since it was embedded: no same-file match
+        return ""

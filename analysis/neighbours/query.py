@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.embed.inputs.datasets import encode_path
 
 from .index import NeighbourRecord
 
@@ -38,6 +39,11 @@ _CSV_COLUMNS = [
 ]
 
 
+# record fields that hold a file name as the OS gives it (the rest are stored or built
+# from stored paths, already encoded)
+_OS_NAMES = ("query_image", "query_file", "image_path")
+
+
 @dataclass
 class QueryResult:
     """Each query's neighbours (one list of :class:`NeighbourRecord` per query, nearest
@@ -48,7 +54,17 @@ class QueryResult:
     run_dir: Path | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        return [r.to_dict() for recs in self.records for r in recs]
+        """One dict per neighbour; file names as ``encode_path`` writes them (one
+        printable line each; the query label and the bank's stored paths already are)."""
+        out = []
+        for recs in self.records:
+            for r in recs:
+                row = r.to_dict()
+                for key in _OS_NAMES:
+                    if row.get(key) is not None:
+                        row[key] = encode_path(row[key])
+                out.append(row)
+        return out
 
     def write(self, out: str | Path) -> Path:
         """Write config.json, metrics.json, neighbours.csv, neighbours.md and grid.png."""
@@ -57,7 +73,7 @@ class QueryResult:
 
         run = start_run(out, command="neighbours query", config=dict(self.config))
         flat = self.rows()
-        with open(run / "neighbours.csv", "w", newline="") as fh:
+        with open(run / "neighbours.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
             w.writerows(flat)

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from facebank.core.errors import BankError
-from facebank.core.stores import Location
+from facebank.core.errors import BankError, ImageDecodeError
+from facebank.core.stores import Location, is_url, local_path
 from facebank.embed.bank._lock import writer_lock
 from facebank.embed.bank._store import (
     CORE_COLUMNS,
@@ -41,7 +41,8 @@ from facebank.embed.bank._store import (
     write_group_json,
 )
 from facebank.embed.bank.bank import FeatureBank
-from facebank.embed.inputs.images import sha256_file
+from facebank.embed.inputs.datasets import ImageItem
+from facebank.embed.inputs.images import open_input
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, ROW_SCHEMA, read_metadata
 
 __all__ = ["export_bank", "import_bank", "backfill_metadata", "BackfillReport"]
@@ -276,14 +277,7 @@ def backfill_metadata(
         check_attrs(loc, attrs)
         store = Store.open(loc, writable=True)
         count = store.count
-        root = Path(source if source is not None else str(attrs.get("source", "")))
-        if root.is_file():
-            root = root.parent  # a manifest: its paths are relative to its folder
-        if not root.is_dir():
-            raise BankError(
-                f"source {str(root)!r} of bank {loc.url!r} is not a reachable folder; pass "
-                "--source DIR (the folder the bank's paths are relative to)"
-            )
+        root = _backfill_root(source if source is not None else attrs.get("source", ""), loc)
         upgrade = store.format < FORMAT_VERSION or "meta_error" not in store.column_names
         if upgrade:
             cols = {k: as_column(k, None, count).astype(object) for k in METADATA_SCHEMA}
@@ -294,21 +288,20 @@ def backfill_metadata(
         paths, shas = store.column("path"), store.column("sha256")
         rep = BackfillReport(rows=count)
         for done, i in enumerate(todo.tolist(), 1):
-            f = root / str(paths[i])
+            # the input layer's naming and reading: stored name -> OS name or URL -> bytes
+            f = ImageItem(str(paths[i]), -1, "", root=root).file
             reason = ""
-            if not f.is_file():
-                reason = "file not found"
-            else:
-                try:
-                    if len(shas[i]) == 64 and sha256_file(f) != shas[i]:
-                        reason = "file changed since it was embedded (sha256 differs)"
-                except OSError as exc:
-                    reason = f"unreadable ({exc.strerror or exc})"
+            try:
+                data, sha = open_input(f, storage_options=storage_options)
+                if len(shas[i]) == 64 and sha != shas[i]:
+                    reason = "file changed since it was embedded (sha256 differs)"
+            except ImageDecodeError as exc:  # missing, a directory, unreadable
+                reason = str(exc)
             if reason:
                 rep.unreachable.append((str(paths[i]), reason))
                 cols["meta_error"][i] = f"source file unreachable at backfill: {reason}"
             else:
-                meta = read_metadata(f)
+                meta = read_metadata(data)
                 for k in METADATA_SCHEMA:
                     cols[k][i] = meta[k]
                 rep.read += 1
@@ -324,6 +317,22 @@ def backfill_metadata(
         return rep
     finally:
         lock.release()
+
+
+def _backfill_root(source: str | os.PathLike, loc: Location) -> str:
+    """The folder (local or URL) a bank's stored paths are relative to."""
+    text = local_path(source)  # file:///x (or file:/x from a Path option) is /x
+    if is_url(text):
+        return text.rsplit("/", 1)[0] if text.lower().endswith(".csv") else text.rstrip("/")
+    root = Path(text)
+    if root.is_file():
+        root = root.parent  # a manifest: its paths are relative to its folder
+    if not text or not root.is_dir():
+        raise BankError(
+            f"source {text!r} of bank {loc.url!r} is not a reachable folder; pass "
+            "--source DIR (the folder the bank's paths are relative to)"
+        )
+    return str(root)
 
 
 def _write_columns(store: Store, cols: Mapping[str, np.ndarray], *, create: bool) -> None:

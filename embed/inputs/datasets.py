@@ -39,13 +39,15 @@ from typing import Any
 import facebank.embed.inputs._remote as _remote
 from facebank.core.errors import SourceError
 from facebank.core.splits import SPLITS
-from facebank.core.stores import is_url
+from facebank.core.stores import is_url, local_path
 
 __all__ = [
     "ImageItem",
     "Source",
     "SourceError",
     "scan_source",
+    "ImageInputs",
+    "list_images",
     "MANIFEST_COLUMNS",
     "encode_path",
     "decode_path",
@@ -83,16 +85,21 @@ class ImageItem:
         return os.path.join(self.root, decode_path(self.path))
 
 
-def encode_path(path: str) -> str:
-    """A file name as stored in a bank: UTF-8 text that gives the exact bytes back.
+def encode_path(path: str | os.PathLike) -> str:
+    """A file name as stored in a bank and as written anywhere: printable UTF-8 on one
+    line that gives the exact bytes back.
 
-    Names that are valid UTF-8 and hold no backslash are stored unchanged. Otherwise
-    every byte that is not part of valid UTF-8 is written ``\\xNN`` (two hex digits)
-    and every literal backslash ``\\\\``, so two different names never share a stored
-    path. :func:`decode_path` reverses it. ``path`` is a ``str`` as the OS gave it
-    (undecodable bytes as lone surrogates, Python's ``surrogateescape``).
+    The one encoding of names: banks, score CSVs, neighbour tables, figure titles and
+    one-line messages all write a name through it. Names that are valid UTF-8 and hold
+    no backslash and no control character are written unchanged. Otherwise every byte
+    that is not part of valid UTF-8, and the bytes of every control character (newline,
+    tab, ...), are written ``\\xNN`` (two hex digits) and every literal backslash
+    ``\\\\``, so two different names never share a written form. :func:`decode_path`
+    reverses it. ``path`` is a ``str`` as the OS gave it (undecodable bytes as lone
+    surrogates, Python's ``surrogateescape``).
     """
-    if "\\" not in path and _is_utf8(path):
+    path = os.fspath(path)
+    if "\\" not in path and _is_utf8(path) and path.isprintable():
         return path
     out: list[str] = []
     # (os.fsencode/fsdecode round trip: one surrogate per undecodable byte)
@@ -101,6 +108,8 @@ def encode_path(path: str) -> str:
             out.append("\\\\")
         elif 0xDC80 <= ord(ch) <= 0xDCFF:  # an undecodable byte
             out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif not ch.isprintable() and ch != " ":  # newline, tab, other controls
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
         else:
             out.append(ch)
     return "".join(out)
@@ -192,6 +201,7 @@ def scan_source(
         SourceError: missing source, bad layout or manifest, no images at all, or an
         unreachable store.
     """
+    source = local_path(source)  # file:///x (or file:/x from a Path option) is /x
     src = Path(source)
     reals = {r.strip().lower() for r in real_names if r.strip()}
     if not reals:
@@ -331,8 +341,9 @@ def _scan_manifest(csv_path: Path) -> Source:
             )
         # normalised ("a/../b.png" -> "b.png"); ImageItem.file joins it to root, an
         # absolute path or one leading outside the manifest's folder is kept as written
-        stored = posixpath.normpath(PurePosixPath(raw_path.replace("\\", "/")).as_posix())
-        same_file = posixpath.normpath(posixpath.join(root.as_posix(), stored))
+        norm = posixpath.normpath(PurePosixPath(raw_path.replace("\\", "/")).as_posix())
+        stored = encode_path(norm)  # a newline or tab inside a quoted field: escaped
+        same_file = posixpath.normpath(posixpath.join(root.as_posix(), norm))
         if same_file in seen:
             raise SourceError(
                 f"{where}: path {raw_path!r} is listed again (the same file as line "
@@ -345,3 +356,104 @@ def _scan_manifest(csv_path: Path) -> Source:
             f"manifest {str(csv_path)!r} has a header but no rows; add lines path,label,engine"
         )
     return Source(root=root, kind="manifest", items=items)
+
+
+@dataclass
+class ImageInputs:
+    """What :func:`list_images` found: banks to read features from, image files to decode.
+
+    Attributes:
+        banks: bank paths or URLs, in input order.
+        images: image files (OS names) or URLs, in input order (folders expanded,
+            manifests read); one that is missing or unreadable is the reader's failure.
+        ignored: ``(name, reason)`` of files under folders that are not images (names
+            as :func:`encode_path` writes them).
+    """
+
+    banks: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+def list_images(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    banks: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ImageInputs:
+    """List the images (and banks) of the inputs of a command that takes images.
+
+    ``score``, ``explain`` and ``neighbours query`` take any mix of image files, folders
+    of images (walked recursively, sorted, hidden entries skipped, other extensions
+    ignored), CSV manifests (their images) and, with ``banks``, feature banks - local,
+    ``file://`` or at an fsspec URL (``s3://bucket/photos``).
+
+    Raises:
+        SourceError: no input, an input that does not exist, a folder with no image, or
+        a bank where ``banks`` is False.
+    """
+    from facebank.embed.inputs.images import is_image_path
+
+    if not inputs:
+        raise SourceError(
+            "no input given; give image files, folders of images or CSV manifests"
+            + (" or feature banks (NAME.zarr)" if banks else "")
+        )
+    found = ImageInputs()
+    for item in inputs:
+        if is_url(item):  # a bank, manifest, folder or image on a store
+            kind, got, ignored = _remote.store_inputs(
+                os.fspath(item), storage_options=storage_options
+            )
+            _add(found, kind, got, banks=banks)
+            found.ignored.extend((encode_path(p), r) for p, r in ignored)
+            continue
+        p = Path(local_path(item))
+        if p.is_dir() and (p / "zarr.json").is_file():
+            _add(found, "bank", [str(p)], banks=banks)
+        elif p.is_dir():
+            images = _walk_images(p, found.ignored)
+            if not images:
+                raise SourceError(
+                    f"folder {encode_path(p)!r} holds no image files"
+                    + (" and is not a feature bank (no zarr.json)" if banks else "")
+                    + "; give a folder of images"
+                    + (", a bank made by `facebank embed`," if banks else "")
+                    + " or image files"
+                )
+            found.images.extend(images)
+        elif p.is_file() and p.suffix.lower() == ".csv":
+            found.images.extend(it.file for it in scan_source(p).items)
+        elif p.exists() or p.is_symlink() or is_image_path(p):
+            found.images.append(str(p))  # a missing or unreadable image becomes a failure
+        else:
+            raise SourceError(
+                f"input {encode_path(p)!r} does not exist; give image files, folders of "
+                "images or CSV manifests (path,label,engine[,split])"
+                + (" or feature banks" if banks else "")
+            )
+    return found
+
+
+def _add(found: ImageInputs, kind: str, got: list[str], *, banks: bool) -> None:
+    if kind == "bank" and not banks:
+        raise SourceError(
+            f"{encode_path(got[0])!r} is a feature bank; give image files, folders of images "
+            "or CSV manifests here"
+        )
+    (found.banks if kind == "bank" else found.images).extend(got)
+
+
+def _walk_images(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
+    from facebank.embed.inputs.images import is_image_path
+
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = _visible(dirnames)
+        for name in _visible(filenames):
+            p = os.path.join(dirpath, name)
+            if is_image_path(p):
+                found.append(p)
+            else:
+                ignored.append((encode_path(p), "not an image file extension"))
+    return found

@@ -31,6 +31,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ __all__ = [
     "load_image_and_metadata",
     "sha256_file",
     "is_image_path",
+    "open_input",
+    "read_image",
 ]
 
 _log = logging.getLogger(__name__)
@@ -75,6 +78,56 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
         while block := fh.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_input(
+    file: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[str | bytes, str]:
+    """Read one input for decoding: a local file, or an object at an fsspec URL.
+
+    The first half of every command's per-image work (the runner's workers, Ray tasks,
+    ``explain``, neighbour queries): an object on a store is read once (one GET) and
+    decoded from memory; a local file is hashed here and decoded from its path.
+
+    Returns:
+        ``(what load_image_and_metadata takes, sha256 hex of the bytes)``.
+
+    Raises:
+        ImageDecodeError: the file is missing, a directory or unreadable; the message
+            is the reason every command records (``file not found``...).
+    """
+    import hashlib
+
+    from facebank.core.stores import is_url, local_path
+    from facebank.embed.inputs._remote import read_url
+
+    try:
+        if is_url(file):
+            data = read_url(os.fspath(file), storage_options=storage_options)
+            return data, hashlib.sha256(data).hexdigest()
+        path = local_path(file)
+        return path, sha256_file(path)
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"unreadable file ({exc.strerror or exc})") from None
+
+
+def read_image(
+    file: str | os.PathLike,
+    *,
+    draft_size: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Image.Image:
+    """:func:`open_input` then :func:`load_image`: one input (path or URL) as RGB.
+
+    Raises:
+        ImageDecodeError: unreadable or undecodable; the message is the reason.
+    """
+    data, _sha = open_input(file, storage_options=storage_options)
+    return _load(data, draft_size=draft_size, max_pixels=MAX_IMAGE_PIXELS, metadata=None)
 
 
 def load_image(

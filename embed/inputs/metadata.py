@@ -253,28 +253,31 @@ def finish_metadata(meta: dict[str, Any], img: Image.Image) -> dict[str, Any]:
     return meta
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def read_metadata(path: str | os.PathLike | bytes) -> dict[str, Any]:
     """Read the :data:`METADATA_SCHEMA` columns of one image file on its own.
 
     Used where no embedding decode happens (e.g. backfilling a bank written before
-    the columns existed). Never raises for a bad file: a missing, unreadable or
-    undecodable file gives the :data:`MISSING` values with the reason in
+    the columns existed). ``path`` may also be the file's bytes (an object read from
+    a store, :func:`embed.images.open_input`). Never raises for a bad file: a missing,
+    unreadable or undecodable file gives the :data:`MISSING` values with the reason in
     ``meta_error``.
 
     Returns:
         One row: column name -> Python value.
     """
+    import io
+
     from facebank.embed.inputs.images import MAX_IMAGE_PIXELS
 
     meta = empty_metadata()
     try:
-        file_bytes = Path(path).stat().st_size
+        file_bytes = len(path) if isinstance(path, bytes) else Path(path).stat().st_size
     except OSError as exc:
         meta["meta_error"] = f"unreadable file ({exc.strerror or exc})"
         return meta
     meta["file_bytes"] = int(file_bytes)
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             meta = header_metadata(img, file_bytes=file_bytes)
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:

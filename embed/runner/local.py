@@ -194,26 +194,13 @@ def load_one(
         ``(sha256 | None, tensor | None, reason | None, metadata | None)``: a tensor and
         its metadata row, or the reason it could not be had.
     """
-    import hashlib
-
     from facebank.core.errors import ImageDecodeError
-    from facebank.core.stores import is_url
-    from facebank.embed.inputs._remote import read_url
-    from facebank.embed.inputs.images import load_image_and_metadata, sha256_file
+    from facebank.embed.inputs.images import load_image_and_metadata, open_input
 
-    data: str | bytes = file
     try:
-        if is_url(file):
-            data = read_url(file, storage_options=storage_options)
-            sha = hashlib.sha256(data).hexdigest()
-        else:
-            sha = sha256_file(file)
-    except FileNotFoundError:
-        return None, None, "file not found", None
-    except IsADirectoryError:
-        return None, None, "is a directory, not an image file", None
-    except OSError as exc:
-        return None, None, f"unreadable file ({exc.strerror or exc})", None
+        data, sha = open_input(file, storage_options=storage_options)
+    except ImageDecodeError as exc:  # missing, a directory, unreadable
+        return None, None, str(exc), None
     try:
         img, meta = load_image_and_metadata(data, draft_size=draft_size)
         img = view(img)
