@@ -200,9 +200,9 @@ def make_fault_corpus(folder: str | Path, *, n_good: int = 6) -> dict[str, str |
     """A SOURCE folder ``real/`` + ``sdxl/`` of good images, the odd names and the bad files.
 
     ``n_good`` good images per engine (distinct, so no two share a sha256); the odd names
-    (:data:`ODD_NAMES`, valid JPEGs) go under ``sdxl/``, and so do the bad files: empty,
-    text, truncated JPEG, corrupt-CRC PNG, decompression bomb, random bytes, a symlink
-    loop ``loop.jpg`` and a directory named ``x.jpg``.
+    (:data:`ODD_NAMES`, valid JPEGs) go under ``sdxl/odd/``, and so do the bad files:
+    empty, text, truncated JPEG, corrupt-CRC PNG, decompression bomb, random bytes, a
+    symlink loop ``loop.jpg`` and a directory named ``x.jpg``.
 
     Returns:
         ``{stored path: None for a file that decodes, else a lower-case substring of its
@@ -223,12 +223,14 @@ def make_fault_corpus(folder: str | Path, *, n_good: int = 6) -> dict[str, str |
             arr = np.clip(base + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / engine / f"{i}.png")
             out[f"{engine}/{i}.png"] = None
-    sdxl = os.fsencode(root / "sdxl")
+    odd = root / "sdxl" / "odd"
+    odd.mkdir()
+    sdxl = os.fsencode(odd)
     for name in ODD_NAMES:
         arr = np.clip(190 + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
         with open(os.path.join(sdxl, name), "wb") as fh:
             Image.fromarray(arr).save(fh, format="JPEG", quality=90)
-        out[encode_path("sdxl/" + os.fsdecode(name))] = None
+        out[encode_path("sdxl/odd/" + os.fsdecode(name))] = None
     jpeg = io.BytesIO()
     _quadrants(64, 64).save(jpeg, format="JPEG", quality=90)
     png = io.BytesIO()
@@ -237,14 +239,14 @@ def make_fault_corpus(folder: str | Path, *, n_good: int = 6) -> dict[str, str |
         "empty.jpg": (b"", "empty"),
         "text.png": (b"this is a text file, not a picture\n", "not an image"),
         "truncated.jpg": (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "truncated"),
-        "crc.png": (_corrupt_crc_png(), "corrupt"),
+        "crc.png": (_corrupt_crc_png(), "not an image"),  # PIL refuses the header
         "bomb.png": (_png_with_size(png.getvalue(), 10_000, 10_000), "too large"),
         "random.jpg": (np.random.default_rng(1).bytes(2048), "not an image"),
     }
     for name, (data, reason) in bad.items():
-        (root / "sdxl" / name).write_bytes(data)
-        out[f"sdxl/{name}"] = reason
-    os.symlink("loop.jpg", root / "sdxl" / "loop.jpg")  # points at itself
-    out["sdxl/loop.jpg"] = "unreadable"
-    (root / "sdxl" / "x.jpg").mkdir()
+        (odd / name).write_bytes(data)
+        out[f"sdxl/odd/{name}"] = reason
+    os.symlink("loop.jpg", odd / "loop.jpg")  # points at itself
+    out["sdxl/odd/loop.jpg"] = "unreadable"
+    (odd / "x.jpg").mkdir()
     return out

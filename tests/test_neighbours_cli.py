@@ -111,6 +111,17 @@ def test_leaks_exit_code_gates_on_train_test_pairs(tmp_path):
     assert [(p["row_a"], p["row_b"], p["kind"]) for p in pairs] == [("0", "1", "near")]
 
 
+def test_leaks_on_one_bank_without_splits_says_nothing_was_checked(tmp_path):
+    b = make_bank(tmp_path / "nosplit.zarr", splits=np.array([""] * 90), leak=True)
+    res = run("leaks", b.path, "--threshold", 0.99, "--out", tmp_path / "l")
+    assert res.exit_code == 0, res.output
+    last = res.output.strip().splitlines()
+    assert not any(ln.startswith("0 pairs") for ln in last), res.output
+    assert any(
+        ln.startswith("nothing checked: 90 rows of one bank with no split") for ln in last
+    ), res.output
+
+
 def test_leaks_within_one_split_only_do_not_gate(tmp_path):
     n = 90
     b = make_bank(tmp_path / "v.zarr", splits=np.array(["train"] * 45 + ["val"] * 45), leak=True)
