@@ -353,35 +353,18 @@ def score_run(
         bank_objs,
         what=f"head {getattr(head, 'path_', None) or head.name}",
     )
-    paths: list[str] = []
-    blocks: list[np.ndarray] = []
-    for b in bank_objs:
-        check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
-        paths.extend(str(p) for p in np.asarray(b.paths, dtype=str))
-        for _, _, X in b.iter_features() if len(b) else []:
-            blocks.append(head.decision_function(X).reshape(-1, 1))
-    failures: list[tuple[str, str]] = []
-    if found.images:
-        spec = getattr(head, "backbone_", None)
-        if not spec:
-            raise HeadError(
-                "this head was saved without a backbone spec, so images cannot be embedded for it; "
-                "score a feature bank instead, or re-train with `facebank train` on a bank"
-            )
-        ok, S, failures = _embed_views(
-            found.images,
-            view_names,
-            spec=spec,
-            head=head,
-            weights=weights,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            encode=encode or encode_images_for,
-        )
-        paths.extend(encode_path(f) for f in ok)  # the bank rows' paths are stored encoded
-        failures = [(encode_path(f), reason) for f, reason in failures]
-        blocks.append(S)
+    paths, blocks = _score_banks(head, bank_objs)
+    ok, S_images, failures = _score_images(
+        head,
+        found.images,
+        view_names,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        encode=encode or encode_images_for,
+    )
+    paths, blocks = paths + ok, [*blocks, S_images]
     S = np.concatenate(blocks) if blocks else np.zeros((0, len(view_names)))
     t = float(head.threshold_)
     view_dec = (S > t).astype(np.int64)
@@ -417,6 +400,35 @@ def score_run(
     if str(out) != "-":
         write_json(summary_path(out), res.summary())
     return res
+
+
+def _score_banks(head: BaseHead, banks: list[Any]) -> tuple[list[str], list[np.ndarray]]:
+    """Stored paths and ``(n, 1)`` score blocks of the banks' rows, bank after bank."""
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    for b in banks:
+        check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
+        paths.extend(str(p) for p in np.asarray(b.paths, dtype=str))
+        for _, _, X in b.iter_features() if len(b) else []:
+            blocks.append(head.decision_function(X).reshape(-1, 1))
+    return paths, blocks
+
+
+def _score_images(
+    head: BaseHead, files: list[str], views: list[str], **embed_kw: Any
+) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """Embed and score image files under every view; names as the input layer writes
+    them (``encode_path``: a bank row's stored path already is)."""
+    if not files:
+        return [], np.zeros((0, len(views))), []
+    spec = getattr(head, "backbone_", None)
+    if not spec:
+        raise HeadError(
+            "this head was saved without a backbone spec, so images cannot be embedded for it; "
+            "score a feature bank instead, or re-train with `facebank train` on a bank"
+        )
+    ok, S, failures = _embed_views(files, views, spec=spec, head=head, **embed_kw)
+    return [encode_path(f) for f in ok], S, [(encode_path(f), r) for f, r in failures]
 
 
 def summary_path(out: str | Path) -> Path:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError, ImageDecodeError
+from facebank.core.stores import is_url, local_path
 from facebank.embed.backbones.compat import backbone_id
 from facebank.embed.inputs.datasets import decode_path, encode_path
 from facebank.heads._faiss import (
@@ -656,6 +657,12 @@ class NeighbourIndex:
         paths = [str(p) for p in paths]
         if not paths:
             raise DataError("no query images given; pass image files or use --rows")
+        missing = [p for p in paths if not is_url(p) and not Path(local_path(p)).is_file()]
+        if missing and failures is None:
+            raise ImageDecodeError(
+                f"query image {encode_path(missing[0])!r} does not exist; give an existing "
+                "image file"
+            )
         if self.backbone is None:
             raise DataError(
                 "this index was built from an array, so it has no backbone to embed images "
@@ -679,7 +686,7 @@ class NeighbourIndex:
         elif enc.failures:
             path, reason = enc.failures[0]
             raise ImageDecodeError(
-                f"query image {encode_path(path)!r} could not be read ({reason}); give a "
+                f"query image {encode_path(path)!r} could not be decoded ({reason}); give a "
                 "readable image file (JPEG, PNG, WebP, ...)"
             )
         return np.asarray(enc.features, dtype=np.float32)
