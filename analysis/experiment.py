@@ -544,10 +544,10 @@ def run_experiment(
     With a single AI engine, leave-one-engine-out and OOD are skipped; the reason is
     recorded in ``result.skipped``, ``metrics.json`` and the report.
     """
-    from facebank.core.stores import is_url
+    from facebank.core.stores import is_url, local_path
     from facebank.embed.backbones.registry import backbone_info, resolve_device
 
-    source = os.fspath(source) if is_url(source) else Path(source)
+    source = os.fspath(source) if is_url(source) else Path(local_path(source))
     run_dir = Path(out)
     backbone_info(backbone)  # UnknownNameError with the list, before any work
     view_names = _canonical_views(views)

@@ -21,6 +21,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _imagecorpus import make_fault_corpus
 
@@ -145,6 +146,8 @@ def _run_experiment(source, tmp, corpus, *, head, bank):
         "linear", "--device", "cpu", "--out", tmp / "exp",
     )  # fmt: skip
     got, failed = _bank_outcome(tmp / "exp" / "banks" / "original.zarr")
+    if source.startswith("file://"):  # recorded as the local folder it names
+        assert "file:" not in (tmp / "exp" / "config.json").read_text()
     return got, failed, [res]
 
 
@@ -318,3 +321,18 @@ def test_score_prevalence_says_what_its_precisions_rest_on(corpus, tmp_path):
     assert len({p["threshold"] for p in points}) == 1
     same = [ln for ln in lines if ln.startswith("thresholds coincide")]
     assert len(same) == 1 and f"{n_real} val reals cannot tell these FPRs apart" in same[0]
+
+
+def test_a_score_csv_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from facebank.heads.scoring import _write_csv
+
+    def refuse(self, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    S, dec = np.zeros((1, 1)), np.zeros((1, 1), np.int64)
+    with pytest.raises(OSError, match="No space"):
+        _write_csv(
+            tmp_path / "x.csv", ["a.png"], S, dec, ["original"], None, np.array(["real"]), None
+        )
+    assert list(tmp_path.iterdir()) == []
