@@ -249,10 +249,12 @@ def _neighbour_table(recs: list, *, width: int, cosine: bool) -> Any:
     """One query's neighbours as a rich table that fits ``width`` columns without wrapping
     a word: every cell stays on one line, and paths are cut from the left to the room left.
     A neighbour that is the query itself is marked ``*`` beside its rank, explained below."""
+    from rich.markup import escape
     from rich.table import Table
 
     first = recs[0] if recs else None
-    title = "query" if first is None else _left_cut(f"query: {first.query}", width)
+    # names are printed as written (a name holding "[b]" is not rich markup)
+    title = "query" if first is None else escape(_left_cut(f"query: {first.query}", width))
     reasons = sorted({r.self_match for r in recs if r.self_match})
     caption = (
         "* the query itself (" + ", ".join(reasons) + ")" if reasons else None
@@ -272,7 +274,7 @@ def _neighbour_table(recs: list, *, width: int, cosine: bool) -> Any:
     used = sum(max(len(name), *(len(v) for v in vals)) for name, vals in cols.items())
     # each column pads one space a side and draws one border; one more closes the row
     room = max(12, width - used - 3 * (len(cols) + 1) - 1)
-    cols["path"] = [_left_cut(r.path, room) for r in recs]
+    cols["path"] = [escape(_left_cut(r.path, room)) for r in recs]
     for name in cols:
         table.add_column(name, no_wrap=True, overflow="ellipsis")
     for i in range(len(recs)):
