@@ -58,6 +58,7 @@ def test_odd_file_names_are_embedded_and_stored_losslessly(tmp_path):
     bank = FeatureBank.open(out)
     stored = bank.paths.tolist()
     assert "real/bad-\\xff\\xfe-utf8.jpg" in stored and "real/back\\\\slash.jpg" in stored
+    assert "real/new\\x0aline.jpg" in stored  # one printable line
     on_disk = {os.fsencode(decode_path(p)) for p in stored}
     assert on_disk == {b"real/" + n for n in ODD_NAMES}
     root = os.fsencode(tmp_path / "src")
