@@ -111,8 +111,9 @@ def open_input(
         raise ImageDecodeError("file not found") from None
     except IsADirectoryError:
         raise ImageDecodeError("is a directory, not an image file") from None
-    except OSError as exc:
-        raise ImageDecodeError(f"unreadable file ({exc.strerror or exc})") from None
+    except OSError as exc:  # (a store's error text may span lines: one line here)
+        why = " ".join(str(exc.strerror or exc).split())[:200]
+        raise ImageDecodeError(f"unreadable file ({why})") from None
 
 
 def read_image(
