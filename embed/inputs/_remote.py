@@ -106,14 +106,14 @@ def scan_store_source(
 
 
 def _scan_store_manifest(url: str, shown: str, data: bytes) -> Any:
-    from facebank.embed.inputs.datasets import _scan_manifest
+    from facebank.embed.inputs.datasets import scan_manifest
 
     parent = url.rsplit("/", 1)[0]
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / url.rsplit("/", 1)[-1]
         local.write_bytes(data)
         try:
-            src = _scan_manifest(local)
+            src = scan_manifest(local)
         except SourceError as exc:
             raise SourceError(str(exc).replace(repr(str(local)), repr(shown))) from None
     # one root string shared by every item (paths stay relative to the manifest's folder)
@@ -126,12 +126,12 @@ def _layout(url: str, shown: str, rel: list[str], reals: set[str]) -> Any:
     from facebank.embed.inputs.datasets import (
         ImageItem,
         Source,
-        _image_extensions,
         encode_path,
+        image_extensions,
         split_folders,
     )
 
-    exts = _image_extensions()
+    exts = image_extensions()
     parts = [r.split("/") for r in rel if r and not any(p.startswith(".") for p in r.split("/"))]
     top = sorted({p[0] for p in parts if len(p) > 1})
     split_dirs = split_folders(top, shown)

@@ -172,11 +172,10 @@ class Source:
         return len(self.items)
 
 
-def _image_extensions() -> frozenset[str]:
-    try:
-        from facebank.embed.inputs.images import IMAGE_EXTENSIONS
-    except ImportError:  # images.py not present yet: the documented list
-        return frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tiff", ".tif", ".gif"})
+def image_extensions() -> frozenset[str]:
+    """The file extensions listed as images (``embed.inputs.images.IMAGE_EXTENSIONS``)."""
+    from facebank.embed.inputs.images import IMAGE_EXTENSIONS
+
     return IMAGE_EXTENSIONS
 
 
@@ -221,7 +220,7 @@ def scan_source(
                 f"source {str(src)!r} is a file but not a .csv manifest; give a folder "
                 "SOURCE/<engine>/... or a CSV with columns path,label,engine[,split]"
             )
-        return _scan_manifest(src)
+        return scan_manifest(src)
     return _scan_folder(src, reals)
 
 
@@ -246,7 +245,7 @@ def split_folders(top: Sequence[str], shown: str) -> list[str]:
 
 
 def _scan_folder(root: Path, reals: set[str]) -> Source:
-    exts = _image_extensions()
+    exts = image_extensions()
     top = [d for d in _visible(os.listdir(root)) if (root / d).is_dir()]
     loose = [f for f in _visible(os.listdir(root)) if (root / f).is_file()]
     split_dirs = split_folders(top, str(root))
@@ -293,7 +292,8 @@ def _scan_folder(root: Path, reals: set[str]) -> Source:
     return Source(root=root.resolve(), kind="folder", items=items, ignored=ignored)
 
 
-def _scan_manifest(csv_path: Path) -> Source:
+def scan_manifest(csv_path: Path) -> Source:
+    """A CSV manifest ``path,label,engine[,split][,group]`` as a :class:`Source`."""
     root = csv_path.resolve().parent
     root_text = str(root)
     try:
