@@ -27,6 +27,7 @@ from ._evalcommon import (
     require_one_backbone,
     score_rows,
 )
+from .calibration_metrics import CalibrationMetrics, calibration_metrics
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
@@ -49,6 +50,9 @@ class Evaluation:
         banks: the banks' paths; ``views``: their views.
         run_dir: the run folder written (``None`` without ``out``).
         notes: caveats in words (small engines, low-FPR targets below one image...).
+        calibration: NLL, Cllr, Brier, ECE (plain and class-balanced), EER and Pd at the
+            false-alarm rate of the head's probability (``analysis.calibration_metrics``):
+            its validation-fitted map when it has one, else the sigmoid of its score.
     """
 
     metrics: BinaryMetrics
@@ -63,6 +67,7 @@ class Evaluation:
     views: list[str]
     run_dir: Path | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    calibration: CalibrationMetrics | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +81,7 @@ class Evaluation:
             "views": self.views,
             "metrics": self.metrics.to_dict(),
             "per_engine": self.per_engine,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
             "notes": self.notes,
         }
 
@@ -211,6 +217,7 @@ def evaluate(
         )
 
     result = Evaluation(
+        calibration=head_calibration(rh.head, y, s),
         metrics=metrics,
         per_engine=per_engine,
         threshold=rh.threshold,
@@ -226,6 +233,28 @@ def evaluate(
     if out is not None:
         result.run_dir = _write_run(result, rh, cols, out=Path(out), n_boot=n_boot, seed=seed)
     return result
+
+
+def head_calibration(head: Any, y: np.ndarray, scores: np.ndarray) -> CalibrationMetrics:
+    """Calibration measures of a head's probability on rows ``y``/``scores`` (its raw scores).
+
+    The probability is the head's validation-fitted map (``heads.calibration``; Cllr's prior
+    is the validation split's AI share) when it has one, else the sigmoid of the score
+    (prior 0.5), as ``predict_proba`` gives it.
+    """
+    from facebank.heads.calibration import ScoreCalibration
+
+    doc = getattr(head, "score_calibration_", None)
+    if doc:
+        cal = ScoreCalibration.from_dict(doc)
+        return calibration_metrics(
+            y,
+            cal.probability(scores),
+            prior=float(min(max(cal.val_prevalence, 1e-6), 1 - 1e-6)),
+            source=f"{cal.method} map fitted on {cal.n_rows} validation rows",
+        )
+    p = 1.0 / (1.0 + np.exp(-np.clip(scores, -500, 500)))
+    return calibration_metrics(y, p, source="sigmoid of the score (no fitted map)")
 
 
 def _write_run(
@@ -288,6 +317,13 @@ def _write_run(
     text += md_section(
         "All metrics (stratified bootstrap 95% intervals)", markdown_table(metric_rows, digits=4)
     )
+    if result.calibration is not None:
+        c = result.calibration
+        text += md_section(
+            "Calibration of the probability",
+            f"Probability: {c.probability}; {c.n_real} reals, {c.n_fake} AI images.\n\n"
+            + markdown_table(c.table_rows(), digits=4),
+        )
     if result.notes:
         text += md_section("Notes", "\n".join(f"- {n}" for n in result.notes))
     (run / "metrics.md").write_text(text)
