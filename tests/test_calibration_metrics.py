@@ -19,10 +19,10 @@ P = np.clip(1 / (1 + np.exp(-(2.0 * Y - 1 + RNG.normal(size=300)))), 0.001, 0.99
 def _by_hand(y, p, bins, prior):
     """Loops, the textbook way."""
     n = len(y)
-    nll = -sum(math.log(pi) if yi else math.log(1 - pi) for yi, pi in zip(y, p)) / n
+    nll = -sum(math.log(pi) if yi else math.log(1 - pi) for yi, pi in zip(y, p, strict=True)) / n
     lr = [(pi / (1 - pi)) / (prior / (1 - prior)) for pi in p]
-    fake = [math.log2(1 + 1 / r) for r, yi in zip(lr, y) if yi == 1]
-    real = [math.log2(1 + r) for r, yi in zip(lr, y) if yi == 0]
+    fake = [math.log2(1 + 1 / r) for r, yi in zip(lr, y, strict=True) if yi == 1]
+    real = [math.log2(1 + r) for r, yi in zip(lr, y, strict=True) if yi == 0]
     cllr = 0.5 * (sum(fake) / len(fake) + sum(real) / len(real))
     ece = ece_bal = 0.0
     n1, n0 = sum(y), n - sum(y)
@@ -39,7 +39,8 @@ def _by_hand(y, p, bins, prior):
         w = [0.5 / n1 if y[i] else 0.5 / n0 for i in idx]
         W = sum(w)
         ece_bal += abs(
-            sum(wi * y[i] for wi, i in zip(w, idx)) - sum(wi * p[i] for wi, i in zip(w, idx))
+            sum(wi * y[i] for wi, i in zip(w, idx, strict=True))
+            - sum(wi * p[i] for wi, i in zip(w, idx, strict=True))
         )
         assert W > 0
     return nll, cllr, ece, ece_bal
