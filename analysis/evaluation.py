@@ -29,6 +29,7 @@ from ._evalcommon import (
 )
 from .calibration_metrics import CalibrationMetrics, calibration_metrics
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
+from .paired import PairedScore, paired_score
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
 
@@ -53,6 +54,8 @@ class Evaluation:
         calibration: NLL, Cllr, Brier, ECE (plain and class-balanced), EER and Pd at the
             false-alarm rate of the head's probability (``analysis.calibration_metrics``):
             its validation-fitted map when it has one, else the sigmoid of its score.
+        paired: the share of pairs in which the fake scores above its own real, with its
+            interval (``analysis.paired``); None when no row has a ``pair``.
     """
 
     metrics: BinaryMetrics
@@ -68,6 +71,7 @@ class Evaluation:
     run_dir: Path | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     calibration: CalibrationMetrics | None = None
+    paired: PairedScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,7 @@ class Evaluation:
             "metrics": self.metrics.to_dict(),
             "per_engine": self.per_engine,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "paired": self.paired.to_dict() if self.paired else None,
             "notes": self.notes,
         }
 
@@ -155,7 +160,7 @@ def evaluate(
     for b in banks:
         check_head_backbone(rh.head, b)
 
-    parts = {k: [] for k in ("bank", "path", "sha256", "engine", "label", "score")}
+    parts = {k: [] for k in ("bank", "path", "sha256", "engine", "label", "score", "pair")}
     n_excluded = {"train": 0, "val": 0}
     n_unknown = n_dup = 0
     seen: set[str] = set()
@@ -182,6 +187,10 @@ def evaluate(
         parts["engine"].append(np.asarray(b.engines, dtype=str)[rows])
         parts["label"].append(labels[rows])
         parts["score"].append(score_rows(rh.head, b, rows))
+        pairs = getattr(b, "pairs", None)
+        parts["pair"].append(
+            np.full(rows.size, "") if pairs is None else np.asarray(pairs, dtype=str)[rows]
+        )
     cols = {k: np.concatenate(v) for k, v in parts.items()}
     y, s, engines = cols["label"], cols["score"], cols["engine"]
 
@@ -216,8 +225,16 @@ def evaluate(
             "no splits.csv (a head object or a run without one): no rows were excluded as train/val"
         )
 
+    paired = paired_score(y, s, cols["path"], cols["pair"], n_boot=n_boot, seed=seed)
+    if paired is not None and paired.missing:
+        shown = ", ".join(paired.missing[:10]) + (" ..." if len(paired.missing) > 10 else "")
+        notes.append(
+            f"{paired.n_dropped} fakes name a real that is not among the evaluated rows "
+            f"({shown}): their pairs are dropped"
+        )
     result = Evaluation(
         calibration=head_calibration(rh.head, y, s),
+        paired=paired,
         metrics=metrics,
         per_engine=per_engine,
         threshold=rh.threshold,
@@ -317,6 +334,8 @@ def _write_run(
     text += md_section(
         "All metrics (stratified bootstrap 95% intervals)", markdown_table(metric_rows, digits=4)
     )
+    if result.paired is not None:
+        text += md_section("Paired score", f"On paired rows, {result.paired.sentence()}.")
     if result.calibration is not None:
         c = result.calibration
         text += md_section(

@@ -71,6 +71,7 @@ METADATA_SCHEMA: dict[str, str] = {
 #: "not a face view".
 ROW_SCHEMA: dict[str, str] = {
     "group": "str",  # the manifest's group column (identity, source, camera); "" = none
+    "pair": "str",  # the manifest's pair column (the real a fake was made from); "" = none
     "face_found": "int8",  # face view: 1 = face found, 0 = none (kept uncropped); -1 = no face view
 }
 
