@@ -40,6 +40,7 @@ from facebank.embed.metadata import METADATA_SCHEMA, missing_mask
 __all__ = [
     "BINS",
     "bank_metadata",
+    "bank_propensity",
     "CLIP",
     "PROPERTIES",
     "MetadataCodes",
@@ -296,3 +297,21 @@ def bank_metadata(bank: Any) -> dict[str, np.ndarray]:
             "read them from the source files"
         )
     return meta
+
+
+def bank_propensity(bank: Any, *, seed: int = 0, k: int = 5) -> np.ndarray | None:
+    """``(n_rows,)`` cross-fitted metadata probability of every labelled row of ``bank``
+    (``k`` group-aware folds; NaN for unlabelled rows), or None when the bank has no
+    metadata or too few rows of a class to fold."""
+    from facebank.embed.splits import resolve_groups
+
+    try:
+        meta = bank_metadata(bank)
+    except BankError:
+        return None
+    y = np.asarray(bank.labels).astype(np.int64)
+    labelled = y >= 0
+    enc = encode_metadata(meta, labelled, labelled)
+    groups, _ = resolve_groups(bank)
+    folds = group_folds(y, np.flatnonzero(labelled), k=k, seed=seed, groups=groups)
+    return out_of_fold_proba(enc, y, folds, seed) if folds else None
