@@ -38,6 +38,7 @@ from facebank.heads.fusion import FusionHead
 from facebank.heads.propensity import bank_propensity
 from facebank.heads.training import resolve_splits
 
+from .balanced import balanced_auc
 from .experiment import (
     DEFAULT_HEADS,
     DEFAULT_VIEWS,
@@ -48,7 +49,6 @@ from .experiment import (
     _view_slug,
     run_experiment,
 )
-from .balanced import balanced_auc
 from .metrics import binary_metrics
 from .report import write_report
 

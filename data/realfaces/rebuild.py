@@ -61,7 +61,7 @@ def _package_file(row: dict[str, str]) -> bytes:
     package = row["repository"].split(":", 1)[1]
     module = {"scikit-image": "skimage"}.get(package, package)
     mod = __import__(module)
-    root = Path(mod.__file__).resolve().parent.parent
+    root = Path(str(mod.__file__)).resolve().parent.parent
     return (root / row["source_path"]).read_bytes()
 
 
@@ -93,8 +93,8 @@ def build(row: dict[str, str], data: bytes) -> bytes:
     img = Image.open(io.BytesIO(data))
     buf = io.BytesIO()
     if how == "crop:png":
-        box = tuple(int(v) for v in row["crop_box"].split(","))
-        img.crop(box).save(buf, format="PNG")
+        x0, y0, x1, y1 = (int(v) for v in row["crop_box"].split(","))
+        img.crop((x0, y0, x1, y1)).save(buf, format="PNG")
     elif how == "resize-lanczos:jpeg-q95":
         size = (int(row["width"]), int(row["height"]))
         img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(
