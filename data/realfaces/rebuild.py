@@ -143,9 +143,8 @@ def main() -> int:
         print(f"sha256 mismatch ({why}): {path}")
     for path, why in failed:
         print(f"not rebuilt: {path}: {why}")
-    print(
-        f"{ok} of {len(rows)} files match their sha256; {len(mismatched)} differ, {len(failed)} failed"
-    )
+    n_bad, n_failed = len(mismatched), len(failed)
+    print(f"{ok} of {len(rows)} files match their sha256; {n_bad} differ, {n_failed} failed")
     return 0 if ok == len(rows) else 1
 
 
