@@ -88,6 +88,10 @@ def test_evaluate_reports_the_paired_score_with_its_interval(tmp_path):
     assert ev.paired.ci[0] < ev.paired.share < ev.paired.ci[1]
     assert "Paired score" in (ev.run_dir / "metrics.md").read_text()
     assert ev.to_dict()["paired"]["n_pairs"] == N_REAL
+    from facebank.analysis import write_report
+
+    html = write_report([ev.run_dir], out=tmp_path / "r.html").read_text()
+    assert "Paired score" in html and "Cllr (bits)" in html  # the report carries both
 
 
 def test_embed_stores_the_manifest_pair_per_row(tmp_path):
