@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 from facebank.heads.propensity import CLIP, overlap_weights, weighted_auc
 
 __all__ = ["STRATA", "MIN_PER_CLASS", "BalancedAUC", "balanced_auc"]

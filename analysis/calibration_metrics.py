@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 
 from .metrics import binary_metrics, fpr_label
 

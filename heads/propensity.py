@@ -34,8 +34,8 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from facebank.embed.errors import BankError
-from facebank.embed.metadata import METADATA_SCHEMA, missing_mask
+from facebank.core.errors import BankError
+from facebank.embed.inputs.metadata import METADATA_SCHEMA, missing_mask
 
 __all__ = [
     "BINS",
@@ -306,7 +306,7 @@ def bank_propensity(bank: Any, *, seed: int = 0, k: int = 5) -> np.ndarray | Non
     """``(n_rows,)`` cross-fitted metadata probability of every labelled row of ``bank``
     (``k`` group-aware folds; NaN for unlabelled rows), or None when the bank has no
     metadata or too few rows of a class to fold."""
-    from facebank.embed.splits import resolve_groups
+    from facebank.core.splits import resolve_groups
 
     try:
         meta = bank_metadata(bank)

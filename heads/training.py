@@ -327,7 +327,7 @@ def _balanced_train_rows(
     bank: Any, labels: np.ndarray, tr: np.ndarray, *, seed: int, group_by: str | None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``balance_rows`` on the bank's metadata, with the near-0.5 check."""
-    from facebank.embed.splits import resolve_groups
+    from facebank.core.splits import resolve_groups
 
     from .propensity import bank_metadata, encode_metadata
 

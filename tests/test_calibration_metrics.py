@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_curve
 
 from facebank.analysis.calibration_metrics import calibration_metrics
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 
 RNG = np.random.default_rng(7)
 Y = RNG.integers(0, 2, 300)

@@ -13,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from facebank.analysis.audit import audit
 from facebank.analysis.balanced import balanced_auc
-from facebank.embed.bank import FeatureBank
-from facebank.embed.errors import BankError
-from facebank.embed.metadata import METADATA_SCHEMA, metadata_columns, read_metadata
+from facebank.core.errors import BankError
+from facebank.embed.bank.bank import FeatureBank
+from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns, read_metadata
 from facebank.heads.propensity import (
     encode_metadata,
     group_folds,

@@ -169,7 +169,7 @@ def test_out_of_engine_needs_two_ai_engines(tmp_path):
 def test_leaderboard_row_puts_balanced_aucs_beside_the_raw_one(tmp_path):
     """A bank with metadata: the row carries the propensity-stratified and overlap-weighted
     AUCs of its test rows; without metadata they read n/a."""
-    from facebank.embed.metadata import METADATA_SCHEMA, metadata_columns
+    from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
 
     rng = np.random.default_rng(1)
     n = 400

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from facebank.analysis.paired import paired_score
-from facebank.embed.bank import FeatureBank, write_bank
-from facebank.embed.datasets import scan_source
-from facebank.embed.splits import assign_splits, merge_pairs, resolve_groups
+from facebank.core.splits import assign_splits, merge_pairs, resolve_groups
+from facebank.embed.bank.bank import FeatureBank, write_bank
+from facebank.embed.inputs.datasets import scan_source
 
 N_REAL = 60  # each real has one fake made from it
 

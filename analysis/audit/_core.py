@@ -10,10 +10,10 @@ from typing import Any, Literal
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from facebank.embed._types import BanksLike
-from facebank.embed.errors import DataError, HeadError
-from facebank.embed.metadata import METADATA_SCHEMA
-from facebank.embed.splits import resolve_groups
+from facebank.core.errors import DataError, HeadError
+from facebank.core.splits import resolve_groups
+from facebank.embed.bank.types import BanksLike
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 from facebank.heads.propensity import (
     PROPERTIES,
     bank_metadata,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.metadata import METADATA_SCHEMA
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 from facebank.heads.propensity import PROPERTIES, MetadataCodes
 
 from ..metrics import binary_metrics

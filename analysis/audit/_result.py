@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table, start_run, write_json
 
 from .._evalcommon import md_section
 from ._rule import (

@@ -31,7 +31,7 @@ from bench_audit import synthetic_metadata
 def write_cv_bank(path: Path, n: int, dim: int, *, seed: int = 0) -> None:
     """``n`` rows x ``dim`` float16 features: a weak face signal along one direction and
     a file signal (PNG) along another, with the metadata columns."""
-    from facebank.embed.bank import FeatureBank
+    from facebank.embed.bank.bank import FeatureBank
     from facebank.testing import synthetic_backbone
 
     meta, y, engines = synthetic_metadata(n, seed)
