@@ -246,3 +246,27 @@ def test_deleted_files_are_missing_metadata_and_do_not_move_the_verdict(tmp_path
     for key in ("has_exif", "has_icc", "file_format", "width", "file_bytes"):
         assert (enc.codes[key][gone] == 0).all() and (enc.codes[key][~gone] != 0).all()
     assert enc.n_missing["has_exif"] == gone.sum()
+
+
+def test_cli_audit_cv_and_train_balance(confounded_bank, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    bank = str(confounded_bank.path)
+    out = CliRunner().invoke(
+        app,
+        ["audit", bank, "--cv", "3", "--cv-head", "linear", "--out", str(tmp_path / "a")],
+        env={"COLUMNS": "200"},
+    )
+    assert out.exit_code == 0, out.output
+    assert "cross-fitted, 3 folds" in out.output and "balanced" in out.output
+    cf = json.loads((tmp_path / "a" / "metrics.json").read_text())["audit"]["crossfit"]
+    assert set(cf["heads"]["linear"]) == {"plain", "balanced"}
+    out = CliRunner().invoke(
+        app, ["train", bank, "--balance", "metadata", "--out", str(tmp_path / "t")]
+    )
+    assert out.exit_code == 0, out.output
+    assert "balanced by metadata" in out.output
