@@ -250,8 +250,7 @@ def audit(
     Splits come from the run's ``splits.csv`` when ``run`` is given, else from the
     banks' split column, else from ``embed.assign_splits(seed)`` - the same rule training
     uses, so an audit without ``run`` sees the rows ``facebank train --seed`` would.
-    With ``cv``, every labelled row is also scored out of fold (``_crossfit``): no
-    threshold is set there, only AUCs.
+    With ``cv``, every labelled row is also scored out of fold (``_crossfit``; AUCs only).
 
     Args:
         banks: feature banks (or paths) carrying acquisition metadata (format 2).
@@ -263,10 +262,9 @@ def audit(
         metadata: ``{column: (n_rows,) array}`` instead of the banks' own columns.
         groups: ``(n_rows,)`` group per row; groups straddling splits are listed, and
             cross-fitting folds keep them whole.
-        group_by: used when ``groups`` is not given (``embed.splits.resolve_groups``):
-            ``None`` - the banks' ``group`` column (a manifest's) when rows carry one;
-            ``"level:K"`` - the K-th folder of each stored path; a column name; ``"none"``.
-            Without ``run``, the seeded split is grouped the same way, as training's is.
+        group_by: used when ``groups`` is not given (``core.splits.resolve_groups``: the
+            bank's ``group`` column by default, ``"level:K"``, a column, ``"none"``); the
+            seeded split (without ``run``) is grouped the same way, as training's is.
         band: the cross-validated metadata probability band of "files cannot tell".
         fpr: false-positive rate at which thresholds are set on validation reals.
         seed: seeds the folds, subsamples, bootstraps and (without ``run``) the split.
@@ -284,16 +282,8 @@ def audit(
         DataError: no labelled test rows of both classes, or a bad ``band`` or ``cv``.
         HeadError: ``run`` without a head.
     """
-    lo_b, hi_b = (float(b) for b in band)
-    if not 0.0 <= lo_b < hi_b <= 1.0:
-        raise DataError(f"band {band!r} is not valid; give (low, high) with 0 <= low < high <= 1")
-    if cv is not None and cv != "auto" and (not isinstance(cv, int) or cv < 2):
-        raise DataError(f"cv={cv!r} is not valid; give a number of folds >= 2, 'auto' or None")
-    opened = open_banks(banks, what="banks to audit")
-    require_one_backbone(opened)
-    bank = opened[0] if len(opened) == 1 else type(opened[0]).concat(opened)
-    n = len(bank)
-    meta = _read_metadata(bank, metadata, n)
+    bank, (lo_b, hi_b) = _checked(banks, band, cv)
+    meta = _read_metadata(bank, metadata, len(bank))
     y = np.asarray(bank.labels).astype(np.int64)
     engines = np.asarray(bank.engines, dtype=str)
     labelled = y >= 0
@@ -305,23 +295,11 @@ def audit(
         seed=seed, group_by=group_by, notes=notes,
     )  # fmt: skip
     train, val, test = (labelled & (splits == s) for s in ("train", "val", "test"))
-    if not both(y[test]):
-        raise DataError(
-            f"the audit needs test rows of both classes; test has {int((y[test] == 0).sum())} "
-            f"real and {int((y[test] == 1).sum())} AI rows (splits from {splits_source})"
-        )
-    if groups is None:
-        groups, _ = resolve_groups(bank, group_by)
+    _require_test_classes(y, test, splits_source)
+    groups = groups if groups is not None else resolve_groups(bank, group_by)[0]
     enc = encode_metadata(meta, labelled, train)
-    unread = {k: v for k, v in enc.n_missing.items() if v and METADATA_SCHEMA[k] != "str"}
-    err = np.asarray(meta.get("meta_error", np.full(n, "")), dtype=str)
-    if (err[labelled] != "").any():
-        notes.append(
-            f"{int((err[labelled] != '').sum())} rows have properties that could not be read "
-            f"(kept; a missing value is its own value, never another's: {unread or 'strings'})"
-        )
-    # Threads: a dozen columns give OpenMP little to share, and on a loaded machine its
-    # spin-waiting made two threads 20x slower than one (measured); one thread is steady.
+    _unread_note(meta, enc, labelled, notes)
+    # one OpenMP thread: on a loaded machine two threads' spin-waiting was 20x slower
     with threadpool_limits(limits=1, user_api="openmp"):
         model = _baseline(enc, y, train, val, test, fpr=fpr, seed=seed, notes=notes)
         propensity = _split_propensity(enc, y, labelled, groups, seed, notes)
@@ -330,28 +308,23 @@ def audit(
             cv = CV_FOLDS if unc["n"] < AUTO_CV_BELOW else None
         crossfit = None
         if cv is not None:
-            refit = _refit_heads(head_dirs, cv_heads, bank, seed)
             crossfit, propensity = cross_fit(
-                enc, y, k=int(cv), groups=groups, heads=refit,
+                enc, y, k=int(cv), groups=groups,
+                heads=_refit_heads(head_dirs, cv_heads, bank, seed),
                 load_features=bank.load_features, engines=engines,
                 band=(lo_b, hi_b), balance=balance, seed=seed,
             )  # fmt: skip
             unc = _uncertain(y, test, propensity, (lo_b, hi_b), [])
-    if model.get("auc") is not None and test.any():
-        model.update(_balanced_block(y, _baseline_scores(enc, y, train, seed), propensity,
-                                     test, seed))  # fmt: skip
+    if model.get("auc") is not None:
+        p_model = _baseline_scores(enc, y, train, seed)
+        model.update(_balanced_block(y, p_model, propensity, test, seed))
     heads = _score_heads(head_dirs, scores, bank, y, test, propensity, (lo_b, hi_b), seed)
     properties = properties_alone(enc, y, train, test, seed)
     verdict, carriers = audit_verdict(model.get("auc"), model.get("auc_ci"), properties)
     for p in properties:
         p["carrier"] = p["name"] in carriers
-    straddling = straddling_groups(groups, splits) if groups is not None else []
+    straddling = _straddling(groups, splits, notes)
     face_found = _face_notes(bank, y, labelled, notes)
-    if straddling:
-        notes.append(
-            f"{len(straddling)} groups have rows in more than one split: the same identity or "
-            "source on both sides inflates every score"
-        )
     return AuditResult(
         verdict=verdict,
         reason=_reason(verdict, model, carriers, properties, heads, unc, crossfit),
@@ -373,6 +346,48 @@ def audit(
         notes=notes,
         crossfit=crossfit,
     )
+
+
+def _checked(banks, band, cv) -> tuple[Any, tuple[float, float]]:
+    """The banks as one (one backbone), and the band, after checking ``band`` and ``cv``."""
+    lo_b, hi_b = (float(b) for b in band)
+    if not 0.0 <= lo_b < hi_b <= 1.0:
+        raise DataError(f"band {band!r} is not valid; give (low, high) with 0 <= low < high <= 1")
+    if cv is not None and cv != "auto" and (not isinstance(cv, int) or cv < 2):
+        raise DataError(f"cv={cv!r} is not valid; give a number of folds >= 2, 'auto' or None")
+    opened = open_banks(banks, what="banks to audit")
+    require_one_backbone(opened)
+    bank = opened[0] if len(opened) == 1 else type(opened[0]).concat(opened)
+    return bank, (lo_b, hi_b)
+
+
+def _require_test_classes(y, test, splits_source) -> None:
+    if not both(y[test]):
+        raise DataError(
+            f"the audit needs test rows of both classes; test has {int((y[test] == 0).sum())} "
+            f"real and {int((y[test] == 1).sum())} AI rows (splits from {splits_source})"
+        )
+
+
+def _straddling(groups, splits, notes) -> list[dict[str, Any]]:
+    straddling = straddling_groups(groups, splits) if groups is not None else []
+    if straddling:
+        notes.append(
+            f"{len(straddling)} groups have rows in more than one split: the same identity or "
+            "source on both sides inflates every score"
+        )
+    return straddling
+
+
+def _unread_note(meta, enc, labelled, notes) -> None:
+    """Count the rows with unreadable properties (kept, each missing value its own)."""
+    err = np.asarray(meta.get("meta_error", np.full(labelled.size, "")), dtype=str)
+    if (err[labelled] != "").any():
+        unread = {k: v for k, v in enc.n_missing.items() if v and METADATA_SCHEMA[k] != "str"}
+        notes.append(
+            f"{int((err[labelled] != '').sum())} rows have properties that could not be read "
+            f"(kept; a missing value is its own value, never another's: {unread or 'strings'})"
+        )
 
 
 def _baseline_scores(enc, y, train, seed) -> np.ndarray:
