@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.heads.propensity import CLIP, overlap_weights, weighted_auc
+from facebank.heads.propensity import CLIP, overlap_weights
 
 __all__ = ["STRATA", "MIN_PER_CLASS", "BalancedAUC", "balanced_auc"]
 
@@ -90,17 +90,43 @@ def _strata(e: np.ndarray, k: int) -> np.ndarray:
     return np.searchsorted(edges, e, side="right")
 
 
-def _stratified(y, s, strata, keep, c) -> float:
-    """Pairs-weighted mean of the within-stratum AUCs (rows weighted by counts ``c``)."""
-    num = den = 0.0
-    for k in keep:
-        m = strata == k
-        cy = c[m]
-        pairs = cy[y[m] == 0].sum() * cy[y[m] == 1].sum()
-        if pairs > 0:
-            num += pairs * weighted_auc(y[m], s[m], cy)
-            den += pairs
-    return num / den if den > 0 else math.nan
+@dataclasses.dataclass
+class _Groups:
+    """Rows grouped by (stratum, score), groups ascending in score within each stratum:
+    any row weighting gives the pooled within-stratum AUC by two ``bincount``s (linear)."""
+
+    g: np.ndarray  # (n,) group of each row
+    stratum: np.ndarray  # (G,) stratum of each group
+    first: np.ndarray  # (G,) index of the first group of that group's stratum
+    n_strata: int
+
+    @classmethod
+    def of(cls, s: np.ndarray, strata: np.ndarray) -> _Groups:
+        order = np.lexsort((s, strata))
+        st, sv = strata[order], s[order]
+        new = (
+            np.r_[True, (st[1:] != st[:-1]) | (sv[1:] != sv[:-1])] if s.size else np.zeros(0, bool)
+        )
+        g = np.empty(s.size, np.int64)
+        g[order] = np.cumsum(new) - 1
+        stratum = st[new]
+        first_of = np.r_[True, stratum[1:] != stratum[:-1]] if stratum.size else stratum
+        starts = np.flatnonzero(first_of)
+        first = starts[np.cumsum(first_of) - 1]
+        return cls(g, stratum, first, int(strata.max()) + 1 if strata.size else 0)
+
+    def auc(self, y: np.ndarray, w: np.ndarray) -> float:
+        """``sum_k W0_k W1_k AUC_k / sum_k W0_k W1_k`` with row weights ``w`` (ties 1/2)."""
+        G = self.stratum.size
+        w0 = np.bincount(self.g, weights=w * (y == 0), minlength=G)
+        w1 = np.bincount(self.g, weights=w * (y == 1), minlength=G)
+        c0 = np.cumsum(w0)
+        below = c0 - w0 - np.where(self.first > 0, c0[self.first - 1], 0.0)
+        den = (
+            np.bincount(self.stratum, weights=w0, minlength=self.n_strata)
+            * np.bincount(self.stratum, weights=w1, minlength=self.n_strata)
+        ).sum()
+        return float((w1 * (below + 0.5 * w0)).sum() / den) if den > 0 else math.nan
 
 
 def balanced_auc(
@@ -132,7 +158,7 @@ def balanced_auc(
         raise DataError(f"labels {y.shape}, scores {s.shape}, propensity {e.shape} differ")
     if not (np.isfinite(s).all() and np.isfinite(e).all()):
         raise DataError("scores and propensities must be finite: leave out rows without them")
-    # sorted by score once: every AUC below sorts already sorted data (timsort: linear)
+    # rows in score order: the bootstrap's draws depend on the order, so it is fixed
     order = np.argsort(s, kind="stable")
     y, s, e = y[order], s[order], e[order]
     st = _strata(e, strata) if y.size else np.zeros(0, np.int64)
@@ -145,9 +171,11 @@ def balanced_auc(
         else:
             dropped_rows += int(m.sum())
     w, n_clip = overlap_weights(y, e)
-    ones = np.ones(y.size)
-    strat = _stratified(y, s, st, keep, ones) if keep else math.nan
-    over = weighted_auc(y, s, w) if y.size else math.nan
+    kept = np.isin(st, keep)  # dropped strata weigh nothing
+    within = _Groups.of(s, st)
+    overall = _Groups.of(s, np.zeros(y.size, np.int64))
+    strat = within.auc(y, kept.astype(float)) if keep else math.nan
+    over = overall.auc(y, w) if y.size else math.nan
     cis: list[list[float] | None] = [None, None]
     if n_boot and y.size and (y == 0).any() and (y == 1).any():
         rng = np.random.default_rng(seed)
@@ -157,10 +185,7 @@ def balanced_auc(
             c = np.zeros(y.size)
             for rows in idx:
                 c[rows] = np.bincount(rng.integers(0, rows.size, rows.size), minlength=rows.size)
-            boots[b] = (
-                _stratified(y, s, st, keep, c) if keep else math.nan,
-                weighted_auc(y, s, w * c),
-            )
+            boots[b] = (within.auc(y, c * kept) if keep else math.nan, overall.auc(y, w * c))
         for j, point in enumerate((strat, over)):
             v = boots[:, j][np.isfinite(boots[:, j])]
             if math.isfinite(point) and v.size:
