@@ -270,3 +270,19 @@ def test_cli_audit_cv_and_train_balance(confounded_bank, tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert "balanced by metadata" in out.output
+
+
+def test_folds_with_fewer_than_two_rows_of_a_class_are_said_and_counted():
+    from facebank.analysis.audit._crossfit import cross_fit
+
+    y = np.array([0] * 40 + [1] * 6)
+    fmt = np.where(np.arange(46) % 2 == 0, "PNG", "JPEG")
+    enc = encode_metadata(_meta_rows(fmt, np.full(46, 128)), y >= 0, y >= 0)
+    block, e = cross_fit(
+        enc, y, k=5, groups=None, heads={}, load_features=lambda r: np.zeros((r.size, 1)),
+        engines=np.full(46, "x"), band=(0.05, 0.95), balance=False, seed=0,
+    )  # fmt: skip
+    assert block["k"] == 5 and np.isfinite(e).all()
+    # 6 AI rows in 5 folds: four folds hold one, and each of them is said
+    short = [n for n in block["notes"] if "fewer than 2 rows of a class" in n]
+    assert len(short) == 4 and all(n.startswith("fold ") for n in short)
