@@ -27,7 +27,9 @@ from ._evalcommon import (
     require_one_backbone,
     score_rows,
 )
+from .calibration_metrics import CalibrationMetrics, calibration_metrics
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
+from .paired import PairedScore, paired_score
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
 
@@ -49,6 +51,11 @@ class Evaluation:
         banks: the banks' paths; ``views``: their views.
         run_dir: the run folder written (``None`` without ``out``).
         notes: caveats in words (small engines, low-FPR targets below one image...).
+        calibration: NLL, Cllr, Brier, ECE (plain and class-balanced), EER and Pd at the
+            false-alarm rate of the head's probability (``analysis.calibration_metrics``):
+            its validation-fitted map when it has one, else the sigmoid of its score.
+        paired: the share of pairs in which the fake scores above its own real, with its
+            interval (``analysis.paired``); None when no row has a ``pair``.
     """
 
     metrics: BinaryMetrics
@@ -63,6 +70,8 @@ class Evaluation:
     views: list[str]
     run_dir: Path | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    calibration: CalibrationMetrics | None = None
+    paired: PairedScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +85,8 @@ class Evaluation:
             "views": self.views,
             "metrics": self.metrics.to_dict(),
             "per_engine": self.per_engine,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "paired": self.paired.to_dict() if self.paired else None,
             "notes": self.notes,
         }
 
@@ -149,34 +160,7 @@ def evaluate(
     for b in banks:
         check_head_backbone(rh.head, b)
 
-    parts = {k: [] for k in ("bank", "path", "sha256", "engine", "label", "score")}
-    n_excluded = {"train": 0, "val": 0}
-    n_unknown = n_dup = 0
-    seen: set[str] = set()
-    for b in banks:
-        sha = np.asarray(b.sha256, dtype=str)
-        labels = np.asarray(b.labels, dtype=np.int64)
-        used = rh.used_for_fitting(sha)
-        if used.any():
-            for sp, n in zip(*np.unique(rh.split_for(sha[used]), return_counts=True), strict=True):
-                n_excluded[str(sp)] = n_excluded.get(str(sp), 0) + int(n)
-        unknown = (labels == -1) & ~used
-        n_unknown += int(unknown.sum())
-        keep = ~used & ~unknown
-        dup = np.zeros_like(keep)
-        for i in np.flatnonzero(keep):
-            if sha[i] in seen:
-                dup[i] = True
-            seen.add(sha[i])
-        n_dup += int(dup.sum())
-        rows = np.flatnonzero(keep & ~dup)
-        parts["bank"].append(np.full(rows.size, bank_label(b), dtype=object))
-        parts["path"].append(np.asarray(b.paths, dtype=str)[rows])
-        parts["sha256"].append(sha[rows])
-        parts["engine"].append(np.asarray(b.engines, dtype=str)[rows])
-        parts["label"].append(labels[rows])
-        parts["score"].append(score_rows(rh.head, b, rows))
-    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    cols, n_excluded, n_unknown, n_dup = _collect_rows(rh, banks)
     y, s, engines = cols["label"], cols["score"], cols["engine"]
 
     n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
@@ -210,7 +194,10 @@ def evaluate(
             "no splits.csv (a head object or a run without one): no rows were excluded as train/val"
         )
 
+    paired = _paired(cols, n_boot=n_boot, seed=seed, notes=notes)
     result = Evaluation(
+        calibration=head_calibration(rh.head, y, s),
+        paired=paired,
         metrics=metrics,
         per_engine=per_engine,
         threshold=rh.threshold,
@@ -226,6 +213,97 @@ def evaluate(
     if out is not None:
         result.run_dir = _write_run(result, rh, cols, out=Path(out), n_boot=n_boot, seed=seed)
     return result
+
+
+def _collect_rows(rh: Any, banks: Sequence[Any]) -> tuple[dict[str, np.ndarray], dict, int, int]:
+    """The rows to evaluate, scored: ``(columns, excluded per split, unknown, duplicates)``.
+
+    Rows the run fitted or calibrated on, unlabelled rows and repeated sha256 are left out
+    and counted; ``columns`` holds bank, path, sha256, engine, label, score and pair.
+    """
+    parts = {k: [] for k in ("bank", "path", "sha256", "engine", "label", "score", "pair")}
+    n_excluded = {"train": 0, "val": 0}
+    n_unknown = n_dup = 0
+    seen: set[str] = set()
+    for b in banks:
+        sha = np.asarray(b.sha256, dtype=str)
+        labels = np.asarray(b.labels, dtype=np.int64)
+        used = rh.used_for_fitting(sha)
+        if used.any():
+            for sp, n in zip(*np.unique(rh.split_for(sha[used]), return_counts=True), strict=True):
+                n_excluded[str(sp)] = n_excluded.get(str(sp), 0) + int(n)
+        unknown = (labels == -1) & ~used
+        n_unknown += int(unknown.sum())
+        keep = ~used & ~unknown
+        dup = np.zeros_like(keep)
+        for i in np.flatnonzero(keep):
+            if sha[i] in seen:
+                dup[i] = True
+            seen.add(sha[i])
+        n_dup += int(dup.sum())
+        rows = np.flatnonzero(keep & ~dup)
+        parts["bank"].append(np.full(rows.size, bank_label(b), dtype=object))
+        parts["path"].append(np.asarray(b.paths, dtype=str)[rows])
+        parts["sha256"].append(sha[rows])
+        parts["engine"].append(np.asarray(b.engines, dtype=str)[rows])
+        parts["label"].append(labels[rows])
+        parts["score"].append(score_rows(rh.head, b, rows))
+        pairs = getattr(b, "pairs", None)  # banks from before the column have none
+        parts["pair"].append(
+            np.full(rows.size, "") if pairs is None else np.asarray(pairs, dtype=str)[rows]
+        )
+    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    return cols, n_excluded, n_unknown, n_dup
+
+
+def _paired(cols: dict[str, np.ndarray], *, n_boot: int, seed: int, notes: list[str]) -> Any:
+    """The paired score of the evaluated rows (None without pairs); absent reals noted."""
+    paired = paired_score(
+        cols["label"], cols["score"], cols["path"], cols["pair"], n_boot=n_boot, seed=seed
+    )
+    if paired is not None and paired.missing:
+        shown = ", ".join(paired.missing[:10]) + (" ..." if len(paired.missing) > 10 else "")
+        notes.append(
+            f"{paired.n_dropped} fakes name a real that is not among the evaluated rows "
+            f"({shown}): their pairs are dropped"
+        )
+    return paired
+
+
+def head_calibration(head: Any, y: np.ndarray, scores: np.ndarray) -> CalibrationMetrics:
+    """Calibration measures of a head's probability on rows ``y``/``scores`` (its raw scores).
+
+    The probability is the head's validation-fitted map (``heads.calibration``; Cllr's prior
+    is the validation split's AI share) when it has one, else the sigmoid of the score
+    (prior 0.5), as ``predict_proba`` gives it.
+    """
+    from facebank.heads.calibration import ScoreCalibration
+
+    doc = getattr(head, "score_calibration_", None)
+    if doc:
+        cal = ScoreCalibration.from_dict(doc)
+        return calibration_metrics(
+            y,
+            cal.probability(scores),
+            prior=float(min(max(cal.val_prevalence, 1e-6), 1 - 1e-6)),
+            source=f"{cal.method} map fitted on {cal.n_rows} validation rows",
+        )
+    p = 1.0 / (1.0 + np.exp(-np.clip(scores, -500, 500)))
+    return calibration_metrics(y, p, source="sigmoid of the score (no fitted map)")
+
+
+def _paired_and_calibration_md(result: Evaluation) -> str:
+    text = ""
+    if result.paired is not None:
+        text += md_section("Paired score", f"On paired rows, {result.paired.sentence()}.")
+    if result.calibration is not None:
+        c = result.calibration
+        text += md_section(
+            "Calibration of the probability",
+            f"Probability: {c.probability}; {c.n_real} reals, {c.n_fake} AI images.\n\n"
+            + markdown_table(c.table_rows(), digits=4),
+        )
+    return text
 
 
 def _write_run(
@@ -288,6 +366,7 @@ def _write_run(
     text += md_section(
         "All metrics (stratified bootstrap 95% intervals)", markdown_table(metric_rows, digits=4)
     )
+    text += _paired_and_calibration_md(result)
     if result.notes:
         text += md_section("Notes", "\n".join(f"- {n}" for n in result.notes))
     (run / "metrics.md").write_text(text)

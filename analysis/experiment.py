@@ -926,6 +926,7 @@ def _audit(result, original, *, seed, steps, group_by=None) -> None:
                 group_by=group_by,
                 fpr=FPR,
                 seed=seed,
+                cv="auto",  # cross-fitted when the test split's band is too thin
             )
         except FacebankError as exc:  # e.g. a bank without metadata, no test rows of a class
             result.skipped["audit"] = str(exc)
@@ -947,9 +948,17 @@ def _confound_cells(result: ExperimentResult, head: str) -> dict[str, str]:
         cells["AUC normalised"] = _with_ci(n.get("auc"), n.get("auc_lo"), n.get("auc_hi"))
     if result.audit:
         a = result.audit["heads"].get(head, {})
+        cf = ((result.audit.get("crossfit") or {}).get("heads") or {}).get(head, {})
+        if cf:  # cross-fitted: every row in the band, scored out of fold
+            a = {**cf["plain"], "cross-fitted": True}
         ci = a.get("uncertain_auc_ci") or (None, None)
         cells["AUC where files cannot tell"] = (
             _with_ci(a.get("uncertain_auc"), ci[0], ci[1])
+            + (
+                f" (cross-fitted, {a['uncertain_n_real']}+{a['uncertain_n_fake']} rows)"
+                if a.get("cross-fitted")
+                else ""
+            )
             if a.get("uncertain_auc") is not None
             else "too few rows"
         )
@@ -976,6 +985,14 @@ def _confound_lines(result: ExperimentResult) -> list[str]:
         + ". A head whose AUC holds there (and on the normalised view) is reading the faces; "
         "one that falls towards 0.5 was reading the files.",
     ]
+    cf = a.get("crossfit") or {}
+    if cf.get("k"):
+        cu = cf["uncertain"]
+        lines.append(
+            f"Too few test rows in the band, so the audit cross-fitted {cf['k']} folds: every "
+            f"labelled row scored by models that never saw it; {cu['n']} rows ({cu['n_real']} "
+            f"real, {cu['n_fake']} AI) are where the files cannot tell (table column)."
+        )
     return lines
 
 

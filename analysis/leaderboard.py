@@ -35,8 +35,10 @@ from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.runner.multi import embed_source_multi, join_banks
 from facebank.heads import create_head, head_params, load_head, train_run
 from facebank.heads.fusion import FusionHead
+from facebank.heads.propensity import bank_propensity
 from facebank.heads.training import resolve_splits
 
+from .balanced import balanced_auc
 from .experiment import (
     DEFAULT_HEADS,
     DEFAULT_VIEWS,
@@ -78,6 +80,9 @@ class LeaderboardRow:
             with its bootstrap 95 % interval, and the FPR on test reals averaged alike.
         out_of_engine_note: Why there is no out-of-engine TPR (e.g. one AI engine).
         auc_normalised: Test AUC of the same head on the ``normalise`` view.
+        stratified_auc, overlap_auc (+ ``_ci``): the balanced AUCs of the test rows
+            (``analysis.balanced``: where the files cannot tell), from the bank's
+            cross-fitted metadata probability; None without metadata.
         n_test: Test rows.
         run_dir: The training run.
     """
@@ -97,6 +102,10 @@ class LeaderboardRow:
     out_of_engine_note: str | None = None
     auc_normalised: float | None = None
     fused: bool = False
+    stratified_auc: float | None = None
+    stratified_auc_ci: tuple[float, float] | None = None
+    overlap_auc: float | None = None
+    overlap_auc_ci: tuple[float, float] | None = None
 
     def cells(self) -> dict[str, str]:
         def ci(v: Any, lo_hi: Any, pct: bool) -> str:
@@ -116,6 +125,8 @@ class LeaderboardRow:
             "backbone": self.backbone,
             "head": self.head,
             "AUC [95% CI]": ci(self.auc, self.auc_ci, pct=False),
+            "stratified AUC": ci(self.stratified_auc, self.stratified_auc_ci, pct=False),
+            "overlap-weighted AUC": ci(self.overlap_auc, self.overlap_auc_ci, pct=False),
             f"TPR at val-chosen {FPR:.1%} FPR [95% CI]": ci(self.tpr, self.tpr_ci, pct=True),
             "FPR realised (test)": "n/a" if self.fpr is None else f"{100 * self.fpr:.2f}%",
             "out-of-engine TPR (LOEO)": ooe,
@@ -146,7 +157,18 @@ def leaderboard_row(
         )
     s = est.decision_function(bank.load_features(rows))
     m = binary_metrics(y, s, threshold=float(est.threshold_), seed=seed)
+    balanced: dict[str, Any] = {}
+    e = bank_propensity(bank, seed=seed)
+    if e is not None and np.isfinite(e[rows]).all():
+        ba = balanced_auc(y, s, e[rows], seed=seed)
+        balanced = {
+            "stratified_auc": ba.stratified_auc,
+            "stratified_auc_ci": ba.stratified_ci,
+            "overlap_auc": ba.overlap_auc,
+            "overlap_auc_ci": ba.overlap_ci,
+        }
     return LeaderboardRow(
+        **balanced,
         backbone=backbone,
         head=head,
         auc=m.auc,

@@ -45,11 +45,36 @@ def audit_cmd(
             "with rows in more than one split are listed.",
         ),
     ] = None,
+    cv: Annotated[
+        int | None,
+        typer.Option(
+            "--cv",
+            help="Cross-fit with K group-aware folds: every labelled row gets an out-of-fold "
+            "metadata probability and out-of-fold head scores (heads refitted per fold, plain "
+            "and balanced); the AUC where the files cannot tell then uses every row in the band.",
+        ),
+    ] = None,
+    cv_head: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cv-head",
+            help="A head (registry name) to refit per fold besides the run's heads (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Could the files, not the faces, give the answer? Metadata baseline, heads, verdict."""
     from facebank.analysis.audit import audit
 
-    res = audit(banks, run=run, band=band, fpr=fpr, seed=seed, group_by=group_by)
+    res = audit(
+        banks,
+        run=run,
+        band=band,
+        fpr=fpr,
+        seed=seed,
+        group_by=group_by,
+        cv=cv,
+        cv_heads=tuple(cv_head or ()),
+    )
     run_dir = res.write(
         default_out("audit", out),
         config={
@@ -59,6 +84,8 @@ def audit_cmd(
             "fpr": fpr,
             "seed": seed,
             "group_by": group_by,
+            "cv": cv,
+            "cv_heads": list(cv_head or ()),
             "splits": res.splits_source,
             "threshold_split": "val (reals only)",
             "test_split": "test",
@@ -76,6 +103,18 @@ def audit_cmd(
     for r in rows:
         t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v or "-") for v in r.values()))
     console.print(t)
+    if res.crossfit and res.crossfit.get("k"):
+        u = res.crossfit["uncertain"]
+        cf = Table(
+            title=f"cross-fitted, {res.crossfit['k']} folds: {u['n']} rows where the files "
+            f"cannot tell ({u['n_real']} real, {u['n_fake']} AI)"
+        )
+        cf_rows = res.crossfit_rows()
+        for col in cf_rows[0]:
+            cf.add_column(col, justify="left" if col in ("model", "training") else "right")
+        for r in cf_rows:
+            cf.add_row(*(str(v) for v in r.values()))
+        console.print(cf)
     for n in res.notes:
         console.print(f"note: {n}")
     console.print(f"run folder: {run_dir}")

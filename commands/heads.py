@@ -66,6 +66,15 @@ def train_cmd(
             "(group: the default when the manifest had one), or none.",
         ),
     ] = None,
+    balance: Annotated[
+        str,
+        typer.Option(
+            "--balance",
+            help="none (default), or metadata: fit on train rows drawn by overlap weights from "
+            "a cross-fitted metadata probability, so the files cannot tell the classes apart "
+            "(docs/confounds.md).",
+        ),
+    ] = "none",
 ) -> None:
     """Train a head on the train split; threshold on validation reals; report val figures."""
     from facebank.embed.bank.bank import open_banks
@@ -81,6 +90,7 @@ def train_cmd(
         seed=seed,
         fpr=fpr,
         group_by=group_by,
+        balance=balance,
     )
     auc = "n/a" if res.val_auc is None else f"{res.val_auc:.4f}"
     tpr = "n/a" if res.val_tpr_at_fpr is None else f"{res.val_tpr_at_fpr:.1%}"
@@ -94,6 +104,12 @@ def train_cmd(
         f"val ({res.n_val} rows): AUC {auc}  TPR {tpr} at FPR {realised} (target {fpr:.2%})  "
         f"threshold {res.threshold:.4g} (set on val reals)"
     )
+    bal = res.metrics.get("balance") or {}
+    if bal.get("weighted_metadata_auc") is not None:
+        typer.echo(
+            f"balanced by metadata: the files' AUC on train rows {bal['raw_metadata_auc']:.3f} "
+            f"-> {bal['weighted_metadata_auc']:.3f} weighted ({bal['no_overlap']} rows clipped)"
+        )
     typer.echo(f"run folder: {res.run_dir}")
 
 

@@ -15,6 +15,11 @@ Fractions then count units, not rows, so split sizes in rows follow the group si
 :func:`resolve_groups` turns ``--group-by`` (or its absence) into one group per row: a
 bank whose rows carry a ``group`` (from a manifest) is grouped by it unless told
 ``--group-by none``.
+
+Pairs. A fake made from (or matched to) a real image names it in the manifest's ``pair``
+column (the real's path; frames of one video share a name). :func:`merge_pairs` joins
+the rows of a pair - and every group any of them belongs to - into one group, so pairs
+never straddle splits, whatever ``--group-by`` says (``none`` included).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "has_splits",
     "parse_group_by",
     "resolve_groups",
+    "merge_pairs",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -155,6 +161,61 @@ def parse_group_by(spec: str, paths: np.ndarray) -> np.ndarray:
 
 
 def resolve_groups(bank: Any, group_by: str | None = None) -> tuple[np.ndarray | None, str]:
+    """One group per row of ``bank`` (:func:`_named_groups`), with pairs joined
+    (:func:`merge_pairs`): the rows of a pair are always in one group."""
+    groups, source = _named_groups(bank, group_by)
+    pairs = getattr(bank, "pairs", None)
+    if pairs is None:
+        return groups, source
+    pairs = np.asarray(pairs, dtype=str)
+    if not (pairs != "").any():
+        return groups, source
+    merged = merge_pairs(np.asarray(bank.paths, dtype=str), pairs, groups)
+    return merged, f"{source} and the pair column" if source else "the pair column"
+
+
+def merge_pairs(paths: np.ndarray, pairs: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """``(n,)`` groups in which every pair is whole (module docstring).
+
+    Args:
+        paths: ``(n,)`` stored paths (a pair names its real by path).
+        pairs: ``(n,)`` pair name per row (``""`` = none).
+        groups: ``(n,)`` groups (``""`` = none) or None.
+
+    Returns:
+        ``(n,)`` groups: a pair's rows, the row whose path is the pair's name, and every
+        other row of their groups share one name (the smallest of the joined names).
+    """
+    paths = np.asarray(paths, dtype=str)
+    pairs = np.asarray(pairs, dtype=str)
+    g = np.full(paths.size, "", dtype=object) if groups is None else groups.astype(object)
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    named = set(pairs[pairs != ""].tolist())
+    unit = np.where(g != "", "group:" + g.astype(str), "").astype(object)
+    for i in np.flatnonzero(pairs != ""):
+        union("pair:" + pairs[i], unit[i] or f"pair:{pairs[i]}")
+        unit[i] = unit[i] or f"pair:{pairs[i]}"
+    for i in np.flatnonzero(np.isin(paths, list(named))):
+        union("pair:" + paths[i], unit[i] or f"pair:{paths[i]}")
+        unit[i] = unit[i] or f"pair:{paths[i]}"
+    out = np.array([find(u).split(":", 1)[1] if u else "" for u in unit.tolist()], dtype=str)
+    return out
+
+
+def _named_groups(bank: Any, group_by: str | None = None) -> tuple[np.ndarray | None, str]:
     """One group per row of ``bank`` from ``--group-by``, or ``None`` for no groups.
 
     Args:

@@ -5,6 +5,15 @@ threshold is chosen on the **val** split's reals only (``calibrate(fpr)``), and 
 reported AUC / TPR are measured on **val** (whose reals set the threshold, so the val
 FPR is the target by construction); the **test** split is never touched here - it is
 written to ``splits.csv`` for ``facebank evaluate``.
+
+Balanced training (``balance="metadata"``, ``balance_rows``): the train rows get a
+metadata probability cross-fitted inside the train split (``heads.propensity``: K
+group-aware folds, each row scored by a model that never saw it) and overlap weights
+(reals ``e``, AI rows ``1 - e``); the head is fitted on as many rows drawn with
+replacement in proportion to those weights (seeded), which works for every head. Under
+the weights the metadata-only classifier's AUC on the train rows is near 0.5 (checked:
+``BALANCE_TOLERANCE``; the figure is in ``metrics.json`` under ``balance``): the files no
+longer tell the classes apart, so the head cannot lean on them.
 """
 
 from __future__ import annotations
@@ -34,7 +43,12 @@ from .calibration import calibrate_head
 from .fusion import FusionHead
 from .registry import create_head, head_info
 
-__all__ = ["TrainResult", "train_run", "resolve_splits"]
+__all__ = ["TrainResult", "train_run", "resolve_splits", "balance_rows", "BALANCE_TOLERANCE"]
+
+#: the metadata-only classifier's overlap-weighted AUC on the train rows must be within
+#: this of 0.5 (exactly 0.5 for a calibrated probability; the trees are nearly calibrated)
+BALANCE_TOLERANCE = 0.1
+_BALANCE_FOLDS = 5
 
 
 @dataclass
@@ -87,6 +101,51 @@ def resolve_splits(bank: Any, *, seed: int, group_by: str | None = None) -> tupl
     ), f"assign_splits(seed={seed}) stratified by engine"
 
 
+def balance_rows(
+    enc: Any, y: np.ndarray, rows: np.ndarray, *, groups: Any, k: int = _BALANCE_FOLDS, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rows drawn by overlap weights (module docstring), and what the weighting did.
+
+    Args:
+        enc: ``heads.propensity.MetadataCodes`` of the bank.
+        y: ``(n_rows,)`` labels.
+        rows: the training rows (indices).
+        groups: ``(n_rows,)`` groups kept whole in the inner folds, or None.
+        k: inner folds of the metadata probability.
+        seed: seeds the folds and the draw.
+
+    Returns:
+        ``(drawn, info)``: ``rows.size`` row indices drawn with replacement (sorted), and
+        ``{weighted_metadata_auc, raw_metadata_auc, no_overlap, n_rows, folds, notes}``;
+        ``rows`` unchanged when no fold can be formed (said in ``notes``).
+    """
+    from .propensity import group_folds, out_of_fold_proba, overlap_weights, weighted_auc
+
+    folds = group_folds(y, rows, k=k, seed=seed, groups=groups)
+    info: dict[str, Any] = {"n_rows": int(rows.size), "folds": len(folds), "notes": []}
+    if not folds:
+        info["notes"].append(
+            f"no cross-fitted metadata probability (class counts "
+            f"{np.bincount(y[rows], minlength=2).tolist()}): trained unweighted"
+        )
+        return rows, info
+    e = out_of_fold_proba(enc, y, folds, seed)[rows]
+    w, n_clip = overlap_weights(y[rows], e)
+    info.update(
+        raw_metadata_auc=weighted_auc(y[rows], e, np.ones(rows.size)),
+        weighted_metadata_auc=weighted_auc(y[rows], e, w),
+        no_overlap=n_clip,
+    )
+    if n_clip:
+        info["notes"].append(
+            f"{n_clip} of {rows.size} train rows have a metadata probability of (nearly) 0 or "
+            "1: clipped (no overlap)"
+        )
+    rng = np.random.default_rng(seed)
+    drawn = np.sort(rng.choice(rows, size=rows.size, replace=True, p=w / w.sum()))
+    return drawn, info
+
+
 def _tpr_at_threshold(scores: np.ndarray, y: np.ndarray, t: float) -> float | None:
     pos = scores[y == 1]
     return float((pos > t).mean()) if pos.size else None
@@ -101,6 +160,7 @@ def train_run(
     seed: int = 0,
     fpr: float = 0.005,
     group_by: str | None = None,
+    balance: str = "none",
 ) -> TrainResult:
     """Train head ``head`` on the train split of ``banks`` and write a run folder.
 
@@ -114,6 +174,9 @@ def train_run(
         fpr: target false-positive rate on val reals for ``threshold_``.
         group_by: ``"level:K"``: a bank without a split column is split keeping each
             group (the K-th folder of the stored paths) in one split.
+        balance: ``"none"`` (default) or ``"metadata"``: fit on rows drawn by overlap
+            weights so that the files cannot tell the classes apart (module docstring);
+            needs the bank's metadata (``facebank bank backfill`` for older banks).
 
     Returns:
         TrainResult. Rows labelled -1 (unknown) are kept in ``splits.csv`` but used
@@ -151,6 +214,11 @@ def train_run(
             f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
             f"FPR={fpr} can be set; add real images to the val split"
         )
+    balance_info = None
+    if balance == "metadata":
+        tr, balance_info = _balanced_train_rows(bank, labels, tr, seed=seed, group_by=group_by)
+    elif balance != "none":
+        raise DataError(f"balance={balance!r} is not valid; use 'none' or 'metadata'")
     if "seed" in inspect.signature(head_info(head).load().__init__).parameters:
         params.setdefault("seed", seed)
     est = create_head(head, **params)
@@ -196,6 +264,7 @@ def train_run(
         "n_unknown_label": int((~known).sum()),
         "split_source": split_source,
         "which_split": {"fit": "train", "threshold": "val reals", "metrics": "val"},
+        "balance": {"mode": balance, **(balance_info or {})},
     }
     run = start_run(
         out,
@@ -211,6 +280,7 @@ def train_run(
             "view": bank.view,
             "split_source": split_source,
             "threshold_split": "val (reals only)",
+            "balance": balance,
         },
     )
     est.save(run, backbone=bank.backbone, bank_digest=bank.digest, metrics=metrics)
@@ -251,6 +321,34 @@ def train_run(
         split_source=split_source,
         metrics=metrics,
     )
+
+
+def _balanced_train_rows(
+    bank: Any, labels: np.ndarray, tr: np.ndarray, *, seed: int, group_by: str | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``balance_rows`` on the bank's metadata, with the near-0.5 check."""
+    from facebank.core.splits import resolve_groups
+
+    from .propensity import bank_metadata, encode_metadata
+
+    meta = bank_metadata(bank)
+    fit = np.zeros(labels.size, dtype=bool)
+    fit[tr] = True
+    enc = encode_metadata(meta, labels >= 0, fit)
+    groups, _ = resolve_groups(bank, group_by)
+    drawn, info = balance_rows(enc, labels, tr, groups=groups, seed=seed)
+    auc = info.get("weighted_metadata_auc")
+    if auc is not None and abs(auc - 0.5) > BALANCE_TOLERANCE:
+        warnings.warn(
+            f"after balancing, the metadata-only classifier still reaches weighted AUC "
+            f"{auc:.3f} on the train rows (more than {BALANCE_TOLERANCE} from 0.5): too few "
+            "rows where both classes share file properties",
+            CalibrationWarning,
+            stacklevel=3,
+        )
+    for note in info["notes"]:
+        warnings.warn(note, CalibrationWarning, stacklevel=3)
+    return drawn, info
 
 
 def _write_splits(path: Path, bank: Any, labels: np.ndarray, splits: np.ndarray) -> None:

@@ -106,6 +106,22 @@ def test_evaluate_writes_a_complete_run_folder(trained, tmp_path):
     assert (run / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_reports_calibration_of_the_heads_validation_fitted_probability(trained):
+    """NLL, Cllr, Brier, ECEs, EER and Pd of the head's own probability, on the rows scored."""
+    from facebank.heads import load_head
+
+    ev = evaluate(trained["run"], [trained["root"] / "main.zarr"], n_boot=0)
+    head = load_head(trained["run"])
+    assert head.score_calibration_ is not None
+    c = ev.calibration
+    assert "validation rows" in c.probability
+    assert c.prior == head.score_calibration_["val_prevalence"]
+    assert c.n_real + c.n_fake == ev.n_rows and c.bins == 15 and c.false_alarm == 0.005
+    assert c.eer == pytest.approx(ev.metrics.eer)  # a monotone map keeps the ROC
+    assert 0 <= c.ece <= 1 and c.nll > 0 and 0 <= c.brier <= 1
+    assert ev.to_dict()["calibration"]["cllr_bits"] == c.cllr_bits
+
+
 def test_small_engine_is_reported_with_a_warning_and_a_wide_interval(trained):
     with pytest.warns(UserWarning, match="'tiny' has only 5 images"):
         ev = evaluate(trained["run"], [trained["root"] / "extra.zarr"], n_boot=50)

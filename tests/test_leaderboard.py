@@ -164,3 +164,33 @@ def test_out_of_engine_needs_two_ai_engines(tmp_path):
     )
     with pytest.raises(DataError, match="at least two AI engines"):
         out_of_engine(one, head="linear")
+
+
+def test_leaderboard_row_puts_balanced_aucs_beside_the_raw_one(tmp_path):
+    """A bank with metadata: the row carries the propensity-stratified and overlap-weighted
+    AUCs of its test rows; without metadata they read n/a."""
+    from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
+
+    rng = np.random.default_rng(1)
+    n = 400
+    y = rng.integers(0, 2, n)
+    png = rng.random(n) < np.where(y == 1, 0.8, 0.2)
+    X = rng.normal(size=(n, 4)) + 1.0 * y[:, None]
+    rows = []
+    for p in png.tolist():
+        row = {k: None for k in METADATA_SCHEMA}
+        row.update(file_format="PNG" if p else "JPEG", width=256, height=256, meta_error="")
+        rows.append({k: v for k, v in row.items() if v is not None})
+    bank = write_bank(
+        tmp_path / "m.zarr", X, labels=y, engines=np.where(y == 1, "sdxl", "real"),
+        splits=np.array(["train", "train", "val", "test"] * (n // 4)),
+        columns=metadata_columns(rows),
+    )  # fmt: skip
+    with pytest.warns(Warning):
+        train_run([bank], head="linear", out=tmp_path / "run")
+    row = leaderboard_row(tmp_path / "run", bank, backbone="x", head="linear")
+    assert row.stratified_auc is not None and row.overlap_auc is not None
+    assert row.overlap_auc_ci[0] <= row.overlap_auc <= row.overlap_auc_ci[1]
+    assert "[" in row.cells()["overlap-weighted AUC"]
+    plain = LeaderboardRow("a", "linear", 0.9, None, None, None, None, 0, "")
+    assert plain.cells()["stratified AUC"] == "n/a"

@@ -418,6 +418,12 @@ class FeatureBank(BankWriting):
         return self._column("group")
 
     @property
+    def pairs(self) -> np.ndarray:
+        """``(n_rows,)`` pair of each row (a manifest's ``pair``: the path of the real a fake
+        was made from, or a video's name); ``""`` = none."""
+        return self._column("pair")
+
+    @property
     def face_found(self) -> np.ndarray:
         """``(n_rows,)`` int8: 1 = the ``face`` view found a face, 0 = it did not (row kept
         uncropped), -1 = not a face view. Banks from before the column get it from their

@@ -53,7 +53,7 @@ __all__ = [
     "decode_path",
 ]
 
-MANIFEST_COLUMNS = ("path", "label", "engine", "split", "group")
+MANIFEST_COLUMNS = ("path", "label", "engine", "split", "group", "pair")
 _REQUIRED = ("path", "label", "engine")
 
 
@@ -70,6 +70,9 @@ class ImageItem:
         root: the folder ``path`` is relative to (one string shared by every item, so a
             listing holds each path once; :attr:`file` is built when it is read).
         group: the manifest's ``group`` (identity, source...) or ``""`` (none).
+        pair: the manifest's ``pair``: the path (as in the manifest) of the real image a
+            fake was made from or matched to, or a name shared by the frames of one video;
+            ``""`` (none). Pairs never straddle splits (``embed.splits``).
     """
 
     path: str
@@ -78,6 +81,7 @@ class ImageItem:
     split: str = ""
     root: str = ""
     group: str = ""
+    pair: str = ""
 
     @property
     def file(self) -> str:
@@ -321,6 +325,9 @@ def scan_manifest(csv_path: Path) -> Source:
         raw_label = (row.get("label") or "").strip()
         split = (row.get("split") or "").strip().lower()
         group = (row.get("group") or "").strip()  # names are kept as written: case is identity
+        pair = (row.get("pair") or "").strip()
+        if pair:  # the real's path, normalised as `path` is so that the two compare equal
+            pair = posixpath.normpath(PurePosixPath(pair.replace("\\", "/")).as_posix())
         if not raw_path:
             raise SourceError(f"{where}: empty path; every row needs a path to an image")
         if not engine:
@@ -350,7 +357,7 @@ def scan_manifest(csv_path: Path) -> Source:
                 f"{seen[same_file]}); list each image once"
             )
         seen[same_file] = lineno
-        items.append(ImageItem(stored, label, engine, split, root_text, group))
+        items.append(ImageItem(stored, label, engine, split, root_text, group, pair))
     if not items:
         raise SourceError(
             f"manifest {str(csv_path)!r} has a header but no rows; add lines path,label,engine"

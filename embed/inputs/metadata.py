@@ -44,6 +44,7 @@ __all__ = [
     "jpeg_quality",
     "jpeg_subsampling",
     "metadata_columns",
+    "missing_mask",
 ]
 
 #: column name -> numpy dtype (``"str"`` = variable-length string column)
@@ -70,6 +71,7 @@ METADATA_SCHEMA: dict[str, str] = {
 #: "not a face view".
 ROW_SCHEMA: dict[str, str] = {
     "group": "str",  # the manifest's group column (identity, source, camera); "" = none
+    "pair": "str",  # the manifest's pair column (the real a fake was made from); "" = none
     "face_found": "int8",  # face view: 1 = face found, 0 = none (kept uncropped); -1 = no face view
 }
 
@@ -312,3 +314,32 @@ def metadata_columns(rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+def missing_mask(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{property: (n_rows,) bool}``: where a property's value could not be read.
+
+    A stored :data:`MISSING` value is ambiguous for flags (``False``) and strings
+    (``""``: also "not a JPEG" for ``jpeg_subsampling``); ``meta_error`` says which rows
+    were not read: a row whose file could not be opened (``file_format`` empty and an
+    error) misses every property, and a property named in the error (``"jpeg_quality:
+    ..."``) misses that one. Numbers stored as -1 or NaN are missing as well.
+    """
+    err = np.asarray(meta.get("meta_error", np.zeros(0, dtype=str)), dtype=str)
+    n = len(np.asarray(meta["file_format"]))
+    if err.shape != (n,):
+        err = np.full(n, "")
+    has_err = err != ""
+    unread = has_err & (np.asarray(meta["file_format"], dtype=str) == "")
+    out: dict[str, np.ndarray] = {}
+    for key, kind in METADATA_SCHEMA.items():
+        if key == "meta_error":
+            continue
+        m = unread.copy()
+        if has_err.any():
+            m |= has_err & (np.char.find(err, f"{key}:") >= 0)
+        if kind not in ("str", "bool"):
+            v = np.asarray(meta[key], dtype=np.float64)
+            m |= ~np.isfinite(v) | (v < 0)
+        out[key] = m
+    return out

@@ -884,6 +884,7 @@ class RowWriter:
             columns={
                 **metadata_columns(self.pending_meta),
                 "group": np.asarray([it.group for it in items], dtype=str),
+                "pair": np.asarray([it.pair for it in items], dtype=str),
             },
         )
         self.embedded += n
