@@ -193,27 +193,8 @@ def train_run(
     splits, split_source = resolve_splits(bank, seed=seed, group_by=group_by)
     labels = np.asarray(bank.labels).astype(np.int64)
     known = labels != -1
-    if (~known).any():
-        warnings.warn(
-            f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
-            "calibration",
-            UnknownLabelWarning,
-            stacklevel=2,
-        )
-    tr = np.flatnonzero((splits == "train") & known)
-    va = np.flatnonzero((splits == "val") & known)
-    te = np.flatnonzero(splits == "test")
-    if tr.size == 0:
-        raise DataError(
-            f"bank {bank.name!r} has no labelled rows in the train split; "
-            "give a bank with train rows (or no split column, for a seeded split)"
-        )
+    tr, va, te = _split_rows(bank, labels, splits, fpr=fpr)
     va_real = va[labels[va] == 0]
-    if va_real.size == 0:
-        raise DataError(
-            f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
-            f"FPR={fpr} can be set; add real images to the val split"
-        )
     balance_info = None
     if balance == "metadata":
         tr, balance_info = _balanced_train_rows(bank, labels, tr, seed=seed, group_by=group_by)
@@ -223,29 +204,8 @@ def train_run(
         params.setdefault("seed", seed)
     est = create_head(head, **params)
 
-    X_tr = bank.load_features(tr)
-    t0 = time.perf_counter()
-    fit_kw: dict[str, Any] = {}
-    if isinstance(est, FusionHead):  # members per backbone; the stacker fits on val rows
-        if est.columns is None and hasattr(bank, "columns"):
-            est.set_params(columns=tuple(bank.columns))
-        fit_kw = {"X_val": bank.load_features(va), "y_val": labels[va]}
-    est.fit(X_tr, labels[tr], engines=np.asarray(bank.engines)[tr], **fit_kw)
-    train_seconds = time.perf_counter() - t0
-    del X_tr
-    X_va = bank.load_features(va)
-    s_va = est.decision_function(X_va)
-    est.calibrate(X_va[labels[va] == 0], fpr=fpr)
+    train_seconds, s_va = _fit_and_calibrate(est, bank, labels, tr, va, fpr=fpr)
     y_va = labels[va]
-    if len(np.unique(y_va)) == 2:  # a probability needs val rows of both classes
-        calibrate_head(est, X_va, y_va)
-    else:
-        warnings.warn(
-            f"the val split has no {'AI' if (y_va == 0).all() else 'real'} rows: the head stores "
-            "no calibrated probability (score writes the raw score only)",
-            CalibrationWarning,
-            stacklevel=2,
-        )
     val_auc = float(roc_auc_score(y_va, s_va)) if len(np.unique(y_va)) == 2 else None
     val_tpr = _tpr_at_threshold(s_va, y_va, est.threshold_)
     val_fpr = float((s_va[y_va == 0] > est.threshold_).mean())
@@ -286,27 +246,7 @@ def train_run(
     est.save(run, backbone=bank.backbone, bank_digest=bank.digest, metrics=metrics)
     write_json(run / "metrics.json", metrics)
     _write_splits(run / "splits.csv", bank, labels, splits)
-    (run / "metrics.md").write_text(
-        f"# train: {head}\n\nFit on train, threshold on val reals (FPR {fpr}), figures on val.\n\n"
-        + markdown_table(
-            [
-                {
-                    k: metrics[k]
-                    for k in (
-                        "head",
-                        "n_train",
-                        "n_val",
-                        "train_seconds",
-                        "val_auc",
-                        "val_tpr_at_fpr",
-                        "val_fpr",
-                        "threshold",
-                    )
-                }
-            ],
-            digits=4,
-        )
-    )
+    (run / "metrics.md").write_text(_metrics_markdown(head, fpr, metrics))
     return TrainResult(
         head=est,
         run_dir=run,
@@ -320,6 +260,81 @@ def train_run(
         threshold=est.threshold_,
         split_source=split_source,
         metrics=metrics,
+    )
+
+
+def _split_rows(
+    bank: Any, labels: np.ndarray, splits: np.ndarray, *, fpr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices ``(train, val, test)``; train and val keep labelled rows only.
+
+    Raises:
+        DataError: no labelled train row, or no real val row to set the threshold on.
+    """
+    known = labels != -1
+    if (~known).any():
+        warnings.warn(
+            f"{int((~known).sum())} row(s) labelled -1 (unknown) are left out of training and "
+            "calibration",
+            UnknownLabelWarning,
+            stacklevel=3,
+        )
+    tr = np.flatnonzero((splits == "train") & known)
+    va = np.flatnonzero((splits == "val") & known)
+    te = np.flatnonzero(splits == "test")
+    if tr.size == 0:
+        raise DataError(
+            f"bank {bank.name!r} has no labelled rows in the train split; "
+            "give a bank with train rows (or no split column, for a seeded split)"
+        )
+    if not (labels[va] == 0).any():
+        raise DataError(
+            f"bank {bank.name!r} has no real (label 0) rows in the val split, so no threshold at "
+            f"FPR={fpr} can be set; add real images to the val split"
+        )
+    return tr, va, te
+
+
+def _fit_and_calibrate(
+    est: Any, bank: Any, labels: np.ndarray, tr: np.ndarray, va: np.ndarray, *, fpr: float
+) -> tuple[float, np.ndarray]:
+    """Fit on the train rows, threshold on the val reals, calibrate on val.
+
+    Returns:
+        ``(train_seconds, val scores)``.
+    """
+    X_tr = bank.load_features(tr)
+    t0 = time.perf_counter()
+    fit_kw: dict[str, Any] = {}
+    if isinstance(est, FusionHead):  # members per backbone; the stacker fits on val rows
+        if est.columns is None and hasattr(bank, "columns"):
+            est.set_params(columns=tuple(bank.columns))
+        fit_kw = {"X_val": bank.load_features(va), "y_val": labels[va]}
+    est.fit(X_tr, labels[tr], engines=np.asarray(bank.engines)[tr], **fit_kw)
+    train_seconds = time.perf_counter() - t0
+    del X_tr
+    X_va = bank.load_features(va)
+    s_va = est.decision_function(X_va)
+    est.calibrate(X_va[labels[va] == 0], fpr=fpr)
+    y_va = labels[va]
+    if len(np.unique(y_va)) == 2:  # a probability needs val rows of both classes
+        calibrate_head(est, X_va, y_va)
+    else:
+        warnings.warn(
+            f"the val split has no {'AI' if (y_va == 0).all() else 'real'} rows: the head stores "
+            "no calibrated probability (score writes the raw score only)",
+            CalibrationWarning,
+            stacklevel=3,
+        )
+    return train_seconds, s_va
+
+
+def _metrics_markdown(head: str, fpr: float, metrics: dict[str, Any]) -> str:
+    keys = ["head", "n_train", "n_val", "train_seconds", "val_auc", "val_tpr_at_fpr"]
+    keys += ["val_fpr", "threshold"]
+    return (
+        f"# train: {head}\n\nFit on train, threshold on val reals (FPR {fpr}), figures on val.\n\n"
+        + markdown_table([{k: metrics[k] for k in keys}], digits=4)
     )
 
 
