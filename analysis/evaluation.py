@@ -8,12 +8,12 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 from facebank.embed.runner.multi import banks_for_spec
 
@@ -30,6 +30,7 @@ from ._evalcommon import (
 from .calibration_metrics import CalibrationMetrics, calibration_metrics
 from .metrics import BinaryMetrics, binary_metrics, per_engine_table
 from .paired import PairedScore, paired_score
+from .runfolder import RunContents, csv_text, write_run
 
 __all__ = ["Evaluation", "evaluate", "per_engine_markdown"]
 
@@ -211,7 +212,7 @@ def evaluate(
         notes=notes,
     )
     if out is not None:
-        result.run_dir = _write_run(result, rh, cols, out=Path(out), n_boot=n_boot, seed=seed)
+        result.run_dir = write_run(out, _contents(result, rh, cols, n_boot=n_boot, seed=seed))
     return result
 
 
@@ -306,27 +307,22 @@ def _paired_and_calibration_md(result: Evaluation) -> str:
     return text
 
 
-def _write_run(
-    result: Evaluation, rh: Any, cols: dict[str, np.ndarray], *, out: Path, n_boot: int, seed: int
-) -> Path:
-    from .plots import det_figure, engine_bars_figure, roc_figure, save_figure
+def _contents(
+    result: Evaluation, rh: Any, cols: dict[str, np.ndarray], *, n_boot: int, seed: int
+) -> RunContents:
+    from .plots import det_figure, engine_bars_figure, roc_figure
 
-    run = start_run(
-        out,
-        command="evaluate",
-        config={
-            "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
-            "head_name": getattr(rh.head, "name", type(rh.head).__name__),
-            "banks": result.banks,
-            "views": result.views,
-            "threshold": result.threshold,
-            "threshold_source": result.threshold_source,
-            "excluded": "rows whose sha256 is in the run's splits.csv as train or val",
-            "n_boot": n_boot,
-            "seed": seed,
-        },
-    )
-    write_json(run / "metrics.json", result.to_dict())
+    config = {
+        "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
+        "head_name": getattr(rh.head, "name", type(rh.head).__name__),
+        "banks": result.banks,
+        "views": result.views,
+        "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
+        "excluded": "rows whose sha256 is in the run's splits.csv as train or val",
+        "n_boot": n_boot,
+        "seed": seed,
+    }
     m = result.metrics
     view = ", ".join(sorted(set(result.views)))
     summary = markdown_table(
@@ -369,8 +365,6 @@ def _write_run(
     text += _paired_and_calibration_md(result)
     if result.notes:
         text += md_section("Notes", "\n".join(f"- {n}" for n in result.notes))
-    (run / "metrics.md").write_text(text)
-
     fields = [
         "engine",
         "label",
@@ -383,11 +377,8 @@ def _write_run(
         "mean_score",
         "warning",
     ]
-    with open(run / "per_engine.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(result.per_engine)
-    with open(run / "scores.csv", "w", newline="") as fh:
+
+    def scores_csv(fh: TextIO) -> None:
         w = csv.writer(fh)
         w.writerow(["bank", "path", "sha256", "engine", "label", "score", "flagged"])
         flagged = cols["score"] > result.threshold
@@ -404,19 +395,21 @@ def _write_run(
                 ]
             )
 
-    y, s, e = cols["label"], cols["score"], cols["engine"]
-    save_figure(
-        roc_figure(y, s, engines=e, threshold=result.threshold, title=f"ROC ({view})"),
-        run / "roc.png",
+    y, s, e, t = cols["label"], cols["score"], cols["engine"], result.threshold
+    return RunContents(
+        command="evaluate",
+        config=config,
+        metrics=result.to_dict(),
+        pages={"metrics.md": text},
+        files={
+            "per_engine.csv": csv_text(fields, result.per_engine, extrasaction="raise"),
+            "scores.csv": scores_csv,
+        },
+        figures={
+            "roc.png": lambda: roc_figure(y, s, engines=e, threshold=t, title=f"ROC ({view})"),
+            "det.png": lambda: det_figure(y, s, engines=e, threshold=t, title=f"DET ({view})"),
+            "per_engine.png": lambda: engine_bars_figure(
+                result.per_engine, title=f"per engine at threshold {t:.3g} ({view})"
+            ),
+        },
     )
-    save_figure(
-        det_figure(y, s, engines=e, threshold=result.threshold, title=f"DET ({view})"),
-        run / "det.png",
-    )
-    save_figure(
-        engine_bars_figure(
-            result.per_engine, title=f"per engine at threshold {result.threshold:.3g} ({view})"
-        ),
-        run / "per_engine.png",
-    )
-    return run

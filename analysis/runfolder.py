@@ -15,7 +15,7 @@ import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from facebank.core.runs import start_run, write_json
 
@@ -34,7 +34,8 @@ class RunContents:
         metrics: the figures a user or a later command reads (``metrics.json``).
         pages: Markdown pages, ``{file name: text}``.
         figures: ``{file name: callable returning a matplotlib figure}``.
-        files: other text files, ``{file name: text}`` (CSV tables: :func:`csv_text`).
+        files: other text files, ``{file name: text}`` (CSV tables: :func:`csv_text`), or
+            ``{file name: callable writing into the open text file}`` for large ones.
     """
 
     command: str
@@ -42,7 +43,7 @@ class RunContents:
     metrics: Mapping[str, Any]
     pages: Mapping[str, str] = field(default_factory=dict)
     figures: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
-    files: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str | Callable[[TextIO], None]] = field(default_factory=dict)
 
 
 def csv_text(
@@ -66,9 +67,12 @@ def write_run(out: str | Path, contents: RunContents) -> Path:
     write_json(run / "metrics.json", contents.metrics)
     for name, text in contents.pages.items():
         (run / name).write_text(text, encoding="utf-8")
-    for name, text in contents.files.items():
+    for name, body in contents.files.items():
         with open(run / name, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
+            if callable(body):
+                body(fh)
+            else:
+                fh.write(body)
     for name, make in contents.figures.items():
         save_figure(make(), run / name)
     return run
