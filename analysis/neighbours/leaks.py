@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._scan import NeighbourScan
@@ -149,33 +149,31 @@ class LeakResult:
 
     def write(self, out: str | Path, **config: Any) -> Path:
         """Write config.json, metrics.json, leaks.md and pairs.csv (and groups.csv)."""
-        run = start_run(
-            out,
-            command="neighbours leaks",
-            config={
-                "banks": self.banks,
-                "threshold": self.threshold,
-                "k": self.k,
-                "factory": self.factory,
-                "metric": "cosine",
-                "splits": self.split_source,
-                **config,
-            },
-        )
-        write_json(run / "metrics.json", self.to_dict())
-        (run / "leaks.md").write_text(self.markdown() + "\n")
-        with open(run / "pairs.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(_PAIR_COLUMNS))
-            w.writeheader()
-            for p in self.pairs:
-                w.writerow({**p, "similarity": f"{p['similarity']:.6f}"})
+        from ..runfolder import RunContents, csv_text, write_run
+
+        pairs = [{**p, "similarity": f"{p['similarity']:.6f}"} for p in self.pairs]
+        files = {"pairs.csv": csv_text(_PAIR_COLUMNS, pairs, extrasaction="raise")}
         if self.groups is not None:
-            with open(run / "groups.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=["group", "splits", "rows"])
-                w.writeheader()
-                w.writerows(self.groups)
-        self.run_dir = run
-        return run
+            files["groups.csv"] = csv_text(["group", "splits", "rows"], self.groups)
+        self.run_dir = write_run(
+            out,
+            RunContents(
+                command="neighbours leaks",
+                config={
+                    "banks": self.banks,
+                    "threshold": self.threshold,
+                    "k": self.k,
+                    "factory": self.factory,
+                    "metric": "cosine",
+                    "splits": self.split_source,
+                    **config,
+                },
+                metrics=self.to_dict(),
+                pages={"leaks.md": self.markdown() + "\n"},
+                files=files,
+            ),
+        )
+        return self.run_dir
 
 
 def read_run_splits(run_dir: str | Path) -> dict[str, dict[str, str]]:

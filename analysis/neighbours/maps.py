@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError, UnknownNameError
-from facebank.core.runs import start_run, write_json
 from facebank.embed.bank.types import BanksLike
 
 from ._source import FeatureSource, sample_rows
@@ -146,14 +145,21 @@ class MapResult:
     def write(self, out: str | Path) -> Path:
         """Write config.json, metrics.json and one ``map_<method>.png`` per map."""
         from .. import _plots_neighbours as plots
-        from ..plots import save_figure
+        from ..runfolder import RunContents, write_run
 
-        run = start_run(out, command="neighbours map", config={"banks": self.banks, **self.config})
-        for m in self.maps:
-            save_figure(plots.embedding_scatter(m), run / f"map_{m.method}.png")
-        write_json(run / "metrics.json", self.to_dict())
-        self.run_dir = run
-        return run
+        def figure(m: EmbeddingMap) -> Any:
+            return lambda: plots.embedding_scatter(m)
+
+        self.run_dir = write_run(
+            out,
+            RunContents(
+                command="neighbours map",
+                config={"banks": self.banks, **self.config},
+                metrics=self.to_dict(),
+                figures={f"map_{m.method}.png": figure(m) for m in self.maps},
+            ),
+        )
+        return self.run_dir
 
 
 def embedding_maps(

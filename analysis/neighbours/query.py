@@ -7,13 +7,12 @@ them with the run's configuration and writes ``neighbours.csv``, ``neighbours.md
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.embed.inputs.datasets import encode_path
 
 from .index import NeighbourRecord
@@ -69,25 +68,26 @@ class QueryResult:
     def write(self, out: str | Path) -> Path:
         """Write config.json, metrics.json, neighbours.csv, neighbours.md and grid.png."""
         from .. import _plots_neighbours as plots
-        from ..plots import save_figure
+        from ..runfolder import RunContents, csv_text, write_run
 
-        run = start_run(out, command="neighbours query", config=dict(self.config))
         flat = self.rows()
-        with open(run / "neighbours.csv", "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(flat)
-        (run / "neighbours.md").write_text(
-            markdown_table(
-                flat,
-                ["query", "rank", "similarity", "engine", "label", "split", "self_match", "path"],
-                digits=4,
-            )
+        page = markdown_table(
+            flat,
+            ["query", "rank", "similarity", "engine", "label", "split", "self_match", "path"],
+            digits=4,
         )
-        write_json(run / "metrics.json", {"queries": len(self.records), "neighbours": flat})
-        save_figure(plots.neighbour_grid(self.records), run / "grid.png")
-        self.run_dir = run
-        return run
+        self.run_dir = write_run(
+            out,
+            RunContents(
+                command="neighbours query",
+                config=dict(self.config),
+                metrics={"queries": len(self.records), "neighbours": flat},
+                pages={"neighbours.md": page},
+                files={"neighbours.csv": csv_text(_CSV_COLUMNS, flat)},
+                figures={"grid.png": lambda: plots.neighbour_grid(self.records)},
+            ),
+        )
+        return self.run_dir
 
 
 def write_query(
