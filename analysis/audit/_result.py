@@ -6,11 +6,11 @@ import csv
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 
 from .._evalcommon import md_section
 from ._rule import (
@@ -285,39 +285,51 @@ class AuditResult:
     def write(self, run_dir: str | Path, *, config: Mapping[str, Any] | None = None) -> Path:
         """Write ``config.json``, ``metrics.json``, ``audit.md``, ``properties.csv``,
         ``uncertain_rows.csv`` and ``audit.png`` into ``run_dir`` (a new run folder)."""
-        run = start_run(run_dir, command="audit", config=dict(config or {}))
-        write_json(run / "metrics.json", self.metrics())
-        (run / "audit.md").write_text(self.markdown())
-        with open(run / "properties.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["property", "kind", "constant", "distinct", "auc_alone", "lo", "hi"])
-            for p in self.properties:
-                lo, hi = p.get("auc_ci") or (None, None)
-                w.writerow(
-                    [p["name"], p["kind"], p["constant"], p["values"], p.get("auc_alone"), lo, hi]
-                )
+        from ..runfolder import RunContents, write_run
+        from ._figure import audit_figure
+
+        self.run_dir = write_run(
+            run_dir,
+            RunContents(
+                command="audit",
+                config=dict(config or {}),
+                metrics=self.metrics(),
+                pages={"audit.md": self.markdown()},
+                files={
+                    "properties.csv": self._properties_csv,
+                    "uncertain_rows.csv": self._uncertain_csv,
+                },
+                figures={"audit.png": lambda: audit_figure(self)},
+            ),
+        )
+        return self.run_dir
+
+    def _properties_csv(self, fh: TextIO) -> None:
+        w = csv.writer(fh)
+        w.writerow(["property", "kind", "constant", "distinct", "auc_alone", "lo", "hi"])
+        for p in self.properties:
+            lo, hi = p.get("auc_ci") or (None, None)
+            w.writerow(
+                [p["name"], p["kind"], p["constant"], p["values"], p.get("auc_alone"), lo, hi]
+            )
+
+    def _uncertain_csv(self, fh: TextIO) -> None:
+        """The rows whose metadata probability lies in the uncertainty band."""
         lo, hi = self.uncertain["band"]
         # cross-fitted: every labelled row has an out-of-fold probability; else test rows
         scope = (self.labels >= 0) if self.crossfit else self.test_mask
         rows = np.flatnonzero(scope & (self.propensity >= lo) & (self.propensity <= hi))
-        with open(run / "uncertain_rows.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "engine", "label", "metadata_probability"])
-            for i in rows:
-                w.writerow(
-                    [
-                        self.paths[i],
-                        self.engines[i],
-                        int(self.labels[i]),
-                        repr(float(self.propensity[i])),
-                    ]
-                )
-        from ..plots import save_figure
-        from ._figure import audit_figure
-
-        save_figure(audit_figure(self), run / "audit.png")
-        self.run_dir = run
-        return run
+        w = csv.writer(fh)
+        w.writerow(["path", "engine", "label", "metadata_probability"])
+        for i in rows:
+            w.writerow(
+                [
+                    self.paths[i],
+                    self.engines[i],
+                    int(self.labels[i]),
+                    repr(float(self.propensity[i])),
+                ]
+            )
 
 
 def _balanced_cells(h: Mapping[str, Any]) -> dict[str, str]:
