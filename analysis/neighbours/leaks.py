@@ -269,23 +269,7 @@ def find_leaks(
     # a leak joins two rows of different "sides" (bank, split)
     side = (bank_code.astype(np.int32) * (len(split_vocab) + 1) + split_code).astype(np.int32)
 
-    # candidate pairs as compact arrays (20 bytes each), deduplicated once at the end
-    found_a, found_b, found_s = [], [], []
-    k = min(int(k), n - 1) if n > 1 else 0
-    if k >= 1:
-        for start, _stop, D, I in scan.neighbours(k):
-            qi, kj = np.nonzero((D >= threshold) & (I >= 0))
-            a, b, sims = qi + start, I[qi, kj], D[qi, kj]
-            cross = side[a] != side[b]
-            found_a.append(np.minimum(a, b)[cross])
-            found_b.append(np.maximum(a, b)[cross])
-            found_s.append(sims[cross].astype(np.float32))
-    near = _unique_pairs(found_a, found_b, found_s)
-    del found_a, found_b, found_s
-
-    found: dict[tuple[int, int], tuple[str, float]] = {
-        (int(x), int(y)): ("near", float(v)) for x, y, v in zip(*near, strict=True)
-    }
+    found = _near_pairs(scan, side, k=min(int(k), n - 1) if n > 1 else 0, threshold=threshold)
     exact = _exact_pairs(source, hashes, side)
     if exact:
         ea = np.array([p[0] for p in exact])
@@ -295,26 +279,13 @@ def find_leaks(
             found[(int(x), int(y))] = ("exact", float(v))
 
     pairs = _describe(source, sorted(found.items()), split_code, split_vocab)
-    tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
-    for p in pairs:
-        sa, sb = sorted([p["split_a"] or _NO_SPLIT, p["split_b"] or _NO_SPLIT])
-        tally[(sa, sb)][p["kind"]] += 1
-    counts = [
-        {
-            "split_a": sa,
-            "split_b": sb,
-            "near": c["near"],
-            "exact": c["exact"],
-            "total": c["near"] + c["exact"],
-        }
-        for (sa, sb), c in sorted(tally.items())
-    ]
+    counts = _count_by_splits(pairs)
     groups = None
     if group_code is not None:
         groups = _straddling_groups(group_code, group_vocab, split_code, split_vocab)
     result = LeakResult(
         threshold=float(threshold),
-        k=k,
+        k=min(int(k), n - 1) if n > 1 else 0,
         pairs=pairs,
         counts=counts,
         n_rows=n,
@@ -328,6 +299,43 @@ def find_leaks(
     if out is not None:
         result.write(out)
     return result
+
+
+def _near_pairs(
+    scan: NeighbourScan, side: np.ndarray, *, k: int, threshold: float
+) -> dict[tuple[int, int], tuple[str, float]]:
+    """Pairs of rows on different sides (bank, split) whose cosine is ``>= threshold``
+    among each row's ``k`` neighbours: ``{(a, b): ("near", cosine)}`` with ``a < b``."""
+    # candidate pairs as compact arrays (20 bytes each), deduplicated once at the end
+    found_a, found_b, found_s = [], [], []
+    if k >= 1:
+        for start, _stop, D, I in scan.neighbours(k):
+            qi, kj = np.nonzero((D >= threshold) & (I >= 0))
+            a, b, sims = qi + start, I[qi, kj], D[qi, kj]
+            cross = side[a] != side[b]
+            found_a.append(np.minimum(a, b)[cross])
+            found_b.append(np.maximum(a, b)[cross])
+            found_s.append(sims[cross].astype(np.float32))
+    near = _unique_pairs(found_a, found_b, found_s)
+    return {(int(x), int(y)): ("near", float(v)) for x, y, v in zip(*near, strict=True)}
+
+
+def _count_by_splits(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Near and exact pairs counted per pair of splits (sorted)."""
+    tally: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for p in pairs:
+        sa, sb = sorted([p["split_a"] or _NO_SPLIT, p["split_b"] or _NO_SPLIT])
+        tally[(sa, sb)][p["kind"]] += 1
+    return [
+        {
+            "split_a": sa,
+            "split_b": sb,
+            "near": c["near"],
+            "exact": c["exact"],
+            "total": c["near"] + c["exact"],
+        }
+        for (sa, sb), c in sorted(tally.items())
+    ]
 
 
 def _unique_pairs(
