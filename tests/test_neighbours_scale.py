@@ -163,7 +163,7 @@ def test_leaks_on_a_bank_without_splits_say_no_split_pair_was_checked(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "no split pairs could be checked" in result.output
-    assert "0 pairs" in result.output
+    assert "nothing checked:" in result.output and "0 pairs" not in result.output
 
 
 def write_run(run, shas, splits, groups=None):
