@@ -65,17 +65,19 @@ from facebank.embed.bank.partitions import (
 )
 from facebank.embed.inputs.datasets import ImageItem, scan_source
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
-from facebank.embed.runner.local import (
+from facebank.embed.runner.loader import (
+    input_side,
+    load_one,
+    make_backbone,
+    progress_bar,
+)
+from facebank.embed.runner.writer import (
     BankState,
     EmbedSummary,
     EncodedImages,
     LoopClock,
     RowWriter,
-    _input_side,
-    _make_backbone,
-    _progress,
     interruptible,
-    load_one,
     open_bank_for,
 )
 
@@ -294,7 +296,7 @@ def build_dataset(
         fn_kwargs={
             "view": view,
             "transform": _Transforms([bb.transform for bb in members]),
-            "draft_size": view.draft_size(max(_input_side(bb.spec) for bb in members)),
+            "draft_size": view.draft_size(max(input_side(bb.spec) for bb in members)),
             # (for a SOURCE on a store: travels with the task, is never logged)
             "storage_options": storage_options,
         },
@@ -457,7 +459,7 @@ def embed_source_ray(
     src = scan_source(source, real_names=real_names, storage_options=storage_options)
     vw = parse_view(view)
     # on the driver only for its spec, transform and the weights check (before any bank)
-    bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=image_size, layer=layer)
+    bb = make_backbone(backbone, device="cpu", weights=weights, image_size=image_size, layer=layer)
     spec = dict(bb.spec)
     with ray_cluster(ray, opts.address):
         bank = open_bank_for(
@@ -518,7 +520,7 @@ def _run_ray(
         )
         description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}] on Ray"
         current: int | None = None
-        with _progress(progress, total, description) as bar:
+        with progress_bar(progress, total, description) as bar:
             task = bar.add_task(description, total=total) if bar is not None else None
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for j, index in enumerate(batch["index"].tolist()):
@@ -576,7 +578,7 @@ def _driver_backbones(backbone: Any, weights: Any) -> tuple[list[tuple[Any, slic
     from facebank.embed.runner.multi import member_backbones
 
     if isinstance(backbone, str):
-        bb = _make_backbone(backbone, device="cpu", weights=weights, image_size=None)
+        bb = make_backbone(backbone, device="cpu", weights=weights, image_size=None)
         return [(bb, slice(None))], dict(bb.spec)
     return member_backbones(backbone, device="cpu", weights=weights), dict(backbone)
 
@@ -703,7 +705,7 @@ def encode_images_ray(
             dim = enc.features.shape[1]
     if not dim:  # nothing embedded: the width from the spec (a name: its backbone built)
         spec = (
-            _make_backbone(backbone, device="cpu", weights=weights, image_size=None).spec
+            make_backbone(backbone, device="cpu", weights=weights, image_size=None).spec
             if isinstance(backbone, str)
             else backbone
         )

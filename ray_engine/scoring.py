@@ -63,7 +63,7 @@ import numpy as np
 from facebank.core.errors import DataError
 from facebank.core.stores import Location, store_defaults
 from facebank.embed.inputs.views import parse_view
-from facebank.embed.runner.local import EncodedImages
+from facebank.embed.runner.writer import EncodedImages
 from facebank.heads.base import BaseHead
 from facebank.heads.persistence import load_head
 from facebank.heads.scoring import VERDICTS, ScoreResult, collect_inputs, score_run

@@ -46,24 +46,28 @@ from facebank.embed.backbones.spec import BackboneSpec, as_spec
 from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.inputs.datasets import scan_source
 from facebank.embed.inputs.views import parse_view
+from facebank.embed.runner.loader import (
+    Encoder,
+    ImageDataset,
+    ItemFiles,
+    auto_workers,
+    input_side,
+    make_backbone,
+    make_loader,
+    progress_bar,
+)
 from facebank.embed.runner.local import (
+    encode_images,
+)
+from facebank.embed.runner.writer import (
     BankState,
     EmbedSummary,
     EncodedImages,
     RowWriter,
-    _auto_workers,
-    _Encoder,
-    _Files,
-    _flush_rows,
-    _ImageDataset,
-    _input_side,
-    _loader,
-    _make_backbone,
-    _progress,
-    encode_images,
     interruptible,
     open_bank_for,
     plan_batches,
+    resolve_flush_rows,
 )
 
 __all__ = [
@@ -368,7 +372,7 @@ def embed_source_multi(
     vw = parse_view(view)
     # every backbone first: missing weights fail before any bank is created or touched
     bbs = [
-        _make_backbone(name, device=device, weights=None, image_size=None, layer=layer)
+        make_backbone(name, device=device, weights=None, image_size=None, layer=layer)
         for name in backbones
     ]
     with contextlib.ExitStack() as stack:
@@ -388,22 +392,22 @@ def embed_source_multi(
         todo = [
             {i for b in batches for i in b if src.items[i].path not in s.present} for s in states
         ]
-        encoders = [_Encoder(bb, compile=False, batch_size=batch_size) for bb in bbs]
+        encoders = [Encoder(bb, compile=False, batch_size=batch_size) for bb in bbs]
         dev = encoders[0].device.type
-        workers = _auto_workers(dev) if num_workers is None else int(num_workers)
-        dataset = _ImageDataset(
-            _Files(src.items),
+        workers = auto_workers(dev) if num_workers is None else int(num_workers)
+        dataset = ImageDataset(
+            ItemFiles(src.items),
             view=vw,
             transform=_Transforms([bb.transform for bb in bbs]),
-            draft_size=vw.draft_size(max(_input_side(bb.spec) for bb in bbs)),
+            draft_size=vw.draft_size(max(input_side(bb.spec) for bb in bbs)),
         )
-        flush = _flush_rows(None, batch_size)
+        flush = resolve_flush_rows(None, batch_size)
         writers = [
             RowWriter(b, s, ignored=src.ignored, flush_rows=flush)
             for b, s in zip(banks, states, strict=True)
         ]
         locks = [getattr(b, "_lock", None) for b in banks]
-        loader = _loader(
+        loader = make_loader(
             dataset,
             batches,
             num_workers=min(workers, len(batches)),
@@ -414,7 +418,7 @@ def embed_source_multi(
         total = sum(len(b) for b in batches)
         description = f"embed {'+'.join(backbones)} \\[{vw.name}]"
         t_loop = time.perf_counter()
-        with _progress(progress, total, description) as bar:
+        with progress_bar(progress, total, description) as bar:
             task = bar.add_task(description, total=total) if bar is not None else None
             for batch in loader:
                 for k, writer in enumerate(writers):
@@ -711,14 +715,14 @@ def encode_images_for(
     if len(members) == 1 and as_spec(members[0]).layer != "blocks":
         return encode_images(paths, backbone=dict(members[0]), weights=weights, **kw)
     built = member_backbones(backbone, device=device, weights=weights)
-    encoders = [_Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
+    encoders = [Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
     vw = parse_view(view)
     files = [str(p) for p in paths]
-    dataset = _ImageDataset(
+    dataset = ImageDataset(
         files,
         view=vw,
         transform=_Transforms([bb.transform for bb, _ in built]),
-        draft_size=vw.draft_size(max(_input_side(bb.spec) for bb, _ in built)),
+        draft_size=vw.draft_size(max(input_side(bb.spec) for bb, _ in built)),
     )
     batches = [
         list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
@@ -728,7 +732,9 @@ def encode_images_for(
     shas: list[str] = []
     failures: list[tuple[str, str]] = []
     workers = min(int(num_workers), len(batches))
-    for batch in _loader(dataset, batches, num_workers=workers, pin=False, collate=_collate_multi):
+    for batch in make_loader(
+        dataset, batches, num_workers=workers, pin=False, collate=_collate_multi
+    ):
         failures.extend((files[i], str(reason)) for i, _sha, reason in batch["failed"])
         if batch["x"] is None:
             continue

@@ -1,0 +1,287 @@
+"""The loader shared by every embedding engine: files -> decoded, viewed, transformed tensors.
+
+:func:`load_one` is the per-image work (hash, decode, view, transform; a bad file is a
+reason, never an exception) of the DataLoader workers here and of the Ray tasks in
+:mod:`facebank.ray_engine.embedding`. :class:`ImageDataset` and :func:`make_loader` run
+it in worker processes over fixed batches; :class:`Encoder` is the main-process call of
+the backbone. Used by :mod:`.local` (one backbone), :mod:`.multi` (several backbones
+sharing one decode) and the Ray engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from facebank.embed.backbones.spec import Layer
+from facebank.embed.inputs.datasets import ImageItem
+from facebank.embed.inputs.views import FACE_FOUND
+
+__all__ = [
+    "Encoder",
+    "ImageDataset",
+    "ItemFiles",
+    "auto_workers",
+    "collate",
+    "input_side",
+    "load_one",
+    "make_backbone",
+    "make_loader",
+    "progress_bar",
+    "worker_init",
+]
+
+
+class ItemFiles:
+    """``index -> file to read`` over the listed items, without a second list of paths."""
+
+    def __init__(self, items: Sequence[ImageItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> str:
+        return self.items[index].file
+
+
+def load_one(
+    file: str,
+    *,
+    view: Any,
+    transform: Callable,
+    draft_size: int | None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[str | None, Any, str | None, dict[str, Any] | None]:
+    """Read, hash, decode, apply the view and the transform to one file.
+
+    The per-image work of every engine (DataLoader workers here, Ray tasks in
+    :mod:`embed.ray_engine`). Never raises for a bad file. ``file`` may be an fsspec
+    URL (a SOURCE on a store): its bytes are read once, with ``storage_options``.
+
+    Returns:
+        ``(sha256 | None, tensor | None, reason | None, metadata | None)``: a tensor and
+        its metadata row, or the reason it could not be had.
+    """
+    from facebank.core.errors import ImageDecodeError
+    from facebank.embed.inputs.images import load_image_and_metadata, open_input
+
+    try:
+        data, sha = open_input(file, storage_options=storage_options)
+    except ImageDecodeError as exc:  # missing, a directory, unreadable
+        return None, None, str(exc), None
+    try:
+        img, meta = load_image_and_metadata(data, draft_size=draft_size)
+        img = view(img)
+        if FACE_FOUND in img.info:  # a face view: was a face found? (column face_found)
+            meta["face_found"] = int(bool(img.info[FACE_FOUND]))
+        x = transform(img)
+    except ImageDecodeError as exc:
+        return sha, None, str(exc), None
+    except Exception as exc:  # a bad file is a reason, never a crash
+        return sha, None, f"{type(exc).__name__}: {str(exc)[:160]}", None
+    return sha, x, None, meta
+
+
+class ImageDataset:
+    """Map-style dataset: index -> (index, sha256, tensor, reason, metadata) via :func:`load_one`.
+
+    Runs in DataLoader workers; every failure becomes a reason, never an exception.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        *,
+        view: Any,
+        transform: Callable,
+        draft_size: int | None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.files = files
+        self.view = view
+        self.transform = transform
+        self.draft_size = draft_size
+        self.storage_options = storage_options
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None, Any, str | None, Any]:
+        sha, x, reason, meta = load_one(
+            self.files[index],
+            view=self.view,
+            transform=self.transform,
+            draft_size=self.draft_size,
+            storage_options=self.storage_options,
+        )
+        return index, sha, x, reason, meta
+
+
+def collate(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
+    import torch
+
+    ok = [b for b in batch if b[2] is not None]
+    return {
+        "index": [b[0] for b in ok],
+        "sha": [b[1] for b in ok],
+        "x": torch.stack([b[2] for b in ok]) if ok else None,
+        "meta": [b[4] for b in ok],
+        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
+    }
+
+
+def worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
+    import torch
+
+    # each worker decodes one image at a time; torch threads would only oversubscribe
+    torch.set_num_threads(1)
+    # A forked worker inherits the bank's lock descriptor; an flock lives until every
+    # copy is closed, so a worker orphaned by a killed writer would keep the bank
+    # locked and block the resume. Drop the copy at once.
+    for fd in close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    # Ctrl-C and SIGTERM are the main process's to handle (it closes the bank);
+    # workers are stopped by the DataLoader when the main process unwinds.
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def auto_workers(device_type: str) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    if device_type == "cuda":
+        return max(1, min(cores - 1, 16))  # decoding is the GPU's bottleneck: use every core
+    # on CPU the model needs cores too; half of them decode
+    return max(1, min(cores // 2, 8))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batches: list[list[int]],
+    *,
+    num_workers: int,
+    pin: bool,
+    close_fds: tuple[int, ...] = (),
+    collate: Callable[[list[Any]], dict[str, Any]] = collate,
+) -> Iterator[dict[str, Any]]:
+    from torch.utils.data import DataLoader
+
+    if not batches:
+        return iter(())
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw = {
+            "prefetch_factor": 4,
+            "worker_init_fn": functools.partial(worker_init, close_fds=close_fds),
+        }
+    # (ImageDataset is a map-style dataset by protocol; torch's stubs want the class)
+    source: Any = dataset
+    return iter(
+        DataLoader(
+            source,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            **kw,
+        )
+    )
+
+
+class Encoder:
+    """Backbone call policy: optional torch.compile with one static batch shape.
+
+    ``Backbone.encode`` itself runs under ``torch.inference_mode`` with bf16 autocast
+    on CUDA (and full float32 on CPU).
+    """
+
+    def __init__(self, backbone: Any, *, compile: bool, batch_size: int) -> None:
+        import torch
+
+        self.backbone = backbone
+        self.device = torch.device(backbone.device)
+        self.batch_size = batch_size
+        self.compiled = bool(compile)
+        if compile:
+            backbone.compile()
+
+    def __call__(self, x: Any) -> np.ndarray:
+        import torch
+
+        n = x.shape[0]
+        if self.compiled and n < self.batch_size:
+            # one static shape for the compiled graph: pad, then drop the padding rows
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        with torch.inference_mode():
+            out = self.backbone.encode(x)
+        return out[:n].float().cpu().numpy()
+
+
+def progress_bar(enabled: bool, total: int, description: str):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if not speed and task.elapsed:
+                speed = task.completed / task.elapsed
+            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout stays for results
+        transient=False,
+    )
+
+
+def make_backbone(
+    backbone: str | Mapping[str, Any],
+    *,
+    device: str,
+    weights: Any,
+    image_size: Any,
+    layer: Layer = "final",
+) -> Any:
+    import facebank.embed.backbones.registry as _bb  # imported late (torch, model zoos)
+
+    if isinstance(backbone, Mapping):  # a stored spec (its layer tap included)
+        return _bb.backbone_from_spec(backbone, device=device, weights=weights)
+    return _bb.create_backbone(
+        backbone, device=device, weights=weights, image_size=image_size, layer=layer
+    )
+
+
+def input_side(spec: dict[str, Any]) -> int:
+    size = spec.get("input_size")
+    if isinstance(size, (list, tuple)) and size:
+        return int(size[-1])
+    return 224
