@@ -294,13 +294,13 @@ class BankWriting:
 
     def _commit_raw(self, store: Store, count: int, new: Mapping[str, Any]) -> None:
         merged = {**store.attrs, **new, "count": int(count)}
+        lock = getattr(self, "_lock", None)
+        if lock is not None:  # still ours (a lost lease raises): then commit
+            lock.renew()
         # one atomic write of the group's zarr.json: count and attrs move together
         write_group_json(store.loc, merged, store.children())
         store.attrs = json.loads(json.dumps(merged))
         store.count = int(count)
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.renew()
 
     def _absorb_partitions(self) -> int:
         """Move committed partitions into the bank's own arrays, oldest index first.
