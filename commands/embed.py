@@ -14,6 +14,11 @@ import typer
 from rich.console import Console
 
 from facebank.core.errors import EmbedInterrupted
+from facebank.embed.runner.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DTYPE,
+    DEFAULT_PARTITION_ROWS,
+)
 
 from ._common import StorageOptionsOption, make_console, parse_storage_options
 
@@ -64,7 +69,7 @@ def embed_cmd(
     ] = "auto",
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per forward pass.")
-    ] = 64,
+    ] = DEFAULT_BATCH_SIZE,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -105,7 +110,7 @@ def embed_cmd(
             min=1,
             help="Ray: images per partition, the unit of commit and resume.",
         ),
-    ] = 4096,
+    ] = DEFAULT_PARTITION_ROWS,
     storage_options: StorageOptionsOption = None,
     weights: Annotated[
         Path | None,
@@ -145,7 +150,7 @@ def embed_cmd(
     ] = False,
     dtype: Annotated[
         _BankDtype, typer.Option("--dtype", help="Stored feature dtype of a new bank.")
-    ] = _BankDtype.float16,
+    ] = _BankDtype(DEFAULT_DTYPE),
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")
     ] = True,
@@ -156,20 +161,40 @@ def embed_cmd(
         ),
     ] = None,
     chunk_rows: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--chunk-rows", min=1, hidden=True, help="Rows per stored chunk of a new bank."
+            "--chunk-rows",
+            min=1,
+            hidden=True,
+            help="Rows per stored chunk of a new bank (default: the bank's own).",
         ),
-    ] = 8192,
+    ] = None,
 ) -> None:
     """Embed every image of SOURCE with one backbone into a resumable Zarr feature bank."""
     import warnings
 
     from facebank.embed.runner.local import DuplicateImageWarning, embed_source
+    from facebank.embed.runner.options import EmbedOptions
 
     err = make_console(stderr=True)
     with warnings.catch_warnings(record=True) as caught, _interrupt_exits(err):
         warnings.simplefilter("always", DuplicateImageWarning)
+        options = EmbedOptions(
+            view=view,
+            device=device,
+            weights=weights,
+            image_size=image_size,
+            layer=layer,  # type: ignore[arg-type]  # (checked by the backbone registry)
+            real_names=tuple(real) if real else ("real",),
+            batch_size=batch_size,
+            num_workers=workers if engine is _Engine.local else None,
+            compile=compile_,
+            progress=progress,
+            dtype=dtype.value,
+            flush_rows=flush_rows,
+            chunk_rows=chunk_rows,
+            storage_options=parse_storage_options(storage_options),
+        )
         if engine is _Engine.ray:
             from facebank.ray_engine.embedding import RayOptions, embed_source_ray
 
@@ -177,16 +202,7 @@ def embed_cmd(
                 source,
                 backbone=backbone,
                 out=out,
-                view=view,
-                weights=weights,
-                image_size=image_size,
-                layer=layer,
-                real_names=tuple(real) if real else ("real",),
-                batch_size=batch_size,
-                progress=progress,
-                dtype=dtype.value,
-                chunk_rows=chunk_rows,
-                storage_options=parse_storage_options(storage_options),
+                options=options,
                 ray_options=RayOptions(
                     address=address,
                     workers=workers or None,
@@ -195,31 +211,31 @@ def embed_cmd(
                 ),
             )
         else:
-            summary = embed_source(
-                source,
-                backbone=backbone,
-                out=out,
-                view=view,
-                device=device,
-                weights=weights,
-                image_size=image_size,
-                layer=layer,
-                real_names=tuple(real) if real else ("real",),
-                batch_size=batch_size,
-                num_workers=workers,
-                compile=compile_,
-                progress=progress,
-                dtype=dtype.value,
-                flush_rows=flush_rows,
-                chunk_rows=chunk_rows,
-                storage_options=parse_storage_options(storage_options),
-            )
+            _refuse_ray_only(address, gpus_per_worker, partition_rows)
+            summary = embed_source(source, backbone=backbone, out=out, options=options)
     _print_embed_summary(summary)
     for w in caught:
         if issubclass(w.category, DuplicateImageWarning):
             err.print(f"[yellow]warning:[/] {w.message}", markup=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _refuse_ray_only(
+    address: str | None, gpus_per_worker: float | None, partition_rows: int
+) -> None:
+    """``--address``, ``--gpus-per-worker``, ``--partition-rows`` belong to ``--engine ray``."""
+    from facebank.core.errors import FacebankError
+
+    for flag, value, default in (
+        ("--address", address, None),
+        ("--gpus-per-worker", gpus_per_worker, None),
+        ("--partition-rows", partition_rows, DEFAULT_PARTITION_ROWS),
+    ):
+        if value != default:
+            raise FacebankError(
+                f"{flag} {value!r} is not supported by the local engine; it applies to --engine ray"
+            )
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,6 +72,7 @@ from facebank.embed.runner.loader import (
     make_backbone,
     progress_bar,
 )
+from facebank.embed.runner.options import DEFAULT_PARTITION_ROWS, EmbedOptions
 from facebank.embed.runner.writer import (
     BankState,
     EmbedSummary,
@@ -89,12 +91,11 @@ __all__ = [
     "import_ray",
     "iter_encoded_ray",
     "ray_cluster",
+    "ray_options_for",
+    "ray_options_for_device",
 ]
 
 RAY_INSTALL_HINT = "pip install 'facebank[ray]'  (Ray Data: pip install 'ray[data]')"
-# 4096 rows x 1,280 dims x 2 bytes = 10 MB of features per partition: a few objects
-# on a store, seconds of work per GPU, and a killed run redoes little.
-DEFAULT_PARTITION_ROWS = 4096
 
 
 def import_ray() -> Any:
@@ -416,58 +417,101 @@ def ray_cluster(ray: Any, address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
+def ray_options_for(embed: EmbedOptions, opts: RayOptions) -> RayOptions:
+    """``opts`` with ``embed.device`` applied (cpu: CPU actors; cuda: GPU actors), after
+    refusing in one line what a Ray run cannot honour."""
+    embed.refuse(
+        {
+            "num_workers": "the Ray cluster's CPUs decode; --workers with --engine ray sets "
+            "the encoder actors",
+            "compile": "Ray actors run the backbone uncompiled; drop --compile or use "
+            "--engine local",
+            "flush_rows": "a Ray run commits one partition at a time; set --partition-rows",
+        },
+        engine="ray",
+    )
+    return ray_options_for_device(str(embed.device), opts)
+
+
+def ray_options_for_device(device: str, opts: RayOptions) -> RayOptions:
+    """``opts`` with a ``--device`` applied to the encoder actors: ``cpu`` CPU actors
+    (``gpus_per_worker`` 0), ``cuda`` GPU actors (1 GPU each unless given), ``auto`` as
+    the cluster has; ``cuda:N`` is refused in one line (Ray places the actors)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise FacebankError(
+            f"--device {device!r} is not supported by the ray engine; Ray places the actors "
+            "on GPUs itself: give --device cuda (or cpu) and --gpus-per-worker"
+        )
+    if device == "cpu":
+        if opts.gpus_per_worker:
+            raise FacebankError(
+                f"--device cpu contradicts --gpus-per-worker {opts.gpus_per_worker:g}; "
+                "give one of them"
+            )
+        return dataclasses.replace(opts, gpus_per_worker=0.0)
+    if device == "cuda" and opts.gpus_per_worker is None:
+        return dataclasses.replace(opts, gpus_per_worker=1.0)
+    return opts
+
+
 def embed_source_ray(
     source: str | os.PathLike,
     *,
     backbone: str,
     out: str | os.PathLike,
-    view: str = "original",
-    weights: str | os.PathLike | None = None,
-    image_size: int | None = None,
-    layer: str = "final",
-    real_names: Sequence[str] = ("real",),
-    batch_size: int = 64,
-    progress: bool = True,
-    dtype: str = "float16",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    storage_options: dict[str, Any] | None = None,
+    options: EmbedOptions | None = None,
     ray_options: RayOptions | None = None,
+    **fields: Any,
 ) -> EmbedSummary:
     """:func:`embed.runner.embed_source` on a Ray cluster (see the module docstring).
 
     Args:
-        source, backbone, out, view, weights, image_size, layer, real_names, batch_size,
-        progress, dtype, chunk_rows, storage_options: as for
-        :func:`~embed.runner.embed_source`.
+        source, backbone, out: as for :func:`~embed.runner.embed_source`.
+        options, **fields: the :class:`~facebank.embed.runner.options.EmbedOptions` of
+            ``embed_source``. ``device="cpu"`` runs CPU actors (``gpus_per_worker`` 0),
+            ``"cuda"`` GPU actors; ``cuda:N``, ``num_workers`` (decoding processes; the
+            cluster's CPUs decode here), ``compile`` and ``flush_rows`` (a partition is
+            the unit of commit: ``partition_rows``) are refused in one line before any
+            work.
         ray_options: cluster address, encoder actors, GPUs per actor, partition size.
 
     Returns:
         An :class:`~embed.runner.EmbedSummary`; ``device`` names the actors' device.
 
     Raises:
-        FacebankError: Ray is not installed, or the cluster cannot be reached (before
-        any work). The errors of :func:`~embed.runner.embed_source`.
+        FacebankError: Ray is not installed, the cluster cannot be reached, or an option
+        this engine refuses (before any work). The errors of
+        :func:`~embed.runner.embed_source`.
         EmbedInterrupted: SIGINT/SIGTERM; committed partitions are kept.
     """
     from facebank.embed.inputs.views import parse_view
 
-    opts = ray_options or RayOptions()
+    embed = EmbedOptions.build(options, **fields)
+    opts = ray_options_for(embed, ray_options or RayOptions())
     ray = import_ray()
     t0 = time.perf_counter()
-    if batch_size < 1:
-        raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
-    src = scan_source(source, real_names=real_names, storage_options=storage_options)
-    vw = parse_view(view)
+    batch_size, storage_options = embed.batch_size, embed.storage_options
+    src = scan_source(source, real_names=embed.real_names, storage_options=storage_options)
+    vw = parse_view(embed.view)
     # on the driver only for its spec, transform and the weights check (before any bank)
-    bb = make_backbone(backbone, device="cpu", weights=weights, image_size=image_size, layer=layer)
+    bb = make_backbone(
+        backbone, device="cpu", weights=embed.weights, image_size=embed.image_size,
+        layer=embed.layer,
+    )  # fmt: skip
     spec = dict(bb.spec)
+    weights, progress, dtype, chunk_rows = (
+        embed.weights,
+        embed.progress,
+        embed.dtype,
+        embed.chunk_rows,
+    )
     with ray_cluster(ray, opts.address):
         bank = open_bank_for(
             out, spec=spec, backbone=backbone, view=vw.name, src=src, source=source,
             dtype=dtype, chunk_rows=chunk_rows, storage_options=storage_options,
             # large partitions: a sharded bank, so consolidation writes one object per
             # array and partition (docs/bank-format.md "Chunks, shards and size")
-            shard_rows=auto_shard_rows(opts.partition_rows, chunk_rows),
+            shard_rows=auto_shard_rows(opts.partition_rows, chunk_rows or DEFAULT_CHUNK_ROWS),
         )  # fmt: skip
         try:
             with interruptible(bank):

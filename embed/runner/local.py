@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from facebank.core.errors import DuplicateImageWarning, FacebankError
+from facebank.core.errors import DuplicateImageWarning
 from facebank.embed.backbones.compat import backbone_id
-from facebank.embed.bank.bank import DEFAULT_CHUNK_ROWS, FeatureBank
+from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.inputs.datasets import Source, scan_source
 from facebank.embed.runner.loader import (
     Encoder,
@@ -44,6 +44,7 @@ from facebank.embed.runner.loader import (
     make_loader,
     progress_bar,
 )
+from facebank.embed.runner.options import EmbedOptions
 from facebank.embed.runner.writer import (
     BankState,
     EmbedSummary,
@@ -58,6 +59,7 @@ from facebank.embed.runner.writer import (
 
 __all__ = [
     "DuplicateImageWarning",
+    "EmbedOptions",
     "EmbedSummary",
     "EncodedImages",
     "embed_source",
@@ -70,20 +72,8 @@ def embed_source(
     *,
     backbone: str,
     out: str | os.PathLike,
-    view: str = "original",
-    device: str = "auto",
-    weights: str | os.PathLike | None = None,
-    image_size: int | None = None,
-    layer: str = "final",
-    real_names: Sequence[str] = ("real",),
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    compile: bool = False,
-    progress: bool = True,
-    dtype: str = "float16",
-    flush_rows: int | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    storage_options: Mapping[str, Any] | None = None,
+    options: EmbedOptions | None = None,
+    **fields: Any,
 ) -> EmbedSummary:
     """Embed every image of SOURCE into the bank ``out`` (created, resumed or appended).
 
@@ -92,23 +82,12 @@ def embed_source(
         backbone: registry name (``facebank backbones``).
         out: the bank directory ``NAME.zarr``; if it exists it must have the same
             backbone and view, and only images not yet in it are embedded.
-        view: view string, e.g. ``"jpeg:q=50"``.
-        device: ``"auto"`` (cuda if present, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        weights: checkpoint file overriding the backbone's own weights.
-        image_size: backbone input side where the backbone allows it.
-        layer: layer tap, ``final``, ``penultimate`` or ``blocks`` (part of the bank's
-            identity; ``facebank backbones`` lists each backbone's taps).
-        real_names: engine folders that hold real images (label 0).
-        batch_size: images per forward pass.
-        num_workers: decoding processes; None = automatic, 0 = in the main process.
-        compile: ``torch.compile`` the backbone (worth it on GPU for large runs).
-        progress: show a rich progress bar.
-        dtype: stored feature dtype of a new bank, ``"float16"`` or ``"float32"``.
-        flush_rows: commit at least every this many rows (default 2048, or
-            ``$FACEBANK_EMBED_FLUSH_ROWS``); commits also happen every 10 s.
-        chunk_rows: rows per stored chunk of a new bank.
-        storage_options: fsspec options when ``source`` or ``out`` is a URL (endpoint,
-            credentials; never recorded).
+        options: an :class:`~facebank.embed.runner.options.EmbedOptions` (view, device,
+            weights, image size, layer tap, batch size, workers, compile, dtype, flush
+            and chunk rows, storage options); the same object every engine takes.
+        **fields: :class:`EmbedOptions` fields replacing those of ``options``
+            (``embed_source(src, backbone=b, out=o, view="jpeg:q=50")``). This engine
+            honours every field.
 
     Returns:
         An :class:`EmbedSummary`.
@@ -121,15 +100,17 @@ def embed_source(
     from facebank.embed.inputs.views import parse_view
 
     t0 = time.perf_counter()
-    if batch_size < 1:
-        raise FacebankError(f"batch_size={batch_size!r} is not valid; give a positive integer")
-    src = scan_source(source, real_names=real_names, storage_options=storage_options)
-    vw = parse_view(view)
+    opts = EmbedOptions.build(options, **fields)
+    src = scan_source(source, real_names=opts.real_names, storage_options=opts.storage_options)
+    vw = parse_view(opts.view)
     # the backbone first: missing weights must fail before the bank is created or touched
-    bb = make_backbone(backbone, device=device, weights=weights, image_size=image_size, layer=layer)
+    bb = make_backbone(
+        backbone, device=opts.device, weights=opts.weights, image_size=opts.image_size,
+        layer=opts.layer,
+    )  # fmt: skip
     bank = open_bank_for(
         out, spec=dict(bb.spec), backbone=backbone, view=vw.name, src=src, source=source,
-        dtype=dtype, chunk_rows=chunk_rows, storage_options=storage_options,
+        dtype=opts.dtype, chunk_rows=opts.chunk_rows, storage_options=opts.storage_options,
     )  # fmt: skip
     if vw.provenance():  # e.g. the face detector and its version
         bank.update_attrs({"view_provenance": vw.provenance()})
@@ -140,13 +121,13 @@ def embed_source(
                 bank,
                 bb,
                 vw,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                compile=compile,
-                progress=progress,
-                flush_rows=resolve_flush_rows(flush_rows, batch_size),
+                batch_size=opts.batch_size,
+                num_workers=opts.num_workers,
+                compile=opts.compile,
+                progress=opts.progress,
+                flush_rows=resolve_flush_rows(opts.flush_rows, opts.batch_size),
                 t0=t0,
-                storage_options=storage_options,
+                storage_options=opts.storage_options,
             )
     finally:
         bank.close()

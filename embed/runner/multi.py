@@ -59,6 +59,7 @@ from facebank.embed.runner.loader import (
 from facebank.embed.runner.local import (
     encode_images,
 )
+from facebank.embed.runner.options import EmbedOptions
 from facebank.embed.runner.writer import (
     BankState,
     EmbedSummary,
@@ -330,14 +331,8 @@ def embed_source_multi(
     *,
     backbones: Sequence[str],
     outs: Sequence[str | os.PathLike],
-    view: str = "original",
-    device: Device = "auto",
-    layer: str = "final",
-    real_names: Sequence[str] = ("real",),
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    progress: bool = True,
-    dtype: str = "float16",
+    options: EmbedOptions | None = None,
+    **fields: Any,
 ) -> list[EmbedSummary]:
     """Embed SOURCE with several backbones, decoding each image once, into one bank each.
 
@@ -350,29 +345,42 @@ def embed_source_multi(
         source: As in :func:`~facebank.embed.runner.local.embed_source`.
         backbones: Registry names, one per bank (at least one).
         outs: Bank folders, aligned with ``backbones``.
-        view: One view for every backbone.
-        device, layer, real_names, batch_size, num_workers, progress, dtype: As in
-            ``embed_source`` (``layer`` applies to every backbone).
+        options, **fields: The :class:`~facebank.embed.runner.options.EmbedOptions` of
+            ``embed_source``; one view, device, layer tap, batch and dtype for every
+            backbone. ``weights`` and ``image_size`` belong to one backbone and are
+            refused (one line, before any work).
 
     Returns:
-        One :class:`~facebank.embed.runner.local.EmbedSummary` per backbone, in order.
+        One :class:`~facebank.embed.runner.writer.EmbedSummary` per backbone, in order.
 
     Raises:
-        FacebankError: ``backbones`` and ``outs`` differ in length, or repeat a name.
-        Any error of ``embed_source`` (weights missing: no bank is touched).
+        FacebankError: ``backbones`` and ``outs`` differ in length, or repeat a name; an
+        option this engine refuses. Any error of ``embed_source`` (weights missing: no
+        bank is touched).
     """
     t0 = time.perf_counter()
+    opts = EmbedOptions.build(options, **fields)
+    opts.refuse(
+        {
+            "weights": "each backbone loads its own weights; embed one backbone at a time "
+            "to use a checkpoint",
+            "image_size": "each backbone keeps its own input size; embed one backbone at a "
+            "time to change it",
+        },
+        engine="several-backbones",
+    )
     if len(backbones) != len(outs) or not backbones:
         raise FacebankError(
             f"give one --out per backbone: {len(backbones)} backbone(s), {len(outs)} bank(s)"
         )
     if len(set(backbones)) != len(backbones) or len({str(o) for o in outs}) != len(outs):
         raise FacebankError(f"backbones {list(backbones)} and their banks must not repeat")
-    src = scan_source(source, real_names=real_names)
-    vw = parse_view(view)
+    src = scan_source(source, real_names=opts.real_names, storage_options=opts.storage_options)
+    vw = parse_view(opts.view)
+    batch_size = opts.batch_size
     # every backbone first: missing weights fail before any bank is created or touched
     bbs = [
-        make_backbone(name, device=device, weights=None, image_size=None, layer=layer)
+        make_backbone(name, device=opts.device, weights=None, image_size=None, layer=opts.layer)
         for name in backbones
     ]
     with contextlib.ExitStack() as stack:
@@ -380,7 +388,8 @@ def embed_source_multi(
         for name, out, bb in zip(backbones, outs, bbs, strict=True):
             bank = open_bank_for(
                 out, spec=dict(bb.spec), backbone=name, view=vw.name, src=src, source=source,
-                dtype=dtype,
+                dtype=opts.dtype, chunk_rows=opts.chunk_rows,
+                storage_options=opts.storage_options,
             )  # fmt: skip
             stack.callback(bank.close)
             stack.enter_context(interruptible(bank))
@@ -392,16 +401,17 @@ def embed_source_multi(
         todo = [
             {i for b in batches for i in b if src.items[i].path not in s.present} for s in states
         ]
-        encoders = [Encoder(bb, compile=False, batch_size=batch_size) for bb in bbs]
+        encoders = [Encoder(bb, compile=opts.compile, batch_size=batch_size) for bb in bbs]
         dev = encoders[0].device.type
-        workers = auto_workers(dev) if num_workers is None else int(num_workers)
+        workers = auto_workers(dev) if opts.num_workers is None else int(opts.num_workers)
         dataset = ImageDataset(
             ItemFiles(src.items),
             view=vw,
             transform=_Transforms([bb.transform for bb in bbs]),
             draft_size=vw.draft_size(max(input_side(bb.spec) for bb in bbs)),
+            storage_options=opts.storage_options,
         )
-        flush = resolve_flush_rows(None, batch_size)
+        flush = resolve_flush_rows(opts.flush_rows, batch_size)
         writers = [
             RowWriter(b, s, ignored=src.ignored, flush_rows=flush)
             for b, s in zip(banks, states, strict=True)
@@ -418,7 +428,7 @@ def embed_source_multi(
         total = sum(len(b) for b in batches)
         description = f"embed {'+'.join(backbones)} \\[{vw.name}]"
         t_loop = time.perf_counter()
-        with progress_bar(progress, total, description) as bar:
+        with progress_bar(opts.progress, total, description) as bar:
             task = bar.add_task(description, total=total) if bar is not None else None
             for batch in loader:
                 for k, writer in enumerate(writers):

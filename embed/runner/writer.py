@@ -166,13 +166,14 @@ def open_bank_for(
     src: Source,
     source: str | os.PathLike,
     dtype: str = "float16",
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     shard_rows: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> FeatureBank:
     """The bank ``out`` (a folder or an fsspec URL) opened for writing: created, or
     reopened after checking that it holds the same backbone and view (every engine
-    writes through this). ``chunk_rows``, ``shard_rows``: a new bank's layout.
+    writes through this). ``chunk_rows`` (None: ``DEFAULT_CHUNK_ROWS``), ``shard_rows``:
+    a new bank's layout.
 
     Raises:
         BankError: ``out`` is a file. BackboneMismatchError: another backbone or view.
@@ -225,7 +226,7 @@ def open_bank_for(
             view=view,
             source=src_text,
             dtype=dtype,
-            chunk_rows=chunk_rows,
+            chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS,
             shard_rows=shard_rows,
             overwrite=False,
             storage_options=storage_options,
