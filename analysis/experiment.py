@@ -29,6 +29,7 @@ is tuned on test rows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -44,20 +45,19 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError, UnknownNameError
+from facebank.core.options import DEFAULT_HEADS, DEFAULT_VIEWS, ExperimentOptions
 from facebank.core.runs import fmt_value, markdown_table, start_run, write_json
 
 __all__ = [
     "DEFAULT_HEADS",
     "DEFAULT_VIEWS",
+    "ExperimentOptions",
     "ExperimentResult",
     "run_experiment",
 ]
 
 log = logging.getLogger(__name__)
 
-# normalise first: the laundering control (every image the same format, size and encoder)
-DEFAULT_VIEWS = ("normalise", "jpeg:q=50", "resize:128", "vflip")
-DEFAULT_HEADS = ("linear", "mlp", "prototype")
 # The operating point of arXiv 2311.08577: 0.5 % of real faces flagged.
 FPR = 0.005
 # PCA only: sklearn's t-SNE costs tens of seconds even on a few hundred rows on 2 cores,
@@ -394,39 +394,24 @@ def _clear_previous_steps(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _embed_all(
-    source,
-    views,
-    banks_dir,
-    *,
-    backbone,
-    device,
-    weights,
-    image_size,
-    real_names,
-    steps,
-    progress,
-    storage_options=None,
-):
+def _embed_all(source, views, banks_dir, *, backbone, opts, steps):
     from facebank.embed import FeatureBank, embed_source
+    from facebank.embed.runner.options import EmbedOptions
 
+    embed = EmbedOptions(
+        device=opts.device,
+        weights=opts.weights,
+        image_size=opts.image_size,
+        real_names=opts.real_names,
+        progress=opts.progress,
+        storage_options=opts.storage_options,  # a SOURCE on a store; never recorded
+    )
     banks: dict[str, Path] = {}
     embedding: dict[str, dict[str, Any]] = {}
     for view in views:
         path = banks_dir / f"{_view_slug(view)}.zarr"
         with steps.step(f"embed {view}", f"embed view [bold]{view}[/] -> {path}"):
-            s = embed_source(
-                source,
-                backbone=backbone,
-                out=path,
-                view=view,
-                device=device,
-                weights=weights,
-                image_size=image_size,
-                real_names=real_names,
-                progress=progress,
-                storage_options=storage_options,  # a SOURCE on a store; never recorded
-            )
+            s = embed_source(source, backbone=backbone, out=path, options=embed, view=view)
         embedding[view] = {
             "embedded": s.embedded,
             "skipped_present": s.skipped_present,
@@ -473,26 +458,15 @@ def run_experiment(
     *,
     backbone: str,
     out: str | Path,
-    views: Sequence[str] = DEFAULT_VIEWS,
-    heads: Sequence[str] = DEFAULT_HEADS,
-    new_engine: str | None = None,
-    device: str = "auto",
-    weights: str | Path | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    image_size: int | None = None,
-    real_names: Sequence[str] = ("real",),
-    note: str | None = None,
-    protocols: Sequence[str] = (),
-    group_by: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
+    options: ExperimentOptions | None = None,
+    **fields: Any,
 ) -> ExperimentResult:
     """Run the whole workbench on one dataset and write ``out/report.html``.
 
-    Steps: embed SOURCE under ``original`` and each of ``views`` (one bank per view in
-    ``out/banks``; a re-run on the same ``out`` resumes the banks, so only images not
-    embedded yet are processed); train each head on the original view's train split and
-    set its threshold on the validation reals at FPR 0.5 %; evaluate each head on the
+    Steps: embed SOURCE under ``original`` and each of ``options.views`` (one bank per
+    view in ``out/banks``; a re-run on the same ``out`` resumes the banks, so only images
+    not embedded yet are processed); train each head on the original view's train split
+    and set its threshold on the validation reals at FPR 0.5 %; evaluate each head on the
     test rows; leave-one-engine-out with ``linear``; every head scored on every view
     (robustness, at its frozen threshold); a ``prototype`` head trained without
     ``new_engine`` and its OOD score of that engine vs the known ones; kNN engine purity
@@ -505,32 +479,16 @@ def run_experiment(
 
     Args:
         source: a folder ``SOURCE/<engine>/...`` (optionally ``SOURCE/<split>/<engine>/``)
-            or a CSV manifest ``path,label,engine[,split]``; local, or an fsspec URL
-            (``s3://bucket/faces``) read as ``facebank embed`` reads one (the banks are
-            still written under ``out/banks``).
+            or a CSV manifest ``path,label,engine[,split][,date]``; local, or an fsspec
+            URL (``s3://bucket/faces``) read as ``facebank embed`` reads one (the banks
+            are still written under ``out/banks``).
         backbone: a registered backbone name (``facebank backbones``).
         out: the run folder; created if missing, reused (banks resumed) if present.
-        views: degraded views to embed besides ``original`` (``embed.parse_view`` forms).
-        heads: heads to train and evaluate (``facebank heads``).
-        new_engine: the AI engine held out as "new" for OOD; default the smallest AI
-            engine with at least 20 images (``analysis.ood.default_new_engine``; the step
-            is skipped with its reason when none has).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; used for embedding.
-        weights: a checkpoint file for the backbone (overrides the library cache).
-        seed: seeds splits (when the source has none), head training and bootstraps.
-        progress: progress bars and step headers on stderr.
-        image_size: backbone input side where the backbone allows it (e.g. 512 for
-            ``efficientnet-b1`` as in 2311.08577); default the backbone's own.
-        real_names: engine folder names that hold real images.
-        note: Markdown written to ``out/NOTE.md`` and shown at the top of the report
-            (the demo says there that its data is simulated).
-        group_by: the heads' splits keep each group in one split, and the audit lists
-            groups that straddle splits (sources without a split column only):
-            ``"level:K"`` (the K-th folder of the stored paths), a bank column (``group``,
-            the default when the manifest had one), or ``"none"``
-            (``embed.splits.resolve_groups``).
-        storage_options: fsspec options for a SOURCE on a store (endpoint,
-            credentials); never recorded in the run folder or the banks.
+        options: an :class:`~facebank.analysis.options.ExperimentOptions` (views, heads,
+            new engine, device, weights, image size, seed, real names, progress,
+            protocols, group_by, storage options, engine dates, note); every field is
+            honoured and recorded in ``config.json`` (storage options by key only).
+        **fields: ``ExperimentOptions`` fields replacing those of ``options``.
 
     Returns:
         An :class:`ExperimentResult`; ``result.rich_tables()`` is the terminal summary.
@@ -547,13 +505,15 @@ def run_experiment(
     from facebank.core.stores import is_url, local_path
     from facebank.embed.backbones.registry import backbone_info, resolve_device
 
+    opts = ExperimentOptions.build(options, **fields)
     source = os.fspath(source) if is_url(source) else Path(local_path(source))
     run_dir = Path(out)
     backbone_info(backbone)  # UnknownNameError with the list, before any work
-    view_names = _canonical_views(views)
-    head_names = _check_heads(heads)
-    protocols = _check_protocols(protocols)
-    _, ai = _survey(source, real_names, storage_options)
+    view_names = _canonical_views(opts.views)
+    head_names = _check_heads(opts.heads)
+    protocols = _check_protocols(opts.protocols)
+    _, ai = _survey(source, opts.real_names, opts.storage_options)
+    new_engine = opts.new_engine
     if new_engine is not None:
         new_engine = new_engine.lower()
         if new_engine not in ai:
@@ -561,94 +521,69 @@ def run_experiment(
                 f"--new-engine {new_engine!r} is not an AI engine of {str(source)!r}; "
                 f"valid: {', '.join(ai)}"
             )
+    opts = dataclasses.replace(
+        opts, views=tuple(view_names[1:]), heads=tuple(head_names), protocols=protocols,
+        new_engine=new_engine, engine_dates=_engine_dates(source, opts),
+    )  # fmt: skip
 
     _check_out(run_dir, source)
-    resolve_device(device)  # FacebankError before any work (e.g. cuda on a CPU machine)
+    resolve_device(opts.device)  # FacebankError before any work (e.g. cuda on a CPU machine)
     start = time.perf_counter()
     config = {
         "source": str(source),
         "backbone": backbone,
+        **opts.config(),
         "views": view_names,
-        "heads": head_names,
-        "new_engine": new_engine,
-        "device": device,
-        "image_size": image_size,
-        "weights": str(weights) if weights else None,
-        "seed": seed,
         "fpr": FPR,
         "threshold_split": "val (reals only)",
         "test_split": "test",
-        "protocols": list(protocols),
-        "group_by": group_by,
     }
     fresh = not run_dir.exists()
     # resume: an earlier experiment in run_dir keeps its banks; anything else is refused
     start_run(run_dir, command="experiment", config=config, resume=True)
     try:
-        return _run_steps(
-            run_dir,
-            source,
-            view_names,
-            head_names,
-            new_engine=new_engine,
-            backbone=backbone,
-            device=device,
-            weights=weights,
-            image_size=image_size,
-            real_names=real_names,
-            seed=seed,
-            progress=progress,
-            note=note,
-            start=start,
-            protocols=protocols,
-            group_by=group_by,
-            storage_options=storage_options,
-        )
+        return _run_steps(run_dir, source, view_names, backbone=backbone, opts=opts, start=start)
     except Exception:
         if fresh and not any(p.is_file() for p in run_dir.rglob("*") if p.name != "config.json"):
             shutil.rmtree(run_dir, ignore_errors=True)  # e.g. weights missing: leave nothing
         raise
 
 
+def _engine_dates(source: str | Path, opts: ExperimentOptions) -> str | os.PathLike | None:
+    """``--engine-dates``, else a local CSV manifest SOURCE that has a ``date`` column
+    (``analysis.chrono.read_engine_dates`` reads either), else None (shipped dates)."""
+    if opts.engine_dates is not None or "chrono" not in opts.protocols:
+        return opts.engine_dates
+    if isinstance(source, Path) and source.is_file() and source.suffix.lower() == ".csv":
+        import csv
+
+        with open(source, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        if "date" in [h.strip().lower() for h in header]:
+            return source
+    return None
+
+
 def _run_steps(
     run_dir: Path,
     source: str | Path,
     view_names: list[str],
-    head_names: list[str],
     *,
-    new_engine: str | None,
     backbone: str,
-    device: str,
-    weights: str | Path | None,
-    image_size: int | None,
-    real_names: Sequence[str],
-    seed: int,
-    progress: bool,
-    note: str | None,
+    opts: ExperimentOptions,
     start: float,
-    protocols: Sequence[str] = (),
-    group_by: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
 ) -> ExperimentResult:
     _clear_previous_steps(run_dir)
-    if note:
-        (run_dir / "NOTE.md").write_text(note.rstrip() + "\n")
+    if opts.note:
+        (run_dir / "NOTE.md").write_text(opts.note.rstrip() + "\n")
+    head_names = list(opts.heads)
+    seed = opts.seed
 
     # + normalised control, audit, loeo, robustness, ood, neighbours, report
-    n_steps = len(view_names) + len(head_names) + 7 + len(protocols)
-    steps = _Steps(n_steps, progress=progress)
+    n_steps = len(view_names) + len(head_names) + 7 + len(opts.protocols)
+    steps = _Steps(n_steps, progress=opts.progress)
     bank_paths, banks, embedding = _embed_all(
-        source,
-        view_names,
-        run_dir / "banks",
-        backbone=backbone,
-        device=device,
-        weights=weights,
-        image_size=image_size,
-        real_names=real_names,
-        steps=steps,
-        progress=progress,
-        storage_options=storage_options,
+        source, view_names, run_dir / "banks", backbone=backbone, opts=opts, steps=steps
     )
     original = banks["original"]
     labels = np.asarray(original.labels)
@@ -678,14 +613,17 @@ def _run_steps(
     # them once each into the summary instead of flooding the terminal.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        grouping = {"seed": seed, "steps": steps, "group_by": group_by}
+        grouping = {"seed": seed, "steps": steps, "group_by": opts.group_by}
         _train_and_evaluate(result, banks, head_names, **grouping)
         _normalised_control(result, banks, head_names, **grouping)
         _audit(result, original, **grouping)
         _loeo(result, original, ai, seed=seed, steps=steps)
-        _protocols(result, original, ai, protocols, seed=seed, steps=steps)
+        _protocols(
+            result, original, ai, opts.protocols, seed=seed, steps=steps,
+            engine_dates=opts.engine_dates,
+        )  # fmt: skip
         _robustness(result, banks, seed=seed, steps=steps)
-        _ood(result, original, ai, new_engine, seed=seed, steps=steps)
+        _ood(result, original, ai, opts.new_engine, seed=seed, steps=steps)
         _neighbours(result, original, seed=seed, steps=steps)
     _record_warnings(result, caught, steps)
 
@@ -785,7 +723,10 @@ def _robustness(result, banks, *, seed, steps) -> None:
         result.robustness = {}
         for name, h in result.heads.items():
             rb = robustness(
-                h["run_dir"], list(banks.values()), out=result.run_dir / "robustness" / name
+                h["run_dir"],
+                list(banks.values()),
+                out=result.run_dir / "robustness" / name,
+                seed=seed,
             )
             result.robustness[name] = _robustness_summary(rb)
 
@@ -833,6 +774,7 @@ def _ood(result, original, ai, new_engine, *, seed, steps) -> None:
             new=[fresh],
             out=result.run_dir / "ood",
             flag_fpr=OOD_FLAG_FPR,
+            seed=seed,
         )
         result.ood = {"new_engine": new, **_ood_summary(res), "head_dir": tr.run_dir}
 
@@ -1027,7 +969,7 @@ def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(protocols))
 
 
-def _protocols(result, original, ai, protocols, *, seed, steps) -> None:
+def _protocols(result, original, ai, protocols, *, seed, steps, engine_dates=None) -> None:
     """Optional protocols (``protocols=("few-shot", "chrono")``) with ``linear``."""
     from facebank.core.errors import DataError
 
@@ -1045,7 +987,10 @@ def _protocols(result, original, ai, protocols, *, seed, steps) -> None:
                     r = few_shot([original], head="linear", seed=seed, fpr=FPR, out=out)
                     summary = {"average": r.average, "stopped": r.stopped, "run_dir": r.run_dir}
                 else:
-                    r = chronological([original], head="linear", seed=seed, fpr=FPR, out=out)
+                    r = chronological(
+                        [original], head="linear", seed=seed, fpr=FPR, out=out,
+                        engine_dates=engine_dates,
+                    )  # fmt: skip
                     summary = {"table": r.table, "dates": r.dates, "run_dir": r.run_dir}
             except DataError as exc:  # e.g. engines without a release date
                 result.skipped[name] = str(exc)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError
+from facebank.core.options import ExperimentOptions
 from facebank.core.runs import fmt_value, markdown_table, start_run, write_json
 from facebank.embed.backbones.registry import backbone_info
 from facebank.embed.bank.bank import FeatureBank
@@ -40,8 +41,6 @@ from facebank.heads.training import resolve_splits
 
 from .balanced import balanced_auc
 from .experiment import (
-    DEFAULT_HEADS,
-    DEFAULT_VIEWS,
     FPR,
     ExperimentResult,
     _canonical_views,
@@ -409,13 +408,8 @@ def run_backbone_comparison(
     *,
     backbones: Sequence[str],
     out: str | Path,
-    views: Sequence[str] = DEFAULT_VIEWS,
-    heads: Sequence[str] = DEFAULT_HEADS,
-    new_engine: str | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    real_names: Sequence[str] = ("real",),
+    options: ExperimentOptions | None = None,
+    **fields: Any,
 ) -> Comparison:
     """Run the experiment with several backbones and write the leaderboard and one report.
 
@@ -426,13 +420,28 @@ def run_backbone_comparison(
     Args:
         source: As in :func:`~facebank.analysis.experiment.run_experiment`.
         backbones: At least two registered backbone names.
-        out, views, heads, new_engine, device, seed, progress, real_names: As in
-            ``run_experiment`` (the same for every backbone).
+        out: The run folder.
+        options, **fields: The :class:`~facebank.analysis.options.ExperimentOptions` of
+            ``run_experiment``, the same for every backbone: views, heads, new engine,
+            device, seed, real names, progress, protocols, group_by (also for the fused
+            heads), storage options and engine dates are honoured; ``weights`` and
+            ``image_size`` belong to one backbone and are refused in one line.
 
     Raises:
         DataError: Fewer than two backbones, or a name repeated.
         UnknownNameError: An unknown backbone, view or head (before any work).
+        FacebankError: ``weights`` or ``image_size`` given (before any work).
     """
+    opts = ExperimentOptions.build(options, **fields)
+    opts.refuse(
+        {
+            "weights": "each backbone loads its own weights; run `experiment` with one "
+            "--backbone to use a checkpoint",
+            "image_size": "each backbone keeps its own input size; run `experiment` with "
+            "one --backbone to change it",
+        },
+        engine="several-backbones",
+    )
     names = list(dict.fromkeys(backbones))
     if len(names) < 2 or len(names) != len(backbones):
         raise DataError(
@@ -440,17 +449,18 @@ def run_backbone_comparison(
         )
     for name in names:
         backbone_info(name)  # UnknownNameError with the valid names, before any work
-    view_names = _canonical_views(views)
-    head_names = _check_heads(heads)
+    view_names = _canonical_views(opts.views)
+    head_names = _check_heads(opts.heads)
+    seed = opts.seed
     run_dir = start_run(
         out,
         command="experiment",
         config={
             "source": str(source),
             "backbones": names,
+            **opts.config(),
             "views": view_names,
             "heads": head_names,
-            "seed": seed,
             "fpr": FPR,
             "threshold_split": "val (reals only)",
             "test_split": "test",
@@ -471,8 +481,9 @@ def run_backbone_comparison(
         t = time.perf_counter()
         outs = [run_dir / name / "banks" / f"{_view_slug(view)}.zarr" for name in names]
         res = embed_source_multi(
-            source, backbones=names, outs=outs, view=view, device=device,
-            real_names=real_names, progress=progress,
+            source, backbones=names, outs=outs, view=view, device=opts.device,
+            real_names=opts.real_names, progress=opts.progress,
+            storage_options=opts.storage_options,
         )  # fmt: skip
         embedding[view] = {
             n: {"embedded": s.embedded, "failed": len(s.failed), "seconds": round(s.seconds, 2)}
@@ -484,10 +495,8 @@ def run_backbone_comparison(
     for name in names:  # banks are complete: each run only loads its model and resumes
         t = time.perf_counter()
         experiments[name] = run_experiment(
-            source, backbone=name, out=run_dir / name, views=views, heads=head_names,
-            new_engine=new_engine, device=device, seed=seed, progress=progress,
-            real_names=real_names,
-        )  # fmt: skip
+            source, backbone=name, out=run_dir / name, options=opts, heads=head_names
+        )
         seconds[f"experiment {name}"] = round(time.perf_counter() - t, 2)
 
     notes: list[str] = []
@@ -519,6 +528,7 @@ def run_backbone_comparison(
                 tr = train_run(
                     originals, head=train_head, params=params,
                     out=run_dir / "fusion" / slug / head, seed=seed, fpr=FPR,
+                    group_by=opts.group_by,
                 )  # fmt: skip
                 row = leaderboard_row(
                     tr.run_dir, joined, backbone=f"{label} ({kind})", head=head, seed=seed,

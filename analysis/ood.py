@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError, EngineOverlapWarning, HeadError
+from facebank.core.options import MIN_NEW_ROWS
 from facebank.core.runs import markdown_table, start_run, write_json
 from facebank.core.splits import has_splits
 from facebank.embed.bank.types import BanksLike
@@ -34,10 +35,6 @@ from ._evalcommon import (
 from .metrics import binary_metrics, proportion_interval, threshold_at_fpr
 
 __all__ = ["OodResult", "ood", "fpr_at_tpr", "score_meaning", "default_new_engine", "MIN_NEW_ROWS"]
-
-# An AUROC or a flag rate on fewer images is an anecdote: 20 gives a flag-rate interval
-# about +-20 points wide, the widest worth printing as a result.
-MIN_NEW_ROWS = 20
 
 
 def default_new_engine(

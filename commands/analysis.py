@@ -63,12 +63,18 @@ def robustness_cmd(
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail when the banks do not hold the same images.")
     ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
 ) -> None:
     """TPR/FPR at the frozen threshold and AUC per view (JPEG quality, resize, flips)."""
     from facebank.analysis.robustness import robustness
 
     res = robustness(
-        head, banks, out=default_out("robustness", out), n_boot=n_boot, allow_mismatch=not strict
+        head,
+        banks,
+        out=default_out("robustness", out),
+        n_boot=n_boot,
+        seed=seed,
+        allow_mismatch=not strict,
     )
     typer.echo(
         f"{res.n_matched} images matched by sha256 in every view; threshold {res.threshold:.4g}"
@@ -111,12 +117,15 @@ def ood_cmd(
             help="Fraction of known-engine validation images the flag threshold flags.",
         ),
     ] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
 ) -> None:
     """AUROC and FPR at 95% TPR of new-engine vs known-engine images, per-image OOD flags."""
     from facebank.analysis.ood import ood, score_meaning
     from facebank.core.runs import fmt_value
 
-    res = ood(head, known=known, new=new, out=default_out("ood", out), k=k, flag_fpr=flag_fpr)
+    res = ood(
+        head, known=known, new=new, out=default_out("ood", out), k=k, flag_fpr=flag_fpr, seed=seed
+    )
     typer.echo(f"score: {res.method}, {score_meaning(res.method)}")
     typer.echo(
         f"flag threshold {res.threshold:.4g}: set to flag {flag_fpr:.0%} of {res.n_known_val} "

@@ -7,6 +7,14 @@ from typing import Annotated
 
 import typer
 
+from facebank.core.options import (
+    CONTROL_VIEWS,
+    DEFAULT_HEADS,
+    DEGRADED_VIEWS,
+    MIN_NEW_ROWS,
+    ExperimentOptions,
+)
+
 from ._common import (
     StorageOptionsOption,
     default_out,
@@ -56,20 +64,33 @@ def experiment(
         list[str] | None,
         typer.Option(
             "--views",
-            help="Views to embed besides original; repeat or comma-separate "
-            "(default jpeg:q=50, resize:128, vflip; 'none' for no views).",
+            help="Views to embed besides original and the control views; repeat or "
+            f"comma-separate (default {', '.join(DEGRADED_VIEWS)}; 'none' for no views at "
+            f"all, the controls included). The control views ({', '.join(CONTROL_VIEWS)}) "
+            "are added unless --no-controls.",
         ),
     ] = None,
+    controls: Annotated[
+        bool,
+        typer.Option(
+            "--controls/--no-controls",
+            help=f"Embed the control views ({', '.join(CONTROL_VIEWS)}: every image the same "
+            "format, size and encoder) besides --views, and train each head on them.",
+        ),
+    ] = True,
     heads: Annotated[
         list[str] | None,
         typer.Option(
             "--heads",
-            help="Heads to train; repeat or comma-separate (default linear, mlp, prototype).",
+            help=f"Heads to train; repeat or comma-separate (default {', '.join(DEFAULT_HEADS)}).",
         ),
     ] = None,
     new_engine: Annotated[
         str | None,
-        typer.Option(help="AI engine held out as new for the OOD test (default: the smallest)."),
+        typer.Option(
+            help="AI engine held out as new for the OOD test (default: the AI engine with "
+            f"the fewest images among those with at least {MIN_NEW_ROWS}).",
+        ),
     ] = None,
     real: Annotated[
         list[str] | None,
@@ -102,59 +123,54 @@ def experiment(
         ),
     ] = None,
     storage_options: StorageOptionsOption = None,
+    engine_dates: Annotated[
+        Path | None,
+        typer.Option(
+            "--engine-dates",
+            help="CSV engine,date (YYYY-MM-DD) of each engine's release for --protocols "
+            "chrono; default: a manifest SOURCE's date column, then the dates shipped with "
+            "facebank.",
+        ),
+    ] = None,
 ) -> None:
     """Embed a dataset under several views, train the default heads, evaluate at 0.5% FPR,
     leave-one-engine-out, robustness, OOD of a held-out engine, neighbours: one HTML report."""
-    from facebank.analysis.experiment import DEFAULT_HEADS, DEFAULT_VIEWS, run_experiment
+    from facebank.analysis.experiment import run_experiment
 
     backbones = split_list(backbone, ("clip-vit-l-14",))
     if not backbones:
         raise typer.BadParameter("give at least one --backbone (see `facebank backbones`)")
-    if len(backbones) > 1:
-        from facebank.analysis.leaderboard import run_backbone_comparison
-
-        if weights is not None or image_size is not None:
-            raise typer.BadParameter(
-                "--weights and --image-size apply to one backbone; drop them when comparing "
-                "several backbones (each uses its own weights and input size)"
-            )
-        comparison = run_backbone_comparison(
-            source,
-            backbones=backbones,
-            out=default_out("experiment", out),
-            views=split_list(views, DEFAULT_VIEWS),
-            heads=split_list(heads, DEFAULT_HEADS),
-            new_engine=new_engine,
-            device=device,
-            seed=seed,
-            real_names=tuple(real or ("real",)),
-            progress=True,
-        )
-        from rich.console import Console
-
-        console = Console()
-        for table in comparison.rich_tables():
-            console.print(table)
-        console.print(f"report: [bold]{comparison.report}[/]  (run folder {comparison.run_dir})")
-        return
-    result = run_experiment(
-        source,
-        backbone=backbones[0],
-        out=default_out("experiment", out),
-        views=split_list(views, DEFAULT_VIEWS),
+    asked = split_list(views, DEGRADED_VIEWS)
+    options = ExperimentOptions(
+        views=(*(CONTROL_VIEWS if controls and asked else ()), *asked),
         heads=split_list(heads, DEFAULT_HEADS),
         new_engine=new_engine,
         device=device,
         weights=weights,
-        seed=seed,
         image_size=image_size,
+        seed=seed,
         real_names=tuple(real or ("real",)),
         progress=True,
         protocols=split_list(protocols, ()),
         group_by=group_by,
         storage_options=parse_storage_options(storage_options),
+        engine_dates=engine_dates,
     )
-    _print_experiment(result)
+    out_dir = default_out("experiment", out)
+    if len(backbones) > 1:
+        from rich.console import Console
+
+        from facebank.analysis.leaderboard import run_backbone_comparison
+
+        comparison = run_backbone_comparison(
+            source, backbones=backbones, out=out_dir, options=options
+        )
+        console = Console()
+        for table in comparison.rich_tables():
+            console.print(table)
+        console.print(f"report: [bold]{comparison.report}[/]  (run folder {comparison.run_dir})")
+        return
+    _print_experiment(run_experiment(source, backbone=backbones[0], out=out_dir, options=options))
 
 
 def demo(
