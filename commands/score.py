@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from facebank.core.options import DEFAULT_SCORE_BATCH_SIZE, DEFAULT_SCORE_PARTITION_ROWS
 
 from ._common import (
     StorageOptionsOption,
@@ -74,11 +76,17 @@ def score_cmd(
         typer.Option("--weights", help="Backbone weights file, for embedding images offline."),
     ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="auto, cpu or cuda (embedding images).")
+        str,
+        typer.Option(
+            "--device",
+            help="auto, cpu, cuda or cuda:N (embedding images); with --engine ray, cpu or "
+            "cuda actors.",
+        ),
     ] = "auto",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per forward pass when embedding.")
-    ] = 32,
+        int,
+        typer.Option("--batch-size", min=1, help="Images per forward pass when embedding."),
+    ] = DEFAULT_SCORE_BATCH_SIZE,
     engine: Annotated[
         _Engine,
         typer.Option(
@@ -107,43 +115,94 @@ def score_cmd(
             help="With --engine ray and --out DIR: images per partition (unit of commit and "
             "resume).",
         ),
-    ] = 16384,
+    ] = DEFAULT_SCORE_PARTITION_ROWS,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="With --engine ray: encoder actors (default one per GPU of the cluster, else 1).",
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-worker",
+            min=0,
+            help="With --engine ray: GPUs per encoder actor (default 1 where the cluster has "
+            "GPUs, else 0).",
+        ),
+    ] = None,
     storage_options: StorageOptionsOption = None,
 ) -> None:
     """Score banks or images: raw score (higher = AI), calibrated probability, decision, verdict.
 
     Exits 1 when nothing could be scored; with some failures it exits 0 and lists them.
     """
+    from facebank.core.options import ScoreOptions
     from facebank.heads import score_run
 
+    options = ScoreOptions(
+        views=split_list(views, ()),
+        prevalence=prevalence,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        progress=show_progress(),
+        storage_options=parse_storage_options(storage_options),
+        address=address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        fmt=format_.value,
+        partition_rows=partition_rows,
+    )
     common = {
         "inputs": [str(p) for p in inputs],
         "out": out,
-        "views": list(split_list(views, ())),
-        "prevalence": prevalence,
-        "weights": weights,
-        "batch_size": batch_size,
-        "progress": show_progress(),
+        "views": list(options.views),
+        "prevalence": options.prevalence,
+        "weights": options.weights,
+        "batch_size": options.batch_size,
+        "progress": options.progress,
     }
-    if engine is _Engine.ray and out != "-" and not out.lower().endswith(".csv"):
-        _score_partitioned(
-            head, common, fmt=format_.value, partition_rows=partition_rows, address=address,
-            storage_options=parse_storage_options(storage_options),
+    partitioned = out != "-" and not out.lower().endswith(".csv")
+    partitions = "it applies to --engine ray with --out DIR (partitioned scores)"
+    if engine is _Engine.local:
+        ray = "it applies to --engine ray"
+        options.refuse(
+            {"address": ray, "workers": ray, "gpus_per_worker": ray, "fmt": partitions,
+             "partition_rows": partitions},
+            engine="local",
         )  # fmt: skip
-        return
-    if engine is _Engine.ray:
-        from facebank.ray_engine.embedding import RayOptions
+        res = score_run(head, device=options.device, **common)
+    else:
+        from facebank.ray_engine.embedding import RayOptions, ray_options_for_device
+
+        if not partitioned:
+            options.refuse(
+                {"fmt": partitions, "partition_rows": partitions}, engine="ray (--out FILE)"
+            )
+
+        ray_options = ray_options_for_device(
+            options.device,
+            RayOptions(
+                address=options.address,
+                workers=options.workers,
+                gpus_per_worker=options.gpus_per_worker,
+            ),
+        )
+        if partitioned:
+            _score_partitioned(head, common, options=options, ray_options=ray_options)
+            return
         from facebank.ray_engine.scoring import score_images_ray
 
         res = score_images_ray(
             head,
-            ray_options=RayOptions(address=address),
+            ray_options=ray_options,
             # the session made them fsspec's defaults here; Ray's workers need them passed
-            storage_options=parse_storage_options(storage_options),
+            storage_options=options.storage_options,
             **common,
         )
-    else:
-        res = score_run(head, device=device, **common)
     for path, reason in res.failures:
         typer.echo(f"failed: {path}: {reason}", err=True)
     if res.ignored:
@@ -203,32 +262,23 @@ def _operating_lines(points: list[dict]) -> list[str]:
     return lines
 
 
-def _score_partitioned(
-    head: str,
-    common: dict,
-    *,
-    fmt: str,
-    partition_rows: int,
-    address: str | None,
-    storage_options: dict | None,
-) -> None:
+def _score_partitioned(head: str, common: dict, *, options: Any, ray_options: Any) -> None:
     """``--engine ray --out DIR``: partitions under DIR, then one summary line."""
-    from facebank.ray_engine.embedding import RayOptions
     from facebank.ray_engine.scoring import score_partitioned
 
     res = score_partitioned(
         head,
         common["inputs"],
         out=common["out"],
-        fmt=fmt,
-        partition_rows=partition_rows,
+        fmt=options.fmt,
+        partition_rows=options.partition_rows,
         views=common["views"],
         prevalence=common["prevalence"],
         weights=common["weights"],
         batch_size=common["batch_size"],
         progress=common["progress"],
-        ray_options=RayOptions(address=address),
-        storage_options=storage_options,
+        ray_options=ray_options,
+        storage_options=options.storage_options,
     )
     for path, reason in res.failures:
         typer.echo(f"failed: {path}: {reason}", err=True)

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from facebank.core.errors import DataError
+from facebank.core.options import DEFAULT_SCORE_PARTITION_ROWS
 from facebank.core.stores import Location, store_defaults
 from facebank.embed.inputs.views import parse_view
 from facebank.embed.runner.writer import EncodedImages
@@ -85,10 +86,6 @@ __all__ = [
 ]
 
 SCORE_FORMATS = ("parquet", "csv")
-# 16,384 images a partition: minutes of work on one CPU actor, seconds on a GPU, and a
-# killed run redoes little; each partition's commit is a few objects. (With --views
-# each partition and view restarts the encoder actors, a model load each.)
-DEFAULT_SCORE_PARTITION_ROWS = 16384
 _CONFIG = "score.json"
 _SUMMARY = "summary.json"
 _PARTS = "scores"
@@ -146,17 +143,21 @@ def score_images_ray(
                     ),
                     files,
                 )  # fmt: skip
-        return score_run(
-            head,
-            inputs=inputs,
-            out=out,
-            views=views,
-            prevalence=prevalence,
-            weights=weights,
-            batch_size=batch_size,
-            progress=progress,
-            encode=encode,
-        )
+        try:
+            return score_run(
+                head,
+                inputs=inputs,
+                out=out,
+                views=views,
+                prevalence=prevalence,
+                weights=weights,
+                batch_size=batch_size,
+                progress=progress,
+                encode=encode,
+            )
+        finally:
+            if isinstance(encode, _Stream):
+                encode.close()  # inside the cluster (see _Stream.close)
 
 
 @dataclass
@@ -398,7 +399,11 @@ def score_partitioned(
             store_defaults(storage_options, urls),
         ):
             if one_pipeline:  # one pipeline over every image left: the actors start once
-                run_all(_Stream(stream, files))
+                served = _Stream(stream, files)
+                try:
+                    run_all(served)
+                finally:
+                    served.close()  # inside the cluster (see _Stream.close)
             else:  # one pipeline per partition and view
                 run_all(
                     functools.partial(
@@ -424,6 +429,14 @@ class _Stream:
         self.files = files
         self.pos = 0
         self.held: dict[int, tuple[str, Any, str] | tuple[str, str]] = {}
+
+    def close(self) -> None:
+        """Stop the pipeline now, while the cluster is up: a generator left to the
+        garbage collector runs its cleanup after ``ray.shutdown()`` and prints a "Ray is
+        not initialized" traceback on a run that succeeded."""
+        close = getattr(self.batches, "close", None)
+        if close is not None:
+            close()
 
     def __call__(self, part: Sequence[str], *, view: str, **_: Any) -> EncodedImages:
         n = len(part)
