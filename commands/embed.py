@@ -205,7 +205,7 @@ def embed_cmd(
                 options=options,
                 ray_options=RayOptions(
                     address=address,
-                    workers=workers or None,
+                    workers=workers,
                     gpus_per_worker=gpus_per_worker,
                     partition_rows=partition_rows,
                 ),
