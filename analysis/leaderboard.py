@@ -403,6 +403,97 @@ class Comparison:
         }
 
 
+def _embed_views(
+    source: str | Path,
+    names: list[str],
+    view_names: list[str],
+    run_dir: Path,
+    opts: ExperimentOptions,
+    seconds: dict[str, float],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every view embedded once per image for all backbones, into
+    ``run_dir/<backbone>/banks``; returns ``{view: {backbone: counts}}``."""
+    embedding: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        # each backbone's folder is its experiment run, resumed below once its banks are
+        # complete (the run-folder rule resumes a run of the same command only)
+        sub = run_dir / name
+        (sub / "banks").mkdir(parents=True, exist_ok=True)
+        if not (sub / "config.json").is_file():
+            write_json(sub / "config.json", {"command": "experiment", "backbone": name})
+    for view in view_names:
+        t = time.perf_counter()
+        outs = [run_dir / name / "banks" / f"{_view_slug(view)}.zarr" for name in names]
+        res = embed_source_multi(
+            source, backbones=names, outs=outs, view=view, device=opts.device,
+            real_names=opts.real_names, progress=opts.progress,
+            storage_options=opts.storage_options,
+        )  # fmt: skip
+        embedding[view] = {
+            n: {"embedded": s.embedded, "failed": len(s.failed), "seconds": round(s.seconds, 2)}
+            for n, s in zip(names, res, strict=True)
+        }
+        seconds[f"embed {view}"] = round(time.perf_counter() - t, 2)
+    return embedding
+
+
+def _fused_rows(
+    originals: list[Any],
+    names: list[str],
+    head_names: list[str],
+    run_dir: Path,
+    opts: ExperimentOptions,
+    seconds: dict[str, float],
+) -> list[LeaderboardRow]:
+    """Each head on the joined features and as a stacked fusion of the backbones; splits
+    keep ``opts.group_by``'s groups whole, as the single-backbone heads do."""
+    rows: list[LeaderboardRow] = []
+    seed = opts.seed
+    joined = join_banks(originals)
+    label = "+".join(names)
+    for head in head_names:
+        for kind, train_head, params in (
+            (FUSED_FEATURES, head, {}),
+            (FUSED_STACK, "fusion", {"rule": "stack", "head": head}),
+        ):
+            slug = "features" if kind == FUSED_FEATURES else "stack"
+            tr = train_run(
+                originals, head=train_head, params=params,
+                out=run_dir / "fusion" / slug / head, seed=seed, fpr=FPR,
+                group_by=opts.group_by,
+            )  # fmt: skip
+            row = leaderboard_row(
+                tr.run_dir, joined, backbone=f"{label} ({kind})", head=head, seed=seed,
+                fused=True,
+            )  # fmt: skip
+            loeo_s = _add_out_of_engine(row, joined, fused=kind == FUSED_STACK, seed=seed)
+            seconds[f"out-of-engine {slug} {head}"] = round(loeo_s, 2)
+            rows.append(row)
+    return rows
+
+
+def _check_comparison(backbones: Sequence[str], opts: ExperimentOptions) -> list[str]:
+    """The backbone names, after refusing (one line, before any work) what several
+    backbones cannot honour, too few or repeated names, and unknown ones."""
+    opts.refuse(
+        {
+            "weights": "each backbone loads its own weights; run `experiment` with one "
+            "--backbone to use a checkpoint",
+            "image_size": "each backbone keeps its own input size; run `experiment` with "
+            "one --backbone to change it",
+        },
+        engine="several-backbones",
+    )
+    names = list(dict.fromkeys(backbones))
+    if len(names) < 2 or len(names) != len(backbones):
+        raise DataError(
+            f"a backbone comparison needs at least two different backbones, got {list(backbones)}"
+        )
+    for name in names:
+        backbone_info(name)  # UnknownNameError with the valid names, before any work
+    return names
+
+
 def run_backbone_comparison(
     source: str | Path,
     *,
@@ -433,22 +524,7 @@ def run_backbone_comparison(
         FacebankError: ``weights`` or ``image_size`` given (before any work).
     """
     opts = ExperimentOptions.build(options, **fields)
-    opts.refuse(
-        {
-            "weights": "each backbone loads its own weights; run `experiment` with one "
-            "--backbone to use a checkpoint",
-            "image_size": "each backbone keeps its own input size; run `experiment` with "
-            "one --backbone to change it",
-        },
-        engine="several-backbones",
-    )
-    names = list(dict.fromkeys(backbones))
-    if len(names) < 2 or len(names) != len(backbones):
-        raise DataError(
-            f"a backbone comparison needs at least two different backbones, got {list(backbones)}"
-        )
-    for name in names:
-        backbone_info(name)  # UnknownNameError with the valid names, before any work
+    names = _check_comparison(backbones, opts)
     view_names = _canonical_views(opts.views)
     head_names = _check_heads(opts.heads)
     seed = opts.seed
@@ -469,27 +545,7 @@ def run_backbone_comparison(
     )
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    embedding: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in names:
-        # each backbone's folder is its experiment run, resumed below once its banks are
-        # complete (the run-folder rule resumes a run of the same command only)
-        sub = run_dir / name
-        (sub / "banks").mkdir(parents=True, exist_ok=True)
-        if not (sub / "config.json").is_file():
-            write_json(sub / "config.json", {"command": "experiment", "backbone": name})
-    for view in view_names:
-        t = time.perf_counter()
-        outs = [run_dir / name / "banks" / f"{_view_slug(view)}.zarr" for name in names]
-        res = embed_source_multi(
-            source, backbones=names, outs=outs, view=view, device=opts.device,
-            real_names=opts.real_names, progress=opts.progress,
-            storage_options=opts.storage_options,
-        )  # fmt: skip
-        embedding[view] = {
-            n: {"embedded": s.embedded, "failed": len(s.failed), "seconds": round(s.seconds, 2)}
-            for n, s in zip(names, res, strict=True)
-        }
-        seconds[f"embed {view}"] = round(time.perf_counter() - t, 2)
+    embedding = _embed_views(source, names, view_names, run_dir, opts, seconds)
 
     experiments: dict[str, ExperimentResult] = {}
     for name in names:  # banks are complete: each run only loads its model and resumes
@@ -517,26 +573,7 @@ def run_backbone_comparison(
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        joined = join_banks(originals)
-        label = "+".join(names)
-        for head in head_names:
-            for kind, train_head, params in (
-                (FUSED_FEATURES, head, {}),
-                (FUSED_STACK, "fusion", {"rule": "stack", "head": head}),
-            ):
-                slug = "features" if kind == FUSED_FEATURES else "stack"
-                tr = train_run(
-                    originals, head=train_head, params=params,
-                    out=run_dir / "fusion" / slug / head, seed=seed, fpr=FPR,
-                    group_by=opts.group_by,
-                )  # fmt: skip
-                row = leaderboard_row(
-                    tr.run_dir, joined, backbone=f"{label} ({kind})", head=head, seed=seed,
-                    fused=True,
-                )  # fmt: skip
-                loeo_s = _add_out_of_engine(row, joined, fused=kind == FUSED_STACK, seed=seed)
-                seconds[f"out-of-engine {slug} {head}"] = round(loeo_s, 2)
-                rows.append(row)
+        rows.extend(_fused_rows(originals, names, head_names, run_dir, opts, seconds))
     notes.extend(dict.fromkeys(str(w.message) for w in caught))
     seconds["fusion"] = round(time.perf_counter() - t, 2)
 

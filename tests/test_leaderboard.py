@@ -110,7 +110,8 @@ def test_cli_several_backbones_refuse_one_backbone_options(tmp_path):
         app,
         ["experiment", str(tmp_path), "--backbone", "tiny-cnn,tiny-vit", "--weights", str(weights)],
     )
-    assert res.exit_code != 0 and "apply to one backbone" in res.output
+    assert res.exit_code == 1 and "--weights" in res.output
+    assert "is not supported by the several-backbones engine" in res.output
     assert not any(tmp_path.glob("runs"))
 
 

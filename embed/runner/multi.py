@@ -430,32 +430,7 @@ def embed_source_multi(
         t_loop = time.perf_counter()
         with progress_bar(opts.progress, total, description) as bar:
             task = bar.add_task(description, total=total) if bar is not None else None
-            for batch in loader:
-                for k, writer in enumerate(writers):
-                    for index, _sha, reason in batch["failed"]:
-                        if index in todo[k]:
-                            writer.fail(src.items[index], reason)
-                    if batch["x"] is None:
-                        continue
-                    keep = [j for j, i in enumerate(batch["index"]) if i in todo[k]]
-                    if not keep:
-                        continue
-                    X = encoders[k](
-                        batch["x"][k][keep] if len(keep) < len(batch["index"]) else batch["x"][k]
-                    )
-                    writer.take(
-                        [src.items[batch["index"][j]] for j in keep],
-                        [batch["sha"][j] for j in keep],
-                        X,
-                        [batch["meta"][j] for j in keep],
-                    )
-                if bar is not None:
-                    bar.advance(task, len(batch["index"]) + len(batch["failed"]))
-                if any(w.due() for w in writers):
-                    for w in writers:
-                        w.flush()
-            for w in writers:
-                w.flush()
+            _multi_loop(loader, src.items, writers, encoders, todo, bar=bar, task=task)
         for w in writers:
             w.warn_cross_duplicates(stacklevel=3)
         t_end = time.perf_counter()
@@ -471,6 +446,46 @@ def embed_source_multi(
             )
             for k, w in enumerate(writers)
         ]
+
+
+def _multi_loop(
+    loader: Any,
+    items: Sequence[Any],
+    writers: Sequence[RowWriter],
+    encoders: Sequence[Encoder],
+    todo: Sequence[set[int]],
+    *,
+    bar: Any,
+    task: Any,
+) -> None:
+    """Encode each decoded batch with every backbone whose bank lacks its images
+    (``todo[k]``), hand the rows to that bank's writer, commit all banks together."""
+    for batch in loader:
+        for k, writer in enumerate(writers):
+            for index, _sha, reason in batch["failed"]:
+                if index in todo[k]:
+                    writer.fail(items[index], reason)
+            if batch["x"] is None:
+                continue
+            keep = [j for j, i in enumerate(batch["index"]) if i in todo[k]]
+            if not keep:
+                continue
+            X = encoders[k](
+                batch["x"][k][keep] if len(keep) < len(batch["index"]) else batch["x"][k]
+            )
+            writer.take(
+                [items[batch["index"][j]] for j in keep],
+                [batch["sha"][j] for j in keep],
+                X,
+                [batch["meta"][j] for j in keep],
+            )
+        if bar is not None:
+            bar.advance(task, len(batch["index"]) + len(batch["failed"]))
+        if any(w.due() for w in writers):
+            for w in writers:
+                w.flush()
+    for w in writers:
+        w.flush()
 
 
 # ---------------------------------------------------------------- block taps: some blocks
