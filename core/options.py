@@ -20,6 +20,7 @@ from typing import Any
 from facebank.core.errors import FacebankError
 
 __all__ = [
+    "replace_options",
     "DEFAULT_SCORE_BATCH_SIZE",
     "DEFAULT_SCORE_PARTITION_ROWS",
     "MIN_NEW_ROWS",
@@ -109,16 +110,8 @@ class ExperimentOptions:
 
     @classmethod
     def build(cls, options: ExperimentOptions | None = None, **fields: Any) -> ExperimentOptions:
-        """``options`` (default: all defaults) with ``fields`` replaced; an unknown field
-        is a one-line error naming the valid ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(fields) - set(names))
-        if unknown:
-            raise FacebankError(
-                f"unknown experiment option(s) {unknown}; valid: {', '.join(names)}"
-            )
-        base = options if options is not None else cls()
-        return dataclasses.replace(base, **fields) if fields else base
+        """``options`` (default: all defaults) with ``fields`` replaced."""
+        return replace_options(cls, options, fields, what="experiment")
 
     def refuse(self, reasons: Mapping[str, str], *, engine: str) -> None:
         """One line for the first field of ``reasons`` set away from its default."""
@@ -198,6 +191,17 @@ class ScoreOptions:
     def refuse(self, reasons: Mapping[str, str], *, engine: str) -> None:
         """One line for the first field of ``reasons`` set away from its default."""
         refuse_options(self, reasons, engine=engine, flags=SCORE_FLAGS)
+
+
+def replace_options(cls: type[Any], options: Any, fields: Mapping[str, Any], *, what: str) -> Any:
+    """``options`` (an instance of the frozen dataclass ``cls``; None: its defaults) with
+    ``fields`` replaced; an unknown field is a one-line error naming the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise FacebankError(f"unknown {what} option(s) {unknown}; valid: {', '.join(names)}")
+    base = options if options is not None else cls()
+    return dataclasses.replace(base, **fields) if fields else base
 
 
 def refuse_options(

@@ -10,14 +10,13 @@ option and the engine, before anything is read or written - never a silent defau
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from facebank.core.errors import FacebankError
-from facebank.core.options import refuse_options
+from facebank.core.options import refuse_options, replace_options
 from facebank.embed.backbones.spec import Layer
 
 __all__ = [
@@ -107,14 +106,7 @@ class EmbedOptions:
     def build(cls, options: EmbedOptions | None = None, **fields: Any) -> EmbedOptions:
         """``options`` (default: all defaults) with ``fields`` replaced; an unknown field
         is a one-line error naming the valid ones."""
-        base = options if options is not None else cls()
-        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise FacebankError(
-                f"unknown embedding option(s) {unknown}; valid: "
-                f"{', '.join(f.name for f in dataclasses.fields(cls))}"
-            )
-        return dataclasses.replace(base, **fields) if fields else base
+        return replace_options(cls, options, fields, what="embedding")
 
     def refuse(self, reasons: Mapping[str, str], *, engine: str) -> None:
         """Raise one line for the first field of ``reasons`` (field -> why, or what to
