@@ -23,7 +23,8 @@ RUN = {"out": "subject", "overwrite": "does", "storage_options": "does"}
 EXPECT: dict[str, dict[str, str]] = {
     "": {"verbose": "does"},
     "audit": {**RUN, "banks": "subject", "run": "subject", "band": "config:band",
-              "fpr": "config:fpr", "seed": "config:seed", "group_by": "config:group_by"},
+              "fpr": "config:fpr", "seed": "config:seed", "group_by": "config:group_by",
+              "cv": "config:cv", "cv_head": "config:cv_heads"},
     "backbones": {"pattern": "does", "no_test": "does"},
     "bank backfill": {"bank": "subject", "source": "subject", "max_listed": "does",
                       "storage_options": "does"},
@@ -92,7 +93,7 @@ EXPECT: dict[str, dict[str, str]] = {
     },
     "train": {**RUN, "banks": "subject", "head": "config:head", "param": "config:params",
               "seed": "config:seed", "fpr": "config:fpr", "blocks": "does",
-              "group_by": "config:group_by"},
+              "group_by": "config:group_by", "balance": "config:balance"},
 }  # fmt: skip
 
 # One command line per refused parameter: (command, parameter, argv, the engine named).
