@@ -43,10 +43,10 @@ from .balanced import balanced_auc
 from .experiment import (
     FPR,
     ExperimentResult,
-    _canonical_views,
-    _check_heads,
-    _view_slug,
+    canonical_views,
+    check_heads,
     run_experiment,
+    view_slug,
 )
 from .metrics import binary_metrics
 from .report import write_report
@@ -423,7 +423,7 @@ def _embed_views(
             write_json(sub / "config.json", {"command": "experiment", "backbone": name})
     for view in view_names:
         t = time.perf_counter()
-        outs = [run_dir / name / "banks" / f"{_view_slug(view)}.zarr" for name in names]
+        outs = [run_dir / name / "banks" / f"{view_slug(view)}.zarr" for name in names]
         res = embed_source_multi(
             source, backbones=names, outs=outs, view=view, device=opts.device,
             real_names=opts.real_names, progress=opts.progress,
@@ -525,8 +525,8 @@ def run_backbone_comparison(
     """
     opts = ExperimentOptions.build(options, **fields)
     names = _check_comparison(backbones, opts)
-    view_names = _canonical_views(opts.views)
-    head_names = _check_heads(opts.heads)
+    view_names = canonical_views(opts.views)
+    head_names = check_heads(opts.heads)
     seed = opts.seed
     run_dir = start_run(
         out,

@@ -14,13 +14,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from facebank.core.errors import DataError, EngineOverlapWarning, HeadError
 from facebank.core.options import MIN_NEW_ROWS
-from facebank.core.runs import markdown_table, start_run, write_json
+from facebank.core.runs import markdown_table
 from facebank.core.splits import has_splits
 from facebank.embed.bank.types import BanksLike
 
@@ -33,6 +33,7 @@ from ._evalcommon import (
     require_one_backbone,
 )
 from .metrics import binary_metrics, proportion_interval, threshold_at_fpr
+from .runfolder import RunContents, write_run
 
 __all__ = ["OodResult", "ood", "fpr_at_tpr", "score_meaning", "default_new_engine", "MIN_NEW_ROWS"]
 
@@ -205,18 +206,7 @@ def ood(
         check_head_backbone(rh.head, b)
 
     sha = np.concatenate([np.asarray(b.sha256, dtype=str) for b in known_banks])
-    if rh.split_of is not None:
-        split = rh.split_for(sha)
-        split = np.where(split == "", "test", split)  # known-engine images the run never saw
-        split_source = "the run's splits.csv"
-    else:
-        split = np.concatenate([np.asarray(b.splits, dtype=str) for b in known_banks])
-        if not has_splits(split):
-            raise HeadError(
-                "ood needs to know which known images are train/val/test: pass a run folder with "
-                "splits.csv, or banks with a split column"
-            )
-        split_source = "the known banks' split column"
+    split, split_source = _known_splits(rh, known_banks, sha)
     known_eng = np.concatenate([np.asarray(b.engines, dtype=str) for b in known_banks])
     new_eng = np.concatenate([np.asarray(b.engines, dtype=str) for b in new_banks])
     notes = []
@@ -234,18 +224,7 @@ def ood(
 
     X_known = np.concatenate([b.load_features() for b in known_banks])
     X_new = np.concatenate([b.load_features() for b in new_banks])
-    if hasattr(rh.head, "ood_score"):
-        method = "ood_score"
-        score_fn = rh.head.ood_score
-    else:
-        train = split == "train"
-        if train.sum() == 0:
-            raise DataError(
-                "no known image is in the run's train split: the kNN reference set is empty; pass "
-                "the banks the head was trained on as --known"
-            )
-        method = f"knn:k={min(k, int(train.sum()))}"
-        score_fn = _knn_scorer(X_known[train], k)
+    method, score_fn = _scorer(rh.head, X_known, split, k=k)
     s_known = np.asarray(score_fn(X_known), dtype=np.float64)
     s_new = np.asarray(score_fn(X_new), dtype=np.float64)
 
@@ -263,28 +242,15 @@ def ood(
     threshold = threshold_at_fpr(s_known[val], flag_fpr)
     known_flag = float((s_known[test] > threshold).mean())
 
-    per_engine = []
-    for e in sorted(set(new_eng.tolist())):
-        se = s_new[new_eng == e]
-        y = np.r_[np.zeros(int(test.sum()), dtype=int), np.ones(se.size, dtype=int)]
-        sc = np.r_[s_known[test], se]
-        bm = binary_metrics(y, sc, n_boot=n_boot, seed=seed)
-        kf = int((se > threshold).sum())
-        lo, hi = proportion_interval(kf, se.size)
-        per_engine.append(
-            {
-                "engine": e,
-                "n": int(se.size),
-                "auroc": bm.auc,
-                "auroc_ci": list(bm.ci.get("auc", (float("nan"), float("nan")))),
-                "fpr_at_95tpr": fpr_at_tpr(y, sc, 0.95),
-                "flag_rate": kf / se.size,
-                "flag_rate_ci": [lo, hi],
-                "mean_score": float(se.mean()),
-            }
-        )
-        if se.size < 10:
-            notes.append(f"new engine {e!r} has only {se.size} images: wide intervals")
+    per_engine = [
+        _engine_row(e, s_known[test], s_new[new_eng == e], threshold, n_boot=n_boot, seed=seed)
+        for e in sorted(set(new_eng.tolist()))
+    ]
+    notes += [
+        f"new engine {r['engine']!r} has only {r['n']} images: wide intervals"
+        for r in per_engine
+        if r["n"] < 10
+    ]
     res = OodResult(
         method=method,
         per_engine=per_engine,
@@ -298,84 +264,151 @@ def ood(
         notes=notes,
     )
     if out is not None:
-        run = start_run(
-            out,
-            command="ood",
-            config={
-                "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
-                "known": [bank_label(b) for b in known_banks],
-                "new": [bank_label(b) for b in new_banks],
-                "views": sorted({b.view for b in known_banks + new_banks}),
-                "method": method,
-                "k": k,
-                "flag_fpr": flag_fpr,
-                "threshold_split": f"val of the known banks ({split_source})",
-                "test_split": "test of the known banks + all new-engine images",
-                "n_boot": n_boot,
-                "seed": seed,
-            },
+        where = _Scored(known_banks, new_banks, s_known, s_new, split, new_eng, test)
+        contents = _contents(
+            res, rh, where, k=k, n_boot=n_boot, seed=seed, split_source=split_source
         )
-        write_json(run / "metrics.json", res.to_dict())
-        res.csv_path = run / "ood_scores.csv"
-        with open(res.csv_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["bank", "path", "sha256", "engine", "label", "set", "ood_score", "flagged"])
-            groups = (
-                (known_banks, s_known, lambda i: f"known-{split[i]}"),
-                (new_banks, s_new, lambda i: "new"),
-            )
-            for banks_, scores, set_name in groups:
-                i = 0
-                for b in banks_:
-                    for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
-                        flagged = int(scores[i] > threshold)
-                        w.writerow(
-                            [
-                                bank_label(b),
-                                p,
-                                h,
-                                e,
-                                int(lab),
-                                set_name(i),
-                                repr(float(scores[i])),
-                                flagged,
-                            ]
-                        )
-                        i += 1
-        table = [
-            {
-                "new engine": r["engine"],
-                "view": ", ".join(sorted({b.view for b in new_banks})),
-                "n": r["n"],
-                "AUROC": f"{r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]",
-                "FPR at 95% TPR": f"{r['fpr_at_95tpr']:.1%}",
-                "flagged": (
-                    f"{r['flag_rate']:.1%} [{r['flag_rate_ci'][0]:.1%}, {r['flag_rate_ci'][1]:.1%}]"
-                ),
-            }
-            for r in per_engine
-        ]
-        text = "# Out-of-distribution: new engines vs known engines\n\n"
-        text += (
-            f"Score: {method}, {score_meaning(method)}. Flag threshold {threshold:.4g} set on "
-            f"{res.n_known_val} known-engine validation images ({split_source}) to flag "
-            f"{flag_fpr:.0%} of them; "
-            f"on {res.n_known_test} known-engine test images it flags {known_flag:.1%}.\n\n"
-        )
-        text += md_section("Per new engine (vs known-engine test images)", markdown_table(table))
-        if notes:
-            text += md_section("Notes", "\n".join(f"- {n}" for n in notes))
-        (run / "ood.md").write_text(text)
-        from .plots import ood_histograms, save_figure
-
-        save_figure(
-            ood_histograms(
-                s_known[test],
-                {e: s_new[new_eng == e] for e in sorted(set(new_eng.tolist()))},
-                threshold=threshold,
-                title=f"OOD scores ({method})",
-            ),
-            run / "ood_hist.png",
-        )
-        res.run_dir = run
+        res.run_dir = write_run(out, contents)
+        res.csv_path = res.run_dir / "ood_scores.csv"
     return res
+
+
+def _known_splits(rh: Any, known_banks: list[Any], sha: np.ndarray) -> tuple[np.ndarray, str]:
+    """Each known row's split (the run's splits.csv, else the banks' column) and its source."""
+    if rh.split_of is not None:
+        split = rh.split_for(sha)
+        split = np.where(split == "", "test", split)  # known-engine images the run never saw
+        return split, "the run's splits.csv"
+    split = np.concatenate([np.asarray(b.splits, dtype=str) for b in known_banks])
+    if not has_splits(split):
+        raise HeadError(
+            "ood needs to know which known images are train/val/test: pass a run folder with "
+            "splits.csv, or banks with a split column"
+        )
+    return split, "the known banks' split column"
+
+
+def _scorer(head: Any, X_known: np.ndarray, split: np.ndarray, *, k: int) -> tuple[str, Any]:
+    """``(method, score function)``: the head's own ``ood_score``, else the kNN distance
+    to the known train rows."""
+    if hasattr(head, "ood_score"):
+        return "ood_score", head.ood_score
+    train = split == "train"
+    if train.sum() == 0:
+        raise DataError(
+            "no known image is in the run's train split: the kNN reference set is empty; pass "
+            "the banks the head was trained on as --known"
+        )
+    return f"knn:k={min(k, int(train.sum()))}", _knn_scorer(X_known[train], k)
+
+
+def _engine_row(
+    e: str, s_test: np.ndarray, se: np.ndarray, threshold: float, *, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """One new engine against the known test rows: AUROC, FPR at 95% TPR, flag rate."""
+    y = np.r_[np.zeros(s_test.size, dtype=int), np.ones(se.size, dtype=int)]
+    sc = np.r_[s_test, se]
+    bm = binary_metrics(y, sc, n_boot=n_boot, seed=seed)
+    kf = int((se > threshold).sum())
+    lo, hi = proportion_interval(kf, se.size)
+    return {
+        "engine": e,
+        "n": int(se.size),
+        "auroc": bm.auc,
+        "auroc_ci": list(bm.ci.get("auc", (float("nan"), float("nan")))),
+        "fpr_at_95tpr": fpr_at_tpr(y, sc, 0.95),
+        "flag_rate": kf / se.size,
+        "flag_rate_ci": [lo, hi],
+        "mean_score": float(se.mean()),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+    """The rows an OOD run scored, for its run folder."""
+
+    known_banks: list[Any]
+    new_banks: list[Any]
+    s_known: np.ndarray
+    s_new: np.ndarray
+    split: np.ndarray
+    new_eng: np.ndarray
+    test: np.ndarray
+
+
+def _contents(
+    res: OodResult, rh: Any, w: _Scored, *, k: int, n_boot: int, seed: int, split_source: str
+) -> RunContents:
+    """config.json, metrics.json, ood.md, ood_scores.csv and ood_hist.png."""
+    from .plots import ood_histograms
+
+    known_banks, new_banks, threshold = w.known_banks, w.new_banks, res.threshold
+    config = {
+        "head": str(rh.run_dir) if rh.run_dir else repr(rh.head),
+        "known": [bank_label(b) for b in known_banks],
+        "new": [bank_label(b) for b in new_banks],
+        "views": sorted({b.view for b in known_banks + new_banks}),
+        "method": res.method,
+        "k": k,
+        "flag_fpr": res.flag_fpr,
+        "threshold_split": f"val of the known banks ({split_source})",
+        "test_split": "test of the known banks + all new-engine images",
+        "n_boot": n_boot,
+        "seed": seed,
+    }
+
+    def scores_csv(fh: TextIO) -> None:
+        out = csv.writer(fh)
+        out.writerow(["bank", "path", "sha256", "engine", "label", "set", "ood_score", "flagged"])
+        groups = (
+            (known_banks, w.s_known, lambda i: f"known-{w.split[i]}"),
+            (new_banks, w.s_new, lambda i: "new"),
+        )
+        for banks_, scores, set_name in groups:
+            i = 0
+            for b in banks_:
+                for p, h, e, lab in zip(b.paths, b.sha256, b.engines, b.labels, strict=True):
+                    flagged = int(scores[i] > threshold)
+                    score = repr(float(scores[i]))
+                    out.writerow([bank_label(b), p, h, e, int(lab), set_name(i), score, flagged])
+                    i += 1
+
+    table = [
+        {
+            "new engine": r["engine"],
+            "view": ", ".join(sorted({b.view for b in new_banks})),
+            "n": r["n"],
+            "AUROC": f"{r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]",
+            "FPR at 95% TPR": f"{r['fpr_at_95tpr']:.1%}",
+            "flagged": (
+                f"{r['flag_rate']:.1%} [{r['flag_rate_ci'][0]:.1%}, {r['flag_rate_ci'][1]:.1%}]"
+            ),
+        }
+        for r in res.per_engine
+    ]
+    text = "# Out-of-distribution: new engines vs known engines\n\n"
+    text += (
+        f"Score: {res.method}, {score_meaning(res.method)}. Flag threshold {threshold:.4g} set "
+        f"on {res.n_known_val} known-engine validation images ({split_source}) to flag "
+        f"{res.flag_fpr:.0%} of them; on {res.n_known_test} known-engine test images it flags "
+        f"{res.known_flag_rate:.1%}.\n\n"
+    )
+    text += md_section("Per new engine (vs known-engine test images)", markdown_table(table))
+    if res.notes:
+        text += md_section("Notes", "\n".join(f"- {n}" for n in res.notes))
+    engines = sorted(set(w.new_eng.tolist()))
+    return RunContents(
+        command="ood",
+        config=config,
+        metrics=res.to_dict(),
+        pages={"ood.md": text},
+        files={"ood_scores.csv": scores_csv},
+        figures={
+            "ood_hist.png": lambda: ood_histograms(
+                w.s_known[w.test],
+                {e: w.s_new[w.new_eng == e] for e in engines},
+                threshold=threshold,
+                title=f"OOD scores ({res.method})",
+            )
+        },
+    )

@@ -130,25 +130,7 @@ def robustness(
             f"several banks have the same view {dup}; give one bank per view (views given: {views})"
         )
 
-    first_pos = []
-    for b in banks:
-        sha = np.asarray(b.sha256, dtype=str)
-        _, first = np.unique(sha, return_index=True)
-        first_pos.append(dict(zip(sha[first].tolist(), first.tolist(), strict=True)))
-    common = set(first_pos[0])
-    for m in first_pos[1:]:
-        common &= set(m)
-    mismatch = {bank_label(b): len(m) - len(common) for b, m in zip(banks, first_pos, strict=True)}
-    notes = []
-    if any(mismatch.values()):
-        msg = "images missing from some views (rows not in every bank, left out): " + ", ".join(
-            f"{k}: {v}" for k, v in mismatch.items() if v
-        )
-        if not allow_mismatch:
-            raise DataError(
-                msg + "; embed the same source with every --view, or allow the mismatch"
-            )
-        notes.append(msg)
+    first_pos, common, mismatch, notes = _match_rows(banks, allow_mismatch=allow_mismatch)
     ref = sorted(common)
     if not ref:
         raise DataError(
@@ -184,32 +166,7 @@ def robustness(
             )
         s = score_rows(rh.head, b, rows)
         scores[b.view] = s
-        flagged = s > rh.threshold
-        k_t, n_t = int(flagged[y == 1].sum()), int((y == 1).sum())
-        k_f, n_f = int(flagged[y == 0].sum()), int((y == 0).sum())
-        bm = binary_metrics(y, s, n_boot=n_boot, seed=seed)
-        fam, x = view_family(b.view)
-        t_lo, t_hi = proportion_interval(k_t, n_t)
-        f_lo, f_hi = proportion_interval(k_f, n_f)
-        per_view.append(
-            {
-                "view": b.view,
-                "family": fam,
-                "x": x,
-                "bank": bank_label(b),
-                "n_real": n_f,
-                "n_fake": n_t,
-                "tpr": k_t / n_t,
-                "tpr_ci_low": t_lo,
-                "tpr_ci_high": t_hi,
-                "fpr": k_f / n_f,
-                "fpr_ci_low": f_lo,
-                "fpr_ci_high": f_hi,
-                "auc": bm.auc,
-                "auc_ci": list(bm.ci.get("auc", (float("nan"), float("nan")))),
-                "tpr@fpr=0.5% (own reals)": bm.tpr_at_fpr.get("0.5%"),
-            }
-        )
+        per_view.append(_view_row(b, y, s, threshold=rh.threshold, n_boot=n_boot, seed=seed))
         per_engine[b.view] = per_engine_table(y, s, engines, threshold=rh.threshold)
     base = next((r for r in per_view if r["family"] == "original"), per_view[0])
     for r in per_view:
@@ -228,6 +185,67 @@ def robustness(
         contents = _contents(res, rh, n_boot=n_boot, seed=seed, base_view=base["view"])
         res.run_dir = write_run(out, contents)
     return res
+
+
+def _match_rows(
+    banks: list[Any], *, allow_mismatch: bool
+) -> tuple[list[dict[str, int]], set[str], dict[str, int], list[str]]:
+    """Rows matched across banks by sha256: each bank's first row per sha256, the sha256s
+    present in every bank, the count missing per bank and the note saying so.
+
+    Raises:
+        DataError: image sets differ and ``allow_mismatch`` is False.
+    """
+    first_pos = []
+    for b in banks:
+        sha = np.asarray(b.sha256, dtype=str)
+        _, first = np.unique(sha, return_index=True)
+        first_pos.append(dict(zip(sha[first].tolist(), first.tolist(), strict=True)))
+    common = set(first_pos[0])
+    for m in first_pos[1:]:
+        common &= set(m)
+    mismatch = {bank_label(b): len(m) - len(common) for b, m in zip(banks, first_pos, strict=True)}
+    notes = []
+    if any(mismatch.values()):
+        msg = "images missing from some views (rows not in every bank, left out): " + ", ".join(
+            f"{k}: {v}" for k, v in mismatch.items() if v
+        )
+        if not allow_mismatch:
+            raise DataError(
+                msg + "; embed the same source with every --view, or allow the mismatch"
+            )
+        notes.append(msg)
+    return first_pos, common, mismatch, notes
+
+
+def _view_row(
+    b: Any, y: np.ndarray, s: np.ndarray, *, threshold: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """One view's TPR and FPR at the frozen threshold (exact intervals) and its AUC."""
+    flagged = s > threshold
+    k_t, n_t = int(flagged[y == 1].sum()), int((y == 1).sum())
+    k_f, n_f = int(flagged[y == 0].sum()), int((y == 0).sum())
+    bm = binary_metrics(y, s, n_boot=n_boot, seed=seed)
+    fam, x = view_family(b.view)
+    t_lo, t_hi = proportion_interval(k_t, n_t)
+    f_lo, f_hi = proportion_interval(k_f, n_f)
+    return {
+        "view": b.view,
+        "family": fam,
+        "x": x,
+        "bank": bank_label(b),
+        "n_real": n_f,
+        "n_fake": n_t,
+        "tpr": k_t / n_t,
+        "tpr_ci_low": t_lo,
+        "tpr_ci_high": t_hi,
+        "fpr": k_f / n_f,
+        "fpr_ci_low": f_lo,
+        "fpr_ci_high": f_hi,
+        "auc": bm.auc,
+        "auc_ci": list(bm.ci.get("auc", (float("nan"), float("nan")))),
+        "tpr@fpr=0.5% (own reals)": bm.tpr_at_fpr.get("0.5%"),
+    }
 
 
 def _per_engine_by_view(per_engine: dict[str, list[dict[str, Any]]]) -> str:

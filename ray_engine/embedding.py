@@ -162,7 +162,7 @@ def _decode_batch(
     """Ray task: files (paths or store URLs) -> sha256, transformed pixels, metadata
     (failures as reasons).
 
-    ``transform`` returns one tensor per backbone (``embed.multi._Transforms``): each
+    ``transform`` returns one tensor per backbone (``embed.multi.Transforms``): each
     image is read and decoded once, and each backbone's own transform is applied to it;
     member ``k``'s pixels are ``pixels_k``."""
     n = len(batch["index"])
@@ -282,7 +282,7 @@ def build_dataset(
     Returns a ``ray.data.Dataset`` whose batches hold ``index`` (from ``ids``), ``sha``,
     ``reason`` ("" when embedded), ``features`` ``(n, dim)`` and ``meta_<column>``.
     """
-    from facebank.embed.runner.multi import _Transforms
+    from facebank.embed.runner.multi import Transforms
 
     members = [bb for bb, _ in backbone] if isinstance(backbone, list) else [backbone]
     if spec is None:
@@ -296,7 +296,7 @@ def build_dataset(
         _decode_batch,
         fn_kwargs={
             "view": view,
-            "transform": _Transforms([bb.transform for bb in members]),
+            "transform": Transforms([bb.transform for bb in members]),
             "draft_size": view.draft_size(max(input_side(bb.spec) for bb in members)),
             # (for a SOURCE on a store: travels with the task, is never logged)
             "storage_options": storage_options,

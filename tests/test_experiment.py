@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from facebank.analysis.experiment import ExperimentResult, _view_slug, run_experiment
+from facebank.analysis.experiment import ExperimentResult, run_experiment, view_slug
 from facebank.core.errors import DataError, FacebankError, RunFolderError, UnknownNameError
 from facebank.embed.inputs.standin import make_standin_dataset
 
@@ -211,9 +211,9 @@ def test_out_folder_with_other_files_is_never_touched(dataset, tmp_path):
 
 
 def test_view_slugs_are_file_names():
-    assert _view_slug("jpeg:q=50") == "jpeg-q50"
-    assert _view_slug("resize:256+jpeg:q=75") == "resize-256+jpeg-q75"
-    assert _view_slug("vflip") == "vflip"
+    assert view_slug("jpeg:q=50") == "jpeg-q50"
+    assert view_slug("resize:256+jpeg:q=75") == "resize-256+jpeg-q75"
+    assert view_slug("vflip") == "vflip"
 
 
 def test_cli_experiment_bad_input_is_one_line(dataset, tmp_path):

@@ -312,7 +312,7 @@ def test_several_backbones_honour_every_option_and_a_seed_repeats_the_metrics(tm
 
 
 def test_chrono_reads_a_manifest_date_column_unless_engine_dates_is_given(tmp_path):
-    from facebank.analysis.experiment import _engine_dates
+    from facebank.analysis.experiment import engine_dates_of
     from facebank.core.options import ExperimentOptions
 
     manifest = tmp_path / "faces.csv"
@@ -320,8 +320,8 @@ def test_chrono_reads_a_manifest_date_column_unless_engine_dates_is_given(tmp_pa
     plain = tmp_path / "plain.csv"
     plain.write_text("path,label,engine\na.png,1,sdxl\n")
     chrono = ExperimentOptions(protocols=("chrono",))
-    assert _engine_dates(manifest, chrono) == manifest
-    assert _engine_dates(plain, chrono) is None
-    assert _engine_dates(tmp_path, chrono) is None  # a folder SOURCE: the shipped dates
+    assert engine_dates_of(manifest, chrono) == manifest
+    assert engine_dates_of(plain, chrono) is None
+    assert engine_dates_of(tmp_path, chrono) is None  # a folder SOURCE: the shipped dates
     given = ExperimentOptions(protocols=("chrono",), engine_dates=plain)
-    assert _engine_dates(manifest, given) == plain
+    assert engine_dates_of(manifest, given) == plain

@@ -142,12 +142,12 @@ def test_experiment_rejects_an_unknown_protocol_before_any_work(tmp_path):
 def test_experiment_step_runs_both_protocols_or_says_why_not(bank, tmp_path):
     from types import SimpleNamespace
 
-    from facebank.analysis.experiment import _protocols, _Steps
+    from facebank.analysis.experiment_steps import Steps, run_protocols
     from facebank.analysis.report import write_report
 
     result = SimpleNamespace(run_dir=tmp_path, skipped={}, protocols=None)
-    steps = _Steps(2, progress=False)
-    _protocols(result, bank, ["old", "mid", "new"], ("few-shot", "chrono"), seed=0, steps=steps)
+    steps = Steps(2, progress=False)
+    run_protocols(result, bank, ["old", "mid", "new"], ("few-shot", "chrono"), seed=0, steps=steps)
     # old/mid/new have no shipped release date: chrono is skipped with the engines named
     assert "few-shot" in result.protocols and (tmp_path / "few-shot" / "few_shot.png").is_file()
     assert "have no release date" in result.skipped["chrono"]

@@ -302,7 +302,7 @@ def join_banks(banks: Sequence[Any], *, warn: bool = True) -> JoinedBank:
 
 
 # ---------------------------------------------------------------- one decode, several backbones
-class _Transforms:
+class Transforms:
     """Apply each backbone's own transform to one decoded image: a tuple of tensors."""
 
     def __init__(self, transforms: Sequence[Any]) -> None:
@@ -407,7 +407,7 @@ def embed_source_multi(
         dataset = ImageDataset(
             ItemFiles(src.items),
             view=vw,
-            transform=_Transforms([bb.transform for bb in bbs]),
+            transform=Transforms([bb.transform for bb in bbs]),
             draft_size=vw.draft_size(max(input_side(bb.spec) for bb in bbs)),
             storage_options=opts.storage_options,
         )
@@ -746,7 +746,7 @@ def encode_images_for(
     dataset = ImageDataset(
         files,
         view=vw,
-        transform=_Transforms([bb.transform for bb, _ in built]),
+        transform=Transforms([bb.transform for bb, _ in built]),
         draft_size=vw.draft_size(max(input_side(bb.spec) for bb, _ in built)),
     )
     batches = [
