@@ -327,19 +327,7 @@ def score_partitioned(
     }
     config = {"head": getattr(head, "path_", None), **what, "partitions": len(plan)}
     config["digest"] = _digest(head, plan, what)
-    fresh = not loc.is_file(_CONFIG)
-    if not fresh:
-        before = loc.read_json(_CONFIG)
-        if before.get("digest") != config["digest"]:
-            raise DataError(
-                f"--out {loc.url!r} holds scores of another run (other head, inputs, views, "
-                "format or partition size); give a new --out, or the same arguments to resume"
-            )
-    elif loc.list():
-        raise DataError(
-            f"--out {loc.url!r} is not empty and holds no scores ({_CONFIG} missing); give a "
-            "new or empty folder"
-        )
+    fresh = _check_resumable(loc, str(config["digest"]))
     markers = set() if fresh else set(loc.list(_MARKERS))
     todo = [k for k in range(len(plan)) if f"{_part_name(k, fmt)}.json" not in markers]
     one_pipeline = _only_original(views)
@@ -358,36 +346,11 @@ def score_partitioned(
 
     def run_all(enc: Callable[..., Any]) -> None:
         for k in todo:
-            kind, part = plan[k]
-            with tempfile.TemporaryDirectory() as tmp:
-                csv_file = Path(tmp) / "part.csv"
-                res = score_run(
-                    head,
-                    inputs=[part] if kind == "bank" else None,
-                    images=part if kind == "images" else None,
-                    out=csv_file,
-                    views=views,
-                    prevalence=prevalence,
-                    weights=weights,
-                    batch_size=batch_size,
-                    progress=progress,
-                    encode=enc,
-                )
-                name = _part_name(k, fmt)
-                loc.write_bytes(f"{_PARTS}/{name}", _table_bytes(csv_file, fmt))
-            loc.write_json(  # the commit
-                f"{_MARKERS}/{name}.json",
-                {
-                    "index": k,
-                    "file": f"{_PARTS}/{name}",
-                    "rows": res.n_scored,
-                    "verdicts": res.verdict_counts(),
-                    "failures": [{"path": p, "reason": r} for p, r in res.failures],
-                    "threshold": res.threshold,
-                    "operating_points": res.operating_points,
-                    "warnings": res.warnings,
-                },
-            )
+            _score_partition(
+                loc, head, plan[k], k, fmt=fmt, encode=enc,
+                views=views, prevalence=prevalence, weights=weights,
+                batch_size=batch_size, progress=progress,
+            )  # fmt: skip
 
     if encode is not None:
         with store_defaults(storage_options, urls):
@@ -414,6 +377,71 @@ def score_partitioned(
     result.written, result.skipped = len(todo), len(plan) - len(todo)
     loc.write_json(_SUMMARY, result.summary())
     return result
+
+
+def _check_resumable(loc: Location, digest: str) -> bool:
+    """True for a fresh ``out``; an ``out`` holding this scoring resumes; else ``DataError``."""
+    fresh = not loc.is_file(_CONFIG)
+    if not fresh:
+        before = loc.read_json(_CONFIG)
+        if before.get("digest") != digest:
+            raise DataError(
+                f"--out {loc.url!r} holds scores of another run (other head, inputs, views, "
+                "format or partition size); give a new --out, or the same arguments to resume"
+            )
+    elif loc.list():
+        raise DataError(
+            f"--out {loc.url!r} is not empty and holds no scores ({_CONFIG} missing); give a "
+            "new or empty folder"
+        )
+    return fresh
+
+
+def _score_partition(
+    loc: Location,
+    head: Any,
+    planned: tuple[str, Any],
+    k: int,
+    *,
+    fmt: str,
+    encode: Callable[..., Any],
+    views: Sequence[str] | None,
+    prevalence: float | None,
+    weights: str | Path | None,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Score partition ``k`` with ``score_run``, write its table, then its commit marker."""
+    kind, part = planned
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_file = Path(tmp) / "part.csv"
+        res = score_run(
+            head,
+            inputs=[part] if kind == "bank" else None,
+            images=part if kind == "images" else None,
+            out=csv_file,
+            views=views,
+            prevalence=prevalence,
+            weights=weights,
+            batch_size=batch_size,
+            progress=progress,
+            encode=encode,
+        )
+        name = _part_name(k, fmt)
+        loc.write_bytes(f"{_PARTS}/{name}", _table_bytes(csv_file, fmt))
+    loc.write_json(  # the commit
+        f"{_MARKERS}/{name}.json",
+        {
+            "index": k,
+            "file": f"{_PARTS}/{name}",
+            "rows": res.n_scored,
+            "verdicts": res.verdict_counts(),
+            "failures": [{"path": p, "reason": r} for p, r in res.failures],
+            "threshold": res.threshold,
+            "operating_points": res.operating_points,
+            "warnings": res.warnings,
+        },
+    )
 
 
 class _Stream:
