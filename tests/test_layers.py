@@ -143,3 +143,61 @@ def test_errors_and_warnings_derive_from_the_two_bases():
             assert issubclass(c, errors.FacebankError), c
         else:  # an interruption (KeyboardInterrupt) must not be swallowed as an error
             assert issubclass(c, KeyboardInterrupt), c
+
+
+# ------------------------------------------------------------------ size and privacy
+MAX_FILE_LINES = 800
+MAX_FUNCTION_LINES = 120
+
+
+def _is_typer_command(node: ast.FunctionDef) -> bool:
+    """A CLI command: its parameters are typer declarations (``Annotated[..., typer.X]``)."""
+    return any("typer." in ast.unparse(a.annotation or ast.Constant(None)) for a in node.args.args)
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body (typer commands: without their option declarations)."""
+    start = node.body[0].lineno if _is_typer_command(node) else node.lineno
+    return node.end_lineno - start + 1  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("path", _package_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_and_functions_stay_readable(path):
+    text = path.read_text(encoding="utf-8")
+    n_lines = text.count("\n")
+    assert n_lines <= MAX_FILE_LINES, f"{n_lines} lines: split {path.name} by concept"
+    long = [
+        f"{node.name} ({_body_lines(node)} lines, line {node.lineno})"
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and _body_lines(node) > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def _is_module(package: str, name: str) -> bool:
+    rel = Path(*package.split(".")[1:], name)
+    return (ROOT / rel).is_dir() or (ROOT / rel).with_suffix(".py").is_file()
+
+
+@pytest.mark.parametrize("path", _package_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_another_modules_private_names(path):
+    """``from x import _name`` only for private *modules* (``from . import _plots``)."""
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")
+            mod = ".".join(
+                base[: len(base) - (node.level - 1)] + ([node.module] if node.module else [])
+            )
+        else:
+            mod = node.module or ""
+        for alias in node.names:
+            name = alias.name
+            if name.startswith("_") and not name.startswith("__") and not _is_module(mod, name):
+                bad.append(f"line {node.lineno}: from {mod} import {name}")
+    assert not bad, "make these public where they are defined:\n" + "\n".join(bad)
