@@ -28,6 +28,12 @@ class _Engine(str, Enum):
     ray = "ray"
 
 
+class _Decode(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 class _BankDtype(str, Enum):
     float16 = "float16"
     float32 = "float32"
@@ -75,10 +81,28 @@ def embed_cmd(
         typer.Option(
             "--workers",
             min=0,
-            help="Local: decoding processes (default automatic; 0 = in the main process). "
+            help="Local: decoding processes (default chosen from the cores with --threads so "
+            "they never oversubscribe them; 0 = decode in this process). "
             "Ray: encoder actors (default one per GPU, else 1).",
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Local: torch threads of the model (default chosen from the cores; -v prints "
+            "the choice, the bank records it).",
+        ),
+    ] = None,
+    decode: Annotated[
+        _Decode,
+        typer.Option(
+            "--decode",
+            help="Local: where JPEGs are decoded: cpu, gpu (batched on the model's device, "
+            "other formats on the CPU), or auto (gpu on a CUDA device with view original).",
+        ),
+    ] = _Decode.auto,
     engine: Annotated[
         _Engine,
         typer.Option(
@@ -188,6 +212,8 @@ def embed_cmd(
             real_names=tuple(real) if real else ("real",),
             batch_size=batch_size,
             num_workers=workers if engine is _Engine.local else None,
+            threads=threads,
+            decode=decode.value,
             compile=compile_,
             progress=progress,
             dtype=dtype.value,
@@ -261,6 +287,8 @@ def _print_embed_summary(s) -> None:
     table.add_row("skipped (already in the bank)", f"{s.skipped_present:,}")
     table.add_row("duplicates (identical file embedded once)", f"{s.duplicates:,}")
     table.add_row("failed", f"{len(s.failed):,}")
+    if s.runtime.get("decode") == "gpu":
+        table.add_row("JPEGs decoded on the CPU (not the GPU's kind)", f"{s.decoded_on_cpu:,}")
     table.add_row("ignored (not an image file)", f"{len(s.ignored):,}")
     table.add_row("rows in the bank", f"{s.rows:,}")
     table.add_row("time", f"{s.seconds:.1f} s ({s.images_per_s:,.1f} images/s)")

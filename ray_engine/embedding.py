@@ -4,8 +4,8 @@
 :func:`embed.runner.embed_source` as a Ray Data pipeline::
 
     listed items (folder or manifest)          driver: scan_source, fixed partitions
-      -> map_batches(_decode_batch)            CPU tasks: read, sha256, decode (+ metadata),
-                                               view, the backbone's transform
+      -> map_batches(_decode_batch)            CPU tasks: read once, sha256, decode (+ metadata),
+                                               view, the backbone's resize/crop -> uint8
       -> map_batches(_EncodeBatches)           actor pool: the model loaded once per actor,
                                                one GPU per actor where the cluster has GPUs
       -> iter_batches (in order)               driver: dedupe by sha256, write_partition
@@ -65,6 +65,7 @@ from facebank.embed.bank.partitions import (
     write_partition,
 )
 from facebank.embed.inputs.datasets import ImageItem, scan_source
+from facebank.embed.inputs.decode import model_input, pixel_transform
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
 from facebank.embed.runner.loader import (
     input_side,
@@ -190,7 +191,10 @@ def _decode_batch(
     ok = [x for x in tensors if x is not None]
     for k in range(len(ok[0]) if ok else 1):
         shape = tuple(ok[0][k].shape) if ok else (3, 1, 1)
-        pixels = np.zeros((n, *shape), dtype=np.float32)
+        # uint8 where the backbone's transform allows (a quarter of float32's bytes
+        # through the object store); the actor normalises on its device
+        dtype = ok[0][k].numpy().dtype if ok else np.uint8
+        pixels = np.zeros((n, *shape), dtype=dtype)
         for j, x in enumerate(tensors):
             if x is not None:
                 pixels[j] = x[k].numpy()
@@ -218,6 +222,7 @@ class _EncodeBatches:
         if device == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.members = member_backbones(spec, device=device, weights=weights)
+        self.pixels = [pixel_transform(bb.transform) for bb, _ in self.members]
         self.dim = int(as_spec(spec).dim)  # (member_backbones checked the members add up)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -230,7 +235,7 @@ class _EncodeBatches:
             for k, (bb, cols) in enumerate(self.members):
                 x = torch.from_numpy(np.ascontiguousarray(batch[f"pixels_{k}"][ok]))
                 with torch.inference_mode():
-                    out = bb.encode(x.to(bb.device))
+                    out = bb.encode(model_input(x, bb, self.pixels[k]))
                 parts.append(out.float().cpu().numpy()[:, cols])
             features[ok] = np.concatenate(parts, axis=1)
         result = {k: v for k, v in batch.items() if not k.startswith("pixels_")}
@@ -296,7 +301,7 @@ def build_dataset(
         _decode_batch,
         fn_kwargs={
             "view": view,
-            "transform": Transforms([bb.transform for bb in members]),
+            "transform": Transforms([pixel_transform(t.transform) or t.transform for t in members]),
             "draft_size": view.draft_size(max(input_side(bb.spec) for bb in members)),
             # (for a SOURCE on a store: travels with the task, is never logged)
             "storage_options": storage_options,
@@ -427,9 +432,16 @@ def ray_options_for(embed: EmbedOptions, opts: RayOptions) -> RayOptions:
             "compile": "Ray actors run the backbone uncompiled; drop --compile or use "
             "--engine local",
             "flush_rows": "a Ray run commits one partition at a time; set --partition-rows",
+            "threads": "each Ray actor takes its threads from its CPUs (OMP_NUM_THREADS); "
+            "drop --threads or use --engine local",
         },
         engine="ray",
     )
+    if embed.decode == "gpu":
+        raise FacebankError(
+            "--decode gpu is not possible with --engine ray: its decode tasks run on CPUs; "
+            "use --decode cpu (or auto), or --engine local"
+        )
     return ray_options_for_device(str(embed.device), opts)
 
 

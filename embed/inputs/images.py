@@ -82,22 +82,23 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
 
 def open_input(
     file: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None
-) -> tuple[str | bytes, str]:
+) -> tuple[bytes, str]:
     """Read one input for decoding: a local file, or an object at an fsspec URL.
 
     The first half of every command's per-image work (the runner's workers, Ray tasks,
-    ``explain``, neighbour queries): an object on a store is read once (one GET) and
-    decoded from memory; a local file is hashed here and decoded from its path.
+    ``explain``, neighbour queries): a local file or an object on a store is read once
+    (one ``open``, one GET) and decoded from memory, so the bytes hashed are the bytes
+    decoded (a file replaced between a hash and a second read cannot give a row the
+    sha256 of other pixels).
 
     Returns:
-        ``(what load_image_and_metadata takes, sha256 hex of the bytes)``.
+        ``(the file's bytes, sha256 hex of them)``; ``load_image_and_metadata`` takes
+        the bytes.
 
     Raises:
         ImageDecodeError: the file is missing, a directory or unreadable; the message
             is the reason every command records (``file not found``...).
     """
-    import hashlib
-
     from facebank.core.stores import is_url, local_path
     from facebank.embed.inputs._remote import read_url
 
@@ -105,8 +106,9 @@ def open_input(
         if is_url(file):
             data = read_url(os.fspath(file), storage_options=storage_options)
             return data, hashlib.sha256(data).hexdigest()
-        path = local_path(file)
-        return path, sha256_file(path)
+        with open(local_path(file), "rb") as fh:
+            data = fh.read()
+        return data, hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except IsADirectoryError:

@@ -21,7 +21,7 @@ import numpy as np
 
 from facebank.embed.backbones.spec import Layer
 from facebank.embed.inputs.datasets import ImageItem
-from facebank.embed.inputs.views import FACE_FOUND
+from facebank.embed.inputs.decode import load_one, model_input, pixel_transform
 
 __all__ = [
     "Encoder",
@@ -51,44 +51,6 @@ class ItemFiles:
         return self.items[index].file
 
 
-def load_one(
-    file: str,
-    *,
-    view: Any,
-    transform: Callable,
-    draft_size: int | None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> tuple[str | None, Any, str | None, dict[str, Any] | None]:
-    """Read, hash, decode, apply the view and the transform to one file.
-
-    The per-image work of every engine (DataLoader workers here, Ray tasks in
-    :mod:`embed.ray_engine`). Never raises for a bad file. ``file`` may be an fsspec
-    URL (a SOURCE on a store): its bytes are read once, with ``storage_options``.
-
-    Returns:
-        ``(sha256 | None, tensor | None, reason | None, metadata | None)``: a tensor and
-        its metadata row, or the reason it could not be had.
-    """
-    from facebank.core.errors import ImageDecodeError
-    from facebank.embed.inputs.images import load_image_and_metadata, open_input
-
-    try:
-        data, sha = open_input(file, storage_options=storage_options)
-    except ImageDecodeError as exc:  # missing, a directory, unreadable
-        return None, None, str(exc), None
-    try:
-        img, meta = load_image_and_metadata(data, draft_size=draft_size)
-        img = view(img)
-        if FACE_FOUND in img.info:  # a face view: was a face found? (column face_found)
-            meta["face_found"] = int(bool(img.info[FACE_FOUND]))
-        x = transform(img)
-    except ImageDecodeError as exc:
-        return sha, None, str(exc), None
-    except Exception as exc:  # a bad file is a reason, never a crash
-        return sha, None, f"{type(exc).__name__}: {str(exc)[:160]}", None
-    return sha, x, None, meta
-
-
 class ImageDataset:
     """Map-style dataset: index -> (index, sha256, tensor, reason, metadata) via :func:`load_one`.
 
@@ -103,12 +65,14 @@ class ImageDataset:
         transform: Callable,
         draft_size: int | None,
         storage_options: Mapping[str, Any] | None = None,
+        keep_jpeg: bool = False,
     ) -> None:
         self.files = files
         self.view = view
         self.transform = transform
         self.draft_size = draft_size
         self.storage_options = storage_options
+        self.keep_jpeg = keep_jpeg  # --decode gpu: JPEG bytes for the device decoder
 
     def __len__(self) -> int:
         return len(self.files)
@@ -120,6 +84,7 @@ class ImageDataset:
             transform=self.transform,
             draft_size=self.draft_size,
             storage_options=self.storage_options,
+            keep_jpeg=self.keep_jpeg,
         )
         return index, sha, x, reason, meta
 
@@ -213,12 +178,15 @@ class Encoder:
         self.device = torch.device(backbone.device)
         self.batch_size = batch_size
         self.compiled = bool(compile)
+        # uint8 pixels from the decoders are normalised here, on the model's device
+        self.pixels = pixel_transform(backbone.transform)
         if compile:
             backbone.compile()
 
     def __call__(self, x: Any) -> np.ndarray:
         import torch
 
+        x = model_input(x, self.backbone, self.pixels)
         n = x.shape[0]
         if self.compiled and n < self.batch_size:
             # one static shape for the compiled graph: pad, then drop the padding rows

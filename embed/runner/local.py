@@ -23,9 +23,10 @@ a :class:`DuplicateImageWarning`.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,11 +35,20 @@ from facebank.core.errors import DuplicateImageWarning
 from facebank.embed.backbones.compat import backbone_id
 from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.inputs.datasets import Source, scan_source
+from facebank.embed.inputs.decode import (
+    DeviceDecoder,
+    ThreadPlan,
+    collate_mixed,
+    iter_in_threads,
+    plan_threads,
+    resolve_decode,
+    torch_threads,
+)
 from facebank.embed.runner.loader import (
     Encoder,
     ImageDataset,
     ItemFiles,
-    auto_workers,
+    collate,
     input_side,
     make_backbone,
     make_loader,
@@ -56,6 +66,8 @@ from facebank.embed.runner.writer import (
     plan_batches,
     resolve_flush_rows,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "DuplicateImageWarning",
@@ -128,6 +140,8 @@ def embed_source(
                 flush_rows=resolve_flush_rows(opts.flush_rows, opts.batch_size),
                 t0=t0,
                 storage_options=opts.storage_options,
+                decode=opts.decode,
+                threads=opts.threads,
             )
     finally:
         bank.close()
@@ -146,39 +160,44 @@ def _run(
     flush_rows: int,
     t0: float,
     storage_options: Mapping[str, Any] | None = None,
+    decode: str = "auto",
+    threads: int | None = None,
 ) -> EmbedSummary:
     """load (what the bank holds, what is left) -> compute (decode, encode) -> write (commit)."""
     state = BankState.load(bank)
     batches, skipped = plan_batches(src.items, state.present, batch_size)
     total = sum(len(b) for b in batches)
     encoder = Encoder(bb, compile=compile, batch_size=batch_size)
-    workers = auto_workers(encoder.device.type) if num_workers is None else int(num_workers)
+    mode = resolve_decode(decode, device_type=encoder.device.type, view=vw, pixels=encoder.pixels)
+    plan = plan_threads(
+        device_type=encoder.device.type, decode=mode, workers=num_workers, threads=threads
+    )
+    _log.info("embed: %s", plan.describe())
+    bank.update_attrs({"embed_runtime": plan.as_dict()})  # provenance of the latest run
     dataset = ImageDataset(
         ItemFiles(src.items),
         view=vw,
-        transform=bb.transform,
+        transform=encoder.pixels or bb.transform,  # uint8 pixels where the transform allows
         draft_size=vw.draft_size(input_side(bb.spec)),
         storage_options=storage_options,  # a SOURCE on a store
+        keep_jpeg=mode == "gpu",
+    )
+    on_device = (
+        DeviceDecoder(encoder.pixels, device=encoder.device, view=vw)
+        if mode == "gpu" and encoder.pixels is not None
+        else None
     )
     writer = RowWriter(bank, state, ignored=src.ignored, flush_rows=flush_rows)
-    lock = getattr(bank, "_lock", None)
-    loader = make_loader(
-        dataset,
-        batches,
-        num_workers=min(workers, len(batches)),
-        pin=encoder.device.type == "cuda",
-        # (a local flock has a descriptor to keep out of the workers; a lease has none)
-        close_fds=(lock.fileno(),)
-        if getattr(lock, "held", False) and hasattr(lock, "fileno")
-        else (),
-    )
+    loader = _batches(dataset, batches, plan, encoder.device.type, bank, on_device is not None)
     # (escaped: rich would take "[original]" for a markup tag)
     description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"
     t_loop = time.perf_counter()
     clock = LoopClock()
-    with progress_bar(progress, total, description) as bar:
+    with torch_threads(plan.torch_threads), progress_bar(progress, total, description) as bar:
         task = bar.add_task(description, total=total) if bar is not None else None
         for batch in loader:
+            if on_device is not None:  # JPEGs decoded, resized and cropped on the device
+                batch = on_device(batch)
             for index, _sha, reason in batch["failed"]:
                 writer.fail(src.items[index], reason)
             if batch["x"] is not None:
@@ -192,7 +211,7 @@ def _run(
         writer.flush()  # also records failures/duplicates/ignored when nothing new was embedded
     writer.warn_cross_duplicates(stacklevel=4)
     t_end = time.perf_counter()
-    return writer.summary(
+    summary = writer.summary(
         skipped_present=skipped,
         seconds=t_end - t0,
         loop_seconds=t_end - t_loop,
@@ -201,6 +220,37 @@ def _run(
         backbone=backbone_id(bb.spec),
         view=vw.name,
         clock=clock,
+    )
+    summary.runtime = plan.as_dict()
+    summary.decoded_on_cpu = on_device.decoded_on_cpu if on_device is not None else 0
+    return summary
+
+
+def _batches(
+    dataset: ImageDataset,
+    batches: list[list[int]],
+    plan: ThreadPlan,
+    device_type: str,
+    bank: FeatureBank,
+    mixed: bool,
+) -> Iterator[dict[str, Any]]:
+    """Collated batches from decoder processes, or from threads of this process."""
+    coll = collate_mixed if mixed else collate
+    if plan.workers == 0:
+        return iter_in_threads(
+            dataset.__getitem__, batches, collate=coll, threads=plan.decode_threads
+        )
+    lock = getattr(bank, "_lock", None)
+    return make_loader(
+        dataset,
+        batches,
+        num_workers=min(plan.workers, len(batches)),
+        pin=device_type == "cuda",
+        # (a local flock has a descriptor to keep out of the workers; a lease has none)
+        close_fds=(lock.fileno(),)
+        if getattr(lock, "held", False) and hasattr(lock, "fileno")
+        else (),
+        collate=coll,
     )
 
 
@@ -233,13 +283,16 @@ def encode_images(
     vw = parse_view(view)
     bb = make_backbone(backbone, device=device, weights=weights, image_size=None)
     files = [str(p) for p in paths]
+    encoder = Encoder(bb, compile=False, batch_size=batch_size)
     dataset = ImageDataset(
-        files, view=vw, transform=bb.transform, draft_size=vw.draft_size(input_side(bb.spec))
+        files,
+        view=vw,
+        transform=encoder.pixels or bb.transform,
+        draft_size=vw.draft_size(input_side(bb.spec)),
     )
     batches = [
         list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
     ]
-    encoder = Encoder(bb, compile=False, batch_size=batch_size)
     feats: list[np.ndarray] = []
     ok: list[str] = []
     shas: list[str] = []

@@ -46,6 +46,8 @@ FLAGS = {
     "real_names": "--real",
     "batch_size": "--batch-size",
     "num_workers": "--workers",
+    "threads": "--threads",
+    "decode": "--decode",
     "compile": "--compile",
     "progress": "--progress",
     "dtype": "--dtype",
@@ -68,7 +70,11 @@ class EmbedOptions:
         layer: layer tap, ``final``, ``penultimate`` or ``blocks``.
         real_names: engine folders that hold real images (label 0).
         batch_size: images per forward pass.
-        num_workers: decoding processes; None = automatic, 0 = in the main process.
+        num_workers: decoding processes; None = chosen with ``threads`` from the cores
+            (:func:`embed.inputs.decode.plan_threads`), 0 = in the main process.
+        threads: torch threads of the model; None = chosen from the cores.
+        decode: ``"auto"``, ``"cpu"`` or ``"gpu"`` (JPEGs decoded on the model's device;
+            :mod:`embed.inputs.decode`).
         compile: ``torch.compile`` the backbone (worth it on GPU for large runs).
         progress: show a rich progress bar on stderr.
         dtype: stored feature dtype of a new bank, ``"float16"`` or ``"float32"``.
@@ -88,6 +94,8 @@ class EmbedOptions:
     real_names: tuple[str, ...] = ("real",)
     batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int | None = None
+    threads: int | None = None
+    decode: str = "auto"
     compile: bool = False
     progress: bool = True
     dtype: str = DEFAULT_DTYPE

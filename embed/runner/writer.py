@@ -86,6 +86,10 @@ class EmbedSummary:
         steady_images_per_s: images per second after the first batch up to the last
             one (start-up and the final commit or consolidation excluded); 0 with one
             batch.
+        runtime: how the run shared the cores (:class:`~embed.inputs.decode.ThreadPlan`),
+            also stored in the bank's ``embed_runtime`` attribute.
+        decoded_on_cpu: with ``decode="gpu"``, JPEGs decoded on the CPU instead (CMYK,
+            progressive, other than 8-bit, EXIF-rotated, or refused by the device decoder).
     """
 
     embedded: int
@@ -103,6 +107,8 @@ class EmbedSummary:
     view: str = "original"
     first_batch_s: float = 0.0
     steady_images_per_s: float = 0.0
+    runtime: dict[str, Any] = field(default_factory=dict)
+    decoded_on_cpu: int = 0
 
 
 class LoopClock:

@@ -1,0 +1,264 @@
+"""embed/inputs/decode.py: uint8 pixels normalised on the device, each file read once,
+threads that never oversubscribe the cores, and the device JPEG decoder (--decode gpu),
+run here through torchvision's CPU decoder."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facebank.embed.inputs.decode import (
+    JpegBytes,
+    load_one,
+    pixel_transform,
+    plan_threads,
+    resolve_decode,
+)
+from facebank.embed.inputs.views import parse_view
+
+RNG = np.random.default_rng(0)
+
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    arr = np.asarray(small.resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return Image.fromarray((arr + rng.normal(0, 5, arr.shape)).clip(0, 255).astype(np.uint8))
+
+
+def _backbone(name: str):
+    from facebank.embed import create_backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_backbone(name, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["tiny-cnn", "tiny-vit"])
+def test_uint8_pixels_normalised_on_the_device_equal_the_float_transform_bit_for_bit(name):
+    bb = _backbone(name)
+    pt = pixel_transform(bb.transform)
+    assert pt is not None and pt.runs_on_tensors
+    imgs = [_photo(300, 220, 1), _photo(97, 140, 2)]
+    u8 = torch.stack([pt(im) for im in imgs])
+    assert u8.dtype == torch.uint8
+    expected = torch.stack([bb.transform(im) for im in imgs])
+    assert torch.equal(pt.normalise(u8, "cpu"), expected)
+    assert torch.equal(bb.encode(pt.normalise(u8, "cpu")), bb.encode(expected))
+
+
+def test_pixel_transform_is_none_for_a_transform_it_does_not_know():
+    assert pixel_transform(lambda img: img) is None
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 4, 6, 8, 16, 64])
+def test_the_automatic_plan_never_oversubscribes_the_cores(cores):
+    plan = plan_threads(device_type="cpu", cores=cores)
+    assert plan.torch_threads >= 1 and plan.chosen == "auto"
+    if plan.workers == 0:  # decoding runs between forward passes, never beside them
+        assert plan.decode_threads == plan.torch_threads == cores
+    else:
+        assert plan.workers + plan.torch_threads <= cores
+    gpu = plan_threads(device_type="cuda", cores=cores)
+    assert gpu.workers + gpu.torch_threads <= max(2, cores)
+
+
+def test_workers_and_threads_override_and_the_other_fits():
+    assert plan_threads(device_type="cpu", cores=8, workers=3).torch_threads == 5
+    assert plan_threads(device_type="cpu", cores=8, threads=6).workers == 2
+    p = plan_threads(device_type="cpu", cores=2, workers=1, threads=2)
+    assert (p.workers, p.torch_threads, p.chosen) == (1, 2, "given workers and threads")
+
+
+def test_each_file_is_read_once_and_the_hashed_bytes_are_the_decoded_ones(tmp_path, monkeypatch):
+    bb = _backbone("tiny-cnn")
+    path = tmp_path / "a.jpg"
+    _photo(200, 160).save(path, quality=90)
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file, *a, **kw):
+        if str(file) == str(path):
+            opened.append(str(file))
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    sha, x, reason, meta = load_one(
+        str(path), view=parse_view("original"), transform=pixel_transform(bb.transform),
+        draft_size=None,
+    )  # fmt: skip
+    assert reason is None and x.dtype == torch.uint8 and meta["file_format"] == "JPEG"
+    assert len(opened) == 1
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_store_object_is_fetched_once(monkeypatch):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    buf = io.BytesIO()
+    _photo(64, 64).save(buf, format="PNG")
+    fs.pipe("/decode-once/a.png", buf.getvalue())
+    calls: list[str] = []
+    real = type(fs).cat_file
+
+    def counting(self, path, *a, **kw):
+        calls.append(path)
+        return real(self, path, *a, **kw)
+
+    monkeypatch.setattr(type(fs), "cat_file", counting)
+    sha, x, reason, _ = load_one(
+        "memory://decode-once/a.png", view=parse_view("original"), transform=lambda im: im,
+        draft_size=None,
+    )  # fmt: skip
+    assert reason is None and len(calls) == 1
+    assert sha == hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def _rotated_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    return exif.tobytes()
+
+
+def test_keep_jpeg_leaves_baseline_jpegs_as_bytes_and_decodes_the_rest(tmp_path):
+    pt = pixel_transform(_backbone("tiny-cnn").transform)
+    view = parse_view("original")
+    kinds = {
+        "base.jpg": {"quality": 90},
+        "prog.jpg": {"quality": 90, "progressive": True},
+        "cmyk.jpg": {"quality": 90},
+        "rot.jpg": {"quality": 90, "exif": _rotated_exif()},
+        "p.png": {},
+    }
+    out = {}
+    for name, kw in kinds.items():
+        img = _photo(120, 90).convert("CMYK") if name.startswith("cmyk") else _photo(120, 90)
+        img.save(tmp_path / name, **kw)
+        out[name] = load_one(
+            str(tmp_path / name), view=view, transform=pt, draft_size=None, keep_jpeg=True
+        )
+    assert isinstance(out["base.jpg"][1], JpegBytes)
+    assert out["base.jpg"][3]["file_format"] == "JPEG"
+    for name in ("prog.jpg", "cmyk.jpg", "rot.jpg"):  # not for the device decoder: done here
+        assert out[name][1].dtype == torch.uint8 and out[name][3]["_cpu_decoded"] is True
+    assert out["p.png"][1].dtype == torch.uint8 and "_cpu_decoded" not in out["p.png"][3]
+
+
+def test_decode_gpu_is_refused_by_name_where_it_cannot_run():
+    pt = pixel_transform(_backbone("tiny-cnn").transform)
+    orig = parse_view("original")
+    assert resolve_decode("auto", device_type="cpu", view=orig, pixels=pt) == "cpu"
+    assert resolve_decode("auto", device_type="cuda", view=orig, pixels=pt) == "gpu"
+    assert resolve_decode("auto", device_type="cuda", view=parse_view("hflip"), pixels=pt) == "cpu"
+    with pytest.raises(ValueError, match="view 'jpeg:q=50'"):
+        resolve_decode("gpu", device_type="cuda", view=parse_view("jpeg:q=50"), pixels=pt)
+    with pytest.raises(ValueError, match="valid: auto, cpu, gpu"):
+        resolve_decode("fast", device_type="cpu", view=parse_view("original"), pixels=pt)
+
+
+def _mixed_source(root, n: int = 10):
+    """JPEGs of several sizes, a PNG, a progressive and a CMYK JPEG, and a corrupt one."""
+    for i in range(n):
+        engine = root / ("real" if i % 2 else "fake")
+        engine.mkdir(parents=True, exist_ok=True)
+        _photo(180 + 40 * (i % 3), 160 + 30 * (i % 2), seed=i).save(engine / f"{i}.jpg", quality=90)
+    _photo(150, 200, 50).save(root / "real" / "p.png")
+    _photo(170, 170, 51).save(root / "real" / "prog.jpg", quality=90, progressive=True)
+    _photo(190, 150, 52).convert("CMYK").save(root / "fake" / "cmyk.jpg", quality=90)
+    good = (root / "fake" / "0.jpg").read_bytes()
+    (root / "fake" / "bad.jpg").write_bytes(good[: len(good) // 2])  # truncated
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_decode_gpu_and_cpu_banks_agree_and_a_corrupt_jpeg_fails_alone(tmp_path, workers):
+    """On the CPU, --decode gpu runs torchvision's CPU JPEG decoder; the measured
+    agreement with the PIL path is cosine >= 0.999 per row (docs/embedding.md)."""
+    from facebank.embed import FeatureBank, embed_source
+
+    src = tmp_path / "src"
+    _mixed_source(src)
+    banks = {}
+    for mode in ("cpu", "gpu"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = embed_source(
+                src, backbone="tiny-cnn", out=tmp_path / f"{mode}.zarr", device="cpu",
+                batch_size=6, num_workers=workers, progress=False, decode=mode, dtype="float32",
+            )  # fmt: skip
+        assert s.embedded == 13 and [p for p, _ in s.failed] == ["fake/bad.jpg"]
+        assert "truncated" in s.failed[0][1]
+        assert s.runtime["decode"] == mode
+        banks[mode] = FeatureBank.open(tmp_path / f"{mode}.zarr")
+        assert banks[mode].meta["embed_runtime"]["workers"] == workers
+    assert s.decoded_on_cpu == 2  # the progressive and the CMYK JPEG
+    cpu, gpu = banks["cpu"], banks["gpu"]
+    assert list(cpu.paths) == list(gpu.paths) and list(cpu.sha256) == list(gpu.sha256)
+    cos = _cos(cpu.load_features(), gpu.load_features())
+    assert cos.min() >= 0.999, cos
+    on_cpu = [i for i, p in enumerate(cpu.paths) if p.endswith((".png", "prog.jpg", "cmyk.jpg"))]
+    np.testing.assert_array_equal(
+        cpu.load_features()[on_cpu], gpu.load_features()[on_cpu]
+    )  # decoded by the same code on both paths
+
+
+def test_cli_decode_threads_workers_and_the_verbose_runtime_line(tmp_path, caplog):
+    import logging
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+    from facebank.embed import FeatureBank
+
+    src = tmp_path / "src"
+    _mixed_source(src, n=4)
+    out = tmp_path / "b.zarr"
+    args = ["-v", "embed", str(src), "-b", "tiny-cnn", "-o", str(out), "--device", "cpu"]
+    args += ["--decode", "gpu", "--workers", "0", "--threads", "1", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="facebank.embed.runner.local"):
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    # -v shows INFO logs on stderr: the plan is one of them
+    assert "decode gpu (given workers and threads)" in caplog.text
+    assert "JPEGs decoded on the CPU" in res.output
+    rt = FeatureBank.open(out).meta["embed_runtime"]
+    assert (rt["workers"], rt["torch_threads"], rt["decode"]) == (0, 1, "gpu")
+
+
+def test_ray_decode_tasks_send_uint8_and_the_actor_matches_the_local_encoder(tmp_path):
+    """The Ray engine's two halves, called in this process (no cluster needed)."""
+    from facebank.embed.runner.local import encode_images
+    from facebank.embed.runner.multi import Transforms
+    from facebank.ray_engine.embedding import _decode_batch, _EncodeBatches
+
+    bb = _backbone("tiny-cnn")
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.jpg"))
+        _photo(200 + 30 * i, 180, seed=i).save(files[-1], quality=90)
+    files.append(str(tmp_path / "missing.jpg"))
+    view = parse_view("original")
+    batch = _decode_batch(
+        {"index": np.arange(4), "file": np.asarray(files)},
+        view=view,
+        transform=Transforms([pixel_transform(bb.transform)]),
+        draft_size=view.draft_size(bb.input_size),
+    )
+    assert batch["pixels_0"].dtype == np.uint8 and list(batch["reason"][:3]) == ["", "", ""]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        feats = _EncodeBatches(dict(bb.spec), None, "cpu")(batch)["features"][:3]
+        local = encode_images(files[:3], backbone="tiny-cnn", device="cpu", batch_size=3)
+    np.testing.assert_array_equal(feats, local.features)
