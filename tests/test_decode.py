@@ -262,3 +262,14 @@ def test_ray_decode_tasks_send_uint8_and_the_actor_matches_the_local_encoder(tmp
         feats = _EncodeBatches(dict(bb.spec), None, "cpu")(batch)["features"][:3]
         local = encode_images(files[:3], backbone="tiny-cnn", device="cpu", batch_size=3)
     np.testing.assert_array_equal(feats, local.features)
+
+
+def test_the_ray_engine_refuses_threads_and_decode_gpu_by_name():
+    from facebank.embed.runner.options import EmbedOptions
+    from facebank.ray_engine.embedding import RayOptions, ray_options_for
+
+    with pytest.raises(ValueError, match="--threads"):
+        ray_options_for(EmbedOptions(threads=2), RayOptions())
+    with pytest.raises(ValueError, match="--decode gpu"):
+        ray_options_for(EmbedOptions(decode="gpu"), RayOptions())
+    assert ray_options_for(EmbedOptions(decode="cpu"), RayOptions()) is not None
