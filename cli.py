@@ -27,6 +27,7 @@ from facebank.commands import (
     neighbours,
     protocol,
     score,
+    triage,
 )
 from facebank.commands._common import install_run_sessions
 from facebank.core.errors import FacebankError
@@ -91,6 +92,7 @@ app.command("protocol")(protocol.protocol_cmd)
 app.command("robustness")(analysis.robustness_cmd)
 app.command("ood")(analysis.ood_cmd)
 app.command("audit")(audit.audit_cmd)
+app.command("triage")(triage.triage_cmd)
 app.add_typer(neighbours.app, name="neighbours")
 app.command("report")(analysis.report_cmd)
 app.command("explain")(explain.explain_cmd)

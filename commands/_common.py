@@ -174,7 +174,7 @@ def _current_context() -> Any:
 # the bank it is given; score writes a CSV or stdout; demo's folder holds its data and
 # an experiment run that resumes.
 _OWN_OUTPUT_RULE = frozenset({"embed", "score", "demo"})
-_RESUMES = frozenset({"experiment"})  # a re-run on its own folder reuses the banks
+_RESUMES = frozenset({"experiment", "triage"})  # a re-run on its own folder reuses the banks
 _FILE_OUTPUT = frozenset({"report"})  # --out is one file
 
 
