@@ -380,13 +380,20 @@ def few_shot_curve(
         return {
             "skipped": f"too few for a rate: NEW has {n} images (a curve needs {MIN_RATE_ROWS})"
         }
-    d = _protocol_data(known)
     ks = sorted({int(k) for k in shots if 0 <= int(k) <= n - MIN_FEW_SHOT_TEST})
+    if not ks:
+        if not list(shots):
+            return {"skipped": "no shot count given"}
+        return {
+            "skipped": f"every k of {sorted(shots)} leaves fewer than {MIN_FEW_SHOT_TEST} of "
+            f"NEW's {n} images to test on"
+        }
+    d = _protocol_data(known)
     Xb, yb, eb = d.rows(d.train)
     nb = len(Xb)
-    bx = np.concatenate([Xb, np.zeros((max(ks), Xb.shape[1]), Xb.dtype)]) if ks else Xb
-    by = np.r_[yb, np.ones(max(ks or [0]), yb.dtype)]
-    be = np.r_[eb, np.full(max(ks or [0]), engine)]
+    bx = np.concatenate([Xb, np.zeros((max(ks), Xb.shape[1]), Xb.dtype)])
+    by = np.r_[yb, np.ones(max(ks), yb.dtype)]
+    be = np.r_[eb, np.full(max(ks), engine)]
     points, k0 = [], None
     for k in ks:
         for draw in range(1 if k == 0 else draws):

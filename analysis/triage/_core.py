@@ -320,7 +320,7 @@ def _triage_backbone(
     from ._page import map_data, neighbour_records
 
     bt.map = map_data(k0, X_new[view0], config.seed)
-    bt.neighbours = neighbour_records(index, X_new[view0], paths, k=5, n=6)
+    bt.neighbours = neighbour_records(index, X_new[view0], paths, k=4, n=4)
     return bt
 
 

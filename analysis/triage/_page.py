@@ -28,6 +28,9 @@ NEW_AUROC_LO = 0.60
 # the target and above this it is "partly caught".
 PARTLY_CAUGHT = 0.50
 TOO_FEW = "too few for a rate"
+# A source drawn from a known engine's distribution has a silhouette near 0 against it;
+# a margin keeps sampling noise from calling it a cluster of its own.
+OWN_CLUSTER = 0.1
 
 
 def pct(v: Any, digits: int = 1) -> str:
@@ -262,12 +265,13 @@ def _source_markdown(b: BackboneTriage, st: SourceTriage, cfg: TriageConfig) -> 
     sil = r.get("silhouette")
     own = (
         "forms a cluster of its own"
-        if sil is not None and sil > 0
+        if sil is not None and sil > OWN_CLUSTER
         else "does not form a cluster of its own"
     )
     out.append(
         f"Silhouette of NEW as its own cluster among the train rows' engines (cosine): "
-        f"{fmt_value(sil)} - it {own} (> 0: closer to itself than to any known engine).\n"
+        f"{fmt_value(sil)} - it {own} (rule: > {OWN_CLUSTER}; 0 = as close to the nearest "
+        "known engine as to itself).\n"
     )
     out.append("#### Does today's detector catch it?\n")
     out.append(
