@@ -341,3 +341,19 @@ def test_cli_bad_run_is_one_line_and_exit_1(image_run, tmp_path):
     r = CliRunner().invoke(app, ["triage", str(image_run["new"]), "--run", str(tmp_path)])
     assert r.exit_code == 1
     assert r.output.strip().count("\n") == 0 and "experiment" in r.output
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.slow  # builds a tiny-cnn run of 60 images, then triages 25 more
+def test_bench_triage_tiny_smoke(run_benchmark):
+    """A smoke test: the script runs end to end and reports what it timed (not the targets,
+    which need the demo-sized run and efficientnet-lite1)."""
+    lines = [ln for ln in run_benchmark("bench_triage.py", "--tiny").splitlines() if ln.strip()]
+    assert len(lines) == 1
+    fig = json.loads(lines[0])
+    assert fig["benchmark"] == "triage" and fig["tiny"] is True and fig["backbone"] == "tiny-cnn"
+    assert fig["n_new"] == 25 and fig["views"] == ["original"]
+    assert fig["heads"] == ["linear", "prototype"]
+    assert fig["embed_s"] > 0 and fig["rest_s"] > 0 and len(fig["verdict"]) == 4
