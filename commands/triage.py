@@ -88,10 +88,11 @@ def triage_cmd(
         engine_name=engine_name.strip().lower(),
         seed=seed,
     )
+    run_dir = default_out("triage", out)
     res = triage(
         new,
         run=run,
-        out=default_out("triage", out),
+        out=run_dir,
         config=cfg,
         append_to=tuple(append or ()),
         device=device,
@@ -110,4 +111,4 @@ def triage_cmd(
             f"appended {a['added']} row(s) to {a['bank']} as {a['engine']} "
             f"({a['already_present']} already there)"
         )
-    console.print(f"page: [bold]{res.run_dir / 'triage.html'}[/]  ({res.seconds['total']:.0f} s)")
+    console.print(f"page: [bold]{run_dir / 'triage.html'}[/]  ({res.seconds['total']:.0f} s)")

@@ -146,11 +146,12 @@ def _sentence_files(st: SourceTriage) -> str:
         return f"Shortcut risk not checked: {m['skipped']}."
     auc = fmt_value(m.get("auc"))
     if m.get("shortcut"):
-        extra = (
-            " The few-shot curve is repeated on the normalise view below."
-            if st.few_shot_normalised
-            else " The run has no normalise view to repeat the few-shot curve on."
-        )
+        if st.few_shot_normalised and any("curve" in c for c in st.few_shot_normalised.values()):
+            extra = " The few-shot curve is repeated on the normalise view below."
+        elif st.few_shot_normalised is None:
+            extra = " The run has no normalise view to repeat the few-shot curve on."
+        else:
+            extra = ""
         return (
             f"SHORTCUT RISK ({m['verdict']}): file properties alone tell it from the run's "
             f"reals (metadata-only AUC {auc}; {', '.join(m['carriers']) or 'together'}); the "
@@ -398,23 +399,23 @@ def neighbour_records(index: Any, X_new: np.ndarray, paths: np.ndarray, *, k: in
     ]
 
 
-def _map_figure(b: BackboneTriage, name: str) -> Any:
+def _map_figure(m: dict[str, Any], backbone: str, name: str) -> Any:
     from matplotlib.figure import Figure
 
     from .._plotstyle import engine_colours
 
-    m = b.map
     fig = Figure(figsize=(6.5, 5.0), facecolor="white")
     ax = fig.subplots()
     colours = engine_colours(m["engines"])
     for e in sorted(set(m["engines"].tolist()), key=lambda e: (e != "real", e)):
         sel = m["engines"] == e
-        ax.scatter(*m["known"][sel].T, s=10, c=colours[e], alpha=0.6, linewidths=0, label=e)
-    ax.scatter(*m["new"].T, s=40, c="black", marker="*", label=f"NEW: {name}")
+        xy = m["known"][sel]
+        ax.scatter(xy[:, 0], xy[:, 1], s=10, c=colours[e], alpha=0.6, linewidths=0, label=e)
+    ax.scatter(m["new"][:, 0], m["new"][:, 1], s=40, c="black", marker="*", label=f"NEW: {name}")
     ev = m["explained"]
     ax.set_xlabel(f"PC1 ({100 * ev[0]:.1f}% var.)")
     ax.set_ylabel(f"PC2 ({100 * ev[1]:.1f}% var.)")
-    ax.set_title(f"{b.backbone}: train rows by engine, NEW highlighted (PCA of the train rows)")
+    ax.set_title(f"{backbone}: train rows by engine, NEW highlighted (PCA of the train rows)")
     ax.legend(title="engine")
     return fig
 
@@ -456,7 +457,7 @@ def _figures(res: TriageResult, out: Path) -> list[Path]:
     for b in res.backbones:
         tag = b.backbone.replace("/", "-")
         if b.map is not None:
-            save(_map_figure(b, res.config.engine_name), f"map-{tag}.png")
+            save(_map_figure(b.map, b.backbone, res.config.engine_name), f"map-{tag}.png")
         if b.neighbours:
             save(
                 neighbour_grid(
