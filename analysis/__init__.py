@@ -2,8 +2,9 @@
 
 from facebank.core.runs import markdown_table, read_json, start_run, write_json
 
-# `robustness` and `ood` are functions of the same-named modules (analysis.robustness.robustness,
-# analysis.ood.ood); they are not re-exported here so the modules are not shadowed.
+# `robustness`, `ood` and `triage` are functions of the same-named modules (analysis.robustness.
+# robustness, analysis.ood.ood, analysis.triage.triage); they are not re-exported here so the
+# modules are not shadowed.
 # isort: split
 from .chrono import ChronoResult, chronological
 from .evaluation import Evaluation, evaluate
@@ -14,6 +15,7 @@ from .ood import OodResult, fpr_at_tpr
 from .protocols import InEngineResult, LoeoResult, in_engine, leave_one_engine_out
 from .report import write_report
 from .robustness import RobustnessResult
+from .triage import TriageConfig, TriageResult
 
 # isort: split
 from .neighbours import (
@@ -51,6 +53,8 @@ __all__ = [
     "explain_images",
     "explain_features",
     "RobustnessResult",
+    "TriageConfig",
+    "TriageResult",
     "OodResult",
     "fpr_at_tpr",
     "write_report",
