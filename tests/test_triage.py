@@ -33,6 +33,7 @@ DIM = 48
 COUNTS = {"real": 300, "a": 160, "b": 100, "c": 100}
 N_NEW = 60
 FAST = TriageConfig(shots=(0, 10, 40), draws=1, k=10)
+NO_CURVE = TriageConfig(shots=())  # for tests about the other answers
 
 
 def _meta(n: int, fmt: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -182,7 +183,7 @@ def test_new_far_from_everything_is_new_missed_and_learnable(far):
 def test_new_told_from_reals_only_by_file_format_raises_the_shortcut_warning(world, like_a):
     d = world["d"]
     new = _new_bank(world, "png-reals", d["X"][world["real"]], fmt="PNG")
-    st = _run_triage(world, new, "png-reals").backbones[0].sources[0]
+    st = _run_triage(world, new, "png-reals", NO_CURVE).backbones[0].sources[0]
     assert st.metadata["shortcut"] is True
     assert st.metadata["carriers"] == ["file_format"]
     assert st.verdict[3].startswith("SHORTCUT RISK")
@@ -209,7 +210,7 @@ def test_run_folder_holds_the_page_metrics_csv_and_figures(like_a):
 
 
 def test_no_shots_skip_the_curve_with_its_reason(world, far):
-    st = _run_triage(world, world["root"] / "far.zarr", "no-shots", TriageConfig(shots=()))
+    st = _run_triage(world, world["root"] / "far.zarr", "no-shots", NO_CURVE)
     st = st.backbones[0].sources[0]
     assert all(c["skipped"] == "no shot count given" for c in st.few_shot.values())
     assert "skipped: no shot count given" in st.verdict[2]
@@ -235,7 +236,7 @@ def test_new_images_already_in_the_run_are_reported_and_excluded(world):
     dup = np.flatnonzero(np.asarray(run_bank.engines) == "b")[:5]
     X = np.r_[d["X"][world["a"][:25]], run_bank.load_features(dup)]
     sha = np.r_[[f"ov-{i}" for i in range(25)], np.asarray(run_bank.sha256)[dup]]
-    res = _run_triage(world, _new_bank(world, "overlap", X, sha=sha), "overlap")
+    res = _run_triage(world, _new_bank(world, "overlap", X, sha=sha), "overlap", NO_CURVE)
     assert len(res.overlap) == 5
     assert {o["run_engine"] for o in res.overlap} == {"b"}
     assert res.backbones[0].sources[0].n == 25
@@ -246,7 +247,7 @@ def test_a_run_without_prototype_head_still_answers_with_knn_and_real_only(world
     shutil.copytree(world["run"], run)
     shutil.rmtree(run / "train" / "prototype")
     new = _new_bank(world, "noproto", world["far"])
-    res = triage(new, run=run, out=tmp_path / "out", config=FAST)
+    res = triage(new, run=run, out=tmp_path / "out", config=NO_CURVE)
     st = res.backbones[0].sources[0]
     assert st.new["prototype"] is None
     assert st.new["knn"]["auroc"] > 0.95 and st.new["real_only"]["flag"]["rate"] > 0.9
