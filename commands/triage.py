@@ -67,7 +67,7 @@ def triage_cmd(
     """Is a new generator new, what does it resemble, does today's detector catch it, how
     many of its images would teach it, and is that about files? One page: triage.html."""
     from facebank.analysis.triage import TriageConfig, triage
-    from facebank.embed.errors import DataError
+    from facebank.core.errors import DataError
 
     if append and engine_name == "new":
         raise DataError(

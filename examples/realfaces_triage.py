@@ -113,8 +113,8 @@ def held_out(engine, rows, banks, out, heads):
     """The experiment without ``engine`` and the triage of ``engine`` against it."""
     from facebank.analysis.experiment import run_experiment
     from facebank.analysis.triage import TriageConfig, triage
+    from facebank.core.runs import start_run
     from facebank.embed import FeatureBank
-    from facebank.embed.runs import start_run
 
     eng = np.asarray(FeatureBank.open(banks["original"]).engines, dtype=str)
     run, tri = out / f"without-{engine}", out / f"triage-{engine}"

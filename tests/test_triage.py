@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from facebank.analysis.triage import TriageConfig, triage
-from facebank.embed.errors import BackboneMismatchError, DataError
-from facebank.embed.metadata import METADATA_SCHEMA
+from facebank.core.errors import BackboneMismatchError, DataError
+from facebank.embed.inputs.metadata import METADATA_SCHEMA
 from facebank.testing import synthetic_arrays, synthetic_backbone
 
 # small synthetic val splits: the heads rightly warn that 0.5% FPR is below one real
@@ -74,7 +74,7 @@ def _write(path, X, engines, sha, labels, fmt="JPEG", backbone=None):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A run on real/a/b/c, and the arrays NEW banks are cut from."""
-    from facebank.embed.runs import start_run
+    from facebank.core.runs import start_run
     from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("triage")
@@ -292,9 +292,9 @@ def test_not_an_experiment_run_is_one_line_error(world, tmp_path):
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     """A one-view run of tiny-cnn on a small stand-in dataset, and 25 other images + 1 bad."""
+    from facebank.core.runs import start_run
     from facebank.embed import embed_source
-    from facebank.embed.runs import start_run
-    from facebank.embed.standin import make_standin_dataset
+    from facebank.embed.inputs.standin import make_standin_dataset
     from facebank.heads import train_run
 
     root = tmp_path_factory.mktemp("triage-cli")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 
 from .._evalcommon import read_splits_csv
 from ..metrics import binary_metrics, proportion_interval, threshold_at_fpr

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import DataError
+from facebank.core.errors import DataError
 
 from . import _answers as A
 from ._run import NewBanks, RunBackbone, append, best_leaderboard_row, bring_new, read_run
@@ -177,7 +177,7 @@ def triage(
         DataError: RUN is not an experiment run; NEW has no readable image left.
         BackboneMismatchError: NEW is a bank of another backbone than the run's.
     """
-    from facebank.embed.runs import start_run
+    from facebank.core.runs import start_run
 
     t0 = time.perf_counter()
     backbones = read_run(run)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facebank.embed.runs import fmt_value, markdown_table, write_json
+from facebank.core.runs import fmt_value, markdown_table, write_json
 
 from . import _answers as A
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from facebank.embed.errors import BankError, DataError
+from facebank.core.errors import BankError, DataError
 
 __all__ = ["RunBackbone", "NewBanks", "read_run", "best_leaderboard_row", "bring_new", "append"]
 
@@ -61,7 +61,7 @@ def _slug(view: str) -> str:
 
 
 def _read_config(run: Path) -> dict[str, Any]:
-    from facebank.embed.runs import read_json
+    from facebank.core.runs import read_json
 
     path = run / "config.json"
     if not path.is_file():
@@ -125,7 +125,7 @@ def best_leaderboard_row(run: str | Path) -> dict[str, Any] | None:
     """The leaderboard's best single-backbone row of a comparison run (highest TPR at the
     validation-chosen threshold, then AUC), as ``{backbone, head, tpr, auc}``; None for a
     single-backbone run or a run without a leaderboard."""
-    from facebank.embed.runs import read_json
+    from facebank.core.runs import read_json
 
     path = Path(run) / "metrics.json"
     if not path.is_file():
@@ -169,7 +169,7 @@ def write_new_manifest(new: str | os.PathLike, out: Path, *, engine: str) -> Pat
     The rows keep ``NEW``'s own engine column when it is a manifest (``--group-by
     engine`` then separates its sources), else every row is ``engine``.
     """
-    from facebank.embed.datasets import scan_source
+    from facebank.embed.inputs.datasets import scan_source
     from facebank.heads.scoring import collect_inputs
 
     rows: list[dict[str, str]] = []

@@ -37,7 +37,7 @@ from pathlib import Path
 
 def new_manifest(root: Path, n: int, seed: int = 1) -> Path:
     """A manifest of ``n`` AI images of a stand-in dataset made with ``seed``."""
-    from facebank.embed.standin import make_standin_dataset
+    from facebank.embed.inputs.standin import make_standin_dataset
 
     data = make_standin_dataset(root / "new-data", n_per_class=n, seed=seed)
     rows = sorted(p for p in data.rglob("*.png") if p.parent.name != "real")[:n]
@@ -53,7 +53,7 @@ def build_run(work: Path, *, tiny: bool) -> Path:
     """The demo's run (or a tiny one) in ``work``; reused when already there."""
     if tiny:
         from facebank.analysis.experiment import run_experiment
-        from facebank.embed.standin import make_standin_dataset
+        from facebank.embed.inputs.standin import make_standin_dataset
 
         data = make_standin_dataset(work / "data", n_per_class=30, seed=0)
         run_experiment(
