@@ -61,6 +61,14 @@ def triage_cmd(
             "group or engine (a manifest's column), or none.",
         ),
     ] = None,
+    few_shot_heads: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--few-shot-heads",
+            help="Heads retrained for the few-shot curve, comma-separated, or 'all' "
+            "(default linear: seconds; mlp and prototype cost minutes on a CPU).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (embedding).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seeds densities, bootstraps and draws.")] = 0,
 ) -> None:
@@ -80,7 +88,9 @@ def triage_cmd(
         raise typer.BadParameter(f"--shots {shots!r} must be whole numbers, e.g. 0,5,10") from None
     if not 0.0 < target_tpr <= 1.0:
         raise typer.BadParameter(f"--target-tpr {target_tpr!r} must be in (0, 1], e.g. 0.9")
+    fs = split_list(few_shot_heads, ("linear",))
     cfg = TriageConfig(
+        few_shot_heads=None if fs == ("all",) else fs,
         shots=ks,
         draws=draws,
         target_tpr=target_tpr,

@@ -135,7 +135,9 @@ def held_out(engine, rows, banks, out, heads):
         manifest, backbone=BACKBONE, out=run, views=tuple(VIEWS)[1:], heads=heads, progress=False
     )
     t1 = time.perf_counter()
-    res = triage(new, run=run, out=tri, config=TriageConfig(engine_name=engine))
+    res = triage(
+        new, run=run, out=tri, config=TriageConfig(engine_name=engine, few_shot_heads=None)
+    )
     return res, t1 - t0, time.perf_counter() - t1
 
 

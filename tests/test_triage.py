@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:calibrating at fpr")
 DIM = 48
 COUNTS = {"real": 300, "a": 160, "b": 100, "c": 100}
 N_NEW = 60
-FAST = TriageConfig(shots=(0, 10, 40), draws=1, k=10)
+FAST = TriageConfig(shots=(0, 10, 40), draws=1, k=10, few_shot_heads=None)
 NO_CURVE = TriageConfig(shots=())  # for tests about the other answers
 
 
