@@ -183,6 +183,9 @@ def write_new_manifest(new: str | os.PathLike, out: Path, *, engine: str) -> Pat
             raise DataError(f"NEW {str(new)!r} is a feature bank; it is used as it is")
         root = None if not p.is_dir() else p.resolve()
         for f in found.images:
+            if "://" in str(f):  # an image on a store: its URL as listed
+                rows.append({"path": str(f), "engine": engine, "group": ""})
+                continue
             rel = Path(f).resolve().relative_to(root).as_posix() if root else Path(f).name
             group = rel.split("/")[0] if "/" in rel else ""
             rows.append({"path": str(Path(f).resolve()), "engine": engine, "group": group})
