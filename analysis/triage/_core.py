@@ -220,8 +220,13 @@ def triage(
         for bank in append_to:
             res.appended.append(_append(res, Path(bank), config))
     res.notes.extend(dict.fromkeys(str(w.message) for w in caught))
-    res.seconds["total"] = round(time.perf_counter() - t0, 2)
+    t = time.perf_counter()
     res.write(out)
+    res.seconds["write"] = round(time.perf_counter() - t, 2)
+    res.seconds["total"] = round(time.perf_counter() - t0, 2)
+    from facebank.core.runs import write_json
+
+    write_json(out / "metrics.json", res.metrics())  # with the writing's own time
     return res
 
 
