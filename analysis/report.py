@@ -33,7 +33,15 @@ from facebank.core.runs import check_output_file, claim_output_file
 
 from ._plotstyle import DPI
 
-__all__ = ["write_report", "render_markdown", "register_section", "SECTIONS", "ReportError"]
+__all__ = [
+    "write_report",
+    "render_markdown",
+    "figure_html",
+    "PAGE_CSS",
+    "register_section",
+    "SECTIONS",
+    "ReportError",
+]
 
 
 _CSS = """
@@ -682,3 +690,8 @@ def write_report(
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)  # a reader never sees half a page
     return out
+
+
+# For pages written by other commands (``triage``) in the report's look.
+PAGE_CSS = _CSS
+figure_html = _figure

@@ -455,20 +455,44 @@ def few_shot_curve(
 def metadata_check(
     known: Known, new_meta: Mapping[str, np.ndarray] | None, *, seed: int
 ) -> dict[str, Any]:
-    """Can file properties alone tell NEW from the run's reals? (``audit.metadata_separation``)"""
-    from ..audit import metadata_separation
+    """Can file properties alone tell NEW from the run's reals?
+
+    The audit's metadata-only model (``heads.propensity``), cross-validated over every row
+    (5 stratified folds: each row scored by a model that never saw it), its AUC with a
+    bootstrap interval, each property's AUC alone (fitted on a seeded half of the rows,
+    scored on the other) and the audit's verdict rule (``analysis.audit.audit_verdict``).
+    """
+    from facebank.heads.propensity import encode_metadata, group_folds, out_of_fold_proba
+
+    from ..audit import audit_verdict
+    from ..audit._properties import properties_alone
 
     if known.metadata is None or new_meta is None:
         return {"skipped": "the banks hold no acquisition metadata (format 1 or arrays)"}
     reals = known.y == 0
+    n_new = len(next(iter(new_meta.values())))
     meta = {
-        k: np.r_[np.asarray(known.metadata[k])[reals], np.asarray(new_meta[k])]
-        for k in known.metadata
+        k: np.r_[np.asarray(known.metadata[k])[reals], np.asarray(new_meta[k])] for k in new_meta
     }
-    y = np.r_[np.zeros(int(reals.sum()), int), np.ones(len(next(iter(new_meta.values()))), int)]
-    sep = metadata_separation(meta, y, seed=seed)
-    sep["shortcut"] = sep["verdict"] != "no metadata shortcut found"
-    return sep
+    y = np.r_[np.zeros(int(reals.sum()), np.int64), np.ones(n_new, np.int64)]
+    every = np.ones(y.size, dtype=bool)
+    enc = encode_metadata(meta, every, every)
+    p = out_of_fold_proba(enc, y, group_folds(y, np.arange(y.size), k=5, seed=seed), seed)
+    auc, ci = None, None
+    if np.isfinite(p).all() and (y == 0).any() and (y == 1).any():
+        bm = binary_metrics(y, p, n_boot=N_BOOT, seed=seed)
+        auc, ci = float(bm.auc), list(bm.ci.get("auc", (None, None)))
+    half = np.random.default_rng(seed).random(y.size) < 0.5
+    props = properties_alone(enc, y, ~half, half, seed)
+    verdict, carriers = audit_verdict(auc, ci, props)
+    return {
+        "verdict": verdict,
+        "carriers": carriers,
+        "auc": auc,
+        "auc_ci": ci,
+        "properties": props,
+        "shortcut": verdict != "no metadata shortcut found",
+    }
 
 
 def finite(v: Any) -> bool:

@@ -508,15 +508,15 @@ def _csv(res: TriageResult, path: Path) -> None:
 
 
 def _html(res: TriageResult, md: str, figures: list[Path]) -> str:
-    from ..report import _CSS, _figure, render_markdown
+    from ..report import PAGE_CSS, figure_html, render_markdown
 
     verdict = "".join(f"<li>{html.escape(v)}</li>" for v in res.verdict)
     body = render_markdown(md)
-    figs = "".join(_figure(p) for p in figures)
+    figs = "".join(figure_html(p) for p in figures)
     title = f"facebank triage: {Path(res.new).name}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>'
-        f"{html.escape(title)}</title><style>{_CSS}</style></head><body><main>"
+        f"{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body><main>"
         f"<h1>{html.escape(title)}</h1><section><h2>Verdict</h2><ul><strong>{verdict}"
         f"</strong></ul></section>{body}<section><h2>Figures</h2>{figs}</section>"
         "</main></body></html>\n"
