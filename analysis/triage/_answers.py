@@ -478,10 +478,12 @@ def metadata_check(
     every = np.ones(y.size, dtype=bool)
     enc = encode_metadata(meta, every, every)
     p = out_of_fold_proba(enc, y, group_folds(y, np.arange(y.size), k=5, seed=seed), seed)
-    auc, ci = None, None
+    auc: float | None = None
+    ci: list[float] | None = None
     if np.isfinite(p).all() and (y == 0).any() and (y == 1).any():
         bm = binary_metrics(y, p, n_boot=N_BOOT, seed=seed)
-        auc, ci = float(bm.auc), list(bm.ci.get("auc", (None, None)))
+        auc = float(bm.auc)
+        ci = [float(v) for v in bm.ci["auc"]] if "auc" in bm.ci else None
     half = np.random.default_rng(seed).random(y.size) < 0.5
     props = properties_alone(enc, y, ~half, half, seed)
     verdict, carriers = audit_verdict(auc, ci, props)
