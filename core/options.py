@@ -130,7 +130,6 @@ class ExperimentOptions:
             "real_names": list(self.real_names),
             "protocols": list(self.protocols),
             "group_by": self.group_by,
-            "storage_options": sorted(self.storage_options) if self.storage_options else None,
             "engine_dates": os.fspath(self.engine_dates) if self.engine_dates else None,
         }
 

@@ -304,12 +304,12 @@ def test_cli_evaluate_warns_once_in_one_line_and_keeps_it(cli_bank, tmp_path, mo
     kept = json.loads((tmp_path / "ev" / "metrics.json").read_text())["warnings"]
     assert any("'tiny'" in w for w in kept)
     # a command that fails half-way leaves no run folder behind
-    from facebank.analysis import plots
+    from facebank.analysis import runfolder
 
     def disk_full(*_a, **_k):
         raise FacebankError("no space left on device")
 
-    monkeypatch.setattr(plots, "save_figure", disk_full)
+    monkeypatch.setattr(runfolder, "save_figure", disk_full)  # the one run-folder writer
     bad = _cli("evaluate", cli_bank, "--head", run, "--out", tmp_path / "ev2", "--n-boot", "0")
     assert bad.exit_code == 1 and "no space left" in _stderr(bad)
     assert not (tmp_path / "ev2").exists()
