@@ -358,3 +358,50 @@ def test_bench_triage_tiny_smoke(run_benchmark):
     assert fig["n_new"] == 25 and fig["views"] == ["original"]
     assert fig["heads"] == ["linear", "prototype"]
     assert fig["embed_s"] > 0 and fig["rest_s"] > 0 and len(fig["verdict"]) == 4
+
+
+@pytest.mark.slow  # a two-backbone experiment of 64 tiny images, then triage of 25 more
+def test_a_run_of_several_backbones_is_triaged_with_each_leading_with_the_best_row(tmp_path):
+    """``experiment --backbone a,b`` then ``triage``: every backbone answers, and the page
+    and the terminal lead with the leaderboard's best single-backbone row."""
+    from facebank.analysis.triage._run import best_leaderboard_row
+    from facebank.cli import app
+    from facebank.embed.inputs.standin import make_standin_dataset
+
+    data = make_standin_dataset(tmp_path / "data", n_per_class=16)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(
+        app,
+        [
+            "experiment", str(data), "--backbone", "tiny-cnn,tiny-vit", "--out", str(run),
+            "--views", "none", "--heads", "linear", "--device", "cpu", "--group-by", "none",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lead = best_leaderboard_row(run)
+    assert lead is not None and lead["backbone"] in ("tiny-cnn", "tiny-vit")
+    new = make_standin_dataset(tmp_path / "other", n_per_class=25, seed=1) / "real"
+    out = tmp_path / "out"
+    args = [
+        "triage",
+        str(new),
+        "--run",
+        str(run),
+        "--out",
+        str(out),
+        "--shots",
+        "0",
+        "--draws",
+        "1",
+    ]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())["triage"]
+    assert set(m["backbones"]) == {"tiny-cnn", "tiny-vit"}
+    for b in ("tiny-cnn", "tiny-vit"):
+        assert m["backbones"][b]["embedding"]["original"]["embedded"] == 25
+    page = (out / "triage.html").read_text()
+    assert lead["backbone"] in page
+    # the lead backbone is named before the other one on the page
+    other = ({"tiny-cnn", "tiny-vit"} - {lead["backbone"]}).pop()
+    assert page.index(lead["backbone"]) < page.index(other)
