@@ -405,3 +405,25 @@ def test_a_run_of_several_backbones_is_triaged_with_each_leading_with_the_best_r
     # the lead backbone is named before the other one on the page
     other = ({"tiny-cnn", "tiny-vit"} - {lead["backbone"]}).pop()
     assert page.index(lead["backbone"]) < page.index(other)
+
+
+def test_group_by_splits_new_into_sources_answered_each(world):
+    """NEW holding two unknown sources, told apart by ``--group-by engine``: each source
+    gets its own answers - the one drawn like engine a is placed on a and is not new, the
+    far one is called new."""
+    import dataclasses
+
+    d = world["d"]
+    X = np.concatenate([d["X"][world["a"]], world["far"]])
+    n_a, n_far = len(world["a"]), len(world["far"])
+    engines = np.array(["cam-x"] * n_a + ["cam-y"] * n_far)
+    sha = np.array([f"mixed-{i:04d}" for i in range(len(X))])
+    path = world["root"] / "mixed.zarr"
+    _write(path, X, engines, sha, np.full(len(X), -1))
+    res = _run_triage(world, path, "mixed", config=dataclasses.replace(NO_CURVE, group_by="engine"))
+    sources = {s.name: s for s in res.backbones[0].sources}
+    assert set(sources) == {"cam-x", "cam-y"}
+    assert sources["cam-x"].n == n_a and sources["cam-y"].n == n_far
+    assert sources["cam-x"].resemble["nearest_engine"] == "a"
+    assert sources["cam-x"].verdict[0].startswith("NOT CLEARLY NEW")
+    assert sources["cam-y"].verdict[0].startswith("NEW")
