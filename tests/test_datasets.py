@@ -146,3 +146,19 @@ def test_manifest_group_column_is_read_per_row_as_written(tmp_path):
     items = scan_source(csv).items
     # kept as written (case is part of an identity); an empty cell is no group
     assert [(it.path, it.group) for it in items] == [("a.jpg", "George_Bush"), ("b.png", "")]
+
+
+def test_a_manifest_row_may_name_an_image_on_a_store_by_its_url(tmp_path):
+    """A local manifest listing ``s3://...`` keeps the URL as the row's file and path
+    (not joined to the manifest's folder); the same URL twice is refused."""
+    from facebank.core.errors import SourceError
+    from facebank.embed.inputs.datasets import scan_source
+
+    m = tmp_path / "m.csv"
+    m.write_text("path,label,engine\ns3://bucket/new/a.png,-1,new\nlocal.png,0,real\n")
+    items = scan_source(m).items
+    assert items[0].file == items[0].path == "s3://bucket/new/a.png"
+    assert items[1].file == str(tmp_path / "local.png")
+    m.write_text("path,label,engine\ns3://b/x.png,-1,new\ns3://b/x.png,-1,new\n")
+    with pytest.raises(SourceError, match="listed again"):
+        scan_source(m)

@@ -427,3 +427,33 @@ def test_group_by_splits_new_into_sources_answered_each(world):
     assert sources["cam-x"].resemble["nearest_engine"] == "a"
     assert sources["cam-x"].verdict[0].startswith("NOT CLEARLY NEW")
     assert sources["cam-y"].verdict[0].startswith("NEW")
+
+
+def test_cli_triages_new_images_on_a_store_like_the_same_local_folder(image_run, s3_bucket):
+    """NEW as an ``s3://`` URL (the loopback server) gives the answers of the same images
+    read from the local folder; the per-image CSV keeps their URLs."""
+    import csv
+
+    import s3fs
+
+    from facebank.cli import app
+
+    fs = s3fs.S3FileSystem(anon=False)
+    url = f"{s3_bucket}/new"
+    fs.put(str(image_run["new"]), url, recursive=True)
+    outs = {}
+    for name, new in (("local", image_run["new"]), ("store", url)):
+        out = image_run["root"] / f"out-{name}"
+        args = ["triage", str(new), "--run", str(image_run["run"]), "--out", str(out)]
+        r = CliRunner().invoke(app, [*args, "--shots", "0", "--draws", "1"])
+        assert r.exit_code == 0, r.output
+        outs[name] = json.loads((out / "metrics.json").read_text())["triage"]
+        with open(next(out.glob("*.csv")), encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        if name == "store":
+            assert rows and all(row["path"].startswith(url) for row in rows), rows[:2]
+    local, store = (outs[k]["backbones"]["tiny-cnn"]["sources"] for k in ("local", "store"))
+    assert local.keys() == store.keys()
+    for src in local:
+        assert local[src]["n"] == store[src]["n"] == 25
+        assert local[src]["resemble"]["nearest_engine"] == store[src]["resemble"]["nearest_engine"]

@@ -346,6 +346,15 @@ def scan_manifest(csv_path: Path) -> Source:
                 f"{where}: split {split!r} is not valid; use one of {list(SPLITS)} or leave it "
                 "empty"
             )
+        if is_url(raw_path):  # an image on a store, listed by its URL: read from there
+            if raw_path in seen:
+                raise SourceError(
+                    f"{where}: path {raw_path!r} is listed again (line {seen[raw_path]}); "
+                    "list each image once"
+                )
+            seen[raw_path] = lineno
+            items.append(ImageItem(raw_path, label, engine, split, "", group, pair))
+            continue
         # normalised ("a/../b.png" -> "b.png"); ImageItem.file joins it to root, an
         # absolute path or one leading outside the manifest's folder is kept as written
         norm = posixpath.normpath(PurePosixPath(raw_path.replace("\\", "/")).as_posix())
