@@ -211,6 +211,9 @@ def score_cmd(
         )
     for line in _operating_lines(res.operating_points):
         typer.echo(line, err=True)
+    calibration = _calibration_line(res, out)
+    if calibration:
+        typer.echo(calibration, err=True)
     counts = res.verdict_counts()
     verdict = ", ".join(f"{counts[v]} {v}" for v in ("ai", "real", "unsure"))
     views_note = f" under {len(res.views)} views" if len(res.views) > 1 else ""
@@ -226,6 +229,37 @@ def score_cmd(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _calibration_line(res: Any, out: str) -> str | None:
+    """Calibration measures on the scored rows whose label is known (a bank's label
+    column), added to the summary JSON beside the CSV; ``None`` when there are none."""
+    y = res.labels
+    if res.probabilities is None or y is None:
+        return None
+    known = y >= 0
+    if not ((y[known] == 0).any() and (y[known] == 1).any()):
+        return None
+    from facebank.analysis.calibration_metrics import calibration_metrics
+    from facebank.core.runs import write_json
+    from facebank.heads.scoring import summary_path
+
+    m = calibration_metrics(
+        y[known],
+        res.probabilities[known],
+        prior=res.probability_prior or 0.5,
+        source="the head's probability (fitted on its validation rows)",
+    )
+    res.calibration = m.to_dict()
+    if out != "-":
+        write_json(summary_path(out), res.summary())
+    return (
+        f"calibration on the {int(known.sum())} labelled rows ({m.n_real} real, {m.n_fake} AI; "
+        f"the banks' labels): NLL {m.nll:.3f}, Cllr {m.cllr_bits:.3f} bits, Brier "
+        f"{m.brier:.3f}, ECE {m.ece:.3f} and class-balanced ECE {m.ece_class_balanced:.3f} "
+        f"({m.bins} bins), EER {m.eer:.1%}, Pd {m.pd_at_false_alarm:.1%} at false-alarm rate "
+        f"{m.false_alarm:.1%}"
+    )
 
 
 def _operating_lines(points: list[dict]) -> list[str]:

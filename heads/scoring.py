@@ -107,6 +107,12 @@ class ScoreResult:
             as in ``paths``).
         ignored: ``(path, reason)`` of non-image files under input folders.
         warnings: calibration caveats, one line each.
+        labels: (n,) the rows' labels where known (a bank's label column), -1 for images
+            (used for no score; the command layer measures calibration on them).
+        probability_prior: the AI share ``probabilities`` are calibrated at (the head's
+            validation split), or ``None``.
+        calibration: calibration measures on the labelled rows (set by the command
+            layer, ``analysis.calibration_metrics``), or ``None``.
     """
 
     out: str
@@ -123,6 +129,9 @@ class ScoreResult:
     failures: list[tuple[str, str]]
     ignored: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
+    probability_prior: float | None = None
+    calibration: dict[str, Any] | None = None
 
     @property
     def n_scored(self) -> int:
@@ -150,6 +159,7 @@ class ScoreResult:
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
             "n_ignored": len(self.ignored),
             "warnings": self.warnings,
+            "calibration": self.calibration,
         }
 
 
@@ -353,7 +363,7 @@ def score_run(
         bank_objs,
         what=f"head {getattr(head, 'path_', None) or head.name}",
     )
-    paths, blocks = _score_banks(head, bank_objs)
+    paths, blocks, bank_labels = _score_banks(head, bank_objs)
     ok, S_images, failures = _score_images(
         head,
         found.images,
@@ -396,22 +406,28 @@ def score_run(
         failures=failures,
         ignored=found.ignored,
         warnings=notes,
+        labels=np.concatenate([*bank_labels, np.full(len(ok), -1, dtype=np.int64)]),
+        probability_prior=None if cal is None else float(cal.val_prevalence),
     )
     if str(out) != "-":
         write_json(summary_path(out), res.summary())
     return res
 
 
-def _score_banks(head: BaseHead, banks: list[Any]) -> tuple[list[str], list[np.ndarray]]:
-    """Stored paths and ``(n, 1)`` score blocks of the banks' rows, bank after bank."""
+def _score_banks(
+    head: BaseHead, banks: list[Any]
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Stored paths, ``(n, 1)`` score blocks and labels of the banks' rows, bank after bank."""
     paths: list[str] = []
     blocks: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for b in banks:
         check_backbone(head, b.backbone, what=f"bank {str(getattr(b, 'path', b))!r}")
         paths.extend(str(p) for p in np.asarray(b.paths, dtype=str))
+        labels.append(np.asarray(b.labels, dtype=np.int64))
         for _, _, X in b.iter_features() if len(b) else []:
             blocks.append(head.decision_function(X).reshape(-1, 1))
-    return paths, blocks
+    return paths, blocks, labels
 
 
 def _score_images(

@@ -97,6 +97,26 @@ def test_bank_scores_carry_a_calibrated_probability(bank_run, tmp_path):
     assert summary["n_scored"] == len(bank) and summary["prevalence"] == 0.01
 
 
+def test_score_summary_measures_calibration_on_the_banks_labels(bank_run, tmp_path):
+    """Scoring a labelled bank: NLL, Cllr, Brier, ECE, EER and Pd on its labelled rows,
+    printed and in the summary JSON, equal to the measures computed from the CSV."""
+    import json
+
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    bank, run = bank_run
+    res = invoke("score", bank.path, "--head", run, "--out", tmp_path / "s.csv")
+    assert res.exit_code == 0, res.output
+    assert "calibration on the" in res.output and "Cllr" in res.output
+    cal = json.loads((tmp_path / "s.summary.json").read_text())["calibration"]
+    p = np.array([float(r["probability"]) for r in rows_of((tmp_path / "s.csv").read_text())])
+    y = np.asarray(bank.labels, dtype=np.int64)
+    known = y >= 0
+    assert cal["n_real"] + cal["n_fake"] == int(known.sum())
+    assert cal["nll"] == pytest.approx(log_loss(y[known], p[known]), rel=1e-6)
+    assert cal["brier"] == pytest.approx(brier_score_loss(y[known], p[known]), rel=1e-6)
+
+
 def test_few_validation_rows_warn_in_score(bank_run, tmp_path):
     bank, run = bank_run
     head = load_head(run)
@@ -221,3 +241,13 @@ def test_long_work_is_embedded_in_blocks_behind_a_progress_bar(bank_run, tmp_pat
     crosses = (res.view_scores[:, 0] > res.threshold) != (res.view_scores[:, 1] > res.threshold)
     assert crosses.any() and (res.verdicts[crosses] == "unsure").all()
     assert (res.verdicts[~crosses] != "unsure").all()
+
+
+def test_scoring_images_without_labels_measures_no_calibration(image_run, tmp_path):
+    src, run = image_run
+    res = invoke("score", src / "real", "--head", run, "--out", tmp_path / "s.csv")
+    assert res.exit_code == 0, res.output
+    assert "calibration on the" not in res.output
+    import json
+
+    assert json.loads((tmp_path / "s.summary.json").read_text())["calibration"] is None
