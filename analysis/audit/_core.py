@@ -306,15 +306,15 @@ def audit(
         unc = _uncertain(y, test, propensity, (lo_b, hi_b), notes)
         if cv == "auto":
             cv = CV_FOLDS if unc["n"] < AUTO_CV_BELOW else None
-        crossfit = None
-        if cv is not None:
-            crossfit, propensity = cross_fit(
-                enc, y, k=int(cv), groups=groups,
-                heads=_refit_heads(head_dirs, cv_heads, bank, seed),
-                load_features=bank.load_features, engines=engines,
-                band=(lo_b, hi_b), balance=balance, seed=seed,
-            )  # fmt: skip
-            unc = _uncertain(y, test, propensity, (lo_b, hi_b), [])
+    crossfit = None
+    if cv is not None:  # (the metadata fits inside keep one OpenMP thread; the heads all)
+        crossfit, propensity = cross_fit(
+            enc, y, k=int(cv), groups=groups,
+            heads=_refit_heads(head_dirs, cv_heads, bank, seed),
+            load_features=bank.load_features, engines=engines,
+            band=(lo_b, hi_b), balance=balance, seed=seed,
+        )  # fmt: skip
+        unc = _uncertain(y, test, propensity, (lo_b, hi_b), [])
     if model.get("auc") is not None:
         p_model = _baseline_scores(enc, y, train, seed)
         model.update(_balanced_block(y, p_model, propensity, test, seed))

@@ -65,6 +65,14 @@ def _auc_block(y, s, e, band, seed) -> dict[str, Any]:
     return out
 
 
+def _one_openmp_thread() -> Any:
+    """The metadata model's boosted trees in one OpenMP thread (two threads spin-waiting
+    on a loaded 2-core machine were 20x slower); the heads' fits keep every thread."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
 def cross_fit(
     enc: MetadataCodes,
     y: np.ndarray,
@@ -112,7 +120,8 @@ def cross_fit(
     for i, (_, held) in enumerate(folds):
         if min((y[held] == 0).sum(), (y[held] == 1).sum()) < 2:
             notes.append(f"fold {i}: fewer than 2 rows of a class among its {held.size} rows")
-    e = out_of_fold_proba(enc, y, folds, seed)
+    with _one_openmp_thread():
+        e = out_of_fold_proba(enc, y, folds, seed)
     ye, ee = y[rows], e[rows]
     block: dict[str, Any] = {
         "k": len(folds),
@@ -140,7 +149,8 @@ def cross_fit(
             for fit, held in folds:
                 use = fit
                 if variant == "balanced":
-                    use, info = balance_rows(enc, y, fit, groups=groups, k=k, seed=seed)
+                    with _one_openmp_thread():
+                        use, info = balance_rows(enc, y, fit, groups=groups, k=k, seed=seed)
                     for note in info.get("notes", []):
                         notes.append(f"{name} balanced: {note}")
                 model = clone(est)
