@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,11 +44,25 @@ def float64_copy(module: ModuleT, device: str) -> ModuleT:
     return copy.deepcopy(module).to(device=device, dtype=torch.float64).eval()
 
 
+def fixed_blocks(X: np.ndarray, *, dtype: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """``(rows, block)`` over ``X``: each block ``EVAL_BLOCK`` rows of ``dtype``, its first
+    ``rows`` rows the next rows of ``X`` and the rest zeros, so every block has one shape.
+
+    The block is one buffer reused from block to block: use its results before the next.
+    """
+    block = np.zeros((EVAL_BLOCK, X.shape[1]), dtype=dtype)
+    for i in range(0, X.shape[0], EVAL_BLOCK):
+        rows = min(EVAL_BLOCK, X.shape[0] - i)
+        block[:rows] = X[i : i + rows]
+        block[rows:] = 0
+        yield rows, block
+
+
 @torch.no_grad()
 def predict_blocks(
     fn: Callable[[torch.Tensor], torch.Tensor], X: np.ndarray, device: str
 ) -> np.ndarray:
-    """Apply ``fn`` to ``X`` in fixed blocks of ``EVAL_BLOCK`` float64 rows on ``device``.
+    """Apply ``fn`` to ``X`` in :func:`fixed_blocks` of float64 rows on ``device``.
 
     The contract of every head's scores (sklearn's ``check_methods_subset_invariance``,
     and thresholds that keep their false-positive count when scores are recomputed): a
@@ -60,15 +74,10 @@ def predict_blocks(
     Returns:
         float64 numpy array, ``(n_samples, ...)`` as ``fn`` returns per row.
     """
-    n = X.shape[0]
-    out = []
-    block = np.zeros((EVAL_BLOCK, X.shape[1]), dtype=np.float64)
-    for i in range(0, n, EVAL_BLOCK):
-        rows = min(EVAL_BLOCK, n - i)
-        block[:rows] = X[i : i + rows]
-        block[rows:] = 0.0
-        res = fn(torch.from_numpy(block).to(device))
-        out.append(res[:rows].double().cpu().clone())
+    out = [
+        fn(torch.from_numpy(block).to(device))[:rows].double().cpu().clone()
+        for rows, block in fixed_blocks(X, dtype=np.float64)
+    ]
     return torch.cat(out).numpy()
 
 

@@ -37,7 +37,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from facebank.core.errors import DataError, HeadError, UnknownNameError
 
 from ._faiss import build_index, search, set_knobs, train_sample_rows
-from ._torch import EVAL_BLOCK
+from ._torch import fixed_blocks
 from .base import AT_LEAST_ONE, SEED, BaseHead
 
 __all__ = ["KNNHead"]
@@ -256,14 +256,8 @@ class KNNHead(BaseHead):
         blocks of one shape keeps a row's neighbours and score independent of its batch.
         """
         k = min(int(k or self.k), self.index_.ntotal)
-        Xp = self._prep(X)
-        n = len(Xp)
-        block = np.zeros((EVAL_BLOCK, Xp.shape[1]), dtype=np.float32)
         Ds, Is = [], []
-        for i in range(0, n, EVAL_BLOCK):
-            rows = min(EVAL_BLOCK, n - i)
-            block[:rows] = Xp[i : i + rows]
-            block[rows:] = 0.0
+        for rows, block in fixed_blocks(self._prep(X), dtype=np.float32):
             D, I = self._search(block, k)  # noqa: E741
             Ds.append(D[:rows].copy())
             Is.append(I[:rows].copy())
