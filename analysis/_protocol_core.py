@@ -125,6 +125,24 @@ class ProtocolData:
             )
 
 
+def protocol_config(res: Any, d: ProtocolData, **fields: Any) -> dict[str, Any]:
+    """A protocol run's ``config.json``: the banks, views, head, its parameters, seed and
+    FPR, the splits' source and which split chose the threshold (validation reals) and
+    which one is tested; ``fields`` add to it or override the defaults."""
+    return {
+        "banks": d.banks,
+        "views": d.views,
+        "head": res.head,
+        "params": res.params,
+        "seed": res.seed,
+        "fpr": res.fpr,
+        "splits": d.split_source,
+        "threshold_split": "val (reals only)",
+        "test_split": "test",
+        **fields,
+    }
+
+
 def load_protocol_data(banks: Any, seed: int) -> ProtocolData:
     """Read banks of one backbone and one view into memory, with their splits.
 

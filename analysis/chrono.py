@@ -31,7 +31,7 @@ from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import md_section
-from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
+from ._protocol_core import ProtocolData, load_protocol_data, protocol_config, train_and_test
 from .metrics import fpr_label
 from .runfolder import RunContents, write_run
 
@@ -320,21 +320,15 @@ def _rate_cutoff(
 
 
 def _contents(res: ChronoResult, d: ProtocolData, date_source: str) -> RunContents:
-    config = {
-        "banks": d.banks,
-        "views": d.views,
-        "head": res.head,
-        "params": res.params,
-        "seed": res.seed,
-        "fpr": res.fpr,
-        "window": res.window,
-        "engine_dates": res.dates,
-        "engine_dates_source": date_source,
-        "splits": res.split_source,
-        "fit_split": "train, engines released up to the cut-off",
-        "threshold_split": "val (reals only)",
-        "test_split": "later engines: all rows; trained engines and reals: test",
-    }
+    config = protocol_config(
+        res,
+        d,
+        window=res.window,
+        engine_dates=res.dates,
+        engine_dates_source=date_source,
+        fit_split="train, engines released up to the cut-off",
+        test_split="later engines: all rows; trained engines and reals: test",
+    )
     metrics = {
         "protocol": "chrono",
         "fpr": res.fpr,

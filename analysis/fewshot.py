@@ -35,7 +35,7 @@ from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import md_section
-from ._protocol_core import ProtocolData, load_protocol_data, train_and_test
+from ._protocol_core import ProtocolData, load_protocol_data, protocol_config, train_and_test
 from .metrics import fpr_label, proportion_interval
 from .runfolder import RunContents, write_run
 
@@ -347,22 +347,15 @@ def _average(curve: list[dict[str, Any]], ks: list[int], held: list[str]) -> lis
 
 
 def _contents(res: FewShotResult, d: ProtocolData) -> RunContents:
-    config = {
-        "banks": d.banks,
-        "views": d.views,
-        "head": res.head,
-        "params": res.params,
-        "shots": res.shots,
-        "draws": res.draws,
-        "shot_weight": res.shot_weight,
-        "seed": res.seed,
-        "fpr": res.fpr,
-        "engines": res.engines,
-        "splits": res.split_source,
-        "fit_split": "train (other engines) + k draws from the held-out engine's train split",
-        "threshold_split": "val (reals only)",
-        "test_split": "test",
-    }
+    config = protocol_config(
+        res,
+        d,
+        shots=res.shots,
+        draws=res.draws,
+        shot_weight=res.shot_weight,
+        engines=res.engines,
+        fit_split="train (other engines) + k draws from the held-out engine's train split",
+    )
     metrics = {
         "protocol": "few-shot",
         "fpr": res.fpr,

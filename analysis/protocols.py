@@ -23,7 +23,13 @@ from facebank.core.runs import markdown_table
 from facebank.embed.bank.types import BanksLike
 
 from ._evalcommon import fmt_ci, md_section
-from ._protocol_core import ProtocolData, load_protocol_data, rate_of, train_and_test
+from ._protocol_core import (
+    ProtocolData,
+    load_protocol_data,
+    protocol_config,
+    rate_of,
+    train_and_test,
+)
 from .metrics import BinaryMetrics, binary_metrics, fpr_label, per_engine_table
 from .runfolder import RunContents, write_run
 
@@ -145,7 +151,7 @@ def _in_engine_contents(
     text += md_section("Test metrics", markdown_table(metrics.table_rows(), digits=4))
     return RunContents(
         command="protocol in-engine",
-        config=_config(res, d),
+        config=protocol_config(res, d),
         metrics=summary,
         pages={"metrics.md": text},
         figures={
@@ -159,20 +165,6 @@ def _in_engine_contents(
             "per_engine.png": lambda: engine_bars_figure(rows, title="in-engine test split"),
         },
     )
-
-
-def _config(res: Any, d: ProtocolData) -> dict[str, Any]:
-    return {
-        "banks": d.banks,
-        "views": d.views,
-        "head": res.head,
-        "params": res.params,
-        "seed": res.seed,
-        "fpr": res.fpr,
-        "splits": d.split_source,
-        "threshold_split": "val (reals only)",
-        "test_split": "test",
-    }
 
 
 @dataclasses.dataclass
@@ -385,7 +377,7 @@ def _loeo_contents(res: LoeoResult, d: ProtocolData) -> RunContents:
     title = f"TPR at FPR {fpr_label(res.fpr)} ({res.head}, view {', '.join(d.views)})"
     return RunContents(
         command="protocol loeo",
-        config=_config(res, d),
+        config=protocol_config(res, d),
         metrics=res.to_dict(),
         pages={"loeo.md": text},
         figures={
