@@ -15,7 +15,7 @@ import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from facebank.core.runs import start_run, write_json
 
@@ -47,11 +47,14 @@ class RunContents:
 
 
 def csv_text(
-    fields: Sequence[str], rows: Iterable[Mapping[str, Any]], *, extrasaction: str = "ignore"
+    fields: Sequence[str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    extrasaction: Literal["raise", "ignore"] = "ignore",
 ) -> str:
     """``rows`` as CSV text with header ``fields`` (keys outside ``fields`` dropped)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction=extrasaction)  # type: ignore[arg-type]
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction=extrasaction)
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

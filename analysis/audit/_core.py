@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from facebank.core.errors import DataError, HeadError
 from facebank.core.splits import resolve_groups
@@ -34,7 +33,7 @@ from .._evalcommon import (
 )
 from ..balanced import balanced_auc
 from ..metrics import binary_metrics, threshold_at_fpr
-from ._crossfit import cross_fit
+from ._crossfit import cross_fit, one_openmp_thread
 from ._properties import distributions, properties_alone, straddling_groups
 from ._result import AuditResult
 from ._rule import (
@@ -299,8 +298,7 @@ def audit(
     groups = groups if groups is not None else resolve_groups(bank, group_by)[0]
     enc = encode_metadata(meta, labelled, train)
     _unread_note(meta, enc, labelled, notes)
-    # one OpenMP thread: on a loaded machine two threads' spin-waiting was 20x slower
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with one_openmp_thread():
         model = _baseline(enc, y, train, val, test, fpr=fpr, seed=seed, notes=notes)
         propensity = _split_propensity(enc, y, labelled, groups, seed, notes)
         unc = _uncertain(y, test, propensity, (lo_b, hi_b), notes)

@@ -65,7 +65,7 @@ def _auc_block(y, s, e, band, seed) -> dict[str, Any]:
     return out
 
 
-def _one_openmp_thread() -> Any:
+def one_openmp_thread() -> Any:
     """The metadata model's boosted trees in one OpenMP thread (two threads spin-waiting
     on a loaded 2-core machine were 20x slower); the heads' fits keep every thread."""
     from threadpoolctl import threadpool_limits
@@ -120,7 +120,7 @@ def cross_fit(
     for i, (_, held) in enumerate(folds):
         if min((y[held] == 0).sum(), (y[held] == 1).sum()) < 2:
             notes.append(f"fold {i}: fewer than 2 rows of a class among its {held.size} rows")
-    with _one_openmp_thread():
+    with one_openmp_thread():
         e = out_of_fold_proba(enc, y, folds, seed)
     ye, ee = y[rows], e[rows]
     block: dict[str, Any] = {
@@ -149,7 +149,7 @@ def cross_fit(
             for fit, held in folds:
                 use = fit
                 if variant == "balanced":
-                    with _one_openmp_thread():
+                    with one_openmp_thread():
                         use, info = balance_rows(enc, y, fit, groups=groups, k=k, seed=seed)
                     for note in info.get("notes", []):
                         notes.append(f"{name} balanced: {note}")
