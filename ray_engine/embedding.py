@@ -65,9 +65,11 @@ from facebank.embed.bank.partitions import (
     write_partition,
 )
 from facebank.embed.inputs.datasets import ImageItem, scan_source
-from facebank.embed.inputs.decode import model_input, pixel_transform
+from facebank.embed.inputs.decode import pixel_transform
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
 from facebank.embed.runner.loader import (
+    Encoder,
+    Transforms,
     input_side,
     load_one,
     make_backbone,
@@ -163,7 +165,7 @@ def _decode_batch(
     """Ray task: files (paths or store URLs) -> sha256, transformed pixels, metadata
     (failures as reasons).
 
-    ``transform`` returns one tensor per backbone (``embed.multi.Transforms``): each
+    ``transform`` returns one tensor per backbone (``embed.runner.loader.Transforms``): each
     image is read and decoded once, and each backbone's own transform is applied to it;
     member ``k``'s pixels are ``pixels_k``."""
     n = len(batch["index"])
@@ -222,7 +224,8 @@ class _EncodeBatches:
         if device == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.members = member_backbones(spec, device=device, weights=weights)
-        self.pixels = [pixel_transform(bb.transform) for bb, _ in self.members]
+        # the local engines' model call: uint8 normalised on the device, freed memory kept
+        self.encoders = [Encoder(bb, compile=False, batch_size=1) for bb, _ in self.members]
         self.dim = int(as_spec(spec).dim)  # (member_backbones checked the members add up)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -232,11 +235,9 @@ class _EncodeBatches:
         features = np.zeros((len(ok), self.dim), dtype=np.float32)
         if ok.any():
             parts = []
-            for k, (bb, cols) in enumerate(self.members):
+            for k, (encoder, (_, cols)) in enumerate(zip(self.encoders, self.members, strict=True)):
                 x = torch.from_numpy(np.ascontiguousarray(batch[f"pixels_{k}"][ok]))
-                with torch.inference_mode():
-                    out = bb.encode(model_input(x, bb, self.pixels[k]))
-                parts.append(out.float().cpu().numpy()[:, cols])
+                parts.append(encoder(x)[:, cols])
             features[ok] = np.concatenate(parts, axis=1)
         result = {k: v for k, v in batch.items() if not k.startswith("pixels_")}
         result["features"] = features
@@ -287,8 +288,6 @@ def build_dataset(
     Returns a ``ray.data.Dataset`` whose batches hold ``index`` (from ``ids``), ``sha``,
     ``reason`` ("" when embedded), ``features`` ``(n, dim)`` and ``meta_<column>``.
     """
-    from facebank.embed.runner.multi import Transforms
-
     members = [bb for bb, _ in backbone] if isinstance(backbone, list) else [backbone]
     if spec is None:
         spec = members[0].spec

@@ -239,8 +239,8 @@ def test_cli_decode_threads_workers_and_the_verbose_runtime_line(tmp_path, caplo
 
 def test_ray_decode_tasks_send_uint8_and_the_actor_matches_the_local_encoder(tmp_path):
     """The Ray engine's two halves, called in this process (no cluster needed)."""
+    from facebank.embed.runner.loader import Transforms
     from facebank.embed.runner.local import encode_images
-    from facebank.embed.runner.multi import Transforms
     from facebank.ray_engine.embedding import _decode_batch, _EncodeBatches
 
     bb = _backbone("tiny-cnn")
@@ -273,3 +273,105 @@ def test_the_ray_engine_refuses_threads_and_decode_gpu_by_name():
     with pytest.raises(ValueError, match="--decode gpu"):
         ray_options_for(EmbedOptions(decode="gpu"), RayOptions())
     assert ray_options_for(EmbedOptions(decode="cpu"), RayOptions()) is not None
+
+
+# ---------------------------------------------------------------- the heap
+_FAULTS = """
+import resource, sys, torch
+from facebank.core.memory import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "keep" else "untouched")
+
+def batch():  # a model's activations: 64 MiB and 21 MiB, allocated, written, freed
+    x = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+    y = torch.empty(21 << 20, dtype=torch.uint8).fill_(1)
+    del x, y
+
+for _ in range(10):  # warm-up: the heap grows to what a batch needs
+    batch()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(10):  # the next batches
+    batch()
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(after.ru_minflt - usage.ru_minflt, after.ru_maxrss - usage.ru_maxrss)
+"""
+
+
+def _faults(mode: str, **env: str) -> tuple[str, int, int]:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    ).stdout.split()
+    return out[0], int(out[1]), int(out[2])
+
+
+def test_freed_memory_is_kept_so_the_next_batch_does_not_fault_its_buffers_in_again():
+    """glibc gives freed buffers of a batch (85 MiB) back to the kernel and faults the
+    next batch's in page by page (21,760 pages); kept, the next batches reuse them, and
+    the process grows no further once warm."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the heap is tuned on glibc only")
+    _, untouched, _ = _faults("plain")
+    heap, kept, grew_kib = _faults("keep")
+    assert untouched >= 10 * 21_760 / 2, untouched  # (huge pages would fault less)
+    assert heap == "kept" and kept < 1_000, kept
+    assert grew_kib < 1024, grew_kib
+    assert _faults("keep", FACEBANK_MALLOC="system")[0] == "system"
+
+
+def test_the_plan_records_the_heap_and_says_it_with_v():
+    plan = plan_threads(device_type="cpu", cores=2, heap="kept")
+    assert plan.as_dict()["heap"] == "kept"
+    assert "freed memory kept for the next batch" in plan.describe()
+    assert "heap: system" in plan_threads(device_type="cpu", cores=2).describe()
+
+
+# ---------------------------------------------------------------- several backbones
+def test_several_backbones_send_uint8_plan_threads_and_refuse_decode_gpu(tmp_path, monkeypatch):
+    """The several-backbones engine honours --threads and --workers as embed does (the plan
+    recorded in each bank), moves uint8 pixels to every backbone, and refuses --decode
+    gpu in one line naming itself."""
+    from facebank.embed import FeatureBank, embed_source
+    from facebank.embed.runner import loader
+    from facebank.embed.runner.multi import embed_source_multi
+
+    src = tmp_path / "src"
+    _mixed_source(src, n=4)
+    sent = []
+    real_collate = loader.collate_each
+
+    def spy(batch):
+        out = real_collate(batch)
+        sent.extend(x.dtype for x in out["x"] or [])
+        return out
+
+    monkeypatch.setattr("facebank.embed.runner.multi.collate_each", spy)
+    names, outs = ["tiny-cnn", "tiny-vit"], [tmp_path / "c.zarr", tmp_path / "v.zarr"]
+    kw = {"device": "cpu", "batch_size": 4, "progress": False, "dtype": "float32"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="--decode 'gpu' is not supported by the several-b"):
+            embed_source_multi(src, backbones=names, outs=outs, decode="gpu", **kw)
+        assert not any(o.exists() for o in outs)  # refused before any work
+        summaries = embed_source_multi(
+            src, backbones=names, outs=outs, threads=1, num_workers=0, **kw
+        )
+        # (tiny-cnn has the larger input: the JPEG draft size of both runs is its)
+        single = embed_source(src, backbone="tiny-cnn", out=tmp_path / "one.zarr", threads=1, **kw)
+    assert sent and set(sent) == {torch.uint8}
+    for s, out in zip(summaries, outs, strict=True):
+        rt = FeatureBank.open(out).meta["embed_runtime"]
+        assert s.runtime == rt and (rt["workers"], rt["torch_threads"]) == (0, 1)
+        assert rt["chosen"] == "given workers and threads" and rt["decode"] == "cpu"
+    # uint8 pixels normalised by each backbone's Encoder: the one-backbone bank exactly
+    cnn, one = FeatureBank.open(outs[0]), FeatureBank.open(tmp_path / "one.zarr")
+    assert single.embedded == summaries[0].embedded == 7
+    np.testing.assert_array_equal(cnn.load_features(), one.load_features())

@@ -94,7 +94,10 @@ class PixelTransform:
             img = step(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        # HWC -> CHW in numpy: a torch copy of this size runs on its OpenMP threads, whose
+        # spin-wait afterwards takes a core from the decoders and the model
+        chw = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(chw))
 
     @property
     def runs_on_tensors(self) -> bool:
@@ -379,6 +382,8 @@ class ThreadPlan:
         torch_threads: torch intra-op threads of the model.
         decode: ``"cpu"`` or ``"gpu"``.
         chosen: ``"auto"``, or which of ``workers``/``threads`` were given.
+        heap: ``"kept"`` when freed memory stays in the heap for the next batch
+            (:func:`core.memory.keep_freed_memory`), else ``"system"`` and why.
     """
 
     cores: int
@@ -387,6 +392,7 @@ class ThreadPlan:
     torch_threads: int
     decode: str
     chosen: str
+    heap: str = "system"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -397,9 +403,10 @@ class ThreadPlan:
             if self.workers
             else f"decoding in this process on {self.decode_threads} thread(s) between batches"
         )
+        heap = "freed memory kept for the next batch" if self.heap == "kept" else self.heap
         return (
             f"{self.cores} core(s): {where}, model on {self.torch_threads} torch thread(s), "
-            f"decode {self.decode} ({self.chosen})"
+            f"decode {self.decode} ({self.chosen}), heap: {heap}"
         )
 
 
@@ -424,6 +431,7 @@ def plan_threads(
     workers: int | None = None,
     threads: int | None = None,
     cores: int | None = None,
+    heap: str = "system",
 ) -> ThreadPlan:
     """Decoder workers and torch threads that do not oversubscribe ``cores``.
 
@@ -437,6 +445,7 @@ def plan_threads(
       rest run the model, so the sum never exceeds the cores.
 
     ``workers`` and ``threads`` override; with one given, the other is chosen to fit.
+    ``heap`` is recorded as given (the :class:`~facebank.embed.runner.loader.Encoder`'s).
     """
     n = max(1, int(cores if cores is not None else available_cores()))
     given = [k for k, v in (("workers", workers), ("threads", threads)) if v is not None]
@@ -465,6 +474,7 @@ def plan_threads(
         torch_threads=int(t),
         decode=decode,
         chosen=chosen,
+        heap=heap,
     )
 
 

@@ -19,16 +19,25 @@ from typing import Any
 
 import numpy as np
 
+from facebank.core.memory import keep_freed_memory
 from facebank.embed.backbones.spec import Layer
 from facebank.embed.inputs.datasets import ImageItem
-from facebank.embed.inputs.decode import load_one, model_input, pixel_transform
+from facebank.embed.inputs.decode import (
+    ThreadPlan,
+    iter_in_threads,
+    load_one,
+    model_input,
+    pixel_transform,
+)
 
 __all__ = [
     "Encoder",
     "ImageDataset",
     "ItemFiles",
-    "auto_workers",
+    "Transforms",
     "collate",
+    "collate_each",
+    "decoded_batches",
     "input_side",
     "load_one",
     "make_backbone",
@@ -102,6 +111,31 @@ def collate(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[s
     }
 
 
+class Transforms:
+    """Apply each backbone's own transform to one decoded image: a tuple of tensors."""
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, img: Any) -> tuple[Any, ...]:
+        return tuple(t(img) for t in self.transforms)
+
+
+def collate_each(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
+    """The collate of :class:`Transforms`: ``x`` is one stacked batch per backbone."""
+    import torch
+
+    ok = [b for b in batch if b[2] is not None]
+    k = len(ok[0][2]) if ok else 0
+    return {
+        "index": [b[0] for b in ok],
+        "sha": [b[1] for b in ok],
+        "x": [torch.stack([b[2][j] for b in ok]) for j in range(k)] if ok else None,
+        "meta": [b[4] for b in ok],
+        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
+    }
+
+
 def worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
     import torch
 
@@ -118,17 +152,6 @@ def worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def auto_workers(device_type: str) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cores = os.cpu_count() or 1
-    if device_type == "cuda":
-        return max(1, min(cores - 1, 16))  # decoding is the GPU's bottleneck: use every core
-    # on CPU the model needs cores too; half of them decode
-    return max(1, min(cores // 2, 8))
 
 
 def make_loader(
@@ -164,11 +187,46 @@ def make_loader(
     )
 
 
-class Encoder:
-    """Backbone call policy: optional torch.compile with one static batch shape.
+def decoded_batches(
+    dataset: ImageDataset,
+    batches: list[list[int]],
+    plan: ThreadPlan,
+    *,
+    device_type: str,
+    collate: Callable[[list[Any]], dict[str, Any]] = collate,
+    locks: Sequence[Any] = (),
+) -> Iterator[dict[str, Any]]:
+    """Collated batches as ``plan`` says: from decoder processes, or from threads of this
+    process between forward passes (``plan.workers == 0``).
 
-    ``Backbone.encode`` itself runs under ``torch.inference_mode`` with bf16 autocast
-    on CUDA (and full float32 on CPU).
+    ``locks``: the banks' locks, whose local descriptors the worker processes must not keep.
+    """
+    if plan.workers == 0:
+        return iter_in_threads(
+            dataset.__getitem__, batches, collate=collate, threads=plan.decode_threads
+        )
+    return make_loader(
+        dataset,
+        batches,
+        num_workers=min(plan.workers, len(batches)),
+        pin=device_type == "cuda",
+        # (a local flock has a descriptor to keep out of the workers; a lease has none)
+        close_fds=tuple(
+            lk.fileno() for lk in locks if getattr(lk, "held", False) and hasattr(lk, "fileno")
+        ),
+        collate=collate,
+    )
+
+
+class Encoder:
+    """The model's side of every engine: uint8 pixels -> features, one call per batch.
+
+    Normalises uint8 pixels on the model's device (:class:`PixelTransform`), runs
+    ``Backbone.encode`` (``torch.inference_mode``; bf16 autocast on CUDA, float32 on the
+    CPU), optionally under ``torch.compile`` with one static batch shape. Creating one
+    keeps freed memory in this process's heap (:func:`core.memory.keep_freed_memory`:
+    without it a CPU forward pass spends as long page-faulting its buffers as computing);
+    ``heap`` says what the heap does, for the run's provenance.
     """
 
     def __init__(self, backbone: Any, *, compile: bool, batch_size: int) -> None:
@@ -178,6 +236,7 @@ class Encoder:
         self.device = torch.device(backbone.device)
         self.batch_size = batch_size
         self.compiled = bool(compile)
+        self.heap = keep_freed_memory()
         # uint8 pixels from the decoders are normalised here, on the model's device
         self.pixels = pixel_transform(backbone.transform)
         if compile:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,7 @@ from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.inputs.datasets import Source, scan_source
 from facebank.embed.inputs.decode import (
     DeviceDecoder,
-    ThreadPlan,
     collate_mixed,
-    iter_in_threads,
     plan_threads,
     resolve_decode,
     torch_threads,
@@ -48,10 +46,12 @@ from facebank.embed.runner.loader import (
     Encoder,
     ImageDataset,
     ItemFiles,
+    Transforms,
     collate,
+    collate_each,
+    decoded_batches,
     input_side,
     make_backbone,
-    make_loader,
     progress_bar,
 )
 from facebank.embed.runner.options import EmbedOptions
@@ -170,8 +170,9 @@ def _run(
     encoder = Encoder(bb, compile=compile, batch_size=batch_size)
     mode = resolve_decode(decode, device_type=encoder.device.type, view=vw, pixels=encoder.pixels)
     plan = plan_threads(
-        device_type=encoder.device.type, decode=mode, workers=num_workers, threads=threads
-    )
+        device_type=encoder.device.type, decode=mode, workers=num_workers, threads=threads,
+        heap=encoder.heap,
+    )  # fmt: skip
     _log.info("embed: %s", plan.describe())
     bank.update_attrs({"embed_runtime": plan.as_dict()})  # provenance of the latest run
     dataset = ImageDataset(
@@ -188,7 +189,11 @@ def _run(
         else None
     )
     writer = RowWriter(bank, state, ignored=src.ignored, flush_rows=flush_rows)
-    loader = _batches(dataset, batches, plan, encoder.device.type, bank, on_device is not None)
+    loader = decoded_batches(
+        dataset, batches, plan, device_type=encoder.device.type,
+        collate=collate_mixed if on_device is not None else collate,
+        locks=[getattr(bank, "_lock", None)],
+    )  # fmt: skip
     # (escaped: rich would take "[original]" for a markup tag)
     description = f"embed {bb.spec.get('name', '?')} \\[{vw.name}]"
     t_loop = time.perf_counter()
@@ -226,34 +231,6 @@ def _run(
     return summary
 
 
-def _batches(
-    dataset: ImageDataset,
-    batches: list[list[int]],
-    plan: ThreadPlan,
-    device_type: str,
-    bank: FeatureBank,
-    mixed: bool,
-) -> Iterator[dict[str, Any]]:
-    """Collated batches from decoder processes, or from threads of this process."""
-    coll = collate_mixed if mixed else collate
-    if plan.workers == 0:
-        return iter_in_threads(
-            dataset.__getitem__, batches, collate=coll, threads=plan.decode_threads
-        )
-    lock = getattr(bank, "_lock", None)
-    return make_loader(
-        dataset,
-        batches,
-        num_workers=min(plan.workers, len(batches)),
-        pin=device_type == "cuda",
-        # (a local flock has a descriptor to keep out of the workers; a lease has none)
-        close_fds=(lock.fileno(),)
-        if getattr(lock, "held", False) and hasattr(lock, "fileno")
-        else (),
-        collate=coll,
-    )
-
-
 def encode_images(
     paths: Sequence[str | os.PathLike],
     *,
@@ -262,7 +239,7 @@ def encode_images(
     device: str = "auto",
     weights: str | os.PathLike | None = None,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> EncodedImages:
     """Embed loose image files (for ``facebank score IMAGES`` and neighbour queries).
 
@@ -273,22 +250,51 @@ def encode_images(
         view: view string applied before the backbone.
         device, weights: as for :func:`embed_source`.
         batch_size: images per forward pass.
-        num_workers: decoding processes (0 = in this process; fine for a few images).
+        num_workers: decoding processes (0 = threads of this process between forward
+            passes, ``None`` = chosen from the machine as ``embed`` does).
 
     Returns:
         :class:`EncodedImages` with ``features`` ``(n_ok, D)`` float32.
     """
+    bb = make_backbone(backbone, device=device, weights=weights, image_size=None)
+    return encode_files(
+        [(bb, slice(None))], paths, view=view, batch_size=batch_size, num_workers=num_workers
+    )
+
+
+def encode_files(
+    built: Sequence[tuple[Any, slice]],
+    paths: Sequence[str | os.PathLike],
+    *,
+    view: str,
+    batch_size: int,
+    num_workers: int | None,
+) -> EncodedImages:
+    """Loose files -> the features of one or several backbones side by side.
+
+    The one loop of every engine that embeds images for a head rather than for a bank
+    (``score``, ``explain``, ``neighbours query``, triage): each file is read, hashed
+    and decoded once, each backbone's own transform applied to the one decoded image,
+    the pixels sent as uint8, the decoders and torch threads planned from the machine
+    (:func:`~facebank.embed.inputs.decode.plan_threads`) as ``embed`` plans them.
+
+    Args:
+        built: ``(backbone, columns of its output to keep)`` in column order
+            (:func:`~facebank.embed.runner.multi.member_backbones`).
+    """
     from facebank.embed.inputs.views import parse_view
 
     vw = parse_view(view)
-    bb = make_backbone(backbone, device=device, weights=weights, image_size=None)
     files = [str(p) for p in paths]
-    encoder = Encoder(bb, compile=False, batch_size=batch_size)
+    encoders = [Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
+    plan = plan_threads(
+        device_type=encoders[0].device.type, workers=num_workers, heap=encoders[0].heap
+    )
     dataset = ImageDataset(
         files,
         view=vw,
-        transform=encoder.pixels or bb.transform,
-        draft_size=vw.draft_size(input_side(bb.spec)),
+        transform=Transforms([e.pixels or e.backbone.transform for e in encoders]),
+        draft_size=vw.draft_size(max(input_side(bb.spec) for bb, _ in built)),
     )
     batches = [
         list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
@@ -297,16 +303,19 @@ def encode_images(
     ok: list[str] = []
     shas: list[str] = []
     failures: list[tuple[str, str]] = []
-    workers = min(int(num_workers), len(batches))
-    for batch in make_loader(dataset, batches, num_workers=workers, pin=False):
-        failures.extend((files[i], reason) for i, _sha, reason in batch["failed"])
-        if batch["x"] is not None:
-            feats.append(encoder(batch["x"]))
+    loader = decoded_batches(
+        dataset, batches, plan, device_type=encoders[0].device.type, collate=collate_each
+    )
+    with torch_threads(plan.torch_threads):
+        for batch in loader:
+            failures.extend((files[i], str(reason)) for i, _sha, reason in batch["failed"])
+            if batch["x"] is None:
+                continue
+            members = zip(encoders, batch["x"], built, strict=True)
+            parts = [enc(x)[:, cols] for enc, x, (_, cols) in members]
+            feats.append(np.concatenate(parts, axis=1))
             ok.extend(files[i] for i in batch["index"])
             shas.extend(batch["sha"])
-    X = (
-        np.concatenate(feats).astype(np.float32)
-        if feats
-        else np.zeros((0, int(bb.dim)), np.float32)
-    )
+    dim = sum(len(range(int(bb.dim))[cols]) for bb, cols in built)
+    X = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
     return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 import warnings
@@ -45,20 +46,20 @@ from facebank.embed.backbones.compat import backbone_id, require_same_backbone, 
 from facebank.embed.backbones.spec import BackboneSpec, as_spec
 from facebank.embed.bank.bank import FeatureBank
 from facebank.embed.inputs.datasets import scan_source
+from facebank.embed.inputs.decode import plan_threads, torch_threads
 from facebank.embed.inputs.views import parse_view
 from facebank.embed.runner.loader import (
     Encoder,
     ImageDataset,
     ItemFiles,
-    auto_workers,
+    Transforms,
+    collate_each,
+    decoded_batches,
     input_side,
     make_backbone,
-    make_loader,
     progress_bar,
 )
-from facebank.embed.runner.local import (
-    encode_images,
-)
+from facebank.embed.runner.local import encode_files, encode_images
 from facebank.embed.runner.options import EmbedOptions
 from facebank.embed.runner.writer import (
     BankState,
@@ -70,6 +71,8 @@ from facebank.embed.runner.writer import (
     plan_batches,
     resolve_flush_rows,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "BlockView",
@@ -302,30 +305,6 @@ def join_banks(banks: Sequence[Any], *, warn: bool = True) -> JoinedBank:
 
 
 # ---------------------------------------------------------------- one decode, several backbones
-class Transforms:
-    """Apply each backbone's own transform to one decoded image: a tuple of tensors."""
-
-    def __init__(self, transforms: Sequence[Any]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, img: Any) -> tuple[Any, ...]:
-        return tuple(t(img) for t in self.transforms)
-
-
-def _collate_multi(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
-    import torch
-
-    ok = [b for b in batch if b[2] is not None]
-    k = len(ok[0][2]) if ok else 0
-    return {
-        "index": [b[0] for b in ok],
-        "sha": [b[1] for b in ok],
-        "x": [torch.stack([b[2][j] for b in ok]) for j in range(k)] if ok else None,
-        "meta": [b[4] for b in ok],
-        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
-    }
-
-
 def embed_source_multi(
     source: str | os.PathLike,
     *,
@@ -369,6 +348,12 @@ def embed_source_multi(
         },
         engine="several-backbones",
     )
+    if opts.decode == "gpu":
+        raise FacebankError(
+            "--decode 'gpu' is not supported by the several-backbones engine; each backbone "
+            "resizes the one CPU-decoded image its own way: use --decode cpu (or auto), or "
+            "embed one backbone at a time"
+        )
     if len(backbones) != len(outs) or not backbones:
         raise FacebankError(
             f"give one --out per backbone: {len(backbones)} backbone(s), {len(outs)} bank(s)"
@@ -377,7 +362,6 @@ def embed_source_multi(
         raise FacebankError(f"backbones {list(backbones)} and their banks must not repeat")
     src = scan_source(source, real_names=opts.real_names, storage_options=opts.storage_options)
     vw = parse_view(opts.view)
-    batch_size = opts.batch_size
     # every backbone first: missing weights fail before any bank is created or touched
     bbs = [
         make_backbone(name, device=opts.device, weights=None, image_size=None, layer=opts.layer)
@@ -394,58 +378,77 @@ def embed_source_multi(
             stack.callback(bank.close)
             stack.enter_context(interruptible(bank))
             banks.append(bank)
-        states = [BankState.load(b) for b in banks]
-        # an image is decoded when any bank still lacks it
-        common = set.intersection(*(s.present for s in states))
-        batches, skipped = plan_batches(src.items, common, batch_size)
-        todo = [
-            {i for b in batches for i in b if src.items[i].path not in s.present} for s in states
-        ]
-        encoders = [Encoder(bb, compile=opts.compile, batch_size=batch_size) for bb in bbs]
-        dev = encoders[0].device.type
-        workers = auto_workers(dev) if opts.num_workers is None else int(opts.num_workers)
-        dataset = ImageDataset(
-            ItemFiles(src.items),
-            view=vw,
-            transform=Transforms([bb.transform for bb in bbs]),
-            draft_size=vw.draft_size(max(input_side(bb.spec) for bb in bbs)),
-            storage_options=opts.storage_options,
+        return _run_multi(src, banks, bbs, vw, opts=opts, names=backbones, t0=t0)
+
+
+def _run_multi(
+    src: Any,
+    banks: Sequence[FeatureBank],
+    bbs: Sequence[Any],
+    vw: Any,
+    *,
+    opts: EmbedOptions,
+    names: Sequence[str],
+    t0: float,
+) -> list[EmbedSummary]:
+    """load (what each bank holds) -> compute (one decode, every backbone) -> write."""
+    batch_size = opts.batch_size
+    states = [BankState.load(b) for b in banks]
+    # an image is decoded when any bank still lacks it
+    common = set.intersection(*(s.present for s in states))
+    batches, skipped = plan_batches(src.items, common, batch_size)
+    todo = [{i for b in batches for i in b if src.items[i].path not in s.present} for s in states]
+    encoders = [Encoder(bb, compile=opts.compile, batch_size=batch_size) for bb in bbs]
+    dev = encoders[0].device.type
+    plan = plan_threads(
+        device_type=dev, decode="cpu", workers=opts.num_workers, threads=opts.threads,
+        heap=encoders[0].heap,
+    )  # fmt: skip
+    _log.info("embed: %s", plan.describe())
+    for bank in banks:
+        bank.update_attrs({"embed_runtime": plan.as_dict()})
+    dataset = ImageDataset(
+        ItemFiles(src.items),
+        view=vw,
+        # uint8 pixels where a backbone's transform allows; each normalised by its Encoder
+        transform=Transforms([e.pixels or e.backbone.transform for e in encoders]),
+        draft_size=vw.draft_size(max(input_side(bb.spec) for bb in bbs)),
+        storage_options=opts.storage_options,
+    )
+    flush = resolve_flush_rows(opts.flush_rows, batch_size)
+    writers = [
+        RowWriter(b, s, ignored=src.ignored, flush_rows=flush)
+        for b, s in zip(banks, states, strict=True)
+    ]
+    loader = decoded_batches(
+        dataset, batches, plan, device_type=dev, collate=collate_each,
+        locks=[getattr(b, "_lock", None) for b in banks],
+    )  # fmt: skip
+    total = sum(len(b) for b in batches)
+    description = f"embed {'+'.join(names)} \\[{vw.name}]"
+    t_loop = time.perf_counter()
+    threads = torch_threads(plan.torch_threads)
+    with threads, progress_bar(opts.progress, total, description) as bar:
+        task = bar.add_task(description, total=total) if bar is not None else None
+        _multi_loop(loader, src.items, writers, encoders, todo, bar=bar, task=task)
+    for w in writers:
+        w.warn_cross_duplicates(stacklevel=3)
+    t_end = time.perf_counter()
+    summaries = [
+        w.summary(
+            skipped_present=len(src.items) - len(todo[k]),
+            seconds=t_end - t0,
+            loop_seconds=t_end - t_loop,
+            ignored=src.ignored,
+            device=str(encoders[k].device),
+            backbone=backbone_id(bbs[k].spec),
+            view=vw.name,
         )
-        flush = resolve_flush_rows(opts.flush_rows, batch_size)
-        writers = [
-            RowWriter(b, s, ignored=src.ignored, flush_rows=flush)
-            for b, s in zip(banks, states, strict=True)
-        ]
-        locks = [getattr(b, "_lock", None) for b in banks]
-        loader = make_loader(
-            dataset,
-            batches,
-            num_workers=min(workers, len(batches)),
-            pin=dev == "cuda",
-            close_fds=tuple(lk.fileno() for lk in locks if lk is not None and lk.held),
-            collate=_collate_multi,
-        )
-        total = sum(len(b) for b in batches)
-        description = f"embed {'+'.join(backbones)} \\[{vw.name}]"
-        t_loop = time.perf_counter()
-        with progress_bar(opts.progress, total, description) as bar:
-            task = bar.add_task(description, total=total) if bar is not None else None
-            _multi_loop(loader, src.items, writers, encoders, todo, bar=bar, task=task)
-        for w in writers:
-            w.warn_cross_duplicates(stacklevel=3)
-        t_end = time.perf_counter()
-        return [
-            w.summary(
-                skipped_present=len(src.items) - len(todo[k]),
-                seconds=t_end - t0,
-                loop_seconds=t_end - t_loop,
-                ignored=src.ignored,
-                device=str(encoders[k].device),
-                backbone=backbone_id(bbs[k].spec),
-                view=vw.name,
-            )
-            for k, w in enumerate(writers)
-        ]
+        for k, w in enumerate(writers)
+    ]
+    for summary in summaries:
+        summary.runtime = plan.as_dict()
+    return summaries
 
 
 def _multi_loop(
@@ -740,45 +743,11 @@ def encode_images_for(
     if len(members) == 1 and as_spec(members[0]).layer != "blocks":
         return encode_images(paths, backbone=dict(members[0]), weights=weights, **kw)
     built = member_backbones(backbone, device=device, weights=weights)
-    encoders = [Encoder(bb, compile=False, batch_size=batch_size) for bb, _ in built]
-    vw = parse_view(view)
-    files = [str(p) for p in paths]
-    dataset = ImageDataset(
-        files,
-        view=vw,
-        transform=Transforms([bb.transform for bb, _ in built]),
-        draft_size=vw.draft_size(max(input_side(bb.spec) for bb, _ in built)),
-    )
-    batches = [
-        list(range(a, min(a + batch_size, len(files)))) for a in range(0, len(files), batch_size)
-    ]
-    feats: list[np.ndarray] = []
-    ok: list[str] = []
-    shas: list[str] = []
-    failures: list[tuple[str, str]] = []
-    workers = min(int(num_workers), len(batches))
-    for batch in make_loader(
-        dataset, batches, num_workers=workers, pin=False, collate=_collate_multi
-    ):
-        failures.extend((files[i], str(reason)) for i, _sha, reason in batch["failed"])
-        if batch["x"] is None:
-            continue
-        feats.append(
-            np.concatenate(
-                [
-                    enc(x)[:, cols]
-                    for enc, x, (_, cols) in zip(encoders, batch["x"], built, strict=True)
-                ],
-                axis=1,
-            )
-        )
-        ok.extend(files[i] for i in batch["index"])
-        shas.extend(batch["sha"])
+    out = encode_files(built, paths, view=view, batch_size=batch_size, num_workers=num_workers)
     dim = int(as_spec(backbone).dim)
-    X = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
-    if X.shape[1] != dim:
+    if out.features.shape[1] != dim:
         raise BackboneMismatchError(
-            f"the rebuilt backbones give {X.shape[1]}-d features but the spec "
+            f"the rebuilt backbones give {out.features.shape[1]}-d features but the spec "
             f"{backbone_id(backbone)} is {dim}-d; re-train the head"
         )
-    return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)
+    return out
