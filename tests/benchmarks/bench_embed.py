@@ -19,7 +19,11 @@ Measures:
   on a generated mix like realfaces (58% PNG at 128/256/448 px, 42% JPEG at
   150/250/768 px) and on ``--realfaces`` (``--realfaces-images`` of them, PNG and
   JPEG in their own proportion) when that folder exists. The machine's load average
-  before and after is part of the figures.
+  before and after is part of the figures. Both sides run with the heap ``embed`` sets
+  up (``heap``: freed memory kept, :mod:`core.memory`); ``FACEBANK_MALLOC=system``
+  measures both without it. ``decode_cpu_ms_per_image`` is the per-image work before
+  the model on one core, and ``ratio_ceiling`` = model CPU / (model + decode CPU) the
+  best ratio reachable where the model alone keeps every core busy (a CPU).
 
 and, on generated photo-like JPEGs (smooth random content + grain, quality 90, 4:2:0):
 
@@ -199,24 +203,32 @@ def realfaces_manifest(root: Path, tmp: Path, *, n: int) -> Path | None:
     return out
 
 
-def _predecoded(source: Path, bb, batch_size: int) -> tuple[list, int]:
-    """The images of ``source`` decoded and transformed as the runner does, in batches."""
+def _predecoded(source: Path, bb, batch_size: int) -> tuple[list, int, float]:
+    """The images of ``source`` decoded and transformed as the runner does, in batches,
+    and the CPU milliseconds per image of that work in one thread (read, hash, decode,
+    metadata, resize/crop to uint8: ``load_one``, timed on a second, warm pass)."""
     import torch
 
     from facebank.embed.inputs.datasets import scan_source
-    from facebank.embed.inputs.decode import load_one
+    from facebank.embed.inputs.decode import load_one, pixel_transform
     from facebank.embed.inputs.views import parse_view
 
     view = parse_view("original")
+    files = [item.file for item in scan_source(source).items]
+    pixels = pixel_transform(bb.transform) or bb.transform
+    for f in files:  # the page cache warm, as for the end-to-end runs after the first
+        load_one(f, view=view, transform=pixels, draft_size=bb.input_size)
+    c = time.thread_time()
+    for f in files:
+        load_one(f, view=view, transform=pixels, draft_size=bb.input_size)
+    decode_ms = (time.thread_time() - c) / max(len(files), 1) * 1e3
     xs = []
-    for item in scan_source(source).items:
-        _, x, reason, _ = load_one(
-            item.file, view=view, transform=bb.transform, draft_size=bb.input_size
-        )
+    for f in files:
+        _, x, reason, _ = load_one(f, view=view, transform=bb.transform, draft_size=bb.input_size)
         if reason is None:
             xs.append(x)
     batches = [torch.stack(xs[a : a + batch_size]) for a in range(0, len(xs), batch_size)]
-    return batches, len(xs)
+    return batches, len(xs), decode_ms
 
 
 def _cpu_seconds() -> float:
@@ -239,16 +251,23 @@ def bench_model_vs_embed(
     repeats: int,
     tmp: Path,
 ) -> dict:
-    """The forward pass alone and ``embed`` end to end, alternated, on the same images."""
+    """The forward pass alone and ``embed`` end to end, alternated, on the same images.
+
+    Both run with the heap ``embed`` sets up (:func:`core.memory.keep_freed_memory`,
+    called here before the first forward pass; ``FACEBANK_MALLOC=system`` measures both
+    without it).
+    """
     import torch
 
+    from facebank.core.memory import keep_freed_memory
     from facebank.embed import create_backbone, embed_source
     from facebank.embed.inputs.decode import available_cores, torch_threads
 
+    heap = keep_freed_memory()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bb = create_backbone(backbone, device=device)
-    batches, n = _predecoded(source, bb, batch_size)
+    batches, n, decode_ms = _predecoded(source, bb, batch_size)
     cores = available_cores()
     forward, e2e, wall, runtime, embedded = [], [], [], {}, 0
     cpu_forward, cpu_embed = [], []
@@ -277,9 +296,11 @@ def bench_model_vs_embed(
         e2e.append(s.images_per_s)
         runtime, embedded = s.runtime, s.embedded
     f, e = statistics.median(forward), statistics.median(e2e)
+    model_ms = statistics.median(cpu_forward)
     return {
         "images": n,
         "embedded": embedded,
+        "heap": heap,
         "forward_images_per_s": round(f, 1),
         "forward_torch_threads": cores,
         "embed_images_per_s": round(e, 1),
@@ -293,6 +314,11 @@ def bench_model_vs_embed(
         # side does, which the machine's load changes less than the wall clock
         "forward_cpu_ms_per_image": round(statistics.median(cpu_forward), 2),
         "embed_cpu_ms_per_image": round(statistics.median(cpu_embed), 2),
+        # the per-image work before the model, on one core; where the model already
+        # keeps every core busy (a CPU), decoding adds to it, and the best ratio
+        # ``embed`` can reach is the model's share of the two
+        "decode_cpu_ms_per_image": round(decode_ms, 2),
+        "ratio_ceiling": round(model_ms / (model_ms + decode_ms), 3) if model_ms > 0 else None,
         "runs_forward": [round(v, 1) for v in forward],
         "runs_embed": [round(v, 1) for v in e2e],
         "runtime": runtime,
