@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,6 +18,15 @@ import torch
 EVAL_BLOCK = 256
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+T = TypeVar("T")
+
+# What cached_copy built from each fitted module: {(device, build): (signature, value)}.
+# Weakly keyed on the module, so nothing is stored on the head (pickles, clones and
+# sklearn's check_dict_unchanged see no difference) and a refitted or reloaded head's old
+# entry goes when its old module does.
+_COPIES: weakref.WeakKeyDictionary[torch.nn.Module, dict[Hashable, tuple[Hashable, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def as_tensor(X: np.ndarray, device: str) -> torch.Tensor:
@@ -44,6 +54,39 @@ def float64_copy(module: ModuleT, device: str) -> ModuleT:
     return copy.deepcopy(module).to(device=device, dtype=torch.float64).eval()
 
 
+def _signature(module: torch.nn.Module) -> tuple[Hashable, ...]:
+    """Changes whenever a tensor of ``module`` is replaced or written in place (torch's
+    version counter, the one autograd checks), e.g. by ``load_state_dict`` or an optimiser
+    step; writes through ``.data``, which torch does not count, are not seen."""
+    return tuple(
+        (t.data_ptr(), t._version, t.dtype, t.shape, t.device)
+        for t in (*module.parameters(), *module.buffers())
+    )
+
+
+def cached_copy(module: ModuleT, device: str, build: Callable[[ModuleT, str], T]) -> T:
+    """``build(module, device)`` (e.g. :func:`float64_copy`), built once and reused
+    while ``module``'s tensors are unchanged, so a head's scoring copy is not rebuilt on
+    every ``decision_function`` call.
+
+    The copy is kept beside the module, not on the head, for as long as the module lives
+    (one per device: a GPU copy holds GPU memory). Refitting or loading a head assigns a
+    new module, hence a new copy; writing the module's parameters in place (under
+    ``torch.no_grad()``, or by ``load_state_dict``) rebuilds it on the next call. What
+    ``build`` returns is shared by every call: it must be used, never modified.
+    """
+    per_module = _COPIES.setdefault(module, {})
+    key = (device, build)
+    sig = _signature(module)
+    hit = per_module.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    with torch.no_grad():
+        value = build(module, device)
+    per_module[key] = (sig, value)
+    return value
+
+
 def fixed_blocks(X: np.ndarray, *, dtype: Any) -> Iterator[tuple[int, np.ndarray]]:
     """``(rows, block)`` over ``X``: each block ``EVAL_BLOCK`` rows of ``dtype``, its first
     ``rows`` rows the next rows of ``X`` and the rest zeros, so every block has one shape.
@@ -69,7 +112,7 @@ def predict_blocks(
     row's output is bit-identical whatever rows share its call, because every block has
     the same shape, and float64 accumulation keeps CPUs that sum in another order
     (Intel, AMD) within ~1e-12 of each other. ``fn`` must hold float64 parameters
-    (:func:`float64_copy`).
+    (:func:`float64_copy`, reused across calls by :func:`cached_copy`).
 
     Returns:
         float64 numpy array, ``(n_samples, ...)`` as ``fn`` returns per row.

@@ -37,6 +37,7 @@ from . import losses as L
 from ._torch import (
     as_tensor,
     batches,
+    cached_copy,
     float64_copy,
     numpy_to_state,
     predict_blocks,
@@ -447,7 +448,7 @@ class MLPHead(BaseHead):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         device = self._device()
-        model = float64_copy(self.model_, device)
+        model = cached_copy(self.model_, device, float64_copy)
         return predict_blocks(lambda t: model(model.norm(t)), X, device)
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

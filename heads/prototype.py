@@ -44,7 +44,7 @@ from torch import nn
 from facebank.core.errors import DataError
 from facebank.core.types import Device
 
-from ._torch import as_tensor, batches, float64_copy, predict_blocks
+from ._torch import as_tensor, batches, cached_copy, float64_copy, predict_blocks
 from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, BaseHead
 
 __all__ = ["PrototypeHead"]
@@ -74,11 +74,15 @@ class _ProtoModel(nn.Module):
         self.log_tau = nn.Parameter(torch.zeros(()))
         self.register_buffer("log_prior", torch.log(torch.tensor([0.5, 0.5])))
 
-    def class_loglik(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, D) raw features -> (n, 2) log p(x | c) for c in (real, AI)."""
+    def class_loglik(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, D) raw features -> (n, 2) log p(x | c) for c in (real, AI).
+
+        ``W``: ``projection()`` when the caller computed it already (scoring many blocks
+        with frozen parameters); ``None`` computes it here (training, one batch per step).
+        """
         xc = (x - self.mean) / self.std
         if self.proj is not None:
-            z = xc @ self.projection().T
+            z = xc @ (self.projection() if W is None else W).T
             r2 = (xc * xc).sum(1) - (z * z).sum(1)  # ||x_c||^2 - ||W x_c||^2 (orthonormal rows)
             r2 = r2.clamp_min(0)
             extra = self.dim - self.d
@@ -107,12 +111,21 @@ class _ProtoModel(nn.Module):
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         return (q * sign).T
 
-    def log_odds(self, x: torch.Tensor) -> torch.Tensor:
-        ll = self.class_loglik(x)
+    def log_odds(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        ll = self.class_loglik(x, W)
         return ll[:, 1] - ll[:, 0] + self.log_prior[1] - self.log_prior[0]
 
-    def log_density(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(self.class_loglik(x) + self.log_prior[None], dim=1)
+    def log_density(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.logsumexp(self.class_loglik(x, W) + self.log_prior[None], dim=1)
+
+
+def _scoring_copy(model: _ProtoModel, device: str) -> tuple[_ProtoModel, torch.Tensor | None]:
+    """The float64 copy that scores blocks and its ``projection()``, factorised once for
+    every block (and every call while the head's parameters are unchanged, through
+    ``cached_copy``) rather than once per 256-row block: the same QR of the same matrix,
+    so the scores are the same to the last bit."""
+    model64 = float64_copy(model, device)
+    return model64, None if model64.proj is None else model64.projection()
 
 
 def _kmeans(Z: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15) -> torch.Tensor:
@@ -321,18 +334,16 @@ class PrototypeHead(BaseHead):
     # --------------------------------------------------------------- inference
     def _score(self, X: np.ndarray, what: str) -> np.ndarray:
         device = self._device()
-        model = float64_copy(self.model_, device)
-        fn = model.log_odds if what == "odds" else model.log_density
-        return predict_blocks(fn, X, device)
+        model, W = cached_copy(self.model_, device, _scoring_copy)
+        fn = {"odds": model.log_odds, "density": model.log_density, "classes": model.class_loglik}
+        return predict_blocks(lambda t: fn[what](t, W), X, device)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return self._score(X, "odds")
 
     def class_log_likelihood(self, X: Any) -> np.ndarray:
         """(n, 2) ``log p(x | real), log p(x | AI)`` in nats."""
-        X = self._check_X(X)
-        device = self._device()
-        return predict_blocks(float64_copy(self.model_, device).class_loglik, X, device)
+        return self._score(self._check_X(X), "classes")
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-density ``log p(x)`` under the fitted mixture.
