@@ -64,7 +64,7 @@ from facebank.embed.bank.partitions import (
     consolidate,
     write_partition,
 )
-from facebank.embed.inputs.datasets import ImageItem, scan_source
+from facebank.embed.inputs.datasets import ImageItem, decode_path, encode_path, scan_source
 from facebank.embed.inputs.decode import model_input, pixel_transform
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
 from facebank.embed.runner.loader import (
@@ -173,7 +173,7 @@ def _decode_batch(
     metas: list[dict[str, Any]] = []
     for file in batch["file"]:
         digest, x, why, meta = load_one(
-            str(file),
+            decode_path(str(file)),  # (build_dataset sends names encoded)
             view=view,
             transform=transform,
             draft_size=draft_size,
@@ -295,7 +295,10 @@ def build_dataset(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    rows = [{"index": int(i), "file": str(f)} for i, f in zip(ids, files, strict=True)]
+    # names travel as the one encoding writes them (encode_path: a name that is not UTF-8
+    # or holds a newline is still text Arrow can hold, not a pickled fallback column);
+    # the decode tasks give the exact name back
+    rows = [{"index": int(i), "file": encode_path(f)} for i, f in zip(ids, files, strict=True)]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
     ds = ds.map_batches(
         _decode_batch,
