@@ -164,6 +164,7 @@ def score_cmd(
         "weights": options.weights,
         "batch_size": options.batch_size,
         "progress": options.progress,
+        "measure": _measure_calibration,
     }
     partitioned = out != "-" and not out.lower().endswith(".csv")
     partitions = "it applies to --engine ray with --out DIR (partitioned scores)"
@@ -211,7 +212,7 @@ def score_cmd(
         )
     for line in _operating_lines(res.operating_points):
         typer.echo(line, err=True)
-    calibration = _calibration_line(res, out)
+    calibration = _calibration_line(res.calibration)
     if calibration:
         typer.echo(calibration, err=True)
     counts = res.verdict_counts()
@@ -231,34 +232,26 @@ def score_cmd(
         raise typer.Exit(1)
 
 
-def _calibration_line(res: Any, out: str) -> str | None:
-    """Calibration measures on the scored rows whose label is known (a bank's label
-    column), added to the summary JSON beside the CSV; ``None`` when there are none."""
-    y = res.labels
-    if res.probabilities is None or y is None:
-        return None
-    known = y >= 0
-    if not ((y[known] == 0).any() and (y[known] == 1).any()):
-        return None
+def _measure_calibration(y: Any, probability: Any, prior: float) -> dict[str, Any]:
+    """The calibration measures of ``score`` (both engines): NLL, Cllr, Brier, ECE,
+    class-balanced ECE, EER and Pd at 0.5 % on the labelled rows, as a dict."""
     from facebank.analysis.calibration_metrics import calibration_metrics
-    from facebank.core.runs import write_json
-    from facebank.heads.scoring import summary_path
 
-    m = calibration_metrics(
-        y[known],
-        res.probabilities[known],
-        prior=res.probability_prior or 0.5,
-        source="the head's probability (fitted on its validation rows)",
-    )
-    res.calibration = m.to_dict()
-    if out != "-":
-        write_json(summary_path(out), res.summary())
+    return calibration_metrics(
+        y, probability, prior=prior, source="the head's probability (fitted on its validation rows)"
+    ).to_dict()
+
+
+def _calibration_line(m: dict[str, Any] | None) -> str | None:
+    """The measures of :func:`_measure_calibration` in one line (``None``: none measured)."""
+    if not m:
+        return None
     return (
-        f"calibration on the {int(known.sum())} labelled rows ({m.n_real} real, {m.n_fake} AI; "
-        f"the banks' labels): NLL {m.nll:.3f}, Cllr {m.cllr_bits:.3f} bits, Brier "
-        f"{m.brier:.3f}, ECE {m.ece:.3f} and class-balanced ECE {m.ece_class_balanced:.3f} "
-        f"({m.bins} bins), EER {m.eer:.1%}, Pd {m.pd_at_false_alarm:.1%} at false-alarm rate "
-        f"{m.false_alarm:.1%}"
+        f"calibration on the {m['n_real'] + m['n_fake']} labelled rows ({m['n_real']} real, "
+        f"{m['n_fake']} AI; the banks' labels): NLL {m['nll']:.3f}, Cllr {m['cllr_bits']:.3f} "
+        f"bits, Brier {m['brier']:.3f}, ECE {m['ece']:.3f} and class-balanced ECE "
+        f"{m['ece_class_balanced']:.3f} ({m['bins']} bins), EER {m['eer']:.1%}, Pd "
+        f"{m['pd_at_false_alarm']:.1%} at false-alarm rate {m['false_alarm']:.1%}"
     )
 
 
@@ -313,9 +306,13 @@ def _score_partitioned(head: str, common: dict, *, options: Any, ray_options: An
         progress=common["progress"],
         ray_options=ray_options,
         storage_options=options.storage_options,
+        measure=common["measure"],
     )
     for path, reason in res.failures:
         typer.echo(f"failed: {path}: {reason}", err=True)
+    calibration = _calibration_line(res.calibration)
+    if calibration:
+        typer.echo(calibration, err=True)
     verdict = ", ".join(f"{res.verdicts.get(v, 0)} {v}" for v in ("ai", "real", "unsure"))
     typer.echo(
         f"scored {res.n_scored}: {verdict} (threshold {res.threshold:.4g}, chosen on val "

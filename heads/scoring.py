@@ -73,6 +73,8 @@ __all__ = [
     "verdicts",
     "ScoreInputs",
     "warn_if_test_only",
+    "CalibrationMeasure",
+    "measure_calibration",
 ]
 
 VERDICTS = ("ai", "real", "unsure")
@@ -82,6 +84,12 @@ _BLOCK = 256
 
 #: What :func:`collect_inputs` found (the input layer's :class:`ImageInputs`).
 ScoreInputs = ImageInputs
+
+#: How a run's calibrated probabilities are measured on labelled rows:
+#: ``measure(labels (n,) 0/1 with both classes, probabilities (n,), prior)`` -> the
+#: measures as a JSON-able dict (``prior``: the AI share the probabilities are calibrated
+#: at). The command layer gives ``analysis.calibration_metrics``, which heads may not import.
+CalibrationMeasure = Callable[[np.ndarray, np.ndarray, float], dict[str, Any]]
 
 
 @dataclass
@@ -111,8 +119,8 @@ class ScoreResult:
             (used for no score; the command layer measures calibration on them).
         probability_prior: the AI share ``probabilities`` are calibrated at (the head's
             validation split), or ``None``.
-        calibration: calibration measures on the labelled rows (set by the command
-            layer, ``analysis.calibration_metrics``), or ``None``.
+        calibration: calibration measures on the labelled rows (``score_run``'s
+            ``measure``, see :func:`measure_calibration`), or ``None``.
     """
 
     out: str
@@ -192,6 +200,34 @@ def warn_if_test_only(head: BaseHead, *, stacklevel: int = 2) -> bool:
         stacklevel=stacklevel + 1,
     )
     return True
+
+
+def measure_calibration(
+    measure: CalibrationMeasure | None,
+    labels: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    *,
+    prior: float | None,
+) -> dict[str, Any] | None:
+    """``measure`` on the scored rows whose label is known (a bank's label column).
+
+    The one rule of both scoring paths (``score_run`` and the Ray engine's partitioned
+    output): the head has a calibrated probability and the labelled rows hold both
+    classes; otherwise there is nothing to measure and this returns ``None``.
+
+    Args:
+        measure: the command layer's measure (:data:`CalibrationMeasure`); ``None``: none.
+        labels: (n,) labels, -1 where unknown (scored images).
+        probabilities: (n,) the head's calibrated probabilities, or ``None``.
+        prior: the AI share the probabilities are calibrated at (the head's validation split).
+    """
+    if measure is None or labels is None or probabilities is None or prior is None:
+        return None
+    y = np.asarray(labels, dtype=np.int64)
+    known = y >= 0
+    if not ((y[known] == 0).any() and (y[known] == 1).any()):
+        return None
+    return measure(y[known], np.asarray(probabilities, dtype=np.float64)[known], float(prior))
 
 
 def verdicts(view_decisions: np.ndarray) -> np.ndarray:
@@ -306,6 +342,7 @@ def score_run(
     batch_size: int = 32,
     progress: bool = False,
     encode: Callable[..., Any] | None = None,
+    measure: CalibrationMeasure | None = None,
 ) -> ScoreResult:
     """Score banks, images, folders or manifests with a saved head; write the CSV.
 
@@ -327,6 +364,9 @@ def score_run(
         encode: the embedding function (default ``embed.multi.encode_images_for``: every
             backbone a fusion head needs, each image decoded once); another
             engine with the same signature may be given.
+        measure: measures the calibrated probability on the rows whose label is known
+            (:func:`measure_calibration`), kept in ``calibration`` and the summary JSON;
+            ``None``: not measured.
 
     Returns:
         ``ScoreResult``; failures are listed there, not in the CSV.
@@ -383,12 +423,7 @@ def score_run(
 
     notes: list[str] = []
     cal = _calibration(head, notes)
-    proba = cal.probability(scores) if cal is not None else None
-    p_prev = None
-    if cal is not None and prevalence is not None:
-        p_prev = probability_at_prevalence(
-            proba, val_prevalence=cal.val_prevalence, prevalence=float(prevalence)
-        )
+    proba, p_prev = _probabilities(cal, scores, prevalence)
     points = _operating_points(cal, prevalence)
     _write_csv(out, paths, S, view_dec, view_names, proba, verdict, p_prev)
     res = ScoreResult(
@@ -409,6 +444,7 @@ def score_run(
         labels=np.concatenate([*bank_labels, np.full(len(ok), -1, dtype=np.int64)]),
         probability_prior=None if cal is None else float(cal.val_prevalence),
     )
+    res.calibration = measure_calibration(measure, res.labels, proba, prior=res.probability_prior)
     if str(out) != "-":
         write_json(summary_path(out), res.summary())
     return res
@@ -470,6 +506,20 @@ def _calibration(head: BaseHead, notes: list[str]) -> ScoreCalibration | None:
         )
         warnings.warn(notes[-1], CalibrationWarning, stacklevel=3)
     return cal
+
+
+def _probabilities(
+    cal: ScoreCalibration | None, scores: np.ndarray, prevalence: float | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(n,) calibrated probabilities and, with ``prevalence``, the same at that base rate."""
+    if cal is None:
+        return None, None
+    proba = cal.probability(scores)
+    if prevalence is None:
+        return proba, None
+    return proba, probability_at_prevalence(
+        proba, val_prevalence=cal.val_prevalence, prevalence=float(prevalence)
+    )
 
 
 def _operating_points(cal: ScoreCalibration | None, prevalence: float | None) -> list[dict]:

@@ -11,7 +11,7 @@
       -> iter_batches (in order)               driver: dedupe by sha256, write_partition
       -> consolidate                           driver: one table for zarr/xarray readers
 
-Scoring (``heads.ray_scoring``) runs the same decode tasks and actors through
+Scoring (``ray_engine.scoring``) runs the same decode tasks and actors through
 :func:`iter_encoded_ray` for any head's spec: for a head of several backbones the
 decode task applies each member's transform to the one decoded image and the actor
 loads every member (features side by side); for a block range it taps every block
@@ -64,7 +64,7 @@ from facebank.embed.bank.partitions import (
     consolidate,
     write_partition,
 )
-from facebank.embed.inputs.datasets import ImageItem, scan_source
+from facebank.embed.inputs.datasets import ImageItem, decode_path, encode_path, scan_source
 from facebank.embed.inputs.decode import pixel_transform
 from facebank.embed.inputs.metadata import METADATA_SCHEMA, metadata_columns
 from facebank.embed.runner.loader import (
@@ -175,7 +175,7 @@ def _decode_batch(
     metas: list[dict[str, Any]] = []
     for file in batch["file"]:
         digest, x, why, meta = load_one(
-            str(file),
+            decode_path(str(file)),  # (build_dataset sends names encoded)
             view=view,
             transform=transform,
             draft_size=draft_size,
@@ -294,7 +294,10 @@ def build_dataset(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    rows = [{"index": int(i), "file": str(f)} for i, f in zip(ids, files, strict=True)]
+    # names travel as the one encoding writes them (encode_path: a name that is not UTF-8
+    # or holds a newline is still text Arrow can hold, not a pickled fallback column);
+    # the decode tasks give the exact name back
+    rows = [{"index": int(i), "file": encode_path(f)} for i, f in zip(ids, files, strict=True)]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
     ds = ds.map_batches(
         _decode_batch,
@@ -651,7 +654,7 @@ def iter_encoded_ray(
     """Features of ``paths`` streamed batch by batch, in input order, from ONE pipeline.
 
     The encoder actors start (and load the models) once for the whole list, however
-    long; the caller cuts the stream where it likes (``heads.ray_scoring`` cuts it
+    long; the caller cuts the stream where it likes (``ray_engine.scoring`` cuts it
     into output partitions). Must be consumed inside :func:`ray_cluster`.
 
     ``backbone`` may be any head's spec: for a head of several backbones (fusion or

@@ -28,7 +28,8 @@ Two outputs:
       OUT/score.json                        what was scored (checked on resume)
       OUT/scores/part-00000.parquet         rows of partition 0 (or .csv)
       OUT/scores/_committed/part-00000.json commit marker: rows, verdicts, failures
-      OUT/summary.json                      the run's counts, threshold, operating points
+      OUT/summary.json                      the run's counts, threshold, operating
+                                            points, calibration measures
 
   Partition ``k`` is the ``k``-th slice of ``partition_rows`` images in input order
   (each input bank is a partition of its own, first). A partition's file is written
@@ -53,6 +54,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +62,23 @@ from typing import Any
 
 import numpy as np
 
-from facebank.core.errors import DataError
+from facebank.core.errors import DataError, TestOnlyBackboneWarning
 from facebank.core.options import DEFAULT_SCORE_PARTITION_ROWS
 from facebank.core.stores import Location, store_defaults
+from facebank.embed import FeatureBank
 from facebank.embed.inputs.views import parse_view
 from facebank.embed.runner.writer import EncodedImages
 from facebank.heads.base import BaseHead
 from facebank.heads.persistence import load_head
-from facebank.heads.scoring import VERDICTS, ScoreResult, collect_inputs, score_run
+from facebank.heads.scoring import (
+    VERDICTS,
+    CalibrationMeasure,
+    ScoreResult,
+    collect_inputs,
+    measure_calibration,
+    score_run,
+    warn_if_test_only,
+)
 from facebank.ray_engine.embedding import (
     RayOptions,
     encode_images_ray,
@@ -104,6 +115,7 @@ def score_images_ray(
     progress: bool = False,
     ray_options: RayOptions | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    measure: CalibrationMeasure | None = None,
 ) -> ScoreResult:
     """:func:`heads.scoring.score_run` with the images embedded on a Ray cluster.
 
@@ -114,7 +126,8 @@ def score_images_ray(
         head_dir: a run folder / head directory (or a fitted head); any kind of head
             (module docstring).
         inputs: banks, image files, folders, CSV manifests.
-        out, views, prevalence, weights, batch_size, progress: as for ``score_run``.
+        out, views, prevalence, weights, batch_size, progress, measure: as for
+            ``score_run``.
         ray_options: cluster address, encoder actors, GPUs per actor.
         storage_options: fsspec options for inputs and a head at URLs; passed to the
             decode tasks too (never recorded).
@@ -154,6 +167,7 @@ def score_images_ray(
                 batch_size=batch_size,
                 progress=progress,
                 encode=encode,
+                measure=measure,
             )
         finally:
             if isinstance(encode, _Stream):
@@ -174,6 +188,10 @@ class PartitionedScores:
         threshold: the head's threshold (chosen on validation reals).
         operating_points: the head's thresholds at 0.1/0.5/1% FPR (validation reals).
         warnings: calibration caveats, one line each.
+        probability_prior: the AI share the probabilities are calibrated at (the head's
+            validation split), or ``None``.
+        calibration: calibration measures on the committed rows whose label is known
+            (``score_partitioned``'s ``measure``), or ``None``.
     """
 
     out: str
@@ -188,6 +206,8 @@ class PartitionedScores:
     operating_points: list[dict[str, Any]]
     prevalence: float | None = None
     warnings: list[str] = field(default_factory=list)
+    probability_prior: float | None = None
+    calibration: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The run's figures, as written to ``OUT/summary.json``."""
@@ -204,6 +224,7 @@ class PartitionedScores:
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
             "n_ignored": self.n_ignored,
             "warnings": self.warnings,
+            "calibration": self.calibration,
         }
 
 
@@ -278,6 +299,7 @@ def score_partitioned(
     ray_options: RayOptions | None = None,
     storage_options: Mapping[str, Any] | None = None,
     encode: Callable[..., Any] | None = None,
+    measure: CalibrationMeasure | None = None,
 ) -> PartitionedScores:
     """Score inputs into the partitioned folder ``out`` (module docstring); resumable.
 
@@ -296,6 +318,9 @@ def score_partitioned(
             the decode tasks too (never recorded).
         encode: the embedding function; default :func:`encode_images_ray` on the cluster
             (``embed.encode_images`` scores the same partitions on this machine).
+        measure: measures the calibrated probability on the committed rows whose label
+            is known (the input banks' rows), as ``score_run``'s ``measure`` does for one
+            CSV (:func:`~heads.scoring.measure_calibration`); ``None``: not measured.
 
     Returns:
         :class:`PartitionedScores` over every committed partition (this run's and earlier).
@@ -316,6 +341,7 @@ def score_partitioned(
         if isinstance(head_dir, BaseHead)
         else load_head(head_dir, storage_options=storage_options)
     )
+    warn_if_test_only(head, stacklevel=2)  # once, before any work (and when resuming)
     urls = _urls(head_dir, inputs)
     with store_defaults(storage_options, urls):
         plan, n_ignored = _plan(inputs, partition_rows)
@@ -373,7 +399,8 @@ def score_partitioned(
                         encode_images_ray, ray_options=opts, storage_options=storage_options
                     )
                 )
-    result = _gather(loc, fmt, len(plan), n_ignored, prevalence)
+    with store_defaults(storage_options, urls):  # (input banks at URLs: their labels)
+        result = _gather(loc, fmt, plan, n_ignored, prevalence, measure)
     result.written, result.skipped = len(todo), len(plan) - len(todo)
     loc.write_json(_SUMMARY, result.summary())
     return result
@@ -413,7 +440,9 @@ def _score_partition(
 ) -> None:
     """Score partition ``k`` with ``score_run``, write its table, then its commit marker."""
     kind, part = planned
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # score_partitioned said it once for the whole run
+        warnings.simplefilter("ignore", TestOnlyBackboneWarning)
         csv_file = Path(tmp) / "part.csv"
         res = score_run(
             head,
@@ -439,6 +468,7 @@ def _score_partition(
             "failures": [{"path": p, "reason": r} for p, r in res.failures],
             "threshold": res.threshold,
             "operating_points": res.operating_points,
+            "probability_prior": res.probability_prior,
             "warnings": res.warnings,
         },
     )
@@ -495,18 +525,23 @@ class _Stream:
 
 
 def _gather(
-    loc: Location, fmt: str, n_parts: int, n_ignored: int, prevalence: float | None
+    loc: Location,
+    fmt: str,
+    plan: list[tuple[str, Any]],
+    n_ignored: int,
+    prevalence: float | None,
+    measure: CalibrationMeasure | None,
 ) -> PartitionedScores:
+    """The committed partitions' figures, and ``measure`` on their labelled rows."""
     files: list[str] = []
     counts = dict.fromkeys(VERDICTS, 0)
     failures: list[tuple[str, str]] = []
     threshold, points, notes = float("nan"), [], []
+    prior = None
     n = 0
-    for k in range(n_parts):
-        key = f"{_MARKERS}/{_part_name(k, fmt)}.json"
-        try:
-            doc = loc.read_json(key)
-        except FileNotFoundError:
+    for k in range(len(plan)):
+        doc = _marker(loc, k, fmt)
+        if doc is None:
             continue
         files.append(doc["file"])
         n += int(doc["rows"])
@@ -514,6 +549,7 @@ def _gather(
             counts[v] = counts.get(v, 0) + int(c)
         failures += [(f["path"], f["reason"]) for f in doc["failures"]]
         threshold, points = float(doc["threshold"]), doc["operating_points"]
+        prior = doc.get("probability_prior")
         notes += [w for w in doc.get("warnings", []) if w not in notes]
     return PartitionedScores(
         out=loc.url,
@@ -528,25 +564,73 @@ def _gather(
         operating_points=points,
         prevalence=prevalence,
         warnings=notes,
+        probability_prior=prior,
+        calibration=_measure(loc, plan, fmt, prior, measure),
     )
+
+
+def _marker(loc: Location, k: int, fmt: str) -> dict[str, Any] | None:
+    """Partition ``k``'s commit marker, or ``None`` where it is not committed."""
+    try:
+        return loc.read_json(f"{_MARKERS}/{_part_name(k, fmt)}.json")
+    except FileNotFoundError:
+        return None
+
+
+def _read_part(loc: Location, file: str, fmt: str, columns: list[str] | None = None) -> Any:
+    """One committed partition file as a ``pyarrow.Table`` (``columns``: only those)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    data = io.BytesIO(loc.read_bytes(file))
+    if fmt == "parquet":
+        return pq.read_table(data, columns=columns)
+    return pacsv.read_csv(data, convert_options=pacsv.ConvertOptions(include_columns=columns))
+
+
+def _measure(
+    loc: Location,
+    plan: list[tuple[str, Any]],
+    fmt: str,
+    prior: float | None,
+    measure: CalibrationMeasure | None,
+) -> dict[str, Any] | None:
+    """``measure`` on every committed row whose label is known, as ``score_run`` does.
+
+    Only an input bank's rows carry labels (its label column; a scored image has none,
+    as in ``score_run``), and each bank is a partition of its own: its labels are read
+    from the bank, its probabilities from its committed partition file, in the same
+    row order.
+    """
+    if measure is None or prior is None:
+        return None
+    labels, proba = [], []
+    for k, (kind, bank) in enumerate(plan):
+        doc = _marker(loc, k, fmt) if kind == "bank" else None
+        if doc is None:
+            continue
+        y = np.asarray(FeatureBank.open(bank).labels, dtype=np.int64)
+        p = _read_part(loc, doc["file"], fmt, ["probability"])["probability"]
+        if len(y) != len(p):
+            raise DataError(
+                f"bank {str(bank)!r} holds {len(y)} rows but its committed scores "
+                f"{doc['file']!r} {len(p)}: the bank changed after it was scored; give a new --out"
+            )
+        labels.append(y)
+        proba.append(p.to_numpy(zero_copy_only=False).astype(np.float64))
+    if not labels:
+        return None
+    return measure_calibration(measure, np.concatenate(labels), np.concatenate(proba), prior=prior)
 
 
 def read_scores(out: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Every committed partition of a :func:`score_partitioned` folder as one
     ``pyarrow.Table`` (partition order = input order); uncommitted files are not read."""
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     loc = Location(out, storage_options=storage_options)
     config = loc.read_json(_CONFIG)
     fmt = config["format"]
-    tables = []
-    for k in range(int(config["partitions"])):
-        try:
-            doc = loc.read_json(f"{_MARKERS}/{_part_name(k, fmt)}.json")
-        except FileNotFoundError:
-            continue
-        data = io.BytesIO(loc.read_bytes(doc["file"]))
-        tables.append(pq.read_table(data) if fmt == "parquet" else pacsv.read_csv(data))
+    docs = [_marker(loc, k, fmt) for k in range(int(config["partitions"]))]
+    tables = [_read_part(loc, doc["file"], fmt) for doc in docs if doc is not None]
     return pa.concat_tables(tables) if tables else pa.table({})

@@ -208,3 +208,150 @@ def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained,
     res = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "none")])
     assert res.exit_code == 1 and "pip install 'facebank[ray]'" in res.output
     assert not (tmp_path / "none").exists()
+
+
+# ------------------------------------------- the two engines of `score`, side by side
+def _invoke_score(engine: str, inputs, run, tmp_path):
+    """``score`` on one engine (Ray: partitions of 2 images under a folder ``--out``):
+    ``(result, rows' paths, summary, probabilities)``."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    out = tmp_path / ("s.csv" if engine == "local" else "scores")
+    args = ["score", *map(str, inputs), "--head", str(run), "--out", str(out), "--device", "cpu"]
+    if engine == "ray":
+        args += ["--engine", "ray", "--partition-rows", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    if engine == "local":
+        rows = list(csv.DictReader(out.open(encoding="utf-8")))
+        paths = [r["path"] for r in rows]
+        proba = np.array([float(r["probability"]) for r in rows])
+        summary = json.loads((tmp_path / "s.summary.json").read_text())
+    else:
+        table = read_scores(out)
+        paths, proba = table["path"].to_pylist(), table["probability"].to_numpy()
+        summary = json.loads((out / "summary.json").read_text())
+    return res, paths, summary, proba
+
+
+@pytest.fixture(scope="module")
+def labelled_bank(tmp_path_factory):
+    """A labelled bank of 300 rows (no images behind it) and a linear head trained on it."""
+    from facebank.embed import write_bank
+    from facebank.heads import train_run
+
+    tmp = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(0)
+    engines = rng.choice(["real", "sdxl"], 300)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    X[engines == "sdxl", 0] += 1.5
+    bank = write_bank(
+        tmp / "b.zarr", X, labels=(engines != "real").astype(int), engines=engines,
+        sha256=[f"s{i}" for i in range(300)],
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_run([bank], head="linear", out=tmp / "run")
+    return bank, tmp / "run"
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_both_engines_measure_calibration_on_the_banks_labels_and_write_the_summary_once(
+    engine, labelled_bank, tmp_path, monkeypatch
+):
+    """NLL, Cllr, Brier, ECE... on a labelled bank: the same line and summary keys from the
+    local CSV and the partitioned output (a bank scores without the Ray pipeline, so
+    Ray's cluster is not started), each summary written once; a resume measures again."""
+    import contextlib
+
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    import facebank.core.stores as stores
+    import facebank.heads.scoring as scoring
+    import facebank.ray_engine.scoring as ray_scoring
+    from facebank.analysis.calibration_metrics import calibration_metrics
+
+    monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
+    written: list[str] = []
+    local_write, store_write = scoring.write_json, stores.Location.write_json
+    monkeypatch.setattr(
+        scoring, "write_json", lambda p, doc: (written.append(str(p)), local_write(p, doc))[1]
+    )
+    monkeypatch.setattr(
+        stores.Location, "write_json",
+        lambda self, key, doc: (written.append(key), store_write(self, key, doc))[1],
+    )  # fmt: skip
+    bank, run = labelled_bank
+    res, paths, summary, p = _invoke_score(engine, [bank.path], run, tmp_path)
+    summaries = (str(tmp_path / "s.summary.json"), "summary.json")  # (local, partitioned)
+    assert len([w for w in written if w in summaries]) == 1
+    y = np.asarray(bank.labels, dtype=np.int64)
+    assert len(paths) == len(y) == 300
+    cal = summary["calibration"]
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("calibration on the ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"calibration on the 300 labelled rows ({cal['n_real']} real, {cal['n_fake']} AI; "
+    )
+    assert f"Cllr {cal['cllr_bits']:.3f} bits" in lines[0] and "Pd " in lines[0]
+    assert (cal["n_real"], cal["n_fake"]) == (int((y == 0).sum()), int((y == 1).sum()))
+    assert cal["nll"] == pytest.approx(log_loss(y, p), rel=1e-5)
+    assert cal["brier"] == pytest.approx(brier_score_loss(y, p), rel=1e-5)
+    ref = calibration_metrics(y, p, prior=cal["prior"], source=cal["probability"]).to_dict()
+    assert cal.keys() == ref.keys() and cal["probability"] == ref["probability"]
+    for key in ("cllr_bits", "ece", "ece_class_balanced", "eer", "pd_at_false_alarm"):
+        assert cal[key] == pytest.approx(ref[key], abs=1e-4), key
+    if engine == "ray":  # every partition committed: measured again from what was written
+        again, *_, summary2 = _invoke_score(engine, [bank.path], run, tmp_path)[:3]
+        assert "0 written now, 1 committed before" in again.output
+        assert summary2["calibration"] == cal and lines[0] in again.output
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_both_engines_encode_odd_names_and_warn_once_about_a_test_only_backbone(
+    engine, trained, tmp_path, ray_cluster, monkeypatch
+):
+    """Names that are not UTF-8 or hold a newline, through the local CSV and the session
+    cluster's Ray pipeline into partitions: written as ``encode_path`` writes them
+    (failures too), the test-only backbone named in one warning (also by a resume that
+    scores nothing), and no calibration measured on images (they carry no label)."""
+    import os
+    import shutil
+
+    from facebank.embed.inputs.datasets import encode_path
+
+    src, run = trained
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(src / "real" / "000.jpg", odd / "plain.jpg")
+    raw = os.fsencode(odd)
+    for name in (b"bad-\xff\xfe-utf8.jpg", b"new\nline.jpg"):
+        shutil.copy(src / "real" / "001.jpg", os.fsdecode(os.path.join(raw, name)))
+    broken = os.fsdecode(os.path.join(raw, b"broken-\xfe.jpg"))
+    with open(broken, "wb") as fh:
+        fh.write(b"\xff\xd8 not a jpeg")
+    want = sorted(encode_path(f) for f in os.listdir(odd) if "broken" not in f)
+    # names reach the Ray pipeline as text (encoded), never as a pickled fallback column
+    ctx = pytest.importorskip("ray.data").DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_fallback_to_arrow_object_ext_type", False)
+    res, paths, summary, _ = _invoke_score(engine, [odd], run, tmp_path)
+    assert sorted(os.path.basename(p) for p in paths) == want
+    assert {"bad-\\xff\\xfe-utf8.jpg", "new\\x0aline.jpg"} <= set(want)
+    assert [f["path"] for f in summary["failures"]] == [encode_path(broken)]
+    assert f"failed: {encode_path(broken)}: " in res.output
+    assert not any(0xDC80 <= ord(c) <= 0xDCFF for c in res.output)
+    assert not any(ln.startswith("line.jpg") for ln in res.output.splitlines())
+    warned = [ln for ln in res.output.splitlines() if "seeded random weights" in ln]
+    assert warned == [
+        "warning: the head rests on backbone 'tiny-cnn', which has seeded random weights: "
+        "for tests and smoke runs only, its scores mean nothing"
+    ]
+    assert summary["calibration"] is None and "calibration on the" not in res.output
+    if engine == "ray":  # a resume scores no partition and still names the backbone
+        again = _invoke_score(engine, [odd], run, tmp_path)[0]
+        assert "0 written now, 2 committed before" in again.output
+        assert [ln for ln in again.output.splitlines() if "seeded random weights" in ln] == warned
