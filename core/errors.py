@@ -34,6 +34,7 @@ __all__ = [
     "TestOnlyBackboneWarning",
     "UnmatchedRowsWarning",
     "PluginWarning",
+    "ResumeWarning",
 ]
 
 
@@ -153,3 +154,8 @@ class UnmatchedRowsWarning(FacebankWarning):
 class PluginWarning(FacebankWarning):
     """An installed plugin (entry point ``facebank.heads`` / ``facebank.backbones``) failed
     to load or to register; the built-ins and the other plugins still work."""
+
+
+class ResumeWarning(FacebankWarning):
+    """A bank resumed under conditions that make its new rows differ, in the last bits,
+    from what an uninterrupted run would have written (another torch thread count)."""

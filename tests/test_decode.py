@@ -375,3 +375,35 @@ def test_several_backbones_send_uint8_plan_threads_and_refuse_decode_gpu(tmp_pat
     cnn, one = FeatureBank.open(outs[0]), FeatureBank.open(tmp_path / "one.zarr")
     assert single.embedded == summaries[0].embedded == 7
     np.testing.assert_array_equal(cnn.load_features(), one.load_features())
+
+
+def test_resuming_with_another_torch_thread_count_warns_and_the_same_count_does_not(tmp_path):
+    """On a CPU the features depend, in the last bits, on how many threads share a
+    convolution: a resume with another --threads says so; with the same, it is silent
+    (resumes with the same settings are bit-identical: tests/test_embed_cli.py)."""
+    from facebank.core.errors import ResumeWarning
+    from facebank.embed import FeatureBank, embed_source
+
+    src = tmp_path / "src"
+    _mixed_source(src, n=8)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    late = [f for f in files if f.name in ("6.jpg", "7.jpg")]
+    for f in late:  # the first run sees the other images only
+        f.rename(f.with_suffix(".later"))
+    kw = {"backbone": "tiny-cnn", "device": "cpu", "batch_size": 4, "progress": False}
+    kw |= {"num_workers": 0, "dtype": "float32"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        embed_source(src, out=tmp_path / "a.zarr", threads=2, **kw)
+        embed_source(src, out=tmp_path / "b.zarr", threads=2, **kw)
+    for f in late:
+        f.with_suffix(".later").rename(f)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embed_source(src, out=tmp_path / "a.zarr", threads=1, **kw)
+        embed_source(src, out=tmp_path / "b.zarr", threads=2, **kw)
+    said = [str(w.message) for w in caught if issubclass(w.category, ResumeWarning)]
+    assert len(said) == 1 and "a.zarr" in said[0] and "--threads 2" in said[0], said
+    for name in ("a.zarr", "b.zarr"):
+        assert len(FeatureBank.open(tmp_path / name)) == 11
+    assert FeatureBank.open(tmp_path / "a.zarr").meta["embed_runtime"]["torch_threads"] == 1

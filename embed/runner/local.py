@@ -64,6 +64,7 @@ from facebank.embed.runner.writer import (
     interruptible,
     open_bank_for,
     plan_batches,
+    record_runtime,
     resolve_flush_rows,
 )
 
@@ -174,7 +175,7 @@ def _run(
         heap=encoder.heap,
     )  # fmt: skip
     _log.info("embed: %s", plan.describe())
-    bank.update_attrs({"embed_runtime": plan.as_dict()})  # provenance of the latest run
+    record_runtime(bank, plan, device_type=encoder.device.type)
     dataset = ImageDataset(
         ItemFiles(src.items),
         view=vw,

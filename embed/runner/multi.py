@@ -69,6 +69,7 @@ from facebank.embed.runner.writer import (
     interruptible,
     open_bank_for,
     plan_batches,
+    record_runtime,
     resolve_flush_rows,
 )
 
@@ -406,7 +407,7 @@ def _run_multi(
     )  # fmt: skip
     _log.info("embed: %s", plan.describe())
     for bank in banks:
-        bank.update_attrs({"embed_runtime": plan.as_dict()})
+        record_runtime(bank, plan, device_type=dev)
     dataset = ImageDataset(
         ItemFiles(src.items),
         view=vw,

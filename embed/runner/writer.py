@@ -28,6 +28,7 @@ from facebank.core.errors import (
     BankError,
     DuplicateImageWarning,
     EmbedInterrupted,
+    ResumeWarning,
 )
 from facebank.core.stores import Location, redact
 from facebank.embed.backbones.compat import require_same_backbone
@@ -48,6 +49,7 @@ __all__ = [
     "interruptible",
     "open_bank_for",
     "plan_batches",
+    "record_runtime",
     "resolve_flush_rows",
 ]
 
@@ -154,6 +156,29 @@ class EncodedImages:
     paths: list[str]
     failures: list[tuple[str, str]]
     sha256: list[str] = field(default_factory=list)
+
+
+def record_runtime(bank: FeatureBank, plan: Any, *, device_type: str) -> None:
+    """Store ``plan`` (a :class:`~embed.inputs.decode.ThreadPlan`) as the bank's
+    ``embed_runtime``; warn first when a bank with rows is resumed on a CPU with another
+    torch thread count than its latest run's.
+
+    A CPU convolution or matrix product sums in an order that depends on how many threads
+    share it, so the new rows would differ in the last bits from those an uninterrupted run
+    writes (resume is bit-identical only with the same ``--threads``).
+    """
+    before = bank.meta.get("embed_runtime") or {}
+    threads = before.get("torch_threads")
+    if device_type == "cpu" and len(bank) and threads not in (None, plan.torch_threads):
+        warnings.warn(
+            f"{bank.path}: its rows so far were embedded with {threads} torch thread(s) and "
+            f"these will be with {plan.torch_threads}; on a CPU their features then differ "
+            f"in the last bits from an uninterrupted run's; give --threads {threads} to "
+            "resume bit-identically",
+            ResumeWarning,
+            stacklevel=3,
+        )
+    bank.update_attrs({"embed_runtime": plan.as_dict()})  # provenance of the latest run
 
 
 def resolve_flush_rows(flush_rows: int | None, batch_size: int) -> int:
