@@ -204,17 +204,7 @@ def score_cmd(
             storage_options=options.storage_options,
             **common,
         )
-    for path, reason in res.failures:
-        typer.echo(f"failed: {path}: {reason}", err=True)
-    if res.ignored:
-        typer.echo(
-            f"ignored {len(res.ignored)} non-image file(s) under the input folders", err=True
-        )
-    for line in _operating_lines(res.operating_points):
-        typer.echo(line, err=True)
-    calibration = _calibration_line(res.calibration)
-    if calibration:
-        typer.echo(calibration, err=True)
+    _report(res.failures, len(res.ignored), res.operating_points, res.calibration)
     counts = res.verdict_counts()
     verdict = ", ".join(f"{counts[v]} {v}" for v in ("ai", "real", "unsure"))
     views_note = f" under {len(res.views)} views" if len(res.views) > 1 else ""
@@ -230,6 +220,24 @@ def score_cmd(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _report(
+    failures: list[tuple[str, str]],
+    n_ignored: int,
+    operating_points: list[dict],
+    calibration: dict[str, Any] | None,
+) -> None:
+    """The lines every engine's ``score`` prints before its verdict line (stderr)."""
+    for path, reason in failures:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    if n_ignored:
+        typer.echo(f"ignored {n_ignored} non-image file(s) under the input folders", err=True)
+    for line in _operating_lines(operating_points):
+        typer.echo(line, err=True)
+    line = _calibration_line(calibration)
+    if line:
+        typer.echo(line, err=True)
 
 
 def _measure_calibration(y: Any, probability: Any, prior: float) -> dict[str, Any]:
@@ -308,11 +316,7 @@ def _score_partitioned(head: str, common: dict, *, options: Any, ray_options: An
         storage_options=options.storage_options,
         measure=common["measure"],
     )
-    for path, reason in res.failures:
-        typer.echo(f"failed: {path}: {reason}", err=True)
-    calibration = _calibration_line(res.calibration)
-    if calibration:
-        typer.echo(calibration, err=True)
+    _report(res.failures, res.n_ignored, res.operating_points, res.calibration)
     verdict = ", ".join(f"{res.verdicts.get(v, 0)} {v}" for v in ("ai", "real", "unsure"))
     typer.echo(
         f"scored {res.n_scored}: {verdict} (threshold {res.threshold:.4g}, chosen on val "

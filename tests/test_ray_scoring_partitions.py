@@ -355,3 +355,38 @@ def test_both_engines_encode_odd_names_and_warn_once_about_a_test_only_backbone(
         again = _invoke_score(engine, [odd], run, tmp_path)[0]
         assert "0 written now, 2 committed before" in again.output
         assert [ln for ln in again.output.splitlines() if "seeded random weights" in ln] == warned
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_both_engines_print_the_operating_points_and_what_the_precisions_rest_on(
+    tmp_path, trained, monkeypatch, engine
+):
+    """One report for every engine: the thresholds at each FPR and, with --prevalence,
+    what the precisions rest on, before the verdict line."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    import facebank.ray_engine.scoring as ray_scoring
+    from facebank.cli import app
+
+    src, run = trained
+
+    def fake_iter(files, *, backbone, weights, batch_size, ray_options, storage_options):
+        for a in range(0, len(files), 5):
+            chunk = files[a : a + 5]
+            yield list(range(a, a + len(chunk))), encode_images(chunk, backbone=backbone)
+
+    monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
+    monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
+    monkeypatch.setattr(ray_scoring, "iter_encoded_ray", fake_iter)
+    out = tmp_path / ("scores" if engine == "ray" else "scores.csv")
+    args = ["score", str(src), "--head", str(run), "--out", str(out), "--prevalence", "0.01"]
+    res = CliRunner().invoke(app, [*args, "--engine", engine])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("scored 14"))
+    points = [i for i, line in enumerate(lines) if line.startswith("threshold at FPR 0.5%")]
+    rests = [i for i, line in enumerate(lines) if line.startswith("each precision rests on")]
+    assert points and rests and max(points + rests) < verdict, res.output
+    assert "if 1.00% are AI" in lines[points[0]]
