@@ -235,9 +235,9 @@ def _report(
         typer.echo(f"ignored {n_ignored} non-image file(s) under the input folders", err=True)
     for line in _operating_lines(operating_points):
         typer.echo(line, err=True)
-    line = _calibration_line(calibration)
-    if line:
-        typer.echo(line, err=True)
+    measured = _calibration_line(calibration)
+    if measured:
+        typer.echo(measured, err=True)
 
 
 def _measure_calibration(y: Any, probability: Any, prior: float) -> dict[str, Any]:
