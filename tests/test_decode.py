@@ -237,8 +237,15 @@ def test_cli_decode_threads_workers_and_the_verbose_runtime_line(tmp_path, caplo
     assert (rt["workers"], rt["torch_threads"], rt["decode"]) == (0, 1, "gpu")
 
 
-def test_ray_decode_tasks_send_uint8_and_the_actor_matches_the_local_encoder(tmp_path):
-    """The Ray engine's two halves, called in this process (no cluster needed)."""
+def test_ray_decode_tasks_send_uint8_and_the_actor_matches_the_local_encoder(
+    tmp_path, monkeypatch, request
+):
+    """The Ray engine's two halves, called in this process (no cluster needed). Both sides
+    run as many torch threads (the actor takes its count from OMP_NUM_THREADS, the local
+    plan honours it too): the features' last bits depend on the count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # (the actor sets this process's torch threads, as it would its own worker's)
+    request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
     from facebank.embed.runner.loader import Transforms
     from facebank.embed.runner.local import encode_images
     from facebank.ray_engine.embedding import _decode_batch, _EncodeBatches
