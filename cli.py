@@ -68,14 +68,21 @@ app = typer.Typer(
 @app.callback()
 def _main(
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show tracebacks, facebank's debug logs and libraries' info."
+        ),
     ] = False,
 ) -> None:
     _STATE["verbose"] = verbose
+    # facebank's own debug lines; the libraries' INFO and above (their DEBUG is noise:
+    # e.g. numcodecs registering each codec)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if verbose:
+        logging.getLogger("facebank").setLevel(logging.DEBUG)
 
 
 # One line per command, in the order `facebank --help` lists them.

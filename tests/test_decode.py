@@ -386,13 +386,15 @@ def test_several_backbones_send_uint8_plan_threads_and_refuse_decode_gpu(tmp_pat
 
 def test_resuming_with_another_torch_thread_count_warns_and_the_same_count_does_not(tmp_path):
     """On a CPU the features depend, in the last bits, on how many threads share a
-    convolution: a resume with another --threads says so; with the same, it is silent
-    (resumes with the same settings are bit-identical: tests/test_embed_cli.py)."""
+    convolution: a resume with another --threads says so; with the same, or with nothing
+    left to embed, it is silent (resumes with the same settings are bit-identical:
+    tests/test_embed_cli.py)."""
     from facebank.core.errors import ResumeWarning
     from facebank.embed import FeatureBank, embed_source
 
     src = tmp_path / "src"
     _mixed_source(src, n=8)
+    (src / "fake" / "bad.jpg").unlink()  # (a failed file is retried: there would be work left)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     late = [f for f in files if f.name in ("6.jpg", "7.jpg")]
     for f in late:  # the first run sees the other images only
@@ -409,8 +411,10 @@ def test_resuming_with_another_torch_thread_count_warns_and_the_same_count_does_
         warnings.simplefilter("always")
         embed_source(src, out=tmp_path / "a.zarr", threads=1, **kw)
         embed_source(src, out=tmp_path / "b.zarr", threads=2, **kw)
+        embed_source(src, out=tmp_path / "a.zarr", threads=2, **kw)  # nothing left to embed
     said = [str(w.message) for w in caught if issubclass(w.category, ResumeWarning)]
     assert len(said) == 1 and "a.zarr" in said[0] and "--threads 2" in said[0], said
     for name in ("a.zarr", "b.zarr"):
         assert len(FeatureBank.open(tmp_path / name)) == 11
+    # (a run with nothing to embed leaves the runtime of the run that made the rows)
     assert FeatureBank.open(tmp_path / "a.zarr").meta["embed_runtime"]["torch_threads"] == 1

@@ -175,7 +175,7 @@ def _run(
         heap=encoder.heap,
     )  # fmt: skip
     _log.info("embed: %s", plan.describe())
-    record_runtime(bank, plan, device_type=encoder.device.type)
+    record_runtime(bank, plan, device_type=encoder.device.type, pending=total)
     dataset = ImageDataset(
         ItemFiles(src.items),
         view=vw,

@@ -406,8 +406,8 @@ def _run_multi(
         heap=encoders[0].heap,
     )  # fmt: skip
     _log.info("embed: %s", plan.describe())
-    for bank in banks:
-        record_runtime(bank, plan, device_type=dev)
+    for k, bank in enumerate(banks):
+        record_runtime(bank, plan, device_type=dev, pending=len(todo[k]))
     dataset = ImageDataset(
         ItemFiles(src.items),
         view=vw,

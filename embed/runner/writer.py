@@ -158,15 +158,18 @@ class EncodedImages:
     sha256: list[str] = field(default_factory=list)
 
 
-def record_runtime(bank: FeatureBank, plan: Any, *, device_type: str) -> None:
+def record_runtime(bank: FeatureBank, plan: Any, *, device_type: str, pending: int) -> None:
     """Store ``plan`` (a :class:`~embed.inputs.decode.ThreadPlan`) as the bank's
-    ``embed_runtime``; warn first when a bank with rows is resumed on a CPU with another
-    torch thread count than its latest run's.
+    ``embed_runtime`` when this run embeds something (``pending`` images); warn first when
+    a bank with rows is resumed on a CPU with another torch thread count than its latest
+    run's.
 
     A CPU convolution or matrix product sums in an order that depends on how many threads
     share it, so the new rows would differ in the last bits from those an uninterrupted run
     writes (resume is bit-identical only with the same ``--threads``).
     """
+    if not pending:  # nothing to embed: the rows keep the runtime that made them
+        return
     before = bank.meta.get("embed_runtime") or {}
     threads = before.get("torch_threads")
     if device_type == "cpu" and len(bank) and threads not in (None, plan.torch_threads):
