@@ -55,6 +55,7 @@ __all__ = [
     "PixelTransform",
     "ThreadPlan",
     "available_cores",
+    "collate_rows",
     "iter_in_threads",
     "load_one",
     "pixel_transform",
@@ -336,16 +337,27 @@ class DeviceDecoder:
             return None, f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
-def collate_mixed(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
-    """The DataLoader collate of ``--decode gpu``: pixels and JPEG bytes left unstacked."""
+def collate_rows(
+    batch: list[tuple[int, str | None, Any, str | None, Any]],
+    pixels: Callable[[list[Any]], Any],
+) -> dict[str, Any]:
+    """What every engine's collate returns for a batch of ``(index, sha256, pixels,
+    reason, metadata)``: the decoded rows' ``index``, ``sha``, ``meta`` and ``x`` (their
+    pixels gathered by ``pixels``; ``None`` when none decoded), and the other rows as
+    ``failed`` ``(index, sha256, reason)``."""
     ok = [b for b in batch if b[2] is not None]
     return {
         "index": [b[0] for b in ok],
         "sha": [b[1] for b in ok],
-        "x": [b[2] for b in ok] if ok else None,
+        "x": pixels([b[2] for b in ok]) if ok else None,
         "meta": [b[4] for b in ok],
         "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
     }
+
+
+def collate_mixed(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
+    """The DataLoader collate of ``--decode gpu``: pixels and JPEG bytes left unstacked."""
+    return collate_rows(batch, list)
 
 
 def resolve_decode(

@@ -24,6 +24,7 @@ from facebank.embed.backbones.spec import Layer
 from facebank.embed.inputs.datasets import ImageItem
 from facebank.embed.inputs.decode import (
     ThreadPlan,
+    collate_rows,
     iter_in_threads,
     load_one,
     model_input,
@@ -99,16 +100,10 @@ class ImageDataset:
 
 
 def collate(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> dict[str, Any]:
+    """The collate of one backbone: ``x`` is the stacked batch."""
     import torch
 
-    ok = [b for b in batch if b[2] is not None]
-    return {
-        "index": [b[0] for b in ok],
-        "sha": [b[1] for b in ok],
-        "x": torch.stack([b[2] for b in ok]) if ok else None,
-        "meta": [b[4] for b in ok],
-        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
-    }
+    return collate_rows(batch, torch.stack)
 
 
 class Transforms:
@@ -125,15 +120,7 @@ def collate_each(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> d
     """The collate of :class:`Transforms`: ``x`` is one stacked batch per backbone."""
     import torch
 
-    ok = [b for b in batch if b[2] is not None]
-    k = len(ok[0][2]) if ok else 0
-    return {
-        "index": [b[0] for b in ok],
-        "sha": [b[1] for b in ok],
-        "x": [torch.stack([b[2][j] for b in ok]) for j in range(k)] if ok else None,
-        "meta": [b[4] for b in ok],
-        "failed": [(b[0], b[1], b[3]) for b in batch if b[2] is None],
-    }
+    return collate_rows(batch, lambda xs: [torch.stack(member) for member in zip(*xs, strict=True)])
 
 
 def worker_init(_: int, *, close_fds: tuple[int, ...] = ()) -> None:
