@@ -418,3 +418,25 @@ def test_resuming_with_another_torch_thread_count_warns_and_the_same_count_does_
         assert len(FeatureBank.open(tmp_path / name)) == 11
     # (a run with nothing to embed leaves the runtime of the run that made the rows)
     assert FeatureBank.open(tmp_path / "a.zarr").meta["embed_runtime"]["torch_threads"] == 1
+
+
+def test_an_unknown_decode_mode_is_refused_by_every_engine_before_any_bank_exists(tmp_path):
+    """The options object checks --decode, so no engine starts work on a mode it would
+    then drop or fail on (the local engine used to create the bank first)."""
+    from facebank.embed import embed_source
+    from facebank.embed.runner.multi import embed_source_multi
+    from facebank.embed.runner.options import EmbedOptions
+    from facebank.ray_engine.embedding import RayOptions, ray_options_for
+
+    src = tmp_path / "src"
+    _mixed_source(src, n=2)
+    with pytest.raises(ValueError, match="--decode 'fast' is not valid; valid: auto, cpu, gpu"):
+        embed_source(src, backbone="tiny-cnn", out=tmp_path / "a.zarr", decode="fast")
+    with pytest.raises(ValueError, match="--decode 'fast' is not valid"):
+        embed_source_multi(
+            src, backbones=["tiny-cnn", "tiny-vit"], outs=[tmp_path / "c", tmp_path / "v"],
+            decode="fast",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="--decode 'fast' is not valid"):
+        ray_options_for(EmbedOptions(decode="fast"), RayOptions())
+    assert not any((tmp_path / name).exists() for name in ("a.zarr", "c", "v"))

@@ -55,6 +55,7 @@ __all__ = [
     "PixelTransform",
     "ThreadPlan",
     "available_cores",
+    "check_decode",
     "collate_rows",
     "iter_in_threads",
     "load_one",
@@ -360,6 +361,16 @@ def collate_mixed(batch: list[tuple[int, str | None, Any, str | None, Any]]) -> 
     return collate_rows(batch, list)
 
 
+def check_decode(decode: str) -> None:
+    """Raise one line unless ``decode`` is one of :data:`DECODE_MODES`.
+
+    Raises:
+        FacebankError: naming the valid modes.
+    """
+    if decode not in DECODE_MODES:
+        raise FacebankError(f"--decode {decode!r} is not valid; valid: {', '.join(DECODE_MODES)}")
+
+
 def resolve_decode(
     decode: str, *, device_type: str, view: Any, pixels: PixelTransform | None
 ) -> str:
@@ -368,8 +379,7 @@ def resolve_decode(
     Raises:
         FacebankError: an unknown mode, or ``gpu`` where the device decoder cannot run.
     """
-    if decode not in DECODE_MODES:
-        raise FacebankError(f"--decode {decode!r} is not valid; valid: {', '.join(DECODE_MODES)}")
+    check_decode(decode)
     why = None
     if not view.is_identity:
         why = f"the view {view.name!r} works on the CPU-decoded image (only 'original' can)"

@@ -18,6 +18,7 @@ from typing import Any
 from facebank.core.errors import FacebankError
 from facebank.core.options import refuse_options, replace_options
 from facebank.embed.backbones.spec import Layer
+from facebank.embed.inputs.decode import check_decode
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -108,6 +109,7 @@ class EmbedOptions:
             raise FacebankError(
                 f"batch_size={self.batch_size!r} is not valid; give a positive integer"
             )
+        check_decode(self.decode)  # every engine: refused before any work
         object.__setattr__(self, "real_names", tuple(self.real_names))
 
     @classmethod
