@@ -38,6 +38,7 @@ __all__ = [
     "Transforms",
     "collate",
     "collate_each",
+    "columns_width",
     "decoded_batches",
     "input_side",
     "load_one",
@@ -172,6 +173,11 @@ def make_loader(
             **kw,
         )
     )
+
+
+def columns_width(built: Sequence[tuple[Any, slice]]) -> int:
+    """Width of the features of ``(backbone, columns of its output kept)`` side by side."""
+    return sum(len(range(int(bb.dim))[cols]) for bb, cols in built)
 
 
 def decoded_batches(

@@ -49,6 +49,7 @@ from facebank.embed.runner.loader import (
     Transforms,
     collate,
     collate_each,
+    columns_width,
     decoded_batches,
     input_side,
     make_backbone,
@@ -317,6 +318,9 @@ def encode_files(
             feats.append(np.concatenate(parts, axis=1))
             ok.extend(files[i] for i in batch["index"])
             shas.extend(batch["sha"])
-    dim = sum(len(range(int(bb.dim))[cols]) for bb, cols in built)
-    X = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
+    X = (
+        np.concatenate(feats).astype(np.float32)
+        if feats
+        else np.zeros((0, columns_width(built)), np.float32)
+    )
     return EncodedImages(features=X, paths=ok, failures=failures, sha256=shas)

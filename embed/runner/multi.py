@@ -54,6 +54,7 @@ from facebank.embed.runner.loader import (
     ItemFiles,
     Transforms,
     collate_each,
+    columns_width,
     decoded_batches,
     input_side,
     make_backbone,
@@ -697,7 +698,7 @@ def member_backbones(
             "backbone's weights in its library's cache"
         )
     built = [_backbone_for(m, device=device, weights=weights) for m in members]
-    width = sum(len(range(int(bb.dim))[cols]) for bb, cols in built)
+    width = columns_width(built)
     dim = int(as_spec(spec).dim)
     if width != dim:
         raise BackboneMismatchError(
