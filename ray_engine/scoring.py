@@ -539,8 +539,8 @@ def _gather(
     threshold, points, notes = float("nan"), [], []
     prior = None
     n = 0
-    for k in range(len(plan)):
-        doc = _marker(loc, k, fmt)
+    docs = [_marker(loc, k, fmt) for k in range(len(plan))]
+    for doc in docs:
         if doc is None:
             continue
         files.append(doc["file"])
@@ -565,7 +565,7 @@ def _gather(
         prevalence=prevalence,
         warnings=notes,
         probability_prior=prior,
-        calibration=_measure(loc, plan, fmt, prior, measure),
+        calibration=_measure(loc, plan, docs, fmt, prior, measure),
     )
 
 
@@ -591,6 +591,7 @@ def _read_part(loc: Location, file: str, fmt: str, columns: list[str] | None = N
 def _measure(
     loc: Location,
     plan: list[tuple[str, Any]],
+    docs: list[dict[str, Any] | None],
     fmt: str,
     prior: float | None,
     measure: CalibrationMeasure | None,
@@ -600,14 +601,13 @@ def _measure(
     Only an input bank's rows carry labels (its label column; a scored image has none,
     as in ``score_run``), and each bank is a partition of its own: its labels are read
     from the bank, its probabilities from its committed partition file, in the same
-    row order.
+    row order. ``docs``: each partition's commit marker (``None``: not committed).
     """
     if measure is None or prior is None:
         return None
     labels, proba = [], []
-    for k, (kind, bank) in enumerate(plan):
-        doc = _marker(loc, k, fmt) if kind == "bank" else None
-        if doc is None:
+    for (kind, bank), doc in zip(plan, docs, strict=True):
+        if kind != "bank" or doc is None:
             continue
         y = np.asarray(FeatureBank.open(bank).labels, dtype=np.int64)
         p = _read_part(loc, doc["file"], fmt, ["probability"])["probability"]
