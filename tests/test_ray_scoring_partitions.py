@@ -171,17 +171,12 @@ def test_score_images_on_s3_equals_scoring_the_local_copy(tmp_path, trained, s3_
     assert res.exit_code == 1 and "does not exist" in res.output
 
 
-def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained, monkeypatch):
-    """The CLI path end to end, with the Ray pipeline replaced by local batches of 5."""
+def _ray_in_this_process(monkeypatch, *, encode: bool = True) -> None:
+    """The Ray scorer without a cluster: no Ray import, no cluster, and (``encode``) the
+    images embedded here in batches of 5 instead of by Ray's actors."""
     import contextlib
-    import sys
-
-    from typer.testing import CliRunner
 
     import facebank.ray_engine.scoring as ray_scoring
-    from facebank.cli import app
-
-    src, run = trained
 
     def fake_iter(files, *, backbone, weights, batch_size, ray_options, storage_options):
         for a in range(0, len(files), 5):
@@ -190,7 +185,21 @@ def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained,
 
     monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
     monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
-    monkeypatch.setattr(ray_scoring, "iter_encoded_ray", fake_iter)
+    if encode:
+        monkeypatch.setattr(ray_scoring, "iter_encoded_ray", fake_iter)
+
+
+def test_cli_engine_ray_out_dir_writes_partitions_and_resumes(tmp_path, trained, monkeypatch):
+    """The CLI path end to end, with the Ray pipeline replaced by local batches of 5."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from facebank.cli import app
+
+    src, run = trained
+
+    _ray_in_this_process(monkeypatch)
     out = tmp_path / "scores"
     args = ["score", str(src), "--head", str(run), "--engine", "ray", "--out", str(out)]
     res = CliRunner().invoke(app, [*args, "--partition-rows", "6", "--format", "csv"])
@@ -266,17 +275,14 @@ def test_both_engines_measure_calibration_on_the_banks_labels_and_write_the_summ
     """NLL, Cllr, Brier, ECE... on a labelled bank: the same line and summary keys from the
     local CSV and the partitioned output (a bank scores without the Ray pipeline, so
     Ray's cluster is not started), each summary written once; a resume measures again."""
-    import contextlib
 
     from sklearn.metrics import brier_score_loss, log_loss
 
     import facebank.core.stores as stores
     import facebank.heads.scoring as scoring
-    import facebank.ray_engine.scoring as ray_scoring
     from facebank.analysis.calibration_metrics import calibration_metrics
 
-    monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
-    monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
+    _ray_in_this_process(monkeypatch, encode=False)
     written: list[str] = []
     local_write, store_write = scoring.write_json, stores.Location.write_json
     monkeypatch.setattr(
@@ -363,23 +369,14 @@ def test_both_engines_print_the_operating_points_and_what_the_precisions_rest_on
 ):
     """One report for every engine: the thresholds at each FPR and, with --prevalence,
     what the precisions rest on, before the verdict line."""
-    import contextlib
 
     from typer.testing import CliRunner
 
-    import facebank.ray_engine.scoring as ray_scoring
     from facebank.cli import app
 
     src, run = trained
 
-    def fake_iter(files, *, backbone, weights, batch_size, ray_options, storage_options):
-        for a in range(0, len(files), 5):
-            chunk = files[a : a + 5]
-            yield list(range(a, a + len(chunk))), encode_images(chunk, backbone=backbone)
-
-    monkeypatch.setattr(ray_scoring, "import_ray", lambda: None)
-    monkeypatch.setattr(ray_scoring, "ray_cluster", lambda ray, address: contextlib.nullcontext())
-    monkeypatch.setattr(ray_scoring, "iter_encoded_ray", fake_iter)
+    _ray_in_this_process(monkeypatch)
     out = tmp_path / ("scores" if engine == "ray" else "scores.csv")
     args = ["score", str(src), "--head", str(run), "--out", str(out), "--prevalence", "0.01"]
     res = CliRunner().invoke(app, [*args, "--engine", engine])
