@@ -204,9 +204,11 @@ def realfaces_manifest(root: Path, tmp: Path, *, n: int) -> Path | None:
 
 
 def _predecoded(source: Path, bb, batch_size: int) -> tuple[list, int, float]:
-    """The images of ``source`` decoded and transformed as the runner does, in batches,
-    and the CPU milliseconds per image of that work in one thread (read, hash, decode,
-    metadata, resize/crop to uint8: ``load_one``, timed on a second, warm pass)."""
+    """The images of ``source`` decoded and transformed as the runner does, in float32
+    batches on the CPU, and the CPU milliseconds per image of that work in one thread
+    (read, hash, decode, metadata, resize/crop to uint8: ``load_one``, timed on a second,
+    warm pass; the uint8 pixels are then normalised as the model's side does, which gives
+    the backbone transform's float32 input bit for bit)."""
     import torch
 
     from facebank.embed.inputs.datasets import scan_source
@@ -215,19 +217,20 @@ def _predecoded(source: Path, bb, batch_size: int) -> tuple[list, int, float]:
 
     view = parse_view("original")
     files = [item.file for item in scan_source(source).items]
-    pixels = pixel_transform(bb.transform) or bb.transform
+    pt = pixel_transform(bb.transform)
+    pixels = pt or bb.transform
     for f in files:  # the page cache warm, as for the end-to-end runs after the first
         load_one(f, view=view, transform=pixels, draft_size=bb.input_size)
+    xs = []
     c = time.thread_time()
     for f in files:
-        load_one(f, view=view, transform=pixels, draft_size=bb.input_size)
-    decode_ms = (time.thread_time() - c) / max(len(files), 1) * 1e3
-    xs = []
-    for f in files:
-        _, x, reason, _ = load_one(f, view=view, transform=bb.transform, draft_size=bb.input_size)
+        _, x, reason, _ = load_one(f, view=view, transform=pixels, draft_size=bb.input_size)
         if reason is None:
             xs.append(x)
+    decode_ms = (time.thread_time() - c) / max(len(files), 1) * 1e3
     batches = [torch.stack(xs[a : a + batch_size]) for a in range(0, len(xs), batch_size)]
+    if pt is not None:
+        batches = [pt.normalise(x, "cpu") for x in batches]
     return batches, len(xs), decode_ms
 
 
